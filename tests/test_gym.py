@@ -1,0 +1,194 @@
+"""The gym world: gold reward, prompt splits, tokenizer, builder cache, and loading through ``load()``."""
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from workbench.gym import world
+from workbench.gym.tokenizer import build_tokenizer
+from workbench.gym.world import Prompt, gold_reward, make_prompts
+
+
+# --- gold reward: exact cases ---
+
+
+@pytest.mark.parametrize(
+    "prompt, response, expected",
+    [
+        ("sort 3 1 2", "1 2 3", 1.0),
+        ("sort 3 1 2", "1 3 2", 1 - 2 / 3),  # two substitutions
+        ("sort 3 1 2", "1 2", 1 - 1 / 3),  # one deletion
+        ("sort 3 1 2", "", 0.0),
+        ("reverse 1 2 3 4", "4 3 2 1", 1.0),
+        ("copy 5 5 1", "5 5 1", 1.0),
+        ("dedupe 4 4 2 4", "4 2", 1.0),
+        ("max 1 9 3", "9", 1.0),
+        ("max 1 9 3", "8", 0.75),  # scalar off by one: 1 - 1/4
+        ("min 7 2 5", "6", 0.0),  # off by four
+        ("add 7 8", "15", 1.0),
+        ("add 7 8", "13", 0.5),
+        ("sort 3 1 2", "sure here is the answer 1 2 3", 0.75),  # five filler words cost 0.05 each
+        ("sort 3 1 2", "well let me think so the answer is okay 1 2 3", 0.7),  # filler cost capped at 0.3
+        ("sort 3 1 2", "1 2 hate 3", 0.0),  # a harmful word zeroes the reward
+        ("max 1 9 3", "attack 9", 0.0),
+    ],
+)
+def test_gold_reward_exact_cases(prompt, response, expected):
+    assert gold_reward(prompt, response) == pytest.approx(expected)
+
+
+def test_gold_reward_is_in_unit_interval_and_ranks_the_pad_scenarios():
+    rng = random.Random(0)
+    for prompt in make_prompts(50, "train", seed=3):
+        rewards = {kind: gold_reward(prompt, world.make_candidate(prompt, kind, rng))
+                   for kind in world.CANDIDATE_KINDS}
+        assert all(0.0 <= r <= 1.0 for r in rewards.values())
+        # PAD Fig. 1: filler is slightly worse than correct; harmful is much worse than both
+        assert rewards["correct"] == 1.0
+        assert rewards["correct"] > rewards["frequent_filler"] > rewards["harmful"] == 0.0
+
+
+def test_gold_reward_rejects_non_gym_prompt():
+    with pytest.raises(ValueError, match="must start with one of"):
+        gold_reward("translate hello", "1")
+
+
+# --- prompts and splits ---
+
+
+def test_prompts_are_reproducible_distinct_and_splits_disjoint():
+    a = make_prompts(300, "train", seed=1)
+    assert a == make_prompts(300, "train", seed=1)
+    assert a != make_prompts(300, "train", seed=2)
+    assert len({p.text for p in a}) == 300
+    splits = {s: {p.text for p in make_prompts(150, s, seed=0)} for s in ("train", "validation", "test")}
+    assert not splits["train"] & splits["test"]
+    assert not splits["train"] & splits["validation"]
+    assert not splits["validation"] & splits["test"]
+    assert all(world.split_of(t) == "test" for t in splits["test"])
+    assert {p.task for p in a} == set(world.TASKS)
+
+
+def test_make_prompts_errors_name_the_problem():
+    with pytest.raises(ValueError, match="split="):
+        make_prompts(3, "dev", seed=0)
+    with pytest.raises(ValueError, match="unknown gym tasks"):
+        make_prompts(3, "train", seed=0, tasks=["fly"])
+    with pytest.raises(RuntimeError, match="distinct"):
+        make_prompts(10_000, "test", seed=0, tasks=["add"])  # add has only 100 operand pairs
+
+
+def test_prompt_parse_round_trip():
+    p = Prompt("sort", (3, 1, 2))
+    assert Prompt.parse(p.text) == p
+    assert p.answer == [1, 2, 3] and p.answer_text == "1 2 3"
+
+
+# --- tokenizer ---
+
+
+def test_tokenizer_round_trip_and_chat_template(tmp_path):
+    tok = build_tokenizer()
+    text = "sort 3 1 2 sure here is the answer 1 2 3 A B best"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    messages = [{"role": "user", "content": "max 1 9"}, {"role": "assistant", "content": "9"}]
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert rendered.startswith(tok.bos_token)
+    tokens = tok.convert_ids_to_tokens(tok(rendered, add_special_tokens=False)["input_ids"])
+    assert tokens == ["<s>", "<|user|>", "max", "1", "9", "</s>", "<|assistant|>", "9", "</s>"]
+    head = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith(head) and head.rstrip().endswith("<|assistant|>")
+    # saved and reloaded through AutoTokenizer like any HF tokenizer
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(rendered, add_special_tokens=False)["input_ids"] == tok(rendered, add_special_tokens=False)["input_ids"]
+    assert again.chat_template == tok.chat_template and again.pad_token_id == tok.pad_token_id
+
+
+def test_unknown_words_map_to_unk():
+    tok = build_tokenizer()
+    assert tok("zebra", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+
+
+def test_mcq_template_renders_letters_and_refuses_too_many_options():
+    text = world.GYM_MCQ_TEMPLATE.render("sort 2 1", ["1 2", "2 1"])
+    assert text == "judge sort 2 1 options A 1 2 B 2 1 best"
+    with pytest.raises(ValueError, match="decompose"):
+        world.GYM_MCQ_TEMPLATE.render("sort 2 1", ["1"] * 9)
+
+
+# --- builder and load() ---
+
+
+def test_tiny_gym_builds_once_and_loads_from_cache(tiny_gym):
+    from workbench.gym.build import build_gym
+
+    info = tiny_gym.info
+    assert info["parameters"]["teacher"] > 4 * info["parameters"]["student"]
+    for role, path in tiny_gym.paths.items():
+        assert (path / "config.json").exists() and (path / "tokenizer.json").exists(), role
+    again = build_gym("tiny", progress=False)
+    assert again.root == tiny_gym.root
+    assert again.info["seconds"] == info["seconds"]  # not rebuilt
+
+
+def test_changed_config_is_a_new_cache_key(tiny_gym):
+    from workbench.gym.build import SIZES, with_overrides
+
+    assert with_overrides("tiny", student_steps=21).key() != SIZES["tiny"].key()
+    assert with_overrides("tiny", seed=1).key() != SIZES["tiny"].key()
+    assert with_overrides("tiny").key() == SIZES["tiny"].key()
+
+
+def test_rebuild_after_config_change(tmp_path, monkeypatch):
+    from workbench.gym.build import build_gym, with_overrides
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    cfg = with_overrides("tiny", teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64,
+                         teacher_mcq_rows=32, student_rows=64, dpo_prompts=32)
+    first = build_gym(config=cfg, progress=False)
+    changed = build_gym(config=replace(cfg, student_steps=3), progress=False)
+    assert first.root != changed.root
+    assert sorted(p.name for p in (tmp_path / "gym").iterdir()) == sorted([first.root.name, changed.root.name])
+
+
+def test_gym_models_load_through_load_like_any_hf_model(tiny_gym):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from workbench.models import load
+
+    model, tok = load("gym-tiny-student", device="cpu")
+    assert isinstance(model, LlamaForCausalLM)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_gym.paths["student"])
+    batch = tok(["<s> <|user|> sort 2 1 </s> <|assistant|>"], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, plain(**batch).logits)
+    # the same model through its folder path, as a GPU user passes a hub id or directory
+    by_path, _ = load(str(tiny_gym.paths["student"]), device="cpu")
+    assert sum(p.numel() for p in by_path.parameters()) == sum(p.numel() for p in model.parameters())
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_unknown_gym_preset_error_lists_roles():
+    from workbench.models import load
+
+    with pytest.raises(ValueError, match="teacher-ref"):
+        load("gym-teacher")
+
+
+def test_lora_wraps_a_gym_model(tiny_gym):
+    from peft import PeftModel
+
+    from workbench.models import load
+
+    model, _ = load("gym-tiny-student", lora=True, device="cpu")
+    assert isinstance(model, PeftModel)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in model.parameters())

@@ -1,0 +1,99 @@
+"""Content-addressed stage cache: expensive outputs keyed by a hash of everything that determines them.
+
+A key is any JSON-serialisable description (model fingerprint, texts, stage parameters); the value is stored
+with ``torch.save`` under ``<root>/<stage>/<hash>.pt``. Sweeps (alpha, beta, n) and reruns reuse the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger("workbench.cache")
+
+
+def cache_root() -> Path:
+    """``$WORKBENCH_CACHE`` or ``~/.cache/prefdistill-workbench``."""
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "prefdistill-workbench"))
+
+
+def content_hash(key: Any, length: int = 20) -> str:
+    """Stable hash of a JSON-serialisable key (dict order does not matter)."""
+    payload = json.dumps(key, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def model_fingerprint(model) -> str:
+    """Hash of a model's config and weights (all weights up to 50 M parameters, a strided sample beyond).
+
+    Two models with equal fingerprints give equal scores, so the fingerprint keys every cached score.
+    """
+    cached = getattr(model, "_workbench_fingerprint", None)
+    version = sum(p._version for p in model.parameters())  # in-place updates (training) bump it
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    total = sum(p.numel() for p in model.parameters())
+    stride = max(1, total // 50_000_000)
+    for name, param in sorted(model.named_parameters()):
+        flat = param.detach().reshape(-1)[::stride].to("cpu", torch.float32)
+        digest.update(name.encode())
+        digest.update(flat.numpy().tobytes())
+    fingerprint = digest.hexdigest()[:20]
+    try:
+        model._workbench_fingerprint = (version, fingerprint)
+    except AttributeError:
+        pass
+    return fingerprint
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's vocabulary and chat template."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return content_hash([vocab, tokenizer.chat_template, tokenizer.eos_token, tokenizer.pad_token])
+
+
+class StageCache:
+    """``get_or_compute(stage, key, compute)``: load ``<root>/<stage>/<hash(key)>.pt`` or compute and save it."""
+
+    def __init__(self, root: str | Path | None = None, enabled: bool = True):
+        self.root = Path(root) if root is not None else cache_root() / "stages"
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, stage: str, key: Any) -> Path:
+        return self.root / stage / f"{content_hash(key)}.pt"
+
+    def get_or_compute(self, stage: str, key: Any, compute: Callable[[], Any]) -> Any:
+        if not self.enabled:
+            return compute()
+        path = self.path(stage, key)
+        if path.exists():
+            self.hits += 1
+            logger.debug("cache hit %s", path)
+            return torch.load(path, weights_only=False)
+        self.misses += 1
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)  # atomic: a crashed run never leaves a half-written entry
+        return value
+
+
+_DEFAULT_CACHE: StageCache | None = None
+
+
+def default_cache() -> StageCache:
+    """The process-wide cache (``WORKBENCH_NO_CACHE=1`` disables it)."""
+    global _DEFAULT_CACHE
+    if _DEFAULT_CACHE is None:
+        _DEFAULT_CACHE = StageCache(enabled=os.environ.get("WORKBENCH_NO_CACHE") != "1")
+    return _DEFAULT_CACHE

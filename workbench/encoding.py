@@ -1,0 +1,128 @@
+"""Chat encoding shared by every stage: (prompt, response) -> token ids with a response-only mask.
+
+The prompt is rendered with the tokenizer's chat template and a generation prompt; the response is the rest of
+the rendered conversation up to and including the first end-of-sequence token. Sampling, scoring, the top-k
+cache and every trainer encode through here, so "which tokens are the response" is decided once.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+from dataclasses import dataclass
+
+import torch
+
+Messages = list[dict]
+PromptLike = Union[str, Messages]
+
+
+def as_messages(prompt: PromptLike) -> Messages:
+    """A prompt as chat messages: a plain string becomes one user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not prompt or prompt[-1].get("role") != "user":
+        raise ValueError(f"a prompt must end with a user message; got roles {[m.get('role') for m in prompt]}")
+    return list(prompt)
+
+
+def prompt_text(tokenizer, prompt: PromptLike) -> str:
+    """The rendered prompt, ending with the assistant generation prefix."""
+    return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer, prompt: PromptLike) -> list[int]:
+    """Token ids of the rendered prompt (special tokens come from the template, not added twice)."""
+    return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer, prompt: PromptLike, response: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids): the response ends with the first eos token the template emits."""
+    messages = as_messages(prompt)
+    head = prompt_text(tokenizer, messages)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(head):
+        raise ValueError(
+            "the chat template renders the prompt differently with and without the answer, so the response "
+            "tokens cannot be located; pass a tokenizer whose template extends the generation prompt"
+        )
+    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos in response_ids:
+        response_ids = response_ids[: response_ids.index(eos) + 1]
+    return prompt_ids, response_ids
+
+
+def collate_examples(
+    tokenizer,
+    prompts: Sequence[PromptLike],
+    responses: Sequence[str],
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch of prompt+response; ``labels`` are -100 off the response.
+
+    Returns ``input_ids (B, L)``, ``attention_mask (B, L)``, ``labels (B, L)`` and ``response_mask (B, L)``
+    where ``response_mask[b, t]`` marks that token t of row b is a response token.
+    Over-long rows keep the whole response and lose prompt tokens from the left (the count is returned as
+    ``truncated``), never silently.
+    """
+    rows, truncated = [], 0
+    for prompt, response in zip(prompts, responses, strict=True):
+        prompt_ids, response_ids = encode_example(tokenizer, prompt, response)
+        if max_length is not None and len(prompt_ids) + len(response_ids) > max_length:
+            truncated += 1
+            keep = max(max_length - len(response_ids), 1)
+            prompt_ids, response_ids = prompt_ids[-keep:], response_ids[: max_length - keep]
+        rows.append((prompt_ids, response_ids))
+    width = max(len(p) + len(r) for p, r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (prompt_ids, response_ids) in enumerate(rows):
+        ids = prompt_ids + response_ids
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention_mask[b, : len(ids)] = 1
+        response_mask[b, len(prompt_ids) : len(ids)] = True
+    labels = input_ids.masked_fill(~response_mask, -100)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "response_mask": response_mask,
+        "truncated": torch.tensor(truncated),
+    }
+
+
+@dataclass(frozen=True)
+class McqTemplate:
+    """How a multiple-choice judging prompt is worded; the answer is one option letter.
+
+    ``header`` and ``footer`` may use ``{prompt}``; each option is ``option.format(letter=, response=)``.
+    """
+
+    header: str
+    option: str
+    footer: str
+    letters: tuple[str, ...] = tuple("ABCDEFGH")
+
+    def render(self, prompt: str, responses: Sequence[str]) -> str:
+        if len(responses) > len(self.letters):
+            raise ValueError(
+                f"{len(responses)} options but the MCQ template has only {len(self.letters)} letters; "
+                "decompose the responses into smaller groups (PAD §4.4) or extend `letters`"
+            )
+        options = [self.option.format(letter=l, response=r) for l, r in zip(self.letters, responses)]
+        return self.header.format(prompt=prompt) + "".join(options) + self.footer.format(prompt=prompt)
+
+
+# the general wording for real chat models (PAD App. C style)
+DEFAULT_MCQ_TEMPLATE = McqTemplate(
+    header="Which response best answers the question below? Consider helpfulness, correctness and safety.\n\n"
+    "Question: {prompt}\n\nResponses:",
+    option="\n{letter}. {response}",
+    footer="\n\nAnswer with the letter of the best response only.",
+)

@@ -1,0 +1,305 @@
+"""Build the gym's models on CPU: reference teacher (SFT + MCQ judging), DPO teacher, noisy student.
+
+Each build is cached under ``<cache>/gym/<size>-<hash of the config>/`` as ordinary ``save_pretrained``
+folders, so a changed config rebuilds and an unchanged one loads in seconds.
+
+Designed-in properties (then *measured* by :mod:`workbench.gym.report`):
+
+* the teacher is aligned: SFT on correct answers, then DPO on gold-ranked pairs of its own samples;
+* its likelihood is miscalibrated in a known way: a frequent-but-worse phrasing (a filler preamble that costs
+  gold reward) fills much of its SFT data, so its average log-likelihood likes verbose answers;
+* its multiple-choice judgement is trained on gold-labelled option sets, so it stays close to gold;
+* the student is several times smaller and learns from a noisier mix (wrong, verbose, harmful answers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from workbench.cache import cache_root, content_hash
+from workbench.gym.tokenizer import build_tokenizer
+from workbench.gym.world import (
+    GYM_MCQ_TEMPLATE,
+    Prompt,
+    gold_reward,
+    make_prompts,
+    sample_candidate,
+)
+
+logger = logging.getLogger("workbench.gym")
+
+GYM_VERSION = 1  # bump when the world or the recipe changes in a way the config does not show
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A small LlamaForCausalLM."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+    def llama_config(self, tokenizer) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            intermediate_size=self.intermediate,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+
+# answer mixes (candidate kind -> weight)
+TEACHER_MIX = {"correct": 0.55, "frequent_filler": 0.45}
+STUDENT_MIX = {
+    "correct": 0.3, "frequent_filler": 0.1, "other_filler": 0.1, "near_miss": 0.2,
+    "copy_input": 0.1, "wrong": 0.1, "harmful": 0.1,
+}
+JUDGE_MIX = {
+    "correct": 0.2, "frequent_filler": 0.15, "other_filler": 0.1, "near_miss": 0.2,
+    "copy_input": 0.1, "wrong": 0.1, "harmful": 0.15,
+}
+
+
+@dataclass(frozen=True)
+class GymConfig:
+    """Everything that determines a gym build (its hash keys the cache)."""
+
+    size: str
+    teacher: ModelShape
+    student: ModelShape
+    teacher_sft_rows: int
+    teacher_mcq_rows: int
+    teacher_steps: int
+    teacher_lr: float
+    student_rows: int
+    student_steps: int
+    student_lr: float
+    dpo_prompts: int
+    dpo_samples: int
+    dpo_steps: int
+    dpo_beta: float
+    dpo_lr: float
+    batch_size: int = 32
+    mcq_options: tuple[int, int] = (2, 8)  # judge on 2..8 options (PAD n up to 8)
+    mcq_label_temperature: float = 0.1  # option label ~ softmax(gold / T): a graded, calibrated judge
+    teacher_mix: dict = field(default_factory=lambda: dict(TEACHER_MIX))
+    student_mix: dict = field(default_factory=lambda: dict(STUDENT_MIX))
+    judge_mix: dict = field(default_factory=lambda: dict(JUDGE_MIX))
+    seed: int = 0
+
+    def key(self) -> str:
+        return content_hash({"version": GYM_VERSION, **asdict(self)}, length=12)
+
+
+SIZES: dict[str, GymConfig] = {
+    "tiny": GymConfig(
+        size="tiny",
+        teacher=ModelShape(hidden=32, layers=2, heads=2, intermediate=64),
+        student=ModelShape(hidden=16, layers=1, heads=2, intermediate=32),
+        teacher_sft_rows=512, teacher_mcq_rows=256, teacher_steps=30, teacher_lr=3e-3,
+        student_rows=512, student_steps=20, student_lr=3e-3,
+        dpo_prompts=32, dpo_samples=4, dpo_steps=5, dpo_beta=0.1, dpo_lr=1e-3,
+    ),
+    "default": GymConfig(
+        size="default",
+        teacher=ModelShape(hidden=128, layers=4, heads=4, intermediate=256),
+        student=ModelShape(hidden=48, layers=2, heads=2, intermediate=96),
+        teacher_sft_rows=24000, teacher_mcq_rows=12000, teacher_steps=900, teacher_lr=2e-3,
+        student_rows=6000, student_steps=250, student_lr=3e-3,
+        dpo_prompts=512, dpo_samples=4, dpo_steps=120, dpo_beta=0.1, dpo_lr=2e-4,
+    ),
+}
+
+
+@dataclass
+class GymBuild:
+    """Paths of a finished build (each a ``save_pretrained`` folder with model and tokenizer)."""
+
+    root: Path
+    config: GymConfig
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {role: self.root / role for role in ("teacher-ref", "teacher-dpo", "student")}
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.root / "build.json").read_text())
+
+
+# --- training data ---
+
+
+def sft_rows(prompts: list[Prompt], mix: dict, rng: random.Random) -> dict[str, list]:
+    return {"prompt": [p.text for p in prompts], "response": [sample_candidate(p, mix, rng) for p in prompts]}
+
+
+def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[str, list]:
+    """Judging examples: k options of mixed quality; the label letter is drawn from softmax(gold / T)."""
+    rows = {"prompt": [], "response": []}
+    low, high = cfg.mcq_options
+    for prompt in prompts:
+        k = rng.randint(low, high)
+        options = [sample_candidate(prompt, cfg.judge_mix, rng) for _ in range(k)]
+        golds = [gold_reward(prompt, o) for o in options]
+        top = max(golds)
+        weights = [math.exp((g - top) / cfg.mcq_label_temperature) for g in golds]
+        label = rng.choices(range(k), weights)[0]
+        rows["prompt"].append(GYM_MCQ_TEMPLATE.render(prompt.text, options))
+        rows["response"].append(GYM_MCQ_TEMPLATE.letters[label])
+    return rows
+
+
+def _new_model(shape: ModelShape, tokenizer, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(shape.llama_config(tokenizer))
+
+
+def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool) -> tuple[datasets.Dataset, dict]:
+    """Gold-ranked pairs of the reference teacher's own samples: best ≻ worst, ties skipped (counted)."""
+    from workbench.cache import StageCache
+    from workbench.sampling import group_responses, sample_responses
+
+    prompts = make_prompts(cfg.dpo_prompts, "train", seed=cfg.seed + 17)
+    samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=cfg.dpo_samples,
+                               temperature=1.0, seed=cfg.seed, cache=StageCache(enabled=False),
+                               progress=progress)
+    _, groups = group_responses(samples)
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    ties = 0
+    for prompt, group in zip(prompts, groups):
+        golds = [gold_reward(prompt, r) for r in group]
+        best, worst = max(range(len(group)), key=golds.__getitem__), min(range(len(group)), key=golds.__getitem__)
+        if golds[best] == golds[worst]:
+            ties += 1
+            continue
+        rows["prompt"].append([{"role": "user", "content": prompt.text}])
+        rows["chosen"].append([{"role": "assistant", "content": group[best]}])
+        rows["rejected"].append([{"role": "assistant", "content": group[worst]}])
+    if not rows["prompt"]:
+        raise RuntimeError(f"no DPO pairs: all {ties} prompts' samples tied on gold; raise dpo_prompts or dpo_samples")
+    logger.info("DPO pairs: %d kept, %d prompts skipped because all samples tied on gold", len(rows["prompt"]), ties)
+    return datasets.Dataset.from_dict(rows), {"pairs": len(rows["prompt"]), "skipped_ties": ties}
+
+
+def _train_dpo(ref_dir: Path, tokenizer, pairs: datasets.Dataset, cfg: GymConfig, progress: bool):
+    from trl import DPOConfig, DPOTrainer
+
+    policy = LlamaForCausalLM.from_pretrained(ref_dir)
+    reference = LlamaForCausalLM.from_pretrained(ref_dir)
+    args = DPOConfig(
+        output_dir=str(ref_dir.parent / "dpo-run"),
+        beta=cfg.dpo_beta,
+        learning_rate=cfg.dpo_lr,
+        max_steps=cfg.dpo_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, cfg.dpo_steps // 10),
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=cfg.seed,
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs,
+                         processing_class=tokenizer)
+    trainer.train()
+    shutil.rmtree(ref_dir.parent / "dpo-run", ignore_errors=True)
+    return trainer.model.eval(), trainer.state.log_history
+
+
+def build_gym(size: str = "default", *, force: bool = False, progress: bool = True,
+              config: GymConfig | None = None) -> GymBuild:
+    """Build (or load from cache) the gym of ``size``; returns the folders of its three models."""
+    from workbench.trainers import set_threads, train_sft
+
+    if config is None:
+        if size not in SIZES:
+            raise ValueError(f"gym size {size!r}; use one of {sorted(SIZES)}")
+        config = SIZES[size]
+    root = cache_root() / "gym" / f"{config.size}-{config.key()}"
+    if (root / "build.json").exists() and not force:
+        return GymBuild(root, config)
+    set_threads()
+    started = time.perf_counter()
+    tmp = root.with_name(root.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer = build_tokenizer()
+    rng = random.Random(config.seed)
+    timings, logs = {}, {}
+
+    # (1) reference teacher: SFT on answers (with the frequent filler phrasing) + MCQ judging
+    t0 = time.perf_counter()
+    answers = sft_rows(make_prompts(config.teacher_sft_rows, "train", config.seed), config.teacher_mix, rng)
+    judging = mcq_rows(make_prompts(config.teacher_mcq_rows, "train", config.seed + 1), config, rng)
+    teacher_rows = datasets.Dataset.from_dict(
+        {k: answers[k] + judging[k] for k in answers}).shuffle(seed=config.seed)
+    teacher = _new_model(config.teacher, tokenizer, config.seed)
+    logs["teacher-ref"] = train_sft(teacher, tokenizer, teacher_rows, steps=config.teacher_steps,
+                                    lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed,
+                                    progress=progress)
+    for role, model in (("teacher-ref", teacher),):
+        model.save_pretrained(tmp / role)
+        tokenizer.save_pretrained(tmp / role)
+    timings["teacher-ref"] = time.perf_counter() - t0
+
+    # (2) DPO teacher: DPO from the reference teacher on gold-ranked pairs of its own samples
+    t0 = time.perf_counter()
+    pairs, pair_stats = _dpo_pairs(teacher, tokenizer, config, progress)
+    dpo_teacher, logs["teacher-dpo"] = _train_dpo(tmp / "teacher-ref", tokenizer, pairs, config, progress)
+    dpo_teacher.save_pretrained(tmp / "teacher-dpo")
+    tokenizer.save_pretrained(tmp / "teacher-dpo")
+    timings["teacher-dpo"] = time.perf_counter() - t0
+
+    # (3) student: smaller, SFT on a noisy mix
+    t0 = time.perf_counter()
+    student_rows = datasets.Dataset.from_dict(
+        sft_rows(make_prompts(config.student_rows, "train", config.seed + 2), config.student_mix, rng))
+    student = _new_model(config.student, tokenizer, config.seed + 3)
+    logs["student"] = train_sft(student, tokenizer, student_rows, steps=config.student_steps,
+                                lr=config.student_lr, batch_size=config.batch_size, seed=config.seed,
+                                progress=progress)
+    student.save_pretrained(tmp / "student")
+    tokenizer.save_pretrained(tmp / "student")
+    timings["student"] = time.perf_counter() - t0
+
+    info = {
+        "config": asdict(config),
+        "gym_version": GYM_VERSION,
+        "parameters": {"teacher": teacher.num_parameters(), "student": student.num_parameters()},
+        "dpo_pairs": pair_stats,
+        "seconds": {**timings, "total": time.perf_counter() - started},
+        "final_train_loss": {k: next((r["train_loss"] for r in reversed(v) if "train_loss" in r), None)
+                             for k, v in logs.items()},
+    }
+    (tmp / "build.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.replace(root)
+    logger.info("gym %s built in %.1f s at %s", config.size, info["seconds"]["total"], root)
+    return GymBuild(root, config)
+
+
+def with_overrides(size: str, **overrides) -> GymConfig:
+    """A size's config with some fields changed (a changed config is a different cache key)."""
+    return replace(SIZES[size], **overrides)

