@@ -98,6 +98,9 @@ class GymConfig:
     dpo_steps: int
     dpo_beta: float
     dpo_lr: float
+    dpo_loss: tuple[str, ...] = ("sigmoid",)  # TRL loss types; ("sigmoid", "sft") adds NLL on chosen (RPO)
+    dpo_loss_weights: tuple[float, ...] | None = None
+    dpo_min_chosen_gold: float = 0.0  # keep a pair only if its chosen answer is at least this good (counted)
     batch_size: int = 32
     mcq_options: tuple[int, int] = (2, 8)  # judge on 2..8 options (PAD n up to 8)
     mcq_label_temperature: float = 0.1  # option label ~ softmax(gold / T): a graded, calibrated judge
@@ -125,7 +128,8 @@ SIZES: dict[str, GymConfig] = {
         student=ModelShape(hidden=48, layers=2, heads=2, intermediate=96),
         teacher_sft_rows=24000, teacher_mcq_rows=12000, teacher_steps=900, teacher_lr=2e-3,
         student_rows=6000, student_steps=250, student_lr=3e-3,
-        dpo_prompts=512, dpo_samples=4, dpo_steps=120, dpo_beta=0.1, dpo_lr=2e-4,
+        dpo_prompts=1024, dpo_samples=4, dpo_steps=60, dpo_beta=0.1, dpo_lr=1e-4,
+        dpo_loss=("sigmoid", "sft"), dpo_min_chosen_gold=0.5,
     ),
 }
 
@@ -185,20 +189,25 @@ def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool) -> tuple[data
                                progress=progress)
     _, groups = group_responses(samples)
     rows = {"prompt": [], "chosen": [], "rejected": []}
-    ties = 0
+    ties = weak = 0
     for prompt, group in zip(prompts, groups):
         golds = [gold_reward(prompt, r) for r in group]
         best, worst = max(range(len(group)), key=golds.__getitem__), min(range(len(group)), key=golds.__getitem__)
         if golds[best] == golds[worst]:
             ties += 1
             continue
+        if golds[best] < cfg.dpo_min_chosen_gold:
+            weak += 1
+            continue
         rows["prompt"].append([{"role": "user", "content": prompt.text}])
         rows["chosen"].append([{"role": "assistant", "content": group[best]}])
         rows["rejected"].append([{"role": "assistant", "content": group[worst]}])
     if not rows["prompt"]:
         raise RuntimeError(f"no DPO pairs: all {ties} prompts' samples tied on gold; raise dpo_prompts or dpo_samples")
-    logger.info("DPO pairs: %d kept, %d prompts skipped because all samples tied on gold", len(rows["prompt"]), ties)
-    return datasets.Dataset.from_dict(rows), {"pairs": len(rows["prompt"]), "skipped_ties": ties}
+    logger.info("DPO pairs: %d kept; skipped %d prompts whose samples all tied on gold and %d whose best sample "
+                "scored below %.2f", len(rows["prompt"]), ties, weak, cfg.dpo_min_chosen_gold)
+    return datasets.Dataset.from_dict(rows), {"pairs": len(rows["prompt"]), "skipped_ties": ties,
+                                              "skipped_weak_chosen": weak}
 
 
 def _train_dpo(ref_dir: Path, tokenizer, pairs: datasets.Dataset, cfg: GymConfig, progress: bool):
@@ -209,6 +218,8 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs: datasets.Dataset, cfg: GymConfig
     args = DPOConfig(
         output_dir=str(ref_dir.parent / "dpo-run"),
         beta=cfg.dpo_beta,
+        loss_type=list(cfg.dpo_loss),
+        loss_weights=list(cfg.dpo_loss_weights) if cfg.dpo_loss_weights else None,
         learning_rate=cfg.dpo_lr,
         max_steps=cfg.dpo_steps,
         per_device_train_batch_size=cfg.batch_size,

@@ -6,27 +6,14 @@ Every number here is computed from the built models on held-out (test-split) pro
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from workbench.evaluate import mean_ci
 from workbench.gym.world import GYM_MCQ_TEMPLATE, gold_reward, make_prompts
-
-
-def mean_ci(values, confidence: float = 0.95) -> dict:
-    """Mean and a t-based confidence interval half-width of ``values``."""
-    from scipy.stats import t
-
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    mean = float(values.mean()) if n else float("nan")
-    if n < 2:
-        return {"mean": mean, "ci95": float("nan"), "n": n}
-    half = float(t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "ci95": half, "n": n}
 
 
 def gold_of_samples(prompts, samples) -> np.ndarray:

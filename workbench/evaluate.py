@@ -1,0 +1,89 @@
+"""Evaluation: gold reward on the gym, win rates, ranking agreement (Kendall τ), and seed statistics.
+
+On the gym every number is *measured* with the exact gold reward. For real models without a gold reward use a
+judge (:func:`judge_win_rate`), a different and weaker measurement, labelled as such in its output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import kendalltau, t as student_t
+
+from workbench.gym.world import Prompt, gold_reward
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean and the half-width of a Student-t confidence interval over ``values`` (e.g. seeds)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci95": float("nan"), "n": n}
+    half = float(student_t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "ci95": half, "n": n}
+
+
+def gold_rewards(prompts: Sequence[Prompt | str], responses: Sequence[str]) -> np.ndarray:
+    """Gold reward of each (prompt, response) pair: (N,)."""
+    return np.array([gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)])
+
+
+def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
+    """Fraction of paired items where a beats b by gold reward, ties counting one half."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"win_rate needs paired scores; got shapes {a.shape} and {b.shape}")
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def mean_kendall_tau(scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
+    """Mean per-set Kendall τ between two scorings of the same response sets: (sets, n) each.
+
+    Sets on which either scoring is constant have no ranking and are skipped (their count is returned).
+    """
+    taus = []
+    for a, b in zip(np.asarray(scores_a), np.asarray(scores_b)):
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue
+        taus.append(kendalltau(a, b).statistic)
+    return {**mean_ci(taus), "skipped_sets": int(len(scores_a) - len(taus))}
+
+
+def evaluate_policy(model, tokenizer, prompts: Sequence[Prompt], *, n: int = 4, temperature: float = 0.8,
+                    seed: int = 0, max_new_tokens: int = 32, progress: bool = False) -> dict:
+    """Sample ``n`` answers per held-out gym prompt and score them with the gold reward.
+
+    Returns ``gold`` (mean ± CI over prompts of the per-prompt mean), the per-prompt means
+    (``per_prompt``, for paired win rates), the mean response length in words, and the raw samples.
+    """
+    from workbench.sampling import sample_responses
+
+    samples = sample_responses(model, tokenizer, [p.text for p in prompts], n=n, temperature=temperature,
+                               seed=seed, max_new_tokens=max_new_tokens, progress=progress)
+    golds = gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"]).reshape(len(prompts), n)
+    per_prompt = golds.mean(axis=1)
+    return {
+        "gold": mean_ci(per_prompt),
+        "per_prompt": per_prompt.tolist(),
+        "length": float(np.mean([len(r.split()) for r in samples["response"]])),
+        "samples": samples,
+    }
+
+
+def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequence[str],
+                   responses_b: Sequence[str], *, template=None, seed: int = 0) -> dict:
+    """Win rate of A over B by a local judge model's MCQ selection (both orders averaged).
+
+    This is *not* a gold measurement: it inherits the judge's biases. Reported with ``measurement='judge'``.
+    """
+    from workbench.encoding import DEFAULT_MCQ_TEMPLATE
+    from workbench.scoring import mcq_selection_logprobs
+
+    log_sel = mcq_selection_logprobs(judge, tokenizer, list(prompts), [[a, b] for a, b in zip(responses_a, responses_b)],
+                                     template=template or DEFAULT_MCQ_TEMPLATE, order="cyclic", seed=seed)
+    p_a = log_sel[:, 0].exp().numpy()
+    return {"measurement": "judge", "win_rate": float(np.mean(p_a > 0.5) + 0.5 * np.mean(p_a == 0.5)),
+            "mean_p_a": float(p_a.mean())}
