@@ -34,9 +34,13 @@ def model_fingerprint(model) -> str:
 
     Two models with equal fingerprints give equal scores, so the fingerprint keys every cached score.
     """
+    # cheap change detector: fused optimizers update weights in place without bumping ``_version``, so a sum
+    # over every parameter is part of the key; the full hash is recomputed only when it changes
+    with torch.no_grad():
+        probe = (sum(p._version for p in model.parameters()),
+                 float(sum(p.detach().float().sum() for p in model.parameters())))
     cached = getattr(model, "_workbench_fingerprint", None)
-    version = sum(p._version for p in model.parameters())  # in-place updates (training) bump it
-    if cached is not None and cached[0] == version:
+    if cached is not None and cached[0] == probe:
         return cached[1]
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     total = sum(p.numel() for p in model.parameters())
@@ -47,7 +51,7 @@ def model_fingerprint(model) -> str:
         digest.update(flat.numpy().tobytes())
     fingerprint = digest.hexdigest()[:20]
     try:
-        model._workbench_fingerprint = (version, fingerprint)
+        model._workbench_fingerprint = (probe, fingerprint)
     except AttributeError:
         pass
     return fingerprint

@@ -101,7 +101,8 @@ def collate_examples(
 class McqTemplate:
     """How a multiple-choice judging prompt is worded; the answer is one option letter.
 
-    ``header`` and ``footer`` may use ``{prompt}``; each option is ``option.format(letter=, response=)``.
+    ``header``, ``footer`` and ``option`` may use ``{prompt}``; each option is
+    ``option.format(letter=, response=, prompt=)`` (restating the question per option is allowed).
     """
 
     header: str
@@ -115,7 +116,7 @@ class McqTemplate:
                 f"{len(responses)} options but the MCQ template has only {len(self.letters)} letters; "
                 "decompose the responses into smaller groups (PAD §4.4) or extend `letters`"
             )
-        options = [self.option.format(letter=l, response=r) for l, r in zip(self.letters, responses)]
+        options = [self.option.format(letter=l, response=r, prompt=prompt) for l, r in zip(self.letters, responses)]
         return self.header.format(prompt=prompt) + "".join(options) + self.footer.format(prompt=prompt)
 
 

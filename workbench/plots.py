@@ -82,6 +82,46 @@ def plot_ranking_distribution(ax, log_probs: np.ndarray, labels: Sequence[str], 
     return ax
 
 
+def ranking_labels(rankings, names: Sequence[str] | None = None, sep: str = "≻") -> list[str]:
+    """Readable labels ``"A≻C≻B"`` for rankings ``(K, n)`` (best first); ``names`` default to letters A, B, ..."""
+    rankings = np.asarray(rankings)
+    names = list(names) if names is not None else [chr(ord("A") + i) for i in range(rankings.shape[-1])]
+    return [sep.join(names[int(i)] for i in row) for row in rankings]
+
+
+def plot_ranking_distributions(ax, log_probs_by_name: dict, labels: Sequence[str], title: str = ""):
+    """Grouped bars of several distributions over the same rankings (e.g. teacher vs student, PAD Fig. 1).
+
+    ``log_probs_by_name`` maps a legend name to ``log_probs (n!,)``; a one-hot target uses 0 / -inf.
+    """
+    width = 0.8 / max(1, len(log_probs_by_name))
+    for k, (name, log_probs) in enumerate(log_probs_by_name.items()):
+        offset = (k - (len(log_probs_by_name) - 1) / 2) * width
+        plot_ranking_distribution(ax, np.asarray(log_probs, dtype=float), labels, width=width, offset=offset,
+                                  name=name)
+    ax.set_ylim(0, 1)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_token_rewards(ax, tokens: Sequence[str], rewards: Sequence[float], logps: Sequence[float] | None = None):
+    """Bars of per-token IRL rewards $u_t = f_t - \\log Z_{t+1}$ (PAD Eq. 4), optionally with $\\log p(y_t)$ dots."""
+    x = np.arange(len(tokens))
+    ax.bar(x, np.asarray(rewards, dtype=float), color="#1f77b4", label=r"$u_t = f_t - \log Z_{t+1}$")
+    if logps is not None:
+        ax.plot(x, np.asarray(logps, dtype=float), "o", color="#d62728", ms=4,
+                label=r"$\log p(y_t \mid y_{<t}, x) = f_t - \log Z_t$")
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels([repr(t)[1:-1] for t in tokens], rotation=90, fontsize=7)
+    ax.set_xlabel("response token $y_t$")
+    ax.set_ylabel("reward (nats)")
+    ax.legend(fontsize=7)
+    return ax
+
+
 def plot_method_bars(ax, table, metric: str = "gold", order: Sequence[str] | None = None):
     """Bars of a metric's mean ± CI per method from a comparison table (PAD Table 1 / ADPA Table 1 spirit)."""
     rows = list(table) if order is None else [next(r for r in table if r["method"] == m) for m in order]

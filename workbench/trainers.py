@@ -60,7 +60,7 @@ def training_arguments(
         lr_scheduler_type="cosine",
         warmup_steps=max(0, round(warmup_ratio * steps)),
         weight_decay=weight_decay,
-        logging_steps=logging_steps,
+        logging_steps=max(1, min(logging_steps, steps // 4)),  # short runs still log a curve
         save_strategy="no",
         report_to=[],
         seed=seed,

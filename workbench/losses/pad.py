@@ -538,7 +538,8 @@ def ppd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD
         return reduce(student_rewards.sum(-1) * 0.0)
     m = min(n, _SUFFIX_SIZE)
     with torch.no_grad():
-        teacher_prefix, teacher_suffix, structure = _pl_factors(beta * teacher_rewards.detach(), m)
+        teacher_prefix, teacher_suffix, structure = _pl_factors(
+            beta * teacher_rewards.detach().to(student_rewards.dtype), m)
     student_prefix, student_suffix, _ = _pl_factors(beta * student_rewards, m)
     order = structure[4].to(student_rewards.device)
     n_groups, suffix_len = teacher_suffix.shape[:2]
@@ -616,7 +617,7 @@ def ppd_loss_mc(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = 
     if estimator not in _MC_ESTIMATORS:
         raise ValueError(f"estimator must be one of {_MC_ESTIMATORS}, got {estimator!r}")
     k = int(num_samples)
-    teacher_scores = beta * teacher_rewards.detach()  # (B, n)
+    teacher_scores = beta * teacher_rewards.detach().to(student_rewards.dtype)  # (B, n)
     student_scores = beta * student_rewards  # (B, n)
     # $\tau^p_k \sim P$, $\tau^q_k \sim Q$ by Gumbel-perturbed sorting
     rankings = torch.cat([sample_rankings(teacher_scores, k, generator),

@@ -1,0 +1,46 @@
+"""Stage cache keying: model fingerprints change when weights change (also under fused optimizers)."""
+
+import datasets
+import torch
+
+from workbench.cache import StageCache, content_hash, model_fingerprint
+
+
+def test_content_hash_ignores_dict_order_and_sees_values():
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_stage_cache_hit_and_miss(tmp_path):
+    cache = StageCache(tmp_path)
+    calls = []
+    compute = lambda: calls.append(1) or torch.arange(3)  # noqa: E731
+    first = cache.get_or_compute("stage", {"k": 1}, compute)
+    again = cache.get_or_compute("stage", {"k": 1}, compute)
+    other = cache.get_or_compute("stage", {"k": 2}, compute)
+    assert torch.equal(first, again) and torch.equal(first, other)
+    assert len(calls) == 2 and cache.hits == 1 and cache.misses == 2
+
+
+def test_fingerprint_changes_after_trainer_training(tiny_models):
+    from copy import deepcopy
+
+    from workbench.trainers import train_sft
+
+    model, tok = tiny_models["student"]
+    model = deepcopy(model)
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    rows = datasets.Dataset.from_dict({"prompt": ["sort 2 1"] * 8, "response": ["1 2"] * 8})
+    train_sft(model, tok, rows, steps=2, lr=1e-2, batch_size=4, progress=False)  # fused AdamW by default
+    assert model_fingerprint(model) != before
+
+
+def test_fingerprint_sees_in_place_edits(tiny_models):
+    from copy import deepcopy
+
+    model = deepcopy(tiny_models["student"][0])
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        next(model.parameters()).data.add_(1e-3)
+    assert model_fingerprint(model) != before
