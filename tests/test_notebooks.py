@@ -11,6 +11,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # tiny parameters per notebook: each must finish in well under a minute on 2 CPU cores
 TINY = {
+    "02_calibration_alpha_sweep.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student",
+                                             alphas="0,0.8,1.0", n=3, prompts=8, train=True, steps=2,
+                                             train_prompts=8),
     "01_irl_reward.ipynb": dict(model="gym-tiny-teacher-dpo", gym_prompts=2),
     "03_pad_train.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, steps=3,
                                train_prompts=16, eval_prompts=8, eval_samples=2, batch_size=4),

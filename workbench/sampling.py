@@ -116,9 +116,9 @@ def sample_responses(
 def group_responses(samples: datasets.Dataset) -> tuple[list, list[list[str]]]:
     """(prompts, responses[prompt][sample]) from a prompt-major sample table."""
     prompts, groups = [], []
-    for row in samples:
-        if row["sample_id"] == 0:
-            prompts.append(row["prompt"])
+    for sample_id, prompt, response in zip(samples["sample_id"], samples["prompt"], samples["response"]):
+        if sample_id == 0:
+            prompts.append(prompt)
             groups.append([])
-        groups[-1].append(row["response"])
+        groups[-1].append(response)
     return prompts, groups

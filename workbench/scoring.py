@@ -68,7 +68,7 @@ def response_token_logps(
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
     cache = cache or default_cache()
-    key = _score_key(model, tokenizer, prompts, responses, stage="token_logps", max_length=max_length)
+    key = _score_key(model, tokenizer, prompts, responses, stage="token_logps", max_length=max_length, packed=True)
 
     def compute():
         rows = []
@@ -89,15 +89,16 @@ def response_token_logps(
             for lp, m in zip(token_logps, mask):
                 rows.append(lp[m])
         model.train(was_training)
-        return rows
+        # packed once: the cache stores two tensors, not one tensor per response
+        width = max((len(r) for r in rows), default=0)
+        packed = torch.zeros(len(rows), width)
+        packed_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            packed[i, : len(row)] = row
+            packed_mask[i, : len(row)] = True
+        return packed, packed_mask
 
-    rows = cache.get_or_compute("token_logps", key, compute)
-    width = max((len(r) for r in rows), default=0)
-    token_logps = torch.zeros(len(rows), width)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        token_logps[i, : len(row)] = row
-        mask[i, : len(row)] = True
+    token_logps, mask = cache.get_or_compute("token_logps", key, compute)
     return token_logps, mask
 
 
@@ -145,7 +146,8 @@ def option_letter_ids(tokenizer, context: str, letters: Sequence[str]) -> list[l
         ids = []
         for spelling in (letter, " " + letter):
             full = tokenizer(context + spelling, add_special_tokens=False)["input_ids"]
-            if full[: len(prefix)] == prefix and len(full) == len(prefix) + 1:
+            if (full[: len(prefix)] == prefix and len(full) == len(prefix) + 1
+                    and full[-1] != tokenizer.unk_token_id):  # an unknown word is no letter
                 ids.append(full[-1])
         if not ids:
             raise ValueError(

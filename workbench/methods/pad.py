@@ -7,11 +7,9 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses`, :mod:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -24,6 +22,7 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
+from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts, user_text
 from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.pad")
@@ -72,23 +71,6 @@ class PadConfig:
         get_loss(self.loss)  # a clear error listing the registered losses
 
 
-@dataclass
-class RunResult:
-    """What a method run returns: metrics (JSON-ready), the training log, and the trained student."""
-
-    metrics: dict
-    history: list[dict]
-    model: object = None
-    tokenizer: object = None
-
-    def save(self, output_dir: str | Path) -> Path:
-        path = Path(output_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=float))
-        (path / "history.json").write_text(json.dumps(self.history, indent=2, default=float))
-        return path
-
-
 def mcq_template_for(tokenizer) -> McqTemplate:
     """The gym's own MCQ wording for gym models, the general wording for everything else."""
     from workbench.gym.tokenizer import build_tokenizer
@@ -96,11 +78,6 @@ def mcq_template_for(tokenizer) -> McqTemplate:
 
     gym = tokenizer_fingerprint(build_tokenizer())
     return GYM_MCQ_TEMPLATE if tokenizer_fingerprint(tokenizer) == gym else DEFAULT_MCQ_TEMPLATE
-
-
-def user_text(prompt) -> str:
-    """The last user message of a prompt (the question put into the MCQ template)."""
-    return as_messages(prompt)[-1]["content"]
 
 
 def teacher_rewards(teacher, tokenizer, prompts, groups, *, alpha: float, order: str = "random", seed: int = 0,
@@ -161,12 +138,6 @@ class ListwiseObjective:
         return loss, metrics
 
 
-def gym_prompts(split: str, count: int, seed: int):
-    from workbench.gym.world import make_prompts
-
-    return make_prompts(count, split, seed=seed)
-
-
 def run_pad(cfg: PadConfig) -> RunResult:
     """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``."""
     from workbench.models import load
@@ -178,7 +149,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
     if cfg.dataset != "gym":
         raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
     train = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
-    held_out = gym_prompts("test", cfg.eval_prompts, 1000)
+    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
     before = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
                              max_new_tokens=cfg.max_new_tokens)
     history: list[dict] = []
@@ -198,7 +169,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
                             warmup_ratio=cfg.warmup_ratio, progress=cfg.progress)
         history += [{**entry, "round": round_} for entry in log]
         rounds.append({"round": round_, "train_sample_gold": float(np.mean(
-            [_gold(p, y) for p, g in zip(prompts, groups) for y in g]))})
+            [gold_of(p, y) for p, g in zip(prompts, groups) for y in g]))})
     after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
                             max_new_tokens=cfg.max_new_tokens)
     metrics = {
@@ -219,12 +190,6 @@ def run_pad(cfg: PadConfig) -> RunResult:
     return result
 
 
-def _gold(prompt, response: str) -> float:
-    from workbench.gym.world import gold_reward
-
-    return gold_reward(user_text(prompt), response)
-
-
 def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, held_out, cfg) -> dict:
     """Kendall τ of the student's avg-log-lik ranking with the teacher's calibrated ranking and with gold."""
     prompts, groups = group_responses(samples)
@@ -234,7 +199,7 @@ def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, held_
     student_scores = avg_logp_rewards(student, student_tok, flat_prompts, flat).view(-1, n).numpy()
     teacher_scores = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha,
                                      order=cfg.mcq_order, seed=cfg.seed)["calibrated"].numpy()
-    gold = np.array([[_gold(p, y) for y in g] for p, g in zip(prompts, groups)])
+    gold = np.array([[gold_of(p, y) for y in g] for p, g in zip(prompts, groups)])
     return {"tau_student_teacher": mean_kendall_tau(student_scores, teacher_scores),
             "tau_student_gold": mean_kendall_tau(student_scores, gold),
             "tau_teacher_gold": mean_kendall_tau(teacher_scores, gold)}
@@ -260,7 +225,7 @@ def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, pro
     samples = sample_responses(student, student_tok, [p.text for p in held_out], n=n, temperature=temperature,
                                max_new_tokens=max_new_tokens, seed=seed, progress=False)
     groups_prompts, groups = group_responses(samples)
-    gold = np.array([[_gold(p, y) for y in g] for p, g in zip(groups_prompts, groups)])
+    gold = np.array([[gold_of(p, y) for y in g] for p, g in zip(groups_prompts, groups)])
     rows = []
     for i, alpha in enumerate(alphas):
         start = time.perf_counter()

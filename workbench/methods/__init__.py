@@ -1,0 +1,1 @@
+"""Method pipelines composed from the shared stages; each exposes ``run_<method>(cfg) -> RunResult``."""
