@@ -54,3 +54,16 @@ def test_run_pad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path):
     assert 0.0 <= metrics["gold_after"]["mean"] <= 1.0 and 0.0 <= metrics["win_rate_vs_initial"] <= 1.0
     assert {"tau_student_teacher", "tau_student_gold", "tau_teacher_gold"} <= set(metrics["ranking"])
     assert any("loss" in h for h in result.history) and {h["round"] for h in result.history} == {0, 1}
+
+
+def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):
+    from peft import PeftModel
+
+    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=2, steps=2, train_prompts=8,
+                    eval_prompts=4, eval_samples=1, batch_size=4, lora=True, lr=1e-2, output_dir=str(tmp_path),
+                    progress=False)
+    result = run_pad(cfg)
+    assert isinstance(result.model, PeftModel)
+    base = [n for n, p in result.model.named_parameters() if not p.requires_grad]
+    adapters = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert base and adapters and all("lora_" in n for n in adapters)

@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 logger = logging.getLogger("workbench.cache")
 
 
@@ -36,6 +34,8 @@ def model_fingerprint(model) -> str:
     """
     # cheap change detector: fused optimizers update weights in place without bumping ``_version``, so a sum
     # over every parameter is part of the key; the full hash is recomputed only when it changes
+    import torch
+
     with torch.no_grad():
         probe = (sum(p._version for p in model.parameters()),
                  float(sum(p.detach().float().sum() for p in model.parameters())))
@@ -46,7 +46,7 @@ def model_fingerprint(model) -> str:
     total = sum(p.numel() for p in model.parameters())
     stride = max(1, total // 50_000_000)
     for name, param in sorted(model.named_parameters()):
-        flat = param.detach().reshape(-1)[::stride].to("cpu", torch.float32)
+        flat = param.detach().reshape(-1)[::stride].to("cpu").float()
         digest.update(name.encode())
         digest.update(flat.numpy().tobytes())
     fingerprint = digest.hexdigest()[:20]
@@ -82,10 +82,14 @@ class StageCache:
         if path.exists():
             self.hits += 1
             logger.debug("cache hit %s", path)
+            import torch
+
             return torch.load(path, weights_only=False)
         self.misses += 1
         value = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
+        import torch
+
         tmp = path.with_suffix(".tmp")
         torch.save(value, tmp)
         tmp.replace(path)  # atomic: a crashed run never leaves a half-written entry

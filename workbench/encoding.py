@@ -7,11 +7,8 @@ cache and every trainer encode through here, so "which tokens are the response" 
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 from dataclasses import dataclass
-
-import torch
+from typing import Sequence, Union
 
 Messages = list[dict]
 PromptLike = Union[str, Messages]
@@ -61,7 +58,7 @@ def collate_examples(
     prompts: Sequence[PromptLike],
     responses: Sequence[str],
     max_length: int | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict:
     """Right-padded batch of prompt+response; ``labels`` are -100 off the response.
 
     Returns ``input_ids (B, L)``, ``attention_mask (B, L)``, ``labels (B, L)`` and ``response_mask (B, L)``
@@ -69,6 +66,8 @@ def collate_examples(
     Over-long rows keep the whole response and lose prompt tokens from the left (the count is returned as
     ``truncated``), never silently.
     """
+    import torch
+
     rows, truncated = [], 0
     for prompt, response in zip(prompts, responses, strict=True):
         prompt_ids, response_ids = encode_example(tokenizer, prompt, response)

@@ -23,12 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import datasets
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from workbench.cache import cache_root, content_hash
-from workbench.gym.tokenizer import build_tokenizer
 from workbench.gym.world import (
     GYM_MCQ_TEMPLATE,
     Prompt,
@@ -51,7 +46,9 @@ class ModelShape:
     heads: int
     intermediate: int
 
-    def llama_config(self, tokenizer) -> LlamaConfig:
+    def llama_config(self, tokenizer):
+        from transformers import LlamaConfig
+
         return LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden,
@@ -173,13 +170,18 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
     return rows
 
 
-def _new_model(shape: ModelShape, tokenizer, seed: int) -> LlamaForCausalLM:
+def _new_model(shape: ModelShape, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(seed)
     return LlamaForCausalLM(shape.llama_config(tokenizer))
 
 
-def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool) -> tuple[datasets.Dataset, dict]:
+def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool):
     """Gold-ranked pairs of the reference teacher's own samples: best ≻ worst, ties skipped (counted)."""
+    import datasets
+
     from workbench.cache import StageCache
     from workbench.sampling import group_responses, sample_responses
 
@@ -210,7 +212,9 @@ def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool) -> tuple[data
                                               "skipped_weak_chosen": weak}
 
 
-def _train_dpo(ref_dir: Path, tokenizer, pairs: datasets.Dataset, cfg: GymConfig, progress: bool):
+def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
+    import torch
+    from transformers import LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     policy = LlamaForCausalLM.from_pretrained(ref_dir)
@@ -242,8 +246,6 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs: datasets.Dataset, cfg: GymConfig
 def build_gym(size: str = "default", *, force: bool = False, progress: bool = True,
               config: GymConfig | None = None) -> GymBuild:
     """Build (or load from cache) the gym of ``size``; returns the folders of its three models."""
-    from workbench.trainers import set_threads, train_sft
-
     if config is None:
         if size not in SIZES:
             raise ValueError(f"gym size {size!r}; use one of {sorted(SIZES)}")
@@ -251,6 +253,11 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
     root = cache_root() / "gym" / f"{config.size}-{config.key()}"
     if (root / "build.json").exists() and not force:
         return GymBuild(root, config)
+    import datasets
+
+    from workbench.gym.tokenizer import build_tokenizer
+    from workbench.trainers import set_threads, train_sft
+
     set_threads()
     started = time.perf_counter()
     tmp = root.with_name(root.name + ".building")
