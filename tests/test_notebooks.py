@@ -11,12 +11,27 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # tiny parameters per notebook: each must finish in well under a minute on 2 CPU cores
 TINY = {
+    "07_plad_train.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16,
+                                steps=3, batch_size=4, eval_prompts=8, eval_samples=2, real_ratios="1.0",
+                                data_fractions=""),
+    "08_compare_methods.ipynb": dict(methods="plad,seqkd", seeds="0", teacher="gym-tiny-teacher-dpo",
+                                     student="gym-tiny-student", train_prompts=16, steps=2, batch_size=4,
+                                     eval_prompts=8, eval_samples=2, runs_dir="runs_tiny"),
+    "09_claims_ledger.ipynb": dict(claims="plad>seqkd,real-pairs-add-little", run_missing=True, seeds="0",
+                                   teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16,
+                                   steps=2, batch_size=4, eval_prompts=8, eval_samples=2, runs_dir="runs_tiny"),
     "02_calibration_alpha_sweep.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student",
                                              alphas="0,0.8,1.0", n=3, prompts=8, train=True, steps=2,
                                              train_prompts=8),
     "01_irl_reward.ipynb": dict(model="gym-tiny-teacher-dpo", gym_prompts=2),
     "03_pad_train.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, steps=3,
                                train_prompts=16, eval_prompts=8, eval_samples=2, batch_size=4),
+    "05_sample_complexity.ipynb": dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
+                                       student="gym-tiny-student", n_states=3, candidates=4, rollouts=4, trials=10),
+    "06_adpa_train.ipynb": dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
+                                student="gym-tiny-student", method="dckd", k=8, steps=2, train_prompts=12,
+                                eval_prompts=6, eval_samples=2, batch_size=4, sweep=True, alphas="1", gammas="3",
+                                sweep_steps=1),
     "04_preference_distributions.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3,
                                               n_prompts=4, train_steps=2, batch_size=4),
 }

@@ -87,3 +87,51 @@ def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequen
     p_a = log_sel[:, 0].exp().numpy()
     return {"measurement": "judge", "win_rate": float(np.mean(p_a > 0.5) + 0.5 * np.mean(p_a == 0.5)),
             "mean_p_a": float(p_a.mean())}
+
+
+def length_bucket_gains(after: Sequence[float], before: Sequence[float], lengths: Sequence[float],
+                        edges: Sequence[float]) -> list[dict]:
+    """Win rate of ``after`` over ``before`` per bucket of generation length (PLaD Fig. 3).
+
+    ``after``/``before`` are paired per-prompt gold rewards, ``lengths`` the per-prompt length (words) that
+    defines the buckets (PLaD: the student's generation length); bucket k is ``(edges[k], edges[k+1]]`` (the
+    first also takes ``edges[0]`` itself). Each bucket reports its prompt count, ``win_rate`` (ties ½), the
+    ``delta_win_rate`` = win rate − ½ (0 = no change against the initial student) and the mean gold gain.
+    """
+    after, before, lengths = (np.asarray(x, dtype=float) for x in (after, before, lengths))
+    if not after.shape == before.shape == lengths.shape:
+        raise ValueError(f"after {after.shape}, before {before.shape} and lengths {lengths.shape} must be paired")
+    rows = []
+    for k, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (lengths > low) & (lengths <= high) | ((lengths == low) & (k == 0))
+        count = int(inside.sum())
+        rate = win_rate(after[inside], before[inside]) if count else float("nan")
+        rows.append({"low": float(low), "high": float(high), "prompts": count, "win_rate": rate,
+                     "delta_win_rate": rate - 0.5 if count else float("nan"),
+                     "gold_gain": float((after[inside] - before[inside]).mean()) if count else float("nan")})
+    return rows
+
+
+def prompt_lengths(evaluation: dict) -> np.ndarray:
+    """Mean word count per prompt of an :func:`evaluate_policy` result's samples: (prompts,)."""
+    samples = evaluation["samples"]
+    counts = np.array([len(r.split()) for r in samples["response"]], dtype=float)
+    prompt_ids = np.asarray(samples["prompt_id"])
+    return np.bincount(prompt_ids, weights=counts) / np.bincount(prompt_ids)
+
+
+def before_after_metrics(before: dict, after: dict, length_edges: Sequence[float]) -> dict:
+    """The metrics every method run reports from two :func:`evaluate_policy` results on the same prompts:
+    gold before/after, paired win rate vs the initial student, lengths, per-prompt golds and the length-bucket
+    gains (PLaD Fig. 3, bucketed by the initial student's answer length)."""
+    return {
+        "gold_before": before["gold"],
+        "gold_after": after["gold"],
+        "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
+        "length_before": before["length"],
+        "length_after": after["length"],
+        "per_prompt_before": before["per_prompt"],
+        "per_prompt_after": after["per_prompt"],
+        "length_buckets": length_bucket_gains(after["per_prompt"], before["per_prompt"], prompt_lengths(before),
+                                              length_edges),
+    }

@@ -138,3 +138,96 @@ def new_figure(ncols: int = 1, width: float = 4.5, height: float = 3.2):
     """A figure with ``ncols`` axes side by side."""
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, list(axes[0])
+
+
+def plot_success_vs_budget(ax, budgets: Sequence[int], success: dict, ci: dict | None = None,
+                           theory: dict | None = None, target: float = 0.95):
+    """Success probability of identifying a* against the evaluation budget, per reward granularity (ADPA §4.4).
+
+    ``success`` maps a granularity to mean success per budget (``ci`` to CI half-widths); ``theory`` maps
+    'distribution' / 'token' / 'sequence' to §4.4's enumeration counts O(1), O(|A|), O(|A|^(T−t)), drawn as
+    vertical lines. Log-scaled budget axis.
+    """
+    budgets = np.asarray(budgets, dtype=float)
+    for name, values in success.items():
+        values = np.asarray(values, dtype=float)
+        line, = ax.plot(budgets, values, marker="o", ms=3, label=name)
+        if ci and name in ci:
+            half = np.nan_to_num(np.asarray(ci[name], dtype=float))
+            ax.fill_between(budgets, np.clip(values - half, 0, 1), np.clip(values + half, 0, 1),
+                            color=line.get_color(), alpha=0.15)
+    labels = {"distribution": "O(1)", "token": "O(|A|)", "sequence": "O(|A|^(T−t))"}
+    for i, (name, x) in enumerate((theory or {}).items()):
+        ax.axvline(x, color="black", lw=0.8, ls=[":", "--", "-."][i % 3], label=f"theory {labels.get(name, name)}"
+                   f" = {x:.3g}")
+    ax.axhline(target, color="grey", lw=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(left=min(budgets.min(), 1) / 1.5)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("reward evaluations (budget, log scale)")
+    ax.set_ylabel("P(identify a*)")
+    ax.legend(fontsize=6)
+    return ax
+
+
+def plot_hyperparameter_sweep(ax, xs: Sequence[float], gold: Sequence[dict], reward_accuracy: Sequence[float],
+                              xlabel: str):
+    """Mean gold reward (± 95% CI, left axis) and reward accuracy (right axis) against a swept weight (ADPA Fig. 5).
+
+    Returns the left axis; the right one is ``ax.right_axis``.
+    """
+    plot_metric_vs_param(ax, xs, gold, label="gold reward", xlabel=xlabel)
+    right = ax.twinx()
+    right.plot(xs, reward_accuracy, marker="s", color="#d62728", label="reward accuracy")
+    right.set_ylabel("reward accuracy", color="#d62728")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
+    ax.right_axis = right
+    return ax
+
+
+def plot_length_buckets(ax, buckets_by_method: dict, key: str = "delta_win_rate"):
+    """Grouped bars of the win-rate gain over the initial student per generation-length bucket (PLaD Fig. 3).
+
+    ``buckets_by_method`` maps a method to rows ``{"low", "high", key, optional key + "_ci95"}`` (from
+    ``evaluate.length_bucket_gains``, averaged over seeds); empty buckets are left blank.
+    """
+    names = list(buckets_by_method)
+    first = buckets_by_method[names[0]]
+    labels = [f"({b['low']:g}, {b['high']:g}]" for b in first]
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        rows = buckets_by_method[name]
+        values = np.array([r[key] for r in rows], dtype=float)
+        errors = np.array([r.get(f"{key}_ci95", np.nan) for r in rows], dtype=float)
+        ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width=width, label=name,
+               yerr=np.where(np.isnan(errors), 0, errors), capsize=2)
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlabel("initial student's answer length (words)")
+    ax.set_ylabel("Δ win rate vs initial student" if key == "delta_win_rate" else key)
+    ax.legend(fontsize=7, ncol=min(len(names), 7), loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return ax
+
+
+def plot_claim_effects(ax, ledger_rows: Sequence[dict]):
+    """Forest plot of claim effects (a − b) with 95% CIs, coloured by verdict (the claims ledger)."""
+    colours = {"holds": "#2ca02c", "does not hold": "#d62728", "inconclusive": "#7f7f7f"}
+    rows = [r for r in ledger_rows if not np.isnan(r["effect"])]
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows):
+        colour = colours.get(r["verdict"], "#7f7f7f")
+        ci = 0 if np.isnan(r["ci95"]) else r["ci95"]
+        ax.errorbar(r["effect"], yi, xerr=ci, fmt="o", color=colour, capsize=3)
+        if r.get("kind") in ("equivalent", "at_most"):
+            ax.plot([r["margin"]] * 2, [yi - 0.3, yi + 0.3], color=colour, lw=1)
+            if r["kind"] == "equivalent":
+                ax.plot([-r["margin"]] * 2, [yi - 0.3, yi + 0.3], color=colour, lw=1)
+    ax.axvline(0.0, color="black", lw=0.5)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['statement']} [{r['verdict']}]" for r in rows], fontsize=7)
+    ax.set_xlabel("effect a − b (mean ± 95% CI over seeds)")
+    return ax

@@ -7,6 +7,7 @@ method trainers subclass ``Trainer`` and override ``compute_loss`` with a loss f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -70,8 +71,46 @@ def training_arguments(
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+    args.update(env_training_overrides())
     args.update(overrides)
     return TrainingArguments(**args)
+
+
+TRAINING_ARGS_ENV = "WORKBENCH_TRAINING_ARGS"
+LOGITS_CHUNK_ENV = "WORKBENCH_LOGITS_CHUNK"
+
+
+def env_training_overrides() -> dict:
+    """Extra ``TrainingArguments`` from ``$WORKBENCH_TRAINING_ARGS`` (a JSON object), for full-size runs launched
+    by papermill or ``accelerate launch`` without a code change, e.g.
+    ``{"gradient_accumulation_steps": 64, "gradient_checkpointing": true}``. Arguments a caller passes win."""
+    raw = os.environ.get(TRAINING_ARGS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        extra = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"${TRAINING_ARGS_ENV} must be a JSON object of TrainingArguments; got {raw!r}") from error
+    if not isinstance(extra, dict):
+        raise ValueError(f"${TRAINING_ARGS_ENV} must be a JSON object; got {raw!r}")
+    if extra.get("gradient_checkpointing") and "gradient_checkpointing_kwargs" not in extra:
+        # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
+        extra["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return extra
+
+
+def logits_chunk_setting() -> int | None:
+    """Positions per chunk for :func:`student_token_logps` from ``$WORKBENCH_LOGITS_CHUNK`` (unset or 0: off)."""
+    raw = os.environ.get(LOGITS_CHUNK_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        chunk = int(raw)
+    except ValueError:
+        raise ValueError(f"${LOGITS_CHUNK_ENV}={raw!r}; use a number of positions such as 128, or 0 for off") from None
+    if chunk < 0:
+        raise ValueError(f"${LOGITS_CHUNK_ENV}={chunk}; use a positive number of positions, or 0 for off")
+    return chunk or None
 
 
 def train_sft(
@@ -112,16 +151,71 @@ def set_threads() -> None:
 # --- distillation: one Trainer subclass, the method supplies the objective ---
 
 
-def student_token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def student_token_logps(model, batch: dict, *, logits_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the batch's response tokens under ``model`` (with gradient).
+
+    ``logits_chunk`` (default ``$WORKBENCH_LOGITS_CHUNK``, off) computes them ``logits_chunk`` positions at a time
+    from the final hidden states (:func:`chunked_token_logps`) so no (B, L, V) logits tensor is kept for backward.
 
     Returns ``token_logps (B, L-1)`` and ``mask (B, L-1)`` where position t scores token t+1.
     """
     from workbench.scoring import gather_token_logps
 
+    chunk = logits_chunk if logits_chunk is not None else logits_chunk_setting()
+    if chunk:
+        token_logps = chunked_token_logps(model, batch["input_ids"], batch["attention_mask"], chunk)
+        return token_logps, batch["response_mask"][:, 1:]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     token_logps = gather_token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
     return token_logps, batch["response_mask"][:, 1:]
+
+
+def _unwrapped(model):
+    """The causal LM inside DDP / accelerate wrappers (a peft model forwards attribute access to its base)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _head_token_logps(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                      softcap: float | None) -> torch.Tensor:
+    """log softmax(head(hidden))[label] for one chunk: hidden (B, c, H), labels (B, c) -> (B, c)."""
+    logits = head(hidden).float()  # (B, c, V)
+    if softcap:  # Gemma-2 final-logit soft-capping, as its forward applies it
+        logits = torch.tanh(logits / softcap) * softcap
+    ids = labels.clamp(min=0).unsqueeze(-1)
+    # $\log p(y_t) = f_t - \log Z_t$
+    return logits.gather(-1, ids).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Token log-probs through the output head ``chunk`` positions at a time, each chunk recomputed in backward.
+
+    The model runs once with ``output_hidden_states`` and ``logits_to_keep=1`` (so its own forward, and any DDP
+    wrapper's hooks, still run); the head is applied to the final (normed) hidden states per chunk under
+    activation checkpointing, so at most (B, chunk, V) logits exist at a time, in forward and in backward.
+    Equal to the full computation up to float rounding (tested). Not for FSDP-sharded heads.
+
+    Args:
+        input_ids, attention_mask: (B, L).
+    Returns:
+        token_logps: (B, L-1), position t scores token t+1.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                logits_to_keep=1, use_cache=False)
+    hidden = out.hidden_states[-1][:, :-1]  # (B, L-1, H), after the final norm
+    labels = input_ids[:, 1:]
+    inner = _unwrapped(model)
+    head = inner.get_output_embeddings()
+    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    parts = [
+        checkpoint(_head_token_logps, hidden[:, start : start + chunk], labels[:, start : start + chunk], head,
+                   softcap, use_reentrant=False)
+        for start in range(0, hidden.shape[1], chunk)
+    ]
+    return torch.cat(parts, dim=1)
 
 
 @dataclass
@@ -166,7 +260,12 @@ class DistillTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs):
         if self._metric_count:
-            logs = {**logs, **{k: v / self._metric_count for k, v in self._metric_sums.items()}}
+            means = {k: v / self._metric_count for k, v in self._metric_sums.items()}
+            if self.args.world_size > 1:  # every process logs at the same steps: average over processes, as loss is
+                names = sorted(means)
+                values = torch.tensor([means[k] for k in names], device=self.args.device)
+                means = dict(zip(names, self.accelerator.reduce(values, reduction="mean").tolist()))
+            logs = {**logs, **means}
             self._metric_sums, self._metric_count = {}, 0
         super().log(logs, *args, **kwargs)
 

@@ -1,0 +1,161 @@
+"""Comparison harness: seed statistics on known samples, verdict rules, the ledger on synthetic records, the table
+schema, held-out pairs, and a tiny end-to-end comparison of two methods × two seeds (with resume)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import t as student_t
+
+from workbench import compare as compare_module
+from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, claims_ledger, compare,
+                               format_ledger, format_table, heldout_preference_pairs, load_records, summarize,
+                               suite, verdict)
+from workbench.evaluate import length_bucket_gains, mean_ci
+
+TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
+            eval_samples=2, steps=2, batch_size=4)
+
+
+def test_mean_ci_on_known_samples():
+    stats = mean_ci([1.0, 2.0, 3.0])
+    # sd = 1, n = 3: half-width = t_{0.975, 2} / sqrt(3) = 4.3027 / 1.7321
+    assert stats["mean"] == 2.0 and stats["n"] == 3
+    assert stats["ci95"] == pytest.approx(student_t.ppf(0.975, 2) / math.sqrt(3)) == pytest.approx(2.4841, abs=1e-4)
+    assert mean_ci([5.0, 5.0])["ci95"] == 0.0
+    assert math.isnan(mean_ci([0.3])["ci95"])
+
+
+@pytest.mark.parametrize("kind, low, high, expected", [
+    ("greater", 0.01, 0.2, "holds"), ("greater", -0.2, -0.01, "does not hold"), ("greater", -0.1, 0.1, "inconclusive"),
+    ("less", -0.2, -0.01, "holds"), ("less", 0.01, 0.2, "does not hold"),
+    ("equivalent", -0.02, 0.02, "holds"), ("equivalent", 0.04, 0.1, "does not hold"),
+    ("equivalent", -0.01, 0.05, "inconclusive"),
+    ("at_most", -0.5, 0.02, "holds"), ("at_most", 0.04, 0.2, "does not hold"), ("at_most", 0.0, 0.1, "inconclusive"),
+    ("greater", float("nan"), float("nan"), "inconclusive"),
+])
+def test_verdict_rules(kind, low, high, expected):
+    assert verdict(kind, low, high, margin=0.03) == expected
+
+
+def _record(label, seed, gold, method=None, overrides=None, seconds=10.0, **harness):
+    method = method or label.split("[")[0]
+    buckets = [{"low": 0.0, "high": 2.0, "prompts": 2, "delta_win_rate": gold - 0.3, "win_rate": 0.5,
+                "gold_gain": 0.0}]
+    return {"label": label, "method": method, "seed": seed, "overrides": overrides or {}, "cold_cache": False,
+            "train_seconds": seconds, "metrics": {"seconds": seconds, "config": {"alpha": 0.8, "real_ratio": 0.0}},
+            "harness": {"gold": {"mean": gold}, "win_rate_vs_initial": 0.6, "win_rate_vs_teacher": 0.4,
+                        "reward_accuracy": 0.7, "tau_student_teacher": 0.2, "tau_student_gold": 0.3, "length": 3.0,
+                        "length_buckets": buckets, **harness}}
+
+
+def _references(seeds, teacher_gold=0.8):
+    return {s: {"student": {"gold": {"mean": 0.3}, "per_prompt": [0.3, 0.3], "length": 3.0, "reward_accuracy": 0.6},
+                "teacher": {"gold": {"mean": teacher_gold}, "per_prompt": [0.8, 0.8], "length": 5.0,
+                            "reward_accuracy": 0.8}} for s in seeds}
+
+
+def test_ledger_pairs_seeds_and_reports_the_t_interval_of_the_differences():
+    records = [_record("plad", s, g) for s, g in zip((0, 1, 2), (0.5, 0.6, 0.7))] + \
+              [_record("seqkd", s, g) for s, g in zip((0, 1, 2), (0.4, 0.4, 0.5))]
+    ledger = claims_ledger(records, claims=[c for c in CLAIMS if c.claim_id == "plad>seqkd"])
+    row = ledger.iloc[0]
+    diffs = [0.1, 0.2, 0.2]
+    assert row["effect"] == pytest.approx(np.mean(diffs))
+    assert row["ci95"] == pytest.approx(mean_ci(diffs)["ci95"])
+    assert row["n_seeds"] == 3 and row["verdict"] == "holds"  # CI (0.023, 0.31) excludes 0
+
+
+def test_ledger_marks_missing_runs_and_picks_the_best_method_against_the_teacher():
+    records = [_record("plad", s, 0.5 + 0.01 * s) for s in (0, 1)] + [_record("kd", s, 0.9) for s in (0, 1)] + \
+              [_record("kd[data_fraction=0.1]", s, 0.99, method="kd", overrides={"data_fraction": 0.1})
+               for s in (0, 1)]
+    ledger = claims_ledger(records, _references((0, 1)))
+    by_id = ledger.set_index("claim")
+    assert by_id.loc["adpa>dckd", "verdict"].startswith("not measured")
+    best = by_id.loc["student>teacher"]
+    assert best["a"] == "kd"  # variants are not candidates for "best method"
+    assert best["effect"] == pytest.approx(0.1) and best["verdict"] == "holds"  # identical seeds: CI of width 0
+    assert "| " in format_ledger(ledger)
+
+
+def test_equivalence_and_cost_claims_on_synthetic_runs():
+    two_by_four = [_record("pad-ppd[iterations=2]", s, 0.5, overrides={"iterations": 2}, seconds=30 + s)
+                   for s in (0, 1, 2)]
+    one_by_eight = [_record("pad-ppd[n=8]", s, 0.5 + 0.001 * s, overrides={"n": 8}, seconds=50 + 2 * s)
+                    for s in (0, 1, 2)]
+    ledger = claims_ledger(two_by_four + one_by_eight).set_index("claim")
+    assert ledger.loc["pad-2x4~1x8", "verdict"] == "holds"
+    assert ledger.loc["pad-2x4-cheaper", "effect"] == pytest.approx(-21.0)
+    assert ledger.loc["pad-2x4-cheaper", "verdict"] == "holds"
+
+
+def test_summary_table_schema_order_and_reference_rows():
+    records = [_record(m, s, 0.4 + 0.1 * s) for m in ("seqkd", "plad") for s in (0, 1)]
+    summary = summarize(records, _references((0, 1)))
+    assert list(summary["method"]) == ["student (initial)", "teacher", "plad", "seqkd"]  # registry order
+    expected = {"method", "base_method", "n_seeds"} | {f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "ci95")}
+    assert set(summary.columns) == expected
+    plad = summary.set_index("method").loc["plad"]
+    assert plad["gold_mean"] == pytest.approx(0.45) and plad["gold_ci95"] == pytest.approx(mean_ci([0.4, 0.5])["ci95"])
+    teacher = summary.set_index("method").loc["teacher"]
+    assert teacher["win_rate_vs_teacher_mean"] == 0.5 and teacher["win_rate_vs_initial_mean"] == 1.0
+    assert format_table(summary).count("\n") == len(summary) + 1
+
+
+def test_variant_labels_and_suites():
+    assert Variant("plad").label == "plad"
+    assert Variant("pad-ppd", {"n": 8, "alpha": 1.0}).label == "pad-ppd[alpha=1.0,n=8]"
+    assert {v.method for v in suite("table")} >= {"pad-vpd", "pad-ppd", "plad", "kd", "seqkd", "reverse-kl", "dpo",
+                                                   "simpo", "pro"}
+    labels = {v.label for v in suite("full")}
+    for claim in CLAIMS:  # every claim's runs are in the full suite (ADPA's when its module exists)
+        for label in (claim.a, claim.b):
+            if label in ("@best", "teacher") or label.split("[")[0] in compare_module.ADPA_METHODS:
+                continue
+            assert label in labels, label
+    with pytest.raises(ValueError):
+        suite("nope")
+
+
+def test_registry_covers_every_method_and_adpa_lazily():
+    for name in ("pad-vpd", "pad-ppd", "pad-ppd+sft", "plad", "plad+sft", "kd", "seqkd", "reverse-kl", "dpo",
+                 "simpo", "pro", "sft", "dckd", "adpa", "adpa+", "adpa_no_ref", "q_argmax", "q_softmax"):
+        assert callable(METHODS[name])
+
+
+def test_heldout_pairs_are_fixed_and_gold_ranked():
+    from workbench.gym.world import gold_reward
+    from workbench.methods.common import HELD_OUT_SEED, gym_prompts
+
+    prompts = gym_prompts("test", 20, HELD_OUT_SEED)
+    pairs = heldout_preference_pairs(prompts)
+    assert pairs == heldout_preference_pairs(prompts) and len(pairs) == 20
+    assert all(gold_reward(p["prompt"], p["chosen"]) > gold_reward(p["prompt"], p["rejected"]) for p in pairs)
+
+
+def test_length_bucket_gains_on_known_values():
+    rows = length_bucket_gains(after=[1.0, 0.0, 0.5, 0.7], before=[0.0, 0.0, 1.0, 0.7], lengths=[0, 2, 3, 9],
+                               edges=(0, 2, 4, float("inf")))
+    assert [r["prompts"] for r in rows] == [2, 1, 1]
+    assert rows[0]["win_rate"] == 0.75 and rows[0]["delta_win_rate"] == 0.25  # a win and a tie
+    assert rows[1]["win_rate"] == 0.0 and rows[2]["win_rate"] == 0.5
+    assert rows[0]["gold_gain"] == pytest.approx(0.5)
+
+
+def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tiny_gym, tmp_path, monkeypatch):
+    summary = compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0, 1], overrides=TINY, runs_dir=tmp_path)
+    assert list(summary["method"]) == ["student (initial)", "teacher", "plad", "seqkd[lr=0.003]"]
+    assert (summary["n_seeds"] == 2).all()
+    for metric in ("gold", "win_rate_vs_initial", "win_rate_vs_teacher", "reward_accuracy", "length", "seconds"):
+        assert np.isfinite(summary[f"{metric}_mean"].iloc[2:]).all(), metric
+    records = load_records(tmp_path)
+    assert len(records) == 4 and {r["seed"] for r in records} == {0, 1}
+    saved = json.loads((tmp_path / "plad" / "seed0" / "record.json").read_text())
+    assert saved["harness"]["gold"]["n"] == TINY["eval_prompts"]
+    assert (tmp_path / "plad" / "seed0" / "metrics.json").exists()
+    # a second call loads the saved runs instead of training
+    monkeypatch.setitem(METHODS, "plad", lambda seed, overrides: pytest.fail("re-ran a saved run"))
+    again = compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0, 1], overrides=TINY, runs_dir=tmp_path)
+    assert again.equals(summary)

@@ -1,0 +1,71 @@
+"""``workbench.figures`` redraws every figure from saved run records alone (synthetic records here: no training)."""
+
+import json
+
+import numpy as np
+
+from workbench import figures
+
+
+def _write(runs_dir, label, method, seed, gold, overrides=None, config=None, seconds=10.0):
+    folder = runs_dir / label / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    buckets = [{"low": lo, "high": hi, "prompts": p, "delta_win_rate": gold - 0.3 if p else float("nan"),
+                "win_rate": 0.5, "gold_gain": 0.0} for lo, hi, p in ((0, 2, 3), (2, 4, 5), (8, float("inf"), 0))]
+    record = {"label": label, "method": method, "seed": seed, "overrides": overrides or {}, "cold_cache": False,
+              "train_seconds": seconds, "metrics": {"seconds": seconds, "config": config or {}},
+              "harness": {"gold": {"mean": gold}, "win_rate_vs_initial": 0.5 + gold / 4, "win_rate_vs_teacher": 0.4,
+                          "reward_accuracy": 0.7, "tau_student_teacher": 0.2, "tau_student_gold": 0.3,
+                          "length": 3.0, "length_buckets": buckets}}
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+def _synthetic_runs(runs_dir):
+    rng = np.random.default_rng(0)
+    for seed in (0, 1, 2):
+        for method in ("pad-vpd", "pad-ppd", "plad", "kd", "seqkd", "reverse-kl", "dpo", "simpo", "pro"):
+            _write(runs_dir, method, method, seed, 0.3 + rng.uniform(0, 0.3),
+                   config={"alpha": 0.8, "real_ratio": 0.0, "data_fraction": 1.0})
+        for alpha in (0.0, 1.0):
+            _write(runs_dir, f"pad-ppd[alpha={alpha}]", "pad-ppd", seed, 0.3, {"alpha": alpha})
+        _write(runs_dir, "pad-ppd[n=8]", "pad-ppd", seed, 0.4, {"n": 8}, seconds=60.0)
+        _write(runs_dir, "pad-ppd[iterations=2]", "pad-ppd", seed, 0.41, {"iterations": 2}, seconds=40.0)
+        for ratio in (0.5, 1.0):
+            _write(runs_dir, f"plad[real_ratio={ratio}]", "plad", seed, 0.45, {"real_ratio": ratio})
+        for method in ("plad", "seqkd", "kd"):
+            for fraction in (0.1, 0.5):
+                _write(runs_dir, f"{method}[data_fraction={fraction}]", method, seed, 0.2 + fraction / 2,
+                       {"data_fraction": fraction})
+    (runs_dir / "_references").mkdir()
+    for seed in (0, 1, 2):
+        ref = {"student": {"gold": {"mean": 0.3}, "per_prompt": [0.3], "length": 3.0, "reward_accuracy": 0.6},
+               "teacher": {"gold": {"mean": 0.8}, "per_prompt": [0.8], "length": 5.0, "reward_accuracy": 0.8}}
+        (runs_dir / "_references" / f"seed{seed}.json").write_text(json.dumps(ref))
+
+
+def test_every_figure_regenerates_from_saved_records(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _synthetic_runs(runs)
+    out = tmp_path / "figures"
+    figures.main(["--runs-dir", str(runs), "--out", str(out)])
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(figures.FIGURES)
+    assert "skipped" not in capsys.readouterr().out
+
+
+def test_sweep_points_read_defaults_from_the_saved_config(tmp_path):
+    from workbench.compare import load_records
+
+    runs = tmp_path / "runs"
+    _synthetic_runs(runs)
+    xs, points = figures.sweep_points(load_records(runs), "plad", "real_ratio")
+    assert xs == [0.0, 0.5, 1.0] and all(p["n"] == 3 for p in points)
+    xs, _ = figures.sweep_points(load_records(runs), "kd", "data_fraction")
+    assert xs == [0.1, 0.5, 1.0]
+    buckets = figures.length_bucket_summary(load_records(runs))
+    assert set(buckets) == {"plad", "seqkd", "kd", "reverse-kl", "pad-ppd"}
+    assert len(buckets["plad"]) == 2  # the empty (8, inf] bucket is dropped
+
+
+def test_figures_without_runs_are_skipped_not_failed(tmp_path, capsys):
+    written = figures.regenerate(tmp_path / "empty", tmp_path / "figures")
+    assert set(written) == set(figures.FIGURES) and not any(written.values())

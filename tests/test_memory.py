@@ -1,0 +1,461 @@
+"""workbench.memory: the arithmetic of each term, the activation count against what autograd really saves, the
+whole estimate against the measured peak RSS of a training step, check_fits, and the chunked log-prob head."""
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench import memory
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "tests" / "fixtures" / "model_configs"
+GIB = 2**30
+
+PUBLISHED_PARAMS = {  # model cards, billions
+    "google/gemma-2-2b-it": 2.61, "google/gemma-2-9b-it": 9.24, "meta-llama/Llama-3.2-1B-Instruct": 1.24,
+    "meta-llama/Llama-3.2-3B-Instruct": 3.21, "meta-llama/Llama-3.1-8B-Instruct": 8.03,
+    "meta-llama/Llama-2-7b-hf": 6.74, "meta-llama/Llama-2-13b-hf": 13.02,
+}
+
+
+def small_config(kind="llama", layers=2, kv_heads=8, vocab=1000, **extra):
+    from transformers import Gemma2Config, LlamaConfig
+
+    common = dict(vocab_size=vocab, hidden_size=256, num_hidden_layers=layers, num_attention_heads=8,
+                  num_key_value_heads=kv_heads, intermediate_size=688, **extra)
+    return Gemma2Config(head_dim=32, **common) if kind == "gemma2" else LlamaConfig(**common)
+
+
+# --- model dimensions and parameter arithmetic ---
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_parameter_count_equals_transformers_and_the_model_card(name):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dims = memory.model_dims(name, CONFIGS)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(CONFIGS / name.replace("/", "--")))
+    assert dims.params == sum(p.numel() for p in model.parameters())
+    assert dims.params / 1e9 == pytest.approx(PUBLISHED_PARAMS[name], abs=0.01)
+
+
+def test_gym_presets_are_sized_without_building_the_gym(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))  # an empty cache: a build would show up here
+    dims = memory.model_dims("gym-tiny-student")
+    assert (dims.hidden, dims.layers) == (16, 1) and dims.vocab > 0
+    assert not (tmp_path / "gym").exists()
+
+
+def test_weight_bytes_by_dtype_and_quantization():
+    dims = memory.model_dims("meta-llama/Llama-3.1-8B-Instruct", CONFIGS)
+    bf16 = sum(memory.weight_bytes(dims, 2).values())
+    assert bf16 == 2 * dims.params
+    nf4 = memory.weight_bytes(dims, 2, "4bit")
+    linear = dims.layers * dims.layer_linear_params
+    # NF4 with double quantisation: 4 bits + 8-bit absmax per 64 + fp32 per 256 blocks ≈ 4.127 bits
+    assert nf4["linear"] == int(linear * (0.5 + 1 / 64 + 4 / 16384))
+    assert nf4["embeddings"] == 2 * (dims.embedding_params + dims.head_params)  # not quantized by bitsandbytes
+    assert sum(memory.weight_bytes(dims, 2, "8bit").values()) < bf16
+    assert 5.0 < sum(nf4.values()) / GIB < 6.0  # 8B in NF4 with bf16 embeddings and head
+    prepared = memory.weight_bytes(dims, 2, "4bit", kbit_prepared=True)
+    assert prepared["embeddings"] == 2 * nf4["embeddings"]  # prepare_model_for_kbit_training upcasts to fp32
+    with pytest.raises(ValueError, match="quantization"):
+        memory.weight_bytes(dims, 2, "3bit")
+
+
+def test_lora_parameter_count_equals_peft():
+    from peft import get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from workbench.models import lora_config
+
+    config = small_config(kv_heads=2)
+    model = get_peft_model(LlamaForCausalLM(config), lora_config(True))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert memory.lora_params(memory.dims_from_config(config), r=8) == trainable
+
+
+def test_optimizer_and_gradient_bytes():
+    assert memory.adamw_state_bytes(1000, 4) == 8000
+    assert memory.gradient_bytes(1000, 2) == 2000
+
+
+# --- activations: the count equals what autograd saves ---
+
+
+def saved_activation_bytes(model, input_ids, attention_mask) -> int:
+    """Bytes of the distinct non-parameter tensors that autograd keeps for backward of one forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    seen, storages, stack = set(), {}, [out.logits.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        for name in dir(fn):
+            if name.startswith("_saved_"):
+                try:
+                    value = getattr(fn, name)
+                except RuntimeError:
+                    continue
+                for tensor in value if isinstance(value, (tuple, list)) else [value]:
+                    if isinstance(tensor, torch.Tensor):
+                        storage = tensor.untyped_storage()
+                        if storage.data_ptr() not in params:
+                            storages[storage.data_ptr()] = storage.nbytes()
+        stack += [next_fn for next_fn, _ in fn.next_functions]
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("kind,dtype,lora_dropout,kv_heads", [
+    ("llama", torch.float32, None, 8), ("llama", torch.bfloat16, None, 2), ("llama", torch.float32, 0.05, 8),
+    ("llama", torch.bfloat16, 0.05, 2), ("llama", torch.bfloat16, 0.0, 8), ("llama", torch.float32, 0.0, 8),
+    ("gemma2", torch.bfloat16, None, 8), ("gemma2", torch.float32, None, 4),
+])
+def test_layer_activation_count_equals_autograd_saved_tensors(kind, dtype, lora_dropout, kv_heads):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    batch, seq_len = 4, 48
+    ids = torch.randint(0, 1000, (batch, seq_len))
+    mask = torch.ones_like(ids)
+    mask[0, -5:] = 0  # padding: the mask is materialised and k, v are repeated for grouped attention
+    saved = {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(small_config(kind, layers, kv_heads)).to(dtype).train()
+        if lora_dropout is not None:
+            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=lora_dropout,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+        saved[layers] = saved_activation_bytes(model, ids, mask)
+    measured_per_layer = (saved[3] - saved[1]) / 2
+    dims = memory.dims_from_config(small_config(kind, 1, kv_heads))
+    predicted = batch * seq_len * memory.layer_activation_bytes(
+        dims, seq_len, torch.finfo(dtype).bits // 8, frozen_base=lora_dropout is not None,
+        lora_r=8 if lora_dropout is not None else None, lora_dropout=lora_dropout or 0.0, mask_bytes=4)
+    assert predicted == pytest.approx(measured_per_layer, rel=0.005)
+
+
+def test_qlora_student_activations_are_counted_in_float32(tmp_path):
+    """A 4-bit student prepared for k-bit training (norms and embeddings upcast) runs its residual stream in
+    float32: its LoRA layer saves exactly the float32 count, although the compute dtype is bfloat16."""
+    from transformers import LlamaForCausalLM
+
+    from workbench.gym.tokenizer import build_tokenizer
+    from workbench.models import load
+
+    ids = torch.randint(0, 60, (4, 48))
+    mask = torch.ones_like(ids)
+    mask[0, -5:] = 0
+    saved = {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        folder = tmp_path / str(layers)
+        LlamaForCausalLM(small_config(layers=layers)).save_pretrained(folder)
+        build_tokenizer().save_pretrained(folder)
+        model, _ = load(str(folder), quantization="4bit", lora=True, device="cpu", dtype=torch.bfloat16)
+        saved[layers] = saved_activation_bytes(model.train(), ids, mask)
+    predicted = memory.layer_activation_bytes(memory.dims_from_config(small_config(layers=1)), 48, 4,
+                                              frozen_base=True, lora_r=8, lora_dropout=0.05, mask_bytes=4)
+    assert 4 * 48 * predicted == pytest.approx((saved[3] - saved[1]) / 2, rel=0.005)
+
+
+# --- the whole estimate against measured peak RSS of training steps (subprocess) ---
+
+MEASURED = [
+    # a few-M-param Llama, PAD-PPD step through DistillTrainer: B=8 prompts × n=4, T≈66 tokens, vocab 8192
+    dict(name="full fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8),
+    dict(name="LoRA fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8, lora=True),
+    dict(name="bf16, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
+         intermediate=688, batch_size=4, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
+]
+N_RESPONSES, PROMPT_WORDS, RESPONSE_WORDS = 4, 20, 40
+
+
+def _measure(specs: list[dict]) -> list[dict]:
+    """Run each spec's training steps in this process; peak RSS (VmHWM, reset before each) minus RSS before the
+    model is built. Prints JSON."""
+    import logging
+    import time
+
+    import datasets
+    import psutil
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workbench.gym.tokenizer import build_tokenizer
+    from workbench.methods.pad import ListwiseObjective
+    from workbench.trainers import ListwiseCollator, train_distill
+
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)
+    tokenizer = build_tokenizer()
+    collator = ListwiseCollator(tokenizer)
+    rows = datasets.Dataset.from_dict({
+        "prompt": ["sort " + " ".join(str(j % 10) for j in range(PROMPT_WORDS))] * 64,
+        "responses": [[" ".join(str((j + k) % 10) for j in range(RESPONSE_WORDS)) for k in range(N_RESPONSES)]] * 64,
+        "teacher_rewards": [[float(k) for k in range(N_RESPONSES)]] * 64})
+    seq_len = int(collator([rows[0]])["input_ids"].shape[1])
+
+    def build(spec):
+        config = LlamaConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
+                             num_attention_heads=spec["heads"], num_key_value_heads=spec.get("kv_heads", spec["heads"]),
+                             intermediate_size=spec["intermediate"], pad_token_id=tokenizer.pad_token_id)
+        model = LlamaForCausalLM(config).to(getattr(torch, spec.get("dtype", "float32")))
+        if spec.get("lora"):
+            from peft import get_peft_model
+
+            from workbench.models import lora_config
+
+            model = get_peft_model(model, lora_config(True))
+        return model
+
+    def train(model, spec, steps):
+        extra = {}
+        if spec.get("gradient_checkpointing"):
+            extra = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        os.environ["WORKBENCH_LOGITS_CHUNK"] = str(spec.get("logits_chunk") or 0)
+        train_distill(model, rows, collator, ListwiseObjective("ppd", 10.0), steps=steps, lr=1e-4,
+                      batch_size=spec["batch_size"], progress=False, **extra)
+
+    def peak_rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+
+    # warm-up: lazy imports, thread pools, Trainer and accelerate state
+    train(build(dict(vocab=64, hidden=32, layers=1, heads=2, intermediate=64)), {"batch_size": 2}, 2)
+    results = []
+    for spec in specs:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (Linux ≥ 4.0)
+        before = psutil.Process().memory_info().rss
+        start = time.perf_counter()
+        model = build(spec)
+        train(model, spec, 2)  # step 2 back-propagates with AdamW's states allocated
+        results.append({"name": spec["name"], "peak_delta": peak_rss() - before, "seq_len": seq_len,
+                        "seconds": time.perf_counter() - start})
+        del model
+    print(json.dumps(results))
+    return results
+
+
+def predicted_training_bytes(spec: dict, seq_len: int) -> int:
+    config = {"model_type": "llama", "vocab_size": spec["vocab"], "hidden_size": spec["hidden"],
+              "num_hidden_layers": spec["layers"], "num_attention_heads": spec["heads"],
+              "num_key_value_heads": spec.get("kv_heads", spec["heads"]), "intermediate_size": spec["intermediate"],
+              "tie_word_embeddings": False}
+    estimate = memory.estimate(
+        dict(student="probe", n=N_RESPONSES, batch_size=spec["batch_size"], lora=spec.get("lora", False),
+             prompt_tokens=seq_len - 1, max_new_tokens=0, device="cpu", dtype=spec.get("dtype", "float32"),
+             logits_chunk=spec.get("logits_chunk") or 0,
+             gradient_checkpointing=spec.get("gradient_checkpointing", False)),
+        model_configs={"probe": config})
+    assert estimate.assumptions["train_seq_len"] == seq_len
+    return estimate.total("training")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    env = dict(os.environ, OMP_NUM_THREADS="1", WORKBENCH_THREADS="1",
+               # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
+               # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
+               MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+@pytest.mark.parametrize("spec", MEASURED, ids=[s["name"] for s in MEASURED])
+def test_estimate_within_15_percent_of_measured_peak_rss(spec, measured):
+    result = measured[spec["name"]]
+    predicted = predicted_training_bytes(spec, result["seq_len"])
+    assert result["peak_delta"] > 150 * 2**20, "the measurement should dwarf allocator noise"
+    ratio = predicted / result["peak_delta"]
+    print(f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
+          f"ratio {ratio:.3f}")
+    assert 0.85 <= ratio <= 1.15
+
+
+@pytest.mark.gpu
+def test_estimate_within_15_percent_of_cuda_peak_allocated():
+    from transformers import LlamaForCausalLM
+
+    from workbench.methods.pad import ListwiseObjective
+
+    torch.cuda.reset_peak_memory_stats()
+    config = small_config(layers=8, kv_heads=2, vocab=32000)
+    model = LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    objective = ListwiseObjective("ppd", 10.0)
+    batch, n, seq_len = 8, 4, 256
+    ids = torch.randint(0, 32000, (batch * n, seq_len), device="cuda")
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": torch.ones_like(ids).bool(),
+              "teacher_rewards": torch.randn(batch, n, device="cuda")}
+    inputs["attention_mask"][0, -3:] = 0
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        loss, _ = objective(model, inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated() - before + sum(p.numel() * 2 for p in model.parameters())
+    predicted = memory.estimate(dict(student="probe", n=n, batch_size=batch, prompt_tokens=seq_len - 1,
+                                     max_new_tokens=0, device="cuda"),
+                                model_configs={"probe": config.to_dict()})
+    predicted_bytes = predicted.total("training") - memory.CUDA_CONTEXT_BYTES
+    assert 0.85 <= predicted_bytes / peak <= 1.15
+
+
+# --- estimate: phases, levers, method mappings ---
+
+
+def pad_recipe(**overrides):
+    return dict(teacher="google/gemma-2-9b-it", student="google/gemma-2-2b-it", n=4, batch_size=1,
+                prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="ultrafeedback", **overrides)
+
+
+def test_each_lever_lowers_the_peak_it_should():
+    base = memory.estimate(pad_recipe(), model_configs=CONFIGS)
+    qlora = memory.estimate(pad_recipe(quantization="4bit", lora=True), model_configs=CONFIGS)
+    assert qlora.phases["training"]["teacher_weights"] < base.phases["training"]["teacher_weights"] / 3
+    assert qlora.phases["training"]["optimizer_states"] < base.phases["training"]["optimizer_states"] / 100
+    checkpointed = memory.estimate(pad_recipe(gradient_checkpointing=True), model_configs=CONFIGS)
+    assert checkpointed.total("training") < base.total("training")
+    chunked = memory.estimate(pad_recipe(logits_chunk=64), model_configs=CONFIGS)
+    assert chunked.phases["training"].get("logits_and_log_softmax", 0) < \
+        base.phases["training"].get("logits_and_log_softmax", 1)
+    cached = memory.estimate(pad_recipe(teacher_cached=True), model_configs=CONFIGS)
+    assert "teacher_mcq" not in cached.phases and cached.phases["training"]["teacher_weights"] == 0
+    fsdp = memory.estimate(pad_recipe(world_size=4, strategy="fsdp"), model_configs=CONFIGS)
+    assert fsdp.phases["training"]["optimizer_states"] == base.phases["training"]["optimizer_states"] // 4
+
+
+def test_gemma2_eager_attention_is_counted():
+    dims = memory.model_dims("google/gemma-2-2b-it", CONFIGS)
+    assert dims.attention == "eager" and dims.attn_softcap and dims.norms_per_layer == 4
+    short, long = (memory.layer_activation_bytes(dims, t, 2) for t in (256, 1024))
+    assert long - short == dims.heads * (1024 - 256) * (4 + 2 + 2)  # T×T per head: fp32 softmax, bf16, tanh
+
+
+def test_run_shape_reads_pad_adpa_and_plad_parameters(monkeypatch):
+    from workbench.methods.pad import PadConfig
+
+    shape = memory.run_shape(PadConfig(teacher="gym-teacher-dpo", student="gym-student", lora=True, n=6))
+    assert (shape.n, shape.lora, shape.mcq, shape.teacher_in_training, shape.prompt_tokens) == (6, True, True, True, 24)
+    adpa = memory.run_shape(dict(teacher_dpo="a", teacher_ref="b", student="c", method="adpa", dataset="dpo-mix-7k"))
+    assert (adpa.teacher, adpa.teacher_ref, adpa.n, adpa.mcq, adpa.teacher_in_training) == ("a", "b", 2, False, False)
+    assert adpa.prompt_tokens == 512
+    plad = memory.run_shape(dict(teacher="a", student="c", loss="plad_ranking"))
+    assert (plad.n, plad.teacher_generates) == (2, True)
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_checkpointing": true}')
+    monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "128")
+    shape = memory.run_shape(dict(student="gym-student"))
+    assert shape.gradient_checkpointing and shape.logits_chunk == 128
+
+
+def test_estimate_prints_a_breakdown_and_serialises():
+    estimate = memory.estimate(pad_recipe(quantization="4bit", lora=True), model_configs=CONFIGS)
+    text = str(estimate)
+    assert "estimated peak memory" in text and "training" in text and "teacher_weights" in text
+    assert estimate.peak_bytes == max(estimate.total(phase) for phase in estimate.phases)
+    json.dumps(estimate.to_dict())
+
+
+def test_a_model_without_a_readable_config_gives_a_clear_error():
+    with pytest.raises(OSError, match="model_configs"):
+        memory.model_dims("/no/such/model/folder")
+
+
+def test_check_fits_refuses_with_the_levers_and_passes_when_it_fits():
+    estimate = memory.estimate(pad_recipe(), model_configs=CONFIGS)
+    with pytest.raises(memory.WillNotFitError) as error:
+        memory.check_fits(estimate, 24 * GIB)
+    message = str(error.value)
+    assert "needs ~" in message and "device has 24.0 GiB" in message
+    for lever in ("quantization='4bit'", "lora=True", "smaller batch_size", "gradient checkpointing"):
+        assert lever in message
+    assert memory.check_fits(estimate, 10_000 * GIB) is estimate
+    memory.check_fits(memory.estimate(dict(student="gym-tiny-student", device="cpu")), "cpu")
+
+
+def test_time_estimate_is_on_the_scale_of_pads_reported_gpu_hours():
+    # PAD Table 2: 12.32 A800 GPU-hours for one iteration at n = 4 (Gemma-2, ~60k UltraFeedback prompts)
+    hours = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS)
+    assert 0.5 < hours["gpu_hours"] / 12.32 < 2.0
+    assert set(hours["stages"]) == {"sampling", "teacher_scoring", "training"}
+
+
+# --- the chunked log-prob head (trainers.student_token_logps) ---
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_chunked_token_logps_equal_the_full_computation(kind):
+    from transformers import AutoModelForCausalLM
+
+    from workbench.trainers import student_token_logps
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(small_config(kind, layers=1, kv_heads=4, vocab=300))
+    ids = torch.randint(0, 300, (3, 19))
+    mask = torch.ones_like(ids)
+    mask[1, -4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "response_mask": mask.bool()}
+    results = []
+    for chunk in (0, 5):
+        model.zero_grad()
+        token_logps, _ = student_token_logps(model, batch, logits_chunk=chunk)
+        (token_logps * mask[:, 1:]).sum().backward()
+        results.append((token_logps.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full, full_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_qlora_student_trains_with_chunked_logps_and_checkpointing(tiny_gym):
+    """The 4-bit (NF4) + LoRA student path on CPU: bitsandbytes forward/backward, gradients reach the adapters."""
+    from workbench.models import load
+    from workbench.trainers import student_token_logps
+
+    model, tokenizer = load("gym-tiny-student", quantization="4bit", lora=True, gradient_checkpointing=True,
+                            device="cpu")
+    model.train()
+    from workbench.encoding import collate_examples
+
+    batch = collate_examples(tokenizer, ["sort 3 1 2", "copy 4 4"], ["1 2 3", "4 4"])
+    token_logps, mask = student_token_logps(model, batch, logits_chunk=4)
+    loss = -(token_logps * mask).sum() / mask.sum()
+    loss.backward()
+    grads = [p.grad for name, p in model.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_training_arguments_read_the_environment(monkeypatch):
+    from workbench.trainers import training_arguments
+
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 4, "gradient_checkpointing": true}')
+    args = training_arguments(steps=2, lr=1e-3, batch_size=2)
+    assert args.gradient_accumulation_steps == 4 and args.gradient_checkpointing
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert training_arguments(steps=2, lr=1e-3, batch_size=2, gradient_accumulation_steps=1) \
+        .gradient_accumulation_steps == 1  # a caller's argument wins
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        training_arguments(steps=2, lr=1e-3, batch_size=2)
+
+
+if __name__ == "__main__":
+    _measure(json.loads(sys.argv[1]))

@@ -1,0 +1,626 @@
+"""Comparison harness: train methods × seeds on the gym, evaluate every run the same way, and tabulate mean ± 95% CI
+over seeds; then check the three papers' qualitative claims against the saved runs (the claims ledger).
+
+* ``METHODS``: name → ``runner(seed, overrides) -> RunResult`` (PAD, PLaD, the baselines, and the ADPA family,
+  imported lazily so the harness works before ``workbench.methods.adpa`` exists), each at its gym learning rate
+  (``GYM_LR``, chosen on the validation split). ``pad-ppd+sft`` and ``plad+sft`` are the published objectives plus
+  an NLL anchor on the teacher's preferred answer — beyond the papers, labelled as such.
+* :func:`compare` runs ``Variant``s × seeds, each saved to ``<runs_dir>/<label>/seed<k>/record.json`` (plus the
+  method's own ``metrics.json`` / ``history.json``), and returns :func:`summarize`'s table. Saved runs are reused
+  (``resume=True``), so a long comparison can be interrupted and figures regenerate without training.
+* One evaluation for all (:func:`evaluate_run`): the same held-out prompts, samples and seeds for every method;
+  gold reward, paired win rates against the initial student and against the teacher (gold judge), reward accuracy
+  on a fixed gold-ranked held-out pair set, Kendall τ of the student's ranking of its own samples with the teacher's
+  calibrated ranking and with gold, mean length, wall time.
+* :func:`claims_ledger`: each claim → the per-seed paired effect, its 95% CI over seeds, and a verdict.
+
+``python -m workbench.compare --suite full --seeds 0 1 2`` runs the full comparison (table + ledger variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from workbench.evaluate import (evaluate_policy, length_bucket_gains, mean_ci, prompt_lengths, win_rate)
+from workbench.methods.common import HELD_OUT_SEED, RunResult, gym_prompts
+
+logger = logging.getLogger("workbench.compare")
+
+DEFAULT_RUNS_DIR = "results/compare"  # committed: figures regenerate from it on a fresh checkout
+TABLE_METRICS = ("gold", "win_rate_vs_initial", "win_rate_vs_teacher", "reward_accuracy", "tau_student_teacher",
+                 "tau_student_gold", "length", "seconds")
+REFERENCE_ROWS = ("student (initial)", "teacher")
+
+
+# --- the registry of methods ---
+
+# Learning rate per method on the gym, chosen on the gym's *validation* split (seed 0, 128 prompts × 4 samples) from
+# {1e-4, 3e-4, 1e-3, 3e-3} (plus 3e-5 / 1e-2 at the ends), everything else at the method's defaults. Validation mean
+# gold (initial student 0.28): kd 0.33/0.36/0.50/0.60 (1e-2: 0.56); seqkd 0.34/0.37/0.48/0.65 (1e-2: 0.49);
+# reverse-kl 0.19/0.22/0.30/0.35; pro 0.31/0.32/0.34/0.34; dpo (3e-5: 0.29) 0.27/0.19/0.14; simpo 0.29/0.29/0.28;
+# plad 0.27/0.26/0.21; plad+sft 0.31/0.34/0.39/0.41; pad-ppd 0.26/0.21/0.11/0.04; pad-vpd 0.21/0.07/0.06/0.03;
+# pad-ppd+sft –/0.32/0.34/0.34. Methods that only lower the gold reward end up at the smallest rate of the grid: the
+# table then shows them at their least harmful, not at the paper's rate. The ADPA family keeps its own gym-tuned
+# defaults (workbench.methods.adpa).
+GYM_LR = {"kd": 3e-3, "seqkd": 3e-3, "reverse-kl": 3e-3, "pro": 1e-3, "dpo": 1e-4, "simpo": 3e-4, "plad": 1e-4,
+          "plad+sft": 3e-3, "pad-vpd": 1e-4, "pad-ppd": 1e-4, "pad-ppd+sft": 1e-3}
+
+
+def _with_defaults(name: str, overrides: dict) -> dict:
+    return {**({"lr": GYM_LR[name]} if name in GYM_LR else {}), **overrides}
+
+
+def _pad(name: str, loss: str, sft_weight: float = 0.0):
+    def run(seed: int, overrides: dict) -> RunResult:
+        from workbench.methods.pad import PadConfig, run_pad
+
+        return run_pad(PadConfig(**{"loss": loss, "sft_weight": sft_weight, "seed": seed, "progress": False,
+                                    **_with_defaults(name, overrides)}))
+    return run
+
+
+def _plad(name: str, sft_weight: float = 0.0):
+    def run(seed: int, overrides: dict) -> RunResult:
+        from workbench.methods.plad import PladConfig, run_plad
+
+        return run_plad(PladConfig(**{"sft_weight": sft_weight, "seed": seed, "progress": False,
+                                      **_with_defaults(name, overrides)}))
+    return run
+
+
+def _baseline(method: str):
+    def run(seed: int, overrides: dict) -> RunResult:
+        from workbench.methods.baselines import BaselineConfig, run_baseline
+
+        return run_baseline(BaselineConfig(**{"method": method, "seed": seed, "progress": False,
+                                              **_with_defaults(method, overrides)}))
+    return run
+
+
+def _adpa(method: str):
+    def run(seed: int, overrides: dict) -> RunResult:
+        import dataclasses
+
+        from workbench.methods.adpa import AdpaConfig, run_adpa  # written separately; imported on use
+
+        known = {f.name for f in dataclasses.fields(AdpaConfig)}
+        kwargs = {"progress": False, **overrides}
+        if "teacher" in kwargs and "teacher" not in known:
+            # ADPA names its teachers teacher_dpo / teacher_ref; a gym preset's reference teacher is its sibling
+            teacher = kwargs.pop("teacher")
+            kwargs.setdefault("teacher_dpo", teacher)
+            if teacher.startswith("gym-") and teacher.endswith("teacher-dpo"):
+                kwargs.setdefault("teacher_ref", teacher.replace("teacher-dpo", "teacher-ref"))
+        # the harness's plumbing keys are optional for a config; everything else must be a real field
+        kwargs = {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
+        return run_adpa(AdpaConfig(**{"method": method, "seed": seed, **kwargs}))
+    return run
+
+
+ADPA_METHODS = ("sft", "dckd", "adpa", "adpa+", "adpa_no_ref", "q_argmax", "q_softmax")
+
+METHODS: dict[str, Callable[[int, dict], RunResult]] = {
+    "pad-vpd": _pad("pad-vpd", "vpd"),
+    "pad-ppd": _pad("pad-ppd", "ppd"),
+    "plad": _plad("plad"),
+    **{name: _baseline(name) for name in ("kd", "seqkd", "reverse-kl", "dpo", "simpo", "pro")},
+    # beyond the papers: the same objectives plus an NLL anchor on the teacher's preferred answer (sft_weight = 1)
+    "pad-ppd+sft": _pad("pad-ppd+sft", "ppd", sft_weight=1.0),
+    "plad+sft": _plad("plad+sft", sft_weight=1.0),
+    **{name: _adpa(name) for name in ADPA_METHODS},
+}
+
+
+def adpa_available() -> bool:
+    """Whether ``workbench.methods.adpa`` can be imported (the ADPA family is registered lazily)."""
+    return importlib.util.find_spec("workbench.methods.adpa") is not None
+
+
+def available_methods() -> list[str]:
+    """Registered methods whose module exists."""
+    return [m for m in METHODS if m not in ADPA_METHODS or adpa_available()]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with parameter overrides, e.g. ``Variant("pad-ppd", {"alpha": 0.0})``; ``cold_cache`` runs it
+    with an empty stage cache so its wall time counts every sample and score (for cost claims)."""
+
+    method: str
+    overrides: dict = field(default_factory=dict)
+    cold_cache: bool = False
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.method
+        return self.method + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items())) + "]"
+
+    def __hash__(self):
+        return hash((self.method, json.dumps(self.overrides, sort_keys=True), self.cold_cache))
+
+
+def as_variant(item) -> Variant:
+    if isinstance(item, Variant):
+        return item
+    if isinstance(item, str):
+        return Variant(item)
+    method, overrides = item
+    return Variant(method, dict(overrides))
+
+
+# the extra runs the claims ledger needs (PAD Fig. 5 α, PAD Table 2 decomposition, PLaD Fig. 2 real pairs)
+LEDGER_VARIANTS = (
+    Variant("pad-ppd", {"alpha": 0.0}),
+    Variant("pad-ppd", {"alpha": 1.0}),
+    Variant("pad-ppd", {"n": 8}, cold_cache=True),  # 1 iteration × 8 samples
+    Variant("pad-ppd", {"iterations": 2}, cold_cache=True),  # 2 iterations × 4 samples
+    Variant("plad", {"real_ratio": 1.0}),
+    Variant("plad+sft", {"real_ratio": 1.0}),
+)
+
+
+def suite(name: str) -> list[Variant]:
+    """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
+    ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
+    SeqKD, KD)."""
+    if name == "table":
+        return [Variant(m) for m in available_methods()]
+    if name == "ledger":
+        return [v for v in LEDGER_VARIANTS]
+    if name == "full":
+        return suite("table") + suite("ledger")
+    if name == "plad-fig2":
+        return [Variant(m, {"real_ratio": r}) for m in ("plad", "plad+sft") for r in (0.25, 0.5, 0.75, 1.0)] + \
+            [Variant("plad"), Variant("plad+sft")]
+    if name == "plad-fig4":
+        methods = ("plad", "plad+sft", "seqkd", "kd")
+        return [Variant(m, {"data_fraction": f}) for m in methods for f in (0.1, 0.25, 0.5)] + \
+            [Variant(m) for m in methods]
+    raise ValueError(f"unknown suite {name!r}; use table, ledger, full, plad-fig2 or plad-fig4")
+
+
+# --- one evaluation for every run ---
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every run is evaluated on (the defaults equal the method pipelines' own evaluation, so the samples of
+    the trained student come from the stage cache)."""
+
+    teacher: str = "gym-teacher-dpo"
+    student: str = "gym-student"
+    eval_prompts: int = 128
+    eval_samples: int = 4
+    max_new_tokens: int = 24
+    alpha: float = 0.8  # the teacher ranking for Kendall τ is PAD's calibrated r̂ (Eq. 9)
+    mcq_order: str = "random"
+    length_edges: tuple[float, ...] = (0, 2, 4, 6, 8, float("inf"))
+
+    def held_out(self):
+        return gym_prompts("test", self.eval_prompts, HELD_OUT_SEED)
+
+
+EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
+
+
+def heldout_preference_pairs(prompts, seed: int = HELD_OUT_SEED) -> list[dict]:
+    """One gold-ranked pair per held-out prompt, from the gym's candidate kinds (the judge mix): a fixed,
+    model-independent test set for reward accuracy (DESIGN: chosen avg-log-lik > rejected)."""
+    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.world import gold_reward, sample_candidate
+
+    rng = random.Random(seed)
+    pairs = []
+    for prompt in prompts:
+        for _ in range(100):
+            a, b = sample_candidate(prompt, JUDGE_MIX, rng), sample_candidate(prompt, JUDGE_MIX, rng)
+            gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
+            if gold_a != gold_b:
+                chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
+                pairs.append({"prompt": prompt.text, "chosen": chosen, "rejected": rejected})
+                break
+    return pairs
+
+
+def reward_accuracy(model, tokenizer, pairs: Sequence[dict]) -> float:
+    """Fraction of pairs whose chosen answer has the higher per-token log-likelihood (PAD Eq. 7), ties ½."""
+    from workbench.scoring import avg_logp_rewards
+
+    prompts = [p["prompt"] for p in pairs]
+    chosen = avg_logp_rewards(model, tokenizer, prompts, [p["chosen"] for p in pairs]).numpy()
+    rejected = avg_logp_rewards(model, tokenizer, prompts, [p["rejected"] for p in pairs]).numpy()
+    return win_rate(chosen, rejected)
+
+
+def _evaluation_summary(evaluation: dict) -> dict:
+    return {"gold": evaluation["gold"], "per_prompt": evaluation["per_prompt"], "length": evaluation["length"],
+            "prompt_lengths": prompt_lengths(evaluation).tolist()}
+
+
+def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
+    """The initial student and the teacher on the held-out prompts (seeded like every run), with their reward
+    accuracy on the held-out pairs."""
+    from workbench.models import load
+
+    held_out = eval_cfg.held_out()
+    pairs = heldout_preference_pairs(held_out)
+    out = {}
+    for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
+        model, tokenizer = load(name)
+        evaluation = evaluate_policy(model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed,
+                                     max_new_tokens=eval_cfg.max_new_tokens)
+        out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
+    return out
+
+
+def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
+    """The harness's uniform evaluation of a trained student (module docstring); JSON-ready."""
+    from workbench.methods.pad import ranking_agreement
+    from workbench.models import load
+
+    started = time.perf_counter()
+    held_out = eval_cfg.held_out()
+    model, tokenizer = result.model, result.tokenizer
+    after = evaluate_policy(model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed,
+                            max_new_tokens=eval_cfg.max_new_tokens)
+    initial, teacher_eval = references["student"], references["teacher"]
+    teacher, teacher_tok = load(eval_cfg.teacher)
+    ranking = ranking_agreement(model, tokenizer, teacher, teacher_tok, after["samples"], held_out,
+                                SimpleNamespace(alpha=eval_cfg.alpha, mcq_order=eval_cfg.mcq_order, seed=seed))
+    return {
+        **_evaluation_summary(after),
+        "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),
+        "win_rate_vs_teacher": win_rate(after["per_prompt"], teacher_eval["per_prompt"]),
+        "reward_accuracy": reward_accuracy(model, tokenizer, heldout_preference_pairs(held_out)),
+        "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
+        "tau_student_gold": ranking["tau_student_gold"]["mean"],
+        "length_buckets": length_bucket_gains(after["per_prompt"], initial["per_prompt"],
+                                              initial["prompt_lengths"], eval_cfg.length_edges),
+        "eval_seconds": time.perf_counter() - started,
+    }
+
+
+@contextlib.contextmanager
+def fresh_stage_cache():
+    """Run with an empty, temporary stage cache (samples and scores recomputed), e.g. to time a method cold."""
+    import workbench.cache as cache_module
+
+    saved = cache_module._DEFAULT_CACHE
+    with tempfile.TemporaryDirectory(prefix="workbench-cold-") as root:
+        cache_module._DEFAULT_CACHE = cache_module.StageCache(root)
+        try:
+            yield
+        finally:
+            cache_module._DEFAULT_CACHE = saved
+
+
+# --- running and saving ---
+
+
+def _json_ready(value):
+    return json.loads(json.dumps(value, default=float))
+
+
+def _run_dir(runs_dir: str | Path, label: str, seed: int) -> Path:
+    safe = label.replace("/", "_")
+    return Path(runs_dir) / safe / f"seed{seed}"
+
+
+def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict, overrides: dict | None = None,
+            eval_cfg: EvalConfig = EvalConfig()) -> dict:
+    """Train one (variant, seed), evaluate it with :func:`evaluate_run`, save and return its record."""
+    if variant.method not in METHODS:
+        raise KeyError(f"unknown method {variant.method!r}; registered: {sorted(METHODS)}")
+    folder = _run_dir(runs_dir, variant.label, seed)
+    merged = {**(overrides or {}), **variant.overrides, "output_dir": str(folder)}
+    context = fresh_stage_cache() if variant.cold_cache else contextlib.nullcontext()
+    started = time.perf_counter()
+    with context:
+        result = METHODS[variant.method](seed, merged)
+    train_seconds = time.perf_counter() - started
+    result.save(folder)
+    harness = evaluate_run(result, references, seed, eval_cfg)
+    metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}
+    record = _json_ready({
+        "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
+        "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "metrics": metrics, "harness": harness,
+    })
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def load_records(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict]:
+    """Every saved run record under ``runs_dir`` (``<label>/seed<k>/record.json``)."""
+    return [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("*/seed*/record.json"))]
+
+
+def load_references(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[int, dict]:
+    """Saved reference evaluations (initial student, teacher) per seed."""
+    return {int(p.stem.removeprefix("seed")): json.loads(p.read_text())
+            for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))}
+
+
+def compare(methods: Iterable = None, seeds: Sequence[int] = (0, 1, 2), overrides: dict | None = None, *,
+            runs_dir: str | Path = DEFAULT_RUNS_DIR, resume: bool = True,
+            eval_cfg: EvalConfig = EvalConfig(), on_error: str = "raise") -> pd.DataFrame:
+    """Train and evaluate ``methods`` × ``seeds`` and return the summary table (mean ± 95% CI over seeds).
+
+    Args:
+        methods: names from ``METHODS``, ``(name, overrides)`` pairs or ``Variant``s; None = every available one.
+        seeds: training seeds (each also seeds sampling; the held-out prompts are the same for all).
+        overrides: config fields applied to every run (e.g. ``{"steps": 50}``), under each variant's own.
+        runs_dir: where records are saved; with ``resume`` an existing record is loaded, not re-run.
+        on_error: "raise", or "skip" to log a failing run (its traceback in ``<run>/error.txt``) and go on.
+    Returns:
+        :func:`summarize` of the records of these methods and seeds, with reference rows for the initial student
+        and the teacher.
+    """
+    variants = [as_variant(m) for m in (methods if methods is not None else available_methods())]
+    # the models and evaluation sizes a global override changes must change the references too
+    shared = {k: v for k, v in (overrides or {}).items() if k in EVAL_OVERRIDES}
+    eval_cfg = dataclasses.replace(eval_cfg, **shared)
+    runs_dir = Path(runs_dir)
+    records = []
+    for seed in seeds:
+        ref_path = runs_dir / "_references" / f"seed{seed}.json"
+        if resume and ref_path.exists():
+            references = json.loads(ref_path.read_text())
+        else:
+            references = _json_ready(reference_evaluations(seed, eval_cfg))
+            ref_path.parent.mkdir(parents=True, exist_ok=True)
+            ref_path.write_text(json.dumps(references))
+        for variant in variants:
+            path = _run_dir(runs_dir, variant.label, seed) / "record.json"
+            if resume and path.exists():
+                records.append(json.loads(path.read_text()))
+                continue
+            logger.info("running %s seed %d", variant.label, seed)
+            try:
+                records.append(run_one(variant, seed, runs_dir, references, overrides, eval_cfg))
+            except Exception:
+                if on_error != "skip":
+                    raise
+                import traceback
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                (path.parent / "error.txt").write_text(traceback.format_exc())
+                logger.exception("run %s seed %d failed; skipped", variant.label, seed)
+    return summarize(records, load_references(runs_dir), seeds=seeds)
+
+
+# --- tables ---
+
+
+def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per (label, seed) with the table's metrics (tidy: columns label, method, seed, *TABLE_METRICS)."""
+    rows = []
+    for r in records:
+        h = r["harness"]
+        rows.append({"label": r["label"], "method": r["method"], "seed": r["seed"], "gold": h["gold"]["mean"],
+                     **{k: h[k] for k in ("win_rate_vs_initial", "win_rate_vs_teacher", "reward_accuracy",
+                                          "tau_student_teacher", "tau_student_gold")},
+                     "length": h["length"], "seconds": r["metrics"].get("seconds", r["train_seconds"])})
+    return pd.DataFrame(rows, columns=["label", "method", "seed", *TABLE_METRICS])
+
+
+def reference_frame(references: dict[int, dict]) -> pd.DataFrame:
+    """Rows for the initial student and the teacher per seed (same metrics; win rates against each other)."""
+    rows = []
+    for seed, ref in references.items():
+        student, teacher = ref["student"], ref["teacher"]
+        for label, mine, other in (("student (initial)", student, teacher), ("teacher", teacher, student)):
+            rows.append({"label": label, "method": label, "seed": seed, "gold": mine["gold"]["mean"],
+                         "win_rate_vs_initial": win_rate(mine["per_prompt"], student["per_prompt"]),
+                         "win_rate_vs_teacher": win_rate(mine["per_prompt"], teacher["per_prompt"]),
+                         "reward_accuracy": mine["reward_accuracy"], "tau_student_teacher": np.nan,
+                         "tau_student_gold": np.nan, "length": mine["length"], "seconds": np.nan})
+    return pd.DataFrame(rows, columns=["label", "method", "seed", *TABLE_METRICS])
+
+
+def summarize(records: Sequence[dict], references: dict[int, dict] | None = None,
+              seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Mean and 95% CI half-width over seeds of each metric, one row per label (``method`` column = label, so the
+    rows plot with ``plots.plot_method_bars``); reference rows first when ``references`` are given."""
+    frame = runs_frame(records)
+    if references:
+        frame = pd.concat([reference_frame(references), frame], ignore_index=True)
+    if seeds is not None:
+        frame = frame[frame["seed"].isin(list(seeds))]
+    rows = []
+    order = {name: i for i, name in enumerate([*REFERENCE_ROWS, *METHODS])}
+    labels = sorted(frame["label"].unique(), key=lambda lab: (order.get(lab.split("[")[0], len(order)), lab))
+    for label in labels:
+        group = frame[frame["label"] == label]
+        row = {"method": label, "base_method": group["method"].iloc[0], "n_seeds": int(group["seed"].nunique())}
+        for metric in TABLE_METRICS:
+            values = group[metric].dropna().to_numpy(dtype=float)
+            stats = mean_ci(values) if len(values) else {"mean": np.nan, "ci95": np.nan}
+            row[f"{metric}_mean"], row[f"{metric}_ci95"] = stats["mean"], stats["ci95"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(summary: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, digits: int = 3) -> str:
+    """A markdown table of ``mean ± ci95`` cells."""
+    head = ["method", "seeds", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in summary.iterrows():
+        cells = [str(row["method"]), str(row["n_seeds"])]
+        for m in metrics:
+            mean, ci = row[f"{m}_mean"], row[f"{m}_ci95"]
+            d = 1 if m == "seconds" else digits
+            cells.append("—" if np.isnan(mean) else f"{mean:.{d}f}" + ("" if np.isnan(ci) else f" ± {ci:.{d}f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- the claims ledger ---
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A qualitative claim as a paired comparison of two run labels over seeds.
+
+    ``kind``: ``"greater"`` (a > b), ``"less"`` (a < b), ``"equivalent"`` (|a − b| < margin) or ``"at_most"``
+    (a − b < margin: "adds little"). ``a = "@best"`` picks the table method with the highest mean ``metric``;
+    ``b = "teacher"`` / ``"student (initial)"`` use the reference evaluations.
+    """
+
+    claim_id: str
+    paper: str
+    statement: str
+    a: str
+    b: str
+    kind: str = "greater"
+    metric: str = "gold"
+    margin: float = 0.03
+
+
+CLAIMS = (
+    Claim("pad-ppd>vpd", "PAD §5.2, Table 1", "PPD beats VPD", "pad-ppd", "pad-vpd"),
+    Claim("pad-alpha0.8>0", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 0 (likelihood only)",
+          "pad-ppd", "pad-ppd[alpha=0.0]"),
+    Claim("pad-alpha0.8>1", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 1 (MCQ only)", "pad-ppd", "pad-ppd[alpha=1.0]"),
+    Claim("pad-2x4~1x8", "PAD §5.4, Table 2", "2 iterations × 4 samples ≈ 1 × 8 in quality",
+          "pad-ppd[iterations=2]", "pad-ppd[n=8]", kind="equivalent"),
+    Claim("pad-2x4-cheaper", "PAD §5.4, Table 2", "2 × 4 costs less than 1 × 8 (cold-cache wall time, s)",
+          "pad-ppd[iterations=2]", "pad-ppd[n=8]", kind="less", metric="seconds"),
+    Claim("adpa>dckd", "ADPA Table 1", "ADPA beats DCKD", "adpa", "dckd"),
+    Claim("dckd>sft", "ADPA Table 1", "DCKD beats SFT", "dckd", "sft"),
+    Claim("adpa>no-ref", "ADPA ablation", "ADPA without the reference teacher is worse", "adpa", "adpa_no_ref"),
+    Claim("student>teacher", "PAD §5.2 / PLaD §5.2", "a distilled student can surpass the teacher (best method)",
+          "@best", "teacher"),
+    Claim("plad>seqkd", "PLaD §5.2, Table 1", "PLaD beats SeqKD", "plad", "seqkd"),
+    Claim("real-pairs-add-little", "PLaD §5.3, Fig. 2", "real (gold-ordered) pairs add little over pseudo pairs",
+          "plad[real_ratio=1.0]", "plad", kind="at_most"),
+    # the same two PLaD claims for the anchored variant (beyond the paper), where training moves the student
+    Claim("plad+sft>seqkd", "PLaD §5.2 (+SFT anchor)", "PLaD (+ SFT anchor) beats SeqKD", "plad+sft", "seqkd"),
+    Claim("real-pairs-add-little+sft", "PLaD §5.3 (+SFT anchor)",
+          "real pairs add little over pseudo pairs (PLaD + SFT anchor)", "plad+sft[real_ratio=1.0]", "plad+sft",
+          kind="at_most"),
+)
+
+
+def claim_variants(claims: Sequence[Claim] = CLAIMS) -> list[Variant]:
+    """The runs the given claims compare (``@best`` needs the whole table: run suite ``table`` for it); ADPA-family
+    runs only when ``workbench.methods.adpa`` exists."""
+    known = {v.label: v for v in LEDGER_VARIANTS}
+    out: list[Variant] = []
+    for claim in claims:
+        for label in (claim.a, claim.b):
+            if label in ("@best", *REFERENCE_ROWS):
+                continue
+            variant = known.get(label, Variant(label))
+            if variant.method in ADPA_METHODS and not adpa_available():
+                continue
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
+def verdict(kind: str, low: float, high: float, margin: float) -> str:
+    """holds / does not hold / inconclusive from a CI [low, high] of the effect a − b."""
+    if np.isnan(low) or np.isnan(high):
+        return "inconclusive"
+    if kind == "greater":
+        return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+    if kind == "less":
+        return "holds" if high < 0 else "does not hold" if low > 0 else "inconclusive"
+    if kind == "equivalent":
+        if -margin < low and high < margin:
+            return "holds"
+        return "does not hold" if low > margin or high < -margin else "inconclusive"
+    if kind == "at_most":
+        return "holds" if high < margin else "does not hold" if low > margin else "inconclusive"
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def claims_ledger(records: Sequence[dict], references: dict[int, dict] | None = None,
+                  claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """Each claim → paired per-seed effect a − b of its metric, mean ± 95% CI over seeds, and the verdict.
+
+    The effect is paired by seed (both runs share the seed's distillation prompts and samples). "holds" needs the
+    CI on the claimed side of 0 (or inside ±margin for "equivalent", below +margin for "at_most"); "does not hold"
+    needs it wholly on the other side; anything else is "inconclusive". With 3 seeds the t quantile is 4.3, so only
+    large effects are decided.
+    """
+    frame = runs_frame(records)
+    if references:
+        frame = pd.concat([reference_frame(references), frame], ignore_index=True)
+    table_labels = set(frame.loc[~frame["label"].str.contains(r"\[", regex=True), "label"]) - set(REFERENCE_ROWS)
+    rows = []
+    for claim in claims:
+        a = claim.a
+        if a == "@best":
+            means = frame[frame["label"].isin(table_labels)].groupby("label")[claim.metric].mean()
+            a = str(means.idxmax()) if len(means) else a
+        by_seed = {label: frame[frame["label"] == label].set_index("seed")[claim.metric] for label in (a, claim.b)}
+        seeds = sorted(set(by_seed[a].index) & set(by_seed[claim.b].index))
+        row = {"claim": claim.claim_id, "paper": claim.paper, "statement": claim.statement, "a": a, "b": claim.b,
+               "metric": claim.metric, "kind": claim.kind, "margin": claim.margin, "n_seeds": len(seeds)}
+        if not seeds:
+            missing = [x for x in (a, claim.b) if by_seed[x].empty]
+            rows.append({**row, "a_mean": np.nan, "b_mean": np.nan, "effect": np.nan, "ci95": np.nan,
+                         "low": np.nan, "high": np.nan, "verdict": f"not measured (no runs of {', '.join(missing)})"})
+            continue
+        diffs = np.array([by_seed[a][s] - by_seed[claim.b][s] for s in seeds], dtype=float)
+        stats = mean_ci(diffs)
+        half = stats["ci95"]
+        low, high = (stats["mean"] - half, stats["mean"] + half) if not np.isnan(half) else (np.nan, np.nan)
+        rows.append({**row, "a_mean": float(np.mean([by_seed[a][s] for s in seeds])),
+                     "b_mean": float(np.mean([by_seed[claim.b][s] for s in seeds])), "effect": stats["mean"],
+                     "ci95": half, "low": low, "high": high,
+                     "verdict": verdict(claim.kind, low, high, claim.margin)})
+    return pd.DataFrame(rows)
+
+
+def format_ledger(ledger: pd.DataFrame) -> str:
+    """A markdown table of the ledger."""
+    lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
+    for _, r in ledger.iterrows():
+        d = 1 if r["metric"] == "seconds" else 3
+        effect = "—" if np.isnan(r["effect"]) else (
+            f"{r['effect']:+.{d}f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.{d}f}") + f" ({r['metric']})")
+        lines.append(f"| {r['statement']} | {r['paper']} | {r['a']} vs {r['b']} | {effect} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the method comparison and the claims ledger on the gym")
+    parser.add_argument("--suite", default="full", help="table | ledger | full | plad-fig2 | plad-fig4")
+    parser.add_argument("--methods", nargs="*", help="method names instead of a suite")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    parser.add_argument("--no-resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    started = time.perf_counter()
+    variants = [Variant(m) for m in args.methods] if args.methods else suite(args.suite)
+    summary = compare(variants, args.seeds, runs_dir=args.runs_dir, resume=not args.no_resume, on_error="skip")
+    records = load_records(args.runs_dir)
+    ledger = claims_ledger(records, load_references(args.runs_dir))
+    print(format_table(summary[~summary["method"].str.contains(r"\[", regex=True)]))
+    print()
+    print(format_ledger(ledger))
+    print(f"\nwall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Regenerate every comparison figure from saved run records, without training: ``python -m workbench.figures``
+(or ``make figures``).
+
+Each figure id names the paper figure or table it mirrors; each builder takes the records of
+:func:`workbench.compare.load_records` (and the reference evaluations) and returns a figure, or None when the runs it
+needs are absent. Notebooks 07-09 call the same builders on their own runs.
+
+| figure id | mirrors | needs (``python -m workbench.compare --suite ...``) |
+|---|---|---|
+| ``compare_table1_gold`` | PAD Table 1 / ADPA Table 1 | ``table`` |
+| ``plad_fig2_real_pairs`` | PLaD Fig. 2 | ``plad-fig2`` (or ``full``: ratios 0 and 1) |
+| ``plad_fig3_length_buckets`` | PLaD Fig. 3 | ``table`` |
+| ``plad_fig4_data_fraction`` | PLaD Fig. 4 | ``plad-fig4`` |
+| ``pad_fig5_alpha`` | PAD Fig. 5 | ``full`` (α = 0, 0.8, 1) |
+| ``pad_table2_decomposition`` | PAD Table 2 | ``full`` |
+| ``claims_ledger`` | the claims of all three papers | ``full`` |
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from workbench import plots
+from workbench.compare import (DEFAULT_RUNS_DIR, claims_ledger, load_records, load_references,
+                               summarize)
+from workbench.evaluate import mean_ci
+
+LENGTH_BUCKET_METHODS = ("plad", "plad+sft", "seqkd", "kd", "reverse-kl", "pad-ppd", "adpa")
+
+
+def _table_records(records: Sequence[dict]) -> list[dict]:
+    """Runs of registry methods with no variant overrides (the comparison table's rows)."""
+    return [r for r in records if not r["overrides"]]
+
+
+def sweep_points(records: Sequence[dict], method: str, param: str, metric: str = "gold") -> tuple[list, list]:
+    """(x values, mean ± CI over seeds of ``metric``) for ``method``'s runs that vary only ``param``; the value of a
+    run without the override is read from its saved config."""
+    by_x: dict[float, list[float]] = {}
+    for r in records:
+        if r["method"] != method or not set(r["overrides"]) <= {param}:
+            continue
+        x = float(r["overrides"].get(param, r["metrics"].get("config", {}).get(param, np.nan)))
+        value = r["harness"]["gold"]["mean"] if metric == "gold" else r["harness"][metric]
+        by_x.setdefault(x, []).append(value)
+    xs = sorted(x for x in by_x if not np.isnan(x))
+    return xs, [mean_ci(by_x[x]) for x in xs]
+
+
+def figure_compare_table1(records, references):
+    """Mean gold reward and win rate vs the teacher per method (± 95% CI over seeds), with the reference models."""
+    table = _table_records(records)
+    if not table:
+        return None
+    summary = summarize(table, references).to_dict("records")
+    fig, (ax_gold, ax_win) = plots.new_figure(2, width=max(5.0, 0.45 * len(summary)), height=3.6)
+    plots.plot_method_bars(ax_gold, summary, "gold")
+    ax_gold.set_ylabel("mean gold reward (held-out)")
+    plots.plot_method_bars(ax_win, summary, "win_rate_vs_teacher")
+    ax_win.axhline(0.5, color="black", lw=0.5, ls="--")
+    ax_win.set_ylabel("win rate vs teacher (gold judge)")
+    fig.suptitle("methods on the gym (PAD Table 1 / ADPA Table 1 spirit)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_plad_fig2(records, references):
+    methods = [m for m in ("plad", "plad+sft") if len(sweep_points(records, m, "real_ratio")[0]) >= 2]
+    if not methods:
+        return None
+    fig, (ax_gold, ax_win) = plots.new_figure(2)
+    for method in methods:
+        label = "PLaD" if method == "plad" else "PLaD + SFT anchor"
+        plots.plot_metric_vs_param(ax_gold, *sweep_points(records, method, "real_ratio"), label,
+                                   "ratio of real (gold-ordered) pairs")
+        plots.plot_metric_vs_param(ax_win, *sweep_points(records, method, "real_ratio", "win_rate_vs_initial"),
+                                   label, "ratio of real (gold-ordered) pairs", ylabel="win rate vs initial student")
+    ax_gold.legend(fontsize=7)
+    fig.suptitle("real vs pseudo preference pairs (PLaD Fig. 2)")
+    fig.tight_layout()
+    return fig
+
+
+def length_bucket_summary(records: Sequence[dict], methods: Sequence[str] = LENGTH_BUCKET_METHODS) -> dict:
+    """Per method, the harness's length buckets with ``delta_win_rate`` mean and CI over seeds."""
+    out = {}
+    for method in methods:
+        runs = [r for r in _table_records(records) if r["method"] == method]
+        if not runs:
+            continue
+        rows = []
+        for k, bucket in enumerate(runs[0]["harness"]["length_buckets"]):
+            values = [r["harness"]["length_buckets"][k]["delta_win_rate"] for r in runs]
+            values = [v for v in values if v is not None and not np.isnan(v)]
+            stats = mean_ci(values) if values else {"mean": np.nan, "ci95": np.nan}
+            rows.append({"low": bucket["low"], "high": bucket["high"], "delta_win_rate": stats["mean"],
+                         "delta_win_rate_ci95": stats["ci95"],
+                         "prompts": bucket["prompts"]})
+        out[method] = rows
+    if out:  # drop buckets no held-out prompt falls into
+        keep = [k for k in range(len(next(iter(out.values())))) if any(rows[k]["prompts"] for rows in out.values())]
+        out = {m: [rows[k] for k in keep] for m, rows in out.items()}
+    return out
+
+
+def figure_plad_fig3(records, references):
+    summary = length_bucket_summary(records)
+    if not summary:
+        return None
+    fig, (ax,) = plots.new_figure(1, width=7.0, height=3.6)
+    plots.plot_length_buckets(ax, summary)
+    ax.set_title("Δ win rate vs initial student by answer length (PLaD Fig. 3)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_plad_fig4(records, references):
+    curves = {m: sweep_points(records, m, "data_fraction") for m in ("plad", "plad+sft", "seqkd", "kd")}
+    curves = {m: c for m, c in curves.items() if len(c[0]) >= 2}
+    if not curves:
+        return None
+    fig, (ax,) = plots.new_figure(1)
+    for method, (xs, points) in curves.items():
+        plots.plot_metric_vs_param(ax, xs, points, method, "fraction of distillation prompts")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("scaling with distillation data (PLaD Fig. 4)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_pad_fig5(records, references):
+    xs, points = sweep_points(records, "pad-ppd", "alpha")
+    if len(xs) < 2:
+        return None
+    fig, (ax,) = plots.new_figure(1)
+    plots.plot_metric_vs_param(ax, xs, points, "PAD-PPD", r"calibration ratio $\alpha$ (Eq. 9)")
+    ax.set_title(r"student gold reward vs $\alpha$ (PAD Fig. 5)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_pad_table2(records, references):
+    labels = {"pad-ppd": "1 × 4", "pad-ppd[iterations=2]": "2 × 4", "pad-ppd[n=8]": "1 × 8"}
+    present = [lab for lab in labels if any(r["label"] == lab for r in records)]
+    if len(present) < 2:
+        return None
+    summary = summarize([r for r in records if r["label"] in present]).to_dict("records")
+    for row in summary:
+        row["method"] = labels[row["method"]]
+    fig, (ax_gold, ax_time) = plots.new_figure(2)
+    plots.plot_method_bars(ax_gold, summary, "gold")
+    plots.plot_method_bars(ax_time, summary, "seconds")
+    ax_time.set_ylabel("wall time (s)")
+    for ax in (ax_gold, ax_time):
+        ax.set_xlabel("iterations × samples")
+    fig.suptitle("iterations × samples (PAD Table 2); 2 × 4 and 1 × 8 timed with an empty stage cache")
+    fig.tight_layout()
+    return fig
+
+
+def figure_claims_ledger(records, references):
+    ledger = claims_ledger(records, references)
+    rows = [r for r in ledger.to_dict("records") if r["metric"] == "gold" and not np.isnan(r["effect"])]
+    if not rows:
+        return None
+    fig, (ax,) = plots.new_figure(1, width=8.0, height=0.45 * len(rows) + 1.2)
+    plots.plot_claim_effects(ax, rows)
+    ax.set_title("claims ledger: effect on mean gold reward")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES: dict[str, Callable] = {
+    "compare_table1_gold": figure_compare_table1,
+    "plad_fig2_real_pairs": figure_plad_fig2,
+    "plad_fig3_length_buckets": figure_plad_fig3,
+    "plad_fig4_data_fraction": figure_plad_fig4,
+    "pad_fig5_alpha": figure_pad_fig5,
+    "pad_table2_decomposition": figure_pad_table2,
+    "claims_ledger": figure_claims_ledger,
+}
+
+
+def regenerate(runs_dir: str | Path = DEFAULT_RUNS_DIR, out_dir: str | Path | None = None,
+               only: Sequence[str] | None = None) -> dict[str, Path | None]:
+    """Draw every figure whose runs exist under ``runs_dir``; returns id → saved path (None when skipped)."""
+    import matplotlib.pyplot as plt
+
+    records, references = load_records(runs_dir), load_references(runs_dir)
+    written = {}
+    for fig_id, build in FIGURES.items():
+        if only and fig_id not in only:
+            continue
+        fig = build(records, references) if records else None
+        written[fig_id] = plots.save_figure(fig, fig_id, out_dir) if fig is not None else None
+        if fig is not None:
+            plt.close(fig)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate figures/ from saved run records (no training)")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    parser.add_argument("--out", default=None, help="output folder (default: figures/)")
+    parser.add_argument("--only", nargs="*", help=f"figure ids among {list(FIGURES)}")
+    args = parser.parse_args(argv)
+    written = regenerate(args.runs_dir, args.out, args.only)
+    for fig_id, path in written.items():
+        print(f"{fig_id}: {path}" if path else f"{fig_id}: skipped (no runs for it in {args.runs_dir})")
+    if not any(written.values()):
+        print(f"no run records under {args.runs_dir}; run `python -m workbench.compare --suite full` first")
+
+
+if __name__ == "__main__":
+    main()

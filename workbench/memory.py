@@ -1,0 +1,810 @@
+"""Peak-memory estimate of a distillation run, before any weight is loaded: ``estimate(cfg)`` and ``check_fits``.
+
+A run has three phases and the peak is the largest of them:
+
+* ``sampling``: the student generates n responses per prompt (KV cache, one layer's prefill activations);
+* ``teacher_scoring``: the teacher's no-grad forward over (prompt, response) pairs and over the MCQ prompts that
+  list all n responses (full ``(B, T, V)`` logits: the scoring code keeps them);
+* ``training``: one optimizer step of the student: weights, trainable parameters' gradients and AdamW states,
+  the activations autograd saves for backward, and the transient logits / log-softmax buffers.
+
+The teacher's weights sit in memory through every phase (``run_pad`` keeps it loaded) unless it is cached
+(``teacher_cached=True``: its scores were computed beforehand).
+
+Activation terms are counted tensor by tensor from what autograd saves in transformers' Llama and Gemma-2
+layers (RMSNorm upcasts, q/k/v after RoPE and ``repeat_kv``, SDPA output and log-sum-exp, the padding mask,
+the MLP's gate/up/act/product, and peft LoRA's dropout outputs, masks and ``lora_A`` outputs); with a frozen
+base (LoRA) a linear layer saves no input for a weight gradient. The per-layer counts match the tensors saved by
+autograd exactly for Llama and Gemma-2 in float32 and bfloat16, with and without LoRA (measured on CPU), and the
+whole estimate is checked against the measured peak RSS of a training step in ``tests/test_memory.py``.
+Numbers for a GPU are *estimates*: CUDA kernels save the same tensors, but allocator fragmentation and the CUDA
+context (``CUDA_CONTEXT_BYTES``, assumed) are not measured here.
+
+Model dimensions come from a ``transformers`` config: a gym preset (no build needed), a local folder, a hub id
+(``AutoConfig``; offline it needs the Hugging Face cache), or ``model_configs`` — a folder of
+``<org>--<name>/config.json`` files or a mapping name → folder/config — so recipes are sized without a download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# NF4 packs two weights per byte; one absmax per 64-weight block, stored as fp32 (4/64 B) or, with double
+# quantisation, as uint8 (1/64 B) plus one fp32 per 256 blocks (QLoRA §2)
+NF4_BYTES_PER_PARAM = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
+INT8_BYTES_PER_PARAM = 1.0 + 4 / 4096  # LLM.int8: one byte per weight plus per-row scales (approximate)
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CUDA context + cuBLAS workspace: assumed, not measured here
+SCORING_CHUNK = 256  # positions per chunk in workbench.scoring.gather_token_logps
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # peft "all-linear" on a decoder (lm_head excluded)
+
+
+# --- model dimensions ---
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the memory arithmetic needs from a decoder-only transformer's config."""
+
+    name: str
+    model_type: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied_embeddings: bool
+    attention: str = "sdpa"  # "sdpa" | "eager" (Gemma-2: eager, for its attention soft-capping)
+    norms_per_layer: int = 2  # Llama 2, Gemma-2 4 (pre and post norms)
+    attn_softcap: bool = False
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder layer."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, i), "up": (h, i), "down": (i, h)}
+
+    @property
+    def layer_linear_params(self) -> int:
+        return sum(a * b for a, b in self.linear_shapes().values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def head_params(self) -> int:
+        """Parameters of a separate output head (0 when tied to the input embedding)."""
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+    @property
+    def norm_params(self) -> int:
+        return (self.layers * self.norms_per_layer + 1) * self.hidden
+
+    @property
+    def params(self) -> int:
+        return self.layers * self.layer_linear_params + self.embedding_params + self.head_params + self.norm_params
+
+
+def dims_from_config(config, name: str = "") -> ModelDims:
+    """ModelDims of a ``transformers`` config (or a dict of its ``config.json`` fields)."""
+    if isinstance(config, Mapping):
+        config = dict(config)
+        get = config.get
+    else:
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
+    if isinstance(config, Mapping) and "text_config" in config:
+        return dims_from_config(config["text_config"], name)
+    model_type = get("model_type") or "llama"
+    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+    gemma2 = model_type in ("gemma2", "gemma3", "gemma3_text")
+    attention = get("_attn_implementation") or ("eager" if model_type == "gemma2" else "sdpa")
+    return ModelDims(
+        name=name or str(get("_name_or_path") or model_type),
+        model_type=model_type,
+        vocab=int(get("vocab_size")),
+        hidden=hidden,
+        layers=int(get("num_hidden_layers")),
+        heads=heads,
+        kv_heads=int(get("num_key_value_heads") or heads),
+        head_dim=int(get("head_dim") or hidden // heads),
+        intermediate=int(get("intermediate_size")),
+        tied_embeddings=bool(get("tie_word_embeddings", True)),
+        attention=attention,
+        norms_per_layer=4 if gemma2 else 2,
+        attn_softcap=bool(get("attn_logit_softcapping")),
+    )
+
+
+def _gym_dims(name: str) -> ModelDims | None:
+    from workbench.models import _gym_preset
+
+    preset = _gym_preset(name)
+    if preset is None:
+        return None
+    from workbench.gym.build import SIZES
+    from workbench.gym.tokenizer import build_tokenizer
+
+    size, role = preset
+    shape = SIZES[size].student if role == "student" else SIZES[size].teacher
+    return dims_from_config(shape.llama_config(build_tokenizer()), name)
+
+
+def _config_in_folder(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name.replace("/", "--") / "config.json", folder / name / "config.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def model_dims(name_or_config, model_configs: str | Path | Mapping | None = None) -> ModelDims:
+    """ModelDims of a model name (gym preset, folder, hub id) or config; see the module docstring for lookup.
+
+    ``model_configs`` (or ``$WORKBENCH_MODEL_CONFIGS``, a folder) is searched first for hub ids.
+    """
+    if not isinstance(name_or_config, str):
+        return dims_from_config(name_or_config)
+    name = name_or_config
+    model_configs = model_configs if model_configs is not None else os.environ.get("WORKBENCH_MODEL_CONFIGS")
+    if isinstance(model_configs, Mapping):
+        if name in model_configs:
+            found = model_configs[name]
+            if isinstance(found, (str, Path)):
+                path = Path(found)
+                return dims_from_config(json.loads((path / "config.json" if path.is_dir() else path).read_text()),
+                                        name)
+            return dims_from_config(found, name)
+    elif model_configs:
+        path = _config_in_folder(Path(model_configs), name)
+        if path is not None:
+            return dims_from_config(json.loads(path.read_text()), name)
+    gym = _gym_dims(name)
+    if gym is not None:
+        return gym
+    local = Path(name) / "config.json"
+    if local.is_file():
+        return dims_from_config(json.loads(local.read_text()), name)
+    from workbench.models import GGUF_PRESETS, resolve
+
+    if name in GGUF_PRESETS:
+        return dims_from_config(json.loads((Path(resolve(name)) / "config.json").read_text()), name)
+    from transformers import AutoConfig
+
+    try:
+        return dims_from_config(AutoConfig.from_pretrained(name), name)
+    except (OSError, ValueError) as error:  # ValueError: not a valid hub id
+        raise OSError(
+            f"cannot read the config of {name!r} (offline, or not a model id); pass model_configs= a folder of "
+            f"'<org>--<name>/config.json' files, or set $WORKBENCH_MODEL_CONFIGS"
+        ) from error
+
+
+# --- parameters and their states ---
+
+
+def weight_bytes(dims: ModelDims, dtype_bytes: int, quantization: str | None = None, *,
+                 double_quant: bool = True, kbit_prepared: bool = False) -> dict[str, int]:
+    """Bytes of a model's weights: decoder linears (NF4/int8 when quantized), embeddings and head, norms.
+
+    bitsandbytes quantizes the decoder's linear layers only; embeddings, the output head and norms stay in the
+    compute dtype, and ``prepare_model_for_kbit_training`` (QLoRA training) upcasts them to float32.
+    """
+    linear = dims.layers * dims.layer_linear_params
+    if quantization == "4bit":
+        linear_bytes = linear * NF4_BYTES_PER_PARAM[double_quant]
+    elif quantization == "8bit":
+        linear_bytes = linear * INT8_BYTES_PER_PARAM
+    elif quantization is None:
+        linear_bytes = linear * dtype_bytes
+    else:
+        raise ValueError(f"quantization={quantization!r}; use None, '4bit' or '8bit'")
+    other_bytes = 4 if (quantization and kbit_prepared) else dtype_bytes
+    return {
+        "linear": int(linear_bytes),
+        "embeddings": (dims.embedding_params + dims.head_params) * other_bytes,
+        "norms": dims.norm_params * other_bytes,
+    }
+
+
+def lora_params(dims: ModelDims, r: int, targets=LORA_TARGETS) -> int:
+    """LoRA parameters: r·(in + out) per targeted linear layer, per decoder layer (A: r×in, B: out×r)."""
+    shapes = dims.linear_shapes()
+    return dims.layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def adamw_state_bytes(trainable_params: int, param_bytes: int) -> int:
+    """AdamW keeps two moments per trainable parameter, in the parameter's dtype: 2·P·bytes."""
+    return 2 * trainable_params * param_bytes
+
+
+def gradient_bytes(trainable_params: int, param_bytes: int) -> int:
+    """One gradient per trainable parameter, in the parameter's dtype."""
+    return trainable_params * param_bytes
+
+
+# --- activations saved for backward ---
+
+
+def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, frozen_base: bool = False,
+                           lora_r: int | None = None, lora_dropout: float = 0.0, mask_bytes: int = 1,
+                           lora_targets=LORA_TARGETS) -> int:
+    """Bytes autograd saves per token in one decoder layer (multiply by batch·seq tokens and layers).
+
+    Counted from the layer's operations (b = activation bytes, h hidden, q = heads·head_dim, i intermediate):
+    RMSNorm keeps its float32 input and (trainable weight only) the normalised value; a trainable linear keeps
+    its input; attention keeps q, k, v (k, v repeated to all heads when grouped, as ``repeat_kv`` does with a
+    padding mask), its output, the log-sum-exp and the padding mask (sdpa) or the T×T probabilities (eager);
+    the MLP keeps gate, up, act(gate) and their product. LoRA (frozen base) adds per targeted layer the float32
+    dropout output and dropout mask (``mask_bytes``: 1 on CUDA, 4 on CPU) or, without dropout, a float32 copy
+    of the input, plus ``lora_A``'s output.
+
+    Args:
+        seq_len: tokens per sequence T (the mask and eager attention are T×T per sequence).
+    Returns:
+        bytes per token per layer.
+    """
+    b, h, q, i, H = act_bytes, dims.hidden, dims.q_dim, dims.intermediate, dims.heads
+    gemma_norm = dims.norms_per_layer == 4
+    grouped = dims.kv_heads < dims.heads
+    kv = q if grouped else dims.kv_dim
+    total = 0
+    # RMSNorm: float32 input copy (+ normalised value when its weight trains); Gemma keeps both in float32
+    if gemma_norm:
+        total += dims.norms_per_layer * (4 * h + (0 if frozen_base else 4 * h) + 4)
+    else:
+        total += dims.norms_per_layer * (4 * h + (0 if frozen_base else b * h) + 4)
+    if not frozen_base:  # inputs of the attention and MLP input projections (the norms' outputs)
+        total += 2 * b * h
+    # attention: q, k, v after RoPE (+ repeat_kv); output (also o_proj's input)
+    total += b * (q + 2 * kv) + b * q
+    if dims.attention == "eager":
+        # T×T per head: softmax output in float32, its cast to the compute dtype, tanh output when soft-capped
+        total += H * seq_len * (4 + (b if b != 4 else 0) + (b if dims.attn_softcap else 0))
+    else:
+        total += 4 * H + seq_len * b  # log-sum-exp (float32) and the padding mask, one per layer
+    # MLP: act(gate) keeps gate; the product keeps act and up; down_proj keeps the product (trainable only)
+    total += 3 * b * i + (0 if frozen_base else b * i)
+    if lora_r:
+        shapes = dims.linear_shapes()
+        ins = [shapes[t][0] for t in lora_targets]
+        if lora_dropout > 0:
+            total += sum(ins) * (4 + mask_bytes)
+        elif b != 4:
+            total += sum(ins) * 4  # each LoRA layer casts its input to float32 for lora_A
+        else:  # float32: lora_A shares the saved norm outputs and attention output; only down's input is new
+            total += 2 * 4 * h + 4 * i
+        total += len(ins) * lora_r * 4
+    return total
+
+
+def final_activation_bytes(dims: ModelDims, act_bytes: int, *, frozen_base: bool, chunked: bool) -> int:
+    """Bytes per token saved outside the decoder layers: the final norm (and its output, kept by a trainable
+    head or by the chunked head's checkpoint), embedding ids."""
+    b, h = act_bytes, dims.hidden
+    norm = (8 * h if dims.norms_per_layer == 4 else 4 * h + (0 if frozen_base else b * h)) + 4
+    keeps_output = chunked or not frozen_base
+    return norm + (b * h if keeps_output else 0) + 8
+
+
+def checkpointed_layer_bytes(dims: ModelDims, act_bytes: int) -> int:
+    """With gradient checkpointing a layer keeps only its input hidden state: b·h per token."""
+    return act_bytes * dims.hidden
+
+
+def logits_peak_bytes(sequences: int, seq_len: int, vocab: int, logits_bytes: int, *, chunk: int | None,
+                      checkpointed_chunks: bool = False) -> int:
+    """Peak bytes of the logits and log-softmax buffers around the loss of a training step.
+
+    Unchunked (``student_token_logps`` default): the float32 logits (or their float32 copies per 256-position
+    chunk) stay saved for backward, 4·N·V; log-sum-exp's backward, grad·exp(x − lse), holds three float32
+    temporaries of a chunk at once while it is still saved; in bfloat16 the full-size gradient of the logits
+    accumulates across chunks (2·b·N·V). Chunked with checkpointing (``WORKBENCH_LOGITS_CHUNK``): only one
+    chunk exists at a time: c·B·V·(logits, float32 copy, three float32 temporaries, gradient in compute dtype).
+
+    Args:
+        sequences: B sequences of ``seq_len`` tokens; vocab: V.
+    """
+    tokens = sequences * seq_len
+    if checkpointed_chunks:
+        c = min(chunk, seq_len)
+        per_elem = (4 if logits_bytes == 4 else logits_bytes + 4) + 12 + (0 if logits_bytes == 4 else logits_bytes)
+        return sequences * c * vocab * per_elem
+    c = min(chunk or SCORING_CHUNK, seq_len)
+    saved = 4 * tokens * vocab
+    chunk_grads = 3 * 4 * sequences * c * vocab
+    full_grads = 2 * logits_bytes * tokens * vocab if (logits_bytes != 4 and seq_len > c) else 0
+    return saved + chunk_grads + full_grads
+
+
+def backward_transient_bytes(dims: ModelDims, tokens: int, act_bytes: int) -> int:
+    """Gradient buffers alive while one layer back-propagates: its MLP's three (N, i) gradients and two (N, h)."""
+    return tokens * act_bytes * (3 * dims.intermediate + 2 * dims.hidden)
+
+
+# --- inference phases ---
+
+
+def kv_cache_bytes(dims: ModelDims, sequences: int, length: int, act_bytes: int) -> int:
+    """KV cache of generation: layers × 2 (K and V) × sequences × length × kv_heads·head_dim × bytes."""
+    return dims.layers * 2 * sequences * length * dims.kv_dim * act_bytes
+
+
+def forward_transient_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int) -> int:
+    """One layer's live tensors in a no-grad forward: residual, q/k/v/out (repeated k, v), gate/up/act, and the
+    T×T scores for eager attention."""
+    tokens = sequences * seq_len
+    per_token = act_bytes * (2 * dims.hidden + 4 * dims.q_dim + 3 * dims.intermediate)
+    scores = sequences * dims.heads * seq_len * seq_len * (4 + act_bytes) if dims.attention == "eager" else 0
+    return tokens * per_token + scores
+
+
+def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes: int) -> int:
+    """A quantized linear layer is dequantized on the fly: its largest weight in the compute dtype."""
+    if not quantization:
+        return 0
+    return max(a * b for a, b in dims.linear_shapes().values()) * act_bytes
+
+
+def scoring_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int) -> dict[str, int]:
+    """No-grad scoring forward: full logits (B, T, V) in the compute dtype plus a float32 chunk and its exp."""
+    c = min(SCORING_CHUNK, seq_len)
+    return {
+        "logits": sequences * seq_len * dims.vocab * act_bytes,
+        "log_softmax_chunk": 2 * sequences * c * dims.vocab * 4,
+        "layer_transient": forward_transient_bytes(dims, sequences, seq_len, act_bytes),
+    }
+
+
+# --- the run ---
+
+
+@dataclass
+class RunShape:
+    """The parts of a run's configuration that decide its memory (PadConfig / notebook parameters map here)."""
+
+    student: str
+    teacher: str | None = None
+    teacher_ref: str | None = field(default=None, metadata={
+        "help": "a second teacher resident with the first while scoring (ADPA's reference teacher)"})
+    n: int = field(default=4, metadata={"help": "sequences per example in a training batch (PAD: n responses; "
+                                                  "DPO-style pairs: 2)"})
+    samples_per_prompt: int | None = field(default=None, metadata={
+        "help": "responses the student samples per prompt (default: n; PLaD: 1)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per device per optimizer micro-step"})
+    prompt_tokens: int | None = field(default=None, metadata={
+        "help": "longest prompt in tokens with the chat template (default: 24 on the gym, 512 on real data)"})
+    max_new_tokens: int = 24
+    quantization: str | None = field(default=None, metadata={"help": "teacher quantization ('4bit' = NF4)"})
+    student_quantization: str | None = None
+    lora: bool = False
+    lora_r: int = 8
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "None: from $WORKBENCH_TRAINING_ARGS, as the trainer reads it"})
+    logits_chunk: int | None = field(default=None, metadata={
+        "help": "positions per chunk of the checkpointed log-prob head; None: $WORKBENCH_LOGITS_CHUNK (off)"})
+    teacher_cached: bool = field(default=False, metadata={"help": "teacher scores precomputed: no teacher weights"})
+    teacher_in_training: bool = field(default=True, metadata={
+        "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
+    teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
+    mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
+    mcq_full_logits: bool = field(default=True, metadata={
+        "help": "the MCQ pass keeps (B, T, V) logits as workbench.scoring does; False: last position only"})
+    device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
+    dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "
+                                                              "float32, as workbench.models.load)"})
+    sampling_batch_size: int = 32
+    scoring_batch_size: int = 32
+    world_size: int = 1
+    strategy: str = field(default="single", metadata={"help": "'single', 'ddp' or 'fsdp' (full shard)"})
+    model_configs: Any = None
+
+    def __post_init__(self):
+        from workbench.trainers import env_training_overrides, logits_chunk_setting
+
+        if self.device is None:
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.dtype is None:
+            self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype={self.dtype!r}; use one of {sorted(DTYPE_BYTES)}")
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = bool(env_training_overrides().get("gradient_checkpointing", False))
+        if self.logits_chunk is None:
+            self.logits_chunk = logits_chunk_setting()
+        if self.prompt_tokens is None:
+            self.prompt_tokens = 24 if self.student.startswith("gym-") else 512
+        if self.samples_per_prompt is None:
+            self.samples_per_prompt = self.n
+        if self.strategy not in ("single", "ddp", "fsdp"):
+            raise ValueError(f"strategy={self.strategy!r}; use 'single', 'ddp' or 'fsdp'")
+        for name in ("quantization", "student_quantization"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
+
+    @property
+    def train_seq_len(self) -> int:
+        """Prompt + response + end-of-sequence token."""
+        return self.prompt_tokens + self.max_new_tokens + 1
+
+    @property
+    def mcq_seq_len(self) -> int:
+        """PAD's MCQ prompt lists all n responses (with letters) after the question, plus ~32 template tokens."""
+        return self.prompt_tokens + self.n * (self.max_new_tokens + 4) + 32
+
+
+def _method_defaults(values: Mapping) -> dict:
+    """What a method's parameters imply about its memory: ADPA/DCKD (``teacher_dpo``/``teacher_ref``) train on
+    pairs against cached top-k teacher log-probs; PLaD (``loss='plad_*'``) trains on pseudo-pairs sampled from both
+    models; PAD (the rest) trains on n student samples with both models loaded."""
+    if "teacher_dpo" in values:
+        return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2, "mcq": False,
+                "teacher_in_training": False}
+    if str(values.get("loss", "")).startswith("plad"):
+        return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True}
+    return {}
+
+
+def run_shape(cfg_or_dict, **overrides) -> RunShape:
+    """A RunShape from a RunShape, a method config dataclass (PadConfig...) or a dict of notebook parameters;
+    keys RunShape does not know are ignored, ``overrides`` win."""
+    if isinstance(cfg_or_dict, RunShape):
+        values = dataclasses.asdict(cfg_or_dict)
+    elif dataclasses.is_dataclass(cfg_or_dict):
+        values = dataclasses.asdict(cfg_or_dict)
+    else:
+        values = dict(cfg_or_dict)
+    for key, value in _method_defaults(values).items():
+        values.setdefault(key, value)
+    if values.get("prompt_tokens") is None:  # gym prompts are short; real datasets: PAD filters long prompts
+        values["prompt_tokens"] = 24 if str(values.get("dataset", "gym")) == "gym" else 512
+    values.update(overrides)
+    if values.get("lora") and isinstance(values["lora"], Mapping):  # a LoRA config dict
+        lora = values["lora"]
+        values.update(lora_r=lora.get("r", 8), lora_dropout=lora.get("lora_dropout", 0.05), lora=True)
+    known = {f.name for f in dataclasses.fields(RunShape)}
+    return RunShape(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak memory of a run: the peak phase and each phase's terms in bytes."""
+
+    peak_bytes: int
+    peak_phase: str
+    phases: dict[str, dict[str, int]]
+    assumptions: dict
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    def total(self, phase: str) -> int:
+        return sum(self.phases[phase].values())
+
+    def to_dict(self) -> dict:
+        return {"peak_bytes": self.peak_bytes, "peak_gib": round(self.peak_gib, 3), "peak_phase": self.peak_phase,
+                "phases": self.phases, "assumptions": self.assumptions}
+
+    def __str__(self) -> str:
+        unit, scale = ("GiB", GIB) if self.peak_bytes >= GIB else ("MiB", 2**20)
+        lines = [f"estimated peak memory {self.peak_bytes / scale:.2f} {unit} in phase '{self.peak_phase}' "
+                 f"(workbench.memory.estimate; device {self.assumptions['device']}, {self.assumptions['dtype']})"]
+        for phase, terms in self.phases.items():
+            lines.append(f"  {phase:<18} {sum(terms.values()) / scale:9.2f} {unit}")
+            for term, value in sorted(terms.items(), key=lambda kv: -kv[1]):
+                if value:
+                    lines.append(f"    {term:<30} {value / scale:9.3f} {unit}")
+        shown = {k: v for k, v in self.assumptions.items() if k not in ("device", "dtype")}
+        lines.append("  assumptions: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        return "\n".join(lines)
+
+
+def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
+    """Peak memory of a run (bytes, per device) with a breakdown by phase and term; see the module docstring.
+
+    Args:
+        cfg_or_dict: a RunShape, a method config (``PadConfig``...) or a dict of notebook parameters (teacher,
+            student, n, batch_size, quantization, lora, max_new_tokens ... ; unknown keys are ignored).
+        model_configs: where to read hub models' configs offline (folder or mapping), see :func:`model_dims`.
+        overrides: RunShape fields that win over ``cfg_or_dict`` (e.g. ``prompt_tokens=1024``).
+    """
+    shape = run_shape(cfg_or_dict, **overrides)
+    configs = model_configs if model_configs is not None else shape.model_configs
+    student = model_dims(shape.student, configs)
+    teacher = model_dims(shape.teacher, configs) if shape.teacher and not shape.teacher_cached else None
+    teacher_ref = model_dims(shape.teacher_ref, configs) if teacher and shape.teacher_ref else None
+    b = DTYPE_BYTES[shape.dtype]
+    cuda = shape.device.startswith("cuda")
+    world = max(1, shape.world_size)
+    fsdp = shape.strategy == "fsdp" and world > 1
+
+    # weights resident through the run
+    kbit_student = bool(shape.student_quantization) and shape.lora
+    student_w = weight_bytes(student, b, shape.student_quantization, kbit_prepared=kbit_student)
+    student_weights = sum(student_w.values())
+    teacher_weights = sum(weight_bytes(teacher, b, shape.quantization).values()) if teacher else 0
+    if teacher_ref is not None:
+        teacher_weights += sum(weight_bytes(teacher_ref, b, shape.quantization).values())
+    if fsdp and not shape.lora:
+        student_weights //= world
+    common = {"student_weights": student_weights, "teacher_weights": teacher_weights}
+    if cuda:
+        common["cuda_context"] = CUDA_CONTEXT_BYTES
+    in_training = dict(common, teacher_weights=teacher_weights if shape.teacher_in_training else 0)
+
+    phases: dict[str, dict[str, int]] = {}
+    # sampling: n responses per prompt, batched generate with a KV cache
+    seqs = shape.sampling_batch_size * shape.samples_per_prompt
+    phases["sampling"] = {
+        **common,
+        "kv_cache": kv_cache_bytes(student, seqs, shape.train_seq_len, b),
+        "prefill_layer": forward_transient_bytes(student, seqs, shape.prompt_tokens, b),
+        "next_token_logits": seqs * student.vocab * (4 + b),
+        "dequantize": dequant_transient_bytes(student, shape.student_quantization, b),
+    }
+    if teacher is not None and shape.teacher_generates:
+        phases["teacher_sampling"] = {
+            **common,
+            "kv_cache": kv_cache_bytes(teacher, shape.sampling_batch_size, shape.train_seq_len, b),
+            "prefill_layer": forward_transient_bytes(teacher, shape.sampling_batch_size, shape.prompt_tokens, b),
+            "next_token_logits": shape.sampling_batch_size * teacher.vocab * (4 + b),
+            "dequantize": dequant_transient_bytes(teacher, shape.quantization, b),
+        }
+    # teacher scoring: likelihood pass, then the (longer) MCQ pass
+    if teacher is not None:
+        passes = {"likelihood": shape.train_seq_len}
+        if shape.mcq:
+            passes["mcq"] = shape.mcq_seq_len
+        for name, length in passes.items():
+            terms = scoring_bytes(teacher, shape.scoring_batch_size, length, b)
+            if name == "mcq":  # only the next-token distribution after the prompt is read
+                terms["log_softmax_chunk"] = 0
+                if not shape.mcq_full_logits:
+                    terms["logits"] = shape.scoring_batch_size * teacher.vocab * b
+            phases[f"teacher_{name}"] = {
+                **common,
+                **{f"{name}_{k}": v for k, v in terms.items()},
+                "dequantize": dequant_transient_bytes(teacher, shape.quantization, b),
+            }
+
+    # training step
+    seqs, seq_len = shape.batch_size * shape.n, shape.train_seq_len
+    tokens = seqs * seq_len
+    frozen = bool(shape.lora)
+    if shape.lora:
+        trainable, param_bytes = lora_params(student, shape.lora_r), 4  # peft keeps adapters in float32
+        head_grad = 0
+    else:
+        trainable, param_bytes = student.params, b
+        head_grad = student.embedding_params * b if student.tied_embeddings else student.head_params * b
+    grads = gradient_bytes(trainable, param_bytes)
+    states = adamw_state_bytes(trainable, param_bytes)
+    if fsdp:
+        grads, states, head_grad = grads // world, states // world, head_grad // world
+    act_b = 4 if kbit_student else b  # a k-bit-prepared model runs its residual stream in float32
+    per_layer = layer_activation_bytes(student, seq_len, act_b, frozen_base=frozen,
+                                       lora_r=shape.lora_r if shape.lora else None, lora_dropout=shape.lora_dropout,
+                                       mask_bytes=1 if cuda else 4)
+    chunked = bool(shape.logits_chunk)
+    final = final_activation_bytes(student, act_b, frozen_base=frozen, chunked=chunked)
+    if shape.gradient_checkpointing:  # layer inputs saved; one layer's activations exist again in its backward
+        activations = tokens * (student.layers * checkpointed_layer_bytes(student, act_b) + final)
+        recomputed = tokens * per_layer
+    else:
+        activations, recomputed = tokens * (student.layers * per_layer + final), 0
+    logits = logits_peak_bytes(seqs, seq_len, student.vocab, act_b, chunk=shape.logits_chunk,
+                               checkpointed_chunks=chunked)
+    transient = backward_transient_bytes(student, tokens, act_b)
+    ddp_buckets = grads if shape.strategy == "ddp" and world > 1 else 0
+    base = {**in_training, "optimizer_states": states}
+    candidates = {
+        # start of backward: every saved activation, the logits buffers, the first (head) gradient
+        "backward_start": {**base, "activations": activations, "logits_and_log_softmax": logits,
+                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets},
+        # inside a layer's backward: activations of the layers below still saved, that layer's buffers
+        "backward_layer": {**base, "activations": activations, "recomputed_layer": recomputed,
+                           "backward_buffers": transient,
+                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets},
+        # after backward / optimizer step: all gradients (fused AdamW, no extra copies)
+        "optimizer_step": {**base, "gradients": grads, "ddp_buckets": ddp_buckets},
+    }
+    worst = max(candidates, key=lambda k: sum(candidates[k].values()))
+    phases["training"] = {k: v for k, v in candidates[worst].items()}
+    phases["training"]["dequantize"] = dequant_transient_bytes(student, shape.student_quantization, b)
+
+    peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
+    assumptions = {
+        "device": shape.device, "dtype": shape.dtype, "teacher": shape.teacher, "student": shape.student,
+        "student_params": student.params, "trainable_params": trainable,
+        "teacher_params": teacher.params if teacher else 0,
+        "train_sequences": seqs, "train_seq_len": seq_len, "mcq_seq_len": shape.mcq_seq_len,
+        "prompt_tokens": shape.prompt_tokens, "max_new_tokens": shape.max_new_tokens,
+        "teacher_quantization": shape.quantization, "student_quantization": shape.student_quantization,
+        "lora": shape.lora, "gradient_checkpointing": shape.gradient_checkpointing,
+        "logits_chunk": shape.logits_chunk, "teacher_cached": shape.teacher_cached,
+        "strategy": shape.strategy, "world_size": world, "training_peak_at": worst,
+    }
+    return MemoryEstimate(int(sum(phases[peak_phase].values())), peak_phase,
+                          {k: {t: int(v) for t, v in terms.items()} for k, terms in phases.items()}, assumptions)
+
+
+class WillNotFitError(MemoryError):
+    """The estimated peak memory exceeds the device's memory."""
+
+
+def device_memory_bytes(device) -> tuple[int, str]:
+    """(bytes available, description) of 'cuda', 'cuda:1', 'cpu', a torch.device, or a number of bytes."""
+    if isinstance(device, (int, float)):
+        return int(device), f"{device / GIB:.1f} GiB"
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        return int(free), f"cuda:{index} ({torch.cuda.get_device_name(index)}, {free / GIB:.1f} of " \
+                          f"{total / GIB:.1f} GiB free)"
+    import psutil
+
+    available = psutil.virtual_memory().available
+    return int(available), f"cpu ({available / GIB:.1f} GiB available)"
+
+
+def suggestions(shape: dict) -> list[str]:
+    """The memory levers a run has not pulled yet, largest first."""
+    tips = []
+    if not shape.get("teacher_quantization") and shape.get("teacher") and not shape.get("teacher_cached"):
+        tips.append("quantization='4bit' (teacher in NF4)")
+    if not shape.get("lora"):
+        tips.append("lora=True (train LoRA adapters instead of the full student)")
+    tips.append("a smaller batch_size (with gradient_accumulation_steps in $WORKBENCH_TRAINING_ARGS to keep the "
+                "global batch)")
+    if not shape.get("gradient_checkpointing"):
+        tips.append('gradient checkpointing ($WORKBENCH_TRAINING_ARGS=\'{"gradient_checkpointing": true}\')')
+    if not shape.get("logits_chunk"):
+        tips.append("chunked log-probs ($WORKBENCH_LOGITS_CHUNK=128)")
+    if not shape.get("teacher_cached") and shape.get("teacher"):
+        tips.append("precomputed teacher scores (teacher_cached)")
+    return tips
+
+
+def check_fits(estimate: MemoryEstimate, device="cuda", *, headroom: float = 0.0) -> MemoryEstimate:
+    """Raise ``WillNotFitError`` when ``estimate`` (plus ``headroom`` as a fraction) exceeds the device's memory;
+    return the estimate unchanged otherwise.
+
+    ``device``: 'cuda', 'cuda:N', 'cpu', a torch.device, or a capacity in bytes.
+    """
+    capacity, described = device_memory_bytes(device)
+    needed = estimate.peak_bytes * (1 + headroom)
+    if needed > capacity:
+        tips = "; ".join(suggestions(estimate.assumptions))
+        raise WillNotFitError(
+            f"this run needs ~{needed / GIB:.1f} GiB (estimated peak in phase '{estimate.peak_phase}'), "
+            f"device has {capacity / GIB:.1f} GiB: {described}; try {tips}"
+        )
+    return estimate
+
+
+# --- time: a FLOP / bandwidth estimate, to size a run (not measured) ---
+
+# dense bf16 peak FLOP/s and memory bandwidth (vendor datasheets); A800 = A100 with a slower interconnect
+GPUS = {
+    "A100-80GB": (312e12, 2.0e12),
+    "A800-80GB": (312e12, 2.0e12),
+    "H100-SXM": (989e12, 3.35e12),
+    "H200": (989e12, 4.8e12),
+    "L40S": (362e12, 0.864e12),
+    "RTX-4090": (165e12, 1.0e12),
+}
+
+
+def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = "A100-80GB", mfu: float = 0.35,
+                  bandwidth_efficiency: float = 0.6, fill: float = 0.5, model_configs=None,
+                  **overrides) -> dict:
+    """GPU-hours of a run from FLOPs and bytes, per stage (an *estimate*; nothing is measured).
+
+    Training costs 6·P FLOPs per token for full fine-tuning (forward 2P, backward 4P) and 4·P with LoRA (no
+    weight gradients of the base), plus 2·P when gradient checkpointing recomputes the forward; scoring costs
+    2·P per token; decoding is bandwidth-bound: every new token of a sampling batch reads the weights and the
+    KV cache once. Sequences are assumed ``fill`` × their maximum length on average.
+
+    Args:
+        prompts: prompts per iteration (each gets n samples, teacher scores and one training pass).
+        gpu: a key of ``GPUS``; mfu: achieved fraction of peak FLOP/s; bandwidth_efficiency likewise for bytes.
+    Returns:
+        {"gpu_hours": total, "stages": {stage: hours}, "assumptions": {...}}.
+    """
+    shape = run_shape(cfg_or_dict, **overrides)
+    configs = model_configs if model_configs is not None else shape.model_configs
+    student = model_dims(shape.student, configs)
+    teacher = model_dims(shape.teacher, configs) if shape.teacher and not shape.teacher_cached else None
+    flops, bandwidth = GPUS[gpu]
+    flops, bandwidth = flops * mfu, bandwidth * bandwidth_efficiency
+    b = DTYPE_BYTES[shape.dtype if shape.dtype != "float32" else "bfloat16"]
+    prompt_len, response_len = fill * shape.prompt_tokens, fill * shape.max_new_tokens
+    seq_len = prompt_len + response_len + 1
+    student_bytes = sum(weight_bytes(student, b, shape.student_quantization).values())
+    stages = {}
+    # sampling: per batch of prompts, max_new_tokens decode steps reading weights + KV cache
+    batches = math.ceil(prompts / shape.sampling_batch_size)
+    kv = kv_cache_bytes(student, shape.sampling_batch_size * shape.samples_per_prompt, int(seq_len), b)
+    decode = batches * shape.max_new_tokens * (student_bytes + kv / 2) / bandwidth
+    prefill = 2 * student.params * prompts * shape.samples_per_prompt * prompt_len / flops
+    stages["sampling"] = decode + prefill
+    if teacher is not None:
+        teacher_tokens = prompts * shape.n * seq_len
+        if shape.mcq:
+            teacher_tokens += prompts * (prompt_len + shape.n * (response_len + 4) + 32)
+        if shape.teacher_generates:
+            teacher_bytes = sum(weight_bytes(teacher, b, shape.quantization).values())
+            stages["teacher_sampling"] = batches * shape.max_new_tokens * teacher_bytes / bandwidth
+        stages["teacher_scoring"] = 2 * teacher.params * teacher_tokens * (2 if shape.teacher_ref else 1) / flops
+    per_token = (4 if shape.lora else 6) + (2 if shape.gradient_checkpointing else 0)
+    stages["training"] = per_token * student.params * prompts * shape.n * seq_len / flops
+    hours = {k: iterations * v / 3600 for k, v in stages.items()}
+    return {"gpu_hours": sum(hours.values()), "stages": hours,
+            "assumptions": {"gpu": gpu, "mfu": mfu, "bandwidth_efficiency": bandwidth_efficiency, "fill": fill,
+                            "prompts": prompts, "iterations": iterations}}
+
+
+# --- command line: the estimate of a recipe ---
+
+
+def recipe_estimate(path: str | Path, *, model_configs=None, **overrides) -> tuple[MemoryEstimate, dict | None]:
+    """Estimate and time of a recipe file: its parameters plus the ``# @estimate {json}`` (RunShape fields such as
+    sequence lengths) and ``# @time {json}`` (``estimate_time`` arguments) lines of its header."""
+    import re
+
+    import yaml
+
+    text = Path(path).read_text()
+    params = yaml.safe_load(text) or {}
+    extra = re.search(r"^# @estimate (\{.*\})$", text, re.M)
+    timing = re.search(r"^# @time (\{.*\})$", text, re.M)
+    values = {**params, **(json.loads(extra.group(1)) if extra else {}), **overrides}
+    hours = estimate_time(values, model_configs=model_configs, **json.loads(timing.group(1))) if timing else None
+    return estimate(values, model_configs=model_configs), hours
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Estimated peak memory (and GPU-hours) of recipe files.")
+    parser.add_argument("recipes", nargs="+", help="recipes/*.yaml")
+    parser.add_argument("--model-configs", default=None, help="folder of <org>--<name>/config.json (offline)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the breakdown")
+    args = parser.parse_args(argv)
+    for path in args.recipes:
+        result, hours = recipe_estimate(path, model_configs=args.model_configs)
+        if args.json:
+            print(json.dumps({"recipe": str(path), **result.to_dict(), "time": hours}))
+        else:
+            print(f"== {path}\n{result}")
+            if hours:
+                print(f"  estimated {hours['gpu_hours']:.1f} GPU-hours on {hours['assumptions']['gpu']}: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in hours["stages"].items()))
+
+
+if __name__ == "__main__":
+    main()

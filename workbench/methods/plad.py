@@ -1,0 +1,310 @@
+"""PLaD pipeline (Preference-based LLM Distillation with pseudo-preference pairs, Zhang et al. 2024):
+teacher sample ≻ student sample (§4.2, Eq. 3) → calibration loss on the student's own likelihoods (Eq. 4 / Eq. 5)
+→ gold evaluation, with the paper's three experiments as parameters (real-pair ratio, Fig. 2; length buckets,
+Fig. 3; data fraction, Fig. 4).
+
+Everything it uses is shared: :func:`workbench.sampling.sample_responses` (the teacher is used as a black box:
+only its samples), :func:`workbench.losses.plad.make_pseudo_pairs`, the loss registry and ``DistillTrainer``.
+``run_plad(PladConfig(...))`` is what notebook 07 and the comparison harness call.
+
+Gym defaults (documented departures from the paper, each a parameter):
+
+* **full fine-tuning** (``lora=False``). The paper trains LoRA (r = 8, α = 32, dropout 0.1) for efficiency on 7B
+  models; the gym student has a 48-dim hidden state, so an r = 8 adapter is not a meaningful saving, and full
+  fine-tuning keeps PLaD on the same footing as every other method in the comparison. ``lora=True`` uses the
+  paper's adapter.
+* **learning rate 1e-3** (paper: 1e-4 with LoRA on 7B models), linear schedule as in the paper, no warm-up. On the
+  gym's validation split the published loss only lowers the gold reward, least at 1e-4 (the rate the comparison
+  harness uses, ``workbench.compare.GYM_LR``); with ``sft_weight = 1`` it improves it, best at 3e-3.
+* ``sft_weight`` (default 0 = as published) adds SLiC's cross-entropy regulariser on ŷ+, beyond PLaD.
+* **length-normalised log-likelihood** in Eq. 4 (``length_normalize=True``; ``papers/plad.md`` ambiguity 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import datasets
+import numpy as np
+import torch
+
+from workbench.encoding import collate_examples
+from workbench.evaluate import before_after_metrics, evaluate_policy
+from workbench.losses import get_loss
+from workbench.losses.pad import avg_logp_reward
+from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
+from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts
+from workbench.sampling import sample_responses
+from workbench.scoring import gather_token_logps
+from workbench.trainers import set_threads, train_distill
+
+logger = logging.getLogger("workbench.plad")
+
+DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1-9 words (paper: (20, 30] peak)
+
+
+@dataclass
+class PladConfig:
+    """Parameters of a PLaD run; defaults run the gym on CPU in well under a minute, paper values in ``help``."""
+
+    teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
+    student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
+    dataset: str = field(default="gym", metadata={"help": "'gym' (gold references and gold evaluation)"})
+    train_prompts: int = field(default=1024, metadata={"help": "size of the distillation set D (prompts only)"})
+    data_fraction: float = field(default=1.0, metadata={
+        "help": "fraction of D used (PLaD Fig. 4: 5%..100%); a seeded prefix, so smaller sets nest in larger"})
+    eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold evaluation"})
+    eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
+    loss: str = field(default="plad_ranking", metadata={
+        "help": "'plad_ranking' (Eq. 4) or 'plad_margin' (Eq. 5); paper picks by validation"})
+    beta: float = field(default=PLAD_BETA, metadata={"help": "hinge margin β (PLaD App. A.6: 1.0)"})
+    length_normalize: bool = field(default=True, metadata={
+        "help": "per-token mean log-lik in Eq. 4/5 (True) or the literal sum (False); papers/plad.md ambiguity 1"})
+    score_ngram_orders: tuple[int, ...] = field(default=(1,), metadata={
+        "help": "n-gram orders summed in the margin score s (App. A.7 Eq. 6; unstated, default F1 only)"})
+    temperature: float = field(default=PLAD_SAMPLING_TEMPERATURE, metadata={
+        "help": "sampling temperature of both teacher and student (App. A.6: τ = 0.7)"})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "weight of a per-token NLL on the teacher's sample ŷ+ (SLiC's regulariser; beyond PLaD, which "
+                "uses L_cal alone: 0 = as published)"})
+    real_ratio: float = field(default=0.0, metadata={
+        "help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"})
+    max_new_tokens: int = 24
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 1e-4 with LoRA on 7B students)"})
+    steps: int = field(default=300, metadata={"help": "optimizer steps (a fixed budget across data fractions)"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per step (paper: 8 per device)"})
+    lr_scheduler: str = field(default="linear", metadata={"help": "paper: linear"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "not stated in the paper"})
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
+    lora_r: int = field(default=8, metadata={"help": "PLaD §5.1: 8"})
+    lora_alpha: int = field(default=32, metadata={"help": "PLaD §5.1: 32"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "PLaD §5.1: 0.1"})
+    length_edges: tuple[float, ...] = field(default=DEFAULT_LENGTH_EDGES, metadata={
+        "help": "word-count bucket edges of the initial student's answers (PLaD Fig. 3)"})
+    seed: int = 0
+    quantization: str | None = None
+    output_dir: str = "runs/plad"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.loss not in ("plad_ranking", "plad_margin"):
+            raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
+                             f"'plad_margin' (Eq. 5)")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"data_fraction={self.data_fraction}; must be in (0, 1] (PLaD Fig. 4)")
+        if not 0.0 <= self.real_ratio <= 1.0:
+            raise ValueError(f"real_ratio={self.real_ratio}; must be in [0, 1] (PLaD Fig. 2)")
+        if self.beta < 0 or self.temperature <= 0 or self.steps < 1:
+            raise ValueError(f"beta={self.beta} must be ≥ 0, temperature={self.temperature} > 0, "
+                             f"steps={self.steps} ≥ 1")
+        self.score_ngram_orders = tuple(int(n) for n in self.score_ngram_orders)
+        self.length_edges = tuple(float(e) for e in self.length_edges)
+        if list(self.length_edges) != sorted(self.length_edges) or len(self.length_edges) < 2:
+            raise ValueError(f"length_edges={self.length_edges} must be ≥ 2 increasing edges")
+        get_loss(self.loss)
+
+    @property
+    def method(self) -> str:
+        name = "plad" if self.loss == "plad_ranking" else "plad-margin"
+        return name + ("+sft" if self.sft_weight else "")
+
+    def lora_config(self) -> dict | None:
+        if not self.lora:
+            return None
+        return dict(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout)
+
+
+# --- the batch and the objective ---
+
+
+@dataclass
+class PairCollator:
+    """Rows with ``prompt``, ``chosen``, ``rejected`` (and ``reference`` when ``with_reference``) -> one batch of
+    2B sequences (chosen rows first, then rejected), plus a separate B-row ``reference_*`` batch and, for each
+    name in ``float_columns``, a (B,) float tensor of that column (e.g. DPO's reference log-likelihoods)."""
+
+    tokenizer: object
+    with_reference: bool = False
+    max_length: int | None = None
+    float_columns: tuple[str, ...] = ()
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [r["prompt"] for r in rows]
+        batch = collate_examples(self.tokenizer, prompts + prompts, [r["chosen"] for r in rows] +
+                                 [r["rejected"] for r in rows], self.max_length)
+        batch.pop("truncated")
+        if self.with_reference:
+            ref = collate_examples(self.tokenizer, prompts, [r["reference"] for r in rows], self.max_length)
+            batch.update({f"reference_{k}": ref[k] for k in ("input_ids", "attention_mask", "response_mask")})
+        for name in self.float_columns:
+            batch[name] = torch.tensor([r[name] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def response_states(hidden_states: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-align each row's response-token states: (B, L, D), (B, L) -> (B, T, D), (B, T) with T the longest
+    response (the representation e(ŷ, x) of PLaD App. A.7: states of the response tokens given the prompt)."""
+    lengths = response_mask.sum(-1)  # (B,)
+    width = int(lengths.max()) if len(lengths) else 0
+    out = hidden_states.new_zeros(hidden_states.shape[0], max(width, 1), hidden_states.shape[-1])
+    mask = torch.zeros(hidden_states.shape[0], max(width, 1), dtype=torch.bool, device=hidden_states.device)
+    for b in range(hidden_states.shape[0]):
+        states = hidden_states[b][response_mask[b]]
+        out[b, : len(states)] = states
+        mask[b, : len(states)] = True
+    return out, mask
+
+
+@dataclass
+class PladObjective:
+    """Student log-likelihoods of (ŷ+, ŷ−) fed to the ranking (Eq. 4) or margin (Eq. 5) calibration loss.
+
+    ``sft_weight`` > 0 adds λ·(−(1/|ŷ+|) log P_θ(ŷ+|x)), the cross-entropy regulariser of SLiC (Zhao et al. 2023,
+    where PLaD's calibration losses come from) on the teacher's sample — *beyond PLaD*, whose Alg. 1 uses L_cal
+    alone; 0 is PLaD as published.
+    """
+
+    loss: str = "plad_ranking"
+    beta: float = PLAD_BETA
+    length_normalize: bool = True
+    score_ngram_orders: tuple[int, ...] = (1,)
+    sft_weight: float = 0.0
+
+    def __post_init__(self):
+        self.loss_fn = get_loss(self.loss)
+
+    def sequence_logps(self, token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # $\frac{1}{|\hat y|}\log P_\theta(\hat y|x)$ (length-normalised) or $\log P_\theta(\hat y|x)$ (Eq. 4 literal)
+        if self.length_normalize:
+            return avg_logp_reward(token_logps, mask)
+        return (token_logps * mask).sum(-1)
+
+    def __call__(self, model, inputs):
+        margin = self.loss == "plad_margin"
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    output_hidden_states=margin)
+        token_logps = gather_token_logps(out.logits[:, :-1], inputs["input_ids"][:, 1:])  # (2B, L-1)
+        mask = inputs["response_mask"][:, 1:]
+        logps = self.sequence_logps(token_logps, mask)  # (2B,)
+        chosen_logps, rejected_logps = logps.chunk(2)  # (B,), (B,)
+        if margin:
+            # $s(y; \hat y; x) = \sum_n F_n(e(\hat y, x), e(y, x))$ on the student's last-layer states (App. A.7)
+            states, states_mask = response_states(out.hidden_states[-1], inputs["response_mask"])
+            with torch.no_grad():
+                ref = model(input_ids=inputs["reference_input_ids"],
+                            attention_mask=inputs["reference_attention_mask"], output_hidden_states=True)
+            ref_states, ref_mask = response_states(ref.hidden_states[-1], inputs["reference_response_mask"])
+            ref_states, ref_mask = torch.cat([ref_states, ref_states]), torch.cat([ref_mask, ref_mask])
+            scores = calibration_score(states, ref_states, states_mask, ref_mask, ns=self.score_ngram_orders)
+            chosen_scores, rejected_scores = scores.chunk(2)
+            # $\max(0, \beta(s_+ - s_-) - \log P(\hat y_+|x) + \log P(\hat y_-|x))$ (Eq. 5)
+            loss = self.loss_fn(chosen_logps, rejected_logps, chosen_scores, rejected_scores, beta=self.beta)
+            extra = {"score_gap": (chosen_scores - rejected_scores).mean().detach()}
+        else:
+            # $\max(0, \beta - \log P(\hat y_+|x) + \log P(\hat y_-|x))$ (Eq. 4)
+            loss = self.loss_fn(chosen_logps, rejected_logps, beta=self.beta)
+            extra = {}
+        gap = (chosen_logps - rejected_logps).detach()
+        metrics = {"calibration_loss": loss.detach(), "logp_gap": gap.mean(),
+                   "hinge_active": (gap < self.beta).float().mean(), **extra}
+        if self.sft_weight:
+            # $-\frac{1}{|\hat y_+|}\log P_\theta(\hat y_+|x)$ (per token, whatever ``length_normalize`` says)
+            sft = -avg_logp_reward(token_logps[: len(chosen_logps)], mask[: len(chosen_logps)]).mean()
+            loss = loss + self.sft_weight * sft
+            metrics["sft_loss"] = sft.detach()
+        return loss, metrics
+
+
+# --- data ---
+
+
+def gold_ranked_pair(prompt, teacher_response: str, student_response: str) -> dict:
+    """The (teacher, student) pair ordered by gold reward — PLaD §5.3's 'real' pair, with the gym's gold reward
+    standing in for the reward model. A gold tie keeps the pseudo order (the reward states no preference), so
+    every pair has a real version and ``real_ratio = 1`` is always possible."""
+    if gold_of(prompt, student_response) > gold_of(prompt, teacher_response):
+        return {"prompt": prompt, "chosen": student_response, "rejected": teacher_response}
+    return {"prompt": prompt, "chosen": teacher_response, "rejected": student_response}
+
+
+def distillation_prompts(cfg) -> list:
+    """The distillation set D (gym train prompts, per seed), cut to ``data_fraction`` as a prefix (Fig. 4)."""
+    prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
+    return prompts[: max(1, round(cfg.data_fraction * len(prompts)))]
+
+
+def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_tokens: int, seed: int,
+                    progress: bool = False) -> list[str]:
+    """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+."""
+    samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=1, temperature=temperature,
+                               max_new_tokens=max_new_tokens, seed=seed * 1000 + 7, progress=progress)
+    return list(samples["response"])
+
+
+def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg) -> tuple[list[dict], dict]:
+    """Pseudo-preference rows (teacher ≻ student, Eq. 3) with ``real_ratio`` gold-ordered (Fig. 2), and stats."""
+    texts = [p.text for p in prompts]
+    chat = [[{"role": "user", "content": t}] for t in texts]
+    y_teacher = teacher_samples(teacher, teacher_tok, prompts, temperature=cfg.temperature,
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress)
+    y_student = list(sample_responses(student, student_tok, texts, n=1, temperature=cfg.temperature,
+                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + 8,
+                                      progress=cfg.progress)["response"])
+    real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)]
+    rows, counts = make_pseudo_pairs(chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio,
+                                     seed=cfg.seed)
+    answers = {p.text: p.answer_text for p in prompts}
+    for row in rows:
+        row["reference"] = answers[row["prompt"][-1]["content"]]  # gold y for Eq. 5 (ambiguity 3)
+    # T-S WR (PLaD Table 1): gold win rate of the teacher's sample over the student's, ties excluded
+    gold_t = np.array([gold_of(c, y) for c, y in zip(chat, y_teacher)])
+    gold_s = np.array([gold_of(c, y) for c, y in zip(chat, y_student)])
+    decided = gold_t != gold_s
+    # how often a training pair's order agrees with gold (ties count as agreeing: the reward has no preference)
+    agrees = [gold_of(r["prompt"], r["chosen"]) >= gold_of(r["prompt"], r["rejected"]) for r in rows]
+    stats = {**counts,
+             "teacher_student_win_rate": float((gold_t > gold_s)[decided].mean()) if decided.any() else float("nan"),
+             "pair_order_gold_agreement": float(np.mean(agrees)) if rows else float("nan"),
+             "teacher_sample_gold": float(gold_t.mean()), "student_sample_gold": float(gold_s.mean())}
+    return rows, stats
+
+
+# --- the pipeline ---
+
+
+def run_plad(cfg: PladConfig) -> RunResult:
+    """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``."""
+    from workbench.models import load
+
+    set_threads()
+    started = time.perf_counter()
+    if cfg.dataset != "gym":
+        raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
+    teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
+    student, student_tok = load(cfg.student, lora=cfg.lora_config())
+    prompts = distillation_prompts(cfg)
+    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    before = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
+                             max_new_tokens=cfg.max_new_tokens)
+    rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
+    if not rows:
+        raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
+    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
+    collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
+    history = train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
+                            lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+                            warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
+    after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
+                            max_new_tokens=cfg.max_new_tokens)
+    metrics = {
+        "method": cfg.method,
+        "config": asdict(cfg),
+        **before_after_metrics(before, after, cfg.length_edges),
+        "pairs": pair_stats,
+        "seconds": time.perf_counter() - started,
+    }
+    result = RunResult(metrics, history, student, student_tok)
+    result.save(cfg.output_dir)
+    return result

@@ -1,0 +1,240 @@
+"""Teacher top-k cache: each teacher's k most likely next tokens at every response position, stored once.
+
+Token-level distillation (DCKD, ADPA and its variants) needs the teacher's next-token distribution at every
+response position of (prompt, response) pairs. The full distribution is (T, V) per response; the paper keeps the
+**top 50** (ADPA §4.1) and the released code adds one "remaining mass" slot. This module computes, per response,
+
+* ``ids (T, k) int32``: the teacher's k most likely token ids at position t (best first),
+* ``logps (T, k) float32``: their log-probs under the teacher's *full* softmax,
+* ``tail_logps (T,) float32``: log of the mass outside them, log(1 - sum_k p)
+  (:func:`workbench.losses.adpa.tail_logmass`),
+
+where row t is the distribution that predicts response token t (the convention of :mod:`workbench.losses.adpa`).
+The texts are encoded with the **student's** tokenizer and chat template (:func:`workbench.encoding.collate_examples`),
+so the cached positions line up with the student's own forward pass; the teacher must therefore share the student's
+vocabulary (checked by :func:`check_shared_vocabulary`, with a clear error otherwise).
+
+Entries are keyed by a content hash of (teacher fingerprint, student tokenizer fingerprint, chat template, texts,
+k) through :class:`workbench.cache.StageCache`, so an alpha/gamma sweep or a rerun reuses them, and
+:func:`teacher_topk_by_name` loads a teacher, fills the cache and frees the teacher again: the teacher never sits in
+memory while the student trains.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
+from workbench.encoding import PromptLike, as_messages, collate_examples
+
+logger = logging.getLogger("workbench.topk_cache")
+
+TOPK_DEFAULT = 50  # ADPA §4.1: "the top 50 probabilities"
+
+
+class VocabularyMismatchError(ValueError):
+    """Teacher and student tokenizers do not share one vocabulary, so token-level distillation is undefined."""
+
+
+def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str = "teacher",
+                            student_name: str = "student") -> None:
+    """Fail unless both tokenizers map the same strings to the same ids (``get_vocab()`` equal).
+
+    Token-level methods (DCKD's KL, ADPA's advantage) compare the two models' distributions id by id; with
+    different vocabularies id 17 is a different token for each, and the numbers would be silently wrong. Use a
+    sequence-level method (PAD, PLaD, SeqKD) for teacher/student pairs with different tokenizers.
+    """
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab == student_vocab:
+        return
+    only_teacher = sorted(set(teacher_vocab) - set(student_vocab))
+    only_student = sorted(set(student_vocab) - set(teacher_vocab))
+    moved = sorted(t for t in set(teacher_vocab) & set(student_vocab) if teacher_vocab[t] != student_vocab[t])
+    raise VocabularyMismatchError(
+        f"{teacher_name} and {student_name} do not share a vocabulary ({len(teacher_vocab)} vs "
+        f"{len(student_vocab)} tokens; {len(only_teacher)} only in the teacher, e.g. {only_teacher[:5]}; "
+        f"{len(only_student)} only in the student, e.g. {only_student[:5]}; {len(moved)} shared tokens with "
+        f"different ids, e.g. {moved[:5]}). Token-level distillation (DCKD, ADPA, Q-KD) needs one vocabulary; "
+        f"pick a same-family teacher/student pair, or use a sequence-level method (PAD, PLaD, SeqKD)."
+    )
+
+
+@dataclass
+class TopkCache:
+    """A teacher's top-k next-token log-probs on N responses; entry i has arrays of length T_i (its tokens)."""
+
+    ids: list[np.ndarray]  # N x (T_i, k) int32
+    logps: list[np.ndarray]  # N x (T_i, k) float32
+    tail_logps: list[np.ndarray]  # N x (T_i,) float32
+    k: int
+    teacher: str = ""  # teacher fingerprint
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(a) for a in self.ids]
+
+    def scatter(self, indices: Sequence[int], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries ``indices`` placed at the True positions of ``mask (B, T)``, row by row, in order.
+
+        Returns ``topk_ids (B, T, k) int64`` and ``topk_logps (B, T, k) float32``; positions off the mask hold id 0
+        and log-prob 0 (the losses ignore them). The count of True positions in row b must equal the cached length
+        of entry ``indices[b]`` (else the cache was built from other texts or another tokenizer).
+        """
+        batch, width = mask.shape
+        ids = torch.zeros(batch, width, self.k, dtype=torch.long)
+        logps = torch.zeros(batch, width, self.k, dtype=torch.float32)
+        for b, i in enumerate(indices):
+            positions = mask[b].nonzero().squeeze(-1)
+            if len(positions) != len(self.ids[i]):
+                raise ValueError(f"row {b} has {len(positions)} response positions but cache entry {i} has "
+                                 f"{len(self.ids[i])}; the cache was built for other texts or another tokenizer")
+            ids[b, positions] = torch.from_numpy(self.ids[i]).long()
+            logps[b, positions] = torch.from_numpy(self.logps[i])
+        return ids, logps
+
+
+def _texts_key(prompts, responses) -> str:
+    return content_hash([[as_messages(p) for p in prompts], list(responses)])
+
+
+def topk_cache_key(teacher, student_tokenizer, prompts, responses, k: int, max_length: int | None = None) -> dict:
+    """What determines a cache entry: teacher weights, student tokenizer + chat template, texts, k."""
+    template = student_tokenizer.chat_template or ""
+    return {
+        "teacher": model_fingerprint(teacher),
+        "tokenizer": tokenizer_fingerprint(student_tokenizer),
+        "chat_template": hashlib.sha256(template.encode()).hexdigest()[:16],
+        "texts": _texts_key(prompts, responses),
+        "k": int(k),
+        "max_length": max_length,
+    }
+
+
+def _response_topk(logits: torch.Tensor, response_mask: torch.Tensor, k: int, vocab_size: int):
+    """Top-k of the next-token log-softmax at each response position of each row.
+
+    Args:
+        logits: (B, L, V_t) teacher logits; position p predicts token p + 1.
+        response_mask: (B, L) True on response tokens.
+        k: entries kept per position.
+        vocab_size: ids kept are < vocab_size (a teacher whose embedding is padded past the tokenizer never
+            emits a padding id into the cache; their mass stays in the tail).
+    Returns:
+        per row: (ids (T_b, k) int32, logps (T_b, k) float32, tail (T_b,) float32).
+    """
+    from workbench.losses.adpa import tail_logmass
+
+    predicts = response_mask[:, 1:]  # (B, L-1): position p (< L-1) predicts a response token
+    rows = []
+    for b in range(logits.shape[0]):
+        positions = predicts[b].nonzero().squeeze(-1)  # (T_b,)
+        # $\log \pi_t(\cdot \mid s_t)$ over the full teacher softmax
+        full_logps = torch.log_softmax(logits[b, positions].float(), dim=-1)  # (T_b, V_t)
+        top_logps, top_ids = torch.topk(full_logps[:, :vocab_size], k, dim=-1)  # (T_b, k)
+        # $\log(1 - \sum_{i \le k} p_i)$
+        tail = tail_logmass(top_logps)  # (T_b,)
+        rows.append((top_ids.to(torch.int32).cpu().numpy(), top_logps.cpu().numpy().astype(np.float32),
+                     tail.cpu().numpy().astype(np.float32)))
+    return rows
+
+
+def teacher_topk(
+    teacher,
+    teacher_tokenizer,
+    student_tokenizer,
+    prompts: Sequence[PromptLike],
+    responses: Sequence[str],
+    *,
+    k: int = TOPK_DEFAULT,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    cache: StageCache | None = None,
+    progress: bool = False,
+) -> TopkCache:
+    """The teacher's top-k next-token log-probs at every response position (see module docstring).
+
+    Args:
+        teacher: causal LM (any device); only its forward pass is used.
+        teacher_tokenizer: checked against ``student_tokenizer`` (must have the same vocabulary).
+        student_tokenizer: encodes the texts (its chat template decides where the response starts).
+        prompts, responses: N pairs.
+        k: entries per position (ADPA §4.1: 50); at most the vocabulary size.
+    Returns:
+        :class:`TopkCache` with N entries.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
+    check_shared_vocabulary(teacher_tokenizer, student_tokenizer)
+    vocab_size = len(student_tokenizer)
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    cache = cache or default_cache()
+    key = topk_cache_key(teacher, student_tokenizer, prompts, responses, k, max_length)
+
+    def compute():
+        ids, logps, tails = [], [], []
+        was_training = teacher.training
+        teacher.eval()
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="teacher top-k", disable=not progress, leave=False):
+            batch = collate_examples(student_tokenizer, prompts[start:start + batch_size],
+                                     responses[start:start + batch_size], max_length)
+            with torch.no_grad():
+                logits = teacher(input_ids=batch["input_ids"].to(teacher.device),
+                                 attention_mask=batch["attention_mask"].to(teacher.device)).logits
+            for row_ids, row_logps, row_tail in _response_topk(logits, batch["response_mask"].to(logits.device),
+                                                                k, vocab_size):
+                ids.append(row_ids)
+                logps.append(row_logps)
+                tails.append(row_tail)
+        teacher.train(was_training)
+        return {"ids": ids, "logps": logps, "tail_logps": tails}
+
+    stored = cache.get_or_compute("topk", key, compute)
+    return TopkCache(stored["ids"], stored["logps"], stored["tail_logps"], k=k, teacher=key["teacher"])
+
+
+def release_memory() -> None:
+    """Return freed model memory (call after the last reference to a model is deleted)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def teacher_topk_by_name(
+    teacher_name: str,
+    student_tokenizer,
+    prompts: Sequence[PromptLike],
+    responses: Sequence[str],
+    *,
+    k: int = TOPK_DEFAULT,
+    quantization: str | None = None,
+    batch_size: int = 32,
+    cache: StageCache | None = None,
+    progress: bool = False,
+) -> TopkCache:
+    """Load ``teacher_name``, cache its top-k on the texts, free it, and return the cache.
+
+    The teacher lives only inside this call, so a student can train afterwards with the teacher out of memory
+    (the point of the cache; ADPA App. G "precomputing the log probabilities").
+    """
+    from workbench.models import load
+
+    teacher, teacher_tokenizer = load(teacher_name, quantization=quantization)
+    try:
+        return teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
+                            batch_size=batch_size, cache=cache, progress=progress)
+    finally:
+        del teacher
+        release_memory()
