@@ -71,13 +71,11 @@ def train_prompts(cfg) -> list:
 
 def train_pad(cfg, *, save_model: bool = True) -> list[dict]:
     """Sample → teacher rewards → listwise distillation for ``cfg.iterations`` rounds; returns the log history."""
-    import datasets
     from accelerate import PartialState
 
-    from workbench.methods.pad import ListwiseObjective, teacher_rewards
+    from workbench.methods.pad import distill_round
     from workbench.models import load
-    from workbench.sampling import group_responses, sample_responses
-    from workbench.trainers import ListwiseCollator, set_threads, train_distill
+    from workbench.trainers import set_threads
 
     import torch
 
@@ -92,20 +90,10 @@ def train_pad(cfg, *, save_model: bool = True) -> list[dict]:
     history: list[dict] = []
     for round_ in range(cfg.iterations):
         # the main process fills the stage cache; the others then read identical samples and scores
-        with state.main_process_first():
-            samples = sample_responses(student, student_tok, prompts_text, n=cfg.n, temperature=cfg.temperature,
-                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + round_,
-                                       progress=cfg.progress and state.is_main_process)
-            prompts, groups = group_responses(samples)
-            rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                      seed=cfg.seed + round_)
-        rows = datasets.Dataset.from_dict({"prompt": prompts, "responses": groups,
-                                           "teacher_rewards": rewards["calibrated"].tolist()})
-        objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight)
-        log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
-                            batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
-                            progress=cfg.progress and state.is_main_process)
-        history += [{**entry, "round": round_} for entry in log]
+        log, _, _ = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
+                                  stage_guard=state.main_process_first,
+                                  progress=cfg.progress and state.is_main_process)
+        history += log
     if state.is_main_process:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)

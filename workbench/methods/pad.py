@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import datasets
@@ -138,6 +139,31 @@ class ListwiseObjective:
         return loss, metrics
 
 
+def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
+                  stage_guard=nullcontext, progress: bool | None = None):
+    """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
+
+    ``stage_guard`` wraps sampling and scoring (``accelerate``'s ``main_process_first`` lets the main process
+    fill the stage cache that the other processes then read). Returns (log history tagged with the round,
+    prompts, response groups).
+    """
+    progress = cfg.progress if progress is None else progress
+    with stage_guard():
+        samples = sample_responses(student, student_tok, prompt_texts, n=cfg.n, temperature=cfg.temperature,
+                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + round_,
+                                   progress=progress)
+        prompts, groups = group_responses(samples)
+        rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
+                                  seed=cfg.seed + round_)
+    rows = datasets.Dataset.from_dict({"prompt": prompts, "responses": groups,
+                                       "teacher_rewards": rewards["calibrated"].tolist()})
+    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight)
+    log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
+                        batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
+                        progress=progress)
+    return [{**entry, "round": round_} for entry in log], prompts, groups
+
+
 def run_pad(cfg: PadConfig) -> RunResult:
     """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``."""
     from workbench.models import load
@@ -155,19 +181,9 @@ def run_pad(cfg: PadConfig) -> RunResult:
     history: list[dict] = []
     rounds = []
     for round_ in range(cfg.iterations):
-        samples = sample_responses(student, student_tok, [p.text for p in train], n=cfg.n,
-                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                   seed=cfg.seed * 1000 + round_, progress=cfg.progress)
-        prompts, groups = group_responses(samples)
-        rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                  seed=cfg.seed + round_)
-        rows = datasets.Dataset.from_dict({"prompt": prompts, "responses": groups,
-                                           "teacher_rewards": rewards["calibrated"].tolist()})
-        objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight)
-        log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps,
-                            lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + round_,
-                            warmup_ratio=cfg.warmup_ratio, progress=cfg.progress)
-        history += [{**entry, "round": round_} for entry in log]
+        log, prompts, groups = distill_round(cfg, student, student_tok, teacher, teacher_tok,
+                                             [p.text for p in train], round_)
+        history += log
         rounds.append({"round": round_, "train_sample_gold": float(np.mean(
             [gold_of(p, y) for p, g in zip(prompts, groups) for y in g]))})
     after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
