@@ -135,3 +135,46 @@ def before_after_metrics(before: dict, after: dict, length_edges: Sequence[float
         "length_buckets": length_bucket_gains(after["per_prompt"], before["per_prompt"], prompt_lengths(before),
                                               length_edges),
     }
+
+
+# --- AlpacaEval-style judging (GPU machines; a weaker, judge-based measurement) ---
+
+
+def write_alpaca_eval_outputs(instructions, outputs, generator: str, path) -> "Path":
+    """Write model outputs in AlpacaEval's ``model_outputs`` JSON format (instruction, output, generator)."""
+    import json
+    from pathlib import Path
+
+    if len(instructions) != len(outputs):
+        raise ValueError(f"{len(instructions)} instructions but {len(outputs)} outputs; pass one output each")
+    rows = [{"instruction": i, "output": o, "generator": generator, "dataset": "workbench"}
+            for i, o in zip(instructions, outputs)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    return path
+
+
+def alpaca_eval_command(model_outputs, reference_outputs=None, annotators_config: str | None = None,
+                        output_path=None) -> list[str]:
+    """The ``alpaca_eval evaluate`` command line for saved outputs (judge per ``annotators_config``)."""
+    command = ["alpaca_eval", "evaluate", "--model_outputs", str(model_outputs)]
+    if reference_outputs is not None:
+        command += ["--reference_outputs", str(reference_outputs)]
+    if annotators_config:
+        command += ["--annotators_config", annotators_config]
+    if output_path is not None:
+        command += ["--output_path", str(output_path)]
+    return command
+
+
+def run_alpaca_eval(model_outputs, **kwargs) -> int:
+    """Run AlpacaEval on saved outputs (needs ``pip install alpaca-eval`` and its judge's API key or a local
+    judge config); returns the process exit code. Results are judge-based, labelled as such by AlpacaEval."""
+    import shutil
+    import subprocess
+
+    if shutil.which("alpaca_eval") is None:
+        raise RuntimeError("AlpacaEval is not installed: pip install alpaca-eval (and configure its judge); "
+                           "write outputs with write_alpaca_eval_outputs() to evaluate them elsewhere")
+    return subprocess.run(alpaca_eval_command(model_outputs, **kwargs), check=False).returncode
