@@ -140,7 +140,7 @@ def before_after_metrics(before: dict, after: dict, length_edges: Sequence[float
 # --- AlpacaEval-style judging (GPU machines; a weaker, judge-based measurement) ---
 
 
-def write_alpaca_eval_outputs(instructions, outputs, generator: str, path) -> "Path":
+def write_alpaca_eval_outputs(instructions, outputs, generator: str, path):
     """Write model outputs in AlpacaEval's ``model_outputs`` JSON format (instruction, output, generator)."""
     import json
     from pathlib import Path

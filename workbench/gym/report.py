@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from workbench.evaluate import mean_ci

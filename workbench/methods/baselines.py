@@ -38,18 +38,18 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
 import torch
 
 from workbench.encoding import collate_examples
-from workbench.evaluate import before_after_metrics, evaluate_policy
+from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
-from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts
+from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
@@ -405,15 +405,4 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
         log, stats = _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round_)
         history += [{**entry, "round": round_} for entry in log]
         data.append({"round": round_, **stats})
-    after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                            max_new_tokens=cfg.max_new_tokens)
-    metrics = {
-        "method": cfg.method,
-        "config": asdict(cfg),
-        **before_after_metrics(before, after, cfg.length_edges),
-        "data": data,
-        "seconds": time.perf_counter() - started,
-    }
-    result = RunResult(metrics, history, student, student_tok)
-    result.save(cfg.output_dir)
-    return result
+    return finish_run(cfg, student, student_tok, held_out, before, history, started, data=data)

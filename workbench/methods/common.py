@@ -46,3 +46,26 @@ def gold_of(prompt, response: str) -> float:
     from workbench.gym.world import gold_reward
 
     return gold_reward(user_text(prompt), response)
+
+
+def finish_run(cfg, student, tokenizer, held_out, before: dict, history: list[dict], started: float,
+               **extra) -> RunResult:
+    """Evaluate the trained student on the held-out prompts, build the metrics (before/after, win rate, length
+    buckets, ``extra``), save them to ``cfg.output_dir`` and return the run."""
+    import time
+    from dataclasses import asdict
+
+    from workbench.evaluate import before_after_metrics, evaluate_policy
+
+    after = evaluate_policy(student, tokenizer, held_out, n=cfg.eval_samples, seed=cfg.seed,
+                            max_new_tokens=cfg.max_new_tokens)
+    metrics = {
+        "method": cfg.method,
+        "config": asdict(cfg),
+        **before_after_metrics(before, after, cfg.length_edges),
+        **extra,
+        "seconds": time.perf_counter() - started,
+    }
+    result = RunResult(metrics, history, student, tokenizer)
+    result.save(cfg.output_dir)
+    return result

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from workbench.cache import tokenizer_fingerprint
-from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate, as_messages
+from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import evaluate_policy, mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss

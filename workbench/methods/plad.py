@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
 import torch
 
 from workbench.encoding import collate_examples
-from workbench.evaluate import before_after_metrics, evaluate_policy
+from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts
+from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts
 from workbench.sampling import sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.trainers import set_threads, train_distill
@@ -296,15 +296,4 @@ def run_plad(cfg: PladConfig) -> RunResult:
     history = train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                             lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                             warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
-    after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                            max_new_tokens=cfg.max_new_tokens)
-    metrics = {
-        "method": cfg.method,
-        "config": asdict(cfg),
-        **before_after_metrics(before, after, cfg.length_edges),
-        "pairs": pair_stats,
-        "seconds": time.perf_counter() - started,
-    }
-    result = RunResult(metrics, history, student, student_tok)
-    result.save(cfg.output_dir)
-    return result
+    return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats)
