@@ -10,7 +10,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import kendalltau, t as student_t
+from scipy.stats import kendalltau, spearmanr, t as student_t
 
 from workbench.gym.world import Prompt, gold_reward
 
@@ -39,17 +39,27 @@ def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
+def _mean_per_set(correlation, scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
+    """Mean ± CI of ``correlation(a, b).statistic`` over response sets; constant sets are skipped (counted)."""
+    values = []
+    for a, b in zip(np.asarray(scores_a), np.asarray(scores_b)):
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue
+        values.append(correlation(a, b).statistic)
+    return {**mean_ci(values), "skipped_sets": int(len(scores_a) - len(values))}
+
+
 def mean_kendall_tau(scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
     """Mean per-set Kendall τ between two scorings of the same response sets: (sets, n) each.
 
     Sets on which either scoring is constant have no ranking and are skipped (their count is returned).
     """
-    taus = []
-    for a, b in zip(np.asarray(scores_a), np.asarray(scores_b)):
-        if np.ptp(a) == 0 or np.ptp(b) == 0:
-            continue
-        taus.append(kendalltau(a, b).statistic)
-    return {**mean_ci(taus), "skipped_sets": int(len(scores_a) - len(taus))}
+    return _mean_per_set(kendalltau, scores_a, scores_b)
+
+
+def mean_spearman(scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
+    """Mean per-set Spearman ρ between two scorings of the same response sets: (sets, n) each (skips as above)."""
+    return _mean_per_set(spearmanr, scores_a, scores_b)
 
 
 def evaluate_policy(model, tokenizer, prompts: Sequence[Prompt], *, n: int = 4, temperature: float = 0.8,

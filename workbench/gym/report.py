@@ -9,28 +9,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from workbench.evaluate import mean_ci
+from workbench.evaluate import gold_rewards, mean_ci, mean_spearman
 from workbench.gym.world import GYM_MCQ_TEMPLATE, gold_reward, make_prompts
 
 
-def gold_of_samples(prompts, samples) -> np.ndarray:
-    """Gold reward of each sampled row (rows are prompt-major with ``prompt_id``)."""
-    return np.array([gold_reward(prompts[r["prompt_id"]], r["response"]) for r in samples])
-
-
-def ranking_agreement(scores: np.ndarray, golds: np.ndarray) -> dict:
-    """Mean per-set Spearman correlation of ``scores`` (sets, n) with ``golds`` (sets, n).
-
-    Sets whose gold rewards (or scores) are all equal have no ranking to agree with and are skipped (counted).
-    """
-    rhos = []
-    for s, g in zip(scores, golds):
-        if np.ptp(g) == 0 or np.ptp(s) == 0:
-            continue
-        rhos.append(spearmanr(s, g).statistic)
-    return {**mean_ci(rhos), "skipped_sets": int(len(scores) - len(rhos))}
+def _gold(prompts, samples) -> np.ndarray:
+    """Gold reward of each row of a prompt-major sample table."""
+    return gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"])
 
 
 def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 4, seed: int = 0,
@@ -52,8 +38,8 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
         greedy = sample_responses(model, tokenizer, texts, n=1, temperature=0.0, seed=seed, progress=progress)
         sampled = sample_responses(model, tokenizer, texts, n=4, temperature=0.8, seed=seed, progress=progress)
         report["gold_reward"][role] = {
-            "greedy": mean_ci(gold_of_samples(prompts, greedy)),
-            "T=0.8": mean_ci(gold_of_samples(prompts, sampled)),
+            "greedy": mean_ci(_gold(prompts, greedy)),
+            "T=0.8": mean_ci(_gold(prompts, sampled)),
         }
     gold = report["gold_reward"]
     report["teacher_minus_student_greedy"] = gold["teacher-dpo"]["greedy"]["mean"] - gold["student"]["greedy"]["mean"]
@@ -75,9 +61,9 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
         mcq_cyclic = mcq_selection_logprobs(model, tokenizer, texts, groups, template=GYM_MCQ_TEMPLATE,
                                             order="cyclic", seed=seed)
         entry = {
-            "avg_loglik_spearman": ranking_agreement(likelihood.numpy(), golds),
-            "mcq_spearman": ranking_agreement(mcq.numpy(), golds),
-            "mcq_cyclic_spearman": ranking_agreement(mcq_cyclic.numpy(), golds),
+            "avg_loglik_spearman": mean_spearman(likelihood.numpy(), golds),
+            "mcq_spearman": mean_spearman(mcq.numpy(), golds),
+            "mcq_cyclic_spearman": mean_spearman(mcq_cyclic.numpy(), golds),
         }
         entry["mcq_minus_loglik"] = entry["mcq_spearman"]["mean"] - entry["avg_loglik_spearman"]["mean"]
         report["ranking_vs_gold"][role] = entry

@@ -229,9 +229,7 @@ def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, pro
     them. Returns per-α mean per-set Spearman ρ and Kendall τ with gold (± 95% CI over prompt sets), plus the
     timings of the first and of each later α point.
     """
-    from scipy.stats import spearmanr
-
-    from workbench.evaluate import mean_ci
+    from workbench.evaluate import mean_spearman
     from workbench.models import load
 
     t0 = time.perf_counter()
@@ -248,7 +246,7 @@ def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, pro
         signals = teacher_rewards(teacher, teacher_tok, groups_prompts, groups, alpha=float(alpha), order=mcq_order,
                                   seed=seed)
         scores = signals["calibrated"].numpy()
-        rhos = [spearmanr(s, g).statistic for s, g in zip(scores, gold) if np.ptp(s) > 0 and np.ptp(g) > 0]
-        rows.append({"alpha": float(alpha), "spearman": mean_ci(rhos), "kendall": mean_kendall_tau(scores, gold),
+        spearman = mean_spearman(scores, gold)
+        rows.append({"alpha": float(alpha), "spearman": spearman, "kendall": mean_kendall_tau(scores, gold),
                      "seconds": time.perf_counter() - start + (start - t0 if i == 0 else 0.0)})
-    return {"rows": rows, "n": n, "prompts": prompts, "valid_sets": len(rhos)}
+    return {"rows": rows, "n": n, "prompts": prompts, "valid_sets": len(gold) - spearman["skipped_sets"]}
