@@ -1,5 +1,6 @@
-"""Scale-out: the shipped accelerate configs parse, and a 2-process DDP run of the PAD trainer (gloo, CPU) gives the
-same loss curve as 1 process with the same global batch."""
+"""Scale-out: the shipped accelerate configs parse; shards of whole batches tile the items; and a 2-process DDP run of
+the PAD trainer (gloo, CPU), which samples and scores its prompts in shards, trains on the same samples and teacher
+rewards as 1 process and gives the same loss curve with the same global batch."""
 
 import json
 import os
@@ -14,9 +15,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "accelerate").glob("*.yaml"))
 
-# tiny PAD run: 16 gym prompts, n = 4 decomposed into groups of m = 2 (PAD Eq. 13), 4 optimizer steps
+# tiny PAD run: 16 gym prompts, n = 4 decomposed into groups of m = 2 (PAD Eq. 13), 4 optimizer steps; sampling
+# batches of 3 prompts (6 batches, the last one short: 2 processes sample 9 and 7 prompts), teacher scoring in
+# batches of 5 sequences (so a process's scoring batches differ from one process's)
 PARAMS = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=4, m=2, train_prompts=16, steps=4,
-              progress=False, save_model=False)
+              sampling_batch_size=3, scoring_batch_size=5, progress=False, save_model=False, save_rows=True)
 
 
 def test_accelerate_configs_parse_with_accelerate():
@@ -41,8 +44,47 @@ def _curve(folder: Path) -> list[dict]:
     return [entry for entry in history if "loss" in entry and "train_runtime" not in entry]
 
 
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "rows_round0.jsonl").read_text().splitlines()]
+
+
+class FakeState:
+    """Process ``process_index`` of ``num_processes``, splitting with accelerate's own split_between_processes."""
+
+    def __init__(self, process_index, num_processes):
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def split_between_processes(self, inputs):
+        from accelerate import PartialState
+
+        return PartialState.split_between_processes(self, inputs)
+
+
+@pytest.mark.parametrize("items, batch_size, processes", [(16, 3, 2), (16, 4, 2), (10, 4, 3), (5, 8, 2), (7, 1, 4),
+                                                          (0, 4, 2)])
+def test_batch_shards_are_whole_batches_that_tile_the_items(items, batch_size, processes):
+    from workbench.distributed import Shard, batch_shard
+
+    shards = [batch_shard(items, batch_size, FakeState(rank, processes)) for rank in range(processes)]
+    covered = [i for shard in shards for i in range(shard.start, shard.stop)]
+    assert covered == list(range(items))  # contiguous, in rank order, no overlap
+    for shard in shards:
+        if len(shard):  # starts on a batch boundary, as its first batch (whose seed it uses)
+            assert shard.start == shard.first_batch * batch_size
+            assert shard.stop % batch_size == 0 or shard.stop == items
+    assert batch_shard(items, batch_size) == batch_shard(items, batch_size, FakeState(0, 1)) == Shard(0, items, 0)
+
+
+def test_gather_in_order_is_the_identity_with_one_process():
+    from workbench.distributed import Shard, gather_in_order
+
+    assert gather_in_order(["a", "b"], Shard(0, 2, 0)) == ["a", "b"]
+    with pytest.raises(ValueError, match="3 rows for a shard of 2"):
+        gather_in_order(["a", "b", "c"], Shard(0, 2, 0))
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
-def test_two_process_ddp_loss_curve_equals_one_process(tiny_gym, tmp_path):
+def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_path):
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("WORKBENCH_TRAINING_ARGS", None)
     env.pop("WORKBENCH_LOGITS_CHUNK", None)
@@ -54,6 +96,14 @@ def test_two_process_ddp_loss_curve_equals_one_process(tiny_gym, tmp_path):
     _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
           "--main_process_port", "29517", "-m", "workbench.train_pad",
           *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+    # sampled and scored in 2 shards, merged by prompt index: the same samples exactly, the same rewards up to
+    # the float rounding of other scoring batches
+    rows_one, rows_two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert len(rows_one) == len(rows_two) == PARAMS["train_prompts"]
+    assert [(r["prompt"], r["responses"]) for r in rows_two] == [(r["prompt"], r["responses"]) for r in rows_one]
+    for key in ("likelihood", "log_p_sel", "calibrated"):
+        torch.testing.assert_close(torch.tensor([r[key] for r in rows_two]), torch.tensor([r[key] for r in rows_one]),
+                                   rtol=1e-5, atol=1e-5, msg=f"teacher {key} differs between 2 processes and 1")
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
     assert len(one) == len(two) == PARAMS["steps"]

@@ -4,6 +4,7 @@ whole estimate against the measured peak RSS of a training step, check_fits, and
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,9 +181,22 @@ MEASURED = [
 N_RESPONSES, PROMPT_WORDS, RESPONSE_WORDS = 4, 20, 40
 
 
+# teacher scoring (no grad) with the hidden-state head: likelihood of 32 sequences in chunks of 16 positions per row
+# (the head chunk sets the peak), MCQ of 64 prompts at the last position (one decoder layer's transients set it;
+# forward_transient_bytes counts attention's and the MLP's tensors as live at once, an upper bound: ``high``).
+# The full (B, T, V) float32 logits of the old scorers would be ~260 MiB and ~1.5 GiB here.
+MEASURED_SCORING = [
+    dict(name="scoring likelihood fp32", kind="likelihood", vocab=32000, hidden=256, layers=4, heads=8,
+         intermediate=688, batch_size=32, logits_chunk=16, high=1.15),
+    dict(name="scoring mcq fp32", kind="mcq", vocab=32000, hidden=256, layers=4, heads=8, intermediate=688,
+         batch_size=64, high=1.25),
+]
+
+
 def _measure(specs: list[dict]) -> list[dict]:
-    """Run each spec's training steps in this process; peak RSS (VmHWM, reset before each) minus RSS before the
-    model is built. Prints JSON."""
+    """Run each spec's training steps (or, with ``kind``, its teacher scoring pass) in this process; peak RSS
+    (VmHWM, reset before each) minus RSS before the model is built (scoring: after, weights excluded). Prints
+    JSON."""
     import logging
     import time
 
@@ -230,18 +244,45 @@ def _measure(specs: list[dict]) -> list[dict]:
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) * 1024
 
+    def score(model, spec):
+        """The teacher's scoring pass of ``spec``; returns the longest (padded) sequence it scored."""
+        from workbench.cache import StageCache
+        from workbench.gym.world import GYM_MCQ_TEMPLATE
+        from workbench.scoring import mcq_selection_logprobs, response_token_logps
+
+        off = StageCache(enabled=False)
+        prompts = rows["prompt"][: spec["batch_size"]]
+        groups = [r for r in rows["responses"][: spec["batch_size"]]]
+        if spec["kind"] == "likelihood":
+            response_token_logps(model, tokenizer, prompts, [g[0] for g in groups], batch_size=spec["batch_size"],
+                                 logits_chunk=spec["logits_chunk"], cache=off)
+            return seq_len
+        mcq_selection_logprobs(model, tokenizer, prompts, groups, template=GYM_MCQ_TEMPLATE, order="identity",
+                               batch_size=spec["batch_size"], cache=off)
+        question = GYM_MCQ_TEMPLATE.render(prompts[0], groups[0])
+        return len(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
+
+    from workbench.encoding import prompt_text
+
     # warm-up: lazy imports, thread pools, Trainer and accelerate state
-    train(build(dict(vocab=64, hidden=32, layers=1, heads=2, intermediate=64)), {"batch_size": 2}, 2)
+    warm = build(dict(vocab=64, hidden=32, layers=1, heads=2, intermediate=64))
+    for kind in {spec.get("kind") for spec in specs} - {None}:
+        score(warm, dict(kind=kind, batch_size=2, logits_chunk=4))
+    train(warm, {"batch_size": 2}, 2)
     results = []
     for spec in specs:
+        model = build(spec).eval() if spec.get("kind") else None
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (Linux ≥ 4.0)
         before = psutil.Process().memory_info().rss
         start = time.perf_counter()
-        model = build(spec)
-        train(model, spec, 2)  # step 2 back-propagates with AdamW's states allocated
-        results.append({"name": spec["name"], "peak_delta": peak_rss() - before, "seq_len": seq_len,
+        if spec.get("kind"):
+            length = score(model, spec)
+        else:
+            model, length = build(spec), seq_len
+            train(model, spec, 2)  # step 2 back-propagates with AdamW's states allocated
+        results.append({"name": spec["name"], "peak_delta": peak_rss() - before, "seq_len": length,
                         "seconds": time.perf_counter() - start})
         del model
     print(json.dumps(results))
@@ -269,8 +310,8 @@ def measured():
                # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
                # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
                MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED)], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED + MEASURED_SCORING)], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -284,6 +325,26 @@ def test_estimate_within_15_percent_of_measured_peak_rss(spec, measured):
     print(f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
           f"ratio {ratio:.3f}")
     assert 0.85 <= ratio <= 1.15
+
+
+@pytest.mark.parametrize("spec", MEASURED_SCORING, ids=[s["name"] for s in MEASURED_SCORING])
+def test_scoring_estimate_within_15_percent_of_measured_peak_rss(spec, measured):
+    """The hidden-state scorers' peak (weights excluded) is what scoring_bytes predicts: one head chunk, or one
+    decoder layer's transients — never the (B, T, V) logits the old scorers kept."""
+    result = measured[spec["name"]]
+    dims = memory.dims_from_config({"model_type": "llama", "vocab_size": spec["vocab"], "hidden_size": spec["hidden"],
+                                    "num_hidden_layers": spec["layers"], "num_attention_heads": spec["heads"],
+                                    "intermediate_size": spec["intermediate"], "tie_word_embeddings": False})
+    positions = spec["logits_chunk"] if spec["kind"] == "likelihood" else 1
+    predicted = sum(memory.scoring_bytes(dims, spec["batch_size"], result["seq_len"], 4,
+                                         head_positions=positions).values())
+    full_logits = spec["batch_size"] * result["seq_len"] * spec["vocab"] * 4
+    assert result["peak_delta"] > 100 * 2**20, "the measurement should dwarf allocator noise"
+    ratio = predicted / result["peak_delta"]
+    print(f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
+          f"ratio {ratio:.3f}; full logits would be {full_logits / 2**20:.0f} MiB")
+    assert 0.85 <= ratio <= spec["high"]
+    assert result["peak_delta"] < full_logits  # the old scorers kept these (plus a chunk) at least
 
 
 @pytest.mark.gpu
@@ -340,6 +401,46 @@ def test_each_lever_lowers_the_peak_it_should():
     assert "teacher_mcq" not in cached.phases and cached.phases["training"]["teacher_weights"] == 0
     fsdp = memory.estimate(pad_recipe(world_size=4, strategy="fsdp"), model_configs=CONFIGS)
     assert fsdp.phases["training"]["optimizer_states"] == base.phases["training"]["optimizer_states"] // 4
+
+
+@pytest.mark.parametrize("seq_len", [257, 1025, 4097])
+def test_teacher_scoring_holds_one_head_chunk_never_b_t_v_logits(seq_len):
+    """A scoring pass peaks in a decoder layer or at the head, where the vocabulary enters through one chunk of
+    B·c positions (likelihood) or the B last positions (MCQ): growing V adds at most that, at any length T."""
+    import dataclasses
+
+    dims = memory.model_dims("google/gemma-2-9b-it", CONFIGS)
+    batch, b, chunk = 32, 2, 128
+    layer = memory.forward_transient_bytes(dims, batch, seq_len, b)
+    hidden = batch * seq_len * dims.hidden * b
+    likelihood = memory.scoring_bytes(dims, batch, seq_len, b, head_positions=chunk)
+    mcq = memory.scoring_bytes(dims, batch, seq_len, b, head_positions=1)
+    assert sum(likelihood.values()) == max(layer, hidden + batch * chunk * dims.vocab * 8)
+    assert sum(mcq.values()) == max(layer, hidden + batch * dims.vocab * 8)
+    wide = dataclasses.replace(dims, vocab=2 * dims.vocab)
+    for terms, positions in ((likelihood, chunk), (mcq, 1)):
+        grown = sum(memory.scoring_bytes(wide, batch, seq_len, b, head_positions=positions).values()) \
+            - sum(terms.values())
+        assert 0 <= grown <= batch * positions * dims.vocab * 8  # no T in the bound
+
+
+def test_pad_recipe_scoring_phases_keep_no_full_logits():
+    vocab = memory.model_dims("google/gemma-2-9b-it", CONFIGS).vocab
+    short, long = (memory.estimate(pad_recipe(logits_chunk=128), model_configs=CONFIGS, prompt_tokens=t)
+                   for t in (512, 2048))
+    assert long.assumptions["mcq_seq_len"] > short.assumptions["mcq_seq_len"]
+    assert short.phases["teacher_likelihood"]["likelihood_head_logits_chunk"] == 32 * 128 * vocab * 8  # one chunk
+    for est in (short, long):  # at 2048-token prompts eager attention's T×T scores outgrow the head chunk
+        terms = {**est.phases["teacher_likelihood"], **est.phases["teacher_mcq"]}
+        logits = [v for k, v in terms.items() if k.startswith(("likelihood_", "mcq_")) and "logits" in k]
+        full_logits = 32 * est.assumptions["mcq_seq_len"] * vocab * 2  # what the MCQ pass used to keep
+        assert max(logits, default=0) < full_logits / 4
+    # without $WORKBENCH_LOGITS_CHUNK the scorers use 256 positions per row, bounded by the response length
+    default = memory.estimate(pad_recipe(logits_chunk=0), model_configs=CONFIGS)
+    assert default.phases["teacher_likelihood"]["likelihood_head_logits_chunk"] == 32 * 256 * vocab * 8
+    gym = memory.estimate(dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", device="cpu",
+                               max_new_tokens=24, logits_chunk=0))
+    assert set(gym.phases) >= {"teacher_likelihood", "teacher_mcq"}
 
 
 def test_gemma2_eager_attention_is_counted():
@@ -459,3 +560,28 @@ def test_training_arguments_read_the_environment(monkeypatch):
 
 if __name__ == "__main__":
     _measure(json.loads(sys.argv[1]))
+
+
+def test_update_recipe_header_rewrites_only_the_generated_lines(tmp_path):
+    """`python -m workbench.memory --update` puts the estimator's numbers into a recipe and keeps every other line."""
+    root = Path(__file__).resolve().parents[1]
+    configs = root / "tests" / "fixtures" / "model_configs"
+    original = (root / "recipes" / "adpa_llama3_8b_to_1b_qlora.yaml").read_text()
+    stale = re.sub(r"(not measured\): )[0-9.]+( GiB per GPU)", r"\g<1>999.9\g<2>", original)
+    stale = re.sub(r"(not measured\): )[0-9.]+( GPU-hours)", r"\g<1>99.9\g<2>", stale)
+    assert stale != original
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(stale)
+    memory.main([str(recipe), "--model-configs", str(configs), "--update"])
+    result, hours = memory.recipe_estimate(recipe, model_configs=configs)
+    text = recipe.read_text()
+    assert f": {result.peak_gib:.1f} GiB per GPU, in phase {result.peak_phase}" in text
+    assert f": {hours['gpu_hours']:.1f} GPU-hours" in text
+    generated = ("# estimated peak memory", "#   phases (GiB):", "# estimated time", "#   stages (GPU-hours):")
+    kept = [line for line in text.splitlines() if not line.startswith(generated)]
+    assert kept == [line for line in stale.splitlines() if not line.startswith(generated)]
+    assert memory.update_recipe_header(recipe, model_configs=configs) == []  # a second run changes nothing
+    bare = [line for line in original.splitlines(keepends=True) if not line.startswith("# estimated time")]
+    (tmp_path / "bare.yaml").write_text("".join(bare))
+    with pytest.raises(ValueError, match="no header line"):
+        memory.update_recipe_header(tmp_path / "bare.yaml", model_configs=configs)

@@ -1,7 +1,10 @@
-"""DCKD / ADPA / ADPA+ pipelines on the tiny gym, their objectives against direct full-vocabulary computations,
-and the §4.4 sample-complexity estimators on hand-made distributions with known answers."""
+"""DCKD / ADPA / ADPA+ pipelines on the tiny gym and on a preference-data fixture (no gold reward), their objectives
+against direct full-vocabulary computations, and the §4.4 sample-complexity estimators on hand-made distributions
+with known answers."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from workbench.topk_cache import teacher_topk
 
 TINY = dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref", student="gym-tiny-student",
             steps=2, train_prompts=12, eval_prompts=6, eval_samples=2, batch_size=4, k=8, progress=False)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DPO_MIX = dict(dataset=str(FIXTURES / "dpo_mix_7k.jsonl"), dataset_schema="dpo-mix-7k")  # 6 pairs, native schema
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,7 +53,7 @@ def test_reward_accuracy_matches_a_direct_count(tiny_models):
 @pytest.mark.parametrize("bad, match", [(dict(method="ppo"), "method"), (dict(state_source="oracle"), "App. E"),
                                         (dict(missing_rule="zero"), "missing_rule"), (dict(beta=0.0), "beta"),
                                         (dict(steps=0), "steps"), (dict(quantization="3bit"), "quantization"),
-                                        (dict(dataset="ultrafeedback"), "gold reward")])
+                                        (dict(judge="gym-tiny-teacher-dpo"), "preference datasets")])
 def test_config_validation(bad, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):
         M.AdpaConfig(**bad)
@@ -56,6 +61,23 @@ def test_config_validation(bad, match):
 
 def test_empty_quantization_string_means_none():
     assert M.AdpaConfig(quantization="").quantization is None
+
+
+def test_dataset_pairs_are_text_pairs_with_a_fixed_disjoint_held_out_carve():
+    """A local file: its (x, y_w, y_l) with responses as text; held-out rows fixed across seeds, never trained on."""
+    from workbench.data import load_preference_data
+
+    rows = load_preference_data(DPO_MIX["dataset"], schema="dpo-mix-7k")
+    train, held_out = M.preference_pairs(M.AdpaConfig(**DPO_MIX, train_prompts=2, eval_prompts=10, seed=0))
+    assert (len(train), len(held_out)) == (2, 3)  # held out: at most half of the 6 rows
+    assert set(train.column_names) == set(held_out.column_names) == {"prompt", "chosen", "rejected"}
+    assert isinstance(train["chosen"][0], str) and train["prompt"][0][-1]["role"] == "user"
+    train_keys, held_out_keys = ({json.dumps(p) for p in ds["prompt"]} for ds in (train, held_out))
+    assert not train_keys & held_out_keys and train_keys | held_out_keys <= {json.dumps(p) for p in rows["prompt"]}
+    texts = {r["chosen"][0]["content"]: r["rejected"][0]["content"] for r in rows}
+    assert all(texts[c] == r for c, r in zip(train["chosen"], train["rejected"]))  # pairs kept, not re-paired
+    _, held_out_seed_1 = M.preference_pairs(M.AdpaConfig(**DPO_MIX, train_prompts=2, eval_prompts=10, seed=1))
+    assert held_out_seed_1["prompt"] == held_out["prompt"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,6 +151,30 @@ def test_every_method_runs_end_to_end(method, tiny_gym, tmp_path):
     assert all(s.get("state_source", "student") == "student" for s in metrics["stages"])
     assert (tmp_path / "metrics.json").exists()
     assert any("loss" in h or "train_loss" in h for h in result.history)
+
+
+@pytest.mark.parametrize("judge", ["", "gym-tiny-teacher-dpo"])
+def test_adpa_plus_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(judge, tiny_gym, tmp_path):
+    """Non-gym data: DCKD then ADPA train on the file's pairs; gold fields are None with the reason stated, reward
+    accuracy comes from held-out dataset labels, and a configured judge adds its (labelled) win rate."""
+    cfg = M.AdpaConfig(method="adpa+", judge=judge, output_dir=str(tmp_path), **DPO_MIX,
+                       **{**TINY, "train_prompts": 4, "eval_prompts": 2})
+    result = M.run_adpa(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["gold_before"] is None and metrics["gold_after"] is None and metrics["win_rate_vs_initial"] is None
+    assert metrics["gold_evaluation"].startswith("skipped") and "no gold reward" in metrics["gold_evaluation"]
+    assert metrics["train_pairs"] == {"count": 4, "held_out": 2}
+    assert 0 <= metrics["reward_accuracy"] <= 1 and 0 <= metrics["reward_accuracy_before"] <= 1
+    assert [s["stage"] for s in metrics["stages"]] == ["dckd", "adpa"]
+    assert all("state_gold" not in s for s in metrics["stages"])
+    assert set(metrics["training"]) == {"dckd", "adpa"} and all("loss_last" in v for v in metrics["training"].values())
+    if judge:
+        assert metrics["judge"]["measurement"] == "judge" and metrics["judge"]["judge"] == judge
+        assert 0 <= metrics["judge"]["win_rate"] <= 1 and metrics["judge"]["pairs"] == 2 * TINY["eval_samples"]
+        assert "judged by" in metrics["gold_evaluation"]
+    else:
+        assert metrics["judge"] is None and "no judge configured" in metrics["gold_evaluation"]
+    assert any("loss" in h for h in result.history)
 
 
 @pytest.mark.parametrize("source", sorted(set(M.STATE_SOURCES) - {"student"}))  # "student": every ADPA run above

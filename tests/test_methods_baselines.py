@@ -10,11 +10,11 @@ import torch
 
 from workbench.losses.baselines import forward_kl_kd_loss, pro_loss
 from workbench.methods.baselines import (BASELINES, BaselineConfig, PairPreferenceObjective, ProObjective,
-                                         SequenceCollator, TeacherLogitObjective, annotated_pairs, ranked_lists,
+                                         SEQUENCE_FIELDS, TeacherLogitObjective, annotated_pairs, ranked_lists,
                                          run_baseline, train_trl_pairs, train_workbench_pairs)
 from workbench.methods.plad import PairCollator
 from workbench.scoring import avg_logp_rewards, sequence_logps
-from workbench.trainers import ListwiseCollator
+from workbench.trainers import ListwiseCollator, ResponseCollator
 
 CHAT = [[{"role": "user", "content": "sort 3 1 2"}], [{"role": "user", "content": "add 4 5"}],
         [{"role": "user", "content": "max 2 7 4"}]]
@@ -48,7 +48,7 @@ def test_ranked_lists_sort_best_first_with_selection_probabilities_for_mcq():
 def test_kd_objective_is_the_forward_kl_of_the_teacher_and_student_logits(tiny_models):
     (teacher, _), (student, tokenizer) = tiny_models["teacher-dpo"], tiny_models["student"]
     rows = [{"prompt": p["prompt"], "response": p["chosen"]} for p in PAIRS]
-    batch = SequenceCollator(tokenizer)(rows)
+    batch = ResponseCollator(tokenizer, fields=SEQUENCE_FIELDS)(rows)
     loss, _ = TeacherLogitObjective(teacher, "kd", temperature=2.0)(student, batch)
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -65,7 +65,8 @@ def test_kd_objective_is_the_forward_kl_of_the_teacher_and_student_logits(tiny_m
 
 def test_reverse_kl_objective_is_zero_when_the_teacher_is_the_student(tiny_models):
     student, tokenizer = tiny_models["student"]
-    batch = SequenceCollator(tokenizer)([{"prompt": p["prompt"], "response": p["rejected"]} for p in PAIRS])
+    rows = [{"prompt": p["prompt"], "response": p["rejected"]} for p in PAIRS]
+    batch = ResponseCollator(tokenizer, fields=SEQUENCE_FIELDS)(rows)
     loss, metrics = TeacherLogitObjective(copy.deepcopy(student), "reverse_kl")(student, batch)
     assert loss.item() == pytest.approx(0.0, abs=1e-6) and "reverse_kl_loss" in metrics
 

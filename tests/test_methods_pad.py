@@ -67,3 +67,81 @@ def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):
     base = [n for n, p in result.model.named_parameters() if not p.requires_grad]
     adapters = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert base and adapters and all("lora_" in n for n in adapters)
+
+
+@pytest.mark.parametrize("order", ["random", "cyclic"])
+def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_models, order):
+    from workbench.methods.pad import teacher_rewards
+
+    teacher, tok = tiny_models["teacher-dpo"]
+    prompts = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
+    groups = [[f"{k} {i}", f"{i}", f"{i} {k} {i}"] for k, _ in enumerate(prompts) for i in (k + 1,)]
+    whole = teacher_rewards(teacher, tok, prompts, groups, alpha=0.8, order=order, seed=3)
+    # two processes' shards: groups [0, 4) and [4, 7), scored in other batch sizes
+    parts = [teacher_rewards(teacher, tok, prompts[a:b], groups[a:b], alpha=0.8, order=order, seed=3, first_group=a,
+                             batch_size=size) for a, b, size in ((0, 4, 5), (4, 7, 2))]
+    for key in ("likelihood", "log_p_sel", "calibrated"):
+        merged = torch.cat([part[key] for part in parts])
+        torch.testing.assert_close(merged, whole[key], rtol=1e-5, atol=1e-5, msg=key)
+    if order == "random":  # the replayed option orders are what makes them equal: a fresh draw differs
+        fresh = teacher_rewards(teacher, tok, prompts[4:], groups[4:], alpha=0.8, order=order, seed=3)
+        assert not torch.allclose(fresh["log_p_sel"], whole["log_p_sel"][4:], atol=1e-4)
+
+
+def test_full_size_knobs_default_to_current_behaviour_and_env_vars_override_them(monkeypatch):
+    from workbench.methods.pad import checkpointing_argument
+
+    checkpointing = checkpointing_argument()  # activation_checkpointing (transformers ≥ 5.x) or its old name
+    monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
+    monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
+    cfg = PadConfig()
+    assert (cfg.gradient_accumulation_steps, cfg.gradient_checkpointing, cfg.logits_chunk, cfg.max_new_tokens,
+            cfg.sampling_batch_size, cfg.scoring_batch_size, cfg.sampling_backend) == (1, False, 0, 24, 32, 32, "hf")
+    assert cfg.training_overrides() == {"gradient_accumulation_steps": 1}  # TrainingArguments' defaults
+    cfg = PadConfig(gradient_accumulation_steps=4, gradient_checkpointing=True, logits_chunk=64)
+    assert cfg.training_overrides() == {"gradient_accumulation_steps": 4, checkpointing: True,
+                                        f"{checkpointing}_kwargs": {"use_reentrant": False}}
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 8, "gradient_checkpointing": true}')
+    monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "0")
+    cfg = PadConfig(gradient_accumulation_steps=4, logits_chunk=64)
+    assert (cfg.gradient_accumulation_steps, cfg.gradient_checkpointing, cfg.logits_chunk) == (8, True, 0)
+    for bad, match in ((dict(sampling_backend="tgi"), "sampling_backend"), (dict(scoring_batch_size=0), "scoring"),
+                       (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps")):
+        monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
+        with pytest.raises(ValueError, match=match):
+            PadConfig(**bad)
+
+
+def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_models, monkeypatch):
+    from copy import deepcopy
+
+    from workbench.methods import pad
+
+    checkpointing = pad.checkpointing_argument()
+    monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
+    monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
+    calls = {}
+
+    def spy(name):
+        real = getattr(pad, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = {**dict(enumerate(args)), **kwargs}
+            return real(*args, **kwargs)
+        monkeypatch.setattr(pad, name, wrapper)
+
+    for name in ("sample_responses", "teacher_rewards", "train_distill"):
+        spy(name)
+    student, tok = tiny_models["student"]
+    teacher, teacher_tok = tiny_models["teacher-dpo"]
+    cfg = PadConfig(n=2, steps=2, batch_size=2, max_new_tokens=7, sampling_batch_size=3, scoring_batch_size=5,
+                    gradient_accumulation_steps=2, gradient_checkpointing=True, logits_chunk=4, progress=False)
+    log, samples = pad.distill_round(cfg, deepcopy(student), tok, teacher, teacher_tok,
+                                     ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2"], 0)
+    assert (calls["sample_responses"]["max_new_tokens"], calls["sample_responses"]["batch_size"],
+            calls["sample_responses"]["backend"]) == (7, 3, "hf")
+    assert calls["teacher_rewards"]["batch_size"] == 5 and calls["teacher_rewards"]["first_group"] == 0
+    assert (calls["train_distill"]["gradient_accumulation_steps"], calls["train_distill"][checkpointing]) == (2, True)
+    assert calls["train_distill"][3].logits_chunk == 4  # the ListwiseObjective
+    assert len(samples.prompts) == 4 and samples.rewards["calibrated"].shape == (4, 2)
+    assert any("loss" in entry for entry in log) and all(entry["round"] == 0 for entry in log)

@@ -1,15 +1,16 @@
 """PLaD pipeline: pair batches, the objective against an independent scoring path, pseudo/real pair construction,
-data fractions, and a tiny end-to-end run."""
+data fractions, and tiny end-to-end runs on the gym and on a preference-data fixture (no gold reward)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from workbench.losses.plad import calibration_score, margin_calibration_loss, ranking_calibration_loss
-from workbench.methods.plad import (PairCollator, PladConfig, PladObjective, distillation_prompts, gold_ranked_pair,
-                                    pseudo_pair_rows, response_states, run_plad)
+from workbench.methods.plad import (DatasetPrompt, PairCollator, PladConfig, PladObjective, distillation_prompts,
+                                    gold_ranked_pair, held_out_prompts, pseudo_pair_rows, response_states, run_plad)
 from workbench.scoring import avg_logp_rewards, sequence_logps
 
 ROWS = [
@@ -22,6 +23,7 @@ ROWS = [
 ]
 TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, eval_prompts=8,
             eval_samples=2, steps=3, batch_size=4, progress=False)
+HH = dict(dataset=str(Path(__file__).resolve().parent / "fixtures" / "hh_rlhf.jsonl"), dataset_schema="hh-helpful")
 
 
 def _texts(rows, key):
@@ -149,10 +151,25 @@ def test_data_fraction_takes_a_nested_seeded_prefix():
 
 
 @pytest.mark.parametrize("bad", [dict(loss="dpo"), dict(data_fraction=0.0), dict(real_ratio=1.5), dict(beta=-1.0),
-                                 dict(length_edges=(5, 1))])
+                                 dict(length_edges=(5, 1)), dict(quantization="3bit"), dict(**HH, real_ratio=0.5),
+                                 dict(judge="gym-tiny-teacher-dpo")])
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         PladConfig(**bad)
+
+
+def test_dataset_prompts_carry_the_chosen_response_as_reference_and_hold_out_disjoint_rows():
+    from workbench.data import load_preference_data
+
+    rows = load_preference_data(HH["dataset"], schema="hh-helpful")
+    chosen = {json.dumps(r["prompt"]): r["chosen"][0]["content"] for r in rows}
+    cfg = PladConfig(**HH, train_prompts=10, eval_prompts=2)
+    train, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
+    assert (len(train), len(held_out)) == (4, 2) and all(isinstance(p, DatasetPrompt) for p in train + held_out)
+    assert all(chosen[json.dumps(p.text)] == p.answer_text for p in train + held_out)
+    assert not {json.dumps(p.text) for p in train} & {json.dumps(p.text) for p in held_out}
+    assert distillation_prompts(PladConfig(**HH, train_prompts=10, eval_prompts=2, data_fraction=0.5)) == train[:2]
+    assert PladConfig(quantization="").quantization is None
 
 
 def test_config_defaults_are_the_papers():
@@ -176,3 +193,24 @@ def test_run_plad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path, extra):
     assert any("loss" in h for h in result.history)
     if extra:
         assert hasattr(result.model, "peft_config")
+
+
+@pytest.mark.parametrize("judge", ["", "gym-tiny-teacher-dpo"])
+def test_run_plad_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(tiny_gym, tmp_path, judge):
+    """Non-gym data: D is the file's prompts, pseudo-pairs as on the gym with the chosen response as Eq. 5's y;
+    no gold number anywhere, the reason stated, and a configured judge's (labelled) win rate."""
+    cfg = PladConfig(**{**TINY, **HH, "train_prompts": 4, "eval_prompts": 2, "loss": "plad_margin", "judge": judge},
+                     output_dir=str(tmp_path))
+    result = run_plad(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["gold_before"] is None and metrics["gold_after"] is None and metrics["win_rate_vs_initial"] is None
+    assert "length_buckets" not in metrics and metrics["gold_evaluation"].startswith("skipped")
+    pairs = metrics["pairs"]
+    assert pairs["n_input"] == 4 and pairs["n_real"] == 0 and pairs["gold_statistics"].startswith("skipped")
+    assert "teacher_student_win_rate" not in pairs and metrics["training"]["train"]["logged_steps"] >= 1
+    if judge:
+        assert metrics["judge"]["measurement"] == "judge" and 0 <= metrics["judge"]["win_rate"] <= 1
+        assert metrics["judge"]["pairs"] == 2 * TINY["eval_samples"]
+    else:
+        assert metrics["judge"] is None and "no judge configured" in metrics["gold_evaluation"]
+    assert any("loss" in h for h in result.history)

@@ -1,8 +1,9 @@
 """recipes/*.yaml: papermill parameter files for the papers' main settings. Each parses, names only parameters its
 notebook (or, before the notebook exists, its method config) knows, pairs with a QLoRA single-GPU variant, and
-documents memory/time numbers that equal what workbench.memory computes; each PAD recipe runs end to end through
-papermill (notebook 03) with the models swapped for the gym's tiny presets (ADPA/PLaD recipes: parameters checked
-against notebooks 06/07; running them end to end here would take this file past its time budget)."""
+documents memory/time numbers that equal what workbench.memory computes; every recipe runs end to end through
+papermill with the models swapped for the gym's tiny presets and tiny sizes: PAD (notebook 03) on the gym, ADPA /
+ADPA+ (notebook 06) and PLaD (notebook 07) on a small local JSONL fixture in the recipe dataset's native schema, so
+their non-gym data path (workbench.data, no gold reward) is what runs."""
 
 import ast
 import json
@@ -62,10 +63,6 @@ def load(path: Path) -> dict:
     return params
 
 
-# PLaD's paper setting is already single-GPU LoRA; notebook 07 has no `quantization` parameter for an NF4 teacher yet
-NO_QLORA_VARIANT = {"plad_llama2_13b_to_7b"}
-
-
 def test_there_are_pad_adpa_and_plad_recipes_each_with_a_qlora_variant():
     names = {p.stem for p in RECIPES}
     assert {"pad_gemma2_9b_to_2b", "pad_llama3_8b_to_3b", "adpa_llama3_8b_to_1b", "adpa_plus_llama3_8b_to_1b",
@@ -73,7 +70,7 @@ def test_there_are_pad_adpa_and_plad_recipes_each_with_a_qlora_variant():
     plad = load(ROOT / "recipes" / "plad_llama2_13b_to_7b.yaml")
     assert plad["lora"] is True and header(ROOT / "recipes" / "plad_llama2_13b_to_7b.yaml")["estimate"] \
         .get("world_size", 1) == 1
-    for name in names - {n for n in names if n.endswith("_qlora")} - NO_QLORA_VARIANT:
+    for name in names - {n for n in names if n.endswith("_qlora")}:
         assert f"{name}_qlora" in names, f"{name} has no QLoRA single-GPU variant"
         qlora = load(ROOT / "recipes" / f"{name}_qlora.yaml")
         assert qlora["quantization"] == "4bit" and qlora["lora"] is True
@@ -104,7 +101,7 @@ def test_recipe_names_only_known_parameters(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_documented_memory_and_time_equal_the_estimator(path):
-    info = header(path)  # regenerate with: python -m workbench.memory <recipe> --model-configs tests/fixtures/...
+    info = header(path)  # regenerate: python -m workbench.memory recipes/*.yaml --model-configs tests/fixtures/model_configs --update
     estimate, hours = memory.recipe_estimate(path, model_configs=CONFIGS)
     assert abs(estimate.peak_gib - info["peak_gib"]) < 0.051, str(estimate)
     assert abs(hours["gpu_hours"] - info["gpu_hours"]) < 0.051
@@ -129,12 +126,18 @@ def teacher_64(tmp_path_factory, tiny_gym):
     return str(folder)
 
 
-PAD_RECIPES = [p for p in RECIPES if p.stem.startswith("pad_")]
+# a recipe's dataset → a synthetic fixture in that dataset's native schema (tests/fixtures/README.md)
+DATASET_FIXTURES = {"dpo-mix-7k": "dpo_mix_7k.jsonl", "helpsteer2": "helpsteer2.jsonl", "hh-helpful": "hh_rlhf.jsonl",
+                    "ultrafeedback": "ultrafeedback.jsonl", "ultrafeedback-cleaned": "ultrafeedback_cleaned.jsonl"}
+KEEP_FROM_RECIPE = set(MODEL_KEYS) | {"method", "loss"}  # what a recipe runs; the tiny values only shrink sizes
 
 
-@pytest.mark.notebooks
-@pytest.mark.parametrize("path", PAD_RECIPES, ids=[p.stem for p in PAD_RECIPES])
-def test_pad_recipe_runs_end_to_end_on_the_gym(path, tmp_path, tiny_gym, teacher_64, monkeypatch):
+def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_data):
+    """Execute ``path``'s notebook with its parameters, models → the tiny gym, sizes → tiny, data → ``swap_data``.
+
+    A ``quantization: 4bit`` recipe keeps 4-bit: its teachers become ``teacher_64`` (bitsandbytes' CPU 4-bit kernel
+    needs 64-wide layers), so the NF4 teacher path runs on CPU as well.
+    """
     import papermill
 
     from test_notebooks import TINY
@@ -144,17 +147,53 @@ def test_pad_recipe_runs_end_to_end_on_the_gym(path, tmp_path, tiny_gym, teacher
         pytest.skip(f"{info['notebook'].name} is not written yet (recipe kept valid for it)")
     params = load(path)
     tiny = dict(TINY.get(info["notebook"].name, {}))
-    # models → the gym's tiny presets, data → the gym, steps and sizes → the notebook's tiny test values
     swap = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "teacher_dpo": "gym-tiny-teacher-dpo",
             "teacher_ref": "gym-tiny-teacher-ref"}
     if params.get("quantization"):
         swap.update(teacher=teacher_64, teacher_dpo=teacher_64, teacher_ref=teacher_64)
-    params.update({k: v for k, v in swap.items() if k in params}, dataset="gym")
-    params.update({k: v for k, v in tiny.items() if k not in MODEL_KEYS})
+    params.update({k: v for k, v in swap.items() if k in params}, **swap_data)
+    params.update({k: v for k, v in tiny.items() if k not in KEEP_FROM_RECIPE})
     params.update(train_prompts=8, eval_prompts=4, eval_samples=1, steps=2, output_dir=str(tmp_path / "run"))
     monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path / "figures"))
     nb = papermill.execute_notebook(str(info["notebook"]), str(tmp_path / "out.ipynb"), parameters=params,
                                     kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     assert list((tmp_path / "run").glob("*.json")), "the recipe's run wrote no metrics"
+    assert list((tmp_path / "figures").glob("*.png")), "the recipe's run saved no figure"
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "estimated peak memory" in printed, "the notebook did not print its memory estimate"
+    return params
+
+
+PAD_RECIPES = [p for p in RECIPES if p.stem.startswith("pad_")]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", PAD_RECIPES, ids=[p.stem for p in PAD_RECIPES])
+def test_pad_recipe_runs_end_to_end_on_the_gym(path, tmp_path, tiny_gym, teacher_64, monkeypatch):
+    run_recipe(path, tmp_path, teacher_64, monkeypatch, dataset="gym")
+
+
+DATA_RECIPES = [p for p in RECIPES if p.stem.startswith(("adpa_", "plad_"))]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", DATA_RECIPES, ids=[p.stem for p in DATA_RECIPES])
+def test_adpa_and_plad_recipes_run_end_to_end_on_a_fixture_of_their_dataset(path, tmp_path, tiny_gym, teacher_64,
+                                                                              monkeypatch):
+    dataset = load(path)["dataset"]
+    fixture = ROOT / "tests" / "fixtures" / DATASET_FIXTURES[dataset]
+    params = run_recipe(path, tmp_path, teacher_64, monkeypatch, dataset=str(fixture), dataset_schema=dataset)
+    run, adpa = tmp_path / "run", path.stem.startswith("adpa_")
+    metrics = json.loads((run / params["method"] / "metrics.json" if adpa else run / "metrics.json").read_text())
+    assert metrics["dataset"] == str(fixture) and metrics["config"]["quantization"] == (params["quantization"] or None)
+    # no gold reward off the gym: no gold number, the reason stated, training metrics reported
+    assert metrics["gold_before"] is None and metrics["gold_after"] is None
+    assert metrics["gold_evaluation"].startswith("skipped") and metrics["training"]
+    summary = json.loads(next(p for p in run.glob("*summary.json")).read_text())
+    assert summary["gold_after"] is None and summary["dataset"] == str(fixture)
+    if adpa:
+        assert metrics["method"] == params["method"] and 0 <= metrics["reward_accuracy"] <= 1
+        assert [s["stage"] for s in metrics["stages"]] == (["dckd", "adpa"] if params["method"] == "adpa+"
+                                                            else [params["method"]])
+    else:
+        assert metrics["pairs"]["n_pairs"] >= 1 and metrics["pairs"]["gold_statistics"].startswith("skipped")

@@ -145,3 +145,174 @@ def test_sampling_is_seeded_prompt_major_and_greedy_is_deterministic(tiny_models
     assert greedy["response"][0] == greedy["response"][1]
     with pytest.raises(ValueError, match="temperature"):
         sample_responses(model, tok, ["sort 2 1"], temperature=-1.0, cache=off)
+
+
+# --- the hidden-state head equals the full (B, T, V) logits (no (B, T, V) tensor while scoring) ---
+
+PARITY_PROMPTS = ["sort 3 1 2", "copy 1 2 3 4 5", "max 4 9", "add 4 5", "reverse 1 2 3"]
+PARITY_RESPONSES = ["1 2 3", "1 2 3 4 5", "sure here is the answer 9", "9", "3 2 1"]
+PARITY_GROUPS = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "8", "sure here is the answer 9"]]
+
+
+def full_logits_token_logps(model, tokenizer, prompts, responses) -> list[torch.Tensor]:
+    """Reference: log softmax of ``model(...).logits`` (B, T, V) at each response token, one tensor per row."""
+    batch = collate_examples(tokenizer, prompts, responses)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return [row[m] for row, m in zip(logp, batch["response_mask"][:, 1:])]
+
+
+def full_logits_last_position(model, tokenizer, texts) -> torch.Tensor:
+    """Reference: ``model(...).logits`` at each text's last token, right-padded: (b, V)."""
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, encoded))
+    ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
+    attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits
+    return logits[torch.arange(len(texts)), torch.tensor([len(e) - 1 for e in encoded])].float()
+
+
+def random_gemma2(tokenizer, softcap: float = 2.0):
+    """A randomly initialised 2-layer Gemma-2 on the gym vocabulary, final-logit soft-capping at ``softcap`` (small
+    against its logits' spread, so a scorer that skipped the cap would be visibly wrong)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=16, intermediate_size=128, final_logit_softcapping=softcap,
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, initializer_range=0.5)
+    return Gemma2ForCausalLM(config).eval()
+
+
+def lora_teacher(tiny_models):
+    """The tiny gym teacher under a peft LoRA whose B is random (so the adapters change the logits)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_models["teacher-dpo"]
+    torch.manual_seed(0)
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                              init_lora_weights=False, task_type="CAUSAL_LM"))
+    return wrapped.eval(), tok
+
+
+def parity_model(name, tiny_models):
+    if name == "gym":
+        model, tok = tiny_models["teacher-dpo"]
+        return model.eval(), tok
+    if name == "gemma2-softcap":
+        _, tok = tiny_models["teacher-dpo"]
+        return random_gemma2(tok), tok
+    return lora_teacher(tiny_models)
+
+
+class HeadInputs:
+    """Records the shape of every input the output head receives (the logits it makes are (*shape[:-1], V))."""
+
+    def __init__(self, model):
+        from workbench.trainers import _unwrapped
+
+        self.shapes = []
+        self.handle = _unwrapped(model).get_output_embeddings().register_forward_hook(
+            lambda module, args, out: self.shapes.append(tuple(args[0].shape)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("name", ["gym", "gemma2-softcap", "lora"])
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+def test_chunked_hidden_state_token_logps_equal_the_full_logits(tiny_models, name, chunk):
+    from workbench.cache import StageCache
+    from workbench.scoring import response_token_logps
+
+    model, tok = parity_model(name, tiny_models)
+    expected = full_logits_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES)
+    batch_size = 2
+    with HeadInputs(model) as head:
+        token_logps, mask = response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, batch_size=batch_size,
+                                                 logits_chunk=chunk, cache=StageCache(enabled=False))
+    for i, row in enumerate(expected):
+        assert int(mask[i].sum()) == len(row)
+        torch.testing.assert_close(token_logps[i, mask[i]], row, rtol=0, atol=1e-5)
+    # the head saw response positions only, at most batch_size·chunk of them at once: never (B, T, V)
+    assert all(len(shape) == 2 and shape[0] <= batch_size * chunk for shape in head.shapes)
+    assert sum(shape[0] for shape in head.shapes) == sum(map(len, expected))
+
+
+@pytest.mark.parametrize("name", ["gym", "gemma2-softcap", "lora"])
+def test_mcq_head_at_the_last_position_equals_the_full_logits(tiny_models, name):
+    from workbench.encoding import prompt_text
+    from workbench.scoring import last_position_logits
+
+    model, tok = parity_model(name, tiny_models)
+    texts = [prompt_text(tok, GYM_MCQ_TEMPLATE.render(p, g)) for p, g in zip(["sort 3 1 2", "max 4 9"], PARITY_GROUPS)]
+    expected = full_logits_last_position(model, tok, texts)
+    encoded = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, encoded))
+    assert len(set(map(len, encoded))) > 1, "rows of different lengths: the last position differs per row"
+    ids = torch.tensor([e + [tok.pad_token_id] * (width - len(e)) for e in encoded])
+    attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
+    with HeadInputs(model) as head, torch.no_grad():
+        got = last_position_logits(model, ids, attention, torch.tensor([len(e) - 1 for e in encoded]))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert head.shapes == [(len(texts), model.config.hidden_size)]  # (b, H) -> (b, V), never (b, T, V)
+
+
+@pytest.mark.parametrize("name", ["gym", "gemma2-softcap", "lora"])
+def test_scorers_equal_their_full_logits_fallback(tiny_models, name, monkeypatch, caplog):
+    """End to end, both scorers give the numbers of the plain-forward path (``model(...).logits``), which they
+    fall back to, with a logged reason, for a model without a separate decoder and head."""
+    from workbench import scoring
+    from workbench.cache import StageCache
+
+    model, tok = parity_model(name, tiny_models)
+    off = StageCache(enabled=False)
+    kwargs = dict(template=GYM_MCQ_TEMPLATE, order="cyclic", cache=off)
+    chunked = scoring.response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, logits_chunk=2, cache=off)
+    mcq = scoring.mcq_selection_logprobs(model, tok, ["sort 3 1 2", "max 4 9"], PARITY_GROUPS, **kwargs)
+    monkeypatch.setattr(scoring, "hidden_state_head", lambda model: "no separate head (test)")
+    monkeypatch.setattr(scoring, "_warned", set())
+    with caplog.at_level("WARNING", logger="workbench.scoring"):
+        full = scoring.response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, cache=off)
+        mcq_full = scoring.mcq_selection_logprobs(model, tok, ["sort 3 1 2", "max 4 9"], PARITY_GROUPS, **kwargs)
+    assert "no separate head (test)" in caplog.text
+    assert torch.equal(chunked[1], full[1])
+    torch.testing.assert_close(chunked[0], full[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mcq, mcq_full, rtol=0, atol=1e-5)
+
+
+def test_the_softcap_and_lora_parity_models_are_sensitive(tiny_models):
+    """The Gemma-2 cap and the LoRA adapters both change the logits: the parity tests above would catch a scorer
+    that skipped either."""
+    model, tok = parity_model("gemma2-softcap", tiny_models)
+    batch = collate_examples(tok, PARITY_PROMPTS[:2], PARITY_RESPONSES[:2])
+    with torch.no_grad():
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        capped = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (model.lm_head(hidden) - capped).abs().max() > 0.5
+    lora, _ = parity_model("lora", tiny_models)
+    base, _ = tiny_models["teacher-dpo"]
+    with torch.no_grad():
+        assert (lora(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+                - base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits).abs().max() > 1e-2
+
+
+def test_scoring_chunk_reads_the_environment_and_refuses_nonsense(monkeypatch):
+    from workbench import memory
+    from workbench.scoring import DEFAULT_LOGITS_CHUNK, scoring_chunk
+
+    assert DEFAULT_LOGITS_CHUNK == memory.SCORING_CHUNK  # the estimator models the scorer's default
+    monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
+    assert scoring_chunk() == DEFAULT_LOGITS_CHUNK and scoring_chunk(7) == 7
+    monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "128")
+    assert scoring_chunk() == 128
+    with pytest.raises(ValueError, match="positive"):
+        scoring_chunk(0)

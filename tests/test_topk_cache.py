@@ -45,11 +45,13 @@ def _direct_topk(model, tokenizer, prompt, response, k):
     return top_ids, top_logps
 
 
-@pytest.mark.parametrize("k", [5, 60])
-def test_cached_arrays_equal_a_direct_forward(teacher, student_tok, tmp_path, k):
+@pytest.mark.parametrize("k, chunk", [(5, None), (60, None), (5, 1)])
+def test_cached_arrays_equal_a_direct_forward(teacher, student_tok, tmp_path, k, chunk):
+    """Equal to top-k of the model's own full logits, also when the head runs one position per row at a time."""
     model, tok = teacher
     k = min(k, len(student_tok))
-    cache = teacher_topk(model, tok, student_tok, PROMPTS, RESPONSES, k=k, batch_size=2, cache=StageCache(tmp_path))
+    cache = teacher_topk(model, tok, student_tok, PROMPTS, RESPONSES, k=k, batch_size=2, cache=StageCache(tmp_path),
+                         logits_chunk=chunk)
     assert len(cache) == 3 and cache.k == k
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         ids, logps = _direct_topk(model, tok, prompt, response, k)

@@ -4,7 +4,8 @@ A run has three phases and the peak is the largest of them:
 
 * ``sampling``: the student generates n responses per prompt (KV cache, one layer's prefill activations);
 * ``teacher_scoring``: the teacher's no-grad forward over (prompt, response) pairs and over the MCQ prompts that
-  list all n responses (full ``(B, T, V)`` logits: the scoring code keeps them);
+  list all n responses; ``workbench.scoring`` keeps the final hidden states (B, T, H) and applies the head to
+  one chunk of response positions at a time (likelihood) or to the last position only (MCQ), never (B, T, V);
 * ``training``: one optimizer step of the student: weights, trainable parameters' gradients and AdamW states,
   the activations autograd saves for backward, and the transient logits / log-softmax buffers.
 
@@ -42,7 +43,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES_PER_PARAM = {False: 0.5 + 4 / 64, True: 0.5 + 1 / 64 + 4 / (64 * 256)}
 INT8_BYTES_PER_PARAM = 1.0 + 4 / 4096  # LLM.int8: one byte per weight plus per-row scales (approximate)
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CUDA context + cuBLAS workspace: assumed, not measured here
-SCORING_CHUNK = 256  # positions per chunk in workbench.scoring.gather_token_logps
+SCORING_CHUNK = 256  # positions per chunk: gather_token_logps, and workbench.scoring's head (DEFAULT_LOGITS_CHUNK)
+SCORING_LOGIT_BYTES = 8  # per element of a scoring head chunk: float32 logits + log-sum-exp's float32 temporary
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # peft "all-linear" on a decoder (lm_head excluded)
 
 
@@ -363,14 +365,28 @@ def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes
     return max(a * b for a, b in dims.linear_shapes().values()) * act_bytes
 
 
-def scoring_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int) -> dict[str, int]:
-    """No-grad scoring forward: full logits (B, T, V) in the compute dtype plus a float32 chunk and its exp."""
-    c = min(SCORING_CHUNK, seq_len)
-    return {
-        "logits": sequences * seq_len * dims.vocab * act_bytes,
-        "log_softmax_chunk": 2 * sequences * c * dims.vocab * 4,
-        "layer_transient": forward_transient_bytes(dims, sequences, seq_len, act_bytes),
+def scoring_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int, *,
+                  head_positions: int) -> dict[str, int]:
+    """Peak of a no-grad scoring pass of ``workbench.scoring``: the larger of its two moments, never B·T·V.
+
+    * inside the decoder: one layer's transients (:func:`forward_transient_bytes`);
+    * at the output head: the final hidden states (B, T, H) in the compute dtype (or the response rows gathered
+      from them, no more) plus the logits of ``head_positions`` positions per row at a time — float32 logits and
+      log-sum-exp's one float32 temporary, 8 bytes each (the compute-dtype head output, 2 + 4 < 8, is freed
+      before; Gemma-2's soft-capping runs in place). Likelihood: ``min(chunk, response tokens)``; MCQ: 1.
+
+    Args:
+        sequences: B rows per scoring batch of ``seq_len`` tokens.
+        head_positions: positions per row that the head is applied to at once.
+    Returns:
+        {term: bytes} of the larger moment.
+    """
+    in_decoder = {"layer_transient": forward_transient_bytes(dims, sequences, seq_len, act_bytes)}
+    at_head = {
+        "hidden_states": sequences * seq_len * dims.hidden * act_bytes,
+        "head_logits_chunk": sequences * min(head_positions, seq_len) * dims.vocab * SCORING_LOGIT_BYTES,
     }
+    return max((in_decoder, at_head), key=lambda terms: sum(terms.values()))
 
 
 # --- the run ---
@@ -406,8 +422,6 @@ class RunShape:
         "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
-    mcq_full_logits: bool = field(default=True, metadata={
-        "help": "the MCQ pass keeps (B, T, V) logits as workbench.scoring does; False: last position only"})
     device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
     dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "
                                                               "float32, as workbench.models.load)"})
@@ -571,17 +585,15 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
             "next_token_logits": shape.sampling_batch_size * teacher.vocab * (4 + b),
             "dequantize": dequant_transient_bytes(teacher, shape.quantization, b),
         }
-    # teacher scoring: likelihood pass, then the (longer) MCQ pass
+    # teacher scoring: likelihood pass (head on a chunk of response positions), then the longer MCQ pass (head on
+    # the last position only); the scorers' chunk is $WORKBENCH_LOGITS_CHUNK as training's, else SCORING_CHUNK
     if teacher is not None:
-        passes = {"likelihood": shape.train_seq_len}
+        response_tokens = shape.max_new_tokens + 1
+        passes = {"likelihood": (shape.train_seq_len, min(shape.logits_chunk or SCORING_CHUNK, response_tokens))}
         if shape.mcq:
-            passes["mcq"] = shape.mcq_seq_len
-        for name, length in passes.items():
-            terms = scoring_bytes(teacher, shape.scoring_batch_size, length, b)
-            if name == "mcq":  # only the next-token distribution after the prompt is read
-                terms["log_softmax_chunk"] = 0
-                if not shape.mcq_full_logits:
-                    terms["logits"] = shape.scoring_batch_size * teacher.vocab * b
+            passes["mcq"] = (shape.mcq_seq_len, 1)
+        for name, (length, head_positions) in passes.items():
+            terms = scoring_bytes(teacher, shape.scoring_batch_size, length, b, head_positions=head_positions)
             phases[f"teacher_{name}"] = {
                 **common,
                 **{f"{name}_{k}": v for k, v in terms.items()},
@@ -787,6 +799,46 @@ def recipe_estimate(path: str | Path, *, model_configs=None, **overrides) -> tup
     return estimate(values, model_configs=model_configs), hours
 
 
+def header_lines(result: MemoryEstimate, hours: dict | None) -> dict[str, str]:
+    """The recipe header's generated comment lines, keyed by their fixed opening words."""
+    phases = ", ".join(f"{phase} {result.total(phase) / GIB:.1f}" for phase in result.phases)
+    lines = {
+        "# estimated peak memory": f"# estimated peak memory (workbench.memory.estimate, not measured): "
+                                   f"{result.peak_gib:.1f} GiB per GPU, in phase {result.peak_phase}",
+        "#   phases (GiB):": f"#   phases (GiB): {phases}",
+    }
+    if hours:
+        gpu, mfu = hours["assumptions"]["gpu"], hours["assumptions"]["mfu"]
+        lines["# estimated time"] = (f"# estimated time (workbench.memory.estimate_time, {gpu} at {mfu:.0%} MFU, "
+                                     f"not measured): {hours['gpu_hours']:.1f} GPU-hours")
+        lines["#   stages (GPU-hours):"] = "#   stages (GPU-hours): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in hours["stages"].items())
+    return lines
+
+
+def update_recipe_header(path: str | Path, *, model_configs=None) -> list[str]:
+    """Rewrite a recipe's generated header lines (peak memory, phases, time, stages) from the current estimator;
+    returns the lines that changed. Every other line, hand-written notes included, is kept as it is."""
+    path = Path(path)
+    result, hours = recipe_estimate(path, model_configs=model_configs)
+    wanted = header_lines(result, hours)
+    old_lines = path.read_text().splitlines(keepends=True)
+    new_lines, changed, seen = [], [], set()
+    for line in old_lines:
+        opening = next((k for k in wanted if line.startswith(k)), None)
+        if opening is not None and opening not in seen:
+            seen.add(opening)
+            if line.rstrip("\n") != wanted[opening]:
+                changed.append(wanted[opening])
+            line = wanted[opening] + "\n"
+        new_lines.append(line)
+    missing = set(wanted) - seen
+    if missing:
+        raise ValueError(f"{path}: no header line starting with {sorted(missing)}; copy the header of another recipe")
+    path.write_text("".join(new_lines))
+    return changed
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -794,8 +846,14 @@ def main(argv=None) -> None:
     parser.add_argument("recipes", nargs="+", help="recipes/*.yaml")
     parser.add_argument("--model-configs", default=None, help="folder of <org>--<name>/config.json (offline)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the breakdown")
+    parser.add_argument("--update", action="store_true",
+                        help="rewrite each recipe's generated header lines (memory, phases, time) in place")
     args = parser.parse_args(argv)
     for path in args.recipes:
+        if args.update:
+            changed = update_recipe_header(path, model_configs=args.model_configs)
+            print(f"{path}: " + ("\n  ".join(["updated", *changed]) if changed else "up to date"))
+            continue
         result, hours = recipe_estimate(path, model_configs=args.model_configs)
         if args.json:
             print(json.dumps({"recipe": str(path), **result.to_dict(), "time": hours}))

@@ -1,8 +1,17 @@
-"""Sampling n responses per prompt from a policy (PAD §4.1): batched ``generate`` with KV cache, seeded."""
+"""Sampling n responses per prompt from a policy (PAD §4.1): batched ``generate`` with KV cache, seeded.
+
+Two backends share one interface (``SAMPLING_BACKENDS``): ``"hf"`` (default) runs ``model.generate`` on the loaded
+model; ``"vllm"`` (optional, ``pip install vllm``) hands the chat-rendered prompts to a ``vllm.LLM`` engine built
+from the model's name or folder. Either way batch b of ``batch_size`` prompts is seeded with ``seed + b``, so a
+process that samples batches [b0, b1) of a longer list with ``seed + b0`` reproduces them exactly
+(:mod:`workbench.distributed`).
+"""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Sequence
 
 import datasets
@@ -10,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
-from workbench.encoding import PromptLike, as_messages, prompt_text
+from workbench.encoding import PromptLike, as_messages, encode_prompt, prompt_text
 
 
 @contextmanager
@@ -21,6 +30,13 @@ def _left_padding(tokenizer):
         yield tokenizer
     finally:
         tokenizer.padding_side = side
+
+
+def _response_ids(ids: list[int], tokenizer) -> list[int]:
+    """A generated continuation up to (without) its first eos, pad tokens dropped."""
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return [i for i in ids if i != tokenizer.pad_token_id]
 
 
 def _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed):
@@ -42,13 +58,104 @@ def _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, se
     new_tokens = out[:, batch["input_ids"].shape[1] :].cpu()
     if not sampling and n > 1:
         new_tokens = new_tokens.repeat_interleave(n, dim=0)
-    rows = []
-    for ids in new_tokens.tolist():
-        if tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_token_id)]
-        ids = [i for i in ids if i != tokenizer.pad_token_id]
-        rows.append(ids)
-    return rows
+    return [_response_ids(ids, tokenizer) for ids in new_tokens.tolist()]
+
+
+def hf_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress,
+                engine_options=None) -> list[list[int]]:
+    """Response token ids, prompt-major, from ``model.generate`` on each batch of messages with its seed."""
+    was_training = model.training
+    model.eval()
+    ids: list[list[int]] = []
+    for messages, seed in tqdm(list(zip(batches, seeds)), desc="sampling", disable=not progress, leave=False):
+        texts = [prompt_text(tokenizer, m) for m in messages]
+        ids += _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed)
+    model.train(was_training)
+    return ids
+
+
+# --- optional vLLM backend ---
+
+_VLLM_ENGINES: dict[str, object] = {}  # model name/folder -> vllm.LLM, built once per path
+
+
+def import_vllm():
+    """The ``vllm`` module, imported on first use only (it is an optional dependency)."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(
+            "sampling_backend='vllm' needs the optional vLLM package: pip install vllm "
+            "(or use the default backend 'hf', which needs nothing extra)"
+        ) from error
+    return vllm
+
+
+def model_source(model) -> str:
+    """The name or folder a model loads from: a string as given, else a loaded model's ``name_or_path``."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    source = getattr(model, "name_or_path", None)
+    if not source:
+        raise ValueError(
+            "the vLLM backend loads the model by hub id or folder, and this model has no name_or_path; "
+            "save_pretrained it and pass the folder"
+        )
+    return str(source)
+
+
+def source_fingerprint(source: str) -> str:
+    """Cache identity of a model given by name: a local folder's files (name, size, mtime), else the hub id."""
+    folder = Path(source)
+    if folder.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+        return content_hash([str(folder.resolve()), files])
+    return content_hash(["hub", source])
+
+
+def vllm_engine(source: str, seed: int = 0, **options):
+    """One ``vllm.LLM`` per model name/folder, built on first use (each engine reserves GPU memory: pass
+    ``gpu_memory_utilization`` in ``options`` when the HF models share the GPU; :func:`release_vllm_engines`)."""
+    if source not in _VLLM_ENGINES:
+        vllm = import_vllm()
+        _VLLM_ENGINES[source] = vllm.LLM(model=source, seed=seed, **options)
+    return _VLLM_ENGINES[source]
+
+
+def release_vllm_engines() -> None:
+    """Drop the built vLLM engines (their GPU memory is freed once nothing else refers to them)."""
+    _VLLM_ENGINES.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress,
+                  engine_options=None) -> list[list[int]]:
+    """Response token ids, prompt-major, from one ``vllm.LLM.generate`` call over all prompts.
+
+    Prompts go in as token ids of the chat-rendered text (as the HF backend tokenizes them, no special tokens
+    added twice); each prompt's ``SamplingParams`` carries its batch's seed, as the HF backend seeds batches.
+    """
+    vllm = import_vllm()
+    engine = vllm_engine(model_source(model), seeds[0] if seeds else 0, **(engine_options or {}))
+    sampling = temperature > 0
+    requests, params = [], []
+    for messages, seed in zip(batches, seeds):
+        # greedy decoding has one answer: sampled once and repeated n times, as the HF backend does
+        batch_params = vllm.SamplingParams(n=n if sampling else 1, temperature=temperature,
+                                           top_p=top_p if sampling else 1.0, max_tokens=max_new_tokens, seed=seed)
+        for m in messages:
+            requests.append({"prompt_token_ids": encode_prompt(tokenizer, m)})
+            params.append(batch_params)
+    outputs = engine.generate(requests, params, use_tqdm=progress)
+    ids: list[list[int]] = []
+    for output in outputs:  # in request order
+        completions = [_response_ids(list(c.token_ids), tokenizer) for c in output.outputs]
+        ids += completions if sampling else completions[:1] * n
+    return ids
+
+
+SAMPLING_BACKENDS = {"hf": hf_generate, "vllm": vllm_generate}
 
 
 def sample_responses(
@@ -62,10 +169,16 @@ def sample_responses(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     seed: int = 0,
+    backend: str = "hf",
+    engine_options: dict | None = None,
     cache: StageCache | None = None,
     progress: bool = True,
 ) -> datasets.Dataset:
     """n responses per prompt (PAD §4.1: T = 0.8 for diversity); ``temperature=0`` is greedy.
+
+    ``backend="hf"`` generates with the loaded ``model``; ``backend="vllm"`` (``pip install vllm``) samples from
+    the weights at ``model`` given as hub id / folder, or at a loaded model's ``name_or_path`` (vLLM reads the
+    weights from there, not from memory: save a trained model first). ``engine_options`` go to ``vllm.LLM``.
 
     Returns a ``datasets.Dataset`` with one row per response, ordered prompt-major:
     ``prompt_id``, ``sample_id``, ``prompt`` (chat messages), ``response`` (text) and ``response_ids``.
@@ -75,10 +188,13 @@ def sample_responses(
         raise ValueError(f"n={n}; sample at least one response per prompt")
     if temperature < 0:
         raise ValueError(f"temperature={temperature}; use 0 for greedy or a positive value")
+    if backend not in SAMPLING_BACKENDS:
+        raise ValueError(f"backend={backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+    generate = SAMPLING_BACKENDS[backend]
     messages = [as_messages(p) for p in prompts]
     cache = cache or default_cache()
     key = {
-        "model": model_fingerprint(model),
+        "model": model_fingerprint(model) if backend == "hf" else source_fingerprint(model_source(model)),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "prompts": content_hash(messages),
         "n": n,
@@ -88,17 +204,15 @@ def sample_responses(
         "batch_size": batch_size,
         "seed": seed,
     }
+    if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
+        key["backend"] = backend
 
     def compute():
-        was_training = model.training
-        model.eval()
-        ids: list[list[int]] = []
-        starts = range(0, len(messages), batch_size)
-        for i, start in enumerate(tqdm(starts, desc="sampling", disable=not progress, leave=False)):
-            texts = [prompt_text(tokenizer, m) for m in messages[start : start + batch_size]]
-            ids += _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed + i)
-        model.train(was_training)
-        return ids
+        batches = [messages[start : start + batch_size] for start in range(0, len(messages), batch_size)]
+        # batch b is seeded seed + b (a shard starting at batch b0 passes seed + b0)
+        seeds = [seed + b for b in range(len(batches))]
+        return generate(model, tokenizer, batches, seeds, n=n, temperature=temperature, top_p=top_p,
+                        max_new_tokens=max_new_tokens, progress=progress, engine_options=engine_options)
 
     response_ids = cache.get_or_compute("samples", key, compute)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)

@@ -1,20 +1,31 @@
 """Scoring responses with a model: response-only token log-probs, rewards, raw logits for IRL, MCQ selection.
 
-Every function is batched, computes log-softmax in chunks of positions (no full (B, T, V) log-prob tensor is
-kept), and caches its result by (model fingerprint, tokenizer, texts, parameters), so repeated scoring in an
-alpha sweep or a rerun is nearly free.
+The batched scorers never hold (B, T, V) logits: the model's decoder gives the final (normed) hidden states
+(B, T, H) and the output head (with Gemma-2's final-logit soft-capping) is applied only where a distribution is
+read — response positions, ``logits_chunk`` positions per row at a time (at most (B, chunk, V) float32 logits),
+or the last prompt position for MCQ ((B, V)). Results equal the model's own ``.logits`` up to float rounding
+(tests/test_scoring.py). Each result is cached by (model fingerprint, tokenizer, texts, parameters), so
+repeated scoring in an alpha sweep or a rerun is nearly free.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate, PromptLike, as_messages, collate_examples, prompt_text
+
+logger = logging.getLogger("workbench.scoring")
+
+DEFAULT_LOGITS_CHUNK = 256  # positions per row per head chunk when $WORKBENCH_LOGITS_CHUNK is off (memory.py too)
+# config fields whose model forward rescales the head's logits in a way head_logits does not (Cohere, Granite)
+UNMODELLED_LOGIT_SCALES = ("logit_scale", "logits_scaling")
+_warned: set[str] = set()
 
 
 def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -33,6 +44,106 @@ def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk: int = 
         # $\log p(y_t) = f_t - \log Z_t$
         out.append(part.gather(-1, ids).squeeze(-1) - torch.logsumexp(part, dim=-1))
     return torch.cat(out, dim=1)
+
+
+def scoring_chunk(logits_chunk: int | None = None) -> int:
+    """Positions per row per head chunk: ``logits_chunk``, else ``$WORKBENCH_LOGITS_CHUNK``, else 256."""
+    from workbench.trainers import logits_chunk_setting
+
+    chunk = logits_chunk if logits_chunk is not None else (logits_chunk_setting() or DEFAULT_LOGITS_CHUNK)
+    if int(chunk) < 1:
+        raise ValueError(f"logits_chunk={logits_chunk!r}; use a positive number of positions such as 128")
+    return int(chunk)
+
+
+def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    """The output head on final hidden states, as the model's forward computes its logits, in float32 (no grad).
+
+    Gemma-2 soft-caps the final logits: $f \\leftarrow c \\tanh(f / c)$, here in place (one (·, V) buffer, not
+    three as the autograd-safe ``trainers._head_token_logps`` needs).
+
+    Args:
+        hidden: (..., H) after the decoder's final norm.
+    Returns:
+        logits: (..., V) float32.
+    """
+    logits = head(hidden).float()
+    if softcap:
+        logits.div_(softcap).tanh_().mul_(softcap)
+    return logits
+
+
+def hidden_state_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | str:
+    """``(decoder, head_fn)`` of a causal LM (unwrapped from DDP / peft), or the reason the logits cannot be
+    recomputed from the decoder's hidden states (the caller then runs the plain forward).
+
+    ``decoder(input_ids=, attention_mask=, use_cache=False).last_hidden_state`` is (B, T, H) after the final norm;
+    ``head_fn(hidden (..., H)) -> (..., V)`` float32 logits equal to the forward's (Gemma-2/3 soft-capping included).
+    """
+    from workbench.trainers import _unwrapped
+
+    inner = _unwrapped(model)
+    peft_config = getattr(inner, "active_peft_config", None)
+    if getattr(peft_config, "is_prompt_learning", False):
+        return "a prompt-learning adapter adds virtual tokens in the peft wrapper's forward"
+    get_decoder, get_head = getattr(inner, "get_decoder", None), getattr(inner, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return f"{type(inner).__name__} has no get_decoder() / get_output_embeddings()"
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or decoder is inner or head is None:
+        return f"{type(inner).__name__} exposes no separate decoder and output head"
+    config = getattr(inner, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in UNMODELLED_LOGIT_SCALES:
+        if getattr(text_config, name, None) not in (None, 1, 1.0):
+            return f"its config sets {name}={getattr(text_config, name)!r}, which its forward applies to the logits"
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    return decoder, lambda hidden: head_logits(hidden, head, softcap)
+
+
+def _fallback(model, reason: str) -> None:
+    key = f"{type(model).__name__}: {reason}"
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("scoring %s with full (B, T, V) logits (model(...).logits): %s", type(model).__name__, reason)
+
+
+def response_logit_chunks(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
+                          chunk: int):
+    """Float32 logits at the target positions of one batch, flat in row-major order, a chunk at a time (no grad).
+
+    The decoder runs once; the head is applied to the target positions only, ``chunk`` positions per row
+    (B·chunk rows) at a time, so at most (B, chunk, V) float32 logits exist while a consumer reduces each chunk.
+
+    Args:
+        input_ids, attention_mask: (B, L) on the model's device.
+        target_mask: (B, L-1) bool, True where position t's distribution (which scores token t+1) is wanted.
+    Yields:
+        (logits (m, V), start) for consecutive slices ``[start, start + m)`` of the M = target_mask.sum() targets,
+        in the order of ``target_mask.nonzero()``.
+    """
+    step = chunk * input_ids.shape[0]
+    found = hidden_state_head(model)
+    if isinstance(found, str):
+        _fallback(model, found)
+        rows = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target_mask]  # (M, V)
+        head_fn = torch.Tensor.float
+    else:
+        decoder, head_fn = found
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = hidden[:, :-1][target_mask]  # (M, H): the head never sees prompt or padding positions
+        del hidden  # (B, L, H) freed before any logits exist
+    for start in range(0, len(rows), step):
+        yield head_fn(rows[start : start + step]), start
+
+
+def batch_response_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               target_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(y_t | y_<t, x) at the target positions of one batch (see :func:`response_logit_chunks`): (M,)."""
+    labels = input_ids[:, 1:][target_mask]  # (M,)
+    parts = [gather_token_logps(logits[None], labels[None, start : start + len(logits)], chunk=len(logits))[0]
+             for logits, start in response_logit_chunks(model, input_ids, attention_mask, target_mask, chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, device=input_ids.device)
 
 
 def _score_key(model, tokenizer, prompts, responses, **params):
@@ -58,8 +169,12 @@ def response_token_logps(
     max_length: int | None = None,
     cache: StageCache | None = None,
     progress: bool = False,
+    logits_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each response given its prompt, over response tokens only.
+
+    The head is applied to response positions only, ``logits_chunk`` positions per row at a time (default
+    ``$WORKBENCH_LOGITS_CHUNK``, else 256): at most (batch_size, logits_chunk, V) float32 logits exist.
 
     Returns:
         token_logps: (N, T) log p(y_t | y_<t, x), 0 where masked.
@@ -67,7 +182,9 @@ def response_token_logps(
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
+    chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
+    # the chunk changes memory, not the numbers: it stays out of the key
     key = _score_key(model, tokenizer, prompts, responses, stage="token_logps", max_length=max_length, packed=True)
 
     def compute():
@@ -78,16 +195,13 @@ def response_token_logps(
             batch = collate_examples(
                 tokenizer, prompts[start : start + batch_size], responses[start : start + batch_size], max_length
             )
+            target = batch["response_mask"][:, 1:]  # position t-1 predicts token t
             with torch.no_grad():
-                logits = model(
-                    input_ids=batch["input_ids"].to(model.device),
-                    attention_mask=batch["attention_mask"].to(model.device),
-                ).logits
-            # position t-1 predicts token t
-            token_logps = gather_token_logps(logits[:, :-1], batch["input_ids"][:, 1:].to(logits.device)).cpu()
-            mask = batch["response_mask"][:, 1:]
-            for lp, m in zip(token_logps, mask):
-                rows.append(lp[m])
+                flat = batch_response_token_logps(
+                    model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
+                    target.to(model.device), chunk,
+                ).cpu()
+            rows.extend(flat.split(target.sum(-1).tolist()))
         model.train(was_training)
         # packed once: the cache stores two tensors, not one tensor per response
         width = max((len(r) for r in rows), default=0)
@@ -132,6 +246,27 @@ def response_logits(model, tokenizer, prompt: PromptLike, response: str) -> dict
 
 
 # --- multiple-choice selection probability (PAD Eq. 8) ---
+
+
+def last_position_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         last: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the next token after each row's last real position (no grad): the decoder's
+    hidden states (b, T, H), then the head on the b rows ``hidden[i, last[i]]`` only, never (b, T, V).
+
+    Args:
+        input_ids, attention_mask: (b, T), right-padded.
+        last: (b,) index of each row's last real token.
+    Returns:
+        next_logits: (b, V).
+    """
+    rows = torch.arange(len(last), device=last.device)
+    found = hidden_state_head(model)
+    if isinstance(found, str):
+        _fallback(model, found)
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, last].float()
+    decoder, head_fn = found
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return head_fn(hidden[rows, last])  # (b, H) -> (b, V)
 
 
 def option_letter_ids(tokenizer, context: str, letters: Sequence[str]) -> list[list[int]]:
@@ -184,11 +319,14 @@ def mcq_selection_logprobs(
     batch_size: int = 32,
     cache: StageCache | None = None,
     progress: bool = False,
+    logits_chunk: int | None = None,
 ) -> torch.Tensor:
     """log p_sel(y_i) (PAD Eq. 8): the judge's probability of y_i's letter, renormalised over the option letters.
 
     ``order='random'`` maps responses to letters at random (the paper); ``'cyclic'`` averages the selection
-    probability over the n cyclic shifts of the order, so no response keeps a favoured position.
+    probability over the n cyclic shifts of the order, so no response keeps a favoured position. The head is
+    applied at each prompt's last position only ((b, H) -> (b, V)); ``logits_chunk`` is accepted for a uniform
+    signature with :func:`response_token_logps` and has nothing to chunk here.
 
     Args:
         prompts: P user questions (plain text, placed into the template).
@@ -202,6 +340,7 @@ def mcq_selection_logprobs(
     if len(prompts) != len(response_groups):
         raise ValueError(f"{len(prompts)} prompts but {len(response_groups)} response groups")
     (n,) = n_options
+    scoring_chunk(logits_chunk)  # validated only: one position per row needs no chunking
     cache = cache or default_cache()
     key = _score_key(
         model, tokenizer, list(prompts), [list(g) for g in response_groups],
@@ -229,10 +368,10 @@ def mcq_selection_logprobs(
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded])
             attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
+            last = torch.tensor([len(e) - 1 for e in encoded])
             with torch.no_grad():
-                logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
-            last = torch.tensor([len(e) - 1 for e in encoded], device=logits.device)
-            next_logits = logits[torch.arange(len(chunk), device=logits.device), last].float().cpu()  # (b, V)
+                next_logits = last_position_logits(model, ids.to(model.device), attention.to(model.device),
+                                                   last.to(model.device)).cpu()  # (b, V)
             # a letter's logit sums its spellings: $\log \sum_{s} e^{f(s)}$
             letter_logits = torch.stack([torch.logsumexp(next_logits[:, i], -1) for i in letter_ids], -1)
             # renormalise over the option letters: $p_{sel}(c_j) = e^{f(c_j)} / \sum_{j'} e^{f(c_{j'})}$

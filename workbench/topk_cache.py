@@ -121,12 +121,14 @@ def topk_cache_key(teacher, student_tokenizer, prompts, responses, k: int, max_l
     }
 
 
-def _response_topk(logits: torch.Tensor, response_mask: torch.Tensor, k: int, vocab_size: int):
-    """Top-k of the next-token log-softmax at each response position of each row.
+def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
+    """Top-k of the teacher's next-token log-softmax at each response position of each row of ``batch``.
+
+    The head runs on response positions only, ``chunk`` per row at a time (:func:`workbench.scoring.
+    response_logit_chunks`), so no (B, L, V) logits exist.
 
     Args:
-        logits: (B, L, V_t) teacher logits; position p predicts token p + 1.
-        response_mask: (B, L) True on response tokens.
+        batch: ``collate_examples`` output; position p predicts token p + 1.
         k: entries kept per position.
         vocab_size: ids kept are < vocab_size (a teacher whose embedding is padded past the tokenizer never
             emits a padding id into the cache; their mass stays in the tail).
@@ -134,19 +136,23 @@ def _response_topk(logits: torch.Tensor, response_mask: torch.Tensor, k: int, vo
         per row: (ids (T_b, k) int32, logps (T_b, k) float32, tail (T_b,) float32).
     """
     from workbench.losses.adpa import tail_logmass
+    from workbench.scoring import response_logit_chunks
 
-    predicts = response_mask[:, 1:]  # (B, L-1): position p (< L-1) predicts a response token
-    rows = []
-    for b in range(logits.shape[0]):
-        positions = predicts[b].nonzero().squeeze(-1)  # (T_b,)
+    device = teacher.device
+    target = batch["response_mask"][:, 1:].to(device)  # (B, L-1): position p predicts a response token
+    ids, logps = [], []
+    for logits, _ in response_logit_chunks(teacher, batch["input_ids"].to(device),
+                                           batch["attention_mask"].to(device), target, chunk):
         # $\log \pi_t(\cdot \mid s_t)$ over the full teacher softmax
-        full_logps = torch.log_softmax(logits[b, positions].float(), dim=-1)  # (T_b, V_t)
-        top_logps, top_ids = torch.topk(full_logps[:, :vocab_size], k, dim=-1)  # (T_b, k)
-        # $\log(1 - \sum_{i \le k} p_i)$
-        tail = tail_logmass(top_logps)  # (T_b,)
-        rows.append((top_ids.to(torch.int32).cpu().numpy(), top_logps.cpu().numpy().astype(np.float32),
-                     tail.cpu().numpy().astype(np.float32)))
-    return rows
+        top_logps, top_ids = torch.topk(torch.log_softmax(logits, dim=-1)[:, :vocab_size], k, dim=-1)  # (m, k)
+        ids.append(top_ids.to(torch.int32).cpu())
+        logps.append(top_logps.cpu())
+    ids, logps = torch.cat(ids), torch.cat(logps)
+    # $\log(1 - \sum_{i \le k} p_i)$
+    tails = tail_logmass(logps)
+    sizes = target.sum(-1).tolist()
+    return [(i.numpy(), lp.numpy().astype(np.float32), t.numpy().astype(np.float32))
+            for i, lp, t in zip(ids.split(sizes), logps.split(sizes), tails.split(sizes))]
 
 
 def teacher_topk(
@@ -161,6 +167,7 @@ def teacher_topk(
     max_length: int | None = None,
     cache: StageCache | None = None,
     progress: bool = False,
+    logits_chunk: int | None = None,
 ) -> TopkCache:
     """The teacher's top-k next-token log-probs at every response position (see module docstring).
 
@@ -170,6 +177,8 @@ def teacher_topk(
         student_tokenizer: encodes the texts (its chat template decides where the response starts).
         prompts, responses: N pairs.
         k: entries per position (ADPA §4.1: 50); at most the vocabulary size.
+        logits_chunk: response positions per row through the head at a time (default as in
+            :func:`workbench.scoring.scoring_chunk`); changes memory, not the result.
     Returns:
         :class:`TopkCache` with N entries.
     """
@@ -179,6 +188,9 @@ def teacher_topk(
     vocab_size = len(student_tokenizer)
     if not 1 <= k <= vocab_size:
         raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    from workbench.scoring import scoring_chunk
+
+    chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
     key = topk_cache_key(teacher, student_tokenizer, prompts, responses, k, max_length)
 
@@ -191,10 +203,8 @@ def teacher_topk(
             batch = collate_examples(student_tokenizer, prompts[start:start + batch_size],
                                      responses[start:start + batch_size], max_length)
             with torch.no_grad():
-                logits = teacher(input_ids=batch["input_ids"].to(teacher.device),
-                                 attention_mask=batch["attention_mask"].to(teacher.device)).logits
-            for row_ids, row_logps, row_tail in _response_topk(logits, batch["response_mask"].to(logits.device),
-                                                                k, vocab_size):
+                rows = _response_topk(teacher, batch, k, vocab_size, chunk)
+            for row_ids, row_logps, row_tail in rows:
                 ids.append(row_ids)
                 logps.append(row_logps)
                 tails.append(row_tail)
@@ -223,6 +233,7 @@ def teacher_topk_by_name(
     batch_size: int = 32,
     cache: StageCache | None = None,
     progress: bool = False,
+    logits_chunk: int | None = None,
 ) -> TopkCache:
     """Load ``teacher_name``, cache its top-k on the texts, free it, and return the cache.
 

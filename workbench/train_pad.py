@@ -1,23 +1,31 @@
 """PAD training as a script, for full-size and multi-GPU runs of a recipe without a notebook kernel.
 
-    python -m workbench.train_pad recipes/pad_gemma2_9b_to_2b_qlora.yaml -p max_new_tokens 512
+    python -m workbench.train_pad recipes/pad_gemma2_9b_to_2b_qlora.yaml -p steps 10
     accelerate launch --config_file accelerate/ddp.yaml -m workbench.train_pad recipes/pad_gemma2_9b_to_2b.yaml
 
 It reads the parameters of notebook 03 (a papermill recipe file, then ``-p name value`` overrides; any other
-``PadConfig`` field such as ``max_new_tokens`` is accepted too) and composes the shared stages exactly as
+``PadConfig`` field is accepted too) and composes the shared stages exactly as
 :func:`workbench.methods.pad.run_pad` does — ``sample_responses`` → ``teacher_rewards`` (Eq. 7-9) →
 ``DistillTrainer`` with the registered listwise loss — for ``iterations`` rounds. It does not evaluate: gold
 evaluation of gym runs is notebook 03's; real datasets need a judge (``workbench.evaluate``).
 
-Under ``accelerate launch`` the main process samples and scores first and writes the stage cache; the other
-processes then read the same cached results, so every rank builds identical rows and the ``Trainer``'s
-distributed sampler shards them (global batch = ``batch_size`` × processes × gradient accumulation). Sampling
-and scoring are therefore *not* sharded across processes yet (the other ranks wait): sharding the prompts and
-merging by prompt index is future work. Prompts come from the gym or, for any other ``dataset``, from
+Under ``accelerate launch`` (W > 1 processes) sampling and teacher scoring are sharded: the prompts' sampling
+batches (``sampling_batch_size`` prompts each) are split into W contiguous runs, each process samples and scores
+only its run (batch b keeps its single-process seed ``seed + b``), and the per-prompt results are gathered with
+``accelerate.utils.gather_object`` and merged by prompt index (:mod:`workbench.distributed`). So every rank builds
+identical rows — the samples of a 1-process run exactly, its teacher rewards up to float rounding — and the
+``Trainer``'s distributed sampler shards them (global batch = ``batch_size`` × processes ×
+``gradient_accumulation_steps``). Each process caches only its own shard, keyed by the shard's prompts and seed,
+so no two processes write the same cache entry. Prompts come from the gym or, for any other ``dataset``, from
 ``workbench.data.load_preference_data`` (prompts only: PAD samples its own responses).
 
-Outputs (main process): ``history.json`` (the training log: loss curve), ``config.json`` and, unless
-``save_model`` is false, the trained student under ``output_dir/student``.
+Full-size knobs are parameters like any other (``gradient_accumulation_steps``, ``gradient_checkpointing``,
+``logits_chunk``, ``max_new_tokens``, ``sampling_batch_size``, ``scoring_batch_size``, ``sampling_backend``);
+``$WORKBENCH_TRAINING_ARGS`` / ``$WORKBENCH_LOGITS_CHUNK`` still override them at launch.
+
+Outputs (main process): ``history.json`` (the training log: loss curve), ``config.json``, with ``-p save_rows
+true`` each round's training rows (``rows_round<k>.jsonl``: prompt, responses and the teacher's three reward
+signals) and, unless ``save_model`` is false, the trained student under ``output_dir/student``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 logger = logging.getLogger("workbench.train_pad")
+
+
+SCRIPT_OPTIONS = {"save_model", "save_rows"}  # parameters of this script, not of PadConfig
 
 
 def parse_value(text: str):
@@ -51,7 +62,7 @@ def pad_config(params: dict):
     if "quantization" in values:
         values["quantization"] = values["quantization"] or None
     known = {f.name for f in fields(PadConfig)}
-    unknown = set(values) - known - {"save_model"}
+    unknown = set(values) - known - SCRIPT_OPTIONS
     if unknown:
         raise ValueError(f"unknown PAD parameters {sorted(unknown)}; known: {sorted(known)}")
     return PadConfig(**{k: v for k, v in values.items() if k in known})
@@ -69,7 +80,16 @@ def train_prompts(cfg) -> list:
     return list(rows["prompt"])
 
 
-def train_pad(cfg, *, save_model: bool = True) -> list[dict]:
+def save_round_rows(path: Path, samples) -> None:
+    """One JSON line per prompt: prompt, responses and each teacher reward signal (floats written exactly)."""
+    signals = {name: values.tolist() for name, values in samples.rewards.items()}
+    with path.open("w") as f:
+        for i, (prompt, group) in enumerate(zip(samples.prompts, samples.groups)):
+            row = {"prompt": prompt, "responses": group, **{name: values[i] for name, values in signals.items()}}
+            f.write(json.dumps(row) + "\n")
+
+
+def train_pad(cfg, *, save_model: bool = True, save_rows: bool = False) -> list[dict]:
     """Sample → teacher rewards → listwise distillation for ``cfg.iterations`` rounds; returns the log history."""
     from accelerate import PartialState
 
@@ -87,15 +107,17 @@ def train_pad(cfg, *, save_model: bool = True) -> list[dict]:
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization, device=device)
     student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device)
     prompts_text = train_prompts(cfg)
+    out = Path(cfg.output_dir)
     history: list[dict] = []
     for round_ in range(cfg.iterations):
-        # the main process fills the stage cache; the others then read identical samples and scores
-        log, _, _ = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
-                                  stage_guard=state.main_process_first,
-                                  progress=cfg.progress and state.is_main_process)
+        # each process samples and scores its shard of the prompts; all then train on the merged rows
+        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
+                                     state=state, progress=cfg.progress and state.is_main_process)
         history += log
+        if save_rows and state.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_round_rows(out / f"rows_round{round_}.jsonl", samples)
     if state.is_main_process:
-        out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(history, indent=2, default=float))
         (out / "config.json").write_text(json.dumps(
@@ -122,9 +144,10 @@ def main(argv=None) -> None:
         params.update(yaml.safe_load(Path(args.recipe).read_text()) or {})
     params.update({name: parse_value(value) for name, value in args.parameter})
     save_model = bool(params.pop("save_model", True))
-    cfg = pad_config(params)
+    save_rows = bool(params.pop("save_rows", False))
     logging.basicConfig(level=logging.INFO)
-    train_pad(cfg, save_model=save_model)
+    cfg = pad_config(params)
+    train_pad(cfg, save_model=save_model, save_rows=save_rows)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,15 @@ logger = logging.getLogger("workbench.trainers")
 
 @dataclass
 class ResponseCollator:
-    """Rows with ``prompt`` (str or messages) and ``response`` (str) -> LM batch with response-only labels."""
+    """Rows with ``prompt`` (str or messages) and ``response`` (str) -> LM batch with response-only labels.
+
+    ``fields`` picks what the batch carries: the default suits ``Trainer``'s LM loss; logit losses ask for
+    ``("input_ids", "attention_mask", "response_mask")``.
+    """
 
     tokenizer: object
     max_length: int | None = None
+    fields: tuple[str, ...] = ("input_ids", "attention_mask", "labels")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate_examples(self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
@@ -35,7 +40,7 @@ class ResponseCollator:
         if int(batch["truncated"]):
             logger.warning("%d of %d rows truncated to max_length=%s", int(batch["truncated"]), len(rows),
                            self.max_length)
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        return {k: batch[k] for k in self.fields}
 
 
 def training_arguments(

@@ -1,4 +1,5 @@
-"""DCKD, ADPA and ADPA+ pipelines (Gao et al., ICLR 2025) on the gym, with the paper's ablations as parameters.
+"""DCKD, ADPA and ADPA+ pipelines (Gao et al., ICLR 2025) on the gym or a preference dataset, with the paper's
+ablations as parameters.
 
 Algorithm 1 (ADPA): SFT student → generate ŷ from it → cache the DPO and reference teachers' top-k on (x, ŷ) →
 train on L_SFT(y_w) − γ Σ_t Σ_a π_θ(a|ŝ_t) A(ŝ_t, a) (Eq. 10). Algorithm 2 (ADPA+): the same, started from (and
@@ -12,6 +13,13 @@ their gold rewards differ; the higher-gold one is y_w, the other y_l. So y_w is 
 (mean gold ≈ 0.84, exactly correct ≈ 45%), like real chosen responses, and the SFT term alone cannot teach the
 perfect answer: the teacher's signal has to. Held-out pairs built the same way on test prompts give the reward
 accuracy of ADPA §4.5.
+
+**Preference datasets** (``dataset`` = a ``workbench.data`` preset such as ``dpo-mix-7k`` / ``helpsteer2``, a hub
+id, or a local file read in ``dataset_schema``): training uses the dataset's (x, y_w, y_l) pairs as the paper does;
+held-out pairs come from the preset's test split or a fixed carve (:func:`workbench.methods.common.preference_splits`).
+There is no gold reward: the run reports reward accuracy on the held-out pairs (the dataset's labels), training
+metrics, and a judge's win rate over the initial student when ``judge`` names a judge model; gold fields are None
+and ``gold_evaluation`` says why.
 
 ``run_adpa(AdpaConfig(method=..., seed=...))`` is the contract the comparison harness and notebook 06 use.
 """
@@ -39,7 +47,8 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, gold_of, gym_prompts, no_gold_evaluation,
+                                     policy_answers, preference_splits, training_summary)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, release_memory, teacher_topk_by_name
@@ -81,6 +90,15 @@ def gym_preference_pairs(prompts, seed: int, mix: dict | None = None, max_tries:
     return datasets.Dataset.from_dict(rows)
 
 
+def preference_pairs(cfg: "AdpaConfig") -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held-out) pairs of a run: gold-ranked gym pairs (train prompts per seed, fixed test prompts), or the
+    dataset's pairs (:func:`workbench.methods.common.preference_splits`; responses as text, no gold columns)."""
+    if cfg.dataset == "gym":
+        train = gym_preference_pairs(gym_prompts("train", cfg.train_prompts, cfg.seed + 101), seed=cfg.seed)
+        return train, gym_preference_pairs(gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED), seed=HELD_OUT_SEED)
+    return preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
+
+
 def reward_accuracy(model, tokenizer, pairs: datasets.Dataset) -> float:
     """Fraction of pairs where the model's average log-likelihood of y_w exceeds that of y_l (ADPA §4.5).
 
@@ -118,7 +136,15 @@ class AdpaConfig:
     teacher_ref: str = field(default="gym-teacher-ref", metadata={
         "help": "reference teacher π_ref: the SFT teacher π_dpo was trained from (Fig. 2)"})
     student: str = field(default="gym-student", metadata={"help": "SFT student π'_θ (id/path/preset)"})
-    dataset: str = field(default="gym", metadata={"help": "'gym' (gold-ranked pairs, see module docstring)"})
+    dataset: str = field(default="gym", metadata={
+        "help": "'gym' (gold-ranked pairs, see module docstring) or a preference dataset for workbench.data "
+                "(preset e.g. 'dpo-mix-7k' / 'helpsteer2' (§4.1), hub id, or local file): its (x, y_w, y_l) pairs"})
+    dataset_schema: str = field(default="", metadata={
+        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+                "preset's, else TRL's standard format)"})
+    judge: str = field(default="", metadata={
+        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+                "student on held-out prompts ('' = none: reward accuracy and training metrics only)"})
     method: str = field(default="adpa", metadata={"help": f"one of {sorted(METHOD_STAGES)}"})
     alpha: float = field(default=1.0, metadata={
         "help": "DCKD KL weight (Eq. 7; paper grid {0.1,...,5}, best 0.2 in Fig. 5 = DCKD_ALPHA; released recipe "
@@ -147,7 +173,8 @@ class AdpaConfig:
     batch_size: int = field(default=32, metadata={"help": "pairs per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "App. F: 0.1"})
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})
-    eval_prompts: int = field(default=128, metadata={"help": "held-out prompts (gold reward, reward accuracy)"})
+    eval_prompts: int = field(default=128, metadata={
+        "help": "held-out prompts (gold reward or judge, and reward accuracy on their pairs)"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt"})
     seed: int = 0
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter on the student"})
@@ -174,9 +201,9 @@ class AdpaConfig:
             raise ValueError(f"steps={self.steps}, dckd_steps={self.dckd_steps}; both must be ≥ 1")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
-        if self.dataset != "gym":
-            raise NotImplementedError("ADPA runs on the gym here: non-gym data has no gold reward for evaluation; "
-                                      "see workbench.evaluate.judge_win_rate for judged runs")
+        if self.dataset == "gym" and (self.dataset_schema or self.judge):
+            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
+                             f"datasets; the gym has its own pairs and a gold reward")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,8 +465,9 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
                                       cfg.length_normalize, cfg.q_temperature)
         _train(ctx, _indexed(ctx.pairs, hat=hats), collator, objective, cfg.steps, stage, loss)
         info = {"stage": loss, "state_source": cfg.state_source,
-                "state_gold": float(np.mean([gold_of(p, y) for p, y in zip(ctx.pairs["prompt"], hats)])),
                 "state_length": float(np.mean([len(y.split()) for y in hats]))}
+        if cfg.dataset == "gym":
+            info["state_gold"] = float(np.mean([gold_of(p, y) for p, y in zip(ctx.pairs["prompt"], hats)]))
         if "ref" in spec.teachers:
             info.update(advantage_summary(caches["hat_dpo"], caches["hat_ref"], cfg.beta, cfg.missing_rule))
         return info
@@ -479,26 +507,34 @@ def advantage_summary(dpo: TopkCache, ref: TopkCache, beta: float, missing_rule:
 # ---------------------------------------------------------------------------------------------------------------
 
 def run_adpa(cfg: AdpaConfig) -> RunResult:
-    """Train the student with ``cfg.method`` (``METHOD_STAGES``) and evaluate it on held-out gym prompts.
+    """Train the student with ``cfg.method`` (``METHOD_STAGES``) and evaluate it on held-out prompts.
 
-    Returns a :class:`RunResult` whose metrics hold ``method``, ``gold_before`` / ``gold_after`` (mean ± CI over
-    held-out prompts), ``win_rate_vs_initial``, ``per_prompt_after``, ``length_after``, ``reward_accuracy``
-    (before / after), per-stage diagnostics and ``seconds``; they are saved to ``cfg.output_dir``.
+    Returns a :class:`RunResult` whose metrics hold ``method``, ``dataset``, ``reward_accuracy`` (before / after,
+    on held-out pairs), ``training`` (loss per stage), per-stage diagnostics and ``seconds``, and the evaluation:
+    on the gym ``gold_before`` / ``gold_after`` (mean ± CI over held-out prompts), ``win_rate_vs_initial``,
+    ``per_prompt_*`` and ``length_*``; on other data those gold fields are None, ``gold_evaluation`` says why and
+    ``judge`` holds the judge's win rate when ``cfg.judge`` is set. They are saved to ``cfg.output_dir``.
     """
     from workbench.models import load
 
     set_threads()
     started = time.perf_counter()
+    gym = cfg.dataset == "gym"
     student, tokenizer = load(cfg.student, lora=True if cfg.lora else None)
-    train = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
-    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    held_out_pairs = gym_preference_pairs(held_out, seed=HELD_OUT_SEED)
-    ctx = RunContext(cfg, student, tokenizer, gym_preference_pairs(train, seed=cfg.seed), [], [])
+    pairs, held_out_pairs = preference_pairs(cfg)
+    if not len(pairs):
+        raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
+    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED) if gym else list(held_out_pairs["prompt"])
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [])
 
-    def evaluate() -> tuple[dict, float]:
-        result = evaluate_policy(student, tokenizer, held_out, n=cfg.eval_samples, temperature=cfg.temperature,
-                                 seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
-        return result, reward_accuracy(student, tokenizer, held_out_pairs)
+    def evaluate() -> tuple[dict | list | None, float]:
+        accuracy = reward_accuracy(student, tokenizer, held_out_pairs) if len(held_out_pairs) else float("nan")
+        sampling = dict(n=cfg.eval_samples, temperature=cfg.temperature, seed=cfg.seed,
+                        max_new_tokens=cfg.max_new_tokens)
+        if gym:  # gold reward of sampled answers
+            return evaluate_policy(student, tokenizer, held_out, **sampling), accuracy
+        # no gold: answers only for a judge
+        return (policy_answers(student, tokenizer, held_out, **sampling) if cfg.judge else None), accuracy
 
     before, accuracy_before = evaluate()
     for stage, name in enumerate(METHOD_STAGES[cfg.method]):
@@ -506,20 +542,30 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
         info = STAGES[name](ctx, stage)
         ctx.stages.append({**info, "seconds": time.perf_counter() - t0})
     after, accuracy_after = evaluate()
+    if gym:
+        evaluation = {
+            "gold_before": before["gold"],
+            "gold_after": after["gold"],
+            "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
+            "per_prompt_before": before["per_prompt"],
+            "per_prompt_after": after["per_prompt"],
+            "length_before": before["length"],
+            "length_after": after["length"],
+        }
+        train_pairs = {"count": len(pairs), "chosen_gold": float(np.mean(pairs["chosen_gold"])),
+                       "rejected_gold": float(np.mean(pairs["rejected_gold"]))}
+    else:
+        evaluation = no_gold_evaluation(cfg, held_out, before, after)
+        train_pairs = {"count": len(pairs), "held_out": len(held_out_pairs)}
     metrics = {
         "method": cfg.method,
+        "dataset": cfg.dataset,
         "config": asdict(cfg),
-        "gold_before": before["gold"],
-        "gold_after": after["gold"],
-        "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
-        "per_prompt_before": before["per_prompt"],
-        "per_prompt_after": after["per_prompt"],
-        "length_before": before["length"],
-        "length_after": after["length"],
+        **evaluation,
         "reward_accuracy_before": accuracy_before,
         "reward_accuracy": accuracy_after,
-        "train_pairs": {"count": len(ctx.pairs), "chosen_gold": float(np.mean(ctx.pairs["chosen_gold"])),
-                        "rejected_gold": float(np.mean(ctx.pairs["rejected_gold"]))},
+        "train_pairs": train_pairs,
+        "training": training_summary(ctx.history),
         "stages": ctx.stages,
         "seconds": time.perf_counter() - started,
     }
@@ -552,7 +598,7 @@ def hyperparameter_sweep(cfg: AdpaConfig, name: str, values: Sequence[float]) ->
     for value in values:
         run = replace(cfg, **{name: value, "output_dir": f"{cfg.output_dir}/{cfg.method}-{name}={value:g}"})
         metrics = run_adpa(run).metrics
-        rows.append({name: float(value), **{key: metrics[key] for key in (
+        rows.append({name: float(value), **{key: metrics.get(key) for key in (  # gold fields: None off the gym
             "gold_after", "reward_accuracy", "win_rate_vs_initial", "length_after")}})
     return rows
 

@@ -44,7 +44,6 @@ import datasets
 import numpy as np
 import torch
 
-from workbench.encoding import collate_examples
 from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
@@ -53,7 +52,8 @@ from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
-from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill, train_sft
+from workbench.trainers import (ListwiseCollator, ResponseCollator, set_threads, student_token_logps, train_distill,
+                                train_sft)
 
 logger = logging.getLogger("workbench.baselines")
 
@@ -127,17 +127,8 @@ class BaselineConfig:
 # --- batches and objectives ---
 
 
-@dataclass
-class SequenceCollator:
-    """Rows with ``prompt`` and ``response`` -> input ids, attention mask and response mask (for logit losses)."""
-
-    tokenizer: object
-    max_length: int | None = None
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate_examples(self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                                 self.max_length)
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "response_mask")}
+# logit losses need the response mask, not LM labels
+SEQUENCE_FIELDS = ("input_ids", "attention_mask", "response_mask")
 
 
 @dataclass
@@ -360,7 +351,8 @@ def _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round
             # $-\frac{1}{|y^T|}\log q_\theta(y^T|x)$ on the teacher's samples (Kim & Rush 2016)
             return train_sft(student, student_tok, datasets.Dataset.from_list(rows), **common), stats
         objective = TeacherLogitObjective(teacher, "kd", cfg.kd_temperature)
-        return train_distill(student, datasets.Dataset.from_list(rows), SequenceCollator(student_tok), objective,
+        collator = ResponseCollator(student_tok, fields=SEQUENCE_FIELDS)
+        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective,
                              **common), stats
     chat, groups = student_groups(student, student_tok, prompts, cfg, round_)
     if cfg.method == "reverse-kl":
@@ -368,7 +360,8 @@ def _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round
         stats = {"sequences": len(rows), "sample_gold": float(np.mean([gold_of(r["prompt"], r["response"])
                                                                        for r in rows]))}
         objective = TeacherLogitObjective(teacher, "reverse_kl")
-        return train_distill(student, datasets.Dataset.from_list(rows), SequenceCollator(student_tok), objective,
+        collator = ResponseCollator(student_tok, fields=SEQUENCE_FIELDS)
+        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective,
                              **common), stats
     scores = teacher_scores(teacher, teacher_tok, chat, groups, cfg, round_)
     if cfg.method == "pro":

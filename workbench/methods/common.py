@@ -1,4 +1,6 @@
-"""Pieces every method pipeline shares: the run result, gym prompt sets, and gold scoring of chat prompts."""
+"""Pieces every method pipeline shares: the run result, gym prompt sets, gold scoring of chat prompts, and the
+non-gym path: preference data split into train / held-out rows, and evaluation without a gold reward (a judge
+when one is configured, otherwise none: the run reports training metrics)."""
 
 from __future__ import annotations
 
@@ -69,3 +71,101 @@ def finish_run(cfg, student, tokenizer, held_out, before: dict, history: list[di
     result = RunResult(metrics, history, student, tokenizer)
     result.save(cfg.output_dir)
     return result
+
+
+# --- preference datasets other than the gym: no gold reward ---
+
+
+def response_text(messages) -> str:
+    """A response column entry (assistant messages, or already text) as one text."""
+    if isinstance(messages, str):
+        return messages
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def preference_splits(source: str, schema: str | None, train_rows: int, held_out_rows: int, seed: int):
+    """(train, held-out) pairs of a preference dataset (``workbench.data.load_preference_data``: preset, hub id or
+    local file; invalid rows filtered and counted), columns ``prompt`` (messages), ``chosen`` / ``rejected`` (text).
+
+    Held-out rows are the preset's test split when it has one; otherwise (local files, hub ids, train-only presets)
+    a fixed carve (``HELD_OUT_SEED``) of at most half the rows, disjoint from the train rows. Train rows are a
+    ``seed``-ed subset of ``train_rows``, in file order.
+    """
+    import numpy as np
+
+    from workbench.data import PRESETS, load_preference_data
+
+    def load(split: str, **kwargs):
+        ds = load_preference_data(source, split, schema=schema or None, on_invalid="filter", **kwargs)
+        return ds.map(lambda row: {"chosen": response_text(row["chosen"]), "rejected": response_text(row["rejected"])},
+                      remove_columns=[c for c in ds.column_names if c not in ("prompt", "chosen", "rejected")])
+
+    preset = PRESETS.get(str(source))
+    if preset is not None and "test" in preset.splits:
+        return load("train", max_rows=train_rows, seed=seed), load("test", max_rows=held_out_rows, seed=HELD_OUT_SEED)
+    rows = load("train")
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(rows))
+    held = sorted(order[: min(held_out_rows, len(rows) // 2)].tolist())
+    rest = sorted(order[len(held):].tolist())
+    if len(rest) > train_rows:
+        rest = sorted(np.random.default_rng(seed).choice(rest, size=train_rows, replace=False).tolist())
+    return rows.select(rest), rows.select(held)
+
+
+def conversation_text(prompt) -> str:
+    """A chat prompt as the plain question text a judge's MCQ template reads (earlier turns prefixed by role)."""
+    messages = as_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def no_gold_evaluation(cfg, prompts, answers_before: list[str] | None, answers_after: list[str] | None) -> dict:
+    """Metrics of a run on data without a gold reward: gold fields ``None`` with the reason in ``gold_evaluation``,
+    and, when ``cfg.judge`` names a model, its MCQ win rate of the trained student's answers over the initial
+    student's (``workbench.evaluate.judge_win_rate``; a judge measurement, weaker than gold, labelled as such).
+
+    ``answers_*`` hold ``len(answers) / len(prompts)`` answers per prompt, prompt-major (None without a judge).
+    """
+    reason = f"skipped: dataset {cfg.dataset!r} has no gold reward (only gym prompts have an exact scorer); "
+    out = {"gold_before": None, "gold_after": None, "win_rate_vs_initial": None, "judge": None}
+    if not cfg.judge or not len(prompts):
+        why = "no judge configured (judge='')" if not cfg.judge else "no held-out prompts to judge"
+        return {**out, "gold_evaluation": reason + why + ", so the run reports training metrics only"}
+    from workbench.evaluate import judge_win_rate
+    from workbench.models import load
+    from workbench.topk_cache import release_memory
+
+    per_prompt = len(answers_after) // len(prompts)
+    questions = [conversation_text(p) for p in prompts for _ in range(per_prompt)]
+    judge, judge_tok = load(cfg.judge, quantization=cfg.quantization)
+    try:
+        judged = judge_win_rate(judge, judge_tok, questions, answers_after, answers_before, seed=cfg.seed)
+    finally:
+        del judge
+        release_memory()
+    return {**out, "gold_evaluation": reason + f"judged by {cfg.judge!r} instead (see 'judge')",
+            "judge": {**judged, "judge": cfg.judge, "comparison": "trained student vs initial student",
+                      "pairs": len(questions)}}
+
+
+def policy_answers(model, tokenizer, prompts, *, n: int, temperature: float, seed: int, max_new_tokens: int):
+    """``n`` sampled answers per prompt (prompt-major texts), as the judge compares them."""
+    from workbench.sampling import sample_responses
+
+    return list(sample_responses(model, tokenizer, list(prompts), n=n, temperature=temperature, seed=seed,
+                                 max_new_tokens=max_new_tokens, progress=False)["response"])
+
+
+def training_summary(history: list[dict]) -> dict:
+    """First and last logged loss and the final mean training loss per stage of a Trainer log history."""
+    stages: dict[str, dict] = {}
+    for entry in history:
+        stage = stages.setdefault(str(entry.get("stage", "train")), {})
+        if "loss" in entry:
+            stage.setdefault("loss_first", float(entry["loss"]))
+            stage["loss_last"] = float(entry["loss"])
+            stage["logged_steps"] = stage.get("logged_steps", 0) + 1
+        if "train_loss" in entry:
+            stage["train_loss"] = float(entry["train_loss"])
+    return stages

@@ -7,24 +7,30 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses`, :mod:
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
 import torch
 
 from workbench.cache import tokenizer_fingerprint
+from workbench.distributed import batch_shard, gather_in_order, is_distributed
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import evaluate_policy, mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
-from workbench.sampling import group_responses, sample_responses
+from workbench.sampling import SAMPLING_BACKENDS, group_responses, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
 from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts, user_text
-from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
+from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
+                                set_threads, student_token_logps, train_distill)
 
 logger = logging.getLogger("workbench.pad")
 
@@ -47,12 +53,27 @@ class PadConfig:
     sft_weight: float = field(default=0.0, metadata={
         "help": "weight of an NLL anchor on the teacher's top response (beyond the paper; 0 = as published)"})
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (PAD §4.1: 0.8)"})
-    max_new_tokens: int = 24
+    max_new_tokens: int = field(default=24, metadata={
+        "help": "longest sampled response in tokens (gym: 24; real data: 512)"})
+    sampling_batch_size: int = field(default=32, metadata={
+        "help": "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"})
+    scoring_batch_size: int = field(default=32, metadata={
+        "help": "sequences per teacher forward pass (likelihood and MCQ scoring)"})
+    sampling_backend: str = field(default="hf", metadata={
+        "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm)"})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 8e-7 / 1e-6 on 2B-3B models)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "paper: 0.1"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "micro-steps per optimizer step: global batch = batch_size × this × processes (paper: 128 in all); "
+                "$WORKBENCH_TRAINING_ARGS overrides it"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute the student's activations in backward; $WORKBENCH_TRAINING_ARGS overrides it"})
+    logits_chunk: int = field(default=0, metadata={
+        "help": "student log-probs this many positions at a time through a checkpointed head (0 = off); "
+                "$WORKBENCH_LOGITS_CHUNK overrides it"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
     seed: int = 0
     lora: bool = False
@@ -70,6 +91,51 @@ class PadConfig:
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
+        if self.sampling_backend not in SAMPLING_BACKENDS:
+            raise ValueError(f"sampling_backend={self.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+        for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        self.apply_env_overrides()
+        if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
+                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+
+    def apply_env_overrides(self) -> None:
+        """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
+        fields, so the config (and the memory estimate read from it) says what the trainer will do."""
+        env = env_training_overrides()
+        for name in ("gradient_accumulation_steps", "gradient_checkpointing"):
+            if name in env and env[name] != getattr(self, name):
+                logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, env[name], getattr(self, name))
+                setattr(self, name, type(getattr(self, name))(env[name]))
+        if os.environ.get(LOGITS_CHUNK_ENV, "").strip():
+            chunk = logits_chunk_setting() or 0
+            if chunk != self.logits_chunk:
+                logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
+            self.logits_chunk = chunk
+
+    def training_overrides(self) -> dict:
+        """``TrainingArguments`` of the full-size knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
+        overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
+        if self.gradient_checkpointing:
+            env = env_training_overrides()
+            name = checkpointing_argument()
+            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
+            kwargs = env.get("activation_checkpointing_kwargs", env.get("gradient_checkpointing_kwargs"))
+            overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
+        return overrides
+
+
+def checkpointing_argument() -> str:
+    """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
+    to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def mcq_template_for(tokenizer) -> McqTemplate:
@@ -81,18 +147,50 @@ def mcq_template_for(tokenizer) -> McqTemplate:
     return GYM_MCQ_TEMPLATE if tokenizer_fingerprint(tokenizer) == gym else DEFAULT_MCQ_TEMPLATE
 
 
+def shard_option_orders(n: int, seed: int, first_group: int, groups: int) -> list[list[int]]:
+    """The random option order (PAD §4.2) that ``mcq_selection_logprobs(order="random", seed=seed)`` gives each of
+    groups [first_group, first_group + groups) of a longer list: its generator replayed past the earlier groups.
+
+    Returns one order per group; option j of group g shows response ``orders[g][j]``.
+    """
+    # the scorer's own draw, so a shard follows whatever it does
+    from workbench.scoring import _orders
+
+    rng = random.Random(seed)
+    for _ in range(first_group):
+        _orders(n, "random", rng)
+    return [_orders(n, "random", rng)[0] for _ in range(groups)]
+
+
 def teacher_rewards(teacher, tokenizer, prompts, groups, *, alpha: float, order: str = "random", seed: int = 0,
-                    progress: bool = False) -> dict[str, torch.Tensor]:
-    """Teacher rewards per response group (PAD §4.2): avg log-lik r, MCQ log p_sel and calibrated r̂, each (P, n)."""
+                    first_group: int = 0, batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Teacher rewards per response group (PAD §4.2): avg log-lik r, MCQ log p_sel and calibrated r̂, each (P, n).
+
+    ``first_group`` > 0 scores a shard: ``groups`` are groups [first_group, first_group + P) of a longer list
+    scored with the same ``seed``, and get the option orders the whole list would show them, so the shards'
+    rewards merge into the single-process rewards.
+    """
     n = len(groups[0])
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [y for g in groups for y in g]
+    questions = [user_text(p) for p in prompts]
+    template = mcq_template_for(tokenizer)
     # $r^{tch}(y) = \frac{1}{|y|}\log p(y|x)$ (Eq. 7)
-    likelihood = avg_logp_rewards(teacher, tokenizer, flat_prompts, flat, progress=progress).view(-1, n)
+    likelihood = avg_logp_rewards(teacher, tokenizer, flat_prompts, flat, batch_size=batch_size,
+                                  progress=progress).view(-1, n)
     # $\log p_{sel}(y_i) = \log p(c_i | Y_n, C_n, x)$ (Eq. 8)
-    log_p_sel = mcq_selection_logprobs(teacher, tokenizer, [user_text(p) for p in prompts], groups,
-                                       template=mcq_template_for(tokenizer), order=order, seed=seed,
-                                       progress=progress)
+    if order == "random" and first_group:
+        # present each group in the order the whole list's draw gives it, then map letters back to responses
+        orders = shard_option_orders(n, seed, first_group, len(groups))
+        shown = [[group[i] for i in o] for group, o in zip(groups, orders)]
+        by_letter = mcq_selection_logprobs(teacher, tokenizer, questions, shown, template=template,
+                                           order="identity", batch_size=batch_size, progress=progress)
+        log_p_sel = torch.empty_like(by_letter)
+        for g, o in enumerate(orders):
+            log_p_sel[g, torch.tensor(o)] = by_letter[g]
+    else:  # 'cyclic' and 'identity' orders do not depend on a group's position
+        log_p_sel = mcq_selection_logprobs(teacher, tokenizer, questions, groups, template=template, order=order,
+                                           seed=seed, batch_size=batch_size, progress=progress)
     # $\hat r = (1-\alpha) r + \alpha \log p_{sel}$ (Eq. 9)
     return {"likelihood": likelihood, "log_p_sel": log_p_sel,
             "calibrated": calibrated_reward(likelihood, log_p_sel, alpha)}
@@ -112,6 +210,7 @@ class ListwiseObjective:
     m: int | None = None
     seed: int = 0
     sft_weight: float = 0.0
+    logits_chunk: int | None = None  # None: $WORKBENCH_LOGITS_CHUNK, as student_token_logps reads it
 
     def __post_init__(self):
         self.loss_fn = get_loss(self.loss)
@@ -121,7 +220,7 @@ class ListwiseObjective:
         from workbench.losses.pad import avg_logp_reward
 
         teacher = inputs["teacher_rewards"]  # (B, n)
-        token_logps, mask = student_token_logps(model, inputs)
+        token_logps, mask = student_token_logps(model, inputs, logits_chunk=self.logits_chunk)
         # $r^{stu}(y) = \frac{1}{|y|}\log \pi_\theta(y|x)$, reshaped (B, n)
         student = avg_logp_reward(token_logps, mask).view(teacher.shape)
         if self.m is not None and self.m < teacher.shape[1]:
@@ -139,29 +238,105 @@ class ListwiseObjective:
         return loss, metrics
 
 
-def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
-                  stage_guard=nullcontext, progress: bool | None = None):
-    """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
+REWARD_SIGNALS = ("likelihood", "log_p_sel", "calibrated")
 
-    ``stage_guard`` wraps sampling and scoring (``accelerate``'s ``main_process_first`` lets the main process
-    fill the stage cache that the other processes then read). Returns (log history tagged with the round,
-    prompts, response groups).
+
+class RoundSamples(NamedTuple):
+    """One round's student samples and teacher rewards: P prompts (chat messages), P groups of n responses, and
+    each of ``REWARD_SIGNALS`` as a (P, n) tensor."""
+
+    prompts: list
+    groups: list[list[str]]
+    rewards: dict[str, torch.Tensor]
+
+
+class RoundResult(NamedTuple):
+    """One PAD round: its training log (entries tagged with the round) and the samples it trained on."""
+
+    history: list[dict]
+    samples: RoundSamples
+
+
+def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state=None):
+    """What the vLLM backend samples from in a round: the student as loaded (its ``name_or_path``) in round 0;
+    later, its current weights saved to ``output_dir/vllm_student_round<k>`` (merged if LoRA), because vLLM reads
+    weights from disk, not from the trained model in memory."""
+    if round_ == 0:
+        return student
+    release_vllm_engines()  # the previous round's engine holds the previous weights (and GPU memory)
+    folder = Path(cfg.output_dir) / f"vllm_student_round{round_}"
+    if state is None or state.is_main_process:
+        model = student
+        if hasattr(student, "merge_and_unload"):  # a peft model: vLLM gets base + adapter merged
+            model = copy.deepcopy(student).merge_and_unload()
+        model.save_pretrained(folder)
+        student_tok.save_pretrained(folder)
+    if is_distributed(state):
+        state.wait_for_everyone()
+    return str(folder)
+
+
+def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
+                     state=None, progress: bool = False) -> RoundSamples:
+    """n samples per prompt from the student (§4.1) and their teacher rewards (Eq. 7-9), sharded over processes.
+
+    With several processes (``state``: accelerate's ``PartialState``) each samples and scores only its shard of
+    whole sampling batches, batch b keeping its global seed, and the shards are merged by prompt index
+    (:mod:`workbench.distributed`): every process gets the rows one process computes — the same samples, and
+    the same rewards up to the float rounding of differently composed scoring batches. Each process caches only
+    its own shard (race-free on a shared filesystem).
     """
-    progress = cfg.progress if progress is None else progress
-    with stage_guard():
-        samples = sample_responses(student, student_tok, prompt_texts, n=cfg.n, temperature=cfg.temperature,
-                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + round_,
+    shard = batch_shard(len(prompt_texts), cfg.sampling_batch_size, state)
+    if is_distributed(state):
+        logger.info("process %d of %d: sampling and scoring prompts [%d, %d) of %d (from batch %d)",
+                    state.process_index, state.num_processes, shard.start, shard.stop, len(prompt_texts),
+                    shard.first_batch)
+    records = []
+    if len(shard):
+        source = student
+        if cfg.sampling_backend == "vllm":
+            source = vllm_student_source(cfg, student, student_tok, round_, state)
+        # batch b of the whole list is seeded seed + b; this shard starts at batch first_batch
+        seed = cfg.seed * 1000 + round_ + shard.first_batch
+        samples = sample_responses(source, student_tok, prompt_texts[shard.start : shard.stop], n=cfg.n,
+                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                   batch_size=cfg.sampling_batch_size, seed=seed, backend=cfg.sampling_backend,
                                    progress=progress)
         prompts, groups = group_responses(samples)
         rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                  seed=cfg.seed + round_)
-    rows = datasets.Dataset.from_dict({"prompt": prompts, "responses": groups,
-                                       "teacher_rewards": rewards["calibrated"].tolist()})
-    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight)
+                                  seed=cfg.seed + round_, first_group=shard.start, batch_size=cfg.scoring_batch_size)
+        signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
+        records = [(prompt, group, *(signal[i] for signal in signals))
+                   for i, (prompt, group) in enumerate(zip(prompts, groups))]
+    elif cfg.sampling_backend == "vllm":
+        vllm_student_source(cfg, student, student_tok, round_, state)  # takes part in the save barrier
+    merged = gather_in_order(records, shard, state)
+    prompts = [record[0] for record in merged]
+    groups = [record[1] for record in merged]
+    rewards = {name: torch.tensor([record[2 + k] for record in merged], dtype=torch.float32)
+               for k, name in enumerate(REWARD_SIGNALS)}
+    return RoundSamples(prompts, groups, rewards)
+
+
+def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
+                  state=None, progress: bool | None = None) -> RoundResult:
+    """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
+
+    ``state`` (accelerate's ``PartialState`` under ``accelerate launch``) shards sampling and scoring over the
+    processes and merges the shards, so every process trains on identical rows (:func:`sample_and_score`); the
+    ``Trainer``'s distributed sampler then splits the rows' batches.
+    """
+    progress = cfg.progress if progress is None else progress
+    samples = sample_and_score(cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state,
+                               progress=progress)
+    rows = datasets.Dataset.from_dict({"prompt": samples.prompts, "responses": samples.groups,
+                                       "teacher_rewards": samples.rewards["calibrated"].tolist()})
+    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight,
+                                  logits_chunk=cfg.logits_chunk)
     log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
-                        progress=progress)
-    return [{**entry, "round": round_} for entry in log], prompts, groups
+                        progress=progress, **cfg.training_overrides())
+    return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 
 def run_pad(cfg: PadConfig) -> RunResult:
@@ -181,11 +356,11 @@ def run_pad(cfg: PadConfig) -> RunResult:
     history: list[dict] = []
     rounds = []
     for round_ in range(cfg.iterations):
-        log, prompts, groups = distill_round(cfg, student, student_tok, teacher, teacher_tok,
-                                             [p.text for p in train], round_)
+        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, [p.text for p in train],
+                                     round_)
         history += log
         rounds.append({"round": round_, "train_sample_gold": float(np.mean(
-            [gold_of(p, y) for p, g in zip(prompts, groups) for y in g]))})
+            [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))})
     after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
                             max_new_tokens=cfg.max_new_tokens)
     metrics = {

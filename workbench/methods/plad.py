@@ -7,6 +7,13 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses` (the t
 only its samples), :func:`workbench.losses.plad.make_pseudo_pairs`, the loss registry and ``DistillTrainer``.
 ``run_plad(PladConfig(...))`` is what notebook 07 and the comparison harness call.
 
+**Preference datasets** (``dataset`` = a ``workbench.data`` preset such as ``hh-helpful``, a hub id, or a local
+file read in ``dataset_schema``): D is the dataset's prompts (the pairs' responses are not trained on; the chosen
+response is the reference y of Eq. 5), pseudo-pairs are teacher sample ≻ student sample as on the gym. There is no
+gold reward: no gold evaluation, length buckets, T-S win rate or real pairs (``real_ratio`` must be 0); the run
+reports training metrics and, when ``judge`` names a judge model, its win rate of the trained over the initial
+student on held-out prompts (:func:`workbench.methods.common.no_gold_evaluation`).
+
 Gym defaults (documented departures from the paper, each a parameter):
 
 * **full fine-tuning** (``lora=False``). The paper trains LoRA (r = 8, α = 32, dropout 0.1) for efficiency on 7B
@@ -22,22 +29,25 @@ Gym defaults (documented departures from the paper, each a parameter):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import datasets
 import numpy as np
 import torch
 
-from workbench.encoding import collate_examples
+from workbench.encoding import as_messages, collate_examples
 from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts, no_gold_evaluation,
+                                     policy_answers, preference_splits, training_summary)
 from workbench.sampling import sample_responses
 from workbench.scoring import gather_token_logps
+from workbench.topk_cache import release_memory
 from workbench.trainers import set_threads, train_distill
 
 logger = logging.getLogger("workbench.plad")
@@ -51,11 +61,19 @@ class PladConfig:
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(default="gym", metadata={"help": "'gym' (gold references and gold evaluation)"})
+    dataset: str = field(default="gym", metadata={
+        "help": "'gym' (gold references and gold evaluation) or a preference dataset for workbench.data (preset "
+                "e.g. 'hh-helpful' (§5.1), hub id, or local file): its prompts form D"})
+    dataset_schema: str = field(default="", metadata={
+        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+                "preset's, else TRL's standard format)"})
+    judge: str = field(default="", metadata={
+        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+                "student on held-out prompts ('' = none: training metrics only)"})
     train_prompts: int = field(default=1024, metadata={"help": "size of the distillation set D (prompts only)"})
     data_fraction: float = field(default=1.0, metadata={
         "help": "fraction of D used (PLaD Fig. 4: 5%..100%); a seeded prefix, so smaller sets nest in larger"})
-    eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold evaluation"})
+    eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold (or judge) evaluation"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
     loss: str = field(default="plad_ranking", metadata={
         "help": "'plad_ranking' (Eq. 4) or 'plad_margin' (Eq. 5); paper picks by validation"})
@@ -84,11 +102,22 @@ class PladConfig:
     length_edges: tuple[float, ...] = field(default=DEFAULT_LENGTH_EDGES, metadata={
         "help": "word-count bucket edges of the initial student's answers (PLaD Fig. 3)"})
     seed: int = 0
-    quantization: str | None = None
+    quantization: str | None = field(default=None, metadata={
+        "help": "None or '4bit' / '8bit' for the teacher (and the judge): NF4 is the QLoRA single-GPU setting"})
     output_dir: str = "runs/plad"
     progress: bool = True
 
     def __post_init__(self):
+        if self.quantization == "":
+            self.quantization = None
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
+        if self.dataset != "gym" and self.real_ratio:
+            raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
+                             f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
+        if self.dataset == "gym" and (self.dataset_schema or self.judge):
+            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
+                             f"datasets; the gym has its own prompts and a gold reward")
         if self.loss not in ("plad_ranking", "plad_margin"):
             raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
                              f"'plad_margin' (Eq. 5)")
@@ -229,10 +258,36 @@ def gold_ranked_pair(prompt, teacher_response: str, student_response: str) -> di
     return {"prompt": prompt, "chosen": teacher_response, "rejected": student_response}
 
 
+@dataclass(frozen=True)
+class DatasetPrompt:
+    """A prompt of a preference dataset shaped like a gym prompt: ``text`` (chat messages) and ``answer_text``
+    (the dataset's chosen response: the reference y of Eq. 5)."""
+
+    text: list
+    answer_text: str
+
+
+def _dataset_prompts(cfg, held_out: bool) -> list[DatasetPrompt]:
+    train, test = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
+    rows = test if held_out else train
+    return [DatasetPrompt(p, y) for p, y in zip(rows["prompt"], rows["chosen"])]
+
+
 def distillation_prompts(cfg) -> list:
-    """The distillation set D (gym train prompts, per seed), cut to ``data_fraction`` as a prefix (Fig. 4)."""
-    prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
+    """The distillation set D (gym train prompts per seed, or the dataset's train prompts), cut to
+    ``data_fraction`` as a prefix (Fig. 4)."""
+    if getattr(cfg, "dataset", "gym") == "gym":
+        prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
+    else:
+        prompts = _dataset_prompts(cfg, held_out=False)
     return prompts[: max(1, round(cfg.data_fraction * len(prompts)))]
+
+
+def held_out_prompts(cfg) -> list:
+    """The evaluation prompts: fixed gym test prompts, or the dataset's held-out rows (``preference_splits``)."""
+    if cfg.dataset == "gym":
+        return gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    return _dataset_prompts(cfg, held_out=True)
 
 
 def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_tokens: int, seed: int,
@@ -244,20 +299,27 @@ def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_
 
 
 def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg) -> tuple[list[dict], dict]:
-    """Pseudo-preference rows (teacher ≻ student, Eq. 3) with ``real_ratio`` gold-ordered (Fig. 2), and stats."""
+    """Pseudo-preference rows (teacher ≻ student, Eq. 3) with ``real_ratio`` gold-ordered (Fig. 2), and stats
+    (gold statistics on the gym only; on other data only counts and sample lengths)."""
     texts = [p.text for p in prompts]
-    chat = [[{"role": "user", "content": t}] for t in texts]
+    chat = [as_messages(t) for t in texts]
     y_teacher = teacher_samples(teacher, teacher_tok, prompts, temperature=cfg.temperature,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress)
     y_student = list(sample_responses(student, student_tok, texts, n=1, temperature=cfg.temperature,
                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + 8,
                                       progress=cfg.progress)["response"])
-    real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)]
+    gym = getattr(cfg, "dataset", "gym") == "gym"
+    real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)] if gym else None
     rows, counts = make_pseudo_pairs(chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio,
                                      seed=cfg.seed)
-    answers = {p.text: p.answer_text for p in prompts}
+    answers = {json.dumps(c, sort_keys=True): p.answer_text for c, p in zip(chat, prompts)}
     for row in rows:
-        row["reference"] = answers[row["prompt"][-1]["content"]]  # gold y for Eq. 5 (ambiguity 3)
+        # y for Eq. 5 (ambiguity 3): the gym's gold answer, or the dataset's chosen response
+        row["reference"] = answers[json.dumps(row["prompt"], sort_keys=True)]
+    if not gym:
+        return rows, {**counts, "gold_statistics": "skipped: no gold reward on this dataset",
+                      "teacher_sample_length": float(np.mean([len(y.split()) for y in y_teacher])),
+                      "student_sample_length": float(np.mean([len(y.split()) for y in y_student]))}
     # T-S WR (PLaD Table 1): gold win rate of the teacher's sample over the student's, ties excluded
     gold_t = np.array([gold_of(c, y) for c, y in zip(chat, y_teacher)])
     gold_s = np.array([gold_of(c, y) for c, y in zip(chat, y_student)])
@@ -280,15 +342,20 @@ def run_plad(cfg: PladConfig) -> RunResult:
 
     set_threads()
     started = time.perf_counter()
-    if cfg.dataset != "gym":
-        raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
+    gym = cfg.dataset == "gym"
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
     student, student_tok = load(cfg.student, lora=cfg.lora_config())
-    prompts = distillation_prompts(cfg)
-    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    before = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                             max_new_tokens=cfg.max_new_tokens)
+    prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
+    # held-out answers as the gym's gold evaluation samples them (evaluate_policy's temperature, 0.8)
+    sampling = dict(n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    if gym:
+        before = evaluate_policy(student, student_tok, held_out, **sampling)
+    else:  # no gold reward: the initial student's answers, for a judge
+        held_out = [p.text for p in held_out]
+        before = policy_answers(student, student_tok, held_out, temperature=0.8, **sampling) if cfg.judge else None
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
+    del teacher  # black box: only its samples are needed from here on
+    release_memory()
     if not rows:
         raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
     objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
@@ -296,4 +363,13 @@ def run_plad(cfg: PladConfig) -> RunResult:
     history = train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                             lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                             warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
-    return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats)
+    if gym:
+        return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats,
+                          training=training_summary(history))
+    after = policy_answers(student, student_tok, held_out, temperature=0.8, **sampling) if cfg.judge else None
+    metrics = {"method": cfg.method, "dataset": cfg.dataset, "config": asdict(cfg),
+               **no_gold_evaluation(cfg, held_out, before, after), "pairs": pair_stats,
+               "training": training_summary(history), "seconds": time.perf_counter() - started}
+    result = RunResult(metrics, history, student, student_tok)
+    result.save(cfg.output_dir)
+    return result

@@ -1,0 +1,123 @@
+"""Sampling: a shard of whole batches reproduces the whole list's samples (what sharding over processes relies on);
+the optional vLLM backend fails clearly without vllm and, with a stand-in engine, gets the documented arguments and
+returns the HF backend's schema (vLLM itself is not installable here: no real vLLM run is tested)."""
+
+import sys
+import types
+
+import pytest
+
+from workbench.cache import StageCache
+
+OFF = StageCache(enabled=False)
+PROMPTS = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
+
+
+def test_a_shard_of_whole_batches_seeded_from_its_first_batch_reproduces_the_whole(tiny_models):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    whole = sample_responses(model, tok, PROMPTS, n=3, batch_size=3, seed=5, cache=OFF, progress=False)
+    # batches {0,1,2} {3,4,5} {6}: the shard of batches 1-2 is seeded 5 + 1
+    shard = sample_responses(model, tok, PROMPTS[3:], n=3, batch_size=3, seed=5 + 1, cache=OFF, progress=False)
+    assert shard["response_ids"] == whole["response_ids"][3 * 3 :]
+    assert shard["response"] == whole["response"][3 * 3 :]
+    other_seed = sample_responses(model, tok, PROMPTS[3:], n=3, batch_size=3, seed=5, cache=OFF, progress=False)
+    assert other_seed["response_ids"] != shard["response_ids"]  # the seed offset is what makes them equal
+
+
+def test_unknown_backend_is_refused(tiny_models):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    with pytest.raises(ValueError, match="backend='tgi'"):
+        sample_responses(model, tok, PROMPTS[:1], backend="tgi", cache=OFF)
+
+
+def test_vllm_backend_without_vllm_names_the_install_command(tiny_models, monkeypatch):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, installed or not
+    with pytest.raises(ImportError, match="pip install vllm"):
+        sample_responses(model, tok, PROMPTS[:2], n=2, backend="vllm", cache=OFF, progress=False)
+
+
+class StandInVllm:
+    """A stand-in ``vllm`` module: records engines and requests; each completion is "<k> <k+1>" + eos + junk."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.engines, self.calls = [], []
+        self.module = types.ModuleType("vllm")
+        self.module.LLM = self.llm
+        self.module.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
+
+    def llm(self, **kwargs):
+        engine = types.SimpleNamespace(kwargs=kwargs, generate=self.generate)
+        self.engines.append(engine)
+        return engine
+
+    def generate(self, requests, params, use_tqdm=True):
+        self.calls.append((requests, params))
+        ids = [self.tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(1, 10)]
+        eos, out = self.tokenizer.eos_token_id, []
+        for r, p in enumerate(params):
+            completions = [types.SimpleNamespace(token_ids=[ids[(r + k) % 9], ids[(p.seed + k + 1) % 9], eos, ids[0]])
+                           for k in range(p.n)]
+            out.append(types.SimpleNamespace(outputs=completions))
+        return out
+
+
+@pytest.fixture
+def stand_in_vllm(tiny_models, monkeypatch):
+    from workbench import sampling
+
+    fake = StandInVllm(tiny_models["student"][1])
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setattr(sampling, "_VLLM_ENGINES", {})
+    monkeypatch.setattr(sampling, "default_cache", lambda: OFF)  # samples from a stand-in are never cached
+    return fake
+
+
+def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm):
+    from workbench.encoding import encode_prompt
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    hf = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, cache=OFF, progress=False)
+    out = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, temperature=0.7,
+                           top_p=0.9, backend="vllm", cache=OFF, progress=False)
+    assert out.column_names == hf.column_names and len(out) == len(hf)
+    assert out["prompt_id"] == hf["prompt_id"] and out["sample_id"] == hf["sample_id"]
+    # one engine, built from the loaded model's name_or_path with the seed
+    (engine,) = stand_in_vllm.engines
+    assert engine.kwargs == {"model": model.name_or_path, "seed": 7}
+    (requests, params), = stand_in_vllm.calls
+    assert [r["prompt_token_ids"] for r in requests] == [encode_prompt(tok, p) for p in PROMPTS]
+    assert [p.seed for p in params] == [7, 7, 7, 8, 8, 8, 9]  # batch b of 3 prompts: seed + b, as the HF backend
+    assert {(p.n, p.temperature, p.top_p, p.max_tokens) for p in params} == {(2, 0.7, 0.9, 5)}
+    assert all(len(ids) == 2 for ids in out["response_ids"])  # cut at eos
+    # the same model path again reuses the engine; greedy asks for one answer and repeats it n times
+    greedy = sample_responses(model.name_or_path, tok, PROMPTS[:2], n=3, temperature=0.0, backend="vllm", cache=OFF,
+                              progress=False)
+    assert len(stand_in_vllm.engines) == 1
+    assert {p.n for p in stand_in_vllm.calls[-1][1]} == {1}
+    assert greedy["response"][:3] == [greedy["response"][0]] * 3
+
+
+def test_pad_round_samples_through_vllm_from_the_current_student(tiny_models, stand_in_vllm, tmp_path):
+    from workbench.methods.pad import PadConfig, sample_and_score
+
+    student, tok = tiny_models["student"]
+    teacher, teacher_tok = tiny_models["teacher-dpo"]
+    cfg = PadConfig(n=2, sampling_backend="vllm", sampling_batch_size=2, max_new_tokens=6, output_dir=str(tmp_path),
+                    progress=False)
+    first = sample_and_score(cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 0)
+    assert stand_in_vllm.engines[0].kwargs["model"] == student.name_or_path
+    assert {p.max_tokens for p in stand_in_vllm.calls[0][1]} == {6}
+    assert first.rewards["calibrated"].shape == (3, 2) and len(first.groups[0]) == 2
+    # later rounds: vLLM reads weights from disk, so the trained student is saved and sampled from there
+    sample_and_score(cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 1)
+    assert stand_in_vllm.engines[-1].kwargs["model"] == str(tmp_path / "vllm_student_round1")
+    assert (tmp_path / "vllm_student_round1" / "config.json").exists()

@@ -1,0 +1,78 @@
+"""Sharding a per-item stage (sampling, teacher scoring) across the processes of ``accelerate launch``.
+
+Items are split in whole batches: with B = ⌈items / batch_size⌉ batches, ``PartialState.split_between_processes``
+gives each process a contiguous run of batch indices [b0, b1), i.e. items [b0·batch_size, b1·batch_size). A
+stage seeded per batch (``sample_responses`` seeds batch b with ``seed + b``) computes its shard with
+``seed + b0`` and reproduces exactly the batches one process would compute. ``gather_in_order`` then collects
+every process's per-item results with ``accelerate.utils.gather_object`` and merges them by item index, so every
+process ends up with the same list, in the single-process order.
+
+Caching (race-free on a shared filesystem): each process caches only its own shard, under the key of the shard's
+own inputs (its prompts and first-batch seed), so no two processes ever write the same cache entry and nobody
+waits for another to fill one; the merged result is not cached. A rerun with the same number of processes hits
+every shard's entry; a run with another number of processes (or one process) computes its own shards once.
+With one process (``state`` None or a single process) nothing is split and nothing is gathered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a batched stage: items [start, stop), the first of them in global batch
+    ``first_batch``."""
+
+    start: int
+    stop: int
+    first_batch: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def is_distributed(state) -> bool:
+    """True under a launcher with more than one process."""
+    return state is not None and state.num_processes > 1
+
+
+def batch_shard(items: int, batch_size: int, state=None) -> Shard:
+    """This process's contiguous run of whole batches of ``batch_size`` items (all of them with one process).
+
+    Processes past the last batch (fewer batches than processes) get an empty shard; they still take part in
+    :func:`gather_in_order`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; shards are made of whole batches of at least 1 item")
+    if not is_distributed(state):
+        return Shard(0, items, 0)
+    batches = list(range(math.ceil(items / batch_size)))
+    with state.split_between_processes(batches) as mine:
+        mine = list(mine)
+    if not mine:
+        return Shard(items, items, len(batches))
+    return Shard(mine[0] * batch_size, min(items, (mine[-1] + 1) * batch_size), mine[0])
+
+
+def gather_in_order(rows: list, shard: Shard, state=None) -> list[Any]:
+    """Every process's ``rows`` (one picklable row per item of its shard), merged by item index, on every process.
+
+    The merge sorts by the global item index, so it does not depend on the order in which processes answer; a
+    gap or an overlap between shards is an error rather than a silently misaligned table.
+    """
+    if len(rows) != len(shard):
+        raise ValueError(f"{len(rows)} rows for a shard of {len(shard)} items [{shard.start}, {shard.stop})")
+    if not is_distributed(state):
+        return list(rows)
+    from accelerate.utils import gather_object
+
+    # gather_object concatenates the processes' lists; each entry carries its global index
+    pairs = gather_object([(shard.start + i, row) for i, row in enumerate(rows)])
+    pairs.sort(key=lambda pair: pair[0])
+    indices = [i for i, _ in pairs]
+    if indices != list(range(len(indices))):
+        raise RuntimeError(f"the processes' shards do not tile the items exactly: gathered indices {indices[:20]}...")
+    return [row for _, row in pairs]
