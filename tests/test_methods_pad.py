@@ -1,6 +1,7 @@
 """The PAD pipeline on the tiny gym: config validation, the listwise objective, a full run with metrics."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,32 @@ def test_run_pad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path):
     assert 0.0 <= metrics["gold_after"]["mean"] <= 1.0 and 0.0 <= metrics["win_rate_vs_initial"] <= 1.0
     assert {"tau_student_teacher", "tau_student_gold", "tau_teacher_gold"} <= set(metrics["ranking"])
     assert any("loss" in h for h in result.history) and {h["round"] for h in result.history} == {0, 1}
+
+
+@pytest.mark.parametrize("judge", ["", "gym-tiny-teacher-dpo"])
+def test_run_pad_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(judge, tiny_gym, tmp_path):
+    """Off the gym PAD trains on the dataset's prompts; no gold number is reported (the reason is), the student's
+    agreement with the teacher's ranking is, and a configured judge adds its labelled win rate."""
+    fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
+    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", dataset=str(fixture),
+                    dataset_schema="ultrafeedback", judge=judge, n=2, steps=2, train_prompts=4, eval_prompts=2,
+                    eval_samples=2, batch_size=2, max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    run_pad(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == str(fixture) and metrics["rounds"][0]["prompts"] >= 1
+    assert metrics["gold_before"] is None and metrics["gold_after"] is None and "train_sample_gold" not in \
+        metrics["rounds"][0]
+    assert set(metrics["ranking"]) == {"tau_student_teacher"} and metrics["training"]
+    if judge:
+        assert metrics["judge"]["measurement"] == "judge" and 0 <= metrics["judge"]["win_rate"] <= 1
+        assert "judged by" in metrics["gold_evaluation"]
+    else:
+        assert metrics["judge"] is None and "no judge configured" in metrics["gold_evaluation"]
+
+
+def test_pad_config_rejects_dataset_options_on_the_gym():
+    with pytest.raises(ValueError, match="preference datasets"):
+        PadConfig(judge="gym-tiny-teacher-dpo")
 
 
 def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):

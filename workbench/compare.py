@@ -281,7 +281,7 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
                             max_new_tokens=eval_cfg.max_new_tokens)
     initial, teacher_eval = references["student"], references["teacher"]
     teacher, teacher_tok = load(eval_cfg.teacher)
-    ranking = ranking_agreement(model, tokenizer, teacher, teacher_tok, after["samples"], held_out,
+    ranking = ranking_agreement(model, tokenizer, teacher, teacher_tok, after["samples"],
                                 SimpleNamespace(alpha=eval_cfg.alpha, mcq_order=eval_cfg.mcq_order, seed=seed))
     return {
         **_evaluation_summary(after),

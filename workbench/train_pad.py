@@ -76,7 +76,8 @@ def train_prompts(cfg) -> list:
         return [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)]
     from workbench.data import load_preference_data
 
-    rows = load_preference_data(cfg.dataset, "train", max_rows=cfg.train_prompts, seed=cfg.seed, on_invalid="filter")
+    rows = load_preference_data(cfg.dataset, "train", schema=cfg.dataset_schema or None, max_rows=cfg.train_prompts,
+                                seed=cfg.seed, on_invalid="filter")
     return list(rows["prompt"])
 
 

@@ -28,7 +28,8 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import SAMPLING_BACKENDS, group_responses, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import HELD_OUT_SEED, RunResult, gold_of, gym_prompts, user_text
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, gold_of, gym_prompts, no_gold_evaluation,
+                                     policy_answers, preference_splits, training_summary, user_text)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
                                 set_threads, student_token_logps, train_distill)
 
@@ -41,7 +42,15 @@ class PadConfig:
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(default="gym", metadata={"help": "'gym' or a preference dataset source (prompts used)"})
+    dataset: str = field(default="gym", metadata={
+        "help": "'gym' or a preference dataset for workbench.data (preset e.g. 'ultrafeedback-cleaned', hub id, or "
+                "local file): PAD uses its prompts only and samples its own responses"})
+    dataset_schema: str = field(default="", metadata={
+        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+                "preset's, else TRL's standard format)"})
+    judge: str = field(default="", metadata={
+        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+                "student on held-out prompts ('' = none: teacher agreement and training metrics only)"})
     train_prompts: int = field(default=1024, metadata={"help": "prompts sampled per round"})
     eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold evaluation"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt per round (PAD §4.1: 4)"})
@@ -91,6 +100,9 @@ class PadConfig:
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
+        if self.dataset == "gym" and (self.dataset_schema or self.judge):
+            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
+                             f"datasets; the gym has its own prompts and a gold reward")
         if self.sampling_backend not in SAMPLING_BACKENDS:
             raise ValueError(f"sampling_backend={self.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
@@ -340,40 +352,64 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
 
 
 def run_pad(cfg: PadConfig) -> RunResult:
-    """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``."""
+    """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``.
+
+    On the gym the held-out evaluation is the gold reward; on a preference dataset (no gold reward) the gold
+    fields are None with the reason, the student's ranking agreement with the teacher is still measured, and a
+    ``judge`` model, when named, compares the trained student's answers with the initial student's.
+    """
     from workbench.models import load
 
     set_threads()
     started = time.perf_counter()
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
     student, student_tok = load(cfg.student, lora=True if cfg.lora else None)
-    if cfg.dataset != "gym":
-        raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
-    train = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
-    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    before = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                             max_new_tokens=cfg.max_new_tokens)
+    gold = cfg.dataset == "gym"
+    if gold:
+        train = [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)]
+        held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    else:
+        train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts,
+                                                  cfg.eval_prompts, cfg.seed)
+        train, held_out = list(train_rows["prompt"]), list(held_rows["prompt"])
+    sampling = {"n": cfg.eval_samples, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
+
+    def evaluate():
+        if gold:
+            return evaluate_policy(student, student_tok, held_out, **sampling)
+        # no gold: answers only for a judge
+        return policy_answers(student, student_tok, held_out, temperature=cfg.temperature, **sampling) \
+            if cfg.judge else None
+
+    before = evaluate()
     history: list[dict] = []
     rounds = []
     for round_ in range(cfg.iterations):
-        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, [p.text for p in train],
-                                     round_)
+        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_)
         history += log
-        rounds.append({"round": round_, "train_sample_gold": float(np.mean(
-            [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))})
-    after = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                            max_new_tokens=cfg.max_new_tokens)
+        entry = {"round": round_, "prompts": len(samples.prompts)}
+        if gold:
+            entry["train_sample_gold"] = float(np.mean(
+                [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))
+        rounds.append(entry)
+    after = evaluate()
+    if gold:
+        evaluation = {"gold_before": before["gold"], "gold_after": after["gold"],
+                      "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
+                      "length_before": before["length"], "length_after": after["length"]}
+        held_samples = after["samples"]
+    else:
+        evaluation = no_gold_evaluation(cfg, held_out, before, after)
+        held_samples = sample_responses(student, student_tok, held_out, temperature=cfg.temperature,
+                                        progress=False, **sampling)
     metrics = {
         "method": f"pad-{cfg.loss}",
+        "dataset": cfg.dataset,
         "config": asdict(cfg),
-        "gold_before": before["gold"],
-        "gold_after": after["gold"],
-        "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
-        "length_before": before["length"],
-        "length_after": after["length"],
-        "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, after["samples"], held_out,
-                                     cfg),
+        **evaluation,
+        "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, held_samples, cfg, gold=gold),
         "rounds": rounds,
+        "training": training_summary(history),
         "seconds": time.perf_counter() - started,
     }
     result = RunResult(metrics, history, student, student_tok)
@@ -381,8 +417,9 @@ def run_pad(cfg: PadConfig) -> RunResult:
     return result
 
 
-def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, held_out, cfg) -> dict:
-    """Kendall τ of the student's avg-log-lik ranking with the teacher's calibrated ranking and with gold."""
+def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, cfg, *, gold: bool = True) -> dict:
+    """Kendall τ of the student's avg-log-lik ranking of its held-out samples with the teacher's calibrated
+    ranking, and (gym only) of each with gold."""
     prompts, groups = group_responses(samples)
     n = len(groups[0])
     flat_prompts = [p for p in prompts for _ in range(n)]
@@ -390,10 +427,12 @@ def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, held_
     student_scores = avg_logp_rewards(student, student_tok, flat_prompts, flat).view(-1, n).numpy()
     teacher_scores = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha,
                                      order=cfg.mcq_order, seed=cfg.seed)["calibrated"].numpy()
-    gold = np.array([[gold_of(p, y) for y in g] for p, g in zip(prompts, groups)])
-    return {"tau_student_teacher": mean_kendall_tau(student_scores, teacher_scores),
-            "tau_student_gold": mean_kendall_tau(student_scores, gold),
-            "tau_teacher_gold": mean_kendall_tau(teacher_scores, gold)}
+    out = {"tau_student_teacher": mean_kendall_tau(student_scores, teacher_scores)}
+    if gold:
+        gold_scores = np.array([[gold_of(p, y) for y in g] for p, g in zip(prompts, groups)])
+        out.update(tau_student_gold=mean_kendall_tau(student_scores, gold_scores),
+                   tau_teacher_gold=mean_kendall_tau(teacher_scores, gold_scores))
+    return out
 
 
 def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, prompts: int = 256, seed: int = 0,
