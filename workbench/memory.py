@@ -350,12 +350,19 @@ def kv_cache_bytes(dims: ModelDims, sequences: int, length: int, act_bytes: int)
 
 
 def forward_transient_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int) -> int:
-    """One layer's live tensors in a no-grad forward: residual, q/k/v/out (repeated k, v), gate/up/act, and the
-    T×T scores for eager attention."""
+    """One layer's live tensors in a no-grad forward, at the larger of its two moments (nothing is kept for a
+    backward, so attention's tensors are freed before the MLP runs):
+
+    * attention: the layer's input (also its residual) and its normed copy, q/k/v/out (k, v repeated to the query
+      heads), and the T×T scores for eager attention;
+    * MLP: the layer's input (the caller still holds it), the new residual and its normed copy, and act(gate), up
+      and their product (the gate projection is freed once activated).
+    """
     tokens = sequences * seq_len
-    per_token = act_bytes * (2 * dims.hidden + 4 * dims.q_dim + 3 * dims.intermediate)
     scores = sequences * dims.heads * seq_len * seq_len * (4 + act_bytes) if dims.attention == "eager" else 0
-    return tokens * per_token + scores
+    attention = tokens * act_bytes * (2 * dims.hidden + 4 * dims.q_dim) + scores
+    mlp = tokens * act_bytes * (3 * dims.hidden + 3 * dims.intermediate)
+    return max(attention, mlp)
 
 
 def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes: int) -> int:
