@@ -79,6 +79,9 @@ def test_layer_dropped_student_is_cut_from_the_teacher_and_shares_its_vocabulary
         assert torch.equal(student.model.layers[new].mlp.down_proj.weight, teacher.model.layers[old].mlp.down_proj.weight)
     assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
     check_shared_vocabulary(teacher_tok, student_tok)  # DCKD/ADPA's top-k cache needs it
+    from workbench.memory import model_dims
+
+    assert model_dims("smollm2-135m-instruct-10-layers").layers == 10  # notebooks print an estimate before training
     out = sample_responses(student, student_tok, ["Name a fruit."], n=2, temperature=0.8, max_new_tokens=6,
                            progress=False)
     assert len(out) == 2 and all(len(ids) >= 1 for ids in out["response_ids"])

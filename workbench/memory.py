@@ -184,9 +184,9 @@ def model_dims(name_or_config, model_configs: str | Path | Mapping | None = None
     local = Path(name) / "config.json"
     if local.is_file():
         return dims_from_config(json.loads(local.read_text()), name)
-    from workbench.models import GGUF_PRESETS, resolve
+    from workbench.models import GGUF_PRESETS, LAYER_DROP_PRESETS, resolve
 
-    if name in GGUF_PRESETS:
+    if name in GGUF_PRESETS or name in LAYER_DROP_PRESETS:
         return dims_from_config(json.loads((Path(resolve(name)) / "config.json").read_text()), name)
     from transformers import AutoConfig
 
