@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from workbench.encoding import collate_examples
-from workbench.evaluate import evaluate_policy, mean_ci, win_rate
+from workbench.evaluate import mean_ci, win_rate
 from workbench.gym.build import JUDGE_MIX
 from workbench.losses import get_loss
 from workbench.losses.adpa import (
@@ -47,8 +47,8 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, gold_of, gym_prompts, no_gold_evaluation,
-                                     policy_answers, preference_splits, training_summary)
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, gold_of, gym_prompts,
+                                     held_out_evaluation, no_gold_evaluation, preference_splits, training_summary)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, release_memory, teacher_topk_by_name
@@ -201,9 +201,7 @@ class AdpaConfig:
             raise ValueError(f"steps={self.steps}, dckd_steps={self.dckd_steps}; both must be ≥ 1")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
-        if self.dataset == "gym" and (self.dataset_schema or self.judge):
-            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
-                             f"datasets; the gym has its own pairs and a gold reward")
+        check_dataset_options(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,12 +527,7 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
 
     def evaluate() -> tuple[dict | list | None, float]:
         accuracy = reward_accuracy(student, tokenizer, held_out_pairs) if len(held_out_pairs) else float("nan")
-        sampling = dict(n=cfg.eval_samples, temperature=cfg.temperature, seed=cfg.seed,
-                        max_new_tokens=cfg.max_new_tokens)
-        if gym:  # gold reward of sampled answers
-            return evaluate_policy(student, tokenizer, held_out, **sampling), accuracy
-        # no gold: answers only for a judge
-        return (policy_answers(student, tokenizer, held_out, **sampling) if cfg.judge else None), accuracy
+        return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gym, temperature=cfg.temperature), accuracy
 
     before, accuracy_before = evaluate()
     for stage, name in enumerate(METHOD_STAGES[cfg.method]):

@@ -149,6 +149,25 @@ def no_gold_evaluation(cfg, prompts, answers_before: list[str] | None, answers_a
                       "pairs": len(questions)}}
 
 
+def check_dataset_options(cfg) -> None:
+    """``dataset_schema`` and ``judge`` describe a preference dataset; on the gym they are a mistake."""
+    if cfg.dataset == "gym" and (cfg.dataset_schema or cfg.judge):
+        raise ValueError(f"dataset_schema={cfg.dataset_schema!r}, judge={cfg.judge!r} apply to preference datasets; "
+                         f"the gym has its own data and a gold reward")
+
+
+def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperature: float = 0.8):
+    """What a run measures on its held-out prompts, before and after training: the gym's gold evaluation
+    (``evaluate_policy``), else the answers a judge will compare (None when no judge is configured)."""
+    from workbench.evaluate import evaluate_policy
+
+    sampling = {"n": cfg.eval_samples, "temperature": temperature, "seed": cfg.seed,
+                "max_new_tokens": cfg.max_new_tokens}
+    if gold:
+        return evaluate_policy(model, tokenizer, held_out, **sampling)
+    return policy_answers(model, tokenizer, held_out, **sampling) if cfg.judge else None
+
+
 def policy_answers(model, tokenizer, prompts, *, n: int, temperature: float, seed: int, max_new_tokens: int):
     """``n`` sampled answers per prompt (prompt-major texts), as the judge compares them."""
     from workbench.sampling import sample_responses

@@ -23,13 +23,14 @@ import torch
 from workbench.cache import tokenizer_fingerprint
 from workbench.distributed import batch_shard, gather_in_order, is_distributed
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
-from workbench.evaluate import evaluate_policy, mean_kendall_tau, win_rate
+from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import SAMPLING_BACKENDS, group_responses, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, gold_of, gym_prompts, no_gold_evaluation,
-                                     policy_answers, preference_splits, training_summary, user_text)
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, gold_of, gym_prompts,
+                                     held_out_evaluation, no_gold_evaluation, preference_splits, training_summary,
+                                     user_text)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
                                 set_threads, student_token_logps, train_distill)
 
@@ -100,9 +101,7 @@ class PadConfig:
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
-        if self.dataset == "gym" and (self.dataset_schema or self.judge):
-            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
-                             f"datasets; the gym has its own prompts and a gold reward")
+        check_dataset_options(self)
         if self.sampling_backend not in SAMPLING_BACKENDS:
             raise ValueError(f"sampling_backend={self.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
@@ -372,16 +371,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
         train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts,
                                                   cfg.eval_prompts, cfg.seed)
         train, held_out = list(train_rows["prompt"]), list(held_rows["prompt"])
-    sampling = {"n": cfg.eval_samples, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens}
-
-    def evaluate():
-        if gold:
-            return evaluate_policy(student, student_tok, held_out, **sampling)
-        # no gold: answers only for a judge
-        return policy_answers(student, student_tok, held_out, temperature=cfg.temperature, **sampling) \
-            if cfg.judge else None
-
-    before = evaluate()
+    before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     history: list[dict] = []
     rounds = []
     for round_ in range(cfg.iterations):
@@ -392,7 +382,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
             entry["train_sample_gold"] = float(np.mean(
                 [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))
         rounds.append(entry)
-    after = evaluate()
+    after = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     if gold:
         evaluation = {"gold_before": before["gold"], "gold_after": after["gold"],
                       "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
@@ -400,8 +390,8 @@ def run_pad(cfg: PadConfig) -> RunResult:
         held_samples = after["samples"]
     else:
         evaluation = no_gold_evaluation(cfg, held_out, before, after)
-        held_samples = sample_responses(student, student_tok, held_out, temperature=cfg.temperature,
-                                        progress=False, **sampling)
+        held_samples = sample_responses(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
+                                        max_new_tokens=cfg.max_new_tokens, progress=False)
     metrics = {
         "method": f"pad-{cfg.loss}",
         "dataset": cfg.dataset,

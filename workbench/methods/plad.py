@@ -39,12 +39,12 @@ import numpy as np
 import torch
 
 from workbench.encoding import as_messages, collate_examples
-from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts, no_gold_evaluation,
-                                     policy_answers, preference_splits, training_summary)
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, finish_run, gold_of,
+                                     gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
+                                     training_summary)
 from workbench.sampling import sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
@@ -115,9 +115,7 @@ class PladConfig:
         if self.dataset != "gym" and self.real_ratio:
             raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
-        if self.dataset == "gym" and (self.dataset_schema or self.judge):
-            raise ValueError(f"dataset_schema={self.dataset_schema!r}, judge={self.judge!r} apply to preference "
-                             f"datasets; the gym has its own prompts and a gold reward")
+        check_dataset_options(self)
         if self.loss not in ("plad_ranking", "plad_margin"):
             raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
                              f"'plad_margin' (Eq. 5)")
@@ -346,13 +344,9 @@ def run_plad(cfg: PladConfig) -> RunResult:
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
     student, student_tok = load(cfg.student, lora=cfg.lora_config())
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
-    # held-out answers as the gym's gold evaluation samples them (evaluate_policy's temperature, 0.8)
-    sampling = dict(n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
-    if gym:
-        before = evaluate_policy(student, student_tok, held_out, **sampling)
-    else:  # no gold reward: the initial student's answers, for a judge
+    if not gym:  # no gold reward: plain prompts, for a judge
         held_out = [p.text for p in held_out]
-        before = policy_answers(student, student_tok, held_out, temperature=0.8, **sampling) if cfg.judge else None
+    before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gym)
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
     del teacher  # black box: only its samples are needed from here on
     release_memory()
@@ -366,7 +360,7 @@ def run_plad(cfg: PladConfig) -> RunResult:
     if gym:
         return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats,
                           training=training_summary(history))
-    after = policy_answers(student, student_tok, held_out, temperature=0.8, **sampling) if cfg.judge else None
+    after = held_out_evaluation(cfg, student, student_tok, held_out, gold=False)
     metrics = {"method": cfg.method, "dataset": cfg.dataset, "config": asdict(cfg),
                **no_gold_evaluation(cfg, held_out, before, after), "pairs": pair_stats,
                "training": training_summary(history), "seconds": time.perf_counter() - started}
