@@ -319,14 +319,12 @@ def mcq_selection_logprobs(
     batch_size: int = 32,
     cache: StageCache | None = None,
     progress: bool = False,
-    logits_chunk: int | None = None,
 ) -> torch.Tensor:
     """log p_sel(y_i) (PAD Eq. 8): the judge's probability of y_i's letter, renormalised over the option letters.
 
     ``order='random'`` maps responses to letters at random (the paper); ``'cyclic'`` averages the selection
     probability over the n cyclic shifts of the order, so no response keeps a favoured position. The head is
-    applied at each prompt's last position only ((b, H) -> (b, V)); ``logits_chunk`` is accepted for a uniform
-    signature with :func:`response_token_logps` and has nothing to chunk here.
+    applied at each prompt's last position only ((b, H) -> (b, V)), so there is nothing to chunk.
 
     Args:
         prompts: P user questions (plain text, placed into the template).
@@ -340,7 +338,6 @@ def mcq_selection_logprobs(
     if len(prompts) != len(response_groups):
         raise ValueError(f"{len(prompts)} prompts but {len(response_groups)} response groups")
     (n,) = n_options
-    scoring_chunk(logits_chunk)  # validated only: one position per row needs no chunking
     cache = cache or default_cache()
     key = _score_key(
         model, tokenizer, list(prompts), [list(g) for g in response_groups],
