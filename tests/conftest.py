@@ -2,6 +2,8 @@
 so they never read a user's cached gym or scores; notebooks run by papermill inherit it."""
 
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,71 @@ def tiny_models(tiny_gym):
     from workbench.models import load
 
     return {role: load(f"gym-tiny-{role}", device="cpu") for role in ("teacher-dpo", "teacher-ref", "student")}
+
+
+class StandInVllm:
+    """A stand-in ``vllm`` module (vLLM is not installable here): records engines and requests.
+
+    Sampling: each completion is "<k> <k+1>" + eos + junk. Prompt log-probs (``prompt_logprobs`` set): the real
+    log-softmax of the HF model at the engine's ``model`` folder, in vLLM's output shape (``[None, {id: Logprob}]``
+    per prompt, the given token always included), so the vLLM scoring path can be checked against the HF one.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.engines, self.calls = [], []
+        self.module = types.ModuleType("vllm")
+        self.module.LLM = self.llm
+        self.module.SamplingParams = lambda **kwargs: types.SimpleNamespace(**{"prompt_logprobs": None, **kwargs})
+
+    def llm(self, **kwargs):
+        engine = types.SimpleNamespace(kwargs=kwargs, model=None)
+        engine.generate = lambda requests, params, use_tqdm=True: self.generate(engine, requests, params)
+        self.engines.append(engine)
+        return engine
+
+    def generate(self, engine, requests, params, use_tqdm=True):
+        self.calls.append((requests, params))
+        if not isinstance(params, list):
+            params = [params] * len(requests)
+        if params and params[0].prompt_logprobs is not None:
+            return self.prompt_logprobs(engine, requests)
+        ids = [self.tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(1, 10)]
+        eos, out = self.tokenizer.eos_token_id, []
+        for r, p in enumerate(params):
+            completions = [types.SimpleNamespace(token_ids=[ids[(r + k) % 9], ids[(p.seed + k + 1) % 9], eos, ids[0]])
+                           for k in range(p.n)]
+            out.append(types.SimpleNamespace(outputs=completions))
+        return out
+
+    @staticmethod
+    def prompt_logprobs(engine, requests):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if engine.model is None:
+            engine.model = AutoModelForCausalLM.from_pretrained(engine.kwargs["model"]).eval()
+        out = []
+        for request in requests:
+            ids = request["prompt_token_ids"]
+            with torch.no_grad():
+                logps = engine.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            top = logps.argmax(-1)
+            entries = [None] + [{ids[t]: types.SimpleNamespace(logprob=float(logps[t - 1, ids[t]])),
+                                 int(top[t - 1]): types.SimpleNamespace(logprob=float(logps[t - 1, top[t - 1]]))}
+                                for t in range(1, len(ids))]
+            out.append(types.SimpleNamespace(prompt_logprobs=entries, outputs=[]))
+        return out
+
+
+@pytest.fixture
+def stand_in_vllm(tiny_models, monkeypatch):
+    from workbench import sampling, scoring
+    from workbench.cache import StageCache
+
+    fake = StandInVllm(tiny_models["student"][1])
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setattr(sampling, "_VLLM_ENGINES", {})
+    for module in (sampling, scoring):  # a stand-in's samples and scores are never cached
+        monkeypatch.setattr(module, "default_cache", lambda: StageCache(enabled=False))
+    return fake

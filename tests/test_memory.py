@@ -584,3 +584,21 @@ def test_update_recipe_header_rewrites_only_the_generated_lines(tmp_path):
     (tmp_path / "bare.yaml").write_text("".join(bare))
     with pytest.raises(ValueError, match="no header line"):
         memory.update_recipe_header(tmp_path / "bare.yaml", model_configs=configs)
+
+
+def test_a_vllm_teacher_leaves_the_process_and_vllm_engines_shrink_the_gpu_left_for_training():
+    """``scoring_backend='vllm'``: no teacher weights or scoring phase in the training process; each vLLM engine
+    (student sampling, teacher scoring) reserves its share of the GPU, so ``check_fits`` gives training the rest."""
+    hf = memory.estimate(pad_recipe(), model_configs=CONFIGS)
+    both = memory.estimate(pad_recipe(sampling_backend="vllm", scoring_backend="vllm", vllm_gpu_memory=0.3),
+                           model_configs=CONFIGS)
+    assert hf.assumptions["teacher_params"] > 0 and hf.assumptions["vllm_engines"] == 0
+    assert both.assumptions["teacher_params"] == 0 and both.assumptions["vllm_engines"] == 2
+    assert both.peak_bytes < hf.peak_bytes
+    capacity = 3 * both.peak_bytes  # the run alone fits; with two engines at 30% each, 40% of it is left
+    memory.check_fits(both, capacity)
+    with pytest.raises(memory.WillNotFitError, match="less 2 vLLM engine"):
+        memory.check_fits(both, 2 * both.peak_bytes)
+    default_share = memory.estimate(pad_recipe(sampling_backend="vllm", scoring_backend="vllm"), model_configs=CONFIGS)
+    with pytest.raises(memory.WillNotFitError, match="set vllm_gpu_memory"):
+        memory.check_fits(default_share, 100 * both.peak_bytes)

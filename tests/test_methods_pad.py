@@ -172,3 +172,20 @@ def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_mo
     assert calls["train_distill"][3].logits_chunk == 4  # the ListwiseObjective
     assert len(samples.prompts) == 4 and samples.rewards["calibrated"].shape == (4, 2)
     assert any("loss" in entry for entry in log) and all(entry["round"] == 0 for entry in log)
+
+
+def test_the_accelerate_script_trains_on_the_notebooks_prompts_and_never_on_held_out_ones(tiny_gym, tmp_path):
+    """``workbench.train_pad`` (the ``accelerate launch`` script) and ``run_pad`` (notebook 03) share
+    ``pad_prompts``: on a local file both train on the same rows, disjoint from the held-out carve."""
+    from workbench.methods.pad import pad_prompts
+    from workbench.train_pad import train_pad
+
+    fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
+    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", dataset=str(fixture),
+                    dataset_schema="ultrafeedback", n=2, steps=1, train_prompts=100, eval_prompts=2, batch_size=2,
+                    max_new_tokens=4, output_dir=str(tmp_path), progress=False)
+    train, held_out = pad_prompts(cfg)
+    assert len(held_out) == 2 and train and not {json.dumps(p) for p in train} & {json.dumps(p) for p in held_out}
+    train_pad(cfg, save_model=False, save_rows=True)
+    rows = [json.loads(line) for line in (tmp_path / "rows_round0.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == train

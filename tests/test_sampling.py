@@ -3,9 +3,10 @@ the optional vLLM backend fails clearly without vllm and, with a stand-in engine
 returns the HF backend's schema (vLLM itself is not installable here: no real vLLM run is tested)."""
 
 import sys
-import types
+from pathlib import Path
 
 import pytest
+import torch
 
 from workbench.cache import StageCache
 
@@ -41,43 +42,6 @@ def test_vllm_backend_without_vllm_names_the_install_command(tiny_models, monkey
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, installed or not
     with pytest.raises(ImportError, match="pip install vllm"):
         sample_responses(model, tok, PROMPTS[:2], n=2, backend="vllm", cache=OFF, progress=False)
-
-
-class StandInVllm:
-    """A stand-in ``vllm`` module: records engines and requests; each completion is "<k> <k+1>" + eos + junk."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.engines, self.calls = [], []
-        self.module = types.ModuleType("vllm")
-        self.module.LLM = self.llm
-        self.module.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
-
-    def llm(self, **kwargs):
-        engine = types.SimpleNamespace(kwargs=kwargs, generate=self.generate)
-        self.engines.append(engine)
-        return engine
-
-    def generate(self, requests, params, use_tqdm=True):
-        self.calls.append((requests, params))
-        ids = [self.tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(1, 10)]
-        eos, out = self.tokenizer.eos_token_id, []
-        for r, p in enumerate(params):
-            completions = [types.SimpleNamespace(token_ids=[ids[(r + k) % 9], ids[(p.seed + k + 1) % 9], eos, ids[0]])
-                           for k in range(p.n)]
-            out.append(types.SimpleNamespace(outputs=completions))
-        return out
-
-
-@pytest.fixture
-def stand_in_vllm(tiny_models, monkeypatch):
-    from workbench import sampling
-
-    fake = StandInVllm(tiny_models["student"][1])
-    monkeypatch.setitem(sys.modules, "vllm", fake.module)
-    monkeypatch.setattr(sampling, "_VLLM_ENGINES", {})
-    monkeypatch.setattr(sampling, "default_cache", lambda: OFF)  # samples from a stand-in are never cached
-    return fake
 
 
 def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm):
@@ -121,3 +85,33 @@ def test_pad_round_samples_through_vllm_from_the_current_student(tiny_models, st
     sample_and_score(cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 1)
     assert stand_in_vllm.engines[-1].kwargs["model"] == str(tmp_path / "vllm_student_round1")
     assert (tmp_path / "vllm_student_round1" / "config.json").exists()
+
+
+def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_across_rounds(tiny_models,
+                                                                                             stand_in_vllm, tmp_path):
+    """``scoring_backend='vllm'``: the teacher is never loaded (folder + tokenizer only), its rewards equal the HF
+    teacher's, and a new round's student engine replaces the old student engine only."""
+    from workbench import sampling
+    from workbench.methods.pad import PadConfig, load_teacher, sample_and_score
+
+    student, tok = tiny_models["student"]
+    common = dict(teacher="gym-tiny-teacher-dpo", n=2, sampling_batch_size=2, max_new_tokens=6,
+                  output_dir=str(tmp_path), progress=False)
+    hf_cfg = PadConfig(**common)
+    vllm_cfg = PadConfig(**common, scoring_backend="vllm", sampling_backend="vllm", vllm_gpu_memory=0.3)
+    teacher, teacher_tok = load_teacher(vllm_cfg)
+    assert isinstance(teacher, str) and (Path(teacher) / "config.json").exists()
+    by_vllm = sample_and_score(vllm_cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 0)
+    # the same samples scored by the loaded teacher
+    hf_teacher, hf_tok = load_teacher(hf_cfg)
+    from workbench.methods.pad import teacher_rewards
+
+    by_hf = teacher_rewards(hf_teacher, hf_tok, by_vllm.prompts, by_vllm.groups, alpha=hf_cfg.alpha, seed=0)
+    for name, values in by_hf.items():
+        torch.testing.assert_close(by_vllm.rewards[name], values, atol=1e-5, rtol=1e-5)
+    assert {e.kwargs["model"] for e in stand_in_vllm.engines} == {student.name_or_path, teacher}
+    assert all(e.kwargs["gpu_memory_utilization"] == 0.3 for e in stand_in_vllm.engines)
+    sample_and_score(vllm_cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 1)
+    assert set(sampling._VLLM_ENGINES) == {teacher, str(tmp_path / "vllm_student_round1")}
+    with pytest.raises(ValueError, match="scoring_backend='tgi'"):
+        PadConfig(scoring_backend="tgi")

@@ -316,3 +316,43 @@ def test_scoring_chunk_reads_the_environment_and_refuses_nonsense(monkeypatch):
     assert scoring_chunk() == 128
     with pytest.raises(ValueError, match="positive"):
         scoring_chunk(0)
+
+
+def test_vllm_scoring_equals_hf_scoring_through_a_stand_in_engine(tiny_models, stand_in_vllm):
+    """The vLLM scoring path (prompt log-probs of prompt + response, and of MCQ prompt + each letter) gives the HF
+    path's numbers when the engine's log-probs are the same model's (the stand-in computes them with HF)."""
+    from workbench.cache import StageCache
+    from workbench.gym.world import GYM_MCQ_TEMPLATE
+    from workbench.scoring import mcq_selection_logprobs, response_token_logps
+
+    off = StageCache(enabled=False)
+    model, tok = tiny_models["teacher-dpo"]
+    prompts = ["sort 3 1 2", "max 1 9", "add 2 2"]
+    responses = ["1 2 3", "sure here is the answer 9", "4 4 4 4 4 4"]
+    for max_length in (None, 12):  # 12 cuts the long rows' prompts from the left, as the HF collator does
+        hf = response_token_logps(model, tok, prompts, responses, max_length=max_length, cache=off)
+        vllm = response_token_logps(model, tok, prompts, responses, max_length=max_length, cache=off,
+                                    backend="vllm", engine_options={"dtype": "float32"})
+        assert torch.equal(vllm[1], hf[1])
+        torch.testing.assert_close(vllm[0], hf[0], atol=1e-5, rtol=1e-5)
+    assert stand_in_vllm.engines[0].kwargs == {"model": model.name_or_path, "seed": 0, "dtype": "float32"}
+    groups = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "1", "sure 9"], ["4", "5", "22"]]
+    for order in ("random", "cyclic"):
+        hf = mcq_selection_logprobs(model, tok, prompts, groups, template=GYM_MCQ_TEMPLATE, order=order, cache=off)
+        vllm = mcq_selection_logprobs(model.name_or_path, tok, prompts, groups, template=GYM_MCQ_TEMPLATE,
+                                      order=order, cache=off, backend="vllm")
+        torch.testing.assert_close(vllm, hf, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="backend='tgi'"):
+        response_token_logps(model, tok, prompts, responses, backend="tgi", cache=off)
+
+
+def test_vllm_scoring_without_vllm_names_the_install_command(tiny_models, monkeypatch):
+    import sys
+
+    from workbench.cache import StageCache
+    from workbench.scoring import avg_logp_rewards
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    model, tok = tiny_models["teacher-dpo"]
+    with pytest.raises(ImportError, match="pip install vllm"):
+        avg_logp_rewards(model, tok, ["sort 2 1"], ["1 2"], backend="vllm", cache=StageCache(enabled=False))

@@ -30,7 +30,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -282,7 +281,7 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
     initial, teacher_eval = references["student"], references["teacher"]
     teacher, teacher_tok = load(eval_cfg.teacher)
     ranking = ranking_agreement(model, tokenizer, teacher, teacher_tok, after["samples"],
-                                SimpleNamespace(alpha=eval_cfg.alpha, mcq_order=eval_cfg.mcq_order, seed=seed))
+                                alpha=eval_cfg.alpha, mcq_order=eval_cfg.mcq_order, seed=seed)
     return {
         **_evaluation_summary(after),
         "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),

@@ -53,6 +53,17 @@ def encode_example(tokenizer, prompt: PromptLike, response: str) -> tuple[list[i
     return prompt_ids, response_ids
 
 
+def encode_within(tokenizer, prompt: PromptLike, response: str,
+                  max_length: int | None) -> tuple[list[int], list[int], bool]:
+    """:func:`encode_example` cut to ``max_length`` tokens: an over-long row keeps its response and loses prompt
+    tokens from the left (at least one prompt token stays). Returns (prompt ids, response ids, whether cut)."""
+    prompt_ids, response_ids = encode_example(tokenizer, prompt, response)
+    if max_length is None or len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids, response_ids, False
+    keep = max(max_length - len(response_ids), 1)
+    return prompt_ids[-keep:], response_ids[: max_length - keep], True
+
+
 def collate_examples(
     tokenizer,
     prompts: Sequence[PromptLike],
@@ -68,14 +79,10 @@ def collate_examples(
     """
     import torch
 
-    rows, truncated = [], 0
-    for prompt, response in zip(prompts, responses, strict=True):
-        prompt_ids, response_ids = encode_example(tokenizer, prompt, response)
-        if max_length is not None and len(prompt_ids) + len(response_ids) > max_length:
-            truncated += 1
-            keep = max(max_length - len(response_ids), 1)
-            prompt_ids, response_ids = prompt_ids[-keep:], response_ids[: max_length - keep]
-        rows.append((prompt_ids, response_ids))
+    rows = [encode_within(tokenizer, prompt, response, max_length)
+            for prompt, response in zip(prompts, responses, strict=True)]
+    truncated = sum(cut for _, _, cut in rows)
+    rows = [(prompt_ids, response_ids) for prompt_ids, response_ids, _ in rows]
     width = max(len(p) + len(r) for p, r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)

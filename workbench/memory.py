@@ -399,6 +399,9 @@ def scoring_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int,
 # --- the run ---
 
 
+VLLM_DEFAULT_GPU_SHARE = 0.9  # vllm.LLM(gpu_memory_utilization=...)'s default
+
+
 @dataclass
 class RunShape:
     """The parts of a run's configuration that decide its memory (PadConfig / notebook parameters map here)."""
@@ -429,6 +432,9 @@ class RunShape:
         "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
+    vllm_engines: int = field(default=0, metadata={
+        "help": "vLLM engines sharing the GPU (student sampling, teacher scoring): each reserves vllm_gpu_memory"})
+    vllm_gpu_memory: float = field(default=0.0, metadata={"help": "GPU share per vLLM engine (0: vLLM's 0.9)"})
     device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
     dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "
                                                               "float32, as workbench.models.load)"})
@@ -497,6 +503,10 @@ def run_shape(cfg_or_dict, **overrides) -> RunShape:
         values = dict(cfg_or_dict)
     for key, value in _method_defaults(values).items():
         values.setdefault(key, value)
+    backends = [values.get("sampling_backend"), values.get("scoring_backend")]
+    values.setdefault("vllm_engines", backends.count("vllm"))
+    if values.get("scoring_backend") == "vllm":  # the teacher is served by vLLM, not loaded in this process
+        values.setdefault("teacher_cached", True)
     if values.get("prompt_tokens") is None:  # gym prompts are short; real datasets: PAD filters long prompts
         values["prompt_tokens"] = 24 if str(values.get("dataset", "gym")) == "gym" else 512
     values.update(overrides)
@@ -663,6 +673,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         "lora": shape.lora, "gradient_checkpointing": shape.gradient_checkpointing,
         "logits_chunk": shape.logits_chunk, "teacher_cached": shape.teacher_cached,
         "strategy": shape.strategy, "world_size": world, "training_peak_at": worst,
+        "vllm_engines": shape.vllm_engines, "vllm_gpu_memory": shape.vllm_gpu_memory or VLLM_DEFAULT_GPU_SHARE,
     }
     return MemoryEstimate(int(sum(phases[peak_phase].values())), peak_phase,
                           {k: {t: int(v) for t, v in terms.items()} for k, terms in phases.items()}, assumptions)
@@ -715,6 +726,17 @@ def check_fits(estimate: MemoryEstimate, device="cuda", *, headroom: float = 0.0
     ``device``: 'cuda', 'cuda:N', 'cpu', a torch.device, or a capacity in bytes.
     """
     capacity, described = device_memory_bytes(device)
+    engines = estimate.assumptions.get("vllm_engines", 0)
+    if engines and estimate.assumptions.get("device", "cuda").startswith("cuda"):
+        share = estimate.assumptions["vllm_gpu_memory"]
+        if engines * share >= 1:
+            raise WillNotFitError(
+                f"{engines} vLLM engines reserving {share:.0%} of the GPU each leave nothing for training; set "
+                "vllm_gpu_memory (e.g. 0.3) so engines and training share the GPU"
+            )
+        # vLLM engines sit on the same GPU: training gets what they leave
+        capacity *= 1 - engines * share
+        described += f", less {engines} vLLM engine(s) at {share:.0%} each"
     needed = estimate.peak_bytes * (1 + headroom)
     if needed > capacity:
         tips = "; ".join(suggestions(estimate.assumptions))

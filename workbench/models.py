@@ -235,6 +235,20 @@ def lora_config(lora):
     raise TypeError(f"lora={lora!r}; pass a peft.LoraConfig, a dict of its fields, True or None")
 
 
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The tokenizer :func:`load` returns with the model (pad token and chat template ensured), without the model:
+    for callers whose model runs elsewhere (a vLLM engine)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        logger.warning("%s has no chat template; using a plain 'Role: text' template", name_or_path)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tokenizer
+
+
 def load(
     name_or_path: str,
     *,
@@ -258,7 +272,7 @@ def load(
     Returns:
         (model, tokenizer); the tokenizer always has a pad token and a chat template.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -271,12 +285,7 @@ def load(
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        logger.warning("%s has no chat template; using a plain 'Role: text' template", name_or_path)
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None and lora is not False:

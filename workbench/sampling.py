@@ -122,9 +122,14 @@ def vllm_engine(source: str, seed: int = 0, **options):
     return _VLLM_ENGINES[source]
 
 
-def release_vllm_engines() -> None:
-    """Drop the built vLLM engines (their GPU memory is freed once nothing else refers to them)."""
-    _VLLM_ENGINES.clear()
+def release_vllm_engines(*sources) -> None:
+    """Drop the vLLM engines of ``sources`` (model names / folders / loaded models), or all engines when none is
+    named; their GPU memory is freed once nothing else refers to them."""
+    if sources:
+        for source in sources:
+            _VLLM_ENGINES.pop(model_source(source), None)
+    else:
+        _VLLM_ENGINES.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -153,6 +158,23 @@ def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, ma
         completions = [_response_ids(list(c.token_ids), tokenizer) for c in output.outputs]
         ids += completions if sampling else completions[:1] * n
     return ids
+
+
+def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_options: dict | None = None,
+                         progress: bool = False) -> list[list[float]]:
+    """log p(token_t | tokens_<t) at each position t ≥ 1 of each token list, from a vLLM engine's prompt log-probs
+    (``SamplingParams(prompt_logprobs=0)``: the given token's own log-prob, of the raw logits; one generated token
+    is discarded). Position 0 has no context and gets NaN. ``model`` is a hub id / folder or a loaded model's
+    ``name_or_path``, as for sampling."""
+    vllm = import_vllm()
+    engine = vllm_engine(model_source(model), **(engine_options or {}))
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in token_ids], params, use_tqdm=progress)
+    rows = []
+    for ids, output in zip(token_ids, outputs):  # in request order
+        entries = output.prompt_logprobs  # [None, {token id: Logprob}, ...]
+        rows.append([float("nan")] + [entries[t][ids[t]].logprob for t in range(1, len(ids))])
+    return rows
 
 
 SAMPLING_BACKENDS = {"hf": hf_generate, "vllm": vllm_generate}

@@ -146,13 +146,38 @@ def batch_response_token_logps(model, input_ids: torch.Tensor, attention_mask: t
     return torch.cat(parts) if parts else torch.zeros(0, device=input_ids.device)
 
 
-def _score_key(model, tokenizer, prompts, responses, **params):
-    return {
-        "model": model_fingerprint(model),
+SCORING_BACKENDS = ("hf", "vllm")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in SCORING_BACKENDS:
+        raise ValueError(f"backend={backend!r}; use one of {list(SCORING_BACKENDS)} (vllm: pip install vllm)")
+
+
+def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", **params):
+    from workbench.sampling import model_source, source_fingerprint
+
+    key = {
+        # vLLM reads the weights from the model's folder / hub id, so that is what identifies them
+        "model": model_fingerprint(model) if backend == "hf" else source_fingerprint(model_source(model)),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "texts": content_hash([[as_messages(p) for p in prompts], list(responses)]),
         **params,
     }
+    if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
+        key["backend"] = backend
+    return key
+
+
+def _pack(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (N, T) values, 0-padded, and their (N, T) bool mask."""
+    width = max((len(r) for r in rows), default=0)
+    packed = torch.zeros(len(rows), width)
+    packed_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        packed[i, : len(row)] = row
+        packed_mask[i, : len(row)] = True
+    return packed, packed_mask
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool):
@@ -170,11 +195,16 @@ def response_token_logps(
     cache: StageCache | None = None,
     progress: bool = False,
     logits_chunk: int | None = None,
+    backend: str = "hf",
+    engine_options: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each response given its prompt, over response tokens only.
 
-    The head is applied to response positions only, ``logits_chunk`` positions per row at a time (default
-    ``$WORKBENCH_LOGITS_CHUNK``, else 256): at most (batch_size, logits_chunk, V) float32 logits exist.
+    ``backend="hf"``: the loaded ``model``; the head is applied to response positions only, ``logits_chunk``
+    positions per row at a time (default ``$WORKBENCH_LOGITS_CHUNK``, else 256): at most
+    (batch_size, logits_chunk, V) float32 logits exist. ``backend="vllm"`` (optional, ``pip install vllm``): a
+    vLLM engine on the weights at ``model`` (hub id / folder, or a loaded model's ``name_or_path``) returns each
+    given token's log-prob (its prompt log-probs); ``engine_options`` go to ``vllm.LLM``.
 
     Returns:
         token_logps: (N, T) log p(y_t | y_<t, x), 0 where masked.
@@ -182,12 +212,29 @@ def response_token_logps(
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
+    _check_backend(backend)
     chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
     # the chunk changes memory, not the numbers: it stays out of the key
-    key = _score_key(model, tokenizer, prompts, responses, stage="token_logps", max_length=max_length, packed=True)
+    key = _score_key(model, tokenizer, prompts, responses, backend, stage="token_logps", max_length=max_length,
+                     packed=True)
+
+    def compute_vllm():
+        from workbench.encoding import encode_within
+        from workbench.sampling import vllm_prompt_logprobs
+
+        encoded = [encode_within(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+        if any(cut for _, _, cut in encoded):
+            logger.warning("%d of %d rows truncated to max_length=%s", sum(c for _, _, c in encoded),
+                           len(encoded), max_length)
+        logps = vllm_prompt_logprobs(model, [p + r for p, r, _ in encoded], engine_options=engine_options,
+                                     progress=progress)
+        # token t of the row is scored at t: the response's tokens start at len(prompt ids)
+        return _pack([torch.tensor(row[len(p):], dtype=torch.float32) for row, (p, _, _) in zip(logps, encoded)])
 
     def compute():
+        if backend == "vllm":
+            return compute_vllm()
         rows = []
         was_training = model.training
         model.eval()
@@ -204,13 +251,7 @@ def response_token_logps(
             rows.extend(flat.split(target.sum(-1).tolist()))
         model.train(was_training)
         # packed once: the cache stores two tensors, not one tensor per response
-        width = max((len(r) for r in rows), default=0)
-        packed = torch.zeros(len(rows), width)
-        packed_mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            packed[i, : len(row)] = row
-            packed_mask[i, : len(row)] = True
-        return packed, packed_mask
+        return _pack(rows)
 
     token_logps, mask = cache.get_or_compute("token_logps", key, compute)
     return token_logps, mask
@@ -307,6 +348,46 @@ def _orders(n: int, order: str, rng: random.Random) -> list[list[int]]:
     raise ValueError(f"order={order!r}; use 'random' (the paper), 'cyclic' or 'identity'")
 
 
+def _hf_letter_logits(model, tokenizer, encoded: list[list[int]], letter_ids: list[list[int]], batch_size: int,
+                      progress: bool) -> torch.Tensor:
+    """Each option letter's logit after each tokenized MCQ prompt, summed over its spellings: (texts, n)."""
+    out = []
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in _batches(len(encoded), batch_size, "mcq", progress):
+        chunk = encoded[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([e + [pad] * (width - len(e)) for e in chunk])
+        attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in chunk])
+        last = torch.tensor([len(e) - 1 for e in chunk])
+        with torch.no_grad():
+            next_logits = last_position_logits(model, ids.to(model.device), attention.to(model.device),
+                                               last.to(model.device)).cpu()  # (b, V)
+        # a letter's logit sums its spellings: $\log \sum_{s} e^{f(s)}$
+        out.append(torch.stack([torch.logsumexp(next_logits[:, i], -1) for i in letter_ids], -1))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _vllm_letter_logits(model, encoded: list[list[int]], letter_ids: list[list[int]], engine_options: dict | None,
+                        progress: bool) -> torch.Tensor:
+    """As :func:`_hf_letter_logits` from a vLLM engine: each prompt + each letter spelling is one request whose
+    last prompt log-prob is log p(spelling | prompt) (= its logit up to the prompt's log-normaliser, which the
+    renormalisation over letters cancels)."""
+    from workbench.sampling import vllm_prompt_logprobs
+
+    spellings = [i for ids in letter_ids for i in ids]
+    logps = vllm_prompt_logprobs(model, [e + [s] for e in encoded for s in spellings], engine_options=engine_options,
+                                 progress=progress)
+    last = torch.tensor([row[-1] for row in logps], dtype=torch.float32).view(len(encoded), len(spellings))
+    groups, start = [], 0
+    for ids in letter_ids:
+        groups.append(torch.logsumexp(last[:, start : start + len(ids)], -1))
+        start += len(ids)
+    return torch.stack(groups, -1)
+
+
 def mcq_selection_logprobs(
     model,
     tokenizer,
@@ -319,12 +400,15 @@ def mcq_selection_logprobs(
     batch_size: int = 32,
     cache: StageCache | None = None,
     progress: bool = False,
+    backend: str = "hf",
+    engine_options: dict | None = None,
 ) -> torch.Tensor:
     """log p_sel(y_i) (PAD Eq. 8): the judge's probability of y_i's letter, renormalised over the option letters.
 
     ``order='random'`` maps responses to letters at random (the paper); ``'cyclic'`` averages the selection
     probability over the n cyclic shifts of the order, so no response keeps a favoured position. The head is
     applied at each prompt's last position only ((b, H) -> (b, V)), so there is nothing to chunk.
+    ``backend="vllm"`` reads the letters' log-probs from a vLLM engine instead (see :func:`response_token_logps`).
 
     Args:
         prompts: P user questions (plain text, placed into the template).
@@ -338,9 +422,10 @@ def mcq_selection_logprobs(
     if len(prompts) != len(response_groups):
         raise ValueError(f"{len(prompts)} prompts but {len(response_groups)} response groups")
     (n,) = n_options
+    _check_backend(backend)
     cache = cache or default_cache()
     key = _score_key(
-        model, tokenizer, list(prompts), [list(g) for g in response_groups],
+        model, tokenizer, list(prompts), [list(g) for g in response_groups], backend,
         stage="mcq", template=repr(template), order=order, seed=seed,
     )
 
@@ -354,31 +439,20 @@ def mcq_selection_logprobs(
                 question = template.render(prompt, [group[i] for i in o])
                 texts.append(prompt_text(tokenizer, question))
         letter_ids = option_letter_ids(tokenizer, texts[0], template.letters[:n])
+        encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if backend == "vllm":
+            letter_logits = _vllm_letter_logits(model, encoded, letter_ids, engine_options, progress)
+        else:
+            letter_logits = _hf_letter_logits(model, tokenizer, encoded, letter_ids, batch_size, progress)
+        # renormalise over the option letters: $p_{sel}(c_j) = e^{f(c_j)} / \sum_{j'} e^{f(c_{j'})}$
+        letter_logps = letter_logits.log_softmax(-1)  # (texts, n) by letter position
         log_sel = torch.full((len(prompts), n), float("-inf"))
         counts = torch.zeros(len(prompts), 1)
-        was_training = model.training
-        model.eval()
-        for start in _batches(len(texts), batch_size, "mcq", progress):
-            chunk = texts[start : start + batch_size]
-            encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chunk]
-            width = max(map(len, encoded))
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded])
-            attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
-            last = torch.tensor([len(e) - 1 for e in encoded])
-            with torch.no_grad():
-                next_logits = last_position_logits(model, ids.to(model.device), attention.to(model.device),
-                                                   last.to(model.device)).cpu()  # (b, V)
-            # a letter's logit sums its spellings: $\log \sum_{s} e^{f(s)}$
-            letter_logits = torch.stack([torch.logsumexp(next_logits[:, i], -1) for i in letter_ids], -1)
-            # renormalise over the option letters: $p_{sel}(c_j) = e^{f(c_j)} / \sum_{j'} e^{f(c_{j'})}$
-            letter_logps = letter_logits.log_softmax(-1)  # (b, n) by letter position
-            for (g, o), row in zip(jobs[start : start + batch_size], letter_logps):
-                by_response = torch.empty(n)
-                by_response[torch.tensor(o)] = row
-                log_sel[g] = torch.logaddexp(log_sel[g], by_response)
-                counts[g] += 1
-        model.train(was_training)
+        for (g, o), row in zip(jobs, letter_logps):
+            by_response = torch.empty(n)
+            by_response[torch.tensor(o)] = row
+            log_sel[g] = torch.logaddexp(log_sel[g], by_response)
+            counts[g] += 1
         # mean probability over the presented orders
         return log_sel - counts.log()
 

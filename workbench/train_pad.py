@@ -20,7 +20,8 @@ so no two processes write the same cache entry. Prompts come from the gym or, fo
 ``workbench.data.load_preference_data`` (prompts only: PAD samples its own responses).
 
 Full-size knobs are parameters like any other (``gradient_accumulation_steps``, ``gradient_checkpointing``,
-``logits_chunk``, ``max_new_tokens``, ``sampling_batch_size``, ``scoring_batch_size``, ``sampling_backend``);
+``logits_chunk``, ``max_new_tokens``, ``sampling_batch_size``, ``scoring_batch_size``, ``sampling_backend``,
+``scoring_backend``, ``vllm_gpu_memory``);
 ``$WORKBENCH_TRAINING_ARGS`` / ``$WORKBENCH_LOGITS_CHUNK`` still override them at launch.
 
 Outputs (main process): ``history.json`` (the training log: loss curve), ``config.json``, with ``-p save_rows
@@ -68,19 +69,6 @@ def pad_config(params: dict):
     return PadConfig(**{k: v for k, v in values.items() if k in known})
 
 
-def train_prompts(cfg) -> list:
-    """The prompts of a run: gym prompts (train split) or the prompts of a preference dataset."""
-    if cfg.dataset == "gym":
-        from workbench.methods.common import gym_prompts
-
-        return [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)]
-    from workbench.data import load_preference_data
-
-    rows = load_preference_data(cfg.dataset, "train", schema=cfg.dataset_schema or None, max_rows=cfg.train_prompts,
-                                seed=cfg.seed, on_invalid="filter")
-    return list(rows["prompt"])
-
-
 def save_round_rows(path: Path, samples) -> None:
     """One JSON line per prompt: prompt, responses and each teacher reward signal (floats written exactly)."""
     signals = {name: values.tolist() for name, values in samples.rewards.items()}
@@ -94,7 +82,7 @@ def train_pad(cfg, *, save_model: bool = True, save_rows: bool = False) -> list[
     """Sample → teacher rewards → listwise distillation for ``cfg.iterations`` rounds; returns the log history."""
     from accelerate import PartialState
 
-    from workbench.methods.pad import distill_round
+    from workbench.methods.pad import distill_round, load_teacher, pad_prompts
     from workbench.models import load
     from workbench.trainers import set_threads
 
@@ -105,9 +93,9 @@ def train_pad(cfg, *, save_model: bool = True, save_rows: bool = False) -> list[
     state = PartialState(cpu=not torch.cuda.is_available())
     device = "cpu" if state.device.type == "cpu" else str(state.device)
     started = time.perf_counter()
-    teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization, device=device)
+    teacher, teacher_tok = load_teacher(cfg, device=device)
     student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device)
-    prompts_text = train_prompts(cfg)
+    prompts_text, _ = pad_prompts(cfg)
     out = Path(cfg.output_dir)
     history: list[dict] = []
     for round_ in range(cfg.iterations):

@@ -26,8 +26,14 @@ from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
-from workbench.sampling import SAMPLING_BACKENDS, group_responses, release_vllm_engines, sample_responses
-from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
+from workbench.sampling import (
+    SAMPLING_BACKENDS,
+    group_responses,
+    model_source,
+    release_vllm_engines,
+    sample_responses,
+)
+from workbench.scoring import SCORING_BACKENDS, avg_logp_rewards, mcq_selection_logprobs
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, gold_of, gym_prompts,
                                      held_out_evaluation, no_gold_evaluation, preference_splits, training_summary,
                                      user_text)
@@ -71,6 +77,12 @@ class PadConfig:
         "help": "sequences per teacher forward pass (likelihood and MCQ scoring)"})
     sampling_backend: str = field(default="hf", metadata={
         "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm)"})
+    scoring_backend: str = field(default="hf", metadata={
+        "help": "'hf' (the loaded teacher) or 'vllm' (optional: pip install vllm; the teacher's weights are served by "
+                "a vLLM engine and never loaded into the training process)"})
+    vllm_gpu_memory: float = field(default=0.0, metadata={
+        "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
+                "the student trains on the same GPU)"})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 8e-7 / 1e-6 on 2B-3B models)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
@@ -104,6 +116,11 @@ class PadConfig:
         check_dataset_options(self)
         if self.sampling_backend not in SAMPLING_BACKENDS:
             raise ValueError(f"sampling_backend={self.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+        if self.scoring_backend not in SCORING_BACKENDS:
+            raise ValueError(f"scoring_backend={self.scoring_backend!r}; use one of {list(SCORING_BACKENDS)}")
+        if not 0.0 <= self.vllm_gpu_memory <= 1.0:
+            raise ValueError(f"vllm_gpu_memory={self.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for "
+                             "vLLM's default")
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
@@ -125,6 +142,10 @@ class PadConfig:
             if chunk != self.logits_chunk:
                 logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
             self.logits_chunk = chunk
+
+    def vllm_engine_options(self) -> dict:
+        """``vllm.LLM`` options of the run's engines (student sampling, teacher scoring)."""
+        return {"gpu_memory_utilization": self.vllm_gpu_memory} if self.vllm_gpu_memory else {}
 
     def training_overrides(self) -> dict:
         """``TrainingArguments`` of the full-size knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
@@ -174,34 +195,36 @@ def shard_option_orders(n: int, seed: int, first_group: int, groups: int) -> lis
 
 
 def teacher_rewards(teacher, tokenizer, prompts, groups, *, alpha: float, order: str = "random", seed: int = 0,
-                    first_group: int = 0, batch_size: int = 32, progress: bool = False) -> dict[str, torch.Tensor]:
+                    first_group: int = 0, batch_size: int = 32, progress: bool = False, backend: str = "hf",
+                    engine_options: dict | None = None) -> dict[str, torch.Tensor]:
     """Teacher rewards per response group (PAD §4.2): avg log-lik r, MCQ log p_sel and calibrated r̂, each (P, n).
 
     ``first_group`` > 0 scores a shard: ``groups`` are groups [first_group, first_group + P) of a longer list
     scored with the same ``seed``, and get the option orders the whole list would show them, so the shards'
-    rewards merge into the single-process rewards.
+    rewards merge into the single-process rewards. ``backend="vllm"`` scores with a vLLM engine on the weights at
+    ``teacher`` (a folder / hub id, or a loaded model's ``name_or_path``).
     """
     n = len(groups[0])
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [y for g in groups for y in g]
     questions = [user_text(p) for p in prompts]
     template = mcq_template_for(tokenizer)
+    where = dict(batch_size=batch_size, progress=progress, backend=backend, engine_options=engine_options)
     # $r^{tch}(y) = \frac{1}{|y|}\log p(y|x)$ (Eq. 7)
-    likelihood = avg_logp_rewards(teacher, tokenizer, flat_prompts, flat, batch_size=batch_size,
-                                  progress=progress).view(-1, n)
+    likelihood = avg_logp_rewards(teacher, tokenizer, flat_prompts, flat, **where).view(-1, n)
     # $\log p_{sel}(y_i) = \log p(c_i | Y_n, C_n, x)$ (Eq. 8)
     if order == "random" and first_group:
         # present each group in the order the whole list's draw gives it, then map letters back to responses
         orders = shard_option_orders(n, seed, first_group, len(groups))
         shown = [[group[i] for i in o] for group, o in zip(groups, orders)]
         by_letter = mcq_selection_logprobs(teacher, tokenizer, questions, shown, template=template,
-                                           order="identity", batch_size=batch_size, progress=progress)
+                                           order="identity", **where)
         log_p_sel = torch.empty_like(by_letter)
         for g, o in enumerate(orders):
             log_p_sel[g, torch.tensor(o)] = by_letter[g]
     else:  # 'cyclic' and 'identity' orders do not depend on a group's position
         log_p_sel = mcq_selection_logprobs(teacher, tokenizer, questions, groups, template=template, order=order,
-                                           seed=seed, batch_size=batch_size, progress=progress)
+                                           seed=seed, **where)
     # $\hat r = (1-\alpha) r + \alpha \log p_{sel}$ (Eq. 9)
     return {"likelihood": likelihood, "log_p_sel": log_p_sel,
             "calibrated": calibrated_reward(likelihood, log_p_sel, alpha)}
@@ -274,7 +297,9 @@ def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state
     weights from disk, not from the trained model in memory."""
     if round_ == 0:
         return student
-    release_vllm_engines()  # the previous round's engine holds the previous weights (and GPU memory)
+    # the previous round's engine holds the previous weights (and GPU memory); a vLLM teacher's engine stays
+    previous = model_source(student) if round_ == 1 else str(Path(cfg.output_dir) / f"vllm_student_round{round_ - 1}")
+    release_vllm_engines(previous)
     folder = Path(cfg.output_dir) / f"vllm_student_round{round_}"
     if state is None or state.is_main_process:
         model = student
@@ -312,10 +337,11 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
         samples = sample_responses(source, student_tok, prompt_texts[shard.start : shard.stop], n=cfg.n,
                                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                    batch_size=cfg.sampling_batch_size, seed=seed, backend=cfg.sampling_backend,
-                                   progress=progress)
+                                   engine_options=cfg.vllm_engine_options(), progress=progress)
         prompts, groups = group_responses(samples)
         rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                  seed=cfg.seed + round_, first_group=shard.start, batch_size=cfg.scoring_batch_size)
+                                  seed=cfg.seed + round_, first_group=shard.start, batch_size=cfg.scoring_batch_size,
+                                  backend=cfg.scoring_backend, engine_options=cfg.vllm_engine_options())
         signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
         records = [(prompt, group, *(signal[i] for signal in signals))
                    for i, (prompt, group) in enumerate(zip(prompts, groups))]
@@ -350,6 +376,35 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
     return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 
+def load_teacher(cfg: PadConfig, device: str | None = None):
+    """(teacher, tokenizer) of a run: the loaded model, or with ``scoring_backend='vllm'`` the folder / hub id a vLLM
+    engine serves it from (the weights never enter this process) and the tokenizer alone."""
+    from workbench.models import load, load_tokenizer, resolve
+
+    if cfg.scoring_backend == "vllm":
+        if cfg.quantization:
+            logger.info("scoring_backend='vllm': the teacher is served by vLLM, so quantization=%r does not apply "
+                        "to it", cfg.quantization)
+        return str(resolve(cfg.teacher)), load_tokenizer(cfg.teacher)
+    return load(cfg.teacher, quantization=cfg.quantization, device=device)
+
+
+def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
+    """(training prompts, held-out prompts) of a run; ``run_pad`` (notebook 03) and ``workbench.train_pad`` (the
+    ``accelerate launch`` script) both use it, so they train on the same prompts.
+
+    On the gym: ``cfg.train_prompts`` train-split prompt texts and ``cfg.eval_prompts`` test-split ``Prompt`` s (gold
+    reward). On a preference dataset: ``methods.common.preference_splits`` (the preset's test split, else a fixed
+    carve disjoint from the training rows), prompts as messages.
+    """
+    if cfg.dataset == "gym":
+        return ([p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)],
+                gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED))
+    train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts,
+                                              cfg.seed)
+    return list(train_rows["prompt"]), list(held_rows["prompt"])
+
+
 def run_pad(cfg: PadConfig) -> RunResult:
     """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``.
 
@@ -361,16 +416,10 @@ def run_pad(cfg: PadConfig) -> RunResult:
 
     set_threads()
     started = time.perf_counter()
-    teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
+    teacher, teacher_tok = load_teacher(cfg)
     student, student_tok = load(cfg.student, lora=True if cfg.lora else None)
     gold = cfg.dataset == "gym"
-    if gold:
-        train = [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)]
-        held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    else:
-        train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts,
-                                                  cfg.eval_prompts, cfg.seed)
-        train, held_out = list(train_rows["prompt"]), list(held_rows["prompt"])
+    train, held_out = pad_prompts(cfg)
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     history: list[dict] = []
     rounds = []
@@ -397,7 +446,9 @@ def run_pad(cfg: PadConfig) -> RunResult:
         "dataset": cfg.dataset,
         "config": asdict(cfg),
         **evaluation,
-        "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, held_samples, cfg, gold=gold),
+        "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, held_samples, alpha=cfg.alpha,
+                                     mcq_order=cfg.mcq_order, seed=cfg.seed, gold=gold, backend=cfg.scoring_backend,
+                                     engine_options=cfg.vllm_engine_options()),
         "rounds": rounds,
         "training": training_summary(history),
         "seconds": time.perf_counter() - started,
@@ -407,7 +458,8 @@ def run_pad(cfg: PadConfig) -> RunResult:
     return result
 
 
-def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, cfg, *, gold: bool = True) -> dict:
+def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, *, alpha: float, mcq_order: str, seed: int,
+                      gold: bool = True, backend: str = "hf", engine_options: dict | None = None) -> dict:
     """Kendall τ of the student's avg-log-lik ranking of its held-out samples with the teacher's calibrated
     ranking, and (gym only) of each with gold."""
     prompts, groups = group_responses(samples)
@@ -415,8 +467,8 @@ def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, cfg, 
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [y for g in groups for y in g]
     student_scores = avg_logp_rewards(student, student_tok, flat_prompts, flat).view(-1, n).numpy()
-    teacher_scores = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha,
-                                     order=cfg.mcq_order, seed=cfg.seed)["calibrated"].numpy()
+    teacher_scores = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=alpha, order=mcq_order, seed=seed,
+                                     backend=backend, engine_options=engine_options)["calibrated"].numpy()
     out = {"tau_student_teacher": mean_kendall_tau(student_scores, teacher_scores)}
     if gold:
         gold_scores = np.array([[gold_of(p, y) for y in g] for p, g in zip(prompts, groups)])
