@@ -356,3 +356,14 @@ def test_vllm_scoring_without_vllm_names_the_install_command(tiny_models, monkey
     model, tok = tiny_models["teacher-dpo"]
     with pytest.raises(ImportError, match="pip install vllm"):
         avg_logp_rewards(model, tok, ["sort 2 1"], ["1 2"], backend="vllm", cache=StageCache(enabled=False))
+
+
+def test_rows_cut_to_max_length_are_counted_in_the_log(tiny_models, caplog):
+    from workbench.cache import StageCache
+    from workbench.scoring import response_token_logps
+
+    model, tok = tiny_models["teacher-dpo"]
+    with caplog.at_level("WARNING", logger="workbench.scoring"):
+        response_token_logps(model, tok, ["sort 3 1 2", "add 2 2"], ["1 2 3", "4 4 4 4 4 4"], max_length=12,
+                             cache=StageCache(enabled=False))
+    assert "1 of 2 scored rows lost prompt tokens" in caplog.text

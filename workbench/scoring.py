@@ -180,6 +180,12 @@ def _pack(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, packed_mask
 
 
+def _log_truncated(count: int, total: int, max_length: int | None) -> None:
+    if count:
+        logger.warning("%d of %d scored rows lost prompt tokens from the left to fit max_length=%s", count, total,
+                       max_length)
+
+
 def _batches(n: int, batch_size: int, desc: str, progress: bool):
     return tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False)
 
@@ -224,9 +230,7 @@ def response_token_logps(
         from workbench.sampling import vllm_prompt_logprobs
 
         encoded = [encode_within(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-        if any(cut for _, _, cut in encoded):
-            logger.warning("%d of %d rows truncated to max_length=%s", sum(c for _, _, c in encoded),
-                           len(encoded), max_length)
+        _log_truncated(sum(cut for _, _, cut in encoded), len(encoded), max_length)
         logps = vllm_prompt_logprobs(model, [p + r for p, r, _ in encoded], engine_options=engine_options,
                                      progress=progress)
         # token t of the row is scored at t: the response's tokens start at len(prompt ids)
@@ -236,12 +240,14 @@ def response_token_logps(
         if backend == "vllm":
             return compute_vllm()
         rows = []
+        truncated = 0
         was_training = model.training
         model.eval()
         for start in _batches(len(prompts), batch_size, "scoring", progress):
             batch = collate_examples(
                 tokenizer, prompts[start : start + batch_size], responses[start : start + batch_size], max_length
             )
+            truncated += int(batch["truncated"])
             target = batch["response_mask"][:, 1:]  # position t-1 predicts token t
             with torch.no_grad():
                 flat = batch_response_token_logps(
@@ -250,6 +256,7 @@ def response_token_logps(
                 ).cpu()
             rows.extend(flat.split(target.sum(-1).tolist()))
         model.train(was_training)
+        _log_truncated(truncated, len(prompts), max_length)
         # packed once: the cache stores two tensors, not one tensor per response
         return _pack(rows)
 
@@ -381,11 +388,8 @@ def _vllm_letter_logits(model, encoded: list[list[int]], letter_ids: list[list[i
     logps = vllm_prompt_logprobs(model, [e + [s] for e in encoded for s in spellings], engine_options=engine_options,
                                  progress=progress)
     last = torch.tensor([row[-1] for row in logps], dtype=torch.float32).view(len(encoded), len(spellings))
-    groups, start = [], 0
-    for ids in letter_ids:
-        groups.append(torch.logsumexp(last[:, start : start + len(ids)], -1))
-        start += len(ids)
-    return torch.stack(groups, -1)
+    # a letter's logit sums its spellings, as in the HF path
+    return torch.stack([part.logsumexp(-1) for part in last.split([len(ids) for ids in letter_ids], dim=1)], -1)
 
 
 def mcq_selection_logprobs(
