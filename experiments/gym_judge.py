@@ -24,9 +24,11 @@ sets (the letter loss stays at chance); after + verdicts, 3000 steps: 0.45 / 0.1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
+import sys
 import time
 
 import numpy as np
@@ -124,8 +126,9 @@ def run(size: str = "default", layout: str = "restate", verdicts: bool = True, s
     started = time.perf_counter()
     if steps:
         args = training_arguments(steps=steps, lr=lr, batch_size=32, seed=seed, progress=False)
-        Trainer(model=teacher, args=args, train_dataset=datasets.Dataset.from_dict(rows),
-                data_collator=VerdictCollator(tokenizer, template, verdicts)).train()
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines; stdout carries the JSON only
+            Trainer(model=teacher, args=args, train_dataset=datasets.Dataset.from_dict(rows),
+                    data_collator=VerdictCollator(tokenizer, template, verdicts)).train()
     teacher.eval()
     seconds = time.perf_counter() - started
     prompts = make_prompts(test_prompts, "test", seed=1000)

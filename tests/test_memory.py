@@ -602,3 +602,12 @@ def test_a_vllm_teacher_leaves_the_process_and_vllm_engines_shrink_the_gpu_left_
     default_share = memory.estimate(pad_recipe(sampling_backend="vllm", scoring_backend="vllm"), model_configs=CONFIGS)
     with pytest.raises(memory.WillNotFitError, match="set vllm_gpu_memory"):
         memory.check_fits(default_share, 100 * both.peak_bytes)
+
+
+def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_process():
+    plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
+                batch_size=1, prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="hh-helpful")
+    hf = memory.estimate(plad, model_configs=CONFIGS)
+    served = memory.estimate({**plad, "sampling_backend": "vllm"}, model_configs=CONFIGS)
+    assert hf.assumptions["teacher_params"] > 0 and served.assumptions["teacher_params"] == 0
+    assert served.assumptions["vllm_engines"] == 1 and served.peak_bytes < hf.peak_bytes

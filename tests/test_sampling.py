@@ -115,3 +115,28 @@ def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_ac
     assert set(sampling._VLLM_ENGINES) == {teacher, str(tmp_path / "vllm_student_round1")}
     with pytest.raises(ValueError, match="scoring_backend='tgi'"):
         PadConfig(scoring_backend="tgi")
+
+
+def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teacher(tiny_models, stand_in_vllm,
+                                                                                    tmp_path, monkeypatch):
+    """``PladConfig(sampling_backend='vllm')``: the teacher (used black-box, for its samples only) is served by
+    vLLM from its folder and never loaded; the student's pre-training samples come from its folder too."""
+    from workbench import models, sampling
+    from workbench.methods import plad
+
+    loaded = []
+    real_load = models.load
+    monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    cfg = plad.PladConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=6,
+                          eval_prompts=2, eval_samples=1, steps=1, batch_size=2, sampling_backend="vllm",
+                          vllm_gpu_memory=0.4, output_dir=str(tmp_path), progress=False)
+    result = plad.run_plad(cfg)
+    assert loaded == ["gym-tiny-student"]  # the teacher was never loaded
+    sources = [e.kwargs["model"] for e in stand_in_vllm.engines]
+    assert sources == [models.resolve("gym-tiny-teacher-dpo"), models.resolve("gym-tiny-student")]
+    assert all(e.kwargs["gpu_memory_utilization"] == 0.4 for e in stand_in_vllm.engines)
+    assert [len(requests) for requests, _ in stand_in_vllm.calls] == [6, 6]  # one teacher and one student sample each
+    assert sampling._VLLM_ENGINES == {}  # released before training
+    assert result.metrics["pairs"]["n_pairs"] >= 1 and result.metrics["pairs"]["n_input"] == 6
+    with pytest.raises(ValueError, match="sampling_backend='tgi'"):
+        plad.PladConfig(sampling_backend="tgi")

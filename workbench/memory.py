@@ -503,9 +503,11 @@ def run_shape(cfg_or_dict, **overrides) -> RunShape:
         values = dict(cfg_or_dict)
     for key, value in _method_defaults(values).items():
         values.setdefault(key, value)
+    # vLLM engines beside training: PAD's student sampler and teacher scorer; PLaD's sampler (one engine at a time)
     backends = [values.get("sampling_backend"), values.get("scoring_backend")]
     values.setdefault("vllm_engines", backends.count("vllm"))
-    if values.get("scoring_backend") == "vllm":  # the teacher is served by vLLM, not loaded in this process
+    plad_sampling = values.get("teacher_generates") and values.get("sampling_backend") == "vllm"
+    if values.get("scoring_backend") == "vllm" or plad_sampling:  # the teacher is served by vLLM, not loaded here
         values.setdefault("teacher_cached", True)
     if values.get("prompt_tokens") is None:  # gym prompts are short; real datasets: PAD filters long prompts
         values["prompt_tokens"] = 24 if str(values.get("dataset", "gym")) == "gym" else 512

@@ -5,10 +5,13 @@ when one is configured, otherwise none: the run reports training metrics)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.encoding import as_messages
+
+logger = logging.getLogger("workbench.methods")
 
 
 @dataclass
@@ -154,6 +157,39 @@ def check_dataset_options(cfg) -> None:
     if cfg.dataset == "gym" and (cfg.dataset_schema or cfg.judge):
         raise ValueError(f"dataset_schema={cfg.dataset_schema!r}, judge={cfg.judge!r} apply to preference datasets; "
                          f"the gym has its own data and a gold reward")
+
+
+def check_vllm_options(cfg) -> None:
+    """A config's ``sampling_backend`` (and ``scoring_backend``, where it has one) and ``vllm_gpu_memory``."""
+    from workbench.sampling import SAMPLING_BACKENDS
+    from workbench.scoring import SCORING_BACKENDS
+
+    if cfg.sampling_backend not in SAMPLING_BACKENDS:
+        raise ValueError(f"sampling_backend={cfg.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+    scoring = getattr(cfg, "scoring_backend", "hf")
+    if scoring not in SCORING_BACKENDS:
+        raise ValueError(f"scoring_backend={scoring!r}; use one of {list(SCORING_BACKENDS)}")
+    if not 0.0 <= cfg.vllm_gpu_memory <= 1.0:
+        raise ValueError(f"vllm_gpu_memory={cfg.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for vLLM's "
+                         "default")
+
+
+def vllm_engine_options(cfg) -> dict:
+    """``vllm.LLM`` options of a run's engines: its GPU share when set (else vLLM's default)."""
+    return {"gpu_memory_utilization": cfg.vllm_gpu_memory} if cfg.vllm_gpu_memory else {}
+
+
+def load_frozen_teacher(name: str, *, quantization: str | None = None, served_by_vllm: bool = False,
+                        device: str | None = None):
+    """(teacher, tokenizer): the loaded model, or when a vLLM engine serves it the folder / hub id it reads the
+    weights from (they never enter this process) and the tokenizer alone."""
+    from workbench.models import load, load_tokenizer, resolve
+
+    if served_by_vllm:
+        if quantization:
+            logger.info("the teacher is served by vLLM, so quantization=%r does not apply to it", quantization)
+        return str(resolve(name)), load_tokenizer(name)
+    return load(name, quantization=quantization, device=device)
 
 
 def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperature: float = 0.8):

@@ -26,17 +26,11 @@ from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
-from workbench.sampling import (
-    SAMPLING_BACKENDS,
-    group_responses,
-    model_source,
-    release_vllm_engines,
-    sample_responses,
-)
-from workbench.scoring import SCORING_BACKENDS, avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, gold_of, gym_prompts,
-                                     held_out_evaluation, no_gold_evaluation, preference_splits, training_summary,
-                                     user_text)
+from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
+from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options, gold_of,
+                                     gym_prompts, held_out_evaluation, load_frozen_teacher, no_gold_evaluation,
+                                     preference_splits, training_summary, user_text, vllm_engine_options)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
                                 set_threads, student_token_logps, train_distill)
 
@@ -114,13 +108,7 @@ class PadConfig:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
         check_dataset_options(self)
-        if self.sampling_backend not in SAMPLING_BACKENDS:
-            raise ValueError(f"sampling_backend={self.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
-        if self.scoring_backend not in SCORING_BACKENDS:
-            raise ValueError(f"scoring_backend={self.scoring_backend!r}; use one of {list(SCORING_BACKENDS)}")
-        if not 0.0 <= self.vllm_gpu_memory <= 1.0:
-            raise ValueError(f"vllm_gpu_memory={self.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for "
-                             "vLLM's default")
+        check_vllm_options(self)
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
@@ -142,10 +130,6 @@ class PadConfig:
             if chunk != self.logits_chunk:
                 logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
             self.logits_chunk = chunk
-
-    def vllm_engine_options(self) -> dict:
-        """``vllm.LLM`` options of the run's engines (student sampling, teacher scoring)."""
-        return {"gpu_memory_utilization": self.vllm_gpu_memory} if self.vllm_gpu_memory else {}
 
     def training_overrides(self) -> dict:
         """``TrainingArguments`` of the full-size knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
@@ -337,11 +321,11 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
         samples = sample_responses(source, student_tok, prompt_texts[shard.start : shard.stop], n=cfg.n,
                                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                    batch_size=cfg.sampling_batch_size, seed=seed, backend=cfg.sampling_backend,
-                                   engine_options=cfg.vllm_engine_options(), progress=progress)
+                                   engine_options=vllm_engine_options(cfg), progress=progress)
         prompts, groups = group_responses(samples)
         rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
                                   seed=cfg.seed + round_, first_group=shard.start, batch_size=cfg.scoring_batch_size,
-                                  backend=cfg.scoring_backend, engine_options=cfg.vllm_engine_options())
+                                  backend=cfg.scoring_backend, engine_options=vllm_engine_options(cfg))
         signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
         records = [(prompt, group, *(signal[i] for signal in signals))
                    for i, (prompt, group) in enumerate(zip(prompts, groups))]
@@ -377,16 +361,10 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
 
 
 def load_teacher(cfg: PadConfig, device: str | None = None):
-    """(teacher, tokenizer) of a run: the loaded model, or with ``scoring_backend='vllm'`` the folder / hub id a vLLM
-    engine serves it from (the weights never enter this process) and the tokenizer alone."""
-    from workbench.models import load, load_tokenizer, resolve
-
-    if cfg.scoring_backend == "vllm":
-        if cfg.quantization:
-            logger.info("scoring_backend='vllm': the teacher is served by vLLM, so quantization=%r does not apply "
-                        "to it", cfg.quantization)
-        return str(resolve(cfg.teacher)), load_tokenizer(cfg.teacher)
-    return load(cfg.teacher, quantization=cfg.quantization, device=device)
+    """(teacher, tokenizer) of a run: loaded, or served by vLLM with ``scoring_backend='vllm'``
+    (``methods.common.load_frozen_teacher``)."""
+    return load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
+                               served_by_vllm=cfg.scoring_backend == "vllm", device=device)
 
 
 def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
@@ -448,7 +426,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
         **evaluation,
         "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, held_samples, alpha=cfg.alpha,
                                      mcq_order=cfg.mcq_order, seed=cfg.seed, gold=gold, backend=cfg.scoring_backend,
-                                     engine_options=cfg.vllm_engine_options()),
+                                     engine_options=vllm_engine_options(cfg)),
         "rounds": rounds,
         "training": training_summary(history),
         "seconds": time.perf_counter() - started,

@@ -42,10 +42,10 @@ from workbench.encoding import as_messages, collate_examples
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, finish_run, gold_of,
-                                     gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
-                                     training_summary)
-from workbench.sampling import sample_responses
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options,
+                                     finish_run, gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher,
+                                     no_gold_evaluation, preference_splits, training_summary, vllm_engine_options)
+from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
 from workbench.trainers import set_threads, train_distill
@@ -90,6 +90,11 @@ class PladConfig:
     real_ratio: float = field(default=0.0, metadata={
         "help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"})
     max_new_tokens: int = 24
+    sampling_backend: str = field(default="hf", metadata={
+        "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm; the teacher is then served by vLLM "
+                "and never loaded into the training process)"})
+    vllm_gpu_memory: float = field(default=0.0, metadata={
+        "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 1e-4 with LoRA on 7B students)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps (a fixed budget across data fractions)"})
     batch_size: int = field(default=8, metadata={"help": "pairs per step (paper: 8 per device)"})
@@ -116,6 +121,7 @@ class PladConfig:
             raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
         check_dataset_options(self)
+        check_vllm_options(self)
         if self.loss not in ("plad_ranking", "plad_margin"):
             raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
                              f"'plad_margin' (Eq. 5)")
@@ -289,10 +295,11 @@ def held_out_prompts(cfg) -> list:
 
 
 def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_tokens: int, seed: int,
-                    progress: bool = False) -> list[str]:
+                    progress: bool = False, backend: str = "hf", engine_options: dict | None = None) -> list[str]:
     """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+."""
     samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=1, temperature=temperature,
-                               max_new_tokens=max_new_tokens, seed=seed * 1000 + 7, progress=progress)
+                               max_new_tokens=max_new_tokens, seed=seed * 1000 + 7, progress=progress,
+                               backend=backend, engine_options=engine_options)
     return list(samples["response"])
 
 
@@ -301,11 +308,15 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg) -
     (gold statistics on the gym only; on other data only counts and sample lengths)."""
     texts = [p.text for p in prompts]
     chat = [as_messages(t) for t in texts]
+    backend = {"backend": cfg.sampling_backend, "engine_options": vllm_engine_options(cfg)}
     y_teacher = teacher_samples(teacher, teacher_tok, prompts, temperature=cfg.temperature,
-                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress)
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress, **backend)
+    # vLLM samples the student from its folder: before training, the loaded weights
     y_student = list(sample_responses(student, student_tok, texts, n=1, temperature=cfg.temperature,
                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + 8,
-                                      progress=cfg.progress)["response"])
+                                      progress=cfg.progress, **backend)["response"])
+    if cfg.sampling_backend == "vllm":  # PLaD samples once: the engines' GPU memory goes back before training
+        release_vllm_engines(teacher, student)
     gym = getattr(cfg, "dataset", "gym") == "gym"
     real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)] if gym else None
     rows, counts = make_pseudo_pairs(chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio,
@@ -341,7 +352,8 @@ def run_plad(cfg: PladConfig) -> RunResult:
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
+    teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
+                                               served_by_vllm=cfg.sampling_backend == "vllm")
     student, student_tok = load(cfg.student, lora=cfg.lora_config())
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
     if not gym:  # no gold reward: plain prompts, for a judge
