@@ -66,7 +66,7 @@ class StandInVllm:
         if not isinstance(params, list):
             params = [params] * len(requests)
         if params and params[0].prompt_logprobs is not None:
-            return self.prompt_logprobs(engine, requests)
+            return self.prompt_logprobs(engine, requests, params[0].prompt_logprobs)
         ids = [self.tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(1, 10)]
         eos, out = self.tokenizer.eos_token_id, []
         for r, p in enumerate(params):
@@ -76,10 +76,12 @@ class StandInVllm:
         return out
 
     @staticmethod
-    def prompt_logprobs(engine, requests):
+    def prompt_logprobs(engine, requests, top: int):
         import torch
         from transformers import AutoModelForCausalLM
 
+        if top > engine.kwargs.get("max_logprobs", 20):  # as vLLM refuses it
+            raise ValueError(f"prompt_logprobs={top} exceeds max_logprobs")
         if engine.model is None:
             engine.model = AutoModelForCausalLM.from_pretrained(engine.kwargs["model"]).eval()
         out = []
@@ -87,22 +89,22 @@ class StandInVllm:
             ids = request["prompt_token_ids"]
             with torch.no_grad():
                 logps = engine.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            top = logps.argmax(-1)
-            entries = [None] + [{ids[t]: types.SimpleNamespace(logprob=float(logps[t - 1, ids[t]])),
-                                 int(top[t - 1]): types.SimpleNamespace(logprob=float(logps[t - 1, top[t - 1]]))}
-                                for t in range(1, len(ids))]
+            entries = [None]
+            for t in range(1, len(ids)):  # the `top` most likely tokens (at least one) and the given token
+                kept = [*logps[t - 1].topk(max(top, 1)).indices.tolist(), ids[t]]
+                entries.append({i: types.SimpleNamespace(logprob=float(logps[t - 1, i])) for i in kept})
             out.append(types.SimpleNamespace(prompt_logprobs=entries, outputs=[]))
         return out
 
 
 @pytest.fixture
 def stand_in_vllm(tiny_models, monkeypatch):
-    from workbench import sampling, scoring
+    from workbench import sampling, scoring, topk_cache
     from workbench.cache import StageCache
 
     fake = StandInVllm(tiny_models["student"][1])
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
     monkeypatch.setattr(sampling, "_VLLM_ENGINES", {})
-    for module in (sampling, scoring):  # a stand-in's samples and scores are never cached
+    for module in (sampling, scoring, topk_cache):  # a stand-in's samples and scores are never cached
         monkeypatch.setattr(module, "default_cache", lambda: StageCache(enabled=False))
     return fake

@@ -142,3 +142,30 @@ def test_teacher_is_released_after_caching(teacher, student_tok, tmp_path, monke
                                  cache=StageCache(tmp_path))
     gc.collect()
     assert len(cache) == 3 and refs and refs[0]() is None
+
+
+def test_vllm_topk_cache_equals_the_hf_cache_through_a_stand_in_engine(teacher, student_tok, stand_in_vllm):
+    """ADPA's teacher top-k from a vLLM engine's prompt log-probs (``prompt_logprobs=k``, the engine built with
+    ``max_logprobs`` ≥ k) equals the HF cache when the engine's log-probs are the same model's."""
+    from workbench import sampling
+    from workbench.models import resolve
+
+    model, tok = teacher
+    off = StageCache(enabled=False)
+    k = 30  # above vLLM's default max_logprobs (20)
+    hf = teacher_topk(model, tok, student_tok, PROMPTS, RESPONSES, k=k, cache=off)
+    vllm = teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=k, cache=off,
+                                backend="vllm", engine_options={"gpu_memory_utilization": 0.5})
+    (engine,) = stand_in_vllm.engines
+    assert engine.kwargs["model"] == resolve("gym-tiny-teacher-dpo") and engine.kwargs["max_logprobs"] == k
+    assert sampling._VLLM_ENGINES == {}  # released after caching, as the HF teacher is freed
+    assert vllm.lengths == hf.lengths and vllm.k == k
+    for a, b in zip(vllm.logps, hf.logps):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(vllm.tail_logps, hf.tail_logps):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for a, b, logps in zip(vllm.ids, hf.ids, hf.logps):
+        distinct = np.abs(np.diff(logps, axis=1)) > 1e-5  # ids are compared where the ranking has no near-tie
+        assert (a[:, :-1][distinct] == b[:, :-1][distinct]).all()
+    with pytest.raises(ValueError, match="backend='tgi'"):
+        teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=k, cache=off, backend="tgi")

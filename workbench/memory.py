@@ -433,7 +433,9 @@ class RunShape:
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
     vllm_engines: int = field(default=0, metadata={
-        "help": "vLLM engines sharing the GPU (student sampling, teacher scoring): each reserves vllm_gpu_memory"})
+        "help": "vLLM engines sharing the GPU with the loaded student (PAD: sampler and scorer stay up while it "
+                "trains; ADPA/PLaD release theirs before training, so counting them is conservative): each reserves "
+                "vllm_gpu_memory"})
     vllm_gpu_memory: float = field(default=0.0, metadata={"help": "GPU share per vLLM engine (0: vLLM's 0.9)"})
     device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
     dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "

@@ -160,21 +160,26 @@ def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, ma
     return ids
 
 
-def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_options: dict | None = None,
-                         progress: bool = False) -> list[list[float]]:
-    """log p(token_t | tokens_<t) at each position t ≥ 1 of each token list, from a vLLM engine's prompt log-probs
-    (``SamplingParams(prompt_logprobs=0)``: the given token's own log-prob, of the raw logits; one generated token
-    is discarded). Position 0 has no context and gets NaN. ``model`` is a hub id / folder or a loaded model's
-    ``name_or_path``, as for sampling."""
+def vllm_prompt_logprob_entries(model, token_ids: Sequence[Sequence[int]], *, top: int = 0,
+                                engine_options: dict | None = None, progress: bool = False) -> list[list]:
+    """A vLLM engine's prompt log-probs of each token list (``SamplingParams(prompt_logprobs=top)``, of the raw
+    logits; one generated token is discarded): per list, ``[None, {token id: Logprob}, ...]`` where entry t holds
+    the ``top`` most likely tokens at t and the given token ``ids[t]``. ``model`` is a hub id / folder or a loaded
+    model's ``name_or_path``, as for sampling. ``top`` > 20 needs ``max_logprobs`` ≥ top in ``engine_options``."""
     vllm = import_vllm()
     engine = vllm_engine(model_source(model), **(engine_options or {}))
-    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top)
     outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in token_ids], params, use_tqdm=progress)
-    rows = []
-    for ids, output in zip(token_ids, outputs):  # in request order
-        entries = output.prompt_logprobs  # [None, {token id: Logprob}, ...]
-        rows.append([float("nan")] + [entries[t][ids[t]].logprob for t in range(1, len(ids))])
-    return rows
+    return [output.prompt_logprobs for output in outputs]  # in request order
+
+
+def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_options: dict | None = None,
+                         progress: bool = False) -> list[list[float]]:
+    """log p(token_t | tokens_<t) at each position t ≥ 1 of each token list, from a vLLM engine
+    (:func:`vllm_prompt_logprob_entries`); position 0 has no context and gets NaN."""
+    entries = vllm_prompt_logprob_entries(model, token_ids, engine_options=engine_options, progress=progress)
+    return [[float("nan")] + [row[t][ids[t]].logprob for t in range(1, len(ids))]
+            for ids, row in zip(token_ids, entries)]
 
 
 SAMPLING_BACKENDS = {"hf": hf_generate, "vllm": vllm_generate}

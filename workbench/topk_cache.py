@@ -109,10 +109,11 @@ def _texts_key(prompts, responses) -> str:
 
 
 def topk_cache_key(teacher, student_tokenizer, prompts, responses, k: int, max_length: int | None = None) -> dict:
-    """What determines a cache entry: teacher weights, student tokenizer + chat template, texts, k."""
+    """What determines a cache entry: teacher weights (a loaded model, or the fingerprint of the weights a vLLM
+    engine reads), student tokenizer + chat template, texts, k."""
     template = student_tokenizer.chat_template or ""
     return {
-        "teacher": model_fingerprint(teacher),
+        "teacher": teacher if isinstance(teacher, str) else model_fingerprint(teacher),
         "tokenizer": tokenizer_fingerprint(student_tokenizer),
         "chat_template": hashlib.sha256(template.encode()).hexdigest()[:16],
         "texts": _texts_key(prompts, responses),
@@ -153,6 +154,54 @@ def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
     sizes = target.sum(-1).tolist()
     return [(i.numpy(), lp.numpy().astype(np.float32), t.numpy().astype(np.float32))
             for i, lp, t in zip(ids.split(sizes), logps.split(sizes), tails.split(sizes))]
+
+
+def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts: Sequence[PromptLike],
+                      responses: Sequence[str], *, k: int = TOPK_DEFAULT, max_length: int | None = None,
+                      engine_options: dict | None = None, cache: StageCache | None = None,
+                      progress: bool = False) -> TopkCache:
+    """:func:`teacher_topk` from a vLLM engine serving the teacher at ``source`` (folder / hub id): the top-k of its
+    prompt log-probs at each response position (``prompt_logprobs=k``; the engine is built with ``max_logprobs``
+    ≥ k). Ids at or past the student's vocabulary size are dropped as in the HF path (their mass stays in the tail).
+    """
+    from workbench.encoding import encode_within
+    from workbench.losses.adpa import tail_logmass
+    from workbench.sampling import source_fingerprint, vllm_prompt_logprob_entries
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
+    check_shared_vocabulary(teacher_tokenizer, student_tokenizer)
+    vocab_size = len(student_tokenizer)
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    cache = cache or default_cache()
+    key = {**topk_cache_key(source_fingerprint(source), student_tokenizer, prompts, responses, k, max_length),
+           "backend": "vllm"}
+
+    def compute():
+        encoded = [encode_within(student_tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+        options = {**(engine_options or {}), "max_logprobs": max(k, (engine_options or {}).get("max_logprobs", 20))}
+        entries = vllm_prompt_logprob_entries(source, [p + r for p, r, _ in encoded], top=k, engine_options=options,
+                                              progress=progress)
+        ids, logps, tails = [], [], []
+        for (prompt_ids, response_ids, _), row in zip(encoded, entries):
+            start = len(prompt_ids)  # token t is scored at t: the response's tokens
+            top_ids = np.zeros((len(response_ids), k), dtype=np.int32)
+            top_logps = np.zeros((len(response_ids), k), dtype=np.float32)
+            for j, entry in enumerate(row[start : start + len(response_ids)]):
+                ranked = sorted(((lp.logprob, i) for i, lp in entry.items() if i < vocab_size), reverse=True)[:k]
+                if len(ranked) < k:
+                    raise ValueError(f"the vLLM engine returned {len(ranked)} usable log-probs at a position, "
+                                     f"fewer than k={k}; lower k")
+                top_logps[j], top_ids[j] = zip(*ranked)
+            ids.append(top_ids)
+            logps.append(top_logps)
+            # $\log(1 - \sum_{i \le k} p_i)$
+            tails.append(tail_logmass(torch.from_numpy(top_logps)).numpy().astype(np.float32))
+        return {"ids": ids, "logps": logps, "tail_logps": tails}
+
+    stored = cache.get_or_compute("topk", key, compute)
+    return TopkCache(stored["ids"], stored["logps"], stored["tail_logps"], k=k, teacher=key["teacher"])
 
 
 def teacher_topk(
@@ -234,13 +283,27 @@ def teacher_topk_by_name(
     cache: StageCache | None = None,
     progress: bool = False,
     logits_chunk: int | None = None,
+    backend: str = "hf",
+    engine_options: dict | None = None,
 ) -> TopkCache:
     """Load ``teacher_name``, cache its top-k on the texts, free it, and return the cache.
 
     The teacher lives only inside this call, so a student can train afterwards with the teacher out of memory
-    (the point of the cache; ADPA App. G "precomputing the log probabilities").
+    (the point of the cache; ADPA App. G "precomputing the log probabilities"). ``backend="vllm"``: a vLLM engine
+    serves the teacher instead (:func:`vllm_teacher_topk`) and is released afterwards.
     """
-    from workbench.models import load
+    from workbench.models import load, load_tokenizer, resolve
+    from workbench.sampling import release_vllm_engines
+
+    if backend == "vllm":
+        source = str(resolve(teacher_name))
+        try:
+            return vllm_teacher_topk(source, load_tokenizer(teacher_name), student_tokenizer, prompts, responses,
+                                     k=k, engine_options=engine_options, cache=cache, progress=progress)
+        finally:
+            release_vllm_engines(source)
+    if backend != "hf":
+        raise ValueError(f"backend={backend!r}; use 'hf' or 'vllm' (pip install vllm)")
 
     teacher, teacher_tokenizer = load(teacher_name, quantization=quantization)
     try:

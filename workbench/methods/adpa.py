@@ -47,8 +47,9 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, gold_of, gym_prompts,
-                                     held_out_evaluation, no_gold_evaluation, preference_splits, training_summary)
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options, gold_of,
+                                     gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
+                                     training_summary, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, release_memory, teacher_topk_by_name
@@ -179,6 +180,11 @@ class AdpaConfig:
     seed: int = 0
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter on the student"})
     quantization: str | None = field(default=None, metadata={"help": "None or '4bit' / '8bit' for the teachers"})
+    scoring_backend: str = field(default="hf", metadata={
+        "help": "'hf' (each teacher loaded for its top-k cache, then freed) or 'vllm' (optional: pip install vllm; "
+                "each teacher served by a vLLM engine for its cache, released afterwards)"})
+    vllm_gpu_memory: float = field(default=0.0, metadata={
+        "help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"})
     output_dir: str = "runs/adpa"
     progress: bool = True
 
@@ -202,6 +208,7 @@ class AdpaConfig:
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
         check_dataset_options(self)
+        check_vllm_options(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,7 +434,8 @@ def _indexed(pairs: datasets.Dataset, **columns) -> datasets.Dataset:
 def _cache(ctx: RunContext, teacher: str, responses: Sequence[str]) -> TopkCache:
     name = {"dpo": ctx.cfg.teacher_dpo, "ref": ctx.cfg.teacher_ref}[teacher]
     return teacher_topk_by_name(name, ctx.tokenizer, ctx.pairs["prompt"], list(responses), k=ctx.cfg.k,
-                                quantization=ctx.cfg.quantization, progress=ctx.cfg.progress)
+                                quantization=ctx.cfg.quantization, progress=ctx.cfg.progress,
+                                backend=ctx.cfg.scoring_backend, engine_options=vllm_engine_options(ctx.cfg))
 
 
 def _stage_sft(ctx: RunContext, stage: int) -> dict:

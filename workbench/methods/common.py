@@ -160,12 +160,13 @@ def check_dataset_options(cfg) -> None:
 
 
 def check_vllm_options(cfg) -> None:
-    """A config's ``sampling_backend`` (and ``scoring_backend``, where it has one) and ``vllm_gpu_memory``."""
+    """A config's ``sampling_backend`` / ``scoring_backend`` (those it has) and ``vllm_gpu_memory``."""
     from workbench.sampling import SAMPLING_BACKENDS
     from workbench.scoring import SCORING_BACKENDS
 
-    if cfg.sampling_backend not in SAMPLING_BACKENDS:
-        raise ValueError(f"sampling_backend={cfg.sampling_backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+    sampling = getattr(cfg, "sampling_backend", "hf")
+    if sampling not in SAMPLING_BACKENDS:
+        raise ValueError(f"sampling_backend={sampling!r}; use one of {sorted(SAMPLING_BACKENDS)}")
     scoring = getattr(cfg, "scoring_backend", "hf")
     if scoring not in SCORING_BACKENDS:
         raise ValueError(f"scoring_backend={scoring!r}; use one of {list(SCORING_BACKENDS)}")
