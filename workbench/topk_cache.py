@@ -156,6 +156,17 @@ def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
             for i, lp, t in zip(ids.split(sizes), logps.split(sizes), tails.split(sizes))]
 
 
+def _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k: int) -> int:
+    """Clear errors for mismatched texts, vocabularies or k; returns the vocabulary size the cache keeps ids below."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
+    check_shared_vocabulary(teacher_tokenizer, student_tokenizer)
+    vocab_size = len(student_tokenizer)
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    return vocab_size
+
+
 def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts: Sequence[PromptLike],
                       responses: Sequence[str], *, k: int = TOPK_DEFAULT, max_length: int | None = None,
                       engine_options: dict | None = None, cache: StageCache | None = None,
@@ -168,12 +179,7 @@ def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts
     from workbench.losses.adpa import tail_logmass
     from workbench.sampling import source_fingerprint, vllm_prompt_logprob_entries
 
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
-    check_shared_vocabulary(teacher_tokenizer, student_tokenizer)
-    vocab_size = len(student_tokenizer)
-    if not 1 <= k <= vocab_size:
-        raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
     cache = cache or default_cache()
     key = {**topk_cache_key(source_fingerprint(source), student_tokenizer, prompts, responses, k, max_length),
            "backend": "vllm"}
@@ -231,12 +237,7 @@ def teacher_topk(
     Returns:
         :class:`TopkCache` with N entries.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
-    check_shared_vocabulary(teacher_tokenizer, student_tokenizer)
-    vocab_size = len(student_tokenizer)
-    if not 1 <= k <= vocab_size:
-        raise ValueError(f"k={k}; the top-k cache keeps 1 <= k <= vocabulary size ({vocab_size}) tokens")
+    vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
     from workbench.scoring import scoring_chunk
 
     chunk = scoring_chunk(logits_chunk)
