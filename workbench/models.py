@@ -238,9 +238,14 @@ def lora_config(lora):
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     """The tokenizer :func:`load` returns with the model (pad token and chat template ensured), without the model:
     for callers whose model runs elsewhere (a vLLM engine)."""
+    return _tokenizer_at(resolve(name_or_path), name_or_path, trust_remote_code)
+
+
+def _tokenizer_at(path: str, name_or_path: str, trust_remote_code: bool):
+    """The tokenizer in ``path`` (resolved from ``name_or_path``) with a pad token and a chat template."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -285,7 +290,7 @@ def load(
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = _tokenizer_at(path, name_or_path, trust_remote_code)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None and lora is not False:

@@ -185,6 +185,12 @@ def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_op
 SAMPLING_BACKENDS = {"hf": hf_generate, "vllm": vllm_generate}
 
 
+def check_sampling_backend(backend: str, name: str = "backend") -> None:
+    """A clear error naming parameter ``name`` when ``backend`` is not a sampling backend."""
+    if backend not in SAMPLING_BACKENDS:
+        raise ValueError(f"{name}={backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+
+
 def sample_responses(
     model,
     tokenizer,
@@ -215,8 +221,7 @@ def sample_responses(
         raise ValueError(f"n={n}; sample at least one response per prompt")
     if temperature < 0:
         raise ValueError(f"temperature={temperature}; use 0 for greedy or a positive value")
-    if backend not in SAMPLING_BACKENDS:
-        raise ValueError(f"backend={backend!r}; use one of {sorted(SAMPLING_BACKENDS)}")
+    check_sampling_backend(backend)
     generate = SAMPLING_BACKENDS[backend]
     messages = [as_messages(p) for p in prompts]
     cache = cache or default_cache()

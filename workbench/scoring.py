@@ -149,9 +149,10 @@ def batch_response_token_logps(model, input_ids: torch.Tensor, attention_mask: t
 SCORING_BACKENDS = ("hf", "vllm")
 
 
-def _check_backend(backend: str) -> None:
+def check_scoring_backend(backend: str, name: str = "backend") -> None:
+    """A clear error naming parameter ``name`` when ``backend`` is not a scoring backend."""
     if backend not in SCORING_BACKENDS:
-        raise ValueError(f"backend={backend!r}; use one of {list(SCORING_BACKENDS)} (vllm: pip install vllm)")
+        raise ValueError(f"{name}={backend!r}; use one of {list(SCORING_BACKENDS)} (vllm: pip install vllm)")
 
 
 def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", **params):
@@ -218,7 +219,7 @@ def response_token_logps(
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
-    _check_backend(backend)
+    check_scoring_backend(backend)
     chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
     # the chunk changes memory, not the numbers: it stays out of the key
@@ -426,7 +427,7 @@ def mcq_selection_logprobs(
     if len(prompts) != len(response_groups):
         raise ValueError(f"{len(prompts)} prompts but {len(response_groups)} response groups")
     (n,) = n_options
-    _check_backend(backend)
+    check_scoring_backend(backend)
     cache = cache or default_cache()
     key = _score_key(
         model, tokenizer, list(prompts), [list(g) for g in response_groups], backend,

@@ -295,16 +295,16 @@ def teacher_topk_by_name(
     """
     from workbench.models import load, load_tokenizer, resolve
     from workbench.sampling import release_vllm_engines
+    from workbench.scoring import check_scoring_backend
 
+    check_scoring_backend(backend)
     if backend == "vllm":
         source = str(resolve(teacher_name))
         try:
-            return vllm_teacher_topk(source, load_tokenizer(teacher_name), student_tokenizer, prompts, responses,
+            return vllm_teacher_topk(source, load_tokenizer(source), student_tokenizer, prompts, responses,
                                      k=k, engine_options=engine_options, cache=cache, progress=progress)
         finally:
             release_vllm_engines(source)
-    if backend != "hf":
-        raise ValueError(f"backend={backend!r}; use 'hf' or 'vllm' (pip install vllm)")
 
     teacher, teacher_tokenizer = load(teacher_name, quantization=quantization)
     try:

@@ -161,15 +161,11 @@ def check_dataset_options(cfg) -> None:
 
 def check_vllm_options(cfg) -> None:
     """A config's ``sampling_backend`` / ``scoring_backend`` (those it has) and ``vllm_gpu_memory``."""
-    from workbench.sampling import SAMPLING_BACKENDS
-    from workbench.scoring import SCORING_BACKENDS
+    from workbench.sampling import check_sampling_backend
+    from workbench.scoring import check_scoring_backend
 
-    sampling = getattr(cfg, "sampling_backend", "hf")
-    if sampling not in SAMPLING_BACKENDS:
-        raise ValueError(f"sampling_backend={sampling!r}; use one of {sorted(SAMPLING_BACKENDS)}")
-    scoring = getattr(cfg, "scoring_backend", "hf")
-    if scoring not in SCORING_BACKENDS:
-        raise ValueError(f"scoring_backend={scoring!r}; use one of {list(SCORING_BACKENDS)}")
+    check_sampling_backend(getattr(cfg, "sampling_backend", "hf"), "sampling_backend")
+    check_scoring_backend(getattr(cfg, "scoring_backend", "hf"), "scoring_backend")
     if not 0.0 <= cfg.vllm_gpu_memory <= 1.0:
         raise ValueError(f"vllm_gpu_memory={cfg.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for vLLM's "
                          "default")
@@ -189,7 +185,8 @@ def load_frozen_teacher(name: str, *, quantization: str | None = None, served_by
     if served_by_vllm:
         if quantization:
             logger.info("the teacher is served by vLLM, so quantization=%r does not apply to it", quantization)
-        return str(resolve(name)), load_tokenizer(name)
+        source = str(resolve(name))  # resolved once: a preset may be built or converted on first use
+        return source, load_tokenizer(source)
     return load(name, quantization=quantization, device=device)
 
 

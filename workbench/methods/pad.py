@@ -275,6 +275,10 @@ class RoundResult(NamedTuple):
     samples: RoundSamples
 
 
+def _vllm_student_folder(cfg: PadConfig, round_: int) -> Path:
+    return Path(cfg.output_dir) / f"vllm_student_round{round_}"
+
+
 def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state=None):
     """What the vLLM backend samples from in a round: the student as loaded (its ``name_or_path``) in round 0;
     later, its current weights saved to ``output_dir/vllm_student_round<k>`` (merged if LoRA), because vLLM reads
@@ -282,9 +286,8 @@ def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state
     if round_ == 0:
         return student
     # the previous round's engine holds the previous weights (and GPU memory); a vLLM teacher's engine stays
-    previous = model_source(student) if round_ == 1 else str(Path(cfg.output_dir) / f"vllm_student_round{round_ - 1}")
-    release_vllm_engines(previous)
-    folder = Path(cfg.output_dir) / f"vllm_student_round{round_}"
+    release_vllm_engines(model_source(student) if round_ == 1 else str(_vllm_student_folder(cfg, round_ - 1)))
+    folder = _vllm_student_folder(cfg, round_)
     if state is None or state.is_main_process:
         model = student
         if hasattr(student, "merge_and_unload"):  # a peft model: vLLM gets base + adapter merged
