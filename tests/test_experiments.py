@@ -1,5 +1,4 @@
-"""experiments/gym_judge.py (issue 2's judge experiment) runs on the tiny gym, and its verdict labels sit where they
-should: the token after each option letter is labelled with that option's gold digit, nothing else changes."""
+"""experiments/gym_judge.py (issue 2's judge experiment) runs on the tiny gym, and its rows are what its flags say."""
 
 import importlib.util
 from pathlib import Path
@@ -17,29 +16,6 @@ def gym_judge():
     return module
 
 
-def test_verdict_labels_follow_each_option_letter(gym_judge, tiny_models):
-    import random
-
-    from workbench.encoding import McqTemplate
-    from workbench.gym.world import make_prompts
-
-    _, tok = tiny_models["teacher-dpo"]
-    template = McqTemplate(*gym_judge.LAYOUTS["restate"])
-    rows = gym_judge.judge_rows(template, make_prompts(3, "train", seed=0), (3, 3), random.Random(0))
-    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
-    plain = gym_judge.VerdictCollator(tok, template, verdicts=False)(rows)
-    judged = gym_judge.VerdictCollator(tok, template, verdicts=True)(rows)
-    letters = {tok.convert_tokens_to_ids(letter) for letter in "ABC"}
-    for b, row in enumerate(rows):
-        ids = plain["input_ids"][b].tolist()
-        changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
-        assert len(changed) == 3 and all(ids[t - 1] in letters for t in changed)
-        assert tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist()) == [str(v) for v in row["verdicts"]]
-        # the answer letter (and eos) stay trained as before
-        answer = (plain["labels"][b] != -100).nonzero().flatten()
-        assert len(answer) == 2 and (judged["labels"][b, answer] == plain["labels"][b, answer]).all()
-
-
 def test_the_experiment_runs_on_the_tiny_gym_and_reports_measured_correlations(gym_judge, tiny_gym):
     out = gym_judge.run(size="tiny", layout="restate", verdicts=True, steps=2, train_rows=16, test_prompts=8)
     for sets in ("judge_mix_sets", "student_sets"):
@@ -47,3 +23,60 @@ def test_the_experiment_runs_on_the_tiny_gym_and_reports_measured_correlations(g
     assert -1 <= out["student_sets_likelihood_spearman"] <= 1 and out["train_seconds"] > 0
     with pytest.raises(ValueError, match="--verdicts needs"):
         gym_judge.run(size="tiny", layout="before", verdicts=True, steps=0)
+
+
+def test_reference_rows_carry_the_gold_answer_and_random_letters_are_an_ordered_subset(gym_judge):
+    import random
+
+    from workbench.gym.world import MCQ_LAYOUTS, make_prompts
+
+    template = MCQ_LAYOUTS["after"]
+    prompts = make_prompts(20, "train", seed=0)
+    rows = gym_judge.judge_rows(template, prompts, (2, 4), random.Random(0), reference=True, random_letters=True)
+    consecutive = 0
+    for prompt, text, answer, verdicts in zip(prompts, rows["prompt"], rows["response"], rows["verdicts"]):
+        assert text.startswith(f"judge {prompt.text} answer {prompt.answer_text} options")
+        shown = [word for word in text.split() if word in template.letters]
+        assert len(shown) == len(verdicts) and shown == sorted(shown) and answer in shown
+        consecutive += shown == list(template.letters[: len(shown)])
+    assert consecutive < len(prompts)  # the letters really are drawn, not always A, B, C...
+    plain = gym_judge.judge_rows(template, prompts, (2, 4), random.Random(0))
+    assert all(text.startswith(f"judge {p.text} options") for p, text in zip(prompts, plain["prompt"]))
+
+
+@pytest.fixture(scope="module")
+def gym_world():
+    spec = importlib.util.spec_from_file_location("gym_world", ROOT / "experiments" / "gym_world.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_world_variants_are_real_builder_configs(gym_world):
+    from workbench.gym.build import SIZES, ModelShape
+
+    assert gym_world.variant_config("v1") == SIZES["default"]
+    lexical = gym_world.variant_config("lexical-gap", overrides={"seed": 1, "mcq_options": [2, 4]})
+    assert (lexical.judge_layout, lexical.judge_verdicts, lexical.seed, lexical.mcq_options) == ("restate", True, 1,
+                                                                                                 (2, 4))
+    assert lexical.student == ModelShape(**gym_world.COMPETENT_STUDENT) and lexical.key() != SIZES["default"].key()
+    with pytest.raises(ValueError, match="variant 'nope'"):
+        gym_world.variant_config("nope")
+    with pytest.raises(ValueError, match="'after' or 'restate'"):
+        gym_world.variant_config("v1", overrides={"judge_verdicts": True})
+    assert gym_world._override("teacher_steps=900") == ("teacher_steps", 900)
+    assert gym_world._override("judge_layout=after") == ("judge_layout", "after")
+
+
+def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    small = dict(teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64, teacher_mcq_rows=32,
+                 student_rows=64, dpo_prompts=32, student={"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32})
+    out = gym_world.run("lexical", size="tiny", overrides=small, prompts=8)
+    assert out["cache"].startswith(str(tmp_path)) and out["build_seconds"]["total"] > 0
+    assert set(out["gold_reward"]) == {"teacher-ref", "teacher-dpo", "student"}
+    dpo = out["ranking_vs_gold"]["teacher-dpo"]
+    assert set(dpo) == {"avg_loglik_spearman", "mcq_spearman", "mcq_cyclic_spearman", "calibrated_alpha0.8_spearman"}
+    # a correlation is NaN only when every 8-prompt set of the 2-step tiny student tied on gold (skipped sets)
+    assert all(-1 <= v <= 1 for v in dpo.values() if v == v) and set(out["checks"]) >= {"mcq_beats_loglik"}
+    assert all(0 <= v["greedy"] <= 1 for v in out["gold_reward"].values())

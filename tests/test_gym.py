@@ -158,6 +158,80 @@ def test_rebuild_after_config_change(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "gym").iterdir()) == sorted([first.root.name, changed.root.name])
 
 
+def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_layout_with_verdicts():
+    from workbench.gym.build import FIELDS_SINCE_V1, SIZES, with_overrides
+    from workbench.cache import content_hash
+    from dataclasses import asdict
+
+    tiny = SIZES["tiny"]
+    v1_fields = {k: v for k, v in asdict(tiny).items() if k not in FIELDS_SINCE_V1}
+    assert tiny.key() == content_hash({"version": 1, **v1_fields}, length=12)  # earlier builds keep their folders
+    assert with_overrides("tiny", judge_layout="restate").key() != tiny.key()
+    assert with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key() != \
+        with_overrides("tiny", judge_layout="restate").key()
+    with pytest.raises(ValueError, match="'after' or 'restate'"):
+        with_overrides("tiny", judge_verdicts=True)
+    with pytest.raises(ValueError, match="judge_layout='sideways'"):
+        with_overrides("tiny", judge_layout="sideways")
+
+
+def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
+    import random
+
+    from workbench.gym.build import VerdictCollator, mcq_rows, with_overrides
+    from workbench.trainers import ResponseCollator
+
+    tok = build_tokenizer()
+    cfg = with_overrides("tiny", judge_layout="restate", judge_verdicts=True, mcq_options=(3, 3))
+    prompts = world.make_prompts(4, "train", seed=0)
+    rows = mcq_rows(prompts, cfg, random.Random(0))
+    assert [len(v) for v in rows["verdicts"]] == [3] * 4
+    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    plain = ResponseCollator(tok)(rows)
+    judged = VerdictCollator(tok, cfg.mcq_template.letters)(rows)
+    letters = {tok.convert_tokens_to_ids(letter) for letter in "ABC"}
+    for b, (prompt, row) in enumerate(zip(prompts, rows)):
+        ids = plain["input_ids"][b].tolist()
+        changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
+        assert len(changed) == 3 and all(ids[t - 1] in letters for t in changed)
+        digits = tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist())
+        options = [o.split(" options ", 1)[1].rsplit(" ", 1)[0] for o in row["prompt"].split(f" {prompt.text}")[1:]]
+        assert digits == [str(round(9 * world.gold_reward(prompt, o))) for o in options]
+        # the answer letter (and eos) stay trained as before
+        answer = (plain["labels"][b] != -100).nonzero().flatten()
+        assert len(answer) == 2 and (judged["labels"][b, answer] == plain["labels"][b, answer]).all()
+    # answer rows (no verdicts) are left as the plain collator makes them
+    answers = [{"prompt": p.text, "response": p.answer_text, "verdicts": []} for p in prompts]
+    assert torch.equal(VerdictCollator(tok, "ABC")(answers)["labels"], ResponseCollator(tok)(answers)["labels"])
+    with pytest.raises(ValueError, match="2 verdicts but 3 option letters"):
+        VerdictCollator(tok, "ABC")([{**rows[0], "verdicts": [1, 2]}])
+
+
+def test_a_build_saves_its_judge_wording_and_pad_and_the_report_ask_in_it(tmp_path, monkeypatch):
+    from workbench.encoding import load_mcq_template
+    from workbench.gym.build import build_gym, with_overrides
+    from workbench.gym.report import gym_report
+    from workbench.methods.pad import mcq_template_for
+    from workbench.models import load
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    cfg = with_overrides("tiny", teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64,
+                         teacher_mcq_rows=32, student_rows=64, dpo_prompts=32, judge_layout="restate",
+                         judge_verdicts=True)
+    gym = build_gym(config=cfg, progress=False)
+    restate = world.MCQ_LAYOUTS["restate"]
+    for role, path in gym.paths.items():
+        assert load_mcq_template(path) == restate, role
+    _, tok = load(str(gym.paths["teacher-dpo"]), device="cpu")
+    assert mcq_template_for(tok) == restate
+    assert mcq_template_for(build_tokenizer()) == world.GYM_MCQ_TEMPLATE  # no saved wording: the gym's default
+    report = gym_report(config=cfg, n_prompts=8)
+    assert report["ranking_vs_gold"]["teacher-dpo"]["mcq_template"]["option"] == restate.option
+    (gym.paths["student"] / "mcq_template.json").write_text('{"header": "x"}')
+    with pytest.raises(ValueError, match="not an MCQ template"):
+        load_mcq_template(gym.paths["student"])
+
+
 def test_gym_models_load_through_load_like_any_hf_model(tiny_gym):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 

@@ -7,7 +7,9 @@ cache and every trainer encode through here, so "which tokens are the response" 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence, Union
 
 Messages = list[dict]
@@ -124,6 +126,28 @@ class McqTemplate:
             )
         options = [self.option.format(letter=l, response=r, prompt=prompt) for l, r in zip(self.letters, responses)]
         return self.header.format(prompt=prompt) + "".join(options) + self.footer.format(prompt=prompt)
+
+
+MCQ_TEMPLATE_FILE = "mcq_template.json"
+
+
+def save_mcq_template(template: McqTemplate, folder: str | Path) -> Path:
+    """Write ``template`` beside a model (``<folder>/mcq_template.json``): the wording its judge was trained on."""
+    path = Path(folder) / MCQ_TEMPLATE_FILE
+    path.write_text(json.dumps(asdict(template), indent=1))
+    return path
+
+
+def load_mcq_template(folder: str | Path) -> McqTemplate | None:
+    """The MCQ wording saved beside a model by :func:`save_mcq_template`, or None when there is none."""
+    path = Path(folder) / MCQ_TEMPLATE_FILE if folder else None
+    if path is None or not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    try:
+        return McqTemplate(**{**fields, "letters": tuple(fields.get("letters", McqTemplate.letters))})
+    except TypeError as err:
+        raise ValueError(f"{path}: not an MCQ template ({err}); it needs header, option and footer") from None
 
 
 # the general wording for real chat models (PAD App. C style)

@@ -129,16 +129,19 @@ def train_sft(
     seed: int = 0,
     max_length: int | None = None,
     progress: bool = True,
+    collator=None,
     **overrides,
 ) -> list[dict]:
-    """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history."""
+    """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history.
+
+    ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own)."""
     missing = {"prompt", "response"} - set(rows.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **overrides)
     trainer = Trainer(model=model, args=args, train_dataset=rows,
-                      data_collator=ResponseCollator(tokenizer, max_length))
+                      data_collator=collator or ResponseCollator(tokenizer, max_length))
     trainer.train()
     model.eval()
     return trainer.state.log_history

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from workbench.cache import cache_root, content_hash
 from workbench.gym.world import (
-    GYM_MCQ_TEMPLATE,
+    MCQ_LAYOUTS,
     Prompt,
     gold_reward,
     make_prompts,
@@ -105,9 +105,30 @@ class GymConfig:
     student_mix: dict = field(default_factory=lambda: dict(STUDENT_MIX))
     judge_mix: dict = field(default_factory=lambda: dict(JUDGE_MIX))
     seed: int = 0
+    judge_layout: str = "before"  # how judging options are laid out: a key of world.MCQ_LAYOUTS
+    judge_verdicts: bool = False  # also train each option letter's position to predict round(9 · gold) of its option
+
+    def __post_init__(self):
+        if self.judge_layout not in MCQ_LAYOUTS:
+            raise ValueError(f"judge_layout={self.judge_layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
+        if self.judge_verdicts and not self.mcq_template.option.endswith("{letter}"):
+            raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
+                             f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
+                             "'after' or 'restate'")
+
+    @property
+    def mcq_template(self):
+        return MCQ_LAYOUTS[self.judge_layout]
 
     def key(self) -> str:
-        return content_hash({"version": GYM_VERSION, **asdict(self)}, length=12)
+        fields = asdict(self)
+        for name, first in FIELDS_SINCE_V1.items():  # at their defaults they leave earlier builds' keys as they were
+            if fields[name] == first:
+                del fields[name]
+        return content_hash({"version": GYM_VERSION, **fields}, length=12)
+
+
+FIELDS_SINCE_V1 = {"judge_layout": "before", "judge_verdicts": False}
 
 
 SIZES: dict[str, GymConfig] = {
@@ -155,8 +176,12 @@ def sft_rows(prompts: list[Prompt], mix: dict, rng: random.Random) -> dict[str, 
 
 
 def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[str, list]:
-    """Judging examples: k options of mixed quality; the label letter is drawn from softmax(gold / T)."""
-    rows = {"prompt": [], "response": []}
+    """Judging examples: k options of mixed quality; the label letter is drawn from softmax(gold / T).
+
+    With ``cfg.judge_verdicts`` each row also carries its options' gold rewards as digits round(9 · gold)
+    (``verdicts``), which :class:`VerdictCollator` trains at each option letter's position."""
+    template = cfg.mcq_template
+    rows = {"prompt": [], "response": [], **({"verdicts": []} if cfg.judge_verdicts else {})}
     low, high = cfg.mcq_options
     for prompt in prompts:
         k = rng.randint(low, high)
@@ -165,9 +190,42 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
         top = max(golds)
         weights = [math.exp((g - top) / cfg.mcq_label_temperature) for g in golds]
         label = rng.choices(range(k), weights)[0]
-        rows["prompt"].append(GYM_MCQ_TEMPLATE.render(prompt.text, options))
-        rows["response"].append(GYM_MCQ_TEMPLATE.letters[label])
+        rows["prompt"].append(template.render(prompt.text, options))
+        rows["response"].append(template.letters[label])
+        if cfg.judge_verdicts:
+            rows["verdicts"].append([round(9 * g) for g in golds])
     return rows
+
+
+class VerdictCollator:
+    """LM batches of (prompt, response[, verdicts]) rows: response-only labels, and for a row with verdicts the
+    position of each option letter in its prompt is labelled with that option's verdict digit (the label need not
+    be the next input token), so every option gets a local, graded target beside the one answer letter."""
+
+    def __init__(self, tokenizer, letters, max_length: int | None = None):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.letter_ids = {tokenizer.convert_tokens_to_ids(letter) for letter in letters}
+        self.digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from workbench.encoding import collate_examples
+
+        batch = collate_examples(self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                                 self.max_length)
+        labels = batch["labels"]
+        for b, row in enumerate(rows):
+            verdicts = row.get("verdicts") or []
+            if not verdicts:
+                continue
+            ids = batch["input_ids"][b].tolist()
+            answer_at = int(batch["response_mask"][b].nonzero()[0])
+            letters = [t for t in range(answer_at) if ids[t] in self.letter_ids]
+            if len(letters) != len(verdicts):
+                raise ValueError(f"row {b}: {len(verdicts)} verdicts but {len(letters)} option letters in its prompt "
+                                 f"{row['prompt']!r}; an option's text must not contain a letter token")
+            for t, verdict in zip(letters, verdicts):
+                labels[b, t + 1] = self.digit_ids[verdict]
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
 def _new_model(shape: ModelShape, tokenizer, seed: int):
@@ -243,6 +301,15 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
     return trainer.model.eval(), trainer.state.log_history
 
 
+def _save(model, tokenizer, folder: Path, config: GymConfig) -> None:
+    """A ``save_pretrained`` folder, with the MCQ wording the build's judge learned (read by PAD's scorer)."""
+    from workbench.encoding import save_mcq_template
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_mcq_template(config.mcq_template, folder)
+
+
 def build_gym(size: str = "default", *, force: bool = False, progress: bool = True,
               config: GymConfig | None = None) -> GymBuild:
     """Build (or load from cache) the gym of ``size``; returns the folders of its three models."""
@@ -271,23 +338,23 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
     t0 = time.perf_counter()
     answers = sft_rows(make_prompts(config.teacher_sft_rows, "train", config.seed), config.teacher_mix, rng)
     judging = mcq_rows(make_prompts(config.teacher_mcq_rows, "train", config.seed + 1), config, rng)
+    if config.judge_verdicts:
+        answers["verdicts"] = [[] for _ in answers["prompt"]]
     teacher_rows = datasets.Dataset.from_dict(
         {k: answers[k] + judging[k] for k in answers}).shuffle(seed=config.seed)
     teacher = _new_model(config.teacher, tokenizer, config.seed)
+    collator = VerdictCollator(tokenizer, config.mcq_template.letters) if config.judge_verdicts else None
     logs["teacher-ref"] = train_sft(teacher, tokenizer, teacher_rows, steps=config.teacher_steps,
                                     lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed,
-                                    progress=progress)
-    for role, model in (("teacher-ref", teacher),):
-        model.save_pretrained(tmp / role)
-        tokenizer.save_pretrained(tmp / role)
+                                    progress=progress, collator=collator)
+    _save(teacher, tokenizer, tmp / "teacher-ref", config)
     timings["teacher-ref"] = time.perf_counter() - t0
 
     # (2) DPO teacher: DPO from the reference teacher on gold-ranked pairs of its own samples
     t0 = time.perf_counter()
     pairs, pair_stats = _dpo_pairs(teacher, tokenizer, config, progress)
     dpo_teacher, logs["teacher-dpo"] = _train_dpo(tmp / "teacher-ref", tokenizer, pairs, config, progress)
-    dpo_teacher.save_pretrained(tmp / "teacher-dpo")
-    tokenizer.save_pretrained(tmp / "teacher-dpo")
+    _save(dpo_teacher, tokenizer, tmp / "teacher-dpo", config)
     timings["teacher-dpo"] = time.perf_counter() - t0
 
     # (3) student: smaller, SFT on a noisy mix
@@ -298,8 +365,7 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
     logs["student"] = train_sft(student, tokenizer, student_rows, steps=config.student_steps,
                                 lr=config.student_lr, batch_size=config.batch_size, seed=config.seed,
                                 progress=progress)
-    student.save_pretrained(tmp / "student")
-    tokenizer.save_pretrained(tmp / "student")
+    _save(student, tokenizer, tmp / "student", config)
     timings["student"] = time.perf_counter() - t0
 
     info = {

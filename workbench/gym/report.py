@@ -7,11 +7,15 @@ Every number here is computed from the built models on held-out (test-split) pro
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from workbench.evaluate import gold_rewards, mean_ci, mean_spearman
-from workbench.gym.world import GYM_MCQ_TEMPLATE, gold_reward, make_prompts
+from workbench.gym.world import gold_reward, make_prompts
+
+
+PAD_ALPHA = 0.8  # PAD §5.1
 
 
 def _gold(prompts, samples) -> np.ndarray:
@@ -20,8 +24,11 @@ def _gold(prompts, samples) -> np.ndarray:
 
 
 def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 4, seed: int = 0,
-               progress: bool = False) -> dict:
-    """Measured properties of the gym of ``size`` (see module docstring), as a JSON-ready dict."""
+               progress: bool = False, config=None) -> dict:
+    """Measured properties of the gym of ``size`` (or of the build of ``config``, a ``GymConfig``; see the module
+    docstring), as a JSON-ready dict. The judge is asked in the MCQ wording saved with the build."""
+    from workbench.losses.pad import calibrated_reward
+    from workbench.methods.pad import mcq_template_for
     from workbench.models import load
     from workbench.sampling import group_responses, sample_responses
     from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
@@ -32,7 +39,13 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
     prefix = "gym-" if size == "default" else f"gym-{size}-"
     prompts = make_prompts(n_prompts, "test", seed=seed + 1000)
     texts = [p.text for p in prompts]
-    models = {role: load(prefix + role, device="cpu") for role in ("teacher-ref", "teacher-dpo", "student")}
+    if config is not None:
+        from workbench.gym.build import build_gym
+
+        size, paths = config.size, build_gym(config=config, progress=progress).paths
+        models = {role: load(str(path), device="cpu") for role, path in paths.items()}
+    else:
+        models = {role: load(prefix + role, device="cpu") for role in ("teacher-ref", "teacher-dpo", "student")}
     report: dict = {"size": size, "held_out_prompts": n_prompts, "gold_reward": {}}
     for role, (model, tokenizer) in models.items():
         greedy = sample_responses(model, tokenizer, texts, n=1, temperature=0.0, seed=seed, progress=progress)
@@ -55,16 +68,21 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
     report["ranking_vs_gold"] = {}
     for role in ("teacher-ref", "teacher-dpo"):
         model, tokenizer = models[role]
+        template = mcq_template_for(tokenizer)
         likelihood = avg_logp_rewards(model, tokenizer, flat_prompts, flat_responses).view(-1, n_candidates)
-        mcq = mcq_selection_logprobs(model, tokenizer, texts, groups, template=GYM_MCQ_TEMPLATE, order="random",
+        mcq = mcq_selection_logprobs(model, tokenizer, texts, groups, template=template, order="random",
                                      seed=seed)
-        mcq_cyclic = mcq_selection_logprobs(model, tokenizer, texts, groups, template=GYM_MCQ_TEMPLATE,
+        mcq_cyclic = mcq_selection_logprobs(model, tokenizer, texts, groups, template=template,
                                             order="cyclic", seed=seed)
         entry = {
             "avg_loglik_spearman": mean_spearman(likelihood.numpy(), golds),
             "mcq_spearman": mean_spearman(mcq.numpy(), golds),
             "mcq_cyclic_spearman": mean_spearman(mcq_cyclic.numpy(), golds),
+            # what PAD ranks by: the calibrated reward (Eq. 9) at the paper's alpha, random option order
+            f"calibrated_alpha{PAD_ALPHA}_spearman": mean_spearman(
+                calibrated_reward(likelihood, mcq, PAD_ALPHA).numpy(), golds),
         }
+        entry["mcq_template"] = asdict(template)
         entry["mcq_minus_loglik"] = entry["mcq_spearman"]["mean"] - entry["avg_loglik_spearman"]["mean"]
         report["ranking_vs_gold"][role] = entry
     report["seconds"] = time.perf_counter() - started

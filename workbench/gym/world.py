@@ -213,7 +213,17 @@ def sample_candidate(prompt: Prompt, mix: dict[str, float], rng: random.Random) 
 # --- multiple-choice judging (PAD Eq. 8): the gym's own wording, in its vocabulary ---
 
 
-GYM_MCQ_TEMPLATE = McqTemplate(header="judge {prompt} options", option=" {letter} {response}", footer=" best")
+# how each option is laid out; a build trains its teacher's judge on one of them (GymConfig.judge_layout) and saves
+# it beside the models, so the judge is always asked in the wording it learned
+MCQ_LAYOUTS = {
+    "before": McqTemplate(header="judge {prompt} options", option=" {letter} {response}", footer=" best"),
+    "after": McqTemplate(header="judge {prompt} options", option=" {response} {letter}", footer=" best"),
+    # the question restated before each option, so each option reads like the conversation it came from
+    "restate": McqTemplate(header="judge options", option=" {prompt} options {response} {letter}", footer=" best"),
+}
+GYM_MCQ_TEMPLATE = MCQ_LAYOUTS["before"]
+
+
 def vocabulary() -> list[str]:
     """Every ordinary word of the gym (special tokens are added by the tokenizer)."""
     words = [*NUMBERS, *TASKS, *FILLER_WORDS, *HARMFUL_WORDS, *OPTION_LETTERS, *MCQ_WORDS]

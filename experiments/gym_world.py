@@ -1,0 +1,108 @@
+"""Experiment (issue 2): whole gym builds with another judge design or world, measured by the gym's own report.
+
+``experiments/gym_judge.py`` continues training one built teacher on judging rows; this script builds a whole
+variant gym (reference teacher, DPO teacher, student) under its own cache key with the real builder and prints
+``gym_report`` for it, so a variant is judged by exactly the checks issue 2 names. Variants:
+
+* ``v1``: the default gym as built today (``GymConfig`` defaults: judge options listed after their letter);
+* ``restate``: the judge is trained on the restated layout with per-option verdict supervision
+  (``judge_layout="restate"``, ``judge_verdicts=True``), 1500 teacher steps with 20k judging rows of 1–4 options;
+* ``lexical``: ``restate`` in a world whose student is competent at the tasks but noisy in style — its errors are
+  mostly filler and harmful words, which the judge's verdicts learn first — and whose judging rows lean the same way;
+* ``lexical-gap``: ``lexical`` with a student whose favourite answer is the frequent filler phrasing, so its greedy
+  gold stays ≥ 0.15 below the teacher's.
+
+``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
+
+    WORKBENCH_THREADS=2 python experiments/gym_world.py lexical-gap      # ~4 min build + ~1 min report, 2 cores
+
+Measured with the /tmp prototypes of these variants (stop 11, 256 held-out prompts, 4-candidate student sets; per-set
+Spearman with gold of the DPO teacher's likelihood / MCQ random order (paper) / MCQ cyclic orders):
+``restate`` 0.55 / 0.15 / 0.32; ``lexical`` (seed 0) 0.60 / 0.54 / 0.80; ``lexical-gap`` (seed 1) 0.55 / 0.17 / 0.66.
+The numbers printed by this script are the record; see the issue-2 note of stop 11.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+
+LEXICAL_JUDGE_MIX = {"correct": 0.25, "frequent_filler": 0.2, "other_filler": 0.2, "near_miss": 0.1, "wrong": 0.05,
+                     "harmful": 0.2}
+COMPETENT_STUDENT = {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 128}
+RESTATE = dict(judge_layout="restate", judge_verdicts=True, teacher_steps=1500, teacher_mcq_rows=20000,
+               mcq_options=(1, 4))
+VARIANTS: dict[str, dict] = {
+    "v1": {},
+    "restate": RESTATE,
+    "lexical": {**RESTATE, "judge_mix": LEXICAL_JUDGE_MIX, "student": COMPETENT_STUDENT, "student_steps": 1500,
+                "student_mix": {"correct": 0.25, "frequent_filler": 0.3, "other_filler": 0.2, "harmful": 0.25}},
+    "lexical-gap": {**RESTATE, "judge_mix": LEXICAL_JUDGE_MIX, "student": COMPETENT_STUDENT, "student_steps": 1500,
+                    "student_mix": {"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2}},
+}
+
+
+def variant_config(name: str, size: str = "default", overrides: dict | None = None):
+    """The ``GymConfig`` of a named variant at ``size`` with ``overrides`` on top (a shape may be given as a dict)."""
+    from workbench.gym.build import SIZES, ModelShape, with_overrides
+
+    if name not in VARIANTS:
+        raise ValueError(f"variant {name!r}; use one of {sorted(VARIANTS)}")
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}; use one of {sorted(SIZES)}")
+    fields = {**VARIANTS[name], **(overrides or {})}
+    for shape in ("teacher", "student"):
+        if isinstance(fields.get(shape), dict):
+            fields[shape] = ModelShape(**fields[shape])
+    if "mcq_options" in fields:
+        fields["mcq_options"] = tuple(fields["mcq_options"])
+    return with_overrides(size, **fields)
+
+
+def run(name: str, size: str = "default", overrides: dict | None = None, prompts: int = 256,
+        candidates: int = 4) -> dict:
+    """Build (or load) the variant and return its build seconds and the gym report's measurements."""
+    from workbench.gym.build import build_gym
+    from workbench.gym.report import gym_report
+
+    config = variant_config(name, size, overrides)
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines; stdout carries the JSON only
+        gym = build_gym(config=config, progress=False)
+        report = gym_report(config=config, n_prompts=prompts, n_candidates=candidates)
+    gold = {role: {k: round(v["mean"], 3) for k, v in g.items()} for role, g in report["gold_reward"].items()}
+    ranking = {role: {k: round(v["mean"], 3) for k, v in entry.items() if isinstance(v, dict) and "mean" in v}
+               for role, entry in report["ranking_vs_gold"].items()}
+    return {"variant": name, "size": size, "overrides": overrides or {}, "cache": str(gym.root),
+            "build_seconds": {k: round(v, 1) for k, v in gym.info["seconds"].items()},
+            "wall_seconds": round(time.perf_counter() - started, 1), "candidates": candidates,
+            "gold_reward": gold, "ranking_vs_gold": ranking, "checks": report["checks"]}
+
+
+def _override(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: write name=value, e.g. seed=1")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--size", default="default", choices=["tiny", "default"])
+    parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+                        metavar="NAME=VALUE", help="override a GymConfig field (JSON value)")
+    parser.add_argument("--prompts", type=int, default=256, help="held-out prompts the report measures on")
+    parser.add_argument("--candidates", type=int, default=4, help="student samples per judged set")
+    a = parser.parse_args(argv)
+    print(json.dumps(run(a.variant, a.size, dict(a.overrides), a.prompts, a.candidates), indent=1))
+
+
+if __name__ == "__main__":
+    main()
