@@ -16,10 +16,19 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
 
     WORKBENCH_THREADS=2 python experiments/gym_world.py lexical-gap      # ~4 min build + ~1 min report, 2 cores
 
-Measured with the /tmp prototypes of these variants (stop 11, 256 held-out prompts, 4-candidate student sets; per-set
-Spearman with gold of the DPO teacher's likelihood / MCQ random order (paper) / MCQ cyclic orders):
-``restate`` 0.55 / 0.15 / 0.32; ``lexical`` (seed 0) 0.60 / 0.54 / 0.80; ``lexical-gap`` (seed 1) 0.55 / 0.17 / 0.66.
-The numbers printed by this script are the record; see the issue-2 note of stop 11.
+Measured (stop 11, this script, WORKBENCH_THREADS=1 with two builds side by side; 256 held-out prompts, 4-candidate
+student sets; per-set Spearman with gold of the DPO teacher's likelihood / MCQ in random order (the paper) / MCQ
+averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold of DPO teacher / student):
+
+* ``restate``:     0.492 / 0.111 / 0.155 / 0.497; gold 0.941 / 0.471 (the default world's numeric errors: no judge);
+* ``lexical``:     0.597 / 0.540 / 0.804 / 0.542; gold 0.952 / 0.926 (student too close to the teacher);
+* ``lexical-gap``: 0.622 / 0.350 / 0.758 / 0.412; gold 0.939 / 0.760 (2 threads: build 196 s);
+  ``--set 'teacher={"hidden":96,"layers":6,"heads":4,"intermediate":192}'`` (deeper teacher): 0.640 / 0.445 /
+  0.712 / 0.454; gold 0.948 / 0.760; ``--set teacher_mcq_rows=40000`` (twice the judging rows): 0.536 / 0.316 /
+  0.685 / 0.360; gold 0.884 / 0.764 (the teacher's own answers suffer; the gap check fails).
+
+So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
+out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.
 """
 
 from __future__ import annotations

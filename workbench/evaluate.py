@@ -87,13 +87,17 @@ def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequen
                    responses_b: Sequence[str], *, template=None, seed: int = 0) -> dict:
     """Win rate of A over B by a local judge model's MCQ selection (both orders averaged).
 
-    This is *not* a gold measurement: it inherits the judge's biases. Reported with ``measurement='judge'``.
+    The judge is asked in ``template``, else in the wording saved beside it (``mcq_template.json``), else in the
+    general wording. This is *not* a gold measurement: it inherits the judge's biases. Reported with
+    ``measurement='judge'``.
     """
-    from workbench.encoding import DEFAULT_MCQ_TEMPLATE
+    from workbench.encoding import DEFAULT_MCQ_TEMPLATE, load_mcq_template
     from workbench.scoring import mcq_selection_logprobs
 
-    log_sel = mcq_selection_logprobs(judge, tokenizer, list(prompts), [[a, b] for a, b in zip(responses_a, responses_b)],
-                                     template=template or DEFAULT_MCQ_TEMPLATE, order="cyclic", seed=seed)
+    template = template or load_mcq_template(getattr(tokenizer, "name_or_path", "") or "") or DEFAULT_MCQ_TEMPLATE
+    pairs = [[a, b] for a, b in zip(responses_a, responses_b)]
+    log_sel = mcq_selection_logprobs(judge, tokenizer, list(prompts), pairs, template=template, order="cyclic",
+                                     seed=seed)
     p_a = log_sel[:, 0].exp().numpy()
     return {"measurement": "judge", "win_rate": float(np.mean(p_a > 0.5) + 0.5 * np.mean(p_a == 0.5)),
             "mean_p_a": float(p_a.mean())}
