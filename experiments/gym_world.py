@@ -83,7 +83,8 @@ def run(name: str, size: str = "default", overrides: dict | None = None, prompts
         gym = build_gym(config=config, progress=False)
         report = gym_report(config=config, n_prompts=prompts, n_candidates=candidates)
     gold = {role: {k: round(v["mean"], 3) for k, v in g.items()} for role, g in report["gold_reward"].items()}
-    ranking = {role: {k: round(v["mean"], 3) for k, v in entry.items() if isinstance(v, dict) and "mean" in v}
+    ranking = {role: {**{k: round(v["mean"], 3) for k, v in entry.items() if isinstance(v, dict) and "mean" in v},
+                      "mcq_position_prior": entry["mcq_position_prior"]}
                for role, entry in report["ranking_vs_gold"].items()}
     return {"variant": name, "size": size, "overrides": overrides or {}, "cache": str(gym.root),
             "build_seconds": {k: round(v, 1) for k, v in gym.info["seconds"].items()},

@@ -76,6 +76,8 @@ def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatc
     assert out["cache"].startswith(str(tmp_path)) and out["build_seconds"]["total"] > 0
     assert set(out["gold_reward"]) == {"teacher-ref", "teacher-dpo", "student"}
     dpo = out["ranking_vs_gold"]["teacher-dpo"]
+    prior = dpo.pop("mcq_position_prior")
+    assert len(prior) == 4 and abs(sum(prior) - 1) < 1e-3
     assert set(dpo) == {"avg_loglik_spearman", "mcq_spearman", "mcq_cyclic_spearman", "calibrated_alpha0.8_spearman"}
     # a correlation is NaN only when every 8-prompt set of the 2-step tiny student tied on gold (skipped sets)
     assert all(-1 <= v <= 1 for v in dpo.values() if v == v) and set(out["checks"]) >= {"mcq_beats_loglik"}

@@ -227,6 +227,8 @@ def test_a_build_saves_its_judge_wording_and_pad_and_the_report_ask_in_it(tmp_pa
     assert mcq_template_for(build_tokenizer()) == world.GYM_MCQ_TEMPLATE  # no saved wording: the gym's default
     report = gym_report(config=cfg, n_prompts=8)
     assert report["ranking_vs_gold"]["teacher-dpo"]["mcq_template"]["option"] == restate.option
+    prior = report["ranking_vs_gold"]["teacher-dpo"]["mcq_position_prior"]
+    assert len(prior) == 4 and sum(prior) == pytest.approx(1, abs=1e-3) and min(prior) > 0
     (gym.paths["student"] / "mcq_template.json").write_text('{"header": "x"}')
     with pytest.raises(ValueError, match="not an MCQ template"):
         load_mcq_template(gym.paths["student"])

@@ -82,6 +82,11 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
             f"calibrated_alpha{PAD_ALPHA}_spearman": mean_spearman(
                 calibrated_reward(likelihood, mcq, PAD_ALPHA).numpy(), golds),
         }
+        # the judge's position bias: mean p_sel of each letter when every option is the same answer (uniform: 1/n);
+        # the single random order of the paper passes this bias on to the ranking, cyclic orders average it out
+        same = [[group[0]] * n_candidates for group in groups]
+        prior = mcq_selection_logprobs(model, tokenizer, texts, same, template=template, order="identity").exp()
+        entry["mcq_position_prior"] = [round(float(p), 4) for p in prior.mean(0)]
         entry["mcq_template"] = asdict(template)
         entry["mcq_minus_loglik"] = entry["mcq_spearman"]["mean"] - entry["avg_loglik_spearman"]["mean"]
         report["ranking_vs_gold"][role] = entry
