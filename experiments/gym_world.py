@@ -25,7 +25,11 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
 * ``lexical-gap``: 0.622 / 0.350 / 0.758 / 0.412; gold 0.939 / 0.760 (2 threads: build 196 s);
   ``--set 'teacher={"hidden":96,"layers":6,"heads":4,"intermediate":192}'`` (deeper teacher): 0.640 / 0.445 /
   0.712 / 0.454; gold 0.948 / 0.760; ``--set teacher_mcq_rows=40000`` (twice the judging rows): 0.536 / 0.316 /
-  0.685 / 0.360; gold 0.884 / 0.764 (the teacher's own answers suffer; the gap check fails).
+  0.685 / 0.360; gold 0.884 / 0.764 (the teacher's own answers suffer; the gap check fails);
+  ``--set mcq_label_temperature=0.02`` (sharper labels): 0.613 / 0.378 / 0.746 / 0.416; ``--set teacher_lr=0.003``:
+  0.382 / 0.209 / 0.441 / 0.250 (teacher gold 0.861); ``--set judge_layout=bracket`` (letter on both sides of each
+  option): 0.622 / 0.485 / 0.784 / 0.501, gold 0.941 / 0.760 — the best single-order judge so far; bracket with the
+  deeper teacher: 0.640 / 0.473 / 0.724 / 0.487.
 
 So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
 out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.

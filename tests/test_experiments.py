@@ -62,7 +62,7 @@ def test_world_variants_are_real_builder_configs(gym_world):
     assert lexical.student == ModelShape(**gym_world.COMPETENT_STUDENT) and lexical.key() != SIZES["default"].key()
     with pytest.raises(ValueError, match="variant 'nope'"):
         gym_world.variant_config("nope")
-    with pytest.raises(ValueError, match="'after' or 'restate'"):
+    with pytest.raises(ValueError, match="'after', 'restate' or 'bracket'"):
         gym_world.variant_config("v1", overrides={"judge_verdicts": True})
     assert gym_world._override("teacher_steps=900") == ("teacher_steps", 900)
     assert gym_world._override("judge_layout=after") == ("judge_layout", "after")

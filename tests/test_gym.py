@@ -169,7 +169,7 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
     assert with_overrides("tiny", judge_layout="restate").key() != tiny.key()
     assert with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key() != \
         with_overrides("tiny", judge_layout="restate").key()
-    with pytest.raises(ValueError, match="'after' or 'restate'"):
+    with pytest.raises(ValueError, match="'after', 'restate' or 'bracket'"):
         with_overrides("tiny", judge_verdicts=True)
     with pytest.raises(ValueError, match="judge_layout='sideways'"):
         with_overrides("tiny", judge_layout="sideways")
@@ -200,6 +200,17 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
         # the answer letter (and eos) stay trained as before
         answer = (plain["labels"][b] != -100).nonzero().flatten()
         assert len(answer) == 2 and (judged["labels"][b, answer] == plain["labels"][b, answer]).all()
+    # with the letter on both sides of an option (bracket), the closing letter carries the verdict
+    bracket = with_overrides("tiny", judge_layout="bracket", judge_verdicts=True, mcq_options=(3, 3))
+    rows = mcq_rows(prompts, bracket, random.Random(0))
+    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    judged, plain = VerdictCollator(tok, bracket.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
+    for b, row in enumerate(rows):
+        ids = plain["input_ids"][b].tolist()
+        changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
+        answer_at = int((plain["labels"][b] != -100).nonzero()[0])
+        closing = [max(t for t in range(answer_at) if ids[t] == tok.convert_tokens_to_ids(x)) for x in "ABC"]
+        assert [t - 1 for t in changed] == closing and sum(ids.count(i) for i in letters) == 6 + 1  # + the answer
     # answer rows (no verdicts) are left as the plain collator makes them
     answers = [{"prompt": p.text, "response": p.answer_text, "verdicts": []} for p in prompts]
     assert torch.equal(VerdictCollator(tok, "ABC")(answers)["labels"], ResponseCollator(tok)(answers)["labels"])

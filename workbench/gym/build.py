@@ -114,7 +114,7 @@ class GymConfig:
         if self.judge_verdicts and not self.mcq_template.option.endswith("{letter}"):
             raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
                              f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
-                             "'after' or 'restate'")
+                             "'after', 'restate' or 'bracket'")
 
     @property
     def mcq_template(self):
@@ -199,8 +199,9 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
 
 class VerdictCollator:
     """LM batches of (prompt, response[, verdicts]) rows: response-only labels, and for a row with verdicts the
-    position of each option letter in its prompt is labelled with that option's verdict digit (the label need not
-    be the next input token), so every option gets a local, graded target beside the one answer letter."""
+    position of each option letter in its prompt (its last, closing occurrence) is labelled with that option's
+    verdict digit (the label need not be the next input token), so every option gets a local, graded target beside
+    the one answer letter."""
 
     def __init__(self, tokenizer, letters, max_length: int | None = None):
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -219,7 +220,8 @@ class VerdictCollator:
                 continue
             ids = batch["input_ids"][b].tolist()
             answer_at = int(batch["response_mask"][b].nonzero()[0])
-            letters = [t for t in range(answer_at) if ids[t] in self.letter_ids]
+            last = {ids[t]: t for t in range(answer_at) if ids[t] in self.letter_ids}  # a letter's closing position
+            letters = sorted(last.values())
             if len(letters) != len(verdicts):
                 raise ValueError(f"row {b}: {len(verdicts)} verdicts but {len(letters)} option letters in its prompt "
                                  f"{row['prompt']!r}; an option's text must not contain a letter token")

@@ -220,6 +220,9 @@ MCQ_LAYOUTS = {
     "after": McqTemplate(header="judge {prompt} options", option=" {response} {letter}", footer=" best"),
     # the question restated before each option, so each option reads like the conversation it came from
     "restate": McqTemplate(header="judge options", option=" {prompt} options {response} {letter}", footer=" best"),
+    # restated, and the letter on both sides, so no letter sits between two options it does not belong to
+    "bracket": McqTemplate(header="judge options", option=" {letter} {prompt} options {response} {letter}",
+                           footer=" best"),
 }
 GYM_MCQ_TEMPLATE = MCQ_LAYOUTS["before"]
 
