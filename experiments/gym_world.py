@@ -10,7 +10,9 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
 * ``lexical``: ``restate`` in a world whose student is competent at the tasks but noisy in style — its errors are
   mostly filler and harmful words, which the judge's verdicts learn first — and whose judging rows lean the same way;
 * ``lexical-gap``: ``lexical`` with a student whose favourite answer is the frequent filler phrasing, so its greedy
-  gold stays ≥ 0.15 below the teacher's.
+  gold stays ≥ 0.15 below the teacher's;
+* ``running``: ``lexical-gap`` with each option bracketed by its letter and closed by "best", where the teacher also
+  learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option.
 
 ``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
 
@@ -56,6 +58,7 @@ VARIANTS: dict[str, dict] = {
     "lexical-gap": {**RESTATE, "judge_mix": LEXICAL_JUDGE_MIX, "student": COMPETENT_STUDENT, "student_steps": 1500,
                     "student_mix": {"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2}},
 }
+VARIANTS["running"] = {**VARIANTS["lexical-gap"], "judge_layout": "running", "judge_running_best": True}
 
 
 def variant_config(name: str, size: str = "default", overrides: dict | None = None):

@@ -195,7 +195,8 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
         changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
         assert len(changed) == 3 and all(ids[t - 1] in letters for t in changed)
         digits = tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist())
-        options = [o.split(" options ", 1)[1].rsplit(" ", 1)[0] for o in row["prompt"].split(f" {prompt.text}")[1:]]
+        shown = row["prompt"].removesuffix(" best").split(f" {prompt.text}")[1:]
+        options = [o.split(" options ", 1)[1].rsplit(" ", 1)[0] for o in shown]
         assert digits == [str(round(9 * world.gold_reward(prompt, o))) for o in options]
         # the answer letter (and eos) stay trained as before
         answer = (plain["labels"][b] != -100).nonzero().flatten()
@@ -211,6 +212,36 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
         answer_at = int((plain["labels"][b] != -100).nonzero()[0])
         closing = [max(t for t in range(answer_at) if ids[t] == tok.convert_tokens_to_ids(x)) for x in "ABC"]
         assert [t - 1 for t in changed] == closing and sum(ids.count(i) for i in letters) == 6 + 1  # + the answer
+    # running best: each option's closing "best" learns the letter of the best option so far; the last is the answer
+    running = with_overrides("tiny", judge_layout="running", judge_verdicts=True, judge_running_best=True,
+                             mcq_options=(3, 3))
+    rows = mcq_rows(prompts, running, random.Random(0))
+    assert all(len(r) == 3 and r[-1] == answer for r, answer in zip(rows["running"], rows["response"]))
+    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    judged, plain = VerdictCollator(tok, running.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
+    best = tok.convert_tokens_to_ids("best")
+    for b, row in enumerate(rows):
+        ids = plain["input_ids"][b].tolist()
+        changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
+        at_best = [t for t in changed if ids[t - 1] == best]
+        assert len(changed) == 6 and tok.convert_ids_to_tokens(judged["labels"][b, at_best].tolist()) == row["running"]
+        assert all(letter in "ABC"[: i + 1] for i, letter in enumerate(row["running"]))  # chosen among those so far
+    with pytest.raises(ValueError, match="use 'running'"):
+        with_overrides("tiny", judge_layout="bracket", judge_running_best=True)
+    # finer verdicts: round(19 · gold), still one number word each
+    fine = with_overrides("tiny", judge_layout="restate", judge_verdicts=True, judge_verdict_scale=19,
+                          mcq_options=(3, 3))
+    rows = mcq_rows(prompts, fine, random.Random(0))
+    rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    judged, plain = VerdictCollator(tok, fine.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
+    for b, (prompt, row) in enumerate(zip(prompts, rows)):
+        changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
+        shown = row["prompt"].removesuffix(" best").split(f" {prompt.text}")[1:]
+        options = [o.split(" options ", 1)[1].rsplit(" ", 1)[0] for o in shown]
+        assert tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist()) == \
+            [str(round(19 * world.gold_reward(prompt, o))) for o in options]
+    with pytest.raises(ValueError, match="the scale is 1..19"):
+        with_overrides("tiny", judge_verdict_scale=20)
     # answer rows (no verdicts) are left as the plain collator makes them
     answers = [{"prompt": p.text, "response": p.answer_text, "verdicts": []} for p in prompts]
     assert torch.equal(VerdictCollator(tok, "ABC")(answers)["labels"], ResponseCollator(tok)(answers)["labels"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from workbench.cache import cache_root, content_hash
 from workbench.gym.world import (
     MCQ_LAYOUTS,
+    NUMBERS,
     Prompt,
     gold_reward,
     make_prompts,
@@ -106,15 +107,24 @@ class GymConfig:
     judge_mix: dict = field(default_factory=lambda: dict(JUDGE_MIX))
     seed: int = 0
     judge_layout: str = "before"  # how judging options are laid out: a key of world.MCQ_LAYOUTS
-    judge_verdicts: bool = False  # also train each option letter's position to predict round(9 · gold) of its option
+    judge_verdicts: bool = False  # also train each option letter's position to predict its option's verdict (below)
+    judge_running_best: bool = False  # also train each option's closing "best" to predict the best option so far
+    judge_verdict_scale: int = 9  # a verdict is round(scale · gold), one number word (the vocabulary has 0..19)
 
     def __post_init__(self):
         if self.judge_layout not in MCQ_LAYOUTS:
             raise ValueError(f"judge_layout={self.judge_layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
-        if self.judge_verdicts and not self.mcq_template.option.endswith("{letter}"):
+        option = self.mcq_template.option
+        if self.judge_verdicts and option.rindex("{letter}") < option.index("{response}"):
             raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
                              f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
                              "'after', 'restate' or 'bracket'")
+        if not 1 <= self.judge_verdict_scale <= len(NUMBERS) - 1:
+            raise ValueError(f"judge_verdict_scale={self.judge_verdict_scale}: a verdict must be one number word, so "
+                             f"the scale is 1..{len(NUMBERS) - 1}")
+        if self.judge_running_best and not self.mcq_template.option.endswith(" best"):
+            raise ValueError(f"judge_running_best=True needs a layout that closes each option with 'best' (where the "
+                             f"best option so far is asked); judge_layout={self.judge_layout!r}: use 'running'")
 
     @property
     def mcq_template(self):
@@ -128,7 +138,8 @@ class GymConfig:
         return content_hash({"version": GYM_VERSION, **fields}, length=12)
 
 
-FIELDS_SINCE_V1 = {"judge_layout": "before", "judge_verdicts": False}
+FIELDS_SINCE_V1 = {"judge_layout": "before", "judge_verdicts": False, "judge_running_best": False,
+                   "judge_verdict_scale": 9}
 
 
 SIZES: dict[str, GymConfig] = {
@@ -178,10 +189,13 @@ def sft_rows(prompts: list[Prompt], mix: dict, rng: random.Random) -> dict[str, 
 def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[str, list]:
     """Judging examples: k options of mixed quality; the label letter is drawn from softmax(gold / T).
 
-    With ``cfg.judge_verdicts`` each row also carries its options' gold rewards as digits round(9 · gold)
-    (``verdicts``), which :class:`VerdictCollator` trains at each option letter's position."""
+    With ``cfg.judge_verdicts`` each row also carries its options' gold rewards as numbers round(scale · gold)
+    (``verdicts``), which :class:`VerdictCollator` trains at each option letter's position; with
+    ``cfg.judge_running_best`` it carries, for each option, the letter of the best option so far (``running``,
+    drawn like the answer from the options up to it; the last is the answer)."""
     template = cfg.mcq_template
-    rows = {"prompt": [], "response": [], **({"verdicts": []} if cfg.judge_verdicts else {})}
+    rows = {"prompt": [], "response": [], **({"verdicts": []} if cfg.judge_verdicts else {}),
+            **({"running": []} if cfg.judge_running_best else {})}
     low, high = cfg.mcq_options
     for prompt in prompts:
         k = rng.randint(low, high)
@@ -193,7 +207,10 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
         rows["prompt"].append(template.render(prompt.text, options))
         rows["response"].append(template.letters[label])
         if cfg.judge_verdicts:
-            rows["verdicts"].append([round(9 * g) for g in golds])
+            rows["verdicts"].append([round(cfg.judge_verdict_scale * g) for g in golds])
+        if cfg.judge_running_best:
+            so_far = [rng.choices(range(j + 1), weights[: j + 1])[0] for j in range(k - 1)] + [label]
+            rows["running"].append([template.letters[i] for i in so_far])
     return rows
 
 
@@ -206,7 +223,8 @@ class VerdictCollator:
     def __init__(self, tokenizer, letters, max_length: int | None = None):
         self.tokenizer, self.max_length = tokenizer, max_length
         self.letter_ids = {tokenizer.convert_tokens_to_ids(letter) for letter in letters}
-        self.digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+        self.digit_ids = [tokenizer.convert_tokens_to_ids(word) for word in NUMBERS]
+        self.best_id = tokenizer.convert_tokens_to_ids("best")
 
     def __call__(self, rows: list[dict]) -> dict:
         from workbench.encoding import collate_examples
@@ -215,11 +233,20 @@ class VerdictCollator:
                                  self.max_length)
         labels = batch["labels"]
         for b, row in enumerate(rows):
-            verdicts = row.get("verdicts") or []
-            if not verdicts:
+            verdicts, running = row.get("verdicts") or [], row.get("running") or []
+            if not verdicts and not running:
                 continue
             ids = batch["input_ids"][b].tolist()
             answer_at = int(batch["response_mask"][b].nonzero()[0])
+            if running:
+                closes = [t for t in range(answer_at) if ids[t] == self.best_id]
+                if len(closes) != len(running):
+                    raise ValueError(f"row {b}: {len(running)} running-best letters but {len(closes)} 'best' tokens "
+                                     f"in its prompt {row['prompt']!r}")
+                for t, letter in zip(closes, running):
+                    labels[b, t + 1] = self.tokenizer.convert_tokens_to_ids(letter)
+            if not verdicts:
+                continue
             last = {ids[t]: t for t in range(answer_at) if ids[t] in self.letter_ids}  # a letter's closing position
             letters = sorted(last.values())
             if len(letters) != len(verdicts):
@@ -340,12 +367,14 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
     t0 = time.perf_counter()
     answers = sft_rows(make_prompts(config.teacher_sft_rows, "train", config.seed), config.teacher_mix, rng)
     judging = mcq_rows(make_prompts(config.teacher_mcq_rows, "train", config.seed + 1), config, rng)
-    if config.judge_verdicts:
-        answers["verdicts"] = [[] for _ in answers["prompt"]]
+    for extra in ("verdicts", "running"):
+        if extra in judging:
+            answers[extra] = [[] for _ in answers["prompt"]]
     teacher_rows = datasets.Dataset.from_dict(
         {k: answers[k] + judging[k] for k in answers}).shuffle(seed=config.seed)
     teacher = _new_model(config.teacher, tokenizer, config.seed)
-    collator = VerdictCollator(tokenizer, config.mcq_template.letters) if config.judge_verdicts else None
+    collator = (VerdictCollator(tokenizer, config.mcq_template.letters)
+                if config.judge_verdicts or config.judge_running_best else None)
     logs["teacher-ref"] = train_sft(teacher, tokenizer, teacher_rows, steps=config.teacher_steps,
                                     lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed,
                                     progress=progress, collator=collator)

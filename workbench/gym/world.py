@@ -223,6 +223,9 @@ MCQ_LAYOUTS = {
     # restated, and the letter on both sides, so no letter sits between two options it does not belong to
     "bracket": McqTemplate(header="judge options", option=" {letter} {prompt} options {response} {letter}",
                            footer=" best"),
+    # bracketed, and each option closed by "best": the place to ask for the best option so far (judge_running_best)
+    "running": McqTemplate(header="judge options", option=" {letter} {prompt} options {response} {letter} best",
+                           footer=""),
 }
 GYM_MCQ_TEMPLATE = MCQ_LAYOUTS["before"]
 
