@@ -30,9 +30,13 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
   0.685 / 0.360; gold 0.884 / 0.764 (the teacher's own answers suffer; the gap check fails);
   ``--set mcq_label_temperature=0.02`` (sharper labels): 0.613 / 0.378 / 0.746 / 0.416; ``--set teacher_lr=0.003``:
   0.382 / 0.209 / 0.441 / 0.250 (teacher gold 0.861); ``--set judge_layout=bracket`` (letter on both sides of each
-  option): 0.622 / 0.485 / 0.784 / 0.501, gold 0.941 / 0.760 — the best single-order judge so far; bracket with the
-  deeper teacher: 0.640 / 0.473 / 0.724 / 0.487.
-
+  option): 0.622 / 0.485 / 0.784 / 0.501, gold 0.941 / 0.760 (seed 1: 0.591 / 0.440 / 0.730 / 0.437); bracket
+  with the deeper teacher: 0.640 / 0.473 / 0.724 / 0.487; bracket with 2–4 options (no 1-option rows): 0.626 / 0.169
+  / 0.609 / 0.304;
+* ``running``: 0.603 / 0.515 / 0.754 / 0.511 (seed 1: 0.612 / 0.592 / 0.786 / 0.571), gold 0.959 / 0.754; 2000
+  teacher steps: 0.608 / 0.581 / 0.773 / 0.543 (376 s); without verdicts: 0.584 / 0.032 / 0.302 / 0.385;
+  ``--set judge_verdict_scale=19``: 0.605 / 0.584 / 0.788 / 0.546 (seed 1: 0.627 / 0.530 / 0.761 / 0.568).
+RUN_MORE
 So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
 out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.
 """

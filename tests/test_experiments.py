@@ -8,12 +8,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def gym_judge():
-    spec = importlib.util.spec_from_file_location("gym_judge", ROOT / "experiments" / "gym_judge.py")
+def _experiment(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def gym_judge():
+    return _experiment("gym_judge")
 
 
 def test_the_experiment_runs_on_the_tiny_gym_and_reports_measured_correlations(gym_judge, tiny_gym):
@@ -46,10 +50,7 @@ def test_reference_rows_carry_the_gold_answer_and_random_letters_are_an_ordered_
 
 @pytest.fixture(scope="module")
 def gym_world():
-    spec = importlib.util.spec_from_file_location("gym_world", ROOT / "experiments" / "gym_world.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _experiment("gym_world")
 
 
 def test_world_variants_are_real_builder_configs(gym_world):

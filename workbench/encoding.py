@@ -138,6 +138,11 @@ def save_mcq_template(template: McqTemplate, folder: str | Path) -> Path:
     return path
 
 
+def saved_mcq_template(tokenizer) -> McqTemplate | None:
+    """The MCQ wording saved beside the model a tokenizer was loaded from (its ``name_or_path``), if any."""
+    return load_mcq_template(getattr(tokenizer, "name_or_path", "") or "")
+
+
 def load_mcq_template(folder: str | Path) -> McqTemplate | None:
     """The MCQ wording saved beside a model by :func:`save_mcq_template`, or None when there is none."""
     path = Path(folder) / MCQ_TEMPLATE_FILE if folder else None

@@ -91,10 +91,10 @@ def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequen
     general wording. This is *not* a gold measurement: it inherits the judge's biases. Reported with
     ``measurement='judge'``.
     """
-    from workbench.encoding import DEFAULT_MCQ_TEMPLATE, load_mcq_template
+    from workbench.encoding import DEFAULT_MCQ_TEMPLATE, saved_mcq_template
     from workbench.scoring import mcq_selection_logprobs
 
-    template = template or load_mcq_template(getattr(tokenizer, "name_or_path", "") or "") or DEFAULT_MCQ_TEMPLATE
+    template = template or saved_mcq_template(tokenizer) or DEFAULT_MCQ_TEMPLATE
     pairs = [[a, b] for a, b in zip(responses_a, responses_b)]
     log_sel = mcq_selection_logprobs(judge, tokenizer, list(prompts), pairs, template=template, order="cyclic",
                                      seed=seed)

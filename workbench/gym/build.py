@@ -215,10 +215,11 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
 
 
 class VerdictCollator:
-    """LM batches of (prompt, response[, verdicts]) rows: response-only labels, and for a row with verdicts the
-    position of each option letter in its prompt (its last, closing occurrence) is labelled with that option's
-    verdict digit (the label need not be the next input token), so every option gets a local, graded target beside
-    the one answer letter."""
+    """LM batches of (prompt, response[, verdicts][, running]) rows: response-only labels, and for a row with
+    verdicts the position of each option letter in its prompt (its last, closing occurrence) is labelled with that
+    option's verdict number (the label need not be the next input token), so every option gets a local, graded
+    target beside the one answer letter; with ``running`` each "best" in the prompt is labelled with the letter of
+    the best option so far."""
 
     def __init__(self, tokenizer, letters, max_length: int | None = None):
         self.tokenizer, self.max_length = tokenizer, max_length

@@ -157,11 +157,11 @@ def checkpointing_argument() -> str:
 def mcq_template_for(tokenizer) -> McqTemplate:
     """The MCQ wording saved beside the model (``mcq_template.json``, e.g. by a gym build), else the gym's own
     wording for gym models and the general wording for everything else."""
-    from workbench.encoding import load_mcq_template
+    from workbench.encoding import saved_mcq_template
     from workbench.gym.tokenizer import build_tokenizer
     from workbench.gym.world import GYM_MCQ_TEMPLATE
 
-    saved = load_mcq_template(getattr(tokenizer, "name_or_path", "") or "")
+    saved = saved_mcq_template(tokenizer)
     if saved is not None:
         return saved
     gym = tokenizer_fingerprint(build_tokenizer())
