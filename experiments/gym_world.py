@@ -12,7 +12,9 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
 * ``lexical-gap``: ``lexical`` with a student whose favourite answer is the frequent filler phrasing, so its greedy
   gold stays ≥ 0.15 below the teacher's;
 * ``running``: ``lexical-gap`` with each option bracketed by its letter and closed by "best", where the teacher also
-  learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option.
+  learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option;
+* ``judge``: ``running`` with finer verdicts (round(19 · gold)), 2000 teacher steps and judging rows drawn like the
+  student's answers — the first variant whose MCQ in the paper's single random order ranks better than the likelihood.
 
 ``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
 
@@ -36,7 +38,15 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
 * ``running``: 0.603 / 0.515 / 0.754 / 0.511 (seed 1: 0.612 / 0.592 / 0.786 / 0.571), gold 0.959 / 0.754; 2000
   teacher steps: 0.608 / 0.581 / 0.773 / 0.543 (376 s); without verdicts: 0.584 / 0.032 / 0.302 / 0.385;
   ``--set judge_verdict_scale=19``: 0.605 / 0.584 / 0.788 / 0.546 (seed 1: 0.627 / 0.530 / 0.761 / 0.568).
-RUN_MORE
+* ``judge`` (= ``running --set judge_verdict_scale=19 --set teacher_steps=2000 --set judge_mix=…``): **0.630 / 0.659
+  / 0.761 / 0.601**, gold 0.961 / 0.883 (reference) / 0.743 — every check of the report passes; ``running --set
+  judge_verdict_scale=19 --set teacher_steps=2000`` (seed 0 / seed 1): 0.630 / 0.617 / 0.774 / 0.528 and 0.636 /
+  **0.647** / 0.768 / 0.621 (all checks pass); ``judge --set seed=2`` (alone, 2 threads): 0.593 / **0.744** / 0.819
+  / 0.616, gold 0.961 / 0.921 / 0.754, all checks pass, build 212.6 s (teacher 186.9 s); ``judge --set seed=2 --set
+  teacher_steps=1600`` (alone, 2 threads): 0.613 / **0.771** / 0.792 / **0.648**, gold 0.950 / 0.888 / 0.754, all
+  checks pass, **build 173.5 s** — inside the 3-minute budget. The judge knows at most 4 options (8-candidate sets,
+  seed 2 at 2000 steps: MCQ 0.018 vs likelihood 0.605), so the default gym is not switched yet.
+
 So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
 out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.
 """
@@ -63,6 +73,11 @@ VARIANTS: dict[str, dict] = {
                     "student_mix": {"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2}},
 }
 VARIANTS["running"] = {**VARIANTS["lexical-gap"], "judge_layout": "running", "judge_running_best": True}
+# the first variant whose single-order judge beats the likelihood (stop 11): finer verdicts, longer teacher training,
+# and judging rows drawn like the student's answers
+VARIANTS["judge"] = {**VARIANTS["running"], "judge_verdict_scale": 19, "teacher_steps": 2000,
+                     "judge_mix": {"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05,
+                                   "harmful": 0.2}}
 
 
 def variant_config(name: str, size: str = "default", overrides: dict | None = None):

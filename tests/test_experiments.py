@@ -61,6 +61,9 @@ def test_world_variants_are_real_builder_configs(gym_world):
     assert (lexical.judge_layout, lexical.judge_verdicts, lexical.seed, lexical.mcq_options) == ("restate", True, 1,
                                                                                                  (2, 4))
     assert lexical.student == ModelShape(**gym_world.COMPETENT_STUDENT) and lexical.key() != SIZES["default"].key()
+    judge = gym_world.variant_config("judge")
+    assert (judge.judge_layout, judge.judge_running_best, judge.judge_verdict_scale, judge.teacher_steps) == \
+        ("running", True, 19, 2000)
     with pytest.raises(ValueError, match="variant 'nope'"):
         gym_world.variant_config("nope")
     with pytest.raises(ValueError, match="'after', 'restate' or 'bracket'"):
