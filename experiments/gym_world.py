@@ -45,8 +45,10 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
   / 0.616, gold 0.961 / 0.921 / 0.754, all checks pass, build 212.6 s (teacher 186.9 s); ``judge --set seed=2 --set
   teacher_steps=1600`` (alone, 2 threads): 0.613 / **0.771** / 0.792 / **0.648**, gold 0.950 / 0.888 / 0.754, all
   checks pass, **build 173.5 s** — inside the 3-minute budget (seed 0 at 1600 steps: 0.662 / 0.677 / 0.753 / 0.611,
-  all checks pass). The judge knows at most 4 options (8-candidate sets,
-  seed 2 at 2000 steps: MCQ 0.018 vs likelihood 0.605), so the default gym is not switched yet.
+  all checks pass); with 1–8 options per judging row (``--set 'mcq_options=[1,8]'``, seed 2, 1600 steps): 0.555 /
+  0.771 / 0.787 / 0.596 on 4-candidate sets, all checks pass, but on 8-candidate sets 0.570 / 0.359 / 0.594, and the
+  build takes 289 s (teacher 263 s). Trained on at most 4 options the judge cannot judge 8 (8-candidate sets, seed 2 at
+  2000 steps: MCQ 0.018 vs likelihood 0.605), so the default gym (whose quick start runs n = 8) is not switched yet.
 
 So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
 out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.
