@@ -51,7 +51,6 @@ import numpy as np
 from workbench.gym.world import MCQ_LAYOUTS
 
 
-
 def judge_rows(template, prompts, options: tuple[int, int], rng: random.Random, label_temperature: float = 0.1,
                reference: bool = False, random_letters: bool = False):
     """MCQ rows over judge-mix candidates: the label letter ~ softmax(gold / T) (as the gym build), plus each
@@ -114,20 +113,20 @@ def run(size: str = "default", layout: str = "restate", verdicts: bool = True, s
 
     from workbench.cache import StageCache
     from workbench.evaluate import mean_spearman
-    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.build import JUDGE_MIX, VerdictCollator
     from workbench.gym.world import gold_reward, make_prompts, sample_candidate
     from workbench.models import load
     from workbench.sampling import group_responses, sample_responses
     from workbench.scoring import avg_logp_rewards
-    from workbench.gym.build import VerdictCollator
     from workbench.trainers import ResponseCollator, set_threads, training_arguments
 
     if layout not in MCQ_LAYOUTS:
         raise ValueError(f"layout={layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
-    if verdicts and layout == "before":
-        raise ValueError("--verdicts needs a layout whose letter closes the option: 'after' or 'restate'")
-    set_threads()
     template = MCQ_LAYOUTS[layout]
+    if verdicts and not template.letter_closes_option:  # the rule GymConfig applies to judge_verdicts
+        raise ValueError("--verdicts needs a layout whose letter closes the option: 'after', 'restate', 'bracket' or "
+                         "'running'")
+    set_threads()
     prefix = "gym-" if size == "default" else f"gym-{size}-"
     teacher, tokenizer = load(prefix + "teacher-dpo", device="cpu")
     student, student_tok = load(prefix + "student", device="cpu")

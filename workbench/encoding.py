@@ -118,6 +118,11 @@ class McqTemplate:
     footer: str
     letters: tuple[str, ...] = tuple("ABCDEFGH")
 
+    @property
+    def letter_closes_option(self) -> bool:
+        """Whether an option's letter (also) follows its response: the place a per-option verdict can be trained."""
+        return self.option.rindex("{letter}") > self.option.index("{response}")
+
     def render(self, prompt: str, responses: Sequence[str]) -> str:
         if len(responses) > len(self.letters):
             raise ValueError(

@@ -114,8 +114,7 @@ class GymConfig:
     def __post_init__(self):
         if self.judge_layout not in MCQ_LAYOUTS:
             raise ValueError(f"judge_layout={self.judge_layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
-        option = self.mcq_template.option
-        if self.judge_verdicts and option.rindex("{letter}") < option.index("{response}"):
+        if self.judge_verdicts and not self.mcq_template.letter_closes_option:
             raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
                              f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
                              "'after', 'restate' or 'bracket'")
