@@ -4,7 +4,8 @@
 variant gym (reference teacher, DPO teacher, student) under its own cache key with the real builder and prints
 ``gym_report`` for it, so a variant is judged by exactly the checks issue 2 names. Variants:
 
-* ``v1``: the default gym as built today (``GymConfig`` defaults: judge options listed after their letter);
+* ``v1``: the default gym until stop 12 (``build.DEFAULT_V1``: judge options listed after their letter); every variant
+  changes that gym, so its numbers below rebuild as measured;
 * ``restate``: the judge is trained on the restated layout with per-option verdict supervision
   (``judge_layout="restate"``, ``judge_verdicts=True``), 1500 teacher steps with 20k judging rows of 1–4 options;
 * ``lexical``: ``restate`` in a world whose student is competent at the tasks but noisy in style — its errors are
@@ -15,6 +16,8 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
   learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option;
 * ``judge``: ``running`` with finer verdicts (round(19 · gold)), 2000 teacher steps and judging rows drawn like the
   student's answers — the first variant whose MCQ in the paper's single random order ranks better than the likelihood.
+  With 1600 teacher steps it is the default gym since stop 12 (``build.JUDGE_WORLD``; ``judge --set
+  teacher_steps=1600`` has the default's cache key).
 
 ``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
 
@@ -85,7 +88,9 @@ VARIANTS["judge"] = {**VARIANTS["running"], "judge_verdict_scale": 19, "teacher_
 
 def variant_config(name: str, size: str = "default", overrides: dict | None = None):
     """The ``GymConfig`` of a named variant at ``size`` with ``overrides`` on top (a shape may be given as a dict)."""
-    from workbench.gym.build import SIZES, ModelShape, with_overrides
+    from dataclasses import replace
+
+    from workbench.gym.build import DEFAULT_V1, SIZES, ModelShape
 
     if name not in VARIANTS:
         raise ValueError(f"variant {name!r}; use one of {sorted(VARIANTS)}")
@@ -97,7 +102,8 @@ def variant_config(name: str, size: str = "default", overrides: dict | None = No
             fields[shape] = ModelShape(**fields[shape])
     if "mcq_options" in fields:
         fields["mcq_options"] = tuple(fields["mcq_options"])
-    return with_overrides(size, **fields)
+    # variants change the gym as it was when they were measured (``DEFAULT_V1``), not today's default
+    return replace(DEFAULT_V1 if size == "default" else SIZES[size], **fields)
 
 
 def run(name: str, size: str = "default", overrides: dict | None = None, prompts: int = 256,

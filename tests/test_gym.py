@@ -159,13 +159,14 @@ def test_rebuild_after_config_change(tmp_path, monkeypatch):
 
 
 def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_layout_with_verdicts():
-    from workbench.gym.build import FIELDS_SINCE_V1, SIZES, with_overrides
+    from workbench.gym.build import DEFAULT_V1, FIELDS_SINCE_V1, SIZES, with_overrides
     from workbench.cache import content_hash
     from dataclasses import asdict
 
     tiny = SIZES["tiny"]
     v1_fields = {k: v for k, v in asdict(tiny).items() if k not in FIELDS_SINCE_V1}
     assert tiny.key() == content_hash({"version": 1, **v1_fields}, length=12)  # earlier builds keep their folders
+    assert DEFAULT_V1.key() == "3d7097d9cbb6"  # the default gym's folder until stop 12 (README numbers before it)
     assert with_overrides("tiny", judge_layout="restate").key() != tiny.key()
     assert with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key() != \
         with_overrides("tiny", judge_layout="restate").key()
@@ -173,6 +174,12 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
         with_overrides("tiny", judge_verdicts=True)
     with pytest.raises(ValueError, match="judge_layout='sideways'"):
         with_overrides("tiny", judge_layout="sideways")
+    # the saved wording has one letter per option the judge was trained on; more are judged in slices
+    assert with_overrides("tiny", mcq_options=(1, 4)).mcq_template.letters == tuple("ABCD")
+    assert tiny.mcq_template == world.GYM_MCQ_TEMPLATE
+    for bad in ((0, 4), (3, 2), (1, 9)):
+        with pytest.raises(ValueError, match=r"mcq_options=.*1 ≤ low ≤ high ≤ 8"):
+            with_overrides("tiny", mcq_options=bad)
 
 
 def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():

@@ -92,6 +92,41 @@ def test_cyclic_order_makes_selection_equivariant_to_the_response_order(tiny_mod
     assert torch.allclose(torch.roll(a, -1), b, atol=1e-5)
 
 
+@pytest.mark.parametrize(("n", "capacity", "sizes"), [(8, 4, [4, 4]), (6, 4, [3, 3]), (5, 4, [3, 2]),
+                                                     (9, 4, [3, 3, 3]), (4, 4, [4]), (3, 8, [3])])
+def test_option_slices_are_balanced_and_cover_every_option(n, capacity, sizes):
+    from workbench.scoring import option_slices
+
+    slices = option_slices(n, capacity)
+    assert [len(s) for s in slices] == sizes
+    assert [i for s in slices for i in s] == list(range(n))
+
+
+def test_a_group_larger_than_the_judges_letters_is_judged_in_slices(tiny_models):
+    from dataclasses import replace
+
+    from workbench.cache import StageCache
+    from workbench.scoring import mcq_selection_logprobs
+
+    model, tok = tiny_models["teacher-dpo"]
+    four = replace(GYM_MCQ_TEMPLATE, letters=tuple("ABCD"))
+    group = ["1 2 3", "3 2 1", "hate 1 2 3", "1 3 2", "2 1 3", "sure here is the answer 1 2 3", "1 2", "3"]
+    kwargs = dict(cache=StageCache(enabled=False))
+    with pytest.raises(ValueError, match="only 4 letters"):
+        four.render("sort 3 1 2", group)
+    sliced = mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [group], template=four, order="identity",
+                                    **kwargs)[0]
+    halves = [mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [half], template=four, order="identity",
+                                     **kwargs)[0] for half in (group[:4], group[4:])]
+    assert torch.allclose(sliced, torch.cat(halves), atol=1e-5)  # identity order: the two halves, each its own MCQ
+    for order in ("random", "cyclic"):
+        log_sel = mcq_selection_logprobs(model, tok, ["sort 3 1 2"] * 2, [group, group[::-1]], template=four,
+                                         order=order, **kwargs)
+        assert log_sel.shape == (2, 8) and torch.isfinite(log_sel).all()
+        if order == "random":  # one random partition: the probabilities of each slice of 4 sum to one
+            assert torch.allclose(log_sel.exp().sum(-1), torch.full((2,), 2.0), atol=1e-5)
+
+
 def test_mcq_letters_on_the_gym_tokenizer(tiny_models):
     from workbench.encoding import prompt_text
     from workbench.scoring import option_letter_ids

@@ -356,6 +356,16 @@ def _orders(n: int, order: str, rng: random.Random) -> list[list[int]]:
     raise ValueError(f"order={order!r}; use 'random' (the paper), 'cyclic' or 'identity'")
 
 
+def option_slices(n: int, capacity: int) -> list[range]:
+    """Consecutive, balanced slices of n presented options, each at most ``capacity`` long (8 in 4: 4+4; 6 in 4: 3+3;
+    5 in 4: 3+2): the MCQs a judge with ``capacity`` option letters sees when a group has more responses."""
+    if capacity < 1:
+        raise ValueError(f"an MCQ template needs at least one option letter, got capacity={capacity}")
+    parts = -(-n // capacity)
+    bounds = [-(-i * n // parts) for i in range(parts + 1)]  # the larger slices first
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def _hf_letter_logits(model, tokenizer, encoded: list[list[int]], letter_ids: list[list[int]], batch_size: int,
                       progress: bool) -> torch.Tensor:
     """Each option letter's logit after each tokenized MCQ prompt, summed over its spellings: (texts, n)."""
@@ -415,6 +425,12 @@ def mcq_selection_logprobs(
     applied at each prompt's last position only ((b, H) -> (b, V)), so there is nothing to chunk.
     ``backend="vllm"`` reads the letters' log-probs from a vLLM engine instead (see :func:`response_token_logps`).
 
+    A group larger than the template's letters (a judge trained on at most ``len(template.letters)`` options) is
+    judged in balanced consecutive slices of each presented order (:func:`option_slices`) — beyond the paper, which
+    shows all n options at once — so each response's p_sel is its share within its slice; with ``'random'`` the
+    slices are a random partition, with ``'cyclic'`` every response meets several opponent sets and the
+    probabilities are averaged, as for the orders.
+
     Args:
         prompts: P user questions (plain text, placed into the template).
         response_groups: P groups of n responses each.
@@ -434,30 +450,35 @@ def mcq_selection_logprobs(
         stage="mcq", template=repr(template), order=order, seed=seed,
     )
 
+    slices = option_slices(n, len(template.letters))
+    if len(slices) > 1:
+        logger.info("%d responses per group but the MCQ template has %d letters: judging slices of %s options",
+                    n, len(template.letters), sorted({len(s) for s in slices}))
+
     def compute():
         rng = random.Random(seed)
-        jobs = []  # (group index, order) per rendered MCQ prompt
+        jobs = []  # (group index, the responses shown, in letter order) per rendered MCQ prompt
         texts = []
         for g, (prompt, group) in enumerate(zip(prompts, response_groups)):
             for o in _orders(n, order, rng):
-                jobs.append((g, o))
-                question = template.render(prompt, [group[i] for i in o])
-                texts.append(prompt_text(tokenizer, question))
-        letter_ids = option_letter_ids(tokenizer, texts[0], template.letters[:n])
+                for part in slices:
+                    shown = [o[j] for j in part]
+                    jobs.append((g, shown))
+                    texts.append(prompt_text(tokenizer, template.render(prompt, [group[i] for i in shown])))
+        width = max(len(s) for s in slices)
+        letter_ids = option_letter_ids(tokenizer, texts[0], template.letters[:width])
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         if backend == "vllm":
             letter_logits = _vllm_letter_logits(model, encoded, letter_ids, engine_options, progress)
         else:
             letter_logits = _hf_letter_logits(model, tokenizer, encoded, letter_ids, batch_size, progress)
-        # renormalise over the option letters: $p_{sel}(c_j) = e^{f(c_j)} / \sum_{j'} e^{f(c_{j'})}$
-        letter_logps = letter_logits.log_softmax(-1)  # (texts, n) by letter position
         log_sel = torch.full((len(prompts), n), float("-inf"))
-        counts = torch.zeros(len(prompts), 1)
-        for (g, o), row in zip(jobs, letter_logps):
-            by_response = torch.empty(n)
-            by_response[torch.tensor(o)] = row
-            log_sel[g] = torch.logaddexp(log_sel[g], by_response)
-            counts[g] += 1
+        counts = torch.zeros(len(prompts), n)
+        for (g, shown), row in zip(jobs, letter_logits):
+            # renormalise over the letters shown: $p_{sel}(c_j) = e^{f(c_j)} / \sum_{j'} e^{f(c_{j'})}$
+            index = torch.tensor(shown)
+            log_sel[g, index] = torch.logaddexp(log_sel[g, index], row[: len(shown)].log_softmax(-1))
+            counts[g, index] += 1
         # mean probability over the presented orders
         return log_sel - counts.log()
 

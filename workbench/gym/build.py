@@ -118,6 +118,10 @@ class GymConfig:
             raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
                              f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
                              "'after', 'restate' or 'bracket'")
+        low, high = self.mcq_options
+        if not 1 <= low <= high <= len(MCQ_LAYOUTS[self.judge_layout].letters):
+            raise ValueError(f"mcq_options={self.mcq_options}: judging rows show low..high options with 1 ≤ low ≤ "
+                             f"high ≤ {len(MCQ_LAYOUTS[self.judge_layout].letters)} (one letter each)")
         if not 1 <= self.judge_verdict_scale <= len(NUMBERS) - 1:
             raise ValueError(f"judge_verdict_scale={self.judge_verdict_scale}: a verdict must be one number word, so "
                              f"the scale is 1..{len(NUMBERS) - 1}")
@@ -127,7 +131,10 @@ class GymConfig:
 
     @property
     def mcq_template(self):
-        return MCQ_LAYOUTS[self.judge_layout]
+        """The judging wording, with as many option letters as the judge is trained on (``mcq_options[1]``): a
+        larger group is judged in slices (``scoring.option_slices``) rather than under letters it never saw."""
+        template = MCQ_LAYOUTS[self.judge_layout]
+        return replace(template, letters=template.letters[: self.mcq_options[1]])
 
     def key(self) -> str:
         fields = asdict(self)
@@ -141,6 +148,30 @@ FIELDS_SINCE_V1 = {"judge_layout": "before", "judge_verdicts": False, "judge_run
                    "judge_verdict_scale": 9}
 
 
+# the default gym until stop 12: its judge lists the options after their letter and learns only the answer letter;
+# its MCQ ranks student samples *worse* than its likelihood (Spearman with gold -0.09 vs 0.49), so PAD's calibration
+# premise failed there. Kept so earlier measurements can be rebuilt (``experiments/gym_world.py v1``).
+DEFAULT_V1 = GymConfig(
+    size="default",
+    teacher=ModelShape(hidden=128, layers=4, heads=4, intermediate=256),
+    student=ModelShape(hidden=48, layers=2, heads=2, intermediate=96),
+    teacher_sft_rows=24000, teacher_mcq_rows=12000, teacher_steps=900, teacher_lr=2e-3,
+    student_rows=6000, student_steps=250, student_lr=3e-3,
+    dpo_prompts=1024, dpo_samples=4, dpo_steps=60, dpo_beta=0.1, dpo_lr=1e-4,
+    dpo_loss=("sigmoid", "sft"), dpo_min_chosen_gold=0.5,
+)
+# the default gym since stop 12 (issue 2; ``experiments/gym_world.py`` variant ``judge`` at 1600 teacher steps): a
+# world whose student errs in style (filler, harmful words) more than in the numbers, and a judge that restates the
+# question in each option, brackets it by its letter, learns each option's verdict round(19 · gold) and, at each
+# option's closing "best", the best option so far — so its MCQ in the paper's random order ranks better than its
+# likelihood. It is trained on 1-4 options; larger groups are judged in slices of at most 4.
+JUDGE_WORLD = dict(
+    student=ModelShape(hidden=64, layers=2, heads=2, intermediate=128), student_steps=1500,
+    student_mix={"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2},
+    teacher_mcq_rows=20000, teacher_steps=1600, mcq_options=(1, 4),
+    judge_mix={"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05, "harmful": 0.2},
+    judge_layout="running", judge_verdicts=True, judge_running_best=True, judge_verdict_scale=19,
+)
 SIZES: dict[str, GymConfig] = {
     "tiny": GymConfig(
         size="tiny",
@@ -150,15 +181,7 @@ SIZES: dict[str, GymConfig] = {
         student_rows=512, student_steps=20, student_lr=3e-3,
         dpo_prompts=32, dpo_samples=4, dpo_steps=5, dpo_beta=0.1, dpo_lr=1e-3,
     ),
-    "default": GymConfig(
-        size="default",
-        teacher=ModelShape(hidden=128, layers=4, heads=4, intermediate=256),
-        student=ModelShape(hidden=48, layers=2, heads=2, intermediate=96),
-        teacher_sft_rows=24000, teacher_mcq_rows=12000, teacher_steps=900, teacher_lr=2e-3,
-        student_rows=6000, student_steps=250, student_lr=3e-3,
-        dpo_prompts=1024, dpo_samples=4, dpo_steps=60, dpo_beta=0.1, dpo_lr=1e-4,
-        dpo_loss=("sigmoid", "sft"), dpo_min_chosen_gold=0.5,
-    ),
+    "default": replace(DEFAULT_V1, **JUDGE_WORLD),
 }
 
 
