@@ -16,8 +16,8 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
   learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option;
 * ``judge``: ``running`` with finer verdicts (round(19 · gold)), 2000 teacher steps and judging rows drawn like the
   student's answers — the first variant whose MCQ in the paper's single random order ranks better than the likelihood.
-  With 1600 teacher steps it is the default gym since stop 12 (``build.JUDGE_WORLD``; ``judge --set
-  teacher_steps=1600`` has the default's cache key).
+  With 1500 teacher steps it is the default gym since stop 12 (``build.JUDGE_WORLD``; ``judge --set
+  teacher_steps=1500`` has the default's cache key).
 
 ``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
 

@@ -13,6 +13,7 @@ from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, claims_l
                                format_ledger, format_table, heldout_preference_pairs, load_records, summarize,
                                suite, verdict)
 from workbench.evaluate import length_bucket_gains, mean_ci
+from workbench.gym.build import SIZES
 
 TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
             eval_samples=2, steps=2, batch_size=4)
@@ -159,3 +160,12 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
     monkeypatch.setitem(METHODS, "plad", lambda seed, overrides: pytest.fail("re-ran a saved run"))
     again = compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0, 1], overrides=TINY, runs_dir=tmp_path)
     assert again.equals(summary)
+    # a record names the builds it started from; one made on another gym build is re-run, not reused
+    assert saved["models"]["student"] == f"{TINY['student']}@tiny-{SIZES['tiny'].key()}"
+    stale = tmp_path / "plad" / "seed0" / "record.json"
+    stale.write_text(json.dumps({**saved, "models": {"teacher": "gym-teacher-dpo@default-3d7097d9cbb6"}}))
+    ran = []
+    monkeypatch.setitem(METHODS, "plad", lambda seed, overrides: ran.append(seed) or pytest.fail("re-ran"))
+    with pytest.raises(pytest.fail.Exception, match="re-ran"):
+        compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
+    assert ran == [0]

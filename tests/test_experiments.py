@@ -57,8 +57,8 @@ def test_world_variants_are_real_builder_configs(gym_world):
     from workbench.gym.build import DEFAULT_V1, SIZES, ModelShape
 
     assert gym_world.variant_config("v1") == DEFAULT_V1 != SIZES["default"]
-    # the default gym is the judge variant at 1600 teacher steps (same config, same cache folder)
-    assert gym_world.variant_config("judge", overrides={"teacher_steps": 1600}) == SIZES["default"]
+    # the default gym is the judge variant at 1500 teacher steps (same config, same cache folder)
+    assert gym_world.variant_config("judge", overrides={"teacher_steps": 1500}) == SIZES["default"]
     lexical = gym_world.variant_config("lexical-gap", overrides={"seed": 1, "mcq_options": [2, 4]})
     assert (lexical.judge_layout, lexical.judge_verdicts, lexical.seed, lexical.mcq_options) == ("restate", True, 1,
                                                                                                  (2, 4))

@@ -167,6 +167,12 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
     v1_fields = {k: v for k, v in asdict(tiny).items() if k not in FIELDS_SINCE_V1}
     assert tiny.key() == content_hash({"version": 1, **v1_fields}, length=12)  # earlier builds keep their folders
     assert DEFAULT_V1.key() == "3d7097d9cbb6"  # the default gym's folder until stop 12 (README numbers before it)
+    from workbench.models import model_identity
+
+    # presets gym-v1-* rebuild (or find) exactly that folder; gym-* name today's default
+    assert model_identity("gym-v1-student") == "gym-v1-student@default-3d7097d9cbb6"
+    assert model_identity("gym-teacher-dpo") == f"gym-teacher-dpo@default-{SIZES['default'].key()}"
+    assert model_identity("gpt2") == "gpt2"
     assert with_overrides("tiny", judge_layout="restate").key() != tiny.key()
     assert with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key() != \
         with_overrides("tiny", judge_layout="restate").key()

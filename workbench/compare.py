@@ -214,6 +214,12 @@ class EvalConfig:
     def held_out(self):
         return gym_prompts("test", self.eval_prompts, HELD_OUT_SEED)
 
+    def models(self) -> dict[str, str]:
+        """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
+        from workbench.models import model_identity
+
+        return {"teacher": model_identity(self.teacher), "student": model_identity(self.student)}
+
 
 EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
 
@@ -339,6 +345,7 @@ def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict,
     record = _json_ready({
         "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
         "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "metrics": metrics, "harness": harness,
+        "models": eval_cfg.models(),
     })
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "record.json").write_text(json.dumps(record, indent=1))
@@ -354,6 +361,18 @@ def load_references(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[int, dict]:
     """Saved reference evaluations (initial student, teacher) per seed."""
     return {int(p.stem.removeprefix("seed")): json.loads(p.read_text())
             for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))}
+
+
+def _resumable(path: Path, models: dict) -> dict | None:
+    """The saved record at ``path`` if it was made on ``models`` (the same teacher/student builds), else None: a
+    record of another gym build (or one saved before records named their models) is re-run, and the count logged."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("models") == models:
+        return saved
+    logger.info("%s was made on %s, not on %s: re-running it", path, saved.get("models", "unnamed models"), models)
+    return None
 
 
 def compare(methods: Iterable = None, seeds: Sequence[int] = (0, 1, 2), overrides: dict | None = None, *,
@@ -376,19 +395,20 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = (0, 1, 2), override
     shared = {k: v for k, v in (overrides or {}).items() if k in EVAL_OVERRIDES}
     eval_cfg = dataclasses.replace(eval_cfg, **shared)
     runs_dir = Path(runs_dir)
+    models = eval_cfg.models()
     records = []
     for seed in seeds:
         ref_path = runs_dir / "_references" / f"seed{seed}.json"
-        if resume and ref_path.exists():
-            references = json.loads(ref_path.read_text())
-        else:
-            references = _json_ready(reference_evaluations(seed, eval_cfg))
+        references = _resumable(ref_path, models) if resume else None
+        if references is None:
+            references = {**_json_ready(reference_evaluations(seed, eval_cfg)), "models": models}
             ref_path.parent.mkdir(parents=True, exist_ok=True)
             ref_path.write_text(json.dumps(references))
         for variant in variants:
             path = _run_dir(runs_dir, variant.label, seed) / "record.json"
-            if resume and path.exists():
-                records.append(json.loads(path.read_text()))
+            saved = _resumable(path, models) if resume else None
+            if saved is not None:
+                records.append(saved)
                 continue
             logger.info("running %s seed %d", variant.label, seed)
             try:

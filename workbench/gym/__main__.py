@@ -1,4 +1,6 @@
-"""``python -m workbench.gym build [--size tiny|default] [--force]`` and ``python -m workbench.gym report``."""
+"""``python -m workbench.gym build [--size tiny|default|v1] [--force]`` and ``python -m workbench.gym report``.
+
+``v1`` is the default gym until stop 12 (``build.DEFAULT_V1``), kept so measurements made on it can be rebuilt."""
 
 import argparse
 import json
@@ -10,10 +12,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.gym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="train the gym's teachers and student (cached)")
-    build.add_argument("--size", default="default", choices=["tiny", "default"])
+    build.add_argument("--size", default="default", choices=["tiny", "default", "v1"])
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     report = sub.add_parser("report", help="measure the gym's properties on held-out prompts (JSON)")
-    report.add_argument("--size", default="default", choices=["tiny", "default"])
+    report.add_argument("--size", default="default", choices=["tiny", "default", "v1"])
     report.add_argument("--prompts", type=int, default=256)
     report.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

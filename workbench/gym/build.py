@@ -160,7 +160,7 @@ DEFAULT_V1 = GymConfig(
     dpo_prompts=1024, dpo_samples=4, dpo_steps=60, dpo_beta=0.1, dpo_lr=1e-4,
     dpo_loss=("sigmoid", "sft"), dpo_min_chosen_gold=0.5,
 )
-# the default gym since stop 12 (issue 2; ``experiments/gym_world.py`` variant ``judge`` at 1600 teacher steps): a
+# the default gym since stop 12 (issue 2; ``experiments/gym_world.py`` variant ``judge`` at 1500 teacher steps): a
 # world whose student errs in style (filler, harmful words) more than in the numbers, and a judge that restates the
 # question in each option, brackets it by its letter, learns each option's verdict round(19 · gold) and, at each
 # option's closing "best", the best option so far — so its MCQ in the paper's random order ranks better than its
@@ -168,7 +168,7 @@ DEFAULT_V1 = GymConfig(
 JUDGE_WORLD = dict(
     student=ModelShape(hidden=64, layers=2, heads=2, intermediate=128), student_steps=1500,
     student_mix={"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2},
-    teacher_mcq_rows=20000, teacher_steps=1600, mcq_options=(1, 4),
+    teacher_mcq_rows=20000, teacher_steps=1500, mcq_options=(1, 4),
     judge_mix={"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05, "harmful": 0.2},
     judge_layout="running", judge_verdicts=True, judge_running_best=True, judge_verdict_scale=19,
 )
@@ -182,6 +182,8 @@ SIZES: dict[str, GymConfig] = {
         dpo_prompts=32, dpo_samples=4, dpo_steps=5, dpo_beta=0.1, dpo_lr=1e-3,
     ),
     "default": replace(DEFAULT_V1, **JUDGE_WORLD),
+    # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
+    "v1": DEFAULT_V1,
 }
 
 
