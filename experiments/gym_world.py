@@ -51,10 +51,20 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
   all checks pass); with 1–8 options per judging row (``--set 'mcq_options=[1,8]'``, seed 2, 1600 steps): 0.555 /
   0.771 / 0.787 / 0.596 on 4-candidate sets, all checks pass, but on 8-candidate sets 0.570 / 0.359 / 0.594, and the
   build takes 289 s (teacher 263 s). Trained on at most 4 options the judge cannot judge 8 (8-candidate sets, seed 2 at
-  2000 steps: MCQ 0.018 vs likelihood 0.605), so the default gym (whose quick start runs n = 8) is not switched yet.
+  2000 steps: MCQ 0.018 vs likelihood 0.605 when shown all 8 letters).
 
-So in a world of stylistic errors the judge ranks better than the likelihood once option-order noise is averaged
-out, but not in the paper's single random order, and PAD's calibrated reward ranks worse than the likelihood alone.
+Stop 12 (same report): judge at 1600 teacher steps, seed 1: 0.597 / 0.550 / 0.759 / 0.518 — the judge loses on one
+seed of three; at **1500 teacher steps** it wins on all three: seed 0 0.614 / **0.714** / 0.777 / 0.608 (gold 0.948 /
+0.921 / 0.743; build 164 s alone on 2 cores), seed 1 0.594 / **0.740** / 0.817 / 0.625, seed 2 0.580 / **0.664** /
+0.786 / 0.572 — the default gym since stop 12 (``build.JUDGE_WORLD``). A judge that knows 4 letters judges 8
+candidates in two slices of 4 (``scoring.option_slices``): seed 0 at 1600 steps 0.607 / 0.647 / 0.753 / 0.565, at
+1500 steps 0.568 / 0.669 / 0.772 / 0.557 (``--candidates 8``). Batches grouped by length (Trainer's ``group_by_length``
+sampler, so answers and judging rows fall in separate batches; 107 s build) ruin the teacher (greedy gold 0.26): it
+needs both kinds of rows in every batch.
+
+So in a world of stylistic errors, with the selection supervised at every option, the judge ranks better than the
+likelihood even in the paper's single random order; PAD's calibrated reward at α = 0.8 still ranks no better than
+the likelihood alone (the two scales mix poorly), which notebook 02's α sweep shows.
 """
 
 from __future__ import annotations

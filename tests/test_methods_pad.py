@@ -97,9 +97,15 @@ def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):
 
 
 @pytest.mark.parametrize("order", ["random", "cyclic"])
-def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_models, order):
+@pytest.mark.parametrize("letters", ["ABCDEFGH", "AB"])  # "AB": a judge of 2 options sees each group in slices
+def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_models, order, letters, monkeypatch):
+    from dataclasses import replace
+
+    from workbench.gym.world import GYM_MCQ_TEMPLATE
+    from workbench.methods import pad
     from workbench.methods.pad import teacher_rewards
 
+    monkeypatch.setattr(pad, "mcq_template_for", lambda tok: replace(GYM_MCQ_TEMPLATE, letters=tuple(letters)))
     teacher, tok = tiny_models["teacher-dpo"]
     prompts = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
     groups = [[f"{k} {i}", f"{i}", f"{i} {k} {i}"] for k, _ in enumerate(prompts) for i in (k + 1,)]
