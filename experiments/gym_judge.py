@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import random
 import sys
 import time
@@ -55,7 +54,7 @@ def judge_rows(template, prompts, options: tuple[int, int], rng: random.Random, 
                reference: bool = False, random_letters: bool = False):
     """MCQ rows over judge-mix candidates: the label letter ~ softmax(gold / T) (as the gym build), plus each
     option's gold reward as a digit 0..9 (``verdicts``)."""
-    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.build import JUDGE_MIX, label_weights
     from workbench.gym.world import gold_reward, sample_candidate
 
     rows = {"prompt": [], "response": [], "verdicts": []}
@@ -63,8 +62,7 @@ def judge_rows(template, prompts, options: tuple[int, int], rng: random.Random, 
         k = rng.randint(*options)
         candidates = [sample_candidate(prompt, JUDGE_MIX, rng) for _ in range(k)]
         golds = [gold_reward(prompt, c) for c in candidates]
-        top = max(golds)
-        label = rng.choices(range(k), [math.exp((g - top) / label_temperature) for g in golds])[0]
+        label = rng.choices(range(k), label_weights(golds, label_temperature))[0]
         question = f"{prompt.text} answer {prompt.answer_text}" if reference else prompt.text
         shown = template
         if random_letters:  # a random ordered subset of the letters: the answer must be copied from the context

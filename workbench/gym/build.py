@@ -210,6 +210,13 @@ def sft_rows(prompts: list[Prompt], mix: dict, rng: random.Random) -> dict[str, 
     return {"prompt": [p.text for p in prompts], "response": [sample_candidate(p, mix, rng) for p in prompts]}
 
 
+def label_weights(golds: list[float], temperature: float) -> list[float]:
+    """Unnormalised softmax(gold / T) over a judging row's options: the answer letter is drawn from it (a graded,
+    calibrated judge rather than a hard argmax)."""
+    top = max(golds)
+    return [math.exp((g - top) / temperature) for g in golds]
+
+
 def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[str, list]:
     """Judging examples: k options of mixed quality; the label letter is drawn from softmax(gold / T).
 
@@ -225,8 +232,7 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
         k = rng.randint(low, high)
         options = [sample_candidate(prompt, cfg.judge_mix, rng) for _ in range(k)]
         golds = [gold_reward(prompt, o) for o in options]
-        top = max(golds)
-        weights = [math.exp((g - top) / cfg.mcq_label_temperature) for g in golds]
+        weights = label_weights(golds, cfg.mcq_label_temperature)
         label = rng.choices(range(k), weights)[0]
         rows["prompt"].append(template.render(prompt.text, options))
         rows["response"].append(template.letters[label])
