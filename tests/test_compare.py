@@ -169,3 +169,19 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
     with pytest.raises(pytest.fail.Exception, match="re-ran"):
         compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
     assert ran == [0]
+    # ... and so is one made at another harness learning rate (GYM_LR re-tuned)
+    stale.write_text(json.dumps(saved))
+    assert saved["method_defaults"] == {"lr": compare_module.GYM_LR["plad"]}
+    compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)  # unchanged: loaded
+    monkeypatch.setitem(compare_module.GYM_LR, "plad", 0.5)
+    with pytest.raises(pytest.fail.Exception, match="re-ran"):
+        compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
+    assert ran == [0, 0]
+
+
+def test_validation_split_evaluation_is_disjoint_from_the_table_and_named_in_records():
+    from workbench.compare import EvalConfig
+
+    test, validation = EvalConfig(eval_prompts=16), EvalConfig(eval_prompts=16, split="validation")
+    assert not {p.text for p in test.held_out()} & {p.text for p in validation.held_out()}
+    assert "split" not in test.models() and validation.models()["split"] == "validation"

@@ -88,3 +88,18 @@ def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatc
     # a correlation is NaN only when every 8-prompt set of the 2-step tiny student tied on gold (skipped sets)
     assert all(-1 <= v <= 1 for v in dpo.values() if v == v) and set(out["checks"]) >= {"mcq_beats_loglik"}
     assert all(0 <= v["greedy"] <= 1 for v in out["gold_reward"].values())
+
+
+def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winning_end(tiny_gym, tmp_path,
+                                                                                       monkeypatch):
+    gym_lr = _experiment("gym_lr")
+    monkeypatch.setattr(gym_lr, "GRID", (1e-4, 3e-3))
+    monkeypatch.setattr(gym_lr, "BEYOND", {1e-4: 3e-5, 3e-3: 1e-2})
+    tiny = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
+                eval_samples=2, steps=2, batch_size=4)
+    out = gym_lr.sweep(["seqkd"], str(tmp_path), eval_prompts=8, overrides=tiny)["seqkd"]
+    gold = {float(lr): g for lr, g in out["gold"].items()}
+    assert out["best"] == max(gold, key=gold.get)
+    assert len(gold) == 3 and {1e-4, 3e-3} < set(gold)  # the grid's winning end was extended one step
+    record = next(tmp_path.glob("seqkd*/seed0/record.json")).read_text()
+    assert '"split": "validation"' in record  # never the table's test prompts

@@ -60,8 +60,13 @@ GYM_LR = {"kd": 3e-3, "seqkd": 3e-3, "reverse-kl": 3e-3, "pro": 1e-3, "dpo": 1e-
           "plad+sft": 3e-3, "pad-vpd": 1e-4, "pad-ppd": 1e-4, "pad-ppd+sft": 1e-3}
 
 
+def method_defaults(name: str) -> dict:
+    """The harness's own settings for a method (its gym learning rate), under any variant's overrides."""
+    return {"lr": GYM_LR[name]} if name in GYM_LR else {}
+
+
 def _with_defaults(name: str, overrides: dict) -> dict:
-    return {**({"lr": GYM_LR[name]} if name in GYM_LR else {}), **overrides}
+    return {**method_defaults(name), **overrides}
 
 
 def _pad(name: str, loss: str, sft_weight: float = 0.0):
@@ -210,15 +215,17 @@ class EvalConfig:
     alpha: float = 0.8  # the teacher ranking for Kendall τ is PAD's calibrated r̂ (Eq. 9)
     mcq_order: str = "random"
     length_edges: tuple[float, ...] = (0, 2, 4, 6, 8, float("inf"))
+    split: str = "test"  # the gym split evaluated on: "test" for the table, "validation" for choosing settings
 
     def held_out(self):
-        return gym_prompts("test", self.eval_prompts, HELD_OUT_SEED)
+        return gym_prompts(self.split, self.eval_prompts, HELD_OUT_SEED)
 
     def models(self) -> dict[str, str]:
         """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
         from workbench.models import model_identity
 
-        return {"teacher": model_identity(self.teacher), "student": model_identity(self.student)}
+        return {"teacher": model_identity(self.teacher), "student": model_identity(self.student),
+                **({"split": self.split} if self.split != "test" else {})}
 
 
 EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
@@ -345,7 +352,7 @@ def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict,
     record = _json_ready({
         "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
         "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "metrics": metrics, "harness": harness,
-        "models": eval_cfg.models(),
+        "models": eval_cfg.models(), "method_defaults": method_defaults(variant.method),
     })
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "record.json").write_text(json.dumps(record, indent=1))
@@ -363,16 +370,20 @@ def load_references(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[int, dict]:
             for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))}
 
 
-def _resumable(path: Path, models: dict) -> dict | None:
-    """The saved record at ``path`` if it was made on ``models`` (the same teacher/student builds), else None: a
-    record of another gym build (or one saved before records named their models) is re-run, and the count logged."""
+def _resumable(path: Path, models: dict, defaults: dict | None = None) -> dict | None:
+    """The saved record at ``path`` if it was made on ``models`` (the same teacher/student builds) with the method's
+    current harness ``defaults`` (its ``GYM_LR``), else None: a record of another gym build or learning rate (or one
+    saved before records named them) is re-run, and why is logged."""
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("models") == models:
-        return saved
-    logger.info("%s was made on %s, not on %s: re-running it", path, saved.get("models", "unnamed models"), models)
-    return None
+    if saved.get("models") != models:
+        logger.info("%s was made on %s, not on %s: re-running it", path, saved.get("models", "unnamed models"), models)
+        return None
+    if defaults is not None and saved.get("method_defaults") != defaults:
+        logger.info("%s was made with %s, not %s: re-running it", path, saved.get("method_defaults"), defaults)
+        return None
+    return saved
 
 
 def compare(methods: Iterable = None, seeds: Sequence[int] = (0, 1, 2), overrides: dict | None = None, *,
@@ -406,7 +417,7 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = (0, 1, 2), override
             ref_path.write_text(json.dumps(references))
         for variant in variants:
             path = _run_dir(runs_dir, variant.label, seed) / "record.json"
-            saved = _resumable(path, models) if resume else None
+            saved = _resumable(path, models, method_defaults(variant.method)) if resume else None
             if saved is not None:
                 records.append(saved)
                 continue
