@@ -23,9 +23,10 @@ Simplifications, stated plainly:
   PLaD §5.1, and they reuse the cached samples the preference methods see, so the comparison is controlled.
 * The teacher annotation for dpo / simpo / pro defaults to PAD's calibrated reward r̂ (α = 0.8), the very signal
   PAD trains on, so preference methods differ only in the loss. PAD App. B.3 feeds its baselines the MCQ
-  selection probability alone (``score="mcq"``); on the gym that signal is near chance on the student's samples
+  selection probability alone (``score="mcq"``); on the v1 gym that signal was near chance on the student's samples
   (measured: Kendall τ with gold ≈ 0.0, max/min pairs agree with gold 48 % of the time, against 69 % for r̂ and 75 %
-  for the teacher's likelihood), which would make the baselines learn from noise for reasons of the gym.
+  for the teacher's likelihood); on today's default gym the MCQ ranks better than the likelihood (README), so
+  ``score="mcq"`` is a fair choice there too.
 * Gym defaults: full fine-tuning, lr 1e-3, 300 steps of 16 (prompts, pairs or sequences) — the same budget as
   PAD's gym run. The comparison harness runs each method at its own validation-chosen rate
   (``workbench.compare.GYM_LR``).
