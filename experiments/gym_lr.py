@@ -44,20 +44,21 @@ def sweep(methods, runs_dir: str, seed: int = 0, eval_prompts: int = 128, overri
 
 
 def main(argv=None) -> None:
-    from workbench.compare import GYM_LR
+    from workbench.compare import GYM_LR, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="*", default=sorted(GYM_LR))
+    parser.add_argument("--methods", nargs="*", default=sorted(GYM_LR),
+                        help="methods of the comparison registry (default: those with a GYM_LR)")
     parser.add_argument("--runs-dir", default="runs/gym_lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-prompts", type=int, default=128)
     a = parser.parse_args(argv)
-    unknown = set(a.methods) - set(GYM_LR)
+    unknown = set(a.methods) - set(METHODS)
     if unknown:
-        parser.error(f"no gym learning rate to choose for {sorted(unknown)}; methods: {sorted(GYM_LR)}")
+        parser.error(f"unknown methods {sorted(unknown)}; registered: {sorted(METHODS)}")
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
         result = sweep(a.methods, a.runs_dir, a.seed, a.eval_prompts)
-    current = {m: GYM_LR[m] for m in a.methods}
+    current = {m: GYM_LR.get(m, "the method's own default") for m in a.methods}
     print(json.dumps({"grid": GRID, "current": current, "methods": result,
                       "changed": {m: r["best"] for m, r in result.items() if r["best"] != current[m]}}, indent=1))
 
