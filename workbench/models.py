@@ -145,20 +145,26 @@ def _gym_preset(name: str) -> tuple[str, str] | None:
     """'gym-tiny-student' -> ('tiny', 'student'); 'gym-student' -> ('default', 'student'); else None."""
     if not name.startswith("gym-"):
         return None
+    from workbench.gym.build import SIZES
+
     rest = name[len("gym-") :]
-    for size in ("tiny", "default", "v1"):
+    for size in SIZES:
         if rest.startswith(size + "-"):
             rest, chosen = rest[len(size) + 1 :], size
             break
     else:
         chosen = "default"
     if rest not in GYM_ROLES:
-        raise ValueError(f"unknown gym model {name!r}; use gym-[tiny-|v1-]{{{'|'.join(GYM_ROLES)}}}")
+        sizes = "|".join(f"{size}-" for size in SIZES if size != "default")
+        raise ValueError(f"unknown gym model {name!r}; use gym-[{sizes}]{{{'|'.join(GYM_ROLES)}}}")
     return chosen, rest
 
 
 def preset_names() -> list[str]:
-    gym = [f"gym-{size}{role}" for size in ("", "tiny-", "v1-") for role in GYM_ROLES]
+    from workbench.gym.build import SIZES
+
+    prefixes = ["" if size == "default" else f"{size}-" for size in SIZES]
+    gym = [f"gym-{prefix}{role}" for prefix in prefixes for role in GYM_ROLES]
     return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS)
 
 

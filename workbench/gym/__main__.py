@@ -9,13 +9,15 @@ import sys
 
 
 def main(argv=None) -> int:
+    from workbench.gym.build import SIZES
+
     parser = argparse.ArgumentParser(prog="python -m workbench.gym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="train the gym's teachers and student (cached)")
-    build.add_argument("--size", default="default", choices=["tiny", "default", "v1"])
+    build.add_argument("--size", default="default", choices=list(SIZES))
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     report = sub.add_parser("report", help="measure the gym's properties on held-out prompts (JSON)")
-    report.add_argument("--size", default="default", choices=["tiny", "default", "v1"])
+    report.add_argument("--size", default="default", choices=list(SIZES))
     report.add_argument("--prompts", type=int, default=256)
     report.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
