@@ -126,6 +126,27 @@ def test_registry_covers_every_method_and_adpa_lazily():
         assert callable(METHODS[name])
 
 
+def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
+    from workbench.methods.adpa import METHOD_STAGES, AdpaConfig
+    from workbench.methods.baselines import BASELINES, BaselineConfig
+    from workbench.methods.common import GYM_LR, resolve_lr
+    from workbench.methods.pad import PadConfig
+    from workbench.methods.plad import PladConfig
+
+    assert GYM_LR is compare_module.GYM_LR and set(GYM_LR) == set(METHODS)  # one table, every registered method
+    assert (PadConfig().lr, PadConfig(loss="vpd").lr, PadConfig(sft_weight=1.0).lr) == (
+        GYM_LR["pad-ppd"], GYM_LR["pad-vpd"], GYM_LR["pad-ppd+sft"])
+    assert PadConfig(loss="ppd_mc").lr == GYM_LR["pad-ppd"] and PadConfig(lr=8e-7).lr == 8e-7
+    assert (PladConfig().lr, PladConfig(sft_weight=1.0).lr) == (GYM_LR["plad"], GYM_LR["plad+sft"])
+    assert all(BaselineConfig(method=m).lr == GYM_LR[m] for m in BASELINES)
+    assert all(AdpaConfig(method=m).lr == GYM_LR[m] for m in METHOD_STAGES)
+    for bad in (0.0, -1e-4):
+        with pytest.raises(ValueError, match=f"lr={bad}; the learning rate must be > 0"):
+            PadConfig(lr=bad)
+    with pytest.raises(ValueError, match="'my-method' has no gym learning rate"):
+        resolve_lr(None, "my-method")
+
+
 def test_heldout_pairs_are_fixed_and_gold_ranked():
     from workbench.gym.world import gold_reward
     from workbench.methods.common import HELD_OUT_SEED, gym_prompts

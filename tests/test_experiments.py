@@ -1,11 +1,16 @@
 """experiments/gym_judge.py (issue 2's judge experiment) runs on the tiny gym, and its rows are what its flags say."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
+from workbench.methods.common import GYM_LR
+
 ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
+                eval_samples=2, steps=2, batch_size=4)
 
 
 def _experiment(name: str):
@@ -92,14 +97,27 @@ def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatc
 
 def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winning_end(tiny_gym, tmp_path,
                                                                                        monkeypatch):
-    gym_lr = _experiment("gym_lr")
-    monkeypatch.setattr(gym_lr, "GRID", (1e-4, 3e-3))
-    monkeypatch.setattr(gym_lr, "BEYOND", {1e-4: 3e-5, 3e-3: 1e-2})
-    tiny = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
-                eval_samples=2, steps=2, batch_size=4)
-    out = gym_lr.sweep(["seqkd"], str(tmp_path), eval_prompts=8, overrides=tiny)["seqkd"]
+    gym_tune = _experiment("gym_tune")
+    monkeypatch.setattr(gym_tune, "GRID", (1e-4, 3e-3))
+    monkeypatch.setattr(gym_tune, "BEYOND", {1e-4: 3e-5, 3e-3: 1e-2})
+    out = gym_tune.sweep(["seqkd"], str(tmp_path), eval_prompts=8, overrides=TINY_RUN)["seqkd"]
     gold = {float(lr): g for lr, g in out["gold"].items()}
     assert out["best"] == max(gold, key=gold.get)
     assert len(gold) == 3 and {1e-4, 3e-3} < set(gold)  # the grid's winning end was extended one step
     record = next(tmp_path.glob("seqkd*/seed0/record.json")).read_text()
     assert '"split": "validation"' in record  # never the table's test prompts
+
+
+def test_the_sweep_tunes_any_config_field_over_seeds_without_extending_it(tiny_gym, tmp_path):
+    gym_tune = _experiment("gym_tune")
+    out = gym_tune.sweep(["dckd"], str(tmp_path), seeds=(0, 1), eval_prompts=8, overrides=TINY_RUN,
+                         param="alpha", grid=(0.2, 5.0))["dckd"]
+    assert set(out["gold"]) == {"0.2", "5.0"} and out["best"] in (0.2, 5.0)  # no step past the grid for alpha
+    records = sorted(p.parent.parent.name + "/" + p.parent.name for p in tmp_path.glob("*/seed*/record.json"))
+    assert records == ["dckd[alpha=0.2]/seed0", "dckd[alpha=0.2]/seed1", "dckd[alpha=5.0]/seed0",
+                       "dckd[alpha=5.0]/seed1"]
+    saved = json.loads((tmp_path / "dckd[alpha=5.0]" / "seed1" / "record.json").read_text())
+    config = saved["metrics"]["config"]
+    assert config["alpha"] == 5.0 and config["lr"] == GYM_LR["dckd"]  # the method's own gym rate
+    with pytest.raises(ValueError, match="needs a grid"):
+        gym_tune.sweep(["dckd"], str(tmp_path), param="gamma")

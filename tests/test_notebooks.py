@@ -65,3 +65,14 @@ def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatc
     for path in metrics:
         json.loads(path.read_text())
     assert list((tmp_path / "figures").glob("*.png")), f"{name} saved no figure"
+
+
+@pytest.mark.parametrize("name", ["02_calibration_alpha_sweep.ipynb", "03_pad_train.ipynb", "06_adpa_train.ipynb",
+                                  "07_plad_train.ipynb"])
+def test_training_notebooks_default_to_the_methods_validation_chosen_gym_rate(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    namespace: dict = {}
+    exec(params.source, namespace)  # the parameters cell is plain assignments
+    # None = the method config's GYM_LR entry, so a notebook's rate follows its method / loss / anchor parameters
+    assert namespace["lr"] is None, f"{name}: lr = {namespace['lr']!r} would pin one rate for every method"

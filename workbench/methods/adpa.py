@@ -49,7 +49,7 @@ from workbench.losses.adpa import (
 )
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options, gold_of,
                                      gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
-                                     training_summary, vllm_engine_options)
+                                     resolve_lr, training_summary, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, release_memory, teacher_topk_by_name
@@ -168,7 +168,9 @@ class AdpaConfig:
     q_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of Q-softmax KD (Eq. 31: 1)"})
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature of ŷ and of evaluation"})
     max_new_tokens: int = 24
-    lr: float = field(default=3e-3, metadata={"help": "learning rate (paper: 5e-7 released, max 1e-5 App. F)"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method]; "
+                "paper: 5e-7 released, max 1e-5 App. F)"})
     steps: int = field(default=400, metadata={"help": "optimizer steps per stage"})
     dckd_steps: int | None = field(default=None, metadata={"help": "steps of ADPA+'s DCKD stage (None: steps)"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step (paper: 128)"})
@@ -209,6 +211,7 @@ class AdpaConfig:
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
         check_dataset_options(self)
         check_vllm_options(self)
+        self.lr = resolve_lr(self.lr, self.method)
 
 
 # ---------------------------------------------------------------------------------------------------------------

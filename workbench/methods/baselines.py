@@ -49,7 +49,7 @@ from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
-from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts
+from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts, resolve_lr
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
@@ -94,7 +94,8 @@ class BaselineConfig:
     backend: str = field(default="trl", metadata={"help": "dpo/simpo trainer: 'trl' (DPO/CPOTrainer) or 'workbench'"})
     iterations: int = field(default=1, metadata={"help": "rounds of re-sampling the student (student-sample methods)"})
     max_new_tokens: int = 24
-    lr: float = 1e-3
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method])"})
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts / pairs / sequences per step"})
     warmup_ratio: float = 0.1
@@ -121,6 +122,7 @@ class BaselineConfig:
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         self.length_edges = tuple(float(e) for e in self.length_edges)
+        self.lr = resolve_lr(self.lr, self.method)
         if self.beta is None and self.method in DEFAULT_BETA:
             self.beta = DEFAULT_BETA[self.method]
 

@@ -30,7 +30,8 @@ from workbench.sampling import group_responses, model_source, release_vllm_engin
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options, gold_of,
                                      gym_prompts, held_out_evaluation, load_frozen_teacher, no_gold_evaluation,
-                                     preference_splits, training_summary, user_text, vllm_engine_options)
+                                     preference_splits, resolve_lr, training_summary, user_text,
+                                     vllm_engine_options)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
                                 set_threads, student_token_logps, train_distill)
 
@@ -78,7 +79,9 @@ class PadConfig:
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
                 "the student trains on the same GPU)"})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 8e-7 / 1e-6 on 2B-3B models)"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (None: the default gym's validation-chosen rate of this loss, GYM_LR[gym_method]; "
+                "paper: 8e-7 / 1e-6 on 2B-3B models)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "paper: 0.1"})
@@ -107,6 +110,7 @@ class PadConfig:
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
+        self.lr = resolve_lr(self.lr, self.gym_method)
         check_dataset_options(self)
         check_vllm_options(self)
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
@@ -116,6 +120,13 @@ class PadConfig:
         if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
                              f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+
+    @property
+    def gym_method(self) -> str:
+        """The comparison registry's name for this objective (its ``GYM_LR`` key): pad-vpd, pad-ppd, pad-ppd+sft."""
+        if self.loss == "vpd":
+            return "pad-vpd"
+        return "pad-ppd+sft" if self.sft_weight > 0 else "pad-ppd"
 
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the

@@ -45,7 +45,8 @@ from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options,
                                      finish_run, gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher,
-                                     no_gold_evaluation, preference_splits, training_summary, vllm_engine_options)
+                                     no_gold_evaluation, preference_splits, resolve_lr, training_summary,
+                                     vllm_engine_options)
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
@@ -96,7 +97,9 @@ class PladConfig:
                 "and never loaded into the training process)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (paper: 1e-4 with LoRA on 7B students)"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate (None: the default gym's validation-chosen rate, GYM_LR['plad'] or "
+                "['plad+sft'] with sft_weight > 0; paper: 1e-4 with LoRA on 7B students)"})
     steps: int = field(default=300, metadata={"help": "optimizer steps (a fixed budget across data fractions)"})
     batch_size: int = field(default=8, metadata={"help": "pairs per step (paper: 8 per device)"})
     lr_scheduler: str = field(default="linear", metadata={"help": "paper: linear"})
@@ -123,6 +126,7 @@ class PladConfig:
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
         check_dataset_options(self)
         check_vllm_options(self)
+        self.lr = resolve_lr(self.lr, "plad+sft" if self.sft_weight > 0 else "plad")
         if self.loss not in ("plad_ranking", "plad_margin"):
             raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
                              f"'plad_margin' (Eq. 5)")

@@ -1,0 +1,96 @@
+"""Experiment: choose the gym settings of the comparison harness on the gym's *validation* split.
+
+By default it chooses each method's learning rate (``workbench.methods.common.GYM_LR``): every method is trained at
+each rate of the grid (the harness's defaults otherwise) and evaluated by the harness on validation prompts
+(``EvalConfig(split="validation")``, never the table's test prompts); a method whose best rate is at an end of the grid
+is also tried one step further. ``--param NAME --grid V ...`` sweeps any other config field the same way (e.g. the
+ADPA family's ``alpha`` / ``gamma``; no extension past the grid's ends). Prints JSON: the mean validation gold per
+value (over ``--seeds``) and the best value per method. Runs are saved under ``--runs-dir`` and reused.
+
+    python experiments/gym_tune.py                      # every method's learning rate, ~10 min on 2 cores
+    python experiments/gym_tune.py --methods kd plad    # a subset
+    python experiments/gym_tune.py --methods dckd --param alpha --grid 0.2 0.5 1 2 5 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+BEYOND = {1e-4: 3e-5, 3e-3: 1e-2}  # one step past an end of the learning-rate grid
+
+
+def sweep(methods, runs_dir: str, seeds=(0,), eval_prompts: int = 128, overrides: dict | None = None,
+          param: str = "lr", grid=None) -> dict:
+    """{method: {"gold": {value: mean validation gold over seeds}, "best": value}} for ``methods``.
+
+    ``param`` is the swept config field over ``grid`` (default: the learning rate over ``GRID``, extended by
+    ``BEYOND`` when an end wins); ``overrides`` go to every run."""
+    from workbench.compare import EvalConfig, compare
+
+    eval_cfg = EvalConfig(eval_prompts=eval_prompts, split="validation")
+    if grid is None:
+        if param != "lr":
+            raise ValueError(f"param={param!r} needs a grid of values (only the learning rate has a default grid)")
+        grid = GRID
+    beyond = BEYOND if param == "lr" else {}
+
+    def gold_at(method, values) -> dict:
+        table = compare([(method, {param: v}) for v in values], seeds=list(seeds), overrides=overrides,
+                        runs_dir=runs_dir, eval_cfg=eval_cfg)
+        rows = {row["method"]: row["gold_mean"] for _, row in table.iterrows()}
+        return {v: rows[f"{method}[{param}={v}]"] for v in values}
+
+    out = {}
+    for method in methods:
+        gold = gold_at(method, grid)
+        best = max(gold, key=gold.get)
+        if best in beyond:
+            gold.update(gold_at(method, [beyond[best]]))
+            best = max(gold, key=gold.get)
+        out[method] = {"gold": {str(v): round(g, 4) for v, g in sorted(gold.items())}, "best": best}
+    return out
+
+
+def _value(text: str):
+    """A grid value from the command line: int, float, bool or string, as papermill would read it."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def main(argv=None) -> None:
+    from workbench.compare import METHODS, method_defaults
+    from workbench.methods.common import GYM_LR
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="*", default=sorted(GYM_LR),
+                        help="methods of the comparison registry (default: those with a GYM_LR)")
+    parser.add_argument("--param", default="lr", help="config field to sweep (default: the learning rate)")
+    parser.add_argument("--grid", nargs="*", type=_value, default=None,
+                        help="values of --param (required unless it is lr, whose grid is GRID)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--runs-dir", default="runs/gym_tune")
+    parser.add_argument("--eval-prompts", type=int, default=128)
+    a = parser.parse_args(argv)
+    unknown = set(a.methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; registered: {sorted(METHODS)}")
+    if a.param != "lr" and not a.grid:
+        parser.error(f"--param {a.param} needs --grid VALUE [VALUE ...]")
+    with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
+        result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, param=a.param, grid=a.grid)
+    current = {m: method_defaults(m).get(a.param, "the method's config default") for m in a.methods}
+    print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "current": current,
+                      "methods": result,
+                      "changed": {m: r["best"] for m, r in result.items() if r["best"] != current[m]}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
