@@ -1,6 +1,9 @@
 """PAD on the gym over seeds: mean ± 95% CI of the student's gold reward for several settings. Prints JSON.
 
     python bench/pad_seeds.py [--seeds 0,1,2] [--out runs/pad_seeds.json]
+
+Defaults: the default gym, PAD as published (``--sft-weight 0``) at each loss's gym rate (``--lr`` unset: GYM_LR).
+The v1-gym table of papers/pad.md: ``--teacher gym-v1-teacher-dpo --student gym-v1-student --sft-weight 1 --lr 1e-3``.
 """
 
 import argparse
@@ -25,6 +28,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--out", default="runs/pad_seeds.json")
+    parser.add_argument("--teacher", default="gym-teacher-dpo")
+    parser.add_argument("--student", default="gym-student")
+    parser.add_argument("--sft-weight", type=float, default=0.0, help="NLL anchor (0: PAD as published)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (unset: the loss's GYM_LR)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     table = {}
@@ -32,7 +39,7 @@ def main() -> None:
         runs = []
         for seed in seeds:
             start = time.perf_counter()
-            defaults = dict(sft_weight=1.0)
+            defaults = dict(teacher=args.teacher, student=args.student, sft_weight=args.sft_weight, lr=args.lr)
             m = run_pad(PadConfig(**{**defaults, **SETTINGS[name]}, seed=seed, progress=False,
                                   output_dir=f"runs/pad_seeds/{name}/seed{seed}")).metrics
             runs.append({"gold_before": m["gold_before"]["mean"], "gold_after": m["gold_after"]["mean"],

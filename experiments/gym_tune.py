@@ -10,6 +10,7 @@ value (over ``--seeds``) and the best value per method. Runs are saved under ``-
     python experiments/gym_tune.py                      # every method's learning rate, ~10 min on 2 cores
     python experiments/gym_tune.py --methods kd plad    # a subset
     python experiments/gym_tune.py --methods dckd --param alpha --grid 0.2 0.5 1 2 5 --seeds 0 1
+    python experiments/gym_tune.py --methods adpa+ --param dckd_lr --grid 1e-4 1e-3 --set alpha=5 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main(argv=None) -> None:
     parser.add_argument("--grid", nargs="*", type=_value, default=None,
                         help="values of --param (required unless it is lr, whose grid is GRID)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="other config fields held fixed for every run (e.g. alpha=5)")
     parser.add_argument("--runs-dir", default="runs/gym_tune")
     parser.add_argument("--eval-prompts", type=int, default=128)
     a = parser.parse_args(argv)
@@ -84,10 +87,14 @@ def main(argv=None) -> None:
         parser.error(f"unknown methods {sorted(unknown)}; registered: {sorted(METHODS)}")
     if a.param != "lr" and not a.grid:
         parser.error(f"--param {a.param} needs --grid VALUE [VALUE ...]")
+    if any("=" not in item for item in a.set):
+        parser.error(f"--set takes FIELD=VALUE items, got {a.set}")
+    fixed = {k: _value(v) for k, v in (item.split("=", 1) for item in a.set)}
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
-        result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, param=a.param, grid=a.grid)
+        result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param,
+                       grid=a.grid)
     current = {m: method_defaults(m).get(a.param, "the method's config default") for m in a.methods}
-    print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "current": current,
+    print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "fixed": fixed, "current": current,
                       "methods": result,
                       "changed": {m: r["best"] for m, r in result.items() if r["best"] != current[m]}}, indent=1))
 

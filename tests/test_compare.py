@@ -1,6 +1,7 @@
 """Comparison harness: seed statistics on known samples, verdict rules, the ledger on synthetic records, the table
 schema, held-out pairs, and a tiny end-to-end comparison of two methods × two seeds (with resume)."""
 
+import dataclasses
 import json
 import math
 
@@ -145,6 +146,13 @@ def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
             PadConfig(lr=bad)
     with pytest.raises(ValueError, match="'my-method' has no gym learning rate"):
         resolve_lr(None, "my-method")
+    # the harness records the ADPA family's tuned loss weights with the rate, so changing either re-runs its records
+    tuned = {f.name: f.default for f in dataclasses.fields(AdpaConfig)}
+    assert compare_module.method_defaults("adpa+") == {"lr": GYM_LR["adpa+"], "alpha": tuned["alpha"],
+                                                       "gamma": tuned["gamma"]}
+    assert compare_module.method_defaults("dckd") == {"lr": GYM_LR["dckd"], "alpha": tuned["alpha"]}
+    assert compare_module.method_defaults("sft") == {"lr": GYM_LR["sft"]}
+    assert compare_module.method_defaults("kd") == {"lr": GYM_LR["kd"]}
 
 
 def test_heldout_pairs_are_fixed_and_gold_ranked():

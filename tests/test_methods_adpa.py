@@ -153,6 +153,27 @@ def test_every_method_runs_end_to_end(method, tiny_gym, tmp_path):
     assert any("loss" in h or "train_loss" in h for h in result.history)
 
 
+def test_adpa_plus_trains_its_dckd_stage_at_dckd_lr_and_its_adpa_stage_at_lr(tiny_gym, tmp_path, monkeypatch):
+    from workbench.methods.common import GYM_LR
+
+    rates = []
+    train = M.train_distill
+
+    def spy(*args, lr, **kwargs):
+        rates.append(lr)
+        return train(*args, lr=lr, **kwargs)
+
+    monkeypatch.setattr(M, "train_distill", spy)
+    M.run_adpa(M.AdpaConfig(method="adpa+", lr=2e-4, dckd_lr=5e-3, output_dir=str(tmp_path / "plus"), **TINY))
+    assert rates == [5e-3, 2e-4]  # stage 1 DCKD, stage 2 ADPA
+    rates.clear()
+    M.run_adpa(M.AdpaConfig(method="dckd", lr=2e-4, dckd_lr=5e-3, output_dir=str(tmp_path / "dckd"), **TINY))
+    assert rates == [2e-4]  # DCKD on its own trains at lr; dckd_lr is ADPA+'s first stage only
+    # unset, ADPA+'s DCKD stage follows its lr: the gym rate (validation-chosen), or a rate the user gives
+    assert M.AdpaConfig(method="adpa+").dckd_lr == M.AdpaConfig(method="adpa+").lr == GYM_LR["adpa+"]
+    assert M.AdpaConfig(method="adpa+", lr=7e-7).dckd_lr == 7e-7
+
+
 @pytest.mark.parametrize("judge", ["", "gym-tiny-teacher-dpo"])
 def test_adpa_plus_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(judge, tiny_gym, tmp_path):
     """Non-gym data: DCKD then ADPA train on the file's pairs; gold fields are None with the reason stated, reward

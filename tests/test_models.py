@@ -47,3 +47,16 @@ def test_drop_layers_rejects_bad_indices(tiny_models, keep):
     teacher, _ = tiny_models["teacher-dpo"]
     with pytest.raises(ValueError, match="increasing layer indices"):
         drop_layers(copy.deepcopy(teacher), keep)
+
+
+def test_a_mistyped_preset_names_the_near_presets_instead_of_asking_the_hub(tmp_path, monkeypatch):
+    from workbench.models import preset_names, resolve
+
+    with pytest.raises(ValueError, match=r"did you mean 'smollm2-135m-instruct'"):
+        resolve("smollm2-135m-instruc")
+    assert {"gym-student", "gym-tiny-student", "gym-v1-student", "smollm2-135m-instruct"} <= set(preset_names())
+    # hub ids, plain legacy hub names and existing folders pass through untouched
+    assert resolve("google/gemma-2-2b-it") == "google/gemma-2-2b-it" and resolve("gpt2") == "gpt2"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m-instruc").mkdir()  # a local folder of that name is what the user meant
+    assert resolve("smollm2-135m-instruc") == "smollm2-135m-instruc"

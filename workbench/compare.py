@@ -51,9 +51,21 @@ REFERENCE_ROWS = ("student (initial)", "teacher")
 
 
 
+# the ADPA family's gym-tuned loss weights (AdpaConfig's defaults) that each method's objective uses
+ADPA_TUNED_FIELDS = {"dckd": ("alpha",), "adpa": ("gamma",), "adpa+": ("alpha", "gamma"), "adpa_no_ref": ("gamma",),
+                     "q_argmax": ("gamma",), "q_softmax": ("gamma",)}
+
+
 def method_defaults(name: str) -> dict:
-    """The harness's own settings for a method (its gym learning rate), under any variant's overrides."""
-    return {"lr": GYM_LR[name]} if name in GYM_LR else {}
+    """The harness's own settings for a method, under any variant's overrides: its gym learning rate and, for the
+    ADPA family, the tuned loss weights it uses — so a saved run made under other settings is re-run."""
+    out = {"lr": GYM_LR[name]} if name in GYM_LR else {}
+    if name in ADPA_TUNED_FIELDS and adpa_available():
+        from workbench.methods.adpa import AdpaConfig
+
+        defaults = {f.name: f.default for f in dataclasses.fields(AdpaConfig)}
+        out.update({k: defaults[k] for k in ADPA_TUNED_FIELDS[name]})
+    return out
 
 
 def _with_defaults(name: str, overrides: dict) -> dict:

@@ -161,6 +161,7 @@ def _gym_preset(name: str) -> tuple[str, str] | None:
 
 
 def preset_names() -> list[str]:
+    """Every embedded preset ``load`` accepts: the gym's models at each size, the GGUF and layer-dropped LMs."""
     from workbench.gym.build import SIZES
 
     prefixes = ["" if size == "default" else f"{size}-" for size in SIZES]
@@ -192,6 +193,13 @@ def resolve(name_or_path: str) -> str:
         return str(_converted_gguf(name_or_path))
     if name_or_path in LAYER_DROP_PRESETS:
         return str(_layer_dropped(name_or_path))
+    if "/" not in name_or_path and not Path(name_or_path).exists():
+        import difflib
+
+        near = difflib.get_close_matches(name_or_path, preset_names(), n=3, cutoff=0.75)
+        if near:  # a mistyped preset would otherwise become a hub request (and a network error offline)
+            raise ValueError(f"unknown model {name_or_path!r}: not a folder, a hub id or a preset; did you mean "
+                             f"{' or '.join(map(repr, near))}? (presets: {', '.join(preset_names())})")
     return name_or_path
 
 
