@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast gym figures bench
+.PHONY: setup test test-fast gym figures notebook-figures bench
 
 setup:
 	$(PYTHON) -m pip install -q $(TORCH) -e ".[dev]"
@@ -20,6 +20,20 @@ gym: setup
 
 figures:
 	$(PYTHON) -m workbench.figures
+
+# the figures the notebooks draw from their own runs (defaults plus the flags below; ~8 min on 2 cores); executed
+# copies go to $(NB_OUT). Notebook 07's sweeps stay off: `make figures` draws PLaD Fig. 2 / 4 from 3-seed records.
+NB_OUT ?= runs/notebooks
+notebook-figures:
+	mkdir -p $(NB_OUT)
+	$(PYTHON) -m papermill --no-progress-bar notebooks/01_irl_reward.ipynb $(NB_OUT)/01.ipynb
+	$(PYTHON) -m papermill --no-progress-bar notebooks/02_calibration_alpha_sweep.ipynb $(NB_OUT)/02.ipynb
+	$(PYTHON) -m papermill --no-progress-bar notebooks/03_pad_train.ipynb $(NB_OUT)/03.ipynb -p n 8
+	$(PYTHON) -m papermill --no-progress-bar notebooks/04_preference_distributions.ipynb $(NB_OUT)/04.ipynb
+	$(PYTHON) -m papermill --no-progress-bar notebooks/05_sample_complexity.ipynb $(NB_OUT)/05.ipynb
+	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p sweep True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/07_plad_train.ipynb $(NB_OUT)/07.ipynb \
+		-p real_ratios "" -p data_fractions ""
 
 bench:
 	for f in bench/bench_*.py; do $(PYTHON) $$f; done

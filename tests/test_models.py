@@ -60,3 +60,25 @@ def test_a_mistyped_preset_names_the_near_presets_instead_of_asking_the_hub(tmp_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2-135m-instruc").mkdir()  # a local folder of that name is what the user meant
     assert resolve("smollm2-135m-instruc") == "smollm2-135m-instruc"
+
+
+def test_gym_loads_draw_no_progress_bar_and_leave_the_setting_as_it_was(tiny_gym, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from workbench.models import load
+
+    load("gym-tiny-student")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # real models still show their (long) loads
+
+
+def test_only_the_kernels_hub_hint_of_bitsandbytes_is_dropped(caplog):
+    import logging
+
+    import workbench  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please pip install kernels", "x")
+        log.warning("any other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["any other bitsandbytes warning"]

@@ -51,6 +51,20 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(name):
     assert name in TINY, f"{name} has no tiny parameters in tests/test_notebooks.py"
 
 
+@pytest.mark.parametrize("name", all_notebooks())
+def test_papermill_lists_every_parameter_of_the_parameters_cell(name):
+    import ast
+
+    import papermill
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    source = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets]
+    # papermill's parser skips a line it cannot read (e.g. an "=" inside the comment): --help-notebook would hide it
+    listed = papermill.inspect_notebook(str(NOTEBOOKS / name))
+    assert [n for n in assigned if n not in listed] == [], f"{name}: papermill cannot read these parameter lines"
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatch):

@@ -17,6 +17,7 @@ presets are cut from their source once and cached the same way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -281,6 +282,21 @@ def _tokenizer_at(path: str, name_or_path: str, trust_remote_code: bool):
     return tokenizer
 
 
+@contextlib.contextmanager
+def _quiet_progress(quiet: bool):
+    """transformers' progress bars off inside the block when ``quiet`` (restored after, whatever they were)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet and was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load(
     name_or_path: str,
     *,
@@ -314,7 +330,9 @@ def load(
     qconfig = quantization_config(quantization, compute_dtype=dtype if dtype != torch.float32 else torch.float32)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    # a gym model loads in milliseconds: no "Loading weights" bar per load (notebooks load them dozens of times)
+    with _quiet_progress(_gym_preset(name_or_path) is not None):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)
     tokenizer = _tokenizer_at(path, name_or_path, trust_remote_code)
