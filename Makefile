@@ -21,7 +21,7 @@ gym: setup
 figures:
 	$(PYTHON) -m workbench.figures
 
-# the figures the notebooks draw from their own runs (defaults plus the flags below; ~8 min on 2 cores); executed
+# the figures the notebooks draw from their own runs (defaults plus the flags below; ~5.5 min on 2 cores); executed
 # copies go to $(NB_OUT). Notebook 07's sweeps stay off: `make figures` draws PLaD Fig. 2 / 4 from 3-seed records.
 NB_OUT ?= runs/notebooks
 notebook-figures:
