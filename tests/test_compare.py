@@ -146,6 +146,9 @@ def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
             PadConfig(lr=bad)
     with pytest.raises(ValueError, match="'my-method' has no gym learning rate"):
         resolve_lr(None, "my-method")
+    assert resolve_lr("1e-6", "kd") == 1e-6  # text from papermill -r or YAML
+    with pytest.raises(ValueError, match="lr='fast' is not a number"):
+        BaselineConfig(method="kd", lr="fast")
     # the harness records the ADPA family's tuned loss weights with the rate, so changing either re-runs its records
     tuned = {f.name: f.default for f in dataclasses.fields(AdpaConfig)}
     assert compare_module.method_defaults("adpa+") == {"lr": GYM_LR["adpa+"], "alpha": tuned["alpha"],

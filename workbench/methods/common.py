@@ -73,9 +73,14 @@ def resolve_lr(lr: float | None, method: str) -> float:
         if method not in GYM_LR:
             raise ValueError(f"lr=None but {method!r} has no gym learning rate (known: {sorted(GYM_LR)}); pass lr=")
         return GYM_LR[method]
-    if not lr > 0:
+    try:
+        value = float(lr)  # papermill -r / a YAML string such as "1e-6" arrives as text
+    except (TypeError, ValueError):
+        raise ValueError(f"lr={lr!r} is not a number; pass a learning rate such as 1e-6, or None for {method!r}'s "
+                         f"gym rate (GYM_LR)") from None
+    if not value > 0:
         raise ValueError(f"lr={lr}; the learning rate must be > 0 (or None for the method's gym rate, GYM_LR)")
-    return float(lr)
+    return value
 
 
 def gold_of(prompt, response: str) -> float:
