@@ -77,8 +77,8 @@ def main(argv=None) -> None:
     parser.add_argument("--grid", nargs="*", type=_value, default=None,
                         help="values of --param (required unless it is lr, whose grid is GRID)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="other config fields held fixed for every run (e.g. alpha=5)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config field held fixed for every run, e.g. --set alpha=5 (repeatable)")
     parser.add_argument("--runs-dir", default="runs/gym_tune")
     parser.add_argument("--eval-prompts", type=int, default=128)
     a = parser.parse_args(argv)

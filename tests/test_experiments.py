@@ -121,3 +121,19 @@ def test_the_sweep_tunes_any_config_field_over_seeds_without_extending_it(tiny_g
     assert config["alpha"] == 5.0 and config["lr"] == GYM_LR["dckd"]  # the method's own gym rate
     with pytest.raises(ValueError, match="needs a grid"):
         gym_tune.sweep(["dckd"], str(tmp_path), param="gamma")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "unknown methods ['nope']"),
+    (["--methods", "dckd", "--param", "alpha"], "--param alpha needs --grid"),
+    (["--methods", "dckd", "--param", "alpha", "--grid", "1", "--set", "gamma"], "--set takes FIELD=VALUE"),
+])
+def test_the_sweep_command_line_refuses_what_it_cannot_run(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _experiment("gym_tune").main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_grid_values_are_read_as_papermill_would():
+    value = _experiment("gym_tune")._value
+    assert [value(v) for v in ("3", "1e-4", "0.5", "True", "cyclic")] == [3, 1e-4, 0.5, True, "cyclic"]
