@@ -190,3 +190,44 @@ def test_recipe_runs_end_to_end_on_a_fixture_of_its_dataset(path, tmp_path, tiny
                                                             else [params["method"]])
     else:
         assert metrics["pairs"]["n_pairs"] >= 1 and metrics["pairs"]["gold_statistics"].startswith("skipped")
+
+
+# --- bench/bench_recipe_gpu.py: the device check of the PAD recipes, its code path run here at toy widths ---
+
+def _recipe_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_recipe_gpu", ROOT / "bench" / "bench_recipe_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("recipe", ["pad_llama3_8b_to_3b_qlora.yaml", "pad_gemma2_9b_to_2b.yaml"])
+def test_the_recipe_bench_runs_every_pad_phase_at_toy_widths_on_cpu(recipe, tmp_path):
+    bench = _recipe_bench()
+    out = bench.run(str(ROOT / "recipes" / recipe), device="cpu", shrink=True, steps=1, workdir=str(tmp_path))
+    assert list(out["phases"]) == ["sampling", "teacher_likelihood", "teacher_mcq", "training"]
+    for name, phase in out["phases"].items():
+        # no CUDA peak on a CPU (None), but every phase ran, at the estimator's shapes, and has its estimate
+        assert phase["measured_gib"] is None and phase["estimated_gib"] > 0 and phase["seconds"] > 0, name
+    training = out["phases"]["training"]
+    assert len(training["losses"]) == 2 and all(abs(v) < 1e3 for v in training["losses"])
+    recipe_values = yaml.safe_load((ROOT / "recipes" / recipe).read_text())
+    assert out["assumptions"]["teacher_quantization"] == (recipe_values["quantization"] or None)
+    assert out["assumptions"]["lora"] == recipe_values["lora"]
+    assert not list(tmp_path.iterdir())  # the random checkpoints are deleted
+
+
+def test_the_recipe_bench_counts_training_flops_by_the_6n_rule():
+    bench = _recipe_bench()
+    config = json.loads((CONFIGS / "meta-llama--Llama-3.2-3B-Instruct" / "config.json").read_text())
+    sequences, seq_len = 4, 1025
+    full = bench.training_flops(config, sequences, seq_len, lora=False, checkpointing=False)
+    matmul_params = 3.2126e9  # 28 layers × 100.66 M linear + the 128256 × 3072 head (the model card's 3.21 B)
+    assert 1.0 < full / (6 * matmul_params * sequences * seq_len) < 1.1  # + attention scores (≈ 5 % at 1025)
+    lora = bench.training_flops(config, sequences, seq_len, lora=True, checkpointing=False)
+    assert lora == pytest.approx(full * 2 / 3)  # no weight gradients for the frozen base
+    assert bench.training_flops(config, sequences, seq_len, lora=True, checkpointing=True) == pytest.approx(full)
+    with pytest.raises(ValueError, match="only PAD recipes"):
+        bench.recipe_values(ROOT / "recipes" / "adpa_llama3_8b_to_1b_qlora.yaml")
