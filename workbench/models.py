@@ -342,7 +342,9 @@ def load(
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if qconfig is not None:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate counts)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(model, lora_config(lora))
     model.name_or_path_workbench = name_or_path
     return model, tokenizer
