@@ -6,7 +6,8 @@ with the same inputs versus the first). Prints one JSON object.
 
 Sampling: ``sample_responses`` (batched ``generate`` with KV cache, T = 0.8) from the student and from the
 teacher; tokens/s counts generated tokens (the gym's answers are short). Scoring: ``response_token_logps``
-(teacher log-probs of every (prompt, response) token) and ``mcq_selection_logprobs`` (PAD Eq. 8: one MCQ prompt per group of n responses); tokens/s counts the real (unpadded)
+(teacher log-probs of every (prompt, response) token) and ``mcq_selection_logprobs`` (PAD Eq. 8: one MCQ prompt per
+group of n responses); tokens/s counts the real (unpadded)
 input tokens. Each stage runs twice against an empty cache folder: the first call computes and stores, the second
 loads (``StageCache`` hit); ``cache_speedup`` = first / second.
 """

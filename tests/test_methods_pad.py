@@ -23,7 +23,8 @@ def _batch(tok, n=4):
 
     rows = [{"prompt": "sort 3 1 2", "responses": ["1 2 3", "3 2 1", "1 3 2", "hate"][:n],
              "teacher_rewards": [0.0, -1.0, -0.5, -3.0][:n]},
-            {"prompt": "max 1 9", "responses": ["9", "8", "1", "9 9"][:n], "teacher_rewards": [0.0, -0.5, -2.0, -1.0][:n]}]
+            {"prompt": "max 1 9", "responses": ["9", "8", "1", "9 9"][:n],
+             "teacher_rewards": [0.0, -0.5, -2.0, -1.0][:n]}]
     return ListwiseCollator(tok)(rows)
 
 

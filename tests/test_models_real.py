@@ -76,7 +76,8 @@ def test_layer_dropped_student_is_cut_from_the_teacher_and_shares_its_vocabulary
     assert student.config.num_hidden_layers == 10 and student.num_parameters() < 0.5 * teacher.num_parameters()
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == list(range(10))
     for new, old in enumerate(keep):
-        assert torch.equal(student.model.layers[new].mlp.down_proj.weight, teacher.model.layers[old].mlp.down_proj.weight)
+        assert torch.equal(student.model.layers[new].mlp.down_proj.weight,
+                           teacher.model.layers[old].mlp.down_proj.weight)
     assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
     check_shared_vocabulary(teacher_tok, student_tok)  # DCKD/ADPA's top-k cache needs it
     from workbench.memory import model_dims

@@ -101,7 +101,8 @@ def test_recipe_names_only_known_parameters(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_documented_memory_and_time_equal_the_estimator(path):
-    info = header(path)  # regenerate: python -m workbench.memory recipes/*.yaml --model-configs tests/fixtures/model_configs --update
+    # regenerate: python -m workbench.memory recipes/*.yaml --model-configs tests/fixtures/model_configs --update
+    info = header(path)
     estimate, hours = memory.recipe_estimate(path, model_configs=CONFIGS)
     assert abs(estimate.peak_gib - info["peak_gib"]) < 0.051, str(estimate)
     assert abs(hours["gpu_hours"] - info["gpu_hours"]) < 0.051
