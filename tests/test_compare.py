@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from workbench import compare as compare_module
-from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, claims_ledger, compare,
+from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, against_best, claims_ledger, compare,
                                format_ledger, format_table, heldout_preference_pairs, load_records, summarize,
                                suite, verdict)
 from workbench.evaluate import length_bucket_gains, mean_ci
@@ -80,6 +80,27 @@ def test_ledger_marks_missing_runs_and_picks_the_best_method_against_the_teacher
     assert best["a"] == "kd"  # variants are not candidates for "best method"
     assert best["effect"] == pytest.approx(0.1) and best["verdict"] == "holds"  # identical seeds: CI of width 0
     assert "| " in format_ledger(ledger)
+
+
+def test_against_best_pairs_each_method_with_the_best_and_says_which_cannot_be_told_apart():
+    golds = {"kd": (0.90, 0.92, 0.94), "seqkd": (0.89, 0.93, 0.92), "dpo": (0.70, 0.72, 0.71)}
+    records = [_record(m, s, g, seconds=3.0 + s) for m, gs in golds.items() for s, g in enumerate(gs)]
+    records += [_record("kd[data_fraction=0.1]", s, 0.99, method="kd") for s in range(3)]  # a variant: not a row
+    table = against_best(records)
+    assert list(table["method"]) == ["kd", "seqkd", "dpo"]  # best mean first
+    rows = table.set_index("method")
+    assert rows.loc["kd", "verdict"] == "best" and rows.loc["kd", "diff"] == 0
+    diffs = [-0.01, 0.01, -0.02]  # seqkd − kd per seed
+    assert rows.loc["seqkd", "diff"] == pytest.approx(np.mean(diffs))
+    assert rows.loc["seqkd", "ci95"] == pytest.approx(mean_ci(diffs)["ci95"])
+    assert rows.loc["seqkd", "verdict"] == "tied with the best"  # the CI reaches 0
+    assert rows.loc["dpo", "verdict"] == "below the best" and rows.loc["dpo", "seconds"] == pytest.approx(4.0)
+    assert rows.loc["dpo", "needs"] == compare_module.METHOD_NEEDS["dpo"]
+    assert set(compare_module.METHOD_NEEDS) == set(METHODS)  # every registered method says what it needs
+    one_seed = against_best([r for r in records if r["seed"] == 0]).set_index("method")
+    assert one_seed.loc["seqkd", "verdict"] == "one seed: no CI"  # never "tied" for want of a CI
+    markdown = compare_module.format_against_best(table)
+    assert "| seqkd | 0.913 | -0.007 ± " in markdown and "| kd | 0.920 | — | best |" in markdown
 
 
 def test_equivalence_and_cost_claims_on_synthetic_runs():

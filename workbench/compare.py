@@ -624,6 +624,71 @@ def claims_ledger(records: Sequence[dict], references: dict[int, dict] | None = 
     return pd.DataFrame(rows)
 
 
+# what each method asks of its teacher(s) — the other half of choosing among methods the gold reward cannot separate
+METHOD_NEEDS = {
+    "pad-vpd": "teacher log-likelihood + MCQ judgement of n student samples",
+    "pad-ppd": "teacher log-likelihood + MCQ judgement of n student samples",
+    "pad-ppd+sft": "teacher log-likelihood + MCQ judgement of n student samples",
+    "plad": "teacher samples (black-box teacher)",
+    "plad+sft": "teacher samples (black-box teacher)",
+    "kd": "teacher logits on reference answers (same vocabulary)",
+    "seqkd": "teacher samples (black-box teacher)",
+    "reverse-kl": "teacher logits on student samples (same vocabulary)",
+    "dpo": "teacher scores of n student samples",
+    "simpo": "teacher scores of n student samples",
+    "pro": "teacher scores of n student samples",
+    "sft": "preference pairs only",
+    "dckd": "preference pairs + DPO-teacher top-k logits (same vocabulary)",
+    "adpa": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+    "adpa+": "preference pairs + DPO and reference teachers' top-k (same vocabulary); two stages",
+    "adpa_no_ref": "preference pairs + DPO-teacher top-k on student samples (same vocabulary)",
+    "q_argmax": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+    "q_softmax": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+}
+
+
+def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
+    """Every table method (labels without overrides) against the one with the best mean ``metric``: the paired
+    per-seed difference, its 95% CI over seeds, and whether the method can be told apart from the best.
+
+    "tied with the best": the CI of the difference reaches 0, so at this many seeds it is not shown worse — choose
+    among those by cost (``seconds``) and by what a method needs from its teacher (``needs``); "below the best":
+    the whole CI is under 0. Rows are sorted by mean ``metric``, best first. The best is picked on these same runs,
+    so its lead is optimistic (winner's curse): read "below the best" as "below the top group", not as a ranking."""
+    frame = runs_frame(records)
+    frame = frame[~frame["label"].str.contains(r"\[", regex=True)]
+    if frame.empty:
+        return pd.DataFrame(columns=["method", "n_seeds", f"{metric}_mean", "diff", "ci95", "verdict", "seconds",
+                                     "needs"])
+    means = frame.groupby("label")[metric].mean()
+    best = str(means.idxmax())
+    best_by_seed = frame[frame["label"] == best].set_index("seed")[metric]
+    rows = []
+    for label in means.sort_values(ascending=False).index:
+        mine = frame[frame["label"] == label].set_index("seed")
+        seeds = sorted(set(mine.index) & set(best_by_seed.index))
+        stats = mean_ci(np.array([mine[metric][s] - best_by_seed[s] for s in seeds], dtype=float))
+        high = stats["mean"] + stats["ci95"] if not np.isnan(stats["ci95"]) else np.nan
+        verdict_ = ("best" if label == best else "one seed: no CI" if np.isnan(high)
+                    else "below the best" if high < 0 else "tied with the best")
+        rows.append({"method": label, "n_seeds": len(seeds), f"{metric}_mean": float(means[label]),
+                     "diff": stats["mean"], "ci95": stats["ci95"], "verdict": verdict_,
+                     "seconds": float(mine["seconds"].mean()), "needs": METHOD_NEEDS.get(label, "")})
+    return pd.DataFrame(rows)
+
+
+def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
+    """A markdown table of :func:`against_best`."""
+    lines = [f"| method | {metric} | vs the best (paired, 95% CI) | verdict | seconds | needs |",
+             "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        diff = "—" if r["verdict"] == "best" else (
+            f"{r['diff']:+.3f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.3f}"))
+        lines.append(f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {r['verdict']} | {r['seconds']:.1f} | "
+                     f"{r['needs']} |")
+    return "\n".join(lines)
+
+
 def format_ledger(ledger: pd.DataFrame) -> str:
     """A markdown table of the ledger."""
     lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
@@ -652,6 +717,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(summary[~summary["method"].str.contains(r"\[", regex=True)]))
     print()
     print(format_ledger(ledger))
+    print()
+    ran = set(summary["method"])
+    print(format_against_best(against_best([r for r in records if r["seed"] in args.seeds and r["label"] in ran])))
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
 
 

@@ -27,9 +27,9 @@ Simplifications, stated plainly:
   (measured: Kendall τ with gold ≈ 0.0, max/min pairs agree with gold 48 % of the time, against 69 % for r̂ and 75 %
   for the teacher's likelihood); on today's default gym the MCQ ranks better than the likelihood (README), so
   ``score="mcq"`` is a fair choice there too.
-* Gym defaults: full fine-tuning, lr 1e-3, 300 steps of 16 (prompts, pairs or sequences) — the same budget as
-  PAD's gym run. The comparison harness runs each method at its own validation-chosen rate
-  (``workbench.compare.GYM_LR``).
+* Gym defaults: full fine-tuning, 300 steps of 16 (prompts, pairs or sequences) — the same budget as PAD's gym
+  run — at each method's validation-chosen rate (``lr=None``: ``workbench.methods.common.GYM_LR``), the rate the
+  comparison harness uses too.
 """
 
 from __future__ import annotations
