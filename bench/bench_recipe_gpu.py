@@ -232,7 +232,7 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
                 optimizer.zero_grad(set_to_none=True)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
-                losses.append(float(loss))
+                losses.append(loss.detach().item())
                 if step:  # the first step allocates AdamW's states and warms the kernels
                     times.append(time.perf_counter() - started)
         assert all(map(lambda v: v == v, losses)), f"training losses must be finite, got {losses}"

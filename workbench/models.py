@@ -337,7 +337,12 @@ def load(
         model.to(device)
     tokenizer = _tokenizer_at(path, name_or_path, trust_remote_code)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it activation checkpointing (the old name warns, and goes in v6)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None and lora is not False:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
