@@ -615,3 +615,27 @@ def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_proces
     served = memory.estimate({**plad, "sampling_backend": "vllm"}, model_configs=CONFIGS)
     assert hf.assumptions["teacher_params"] > 0 and served.assumptions["teacher_params"] == 0
     assert served.assumptions["vllm_engines"] == 1 and served.peak_bytes < hf.peak_bytes
+
+
+def test_the_mcq_phase_counts_the_balanced_slices_a_group_larger_than_the_letters_is_judged_in():
+    from workbench.scoring import option_slices
+
+    real = dict(teacher="meta-llama/Llama-3.1-8B-Instruct", student="meta-llama/Llama-3.2-3B-Instruct",
+                prompt_tokens=512, max_new_tokens=512, device="cuda", dtype="bfloat16")
+    for n in (4, 8, 9, 16):
+        shape = memory.run_shape(dict(real, n=n))
+        widest = max(len(s) for s in option_slices(n, 8))  # what workbench.scoring shows one prompt
+        assert (shape.mcq_slices, shape.mcq_options) == (len(option_slices(n, 8)), widest)
+        assert shape.mcq_seq_len == 512 + widest * (512 + 4) + 32
+    sliced = memory.estimate(dict(real, n=16), model_configs=CONFIGS)
+    whole = memory.estimate(dict(real, n=16, mcq_letters=16), model_configs=CONFIGS)
+    assert sliced.total("teacher_mcq") < whole.total("teacher_mcq")
+    # but each slice restates the question: the time estimate reads more teacher tokens, not fewer
+    hours = memory.estimate_time(dict(real, n=16), prompts=1000, model_configs=CONFIGS)["stages"]["teacher_scoring"]
+    assert hours > memory.estimate_time(dict(real, n=16, mcq_letters=16), prompts=1000,
+                                        model_configs=CONFIGS)["stages"]["teacher_scoring"]
+    # a gym preset's judge holds the options its build trained it on (the default gym: 4; v1: 8)
+    assert memory.run_shape(dict(teacher="gym-teacher-dpo", student="gym-student", n=8)).mcq_options == 4
+    assert memory.run_shape(dict(teacher="gym-v1-teacher-dpo", student="gym-v1-student", n=8)).mcq_options == 8
+    with pytest.raises(ValueError, match="mcq_letters=0"):
+        memory.run_shape(dict(real, n=4, mcq_letters=0))

@@ -432,6 +432,10 @@ class RunShape:
         "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
+    mcq_letters: int | None = field(default=None, metadata={
+        "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
+                "slices (workbench.scoring.option_slices); None: 8 (DEFAULT_MCQ_TEMPLATE), a gym judge's trained "
+                "maximum for gym presets"})
     vllm_engines: int = field(default=0, metadata={
         "help": "vLLM engines sharing the GPU with the loaded student (PAD: sampler and scorer stay up while it "
                 "trains; ADPA/PLaD release theirs before training, so counting them is conservative): each reserves "
@@ -470,6 +474,10 @@ class RunShape:
         for name in ("quantization", "student_quantization"):
             if getattr(self, name) == "":
                 setattr(self, name, None)
+        if self.mcq_letters is None:
+            self.mcq_letters = _gym_judge_letters(self.teacher) or 8
+        if self.mcq_letters < 1:
+            raise ValueError(f"mcq_letters={self.mcq_letters}; an MCQ prompt holds at least one option")
 
     @property
     def train_seq_len(self) -> int:
@@ -477,9 +485,33 @@ class RunShape:
         return self.prompt_tokens + self.max_new_tokens + 1
 
     @property
+    def mcq_slices(self) -> int:
+        """MCQ prompts per group of n responses: 1, or balanced slices when n exceeds the template's letters."""
+        return math.ceil(self.n / self.mcq_letters)
+
+    @property
+    def mcq_options(self) -> int:
+        """Options in the longest MCQ prompt (the largest balanced slice)."""
+        return math.ceil(self.n / self.mcq_slices)
+
+    @property
     def mcq_seq_len(self) -> int:
-        """PAD's MCQ prompt lists all n responses (with letters) after the question, plus ~32 template tokens."""
-        return self.prompt_tokens + self.n * (self.max_new_tokens + 4) + 32
+        """PAD's MCQ prompt lists its responses (with letters) after the question, plus ~32 template tokens."""
+        return self.prompt_tokens + self.mcq_options * (self.max_new_tokens + 4) + 32
+
+
+def _gym_judge_letters(teacher: str | None) -> int | None:
+    """The option letters a gym preset's judge was trained on (its build's ``mcq_options[1]``), else None."""
+    if not teacher or not teacher.startswith("gym-"):
+        return None
+    from workbench.gym.build import SIZES
+    from workbench.models import _gym_preset
+
+    try:
+        found = _gym_preset(teacher)
+    except ValueError:
+        return None
+    return SIZES[found[0]].mcq_options[1] if found else None
 
 
 def _method_defaults(values: Mapping) -> dict:
@@ -799,8 +831,9 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
     stages["sampling"] = decode + prefill
     if teacher is not None:
         teacher_tokens = prompts * shape.n * seq_len
-        if shape.mcq:
-            teacher_tokens += prompts * (prompt_len + shape.n * (response_len + 4) + 32)
+        if shape.mcq:  # one MCQ prompt per group, or per balanced slice of it
+            options = math.ceil(shape.n / shape.mcq_slices)
+            teacher_tokens += prompts * shape.mcq_slices * (prompt_len + options * (response_len + 4) + 32)
         if shape.teacher_generates:
             teacher_bytes = sum(weight_bytes(teacher, b, shape.quantization).values())
             stages["teacher_sampling"] = batches * shape.max_new_tokens * teacher_bytes / bandwidth
