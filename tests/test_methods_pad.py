@@ -196,3 +196,16 @@ def test_the_accelerate_script_trains_on_the_notebooks_prompts_and_never_on_held
     train_pad(cfg, save_model=False, save_rows=True)
     rows = [json.loads(line) for line in (tmp_path / "rows_round0.jsonl").read_text().splitlines()]
     assert [row["prompt"] for row in rows] == train
+
+
+def test_a_quiet_run_prints_no_log_lines_but_keeps_its_history(tiny_gym, capsys):
+    import datasets
+
+    from workbench.models import load
+    from workbench.trainers import train_sft
+
+    student, tok = load("gym-tiny-student", device="cpu")  # its own copy: training changes it
+    rows = datasets.Dataset.from_dict({"prompt": ["sort 3 1 2"] * 8, "response": ["1 2 3"] * 8})
+    history = train_sft(student, tok, rows, steps=4, lr=1e-4, batch_size=4, progress=False)
+    assert any("loss" in entry for entry in history)  # the curve is still recorded
+    assert "'loss'" not in capsys.readouterr().out  # but not printed as {'loss': ...} dicts

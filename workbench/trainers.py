@@ -140,11 +140,21 @@ def train_sft(
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **overrides)
-    trainer = Trainer(model=model, args=args, train_dataset=rows,
-                      data_collator=collator or ResponseCollator(tokenizer, max_length))
+    trainer = quiet_logs(Trainer(model=model, args=args, train_dataset=rows,
+                                 data_collator=collator or ResponseCollator(tokenizer, max_length)), progress)
     trainer.train()
     model.eval()
     return trainer.state.log_history
+
+
+def quiet_logs(trainer, progress: bool):
+    """Without ``progress``, the Trainer prints each log dict instead of a bar (its PrinterCallback): drop that too,
+    so a quiet run (the harness, a notebook's sweep) prints nothing; the log history is kept and returned."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def set_threads() -> None:
@@ -283,8 +293,8 @@ def train_distill(model, rows: datasets.Dataset, collator, objective, *, steps: 
     """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history."""
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **overrides)
-    trainer = DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                             objective=objective)
+    trainer = quiet_logs(DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                                        objective=objective), progress)
     trainer.train()
     model.eval()
     return trainer.state.log_history

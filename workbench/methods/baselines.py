@@ -53,8 +53,8 @@ from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
-from workbench.trainers import (ListwiseCollator, ResponseCollator, set_threads, student_token_logps, train_distill,
-                                train_sft)
+from workbench.trainers import (ListwiseCollator, ResponseCollator, quiet_logs, set_threads, student_token_logps,
+                                train_distill, train_sft)
 
 logger = logging.getLogger("workbench.baselines")
 
@@ -311,7 +311,7 @@ def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
                              simpo_gamma=cfg.beta * cfg.simpo_gamma_beta_ratio, **_trl_common(cfg, output_dir))
             trainer = CPOTrainer(model=student, args=args, train_dataset=_conversational(rows),
                                  processing_class=tokenizer)
-        trainer.train()
+        quiet_logs(trainer, cfg.progress).train()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     student.eval()
