@@ -49,8 +49,6 @@ REFERENCE_ROWS = ("student (initial)", "teacher")
 
 # --- the registry of methods ---
 
-
-
 # the ADPA family's gym-tuned loss weights (AdpaConfig's defaults) that each method's objective uses
 ADPA_TUNED_FIELDS = {"dckd": ("alpha",), "adpa": ("gamma",), "adpa+": ("alpha", "gamma"), "adpa_no_ref": ("gamma",),
                      "q_argmax": ("gamma",), "q_softmax": ("gamma",)}

@@ -831,9 +831,8 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
     stages["sampling"] = decode + prefill
     if teacher is not None:
         teacher_tokens = prompts * shape.n * seq_len
-        if shape.mcq:  # one MCQ prompt per group, or per balanced slice of it
-            options = math.ceil(shape.n / shape.mcq_slices)
-            teacher_tokens += prompts * shape.mcq_slices * (prompt_len + options * (response_len + 4) + 32)
+        if shape.mcq:  # one MCQ prompt per group (or per balanced slice: each restates the question) holds all n
+            teacher_tokens += prompts * (shape.mcq_slices * (prompt_len + 32) + shape.n * (response_len + 4))
         if shape.teacher_generates:
             teacher_bytes = sum(weight_bytes(teacher, b, shape.quantization).values())
             stages["teacher_sampling"] = batches * shape.max_new_tokens * teacher_bytes / bandwidth

@@ -74,7 +74,6 @@ GGUF_PRESETS: dict[str, GgufPreset] = {
 }
 
 
-
 @dataclass(frozen=True)
 class LayerDropPreset:
     """A student initialised from some of a preset's decoder layers (same tokenizer and vocabulary)."""
