@@ -4,6 +4,7 @@ schema, held-out pairs, and a tiny end-to-end comparison of two methods × two s
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from scipy.stats import t as student_t
 
 from workbench import compare as compare_module
 from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, against_best, claims_ledger, compare,
-                               format_ledger, format_table, heldout_preference_pairs, load_records, summarize,
-                               suite, verdict)
+                               format_ledger, format_table, heldout_preference_pairs, load_records, load_references,
+                               summarize, suite, verdict)
 from workbench.evaluate import length_bucket_gains, mean_ci
 from workbench.gym.build import SIZES
 
@@ -238,3 +239,23 @@ def test_validation_split_evaluation_is_disjoint_from_the_table_and_named_in_rec
     test, validation = EvalConfig(eval_prompts=16), EvalConfig(eval_prompts=16, split="validation")
     assert not {p.text for p in test.held_out()} & {p.text for p in validation.held_out()}
     assert "split" not in test.models() and validation.models()["split"] == "validation"
+
+
+def test_the_committed_comparison_is_complete_and_current():
+    """results/compare (what the figures, notebooks 08-09 and the README's numbers read) holds every suite variant at
+    every DEFAULT_SEEDS seed, each made on the default gym's builds at the harness's current settings: a change of
+    the gym, GYM_LR or the ADPA weights without re-running the comparison fails here, not silently in a figure."""
+    from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
+
+    runs = Path(compare_module.__file__).resolve().parents[1] / DEFAULT_RUNS_DIR
+    records = {(r["label"], r["seed"]): r for r in load_records(runs)}
+    models = EvalConfig().models()
+    for name in ("full", "plad-fig2", "plad-fig4"):
+        for variant in suite(name):
+            for seed in DEFAULT_SEEDS:
+                record = records.get((variant.label, seed))
+                assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --suite {name}"
+                assert record["models"] == models, f"{variant.label} seed {seed} was made on another gym build"
+                assert record["method_defaults"] == method_defaults(variant.method), \
+                    f"{variant.label} seed {seed} was made at other harness settings than today's"
+    assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
