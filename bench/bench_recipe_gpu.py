@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -50,13 +49,10 @@ SHRUNK_SHAPE = dict(prompt_tokens=12, max_new_tokens=8, sampling_batch_size=2, s
 
 
 def recipe_values(path: str | Path) -> dict:
-    """A recipe's parameters with its ``# @estimate`` RunShape fields, as ``memory.recipe_estimate`` reads them."""
-    import yaml
+    """A PAD recipe's parameters with its ``# @estimate`` RunShape fields (``memory.recipe_values``)."""
+    from workbench.memory import recipe_values as values_of
 
-    text = Path(path).read_text()
-    values = yaml.safe_load(text) or {}
-    extra = re.search(r"^# @estimate (\{.*\})$", text, re.M)
-    values.update(json.loads(extra.group(1)) if extra else {})
+    values = values_of(path)
     if "teacher_dpo" in values or str(values.get("loss", "")).startswith("plad"):
         raise ValueError(f"{path}: only PAD recipes are benchmarked here (teacher + student, listwise loss)")
     return values

@@ -848,18 +848,25 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
 # --- command line: the estimate of a recipe ---
 
 
-def recipe_estimate(path: str | Path, *, model_configs=None, **overrides) -> tuple[MemoryEstimate, dict | None]:
-    """Estimate and time of a recipe file: its parameters plus the ``# @estimate {json}`` (RunShape fields such as
-    sequence lengths) and ``# @time {json}`` (``estimate_time`` arguments) lines of its header."""
+def recipe_values(path: str | Path) -> dict:
+    """A recipe file's parameters plus the RunShape fields of its ``# @estimate {json}`` header line (sequence
+    lengths and the like): what its estimate is computed from."""
     import re
 
     import yaml
 
     text = Path(path).read_text()
-    params = yaml.safe_load(text) or {}
     extra = re.search(r"^# @estimate (\{.*\})$", text, re.M)
-    timing = re.search(r"^# @time (\{.*\})$", text, re.M)
-    values = {**params, **(json.loads(extra.group(1)) if extra else {}), **overrides}
+    return {**(yaml.safe_load(text) or {}), **(json.loads(extra.group(1)) if extra else {})}
+
+
+def recipe_estimate(path: str | Path, *, model_configs=None, **overrides) -> tuple[MemoryEstimate, dict | None]:
+    """Estimate and time of a recipe file: :func:`recipe_values` and the ``# @time {json}`` (``estimate_time``
+    arguments) line of its header."""
+    import re
+
+    values = {**recipe_values(path), **overrides}
+    timing = re.search(r"^# @time (\{.*\})$", Path(path).read_text(), re.M)
     hours = estimate_time(values, model_configs=model_configs, **json.loads(timing.group(1))) if timing else None
     return estimate(values, model_configs=model_configs), hours
 
