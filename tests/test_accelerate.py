@@ -44,8 +44,8 @@ def _curve(folder: Path) -> list[dict]:
     return [entry for entry in history if "loss" in entry and "train_runtime" not in entry]
 
 
-def _rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "rows_round0.jsonl").read_text().splitlines()]
+def _rows(folder: Path, name: str = "round0") -> list[dict]:
+    return [json.loads(line) for line in (folder / f"rows_{name}.jsonl").read_text().splitlines()]
 
 
 class FakeState:
@@ -108,6 +108,51 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
     assert len(one) == len(two) == PARAMS["steps"]
     for key in ("loss", "grad_norm", "ranking_loss", "learning_rate"):
+        torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
+                                   rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
+
+
+# tiny ADPA+ and PLaD runs sharded the same way: 16 pairs / prompts in sampling batches of 3 (6 batches, 9 + 7
+# prompts per process) and teacher top-k batches of 5 (ADPA+: both teachers' caches on y_w, y_l and on ŷ, which it
+# samples from the student after its DCKD stage); 4 steps per stage. PLaD keeps 14 of its 16 pairs (two empty samples),
+# so it takes 3 steps: full global batches (a short last one is averaged per process under DDP, not per pair)
+ADPA_PARAMS = dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref", student="gym-tiny-student",
+                   method="adpa+", k=8, train_prompts=16, steps=4, sampling_batch_size=3, scoring_batch_size=5,
+                   progress=False, save_model=False, save_rows=True)
+PLAD_PARAMS = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, steps=3,
+                   sampling_batch_size=3, progress=False, save_model=False, save_rows=True)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
+@pytest.mark.parametrize("pipeline, params, rows_name, curve_keys", [
+    ("adpa", ADPA_PARAMS, "states_adpa", ("loss", "grad_norm", "learning_rate", "sft_loss")),
+    ("plad", PLAD_PARAMS, "pairs", ("loss", "grad_norm", "learning_rate")),
+])
+def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny_gym, tmp_path, pipeline, params,
+                                                                            rows_name, curve_keys):
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    script = ["-m", "workbench.train", "--pipeline", pipeline]
+    _run([sys.executable, *script, *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+          "--main_process_port", "29518", *script,
+          *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+    # the samples each process drew on its shard, merged by prompt index, are the samples of one process
+    rows_one, rows_two = (_rows(tmp_path / run, rows_name) for run in ("one", "two"))
+    assert rows_one and rows_two == rows_one
+    config_one, config_two = (json.loads((tmp_path / run / "config.json").read_text()) for run in ("one", "two"))
+    assert (config_one["processes"], config_two["processes"]) == (1, 2)
+    if pipeline == "adpa":  # the merged top-k caches: the advantage diagnostics computed from them agree
+        stage_one, stage_two = config_one["stages"][-1], config_two["stages"][-1]
+        for key in ("dpo_expected_advantage", "dpo_mass_on_positive_advantage", "teacher_tail_mass"):
+            assert stage_two[key] == pytest.approx(stage_one[key], rel=1e-5, abs=1e-7), key
+    else:
+        assert config_two["pairs"] == config_one["pairs"]
+        assert config_one["pairs"]["n_pairs"] >= 4 * params["steps"]  # every step a full global batch
+    one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    assert len(one) == len(two) == params["steps"] * (2 if pipeline == "adpa" else 1)
+    for key in curve_keys:
         torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
                                    rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
 

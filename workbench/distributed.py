@@ -16,9 +16,13 @@ With one process (``state`` None or a single process) nothing is split and nothi
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger("workbench.distributed")
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,19 @@ def gather_in_order(rows: list, shard: Shard, state=None) -> list[Any]:
     if indices != list(range(len(indices))):
         raise RuntimeError(f"the processes' shards do not tile the items exactly: gathered indices {indices[:20]}...")
     return [row for _, row in pairs]
+
+
+def map_in_shards(compute, items: Sequence, batch_size: int, state=None) -> list[Any]:
+    """``compute`` over this process's shard of ``items`` (whole batches), merged in item order on every process.
+
+    ``compute(shard_items, first_batch)`` returns one picklable row per item; ``first_batch`` is the global index of
+    the shard's first batch, so a stage that seeds batch b with ``seed + b`` passes ``seed + first_batch`` and
+    reproduces the batches one process computes. A process whose shard is empty does not call ``compute`` (so it
+    loads no model) but still takes part in the gather.
+    """
+    shard = batch_shard(len(items), batch_size, state)
+    if is_distributed(state):
+        logger.info("process %d of %d: items [%d, %d) of %d (from batch %d)", state.process_index,
+                    state.num_processes, shard.start, shard.stop, len(items), shard.first_batch)
+    rows = list(compute(list(items[shard.start : shard.stop]), shard.first_batch)) if len(shard) else []
+    return gather_in_order(rows, shard, state)

@@ -286,8 +286,10 @@ def teacher_topk_by_name(
     logits_chunk: int | None = None,
     backend: str = "hf",
     engine_options: dict | None = None,
+    device: str | None = None,
 ) -> TopkCache:
-    """Load ``teacher_name``, cache its top-k on the texts, free it, and return the cache.
+    """Load ``teacher_name`` (on ``device``: default CUDA when available), cache its top-k on the texts, free it,
+    and return the cache.
 
     The teacher lives only inside this call, so a student can train afterwards with the teacher out of memory
     (the point of the cache; ADPA App. G "precomputing the log probabilities"). ``backend="vllm"``: a vLLM engine
@@ -306,10 +308,10 @@ def teacher_topk_by_name(
         finally:
             release_vllm_engines(source)
 
-    teacher, teacher_tokenizer = load(teacher_name, quantization=quantization)
+    teacher, teacher_tokenizer = load(teacher_name, quantization=quantization, device=device)
     try:
         return teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
-                            batch_size=batch_size, cache=cache, progress=progress)
+                            batch_size=batch_size, cache=cache, progress=progress, logits_chunk=logits_chunk)
     finally:
         del teacher
         release_memory()

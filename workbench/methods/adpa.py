@@ -37,6 +37,7 @@ import datasets
 import numpy as np
 import torch
 
+from workbench.distributed import map_in_shards
 from workbench.encoding import collate_examples
 from workbench.evaluate import mean_ci, win_rate
 from workbench.gym.build import JUDGE_MIX
@@ -47,7 +48,7 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options,
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
                                      gold_of, gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
                                      resolve_lr, training_summary, vllm_engine_options)
 from workbench.sampling import sample_responses
@@ -188,6 +189,9 @@ class AdpaConfig:
     seed: int = 0
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter on the student"})
     quantization: str | None = field(default=None, metadata={"help": "None or '4bit' / '8bit' for the teachers"})
+    sampling_batch_size: int = field(default=32, metadata={
+        "help": "prompts per sampling batch of ŷ (batch b seeded seed + b; the unit a process's shard is made of)"})
+    scoring_batch_size: int = field(default=32, metadata={"help": "(x, y) sequences per teacher top-k batch"})
     scoring_backend: str = field(default="hf", metadata={
         "help": "'hf' (each teacher loaded for its top-k cache, then freed) or 'vllm' (optional: pip install vllm; "
                 "each teacher served by a vLLM engine for its cache, released afterwards)"})
@@ -209,6 +213,9 @@ class AdpaConfig:
             raise ValueError(f"alpha={self.alpha}, gamma={self.gamma}; loss weights must be ≥ 0")
         if not self.beta > 0 or not self.q_temperature > 0:
             raise ValueError(f"beta={self.beta}, q_temperature={self.q_temperature}; both must be > 0")
+        if self.sampling_batch_size < 1 or self.scoring_batch_size < 1:
+            raise ValueError(f"sampling_batch_size={self.sampling_batch_size}, scoring_batch_size="
+                             f"{self.scoring_batch_size}; both must be ≥ 1")
         if self.k < 1:
             raise ValueError(f"k={self.k}; cache at least one token per position")
         if self.steps < 1 or (self.dckd_steps is not None and self.dckd_steps < 1):
@@ -386,7 +393,9 @@ class OnPolicyObjective:
 
 @dataclass
 class RunContext:
-    """What the stages of one run share."""
+    """What the stages of one run share; ``state`` (accelerate's ``PartialState`` under ``accelerate launch``)
+    shards sampling and the teachers' top-k passes over the processes (:func:`workbench.distributed.map_in_shards`)
+    and ``device`` is where this process loads the teachers."""
 
     cfg: AdpaConfig
     student: object
@@ -394,29 +403,42 @@ class RunContext:
     pairs: datasets.Dataset
     history: list[dict]
     stages: list[dict]
+    state: object = None
+    device: str | None = None
+    states: dict[str, list[str]] = field(default_factory=dict)  # stage name → its ŷ, one per pair
+
+
+def _sampled_states(ctx: RunContext, stage: int, model_of: Callable[[], tuple]) -> list[str]:
+    """One ŷ per training prompt from the model ``model_of()`` returns as (model, tokenizer, owned), in shards of
+    whole sampling batches (batch b seeded ``seed·1000 + stage + b`` however the prompts are sharded); an owned
+    model is freed after its shard."""
+    cfg = ctx.cfg
+
+    def sample(prompts, first_batch):
+        model, tokenizer, owned = model_of()
+        try:
+            return sample_responses(model, tokenizer, prompts, n=1, temperature=cfg.temperature,
+                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
+                                    seed=cfg.seed * 1000 + stage + first_batch, progress=cfg.progress)["response"]
+        finally:
+            if owned:
+                del model
+                release_memory()
+
+    return map_in_shards(sample, list(ctx.pairs["prompt"]), cfg.sampling_batch_size, ctx.state)
 
 
 def _student_states(ctx: RunContext, stage: int) -> list[str]:
     """ŷ ~ π_θ(·|x) from the current student (Alg. 1 line 5; Alg. 2 line 6 after DCKD)."""
-    samples = sample_responses(ctx.student, ctx.tokenizer, ctx.pairs["prompt"], n=1,
-                               temperature=ctx.cfg.temperature, max_new_tokens=ctx.cfg.max_new_tokens,
-                               seed=ctx.cfg.seed * 1000 + stage, progress=ctx.cfg.progress)
-    return list(samples["response"])
+    return _sampled_states(ctx, stage, lambda: (ctx.student, ctx.tokenizer, False))
 
 
 def _teacher_states(ctx: RunContext, stage: int) -> list[str]:
     """ŷ ~ π_dpo(·|x): teacher-generated states (App. E, Table 7 row 3); the teacher is freed afterwards."""
     from workbench.models import load
 
-    teacher, teacher_tok = load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization)
-    try:
-        samples = sample_responses(teacher, teacher_tok, ctx.pairs["prompt"], n=1, temperature=ctx.cfg.temperature,
-                                   max_new_tokens=ctx.cfg.max_new_tokens, seed=ctx.cfg.seed * 1000 + stage,
-                                   progress=ctx.cfg.progress)
-    finally:
-        del teacher
-        release_memory()
-    return list(samples["response"])
+    return _sampled_states(ctx, stage, lambda: (*load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization,
+                                                       device=ctx.device), True))
 
 
 STATE_SOURCES: dict[str, Callable[[RunContext, int], list[str]]] = {
@@ -444,10 +466,22 @@ def _indexed(pairs: datasets.Dataset, **columns) -> datasets.Dataset:
 
 
 def _cache(ctx: RunContext, teacher: str, responses: Sequence[str]) -> TopkCache:
-    name = {"dpo": ctx.cfg.teacher_dpo, "ref": ctx.cfg.teacher_ref}[teacher]
-    return teacher_topk_by_name(name, ctx.tokenizer, ctx.pairs["prompt"], list(responses), k=ctx.cfg.k,
-                                quantization=ctx.cfg.quantization, progress=ctx.cfg.progress,
-                                backend=ctx.cfg.scoring_backend, engine_options=vllm_engine_options(ctx.cfg))
+    """The teacher's top-k on (x, ŷ) for every training pair; each process computes its shard (loading the teacher
+    only if its shard is not empty) and the entries are merged in pair order."""
+    cfg = ctx.cfg
+    name = {"dpo": cfg.teacher_dpo, "ref": cfg.teacher_ref}[teacher]
+
+    def topk(items, first_batch):
+        prompts, texts = zip(*items)
+        cache = teacher_topk_by_name(name, ctx.tokenizer, list(prompts), list(texts), k=cfg.k,
+                                     quantization=cfg.quantization, batch_size=cfg.scoring_batch_size,
+                                     progress=cfg.progress, backend=cfg.scoring_backend,
+                                     engine_options=vllm_engine_options(cfg), device=ctx.device)
+        return [(cache.ids[i], cache.logps[i], cache.tail_logps[i], cache.teacher) for i in range(len(cache))]
+
+    entries = map_in_shards(topk, list(zip(ctx.pairs["prompt"], responses)), cfg.scoring_batch_size, ctx.state)
+    return TopkCache([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries], k=cfg.k,
+                     teacher=entries[0][3] if entries else "")
 
 
 def _stage_sft(ctx: RunContext, stage: int) -> dict:
@@ -478,6 +512,7 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
         """ŷ from the state source → teacher top-k on (x, ŷ) → L_SFT(y_w) + the registered loss on ŷ."""
         cfg = ctx.cfg
         hats = STATE_SOURCES[cfg.state_source](ctx, stage)
+        ctx.states[loss] = hats
         spec = ON_POLICY_LOSSES[loss]
         caches = {f"hat_{teacher}": _cache(ctx, teacher, hats) for teacher in spec.teachers}
         collator = TopkPairCollator(ctx.tokenizer, ("chosen", "hat"), caches)
@@ -526,6 +561,32 @@ def advantage_summary(dpo: TopkCache, ref: TopkCache, beta: float, missing_rule:
 # the pipeline
 # ---------------------------------------------------------------------------------------------------------------
 
+def train_stages(ctx: RunContext) -> None:
+    """Train ``ctx.student`` through the stages of ``ctx.cfg.method`` (``METHOD_STAGES``), appending the training
+    log to ``ctx.history``, each stage's diagnostics (and seconds) to ``ctx.stages`` and its ŷ to ``ctx.states``.
+    Notebook 06 (``run_adpa``) and ``python -m workbench.train`` (also under ``accelerate launch``) both call it."""
+    for stage, name in enumerate(METHOD_STAGES[ctx.cfg.method]):
+        t0 = time.perf_counter()
+        info = STAGES[name](ctx, stage)
+        ctx.stages.append({**info, "seconds": time.perf_counter() - t0})
+
+
+def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> TrainedRun:
+    """Train only (no evaluation): the student through ``cfg.method``'s stages on the training pairs, sampling and
+    top-k passes sharded over ``state``'s processes; rows: each on-policy stage's ŷ per pair."""
+    from workbench.models import load
+
+    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, device=device)
+    pairs, _ = preference_pairs(cfg)
+    if not len(pairs):
+        raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], state=state, device=device)
+    train_stages(ctx)
+    rows = {f"states_{name}": [{"prompt": p, "state": y} for p, y in zip(pairs["prompt"], hats)]
+            for name, hats in ctx.states.items()}
+    return TrainedRun(ctx.history, student, tokenizer, rows, {"train_pairs": len(pairs), "stages": ctx.stages})
+
+
 def run_adpa(cfg: AdpaConfig) -> RunResult:
     """Train the student with ``cfg.method`` (``METHOD_STAGES``) and evaluate it on held-out prompts.
 
@@ -552,10 +613,7 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
         return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gym, temperature=cfg.temperature), accuracy
 
     before, accuracy_before = evaluate()
-    for stage, name in enumerate(METHOD_STAGES[cfg.method]):
-        t0 = time.perf_counter()
-        info = STAGES[name](ctx, stage)
-        ctx.stages.append({**info, "seconds": time.perf_counter() - t0})
+    train_stages(ctx)
     after, accuracy_after = evaluate()
     if gym:
         evaluation = {

@@ -31,6 +31,19 @@ class RunResult:
         return path
 
 
+@dataclass
+class TrainedRun:
+    """What a method's ``train_run`` returns (training only, no evaluation; ``python -m workbench.train``): the
+    training log, the trained student, the rows it trained on by name (saved with ``-p save_rows true``) and
+    run facts for ``config.json`` (stage diagnostics, pair counts)."""
+
+    history: list[dict]
+    model: object
+    tokenizer: object
+    rows: dict[str, list[dict]]
+    info: dict
+
+
 def user_text(prompt) -> str:
     """The last user message of a prompt (what the gold reward and MCQ templates read)."""
     return as_messages(prompt)[-1]["content"]

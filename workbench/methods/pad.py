@@ -28,8 +28,8 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options, gold_of,
-                                     gym_prompts, held_out_evaluation, load_frozen_teacher, no_gold_evaluation,
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
+                                     gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher, no_gold_evaluation,
                                      preference_splits, resolve_lr, training_summary, user_text,
                                      vllm_engine_options)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
@@ -387,7 +387,7 @@ def load_teacher(cfg: PadConfig, device: str | None = None):
 
 
 def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
-    """(training prompts, held-out prompts) of a run; ``run_pad`` (notebook 03) and ``workbench.train_pad`` (the
+    """(training prompts, held-out prompts) of a run; ``run_pad`` (notebook 03) and ``workbench.train`` (the
     ``accelerate launch`` script) both use it, so they train on the same prompts.
 
     On the gym: ``cfg.train_prompts`` train-split prompt texts and ``cfg.eval_prompts`` test-split ``Prompt`` s (gold
@@ -400,6 +400,32 @@ def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
     train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts,
                                               cfg.seed)
     return list(train_rows["prompt"]), list(held_rows["prompt"])
+
+
+def round_rows(samples: RoundSamples) -> list[dict]:
+    """One row per prompt: prompt, responses and each teacher reward signal (floats as computed)."""
+    signals = {name: values.tolist() for name, values in samples.rewards.items()}
+    return [{"prompt": prompt, "responses": group, **{name: values[i] for name, values in signals.items()}}
+            for i, (prompt, group) in enumerate(zip(samples.prompts, samples.groups))]
+
+
+def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> TrainedRun:
+    """Train only (no evaluation): ``cfg.iterations`` rounds of sample → teacher r̂ → listwise training, sampling
+    and scoring sharded over ``state``'s processes (:func:`sample_and_score`); rows: each round's samples and
+    teacher rewards."""
+    from workbench.models import load
+
+    teacher, teacher_tok = load_teacher(cfg, device=device)
+    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device)
+    prompts_text, _ = pad_prompts(cfg)
+    history: list[dict] = []
+    rows: dict[str, list[dict]] = {}
+    for round_ in range(cfg.iterations):
+        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
+                                     state=state)
+        history += log
+        rows[f"round{round_}"] = round_rows(samples)
+    return TrainedRun(history, student, student_tok, rows, {"prompts": len(prompts_text)})
 
 
 def run_pad(cfg: PadConfig) -> RunResult:

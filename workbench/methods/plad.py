@@ -39,11 +39,12 @@ import datasets
 import numpy as np
 import torch
 
+from workbench.distributed import map_in_shards
 from workbench.encoding import as_messages, collate_examples
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, check_dataset_options, check_vllm_options,
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
                                      finish_run, gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher,
                                      no_gold_evaluation, preference_splits, resolve_lr, training_summary,
                                      vllm_engine_options)
@@ -92,6 +93,9 @@ class PladConfig:
     real_ratio: float = field(default=0.0, metadata={
         "help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"})
     max_new_tokens: int = 24
+    sampling_batch_size: int = field(default=32, metadata={
+        "help": "prompts per sampling batch of teacher and student (batch b seeded seed + b; the unit a process's "
+                "shard is made of)"})
     sampling_backend: str = field(default="hf", metadata={
         "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm; the teacher is then served by vLLM "
                 "and never loaded into the training process)"})
@@ -121,6 +125,8 @@ class PladConfig:
             self.quantization = None
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
+        if self.sampling_batch_size < 1:
+            raise ValueError(f"sampling_batch_size={self.sampling_batch_size}; sample at least 1 prompt per batch")
         if self.dataset != "gym" and self.real_ratio:
             raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
@@ -300,26 +306,40 @@ def held_out_prompts(cfg) -> list:
 
 
 def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_tokens: int, seed: int,
-                    progress: bool = False, backend: str = "hf", engine_options: dict | None = None) -> list[str]:
-    """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+."""
+                    progress: bool = False, backend: str = "hf", engine_options: dict | None = None,
+                    batch_size: int = 32, first_batch: int = 0) -> list[str]:
+    """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+.
+    ``first_batch``: the global index of the first prompt's sampling batch when ``prompts`` is a process's shard."""
     samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=1, temperature=temperature,
-                               max_new_tokens=max_new_tokens, seed=seed * 1000 + 7, progress=progress,
-                               backend=backend, engine_options=engine_options)
+                               max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               seed=seed * 1000 + 7 + first_batch, progress=progress, backend=backend,
+                               engine_options=engine_options)
     return list(samples["response"])
 
 
-def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg) -> tuple[list[dict], dict]:
+def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, state=None) -> tuple[list[dict], dict]:
     """Pseudo-preference rows (teacher ≻ student, Eq. 3) with ``real_ratio`` gold-ordered (Fig. 2), and stats
-    (gold statistics on the gym only; on other data only counts and sample lengths)."""
+    (gold statistics on the gym only; on other data only counts and sample lengths).
+
+    With several processes (``state``: accelerate's ``PartialState``) each samples teacher and student on its shard
+    of whole sampling batches (each batch keeps its single-process seed) and the samples are merged in prompt order,
+    so every process builds the rows one process builds."""
     texts = [p.text for p in prompts]
     chat = [as_messages(t) for t in texts]
     backend = {"backend": cfg.sampling_backend, "engine_options": vllm_engine_options(cfg)}
-    y_teacher = teacher_samples(teacher, teacher_tok, prompts, temperature=cfg.temperature,
-                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress, **backend)
-    # vLLM samples the student from its folder: before training, the loaded weights
-    y_student = list(sample_responses(student, student_tok, texts, n=1, temperature=cfg.temperature,
-                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + 8,
-                                      progress=cfg.progress, **backend)["response"])
+
+    def sample_pair(shard, first_batch):
+        y_t = teacher_samples(teacher, teacher_tok, shard, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress,
+                              batch_size=cfg.sampling_batch_size, first_batch=first_batch, **backend)
+        # vLLM samples the student from its folder: before training, the loaded weights
+        y_s = sample_responses(student, student_tok, [p.text for p in shard], n=1, temperature=cfg.temperature,
+                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
+                               seed=cfg.seed * 1000 + 8 + first_batch, progress=cfg.progress, **backend)["response"]
+        return list(zip(y_t, y_s))
+
+    samples = map_in_shards(sample_pair, prompts, cfg.sampling_batch_size, state)
+    y_teacher, y_student = [t for t, _ in samples], [s for _, s in samples]
     if cfg.sampling_backend == "vllm":  # PLaD samples once: the engines' GPU memory goes back before training
         release_vllm_engines(teacher, student)
     gym = getattr(cfg, "dataset", "gym") == "gym"
@@ -350,6 +370,34 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg) -
 # --- the pipeline ---
 
 
+def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair_stats: dict) -> list[dict]:
+    """Train the student with the calibration loss (Eq. 4 / 5) on the pseudo-pair rows; returns the training log.
+    Notebook 07 (``run_plad``) and ``python -m workbench.train`` (also under ``accelerate launch``) both call it."""
+    if not rows:
+        raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
+    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
+    collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
+    return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
+                         lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
+                         warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
+
+
+def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
+    """Train only (no evaluation): pseudo pairs from teacher and student samples (sharded over ``state``'s
+    processes), the teacher released, then the calibration loss; rows: the pseudo pairs."""
+    from workbench.models import load
+
+    teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
+                                               served_by_vllm=cfg.sampling_backend == "vllm", device=device)
+    student, student_tok = load(cfg.student, lora=cfg.lora_config(), device=device)
+    rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg,
+                                        state=state)
+    del teacher
+    release_memory()
+    history = train_on_pairs(cfg, student, student_tok, rows, pair_stats)
+    return TrainedRun(history, student, student_tok, {"pairs": rows}, {"pairs": pair_stats})
+
+
 def run_plad(cfg: PladConfig) -> RunResult:
     """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``."""
     from workbench.models import load
@@ -367,13 +415,7 @@ def run_plad(cfg: PladConfig) -> RunResult:
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
     del teacher  # black box: only its samples are needed from here on
     release_memory()
-    if not rows:
-        raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
-    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
-    collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
-    history = train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
-                            lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                            warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
+    history = train_on_pairs(cfg, student, student_tok, rows, pair_stats)
     if gym:
         return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats,
                           training=training_summary(history))

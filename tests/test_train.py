@@ -1,0 +1,100 @@
+"""workbench.train: the training script of every method family reads a recipe as its notebook does — the pipeline
+from the recipe's notebook, its parameters into the method's config (notebook-only ones set aside, unknown ones
+refused) — and trains in one process (the 2-process runs are in tests/test_accelerate.py)."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+import yaml
+
+from workbench.train import PIPELINES, main, method_config, recipe_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_every_notebook_parameter_is_a_config_field_or_a_notebook_only_one(pipeline):
+    """A new notebook parameter must be a config field (the script passes it on) or be listed as the notebook's own
+    (the script sets it aside); never silently lost."""
+    from dataclasses import fields
+
+    spec = PIPELINES[pipeline]
+    parameters = set(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{spec.notebook}.ipynb")))
+    config_fields = {f.name for f in fields(spec.config_class())}
+    assert parameters - config_fields == set(spec.notebook_only)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_names_its_pipeline_and_builds_its_config(recipe):
+    pipeline = recipe_pipeline(recipe)
+    assert pipeline == recipe.stem.split("_")[0].replace("plus", "")  # pad_*, adpa_*, adpa_plus_*, plad_*
+    params = yaml.safe_load(recipe.read_text())
+    cfg = method_config(pipeline, params)
+    assert type(cfg).__name__ == PIPELINES[pipeline].config
+    for name, value in params.items():  # every recipe value reaches the config ("" / 0 for off: None)
+        if name not in PIPELINES[pipeline].notebook_only:
+            assert getattr(cfg, name) == (value if value not in ("", 0) or name not in ("quantization", "m")
+                                          else None), name
+
+
+def test_method_config_sets_notebook_sections_aside_and_refuses_unknown_parameters(caplog):
+    with caplog.at_level(logging.INFO, logger="workbench.train"):
+        cfg = method_config("adpa", {"method": "dckd", "sweep": True, "alphas": "1,2", "quantization": ""})
+    assert cfg.method == "dckd" and cfg.quantization is None
+    assert "alphas" in caplog.text and "sweep" in caplog.text
+    assert method_config("pad", {"m": 0}).m is None
+    with pytest.raises(ValueError, match=r"unknown PLAD parameters \['stpes'\]"):
+        method_config("plad", {"stpes": 3})
+
+
+def test_a_recipe_without_a_notebook_line_asks_for_the_pipeline(tmp_path, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("steps: 3\n")
+    with pytest.raises(ValueError, match="--pipeline"):
+        recipe_pipeline(recipe)
+    with pytest.raises(SystemExit):
+        main([])
+    assert "--pipeline" in capsys.readouterr().err
+
+
+def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, tmp_path, monkeypatch):
+    """One process through the command line: training log, config with the stage diagnostics, the ŷ rows and a
+    student folder that loads."""
+    from workbench.models import load
+
+    out = tmp_path / "run"
+    args = {"teacher_dpo": "gym-tiny-teacher-dpo", "teacher_ref": "gym-tiny-teacher-ref",
+            "student": "gym-tiny-student", "method": "adpa", "k": 8, "train_prompts": 8, "steps": 2,
+            "batch_size": 4, "progress": False, "save_rows": True, "sweep": True, "output_dir": str(out)}
+    monkeypatch.setattr(sys, "argv", ["workbench.train"])
+    main(["--pipeline", "adpa", *[a for k, v in args.items() for a in ("-p", k, str(v))]])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["pipeline"], config["processes"], config["method"]) == ("adpa", 1, "adpa")
+    assert [stage["stage"] for stage in config["stages"]] == ["adpa"]
+    history = json.loads((out / "history.json").read_text())
+    assert sum("loss" in e and "train_runtime" not in e for e in history) == 2
+    rows = [json.loads(line) for line in (out / "rows_states_adpa.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(isinstance(r["state"], str) for r in rows)
+    model, _ = load(str(out / "student"), device="cpu")
+    assert model.config.model_type == "llama"
+
+
+def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student():
+    from types import SimpleNamespace
+
+    from workbench.train import check_strategy
+
+    fsdp, ddp = SimpleNamespace(distributed_type="DistributedType.FSDP"), SimpleNamespace(distributed_type="MULTI_GPU")
+    adpa_plus, adpa = method_config("adpa", {"method": "adpa+"}), method_config("adpa", {"method": "adpa"})
+    with pytest.raises(ValueError, match="ADPA adpa\\+ samples from its student after training it.*ddp.yaml"):
+        check_strategy("adpa", adpa_plus, fsdp)
+    with pytest.raises(ValueError, match="one iteration per run"):
+        check_strategy("pad", method_config("pad", {"iterations": 2}), fsdp)
+    check_strategy("adpa", adpa, fsdp)  # one sampling pass, before training: fine
+    check_strategy("adpa", adpa_plus, ddp)  # DDP: every process holds the whole student
+    check_strategy("plad", method_config("plad", {}), fsdp)

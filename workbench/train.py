@@ -1,0 +1,200 @@
+"""Training of any recipe as a script — PAD, DCKD / ADPA / ADPA+, PLaD — for full-size and multi-GPU runs without a
+notebook kernel.
+
+    python -m workbench.train recipes/adpa_plus_llama3_8b_to_1b_qlora.yaml -p steps 10
+    accelerate launch --config_file accelerate/ddp.yaml -m workbench.train recipes/adpa_llama3_8b_to_1b.yaml
+    accelerate launch --config_file accelerate/ddp.yaml -m workbench.train recipes/plad_llama2_13b_to_7b.yaml
+    python -m workbench.train --pipeline plad -p teacher gym-teacher-dpo -p student gym-student -p steps 50
+
+It reads the parameters of the recipe's notebook (a papermill parameters file, then ``-p name value`` overrides; any
+other field of the method's config is accepted too). The pipeline is the recipe's notebook — its ``# notebook:``
+line: 03 → PAD, 06 → the ADPA family, 07 → PLaD — or ``--pipeline``. Each pipeline's ``train_run`` composes the same
+stages as the notebook's ``run_*`` without the evaluation (gold evaluation of gym runs is the notebooks'; real
+datasets need a judge, ``workbench.evaluate``). Parameters that only steer a notebook's extra sections (notebook 06's
+sweeps, notebook 07's Fig. 2/4 sweeps) are ignored with a log line; notebook 06's ``output_dir/<method>`` is
+``output_dir`` here.
+
+Under ``accelerate launch`` (W > 1 processes) every stage that runs a model over the prompts is sharded: the items are
+split into W contiguous runs of whole batches, each process computes only its run (batch b keeps its single-process
+seed), and the results are gathered and merged by item index (:mod:`workbench.distributed`) — PAD's student samples
+and teacher rewards, ADPA's student (or teacher) states ŷ and both teachers' top-k caches, PLaD's teacher and
+student samples. So every rank builds the rows one process builds, and the ``Trainer``'s distributed sampler shards
+their batches (global batch = ``batch_size`` × processes × ``gradient_accumulation_steps``). Each process caches only
+its own shard, so no two processes write the same cache entry.
+
+Outputs (main process) in ``output_dir``: ``history.json`` (the training log: loss curve), ``config.json`` (the
+config, the pipeline, the process count, seconds and the run's facts: ADPA's stage diagnostics, PLaD's pair counts),
+with ``-p save_rows true`` the rows it trained on (``rows_<name>.jsonl``: PAD ``round<k>``, ADPA ``states_<stage>``,
+PLaD ``pairs``) and, unless ``save_model`` is false, the trained student under ``output_dir/student``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from importlib import import_module
+from pathlib import Path
+
+logger = logging.getLogger("workbench.train")
+
+SCRIPT_OPTIONS = {"save_model", "save_rows"}  # parameters of this script, not of a method config
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A method family's training as the script runs it: its notebook, config class and ``train_run``."""
+
+    notebook: str  # the notebook stem whose parameters the recipe holds
+    module: str  # workbench.methods.<module> defines the config class and train_run
+    config: str
+    notebook_only: frozenset = frozenset()  # notebook parameters that steer its extra sections only
+    zero_is_none: frozenset = frozenset()  # parameters whose 0 means "off" (None in the config)
+
+    def config_class(self):
+        return getattr(import_module(f"workbench.methods.{self.module}"), self.config)
+
+    def train_run(self):
+        return import_module(f"workbench.methods.{self.module}").train_run
+
+
+PIPELINES = {
+    "pad": Pipeline("03_pad_train", "pad", "PadConfig", zero_is_none=frozenset({"m"})),
+    "adpa": Pipeline("06_adpa_train", "adpa", "AdpaConfig",
+                     notebook_only=frozenset({"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps"})),
+    "plad": Pipeline("07_plad_train", "plad", "PladConfig",
+                     notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds"})),
+}
+
+
+def parse_value(text: str):
+    """A ``-p`` value as papermill's command line reads it: a Python/JSON literal, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
+
+
+def recipe_pipeline(recipe: str | Path) -> str:
+    """The pipeline of a recipe file, from its ``# notebook: notebooks/<stem>.ipynb`` line."""
+    match = re.search(r"^# notebook: .*?([0-9]{2}_\w+)\.ipynb", Path(recipe).read_text(), re.MULTILINE)
+    by_notebook = {p.notebook: name for name, p in PIPELINES.items()}
+    if not match or match.group(1) not in by_notebook:
+        raise ValueError(f"{recipe}: no '# notebook: notebooks/<name>.ipynb' line naming one of "
+                         f"{sorted(by_notebook)}; pass --pipeline {'|'.join(PIPELINES)}")
+    return by_notebook[match.group(1)]
+
+
+def method_config(pipeline: str, params: dict):
+    """The method config from a notebook's parameters (``quantization = ""`` and a zero ``m`` mean off, as there);
+    notebook-only parameters are dropped with a log line, unknown ones refused by name."""
+    spec = PIPELINES[pipeline]
+    cls = spec.config_class()
+    values = {k: v for k, v in params.items() if k not in SCRIPT_OPTIONS}
+    ignored = sorted(set(values) & spec.notebook_only)
+    if ignored:
+        logger.info("ignoring notebook %s's section parameters %s (the script trains one run)", spec.notebook, ignored)
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known - spec.notebook_only
+    if unknown:
+        raise ValueError(f"unknown {pipeline.upper()} parameters {sorted(unknown)}; known: {sorted(known)}")
+    values = {k: v for k, v in values.items() if k in known}
+    for name in spec.zero_is_none & set(values):
+        values[name] = values[name] or None
+    if "quantization" in values:
+        values["quantization"] = values["quantization"] or None
+    return cls(**values)
+
+
+def samples_a_trained_student(pipeline: str, cfg) -> bool:
+    """True when the run samples from its student after training it: PAD with ``iterations`` > 1, ADPA+ (ŷ from
+    the DCKD student). FSDP shards that student, and per-process sampling of a sharded model cannot work."""
+    if pipeline == "pad":
+        return cfg.iterations > 1
+    if pipeline == "adpa":
+        from workbench.methods.adpa import METHOD_STAGES
+
+        return cfg.state_source == "student" and len(METHOD_STAGES[cfg.method]) > 1
+    return False
+
+
+def check_strategy(pipeline: str, cfg, state) -> None:
+    """Refuse, before any model loads, a run that FSDP cannot serve (:func:`samples_a_trained_student`)."""
+    if "FSDP" in str(state.distributed_type) and samples_a_trained_student(pipeline, cfg):
+        raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its student after training it, "
+                         f"which FSDP has sharded across the processes: launch with accelerate/ddp.yaml (LoRA, or a "
+                         f"student that fits one GPU), or split the run (PAD: one iteration per run from the last "
+                         f"run's output_dir/student; ADPA+: method dckd, then method adpa from its student)")
+
+
+def save_rows_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False) -> list[dict]:
+    """Train ``cfg`` with ``pipeline``'s ``train_run`` in this process (one of several under ``accelerate launch``),
+    write the outputs from the main process and return the training log."""
+    from accelerate import PartialState
+
+    from workbench.trainers import set_threads
+
+    import torch
+
+    set_threads()
+    # cpu=True lets processes launched by accelerate/torchrun on a machine without CUDA join a gloo group
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = "cpu" if state.device.type == "cpu" else str(state.device)
+    check_strategy(pipeline, cfg, state)
+    cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
+    started = time.perf_counter()
+    run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
+    if state.is_main_process:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "history.json").write_text(json.dumps(run.history, indent=2, default=float))
+        (out / "config.json").write_text(json.dumps(
+            {**asdict(cfg), "pipeline": pipeline, "processes": state.num_processes,
+             "seconds": time.perf_counter() - started, **run.info}, indent=2, default=str))
+        if save_rows:
+            for name, rows in run.rows.items():
+                save_rows_jsonl(out / f"rows_{name}.jsonl", rows)
+        if save_model:
+            run.model.save_pretrained(out / "student")
+            run.tokenizer.save_pretrained(out / "student")
+    state.wait_for_everyone()
+    return run.history
+
+
+def main(argv=None, pipeline: str | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", help="a papermill parameters file (recipes/*.yaml)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override one parameter, as papermill's -p")
+    if pipeline is None:
+        parser.add_argument("--pipeline", choices=sorted(PIPELINES),
+                            help="the method family (default: the recipe's '# notebook:' line)")
+    args = parser.parse_args(argv)
+    pipeline = pipeline or args.pipeline or (recipe_pipeline(args.recipe) if args.recipe else None)
+    if pipeline is None:
+        parser.error(f"without a recipe, name the method family: --pipeline {'|'.join(sorted(PIPELINES))}")
+    params = {}
+    if args.recipe:
+        import yaml
+
+        params.update(yaml.safe_load(Path(args.recipe).read_text()) or {})
+    params.update({name: parse_value(value) for name, value in args.parameter})
+    logging.basicConfig(level=logging.INFO)
+    cfg = method_config(pipeline, params)
+    train(pipeline, cfg, save_model=bool(params.get("save_model", True)),
+          save_rows=bool(params.get("save_rows", False)))
+
+
+if __name__ == "__main__":
+    main()
