@@ -193,6 +193,36 @@ def test_recipe_runs_end_to_end_on_a_fixture_of_its_dataset(path, tmp_path, tiny
         assert metrics["pairs"]["n_pairs"] >= 1 and metrics["pairs"]["gold_statistics"].startswith("skipped")
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_trains_through_the_script_on_a_fixture_of_its_dataset(path, tmp_path, tiny_gym, teacher_64):
+    """``python -m workbench.train <recipe>`` (what ``accelerate launch`` runs): the recipe's pipeline and method on
+    its dataset's fixture, models swapped for the tiny gym (4-bit recipes: an NF4 teacher on CPU)."""
+    from test_notebooks import TINY
+
+    from workbench.train import PIPELINES, method_config, recipe_pipeline, train
+
+    pipeline = recipe_pipeline(path)
+    params = load(path)
+    swap = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "teacher_dpo": "gym-tiny-teacher-dpo",
+            "teacher_ref": "gym-tiny-teacher-ref"}
+    if params.get("quantization"):
+        swap.update(teacher=teacher_64, teacher_dpo=teacher_64, teacher_ref=teacher_64)
+    params.update({k: v for k, v in swap.items() if k in params})
+    tiny = TINY.get(f"{PIPELINES[pipeline].notebook}.ipynb", {})
+    params.update({k: v for k, v in tiny.items() if k not in KEEP_FROM_RECIPE})
+    fixture = ROOT / "tests" / "fixtures" / DATASET_FIXTURES[params["dataset"]]
+    params.update(dataset=str(fixture), dataset_schema=params["dataset"], train_prompts=8, steps=2, progress=False,
+                  output_dir=str(tmp_path))
+    cfg = method_config(pipeline, params)
+    history = train(pipeline, cfg, save_model=False, save_rows=True)
+    assert sum("loss" in e and "train_runtime" not in e for e in history) >= 2
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["pipeline"] == pipeline and config["quantization"] == (params["quantization"] or None)
+    rows = list(tmp_path.glob("rows_*.jsonl"))
+    if pipeline != "adpa" or params["method"] != "dckd":  # every run but DCKD (no sampled states) saves its rows
+        assert rows and all(p.read_text().strip() for p in rows)
+
+
 # --- bench/bench_recipe_gpu.py: the device check of the PAD recipes, its code path run here at toy widths ---
 
 def _recipe_bench():
