@@ -1,24 +1,46 @@
-"""Benchmark: a PAD recipe's phases on its real architectures with random weights — measured peak memory beside
-``workbench.memory.estimate``, time per phase, training tokens/s and MFU. Prints one JSON object.
+"""Benchmark: a recipe's phases (PAD, DCKD/ADPA/ADPA+ or PLaD) on its real architectures with random weights —
+measured peak memory beside ``workbench.memory.estimate``, time per phase, tokens/s and the training step's MFU.
+Prints one JSON object.
 
     python bench/bench_recipe_gpu.py recipes/pad_llama3_8b_to_3b_qlora.yaml          # GPU, ~5 min on one H200
+    python bench/bench_recipe_gpu.py recipes/plad_llama2_13b_to_7b_qlora.yaml --steps 1
     python bench/bench_recipe_gpu.py          # on a CPU: the same path at toy widths (--shrink), seconds
 
-No hub: the teacher's and the student's configs come from ``tests/fixtures/model_configs`` (the recipes' models),
-each model is built with random weights, saved to a temporary folder and loaded by ``workbench.models.load`` with the
-recipe's quantization / LoRA / gradient checkpointing, as a run loads its checkpoints. Random weights cost what
-trained ones cost: the same shapes, kernels and (with ``min_new_tokens``) the same generated lengths.
+No hub: the models' configs come from ``tests/fixtures/model_configs`` (the recipes' models), each model is built
+with random weights, saved to a temporary folder (once per architecture: ADPA's two teachers share one) and loaded by
+``workbench.models.load`` with the recipe's quantization / LoRA / gradient checkpointing, as a run loads its
+checkpoints. Random weights cost what trained ones cost: the same shapes, kernels and (with ``min_new_tokens``) the
+same generated lengths. The method and its hyperparameters are the recipe's method config
+(``workbench.train.method_config``), the sizes ``memory.estimate``'s assumptions (prompt / response lengths, batch
+sizes, the MCQ prompt length), and the phases are the estimate's, each measured beside its estimate:
 
-Phases, in the order a PAD round runs them, both models loaded (as ``run_pad`` keeps them), each at the recipe's
-sizes (``memory.estimate``'s assumptions: prompt / response lengths, batch sizes, the MCQ prompt length):
-  sampling            ``generate`` (T = 0.8) of n responses per prompt for ``sampling_batch_size`` prompts, forced to
-                      ``max_new_tokens``;
+PAD (``run_pad`` keeps teacher and student loaded through every phase):
+  sampling            ``generate`` (the recipe's temperature) of n responses per prompt for ``sampling_batch_size``
+                      prompts, forced to ``max_new_tokens``;
   teacher_likelihood  the teacher's no-grad response log-probs of ``scoring_batch_size`` sequences, head chunked
                       (``workbench.scoring.batch_response_token_logps``);
   teacher_mcq         the teacher's next-token logits after ``scoring_batch_size`` MCQ prompts
                       (``workbench.scoring.last_position_logits``);
-  training            PAD's PPD step (``ListwiseObjective``) on ``batch_size`` prompts × n responses, AdamW on the
-                      trainable parameters; the median of ``--steps`` timed steps after one warm-up step.
+  training            the listwise step (``ListwiseObjective``, the recipe's loss) on ``batch_size`` prompts × n
+                      responses.
+DCKD / ADPA / ADPA+ (the student stays loaded; each teacher is loaded for its top-k pass and freed after it, as
+``teacher_topk_by_name`` does, so no teacher is in memory while the student samples or trains):
+  sampling            one ŷ per prompt from the student (``state_source='student'``, the recipes') for
+                      ``sampling_batch_size`` prompts, forced to ``max_new_tokens`` (DCKD alone samples none, but the
+                      estimate counts the phase);
+  teacher_likelihood  each teacher the method's stages cache (π_dpo, and π_ref for ADPA) in turn: its top-k pass
+                      over ``scoring_batch_size`` sequences (``workbench.topk_cache._response_topk``, the chunked head
+                      and top-k of ``teacher_topk``); the peak of the passes, the sum of their times;
+  training            each stage's objective (``DckdObjective``, ``OnPolicyObjective``) on ``batch_size`` pairs with
+                      synthetic top-k ids / log-probs of the cache's shapes, a fresh AdamW per stage as each stage's
+                      trainer has; the phase's figures are the last stage's (ADPA for ADPA+), ``stages`` has each.
+PLaD (teacher and student loaded while sampling; the teacher freed before training, as ``train_run`` does, and
+never scoring — PLaD uses only its samples):
+  sampling            one student sample per prompt for ``sampling_batch_size`` prompts, forced to ``max_new_tokens``;
+  teacher_sampling    one teacher sample per prompt, likewise;
+  training            the calibration step (``PladObjective``, the recipe's loss) on ``batch_size`` pairs.
+Every training phase: AdamW on the trainable parameters; the median of ``--steps`` timed steps after one warm-up step.
+
 Memory is ``torch.cuda.max_memory_allocated`` (reset before each phase) plus ``memory.CUDA_CONTEXT_BYTES``, the
 estimator's assumed context (reported apart); on CPU no peak is measured (None) and the run checks the code path.
 MFU: training FLOPs (forward 2·N·tokens + attention, backward the same for the activation gradients, twice that
@@ -30,13 +52,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,16 +71,6 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "L40S
 SHRUNK_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=16, vocab_size=512)
 SHRUNK_SHAPE = dict(prompt_tokens=12, max_new_tokens=8, sampling_batch_size=2, scoring_batch_size=4)
-
-
-def recipe_values(path: str | Path) -> dict:
-    """A PAD recipe's parameters with its ``# @estimate`` RunShape fields (``memory.recipe_values``)."""
-    from workbench.memory import recipe_values as values_of
-
-    values = values_of(path)
-    if "teacher_dpo" in values or str(values.get("loss", "")).startswith("plad"):
-        raise ValueError(f"{path}: only PAD recipes are benchmarked here (teacher + student, listwise loss)")
-    return values
 
 
 def model_config(name: str, shrink: bool) -> dict:
@@ -127,126 +142,328 @@ def build_random(name: str, config: dict, folder: Path, dtype: torch.dtype, devi
     return target
 
 
-def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: float | None = None,
-        workdir: str | None = None) -> dict:
-    from workbench import memory
-    from workbench.methods.pad import ListwiseObjective
-    from workbench.models import load, lora_config
-    from workbench.scoring import batch_response_token_logps, last_position_logits
+@dataclass
+class Bench:
+    """What the phases of every method share: the device, the recipe's method config and estimate, the random
+    checkpoints by role, random token ids, the loaded student, and the phases measured so far."""
 
-    values = recipe_values(path)
-    values["device"] = device
-    if shrink:
-        values.update(SHRUNK_SHAPE)
-    configs = {name: model_config(values[name], shrink) for name in ("teacher", "student")}
-    by_name = {values["teacher"]: configs["teacher"], values["student"]: configs["student"]}
-    est = memory.estimate(values, model_configs=by_name)
-    a = est.assumptions
-    dtype = getattr(torch, a["dtype"])
-    n, seq_len, prompt_len = int(values["n"]), a["train_seq_len"], a["prompt_tokens"]
-    vocab = min(configs["teacher"]["vocab_size"], configs["student"]["vocab_size"])
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    device: str
+    cfg: Any  # the recipe's PadConfig / AdpaConfig / PladConfig
+    estimate: Any  # memory.MemoryEstimate of the recipe (shrunk sizes with --shrink)
+    sampling_batch_size: int  # prompts per generate call, as the estimate's RunShape reads them
+    scoring_batch_size: int  # sequences per teacher forward, likewise
+    configs: dict[str, dict]  # role (a recipe key: student, teacher, teacher_dpo...) → config.json fields
+    folders: dict[str, Path]  # role → random checkpoint
+    steps: int
+    peak: float | None
+    student: Any = None
+    load_seconds: float = 0.0
+    phases: dict = field(default_factory=dict)
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
-    def ids(rows: int, length: int) -> torch.Tensor:
-        return torch.randint(3, vocab, (rows, length), generator=gen).to(device)
+    @property
+    def shape(self) -> dict:
+        return self.estimate.assumptions
 
-    out = {"recipe": str(path), "device": torch.cuda.get_device_name() if device.startswith("cuda") else
-           platform.processor() or platform.machine(), "shrunk": shrink, "torch": torch.__version__,
-           "assumptions": {k: a[k] for k in ("student_params", "teacher_params", "trainable_params", "train_seq_len",
-                                             "mcq_seq_len", "teacher_quantization", "lora", "gradient_checkpointing",
-                                             "logits_chunk")},
-           "cuda_context_assumed_gib": memory.CUDA_CONTEXT_BYTES / memory.GIB, "phases": {}}
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.shape["dtype"])
+
+    @property
+    def vocab(self) -> int:
+        return min(config["vocab_size"] for config in self.configs.values())
+
+    def ids(self, rows: int, length: int) -> torch.Tensor:
+        return torch.randint(3, self.vocab, (rows, length), generator=self.generator).to(self.device)
+
+    def response_mask(self, rows: int, length: int) -> torch.Tensor:
+        """(rows, length) bool: True on the positions after the prompt, as ``collate_examples`` marks a response."""
+        mask = torch.zeros(rows, length, dtype=torch.bool, device=self.device)
+        mask[:, self.shape["prompt_tokens"]:] = True
+        return mask
+
+    def load(self, role: str, **kwargs):
+        """The model of ``role`` loaded as a run loads it (``workbench.models.load``), timed into ``load_seconds``."""
+        from workbench.models import load
+
         start = time.perf_counter()
-        folders = {role: build_random(values[role], configs[role], Path(tmp), dtype, device)
-                   for role in ("teacher", "student")}
-        out["build_seconds"] = time.perf_counter() - start
-        student, _ = load(str(folders["student"]), lora=lora_config(True) if values.get("lora") else None,
-                          quantization=values.get("student_quantization") or None, dtype=dtype, device=device,
-                          gradient_checkpointing=bool(values.get("gradient_checkpointing")))
-        teacher, _ = load(str(folders["teacher"]), quantization=values.get("quantization") or None, dtype=dtype,
-                          device=device)
+        model, _ = load(str(self.folders[role]), dtype=self.dtype, device=self.device, **kwargs)
+        self.load_seconds += time.perf_counter() - start
+        return model
+
+    def load_teacher(self, role: str):
+        teacher = self.load(role, quantization=self.shape["teacher_quantization"])
         teacher.eval()
-        out["load_seconds"] = time.perf_counter() - start - out["build_seconds"]
+        return teacher
 
-        def record(name: str, phase: Phase, **extra) -> None:
-            measured = None if phase.peak is None else phase.peak + memory.CUDA_CONTEXT_BYTES
-            estimated = est.total(name)
-            out["phases"][name] = {
-                "measured_gib": None if measured is None else measured / memory.GIB,
-                "estimated_gib": estimated / memory.GIB,
-                "estimate_over_measured": None if measured is None else estimated / measured,
-                "seconds": phase.seconds, **extra}
+    def record(self, name: str, *phases: Phase, **extra) -> None:
+        """One estimated phase: the peak of ``phases`` (several passes make one phase, e.g. one per teacher) beside
+        the estimate of ``name``, and their summed time."""
+        from workbench import memory
 
-        # sampling: n responses per prompt, every response max_new_tokens long
-        student.eval()
-        prompts = ids(int(values.get("sampling_batch_size", 32)), prompt_len)
-        with torch.no_grad(), Phase(device) as phase:
-            generated = student.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                                         temperature=0.8, num_return_sequences=n, max_new_tokens=a["max_new_tokens"],
-                                         min_new_tokens=a["max_new_tokens"], pad_token_id=0)
+        peaks = [p.peak for p in phases if p.peak is not None]
+        measured = max(peaks) + memory.CUDA_CONTEXT_BYTES if peaks else None
+        estimated = self.estimate.total(name)
+        self.phases[name] = {
+            "measured_gib": None if measured is None else measured / memory.GIB,
+            "estimated_gib": estimated / memory.GIB,
+            "estimate_over_measured": None if measured is None else estimated / measured,
+            "seconds": sum(p.seconds for p in phases), **extra}
+
+    def sample(self, name: str, model, samples_per_prompt: int) -> None:
+        """``generate`` of ``samples_per_prompt`` responses for each of ``sampling_batch_size`` prompts, every
+        response ``max_new_tokens`` long (the estimate's KV cache)."""
+        model.eval()
+        prompt_len, new = self.shape["prompt_tokens"], self.shape["max_new_tokens"]
+        prompts = self.ids(self.sampling_batch_size, prompt_len)
+        with torch.no_grad(), Phase(self.device) as phase:
+            generated = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                                       temperature=self.cfg.temperature, num_return_sequences=samples_per_prompt,
+                                       max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
         new_tokens = (generated.shape[1] - prompt_len) * generated.shape[0]
-        record("sampling", phase, tokens_per_s=new_tokens / phase.seconds)
+        self.record(name, phase, tokens_per_s=new_tokens / phase.seconds)
 
-        # teacher scoring: likelihood of the response positions (chunked head), then the MCQ prompt's last position
-        rows = int(values.get("scoring_batch_size", 32))
-        seqs = ids(rows, seq_len)
-        mask = torch.ones_like(seqs)
-        target = torch.zeros(rows, seq_len - 1, dtype=torch.bool, device=device)
-        target[:, prompt_len - 1:] = True
-        chunk = memory.SCORING_CHUNK if not a["logits_chunk"] else a["logits_chunk"]
-        with torch.no_grad(), Phase(device) as phase:
-            logps = batch_response_token_logps(teacher, seqs, mask, target, chunk=chunk)
+    def teacher_likelihood(self, teacher, **extra) -> None:
+        """The teacher's no-grad log-probs of the response positions of ``scoring_batch_size`` sequences."""
+        from workbench.scoring import batch_response_token_logps, scoring_chunk
+
+        rows, seq_len = self.scoring_batch_size, self.shape["train_seq_len"]
+        seqs = self.ids(rows, seq_len)
+        with torch.no_grad(), Phase(self.device) as phase:
+            logps = batch_response_token_logps(teacher, seqs, torch.ones_like(seqs),
+                                               self.response_mask(rows, seq_len)[:, 1:],
+                                               chunk=scoring_chunk(self.shape["logits_chunk"]))
         assert torch.isfinite(logps).all(), "teacher log-probs must be finite"
-        record("teacher_likelihood", phase, tokens_per_s=rows * seq_len / phase.seconds)
-        mcq = ids(rows, a["mcq_seq_len"])
-        with torch.no_grad(), Phase(device) as phase:
-            last_position_logits(teacher, mcq, torch.ones_like(mcq), torch.full((rows,), a["mcq_seq_len"] - 1,
-                                                                             device=device))
-        record("teacher_mcq", phase, tokens_per_s=rows * a["mcq_seq_len"] / phase.seconds)
-        del generated, logps, seqs, mcq
+        self.record("teacher_likelihood", phase, tokens_per_s=rows * seq_len / phase.seconds, **extra)
 
-        # training: PPD on batch_size prompts × n responses
-        student.train()
-        os.environ["WORKBENCH_LOGITS_CHUNK"] = str(a["logits_chunk"] or 0)
-        objective = ListwiseObjective("ppd", float(values.get("beta", 10.0)))
-        trainable = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=device.startswith("cuda"))
-        sequences = a["train_sequences"]
-        batch = ids(sequences, seq_len)
-        response = torch.zeros_like(batch, dtype=torch.bool)
-        response[:, prompt_len:] = True
-        inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch), "response_mask": response,
-                  "teacher_rewards": torch.randn(sequences // n, n, generator=gen).to(device)}
+    def train(self, objective, inputs: dict, sequences: int) -> tuple[Phase, dict]:
+        """The step of ``objective`` on ``inputs`` (``sequences`` rows of ``train_seq_len`` tokens through the
+        student) with a fresh AdamW on the trainable parameters: ``steps`` timed steps after one warm-up step."""
+        self.student.train()
+        cuda = self.device.startswith("cuda")
+        trainable = [p for p in self.student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=cuda)
         losses, times = [], []
-        with Phase(device) as phase:
-            for step in range(steps + 1):
+        with Phase(self.device) as phase:
+            for step in range(self.steps + 1):
                 started = time.perf_counter()
-                loss, _ = objective(student, inputs)
+                loss, _ = objective(self.student, inputs)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if device.startswith("cuda"):
+                if cuda:
                     torch.cuda.synchronize()
                 losses.append(loss.detach().item())
                 if step:  # the first step allocates AdamW's states and warms the kernels
                     times.append(time.perf_counter() - started)
-        assert all(map(lambda v: v == v, losses)), f"training losses must be finite, got {losses}"
-        step_s = statistics.median(times)
-        flops = training_flops(configs["student"], sequences, seq_len, lora=bool(values.get("lora")),
-                               checkpointing=bool(values.get("gradient_checkpointing")))
-        top = peak_tflops(device, peak)
-        record("training", phase, step_seconds=step_s, tokens_per_s=sequences * seq_len / step_s,
-               tflops_per_s=flops / step_s / 1e12, mfu=None if top is None else flops / step_s / (top * 1e12),
-               losses=losses)
-    out["peak_tflops_assumed"] = top
+        assert all(map(math.isfinite, losses)), f"training losses must be finite, got {losses}"
+        step_s, seq_len = statistics.median(times), self.shape["train_seq_len"]
+        flops = training_flops(self.configs["student"], sequences, seq_len, lora=bool(self.shape["lora"]),
+                               checkpointing=bool(self.shape["gradient_checkpointing"]))
+        top = peak_tflops(self.device, self.peak)
+        return phase, {"step_seconds": step_s, "tokens_per_s": sequences * seq_len / step_s,
+                       "tflops_per_s": flops / step_s / 1e12,
+                       "mfu": None if top is None else flops / step_s / (top * 1e12), "losses": losses}
+
+
+# --- the methods' phases ---
+
+
+def pad_phases(bench: Bench) -> None:
+    from workbench.methods.pad import ListwiseObjective
+    from workbench.scoring import last_position_logits
+
+    cfg, shape = bench.cfg, bench.shape
+    teacher = bench.load_teacher("teacher")
+    bench.sample("sampling", bench.student, cfg.n)
+    bench.teacher_likelihood(teacher)
+    # the MCQ prompt lists the n responses: the teacher's logits after its last position only
+    rows, length = bench.scoring_batch_size, shape["mcq_seq_len"]
+    mcq = bench.ids(rows, length)
+    with torch.no_grad(), Phase(bench.device) as phase:
+        last_position_logits(teacher, mcq, torch.ones_like(mcq), torch.full((rows,), length - 1, device=bench.device))
+    bench.record("teacher_mcq", phase, tokens_per_s=rows * length / phase.seconds)
+    del mcq
+
+    sequences, seq_len = shape["train_sequences"], shape["train_seq_len"]
+    batch = bench.ids(sequences, seq_len)
+    inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch),
+              "response_mask": bench.response_mask(sequences, seq_len),
+              "teacher_rewards": torch.randn(sequences // cfg.n, cfg.n, generator=bench.generator).to(bench.device)}
+    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight,
+                                  logits_chunk=shape["logits_chunk"])
+    phase, metrics = bench.train(objective, inputs, sequences)
+    bench.record("training", phase, **metrics)
+
+
+def adpa_stage(cfg, stage: str) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """(objective, response fields, top-k caches ``<field>_<teacher>``) of one stage of ``METHOD_STAGES``, as
+    ``workbench.methods.adpa``'s stage functions build them."""
+    from workbench.methods.adpa import ON_POLICY_LOSSES, DckdObjective, OnPolicyObjective
+
+    if stage == "dckd":
+        fields = ("chosen", "rejected") if cfg.use_rejected else ("chosen",)
+        return DckdObjective(cfg.alpha, cfg.use_rejected), fields, tuple(f"{f}_dpo" for f in fields)
+    if stage not in ON_POLICY_LOSSES:
+        raise ValueError(f"ADPA stage {stage!r} distils no teacher; the bench runs dckd and {sorted(ON_POLICY_LOSSES)}")
+    objective = OnPolicyObjective(stage, cfg.gamma, cfg.beta, cfg.missing_rule, cfg.advantage_clamp,
+                                  cfg.length_normalize, cfg.q_temperature)
+    return objective, ("chosen", "hat"), tuple(f"hat_{t}" for t in ON_POLICY_LOSSES[stage].teachers)
+
+
+def topk_pair_inputs(bench: Bench, fields: tuple[str, ...], caches: tuple[str, ...], rows: int) -> dict:
+    """A ``TopkPairCollator`` batch of random ids: per field (B, L) ids / mask and shifted (B, L-1) labels / mask,
+    per cache (B, L-1, k) top-k ids (distinct per position) and log-probs (best first, some mass left to the tail)."""
+    seq_len, k = bench.shape["train_seq_len"], bench.cfg.k
+    out = {}
+    for name in fields:
+        ids = bench.ids(rows, seq_len)
+        out.update({f"{name}_input_ids": ids, f"{name}_attention_mask": torch.ones_like(ids),
+                    f"{name}_labels": ids[:, 1:], f"{name}_mask": bench.response_mask(rows, seq_len)[:, 1:]})
+    for cache in caches:
+        first = torch.randint(0, bench.vocab, (rows, seq_len - 1, 1), generator=bench.generator)
+        logps = torch.randn(rows, seq_len - 1, k + 1, generator=bench.generator).log_softmax(-1)[..., :k]
+        out[f"{cache}_ids"] = ((first + torch.arange(k)) % bench.vocab).to(bench.device)
+        out[f"{cache}_logps"] = logps.sort(-1, descending=True).values.to(bench.device)
+    return out
+
+
+def adpa_phases(bench: Bench) -> None:
+    from workbench.methods.adpa import METHOD_STAGES
+    from workbench.scoring import scoring_chunk
+    from workbench.topk_cache import _response_topk, release_memory
+
+    cfg, shape = bench.cfg, bench.shape
+    stages = {stage: adpa_stage(cfg, stage) for stage in METHOD_STAGES[cfg.method]}
+    bench.sample("sampling", bench.student, 1)  # one ŷ per prompt (Alg. 1 line 5)
+
+    # the teachers whose top-k the stages read (cache "<field>_<teacher>"), each loaded for its pass and freed
+    # after it, as teacher_topk_by_name does: one teacher in memory at a time
+    teachers = dict.fromkeys(f"teacher_{cache.rsplit('_', 1)[1]}" for _, _, caches in stages.values()
+                             for cache in caches)
+    rows, seq_len = bench.scoring_batch_size, shape["train_seq_len"]
+    passes = {}
+    for role in teachers:
+        teacher = bench.load_teacher(role)
+        seqs = bench.ids(rows, seq_len)
+        batch = {"input_ids": seqs, "attention_mask": torch.ones_like(seqs),
+                 "response_mask": bench.response_mask(rows, seq_len)}
+        with torch.no_grad(), Phase(bench.device) as passes[role]:
+            topk = _response_topk(teacher, batch, cfg.k, bench.vocab, scoring_chunk(shape["logits_chunk"]))
+        assert all(np.isfinite(logps).all() for _, logps, _ in topk), f"{role}'s top-k log-probs must be finite"
+        del teacher
+        release_memory()
+    bench.record("teacher_likelihood", *passes.values(),
+                 tokens_per_s=len(passes) * rows * seq_len / sum(p.seconds for p in passes.values()),
+                 teacher_seconds={role: p.seconds for role, p in passes.items()})
+
+    pairs = shape["train_sequences"] // 2  # the estimate's n = 2 sequences per pair: (y_w, y_l) or (y_w, ŷ)
+    timed, metrics = [], {}
+    for stage, (objective, fields, caches) in stages.items():
+        phase, metrics[stage] = bench.train(objective, topk_pair_inputs(bench, fields, caches, pairs),
+                                            sequences=pairs * len(fields))
+        timed.append(phase)
+    # the phase's figures are the last stage's (ADPA+: ADPA, the last of Alg. 2), ``stages`` holds each stage's
+    bench.record("training", *timed, **metrics[list(stages)[-1]], stages=metrics)
+
+
+def plad_phases(bench: Bench) -> None:
+    from workbench.methods.plad import PladObjective
+    from workbench.topk_cache import release_memory
+
+    cfg, shape = bench.cfg, bench.shape
+    teacher = bench.load_teacher("teacher")
+    bench.sample("sampling", bench.student, 1)  # one student sample per prompt: ŷ−
+    bench.sample("teacher_sampling", teacher, 1)  # one teacher sample per prompt: ŷ+
+    del teacher  # a black box: only its samples outlive sampling (train_run frees it before training)
+    release_memory()
+
+    pairs, seq_len = shape["train_sequences"] // 2, shape["train_seq_len"]
+    batch = bench.ids(2 * pairs, seq_len)  # chosen rows first, then rejected (PairCollator)
+    inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch),
+              "response_mask": bench.response_mask(2 * pairs, seq_len)}
+    if cfg.loss == "plad_margin":  # Eq. 5 scores both samples against the reference y (no grad)
+        reference = bench.ids(pairs, seq_len)
+        inputs.update(reference_input_ids=reference, reference_attention_mask=torch.ones_like(reference),
+                      reference_response_mask=bench.response_mask(pairs, seq_len))
+    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight,
+                              logits_chunk=shape["logits_chunk"] or 0)
+    phase, metrics = bench.train(objective, inputs, 2 * pairs)
+    bench.record("training", phase, **metrics)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method family on the bench: the recipe keys naming its models, its name, the student's ``lora`` argument
+    as its pipeline passes it to ``workbench.models.load``, and its phases."""
+
+    roles: tuple[str, ...]
+    name: Callable[[Any], str]
+    student_lora: Callable[[Any], Any]
+    phases: Callable[[Bench], None]
+
+
+METHODS = {  # keyed by workbench.train's pipeline (the recipe's notebook)
+    "pad": Method(("teacher", "student"), lambda cfg: f"pad-{cfg.loss}", lambda cfg: True if cfg.lora else None,
+                  pad_phases),
+    "adpa": Method(("teacher_dpo", "teacher_ref", "student"), lambda cfg: cfg.method,
+                   lambda cfg: True if cfg.lora else None, adpa_phases),
+    "plad": Method(("teacher", "student"), lambda cfg: cfg.method, lambda cfg: cfg.lora_config(), plad_phases),
+}
+
+
+def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: float | None = None,
+        workdir: str | None = None) -> dict:
+    import yaml
+
+    from workbench import memory
+    from workbench.train import method_config, recipe_pipeline
+
+    pipeline = recipe_pipeline(path)
+    method = METHODS[pipeline]
+    cfg = method_config(pipeline, yaml.safe_load(Path(path).read_text()))
+    values = memory.recipe_values(path)
+    values["device"] = device
+    if shrink:
+        values.update(SHRUNK_SHAPE)
+    configs = {role: model_config(values[role], shrink) for role in method.roles}
+    est = memory.estimate(values, model_configs={values[role]: configs[role] for role in method.roles})
+    a = est.assumptions
+    out = {"recipe": str(path), "method": method.name(cfg), "device": torch.cuda.get_device_name()
+           if device.startswith("cuda") else platform.processor() or platform.machine(), "shrunk": shrink,
+           "torch": torch.__version__,
+           "assumptions": {k: a[k] for k in ("student_params", "teacher_params", "trainable_params", "train_seq_len",
+                                             "mcq_seq_len", "teacher_quantization", "lora", "gradient_checkpointing",
+                                             "logits_chunk")},
+           "cuda_context_assumed_gib": memory.CUDA_CONTEXT_BYTES / memory.GIB}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        start = time.perf_counter()
+        built, folders = {}, {}
+        for role in method.roles:
+            key = json.dumps(configs[role], sort_keys=True)
+            if key not in built:  # same architecture (ADPA's two teachers): one random checkpoint serves both
+                built[key] = build_random(values[role], configs[role], Path(tmp), getattr(torch, a["dtype"]), device)
+            folders[role] = built[key]
+        out["build_seconds"] = time.perf_counter() - start
+        sizes = memory.run_shape(values)
+        bench = Bench(device, cfg, est, sizes.sampling_batch_size, sizes.scoring_batch_size, configs, folders, steps,
+                      peak)
+        bench.student = bench.load("student", lora=method.student_lora(cfg),
+                                   quantization=a["student_quantization"],
+                                   gradient_checkpointing=bool(a["gradient_checkpointing"]))
+        method.phases(bench)
+        out["load_seconds"] = bench.load_seconds
+    missing = set(est.phases) ^ set(bench.phases)
+    assert not missing, f"measured phases {sorted(bench.phases)} differ from the estimate's {sorted(est.phases)}"
+    out["phases"] = {name: bench.phases[name] for name in est.phases}
+    out["peak_tflops_assumed"] = peak_tflops(device, peak)
     return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "pad_llama3_8b_to_3b_qlora.yaml"),
-                        help="a PAD recipe (default: recipes/pad_llama3_8b_to_3b_qlora.yaml)")
+                        help="a PAD, DCKD/ADPA/ADPA+ or PLaD recipe (default: recipes/pad_llama3_8b_to_3b_qlora.yaml)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=None,
                         help="toy widths and lengths: the code path (default: on a CPU, where full size does not fit)")

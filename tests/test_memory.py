@@ -617,6 +617,35 @@ def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_proces
     assert served.assumptions["vllm_engines"] == 1 and served.peak_bytes < hf.peak_bytes
 
 
+def test_adpa_and_plad_phases_hold_what_their_runs_hold():
+    """ADPA: the student samples one ŷ with no teacher loaded; each teacher is loaded alone for its top-k pass; its
+    losses read the full (B, T, V) student logits, so logits_chunk does not shrink its training step. PLaD: the
+    teacher samples and is freed; it never scores, so there is no teacher-scoring phase or time."""
+    sizes = dict(prompt_tokens=512, max_new_tokens=512, device="cuda", logits_chunk=128, gradient_checkpointing=True,
+                 batch_size=2)
+    adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
+                student="meta-llama/Llama-3.2-1B", method="adpa", dataset="dpo-mix-7k", **sizes)
+    est = memory.estimate(adpa, model_configs=CONFIGS)
+    one_teacher = sum(memory.weight_bytes(memory.model_dims("meta-llama/Llama-3.1-8B", CONFIGS), 2).values())
+    assert list(est.phases) == ["sampling", "teacher_likelihood", "training"]
+    assert est.phases["sampling"]["teacher_weights"] == 0 and est.phases["training"]["teacher_weights"] == 0
+    assert est.phases["teacher_likelihood"]["teacher_weights"] == one_teacher  # not both teachers at once
+    assert not est.assumptions["training_head_chunked"]
+    pad_like = memory.estimate({**adpa, "training_head_chunked": True}, model_configs=CONFIGS)
+    assert est.total("training") > pad_like.total("training")  # full logits cost more than a chunked head
+    assert memory.run_shape(adpa).samples_per_prompt == 1
+    plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
+                dataset="hh-helpful", lora=True, **sizes)
+    est = memory.estimate(plad, model_configs=CONFIGS)
+    assert list(est.phases) == ["sampling", "teacher_sampling", "training"]
+    assert est.phases["training"]["teacher_weights"] == 0 and est.phases["teacher_sampling"]["teacher_weights"] > 0
+    assert est.assumptions["training_head_chunked"]
+    margin = memory.estimate({**plad, "loss": "plad_margin"}, model_configs=CONFIGS)
+    assert not margin.assumptions["training_head_chunked"]
+    assert "teacher_scoring" not in memory.estimate_time(plad, prompts=1000, model_configs=CONFIGS)["stages"]
+    assert "teacher_scoring" in memory.estimate_time(adpa, prompts=1000, model_configs=CONFIGS)["stages"]
+
+
 def test_the_mcq_phase_counts_the_balanced_slices_a_group_larger_than_the_letters_is_judged_in():
     from workbench.scoring import option_slices
 

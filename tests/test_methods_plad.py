@@ -68,6 +68,25 @@ def test_ranking_objective_equals_eq4_on_independently_scored_log_likelihoods(ti
     assert metrics["logp_gap"].item() == pytest.approx((chosen - rejected).mean().item(), abs=1e-5)
 
 
+def test_ranking_objective_through_the_chunked_head_equals_the_full_logits(tiny_models):
+    """logits_chunk (full-size runs: no (2B, L, V) logits kept for backward) changes memory, not the loss or its
+    gradient."""
+    model, tokenizer = tiny_models["student"]
+    batch = PairCollator(tokenizer)(ROWS)
+    results = []
+    for chunk in (0, 3):
+        model.zero_grad()
+        loss, _ = PladObjective("plad_ranking", beta=1.0, sft_weight=0.5, logits_chunk=chunk)(model, batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (full, full_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    assert len(chunked_grads) == len(full_grads) > 0
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+
+
 def test_ranking_objective_hinge_is_zero_with_zero_gradient_when_the_margin_is_met(tiny_models):
     model, tokenizer = tiny_models["student"]
     batch = PairCollator(tokenizer)(ROWS)

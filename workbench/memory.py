@@ -409,7 +409,8 @@ class RunShape:
     student: str
     teacher: str | None = None
     teacher_ref: str | None = field(default=None, metadata={
-        "help": "a second teacher resident with the first while scoring (ADPA's reference teacher)"})
+        "help": "a second teacher that scores after the first is freed (ADPA's reference teacher: its own top-k "
+                "pass, so the larger of the two is resident, and the scoring time doubles)"})
     n: int = field(default=4, metadata={"help": "sequences per example in a training batch (PAD: n responses; "
                                                   "DPO-style pairs: 2)"})
     samples_per_prompt: int | None = field(default=None, metadata={
@@ -431,6 +432,15 @@ class RunShape:
     teacher_in_training: bool = field(default=True, metadata={
         "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
+    teacher_in_sampling: bool = field(default=True, metadata={
+        "help": "teacher weights loaded while the student samples (PAD, PLaD: yes; ADPA: no, each teacher is loaded "
+                "only for its top-k pass)"})
+    teacher_scores: bool = field(default=True, metadata={
+        "help": "the teacher scores responses (PAD: likelihood and MCQ; ADPA: the top-k pass); PLaD only samples "
+                "from its teacher"})
+    training_head_chunked: bool = field(default=True, metadata={
+        "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (PAD, PLaD's "
+                "ranking loss); ADPA's top-k losses and PLaD's margin loss take the full (B, T, V) logits"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
     mcq_letters: int | None = field(default=None, metadata={
         "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
@@ -518,11 +528,13 @@ def _method_defaults(values: Mapping) -> dict:
     """What a method's parameters imply about its memory: ADPA/DCKD (``teacher_dpo``/``teacher_ref``) train on
     pairs against cached top-k teacher log-probs; PLaD (``loss='plad_*'``) trains on pseudo-pairs sampled from both
     models; PAD (the rest) trains on n student samples with both models loaded."""
-    if "teacher_dpo" in values:
-        return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2, "mcq": False,
-                "teacher_in_training": False}
-    if str(values.get("loss", "")).startswith("plad"):
-        return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True}
+    if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
+        return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
+                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False,
+                "training_head_chunked": False}
+    if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
+        return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True, "teacher_scores": False,
+                "teacher_in_training": False, "training_head_chunked": values.get("loss") != "plad_margin"}
     return {}
 
 
@@ -611,8 +623,8 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     student_w = weight_bytes(student, b, shape.student_quantization, kbit_prepared=kbit_student)
     student_weights = sum(student_w.values())
     teacher_weights = sum(weight_bytes(teacher, b, shape.quantization).values()) if teacher else 0
-    if teacher_ref is not None:
-        teacher_weights += sum(weight_bytes(teacher_ref, b, shape.quantization).values())
+    if teacher_ref is not None:  # scored after the first teacher is freed: the larger one is resident
+        teacher_weights = max(teacher_weights, sum(weight_bytes(teacher_ref, b, shape.quantization).values()))
     if fsdp and not shape.lora:
         student_weights //= world
     common = {"student_weights": student_weights, "teacher_weights": teacher_weights}
@@ -624,7 +636,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     # sampling: n responses per prompt, batched generate with a KV cache
     seqs = shape.sampling_batch_size * shape.samples_per_prompt
     phases["sampling"] = {
-        **common,
+        **(common if shape.teacher_in_sampling else dict(common, teacher_weights=0)),
         "kv_cache": kv_cache_bytes(student, seqs, shape.train_seq_len, b),
         "prefill_layer": forward_transient_bytes(student, seqs, shape.prompt_tokens, b),
         "next_token_logits": seqs * student.vocab * (4 + b),
@@ -640,7 +652,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         }
     # teacher scoring: likelihood pass (head on a chunk of response positions), then the longer MCQ pass (head on
     # the last position only); the scorers' chunk is $WORKBENCH_LOGITS_CHUNK as training's, else SCORING_CHUNK
-    if teacher is not None:
+    if teacher is not None and shape.teacher_scores:
         response_tokens = shape.max_new_tokens + 1
         passes = {"likelihood": (shape.train_seq_len, min(shape.logits_chunk or SCORING_CHUNK, response_tokens))}
         if shape.mcq:
@@ -671,15 +683,15 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     per_layer = layer_activation_bytes(student, seq_len, act_b, frozen_base=frozen,
                                        lora_r=shape.lora_r if shape.lora else None, lora_dropout=shape.lora_dropout,
                                        mask_bytes=1 if cuda else 4)
-    chunked = bool(shape.logits_chunk)
+    head_chunk = shape.logits_chunk if shape.training_head_chunked else None
+    chunked = bool(head_chunk)
     final = final_activation_bytes(student, act_b, frozen_base=frozen, chunked=chunked)
     if shape.gradient_checkpointing:  # layer inputs saved; one layer's activations exist again in its backward
         activations = tokens * (student.layers * checkpointed_layer_bytes(student, act_b) + final)
         recomputed = tokens * per_layer
     else:
         activations, recomputed = tokens * (student.layers * per_layer + final), 0
-    logits = logits_peak_bytes(seqs, seq_len, student.vocab, act_b, chunk=shape.logits_chunk,
-                               checkpointed_chunks=chunked)
+    logits = logits_peak_bytes(seqs, seq_len, student.vocab, act_b, chunk=head_chunk, checkpointed_chunks=chunked)
     transient = backward_transient_bytes(student, tokens, act_b)
     ddp_buckets = grads if shape.strategy == "ddp" and world > 1 else 0
     base = {**in_training, "optimizer_states": states}
@@ -707,7 +719,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         "prompt_tokens": shape.prompt_tokens, "max_new_tokens": shape.max_new_tokens,
         "teacher_quantization": shape.quantization, "student_quantization": shape.student_quantization,
         "lora": shape.lora, "gradient_checkpointing": shape.gradient_checkpointing,
-        "logits_chunk": shape.logits_chunk, "teacher_cached": shape.teacher_cached,
+        "logits_chunk": shape.logits_chunk, "training_head_chunked": chunked, "teacher_cached": shape.teacher_cached,
         "strategy": shape.strategy, "world_size": world, "training_peak_at": worst,
         "vllm_engines": shape.vllm_engines, "vllm_gpu_memory": shape.vllm_gpu_memory or VLLM_DEFAULT_GPU_SHARE,
     }
@@ -836,7 +848,8 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
         if shape.teacher_generates:
             teacher_bytes = sum(weight_bytes(teacher, b, shape.quantization).values())
             stages["teacher_sampling"] = batches * shape.max_new_tokens * teacher_bytes / bandwidth
-        stages["teacher_scoring"] = 2 * teacher.params * teacher_tokens * (2 if shape.teacher_ref else 1) / flops
+        if shape.teacher_scores:
+            stages["teacher_scoring"] = 2 * teacher.params * teacher_tokens * (2 if shape.teacher_ref else 1) / flops
     per_token = (4 if shape.lora else 6) + (2 if shape.gradient_checkpointing else 0)
     stages["training"] = per_token * student.params * prompts * shape.n * seq_len / flops
     hours = {k: iterations * v / 3600 for k, v in stages.items()}

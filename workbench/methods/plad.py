@@ -51,7 +51,7 @@ from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, chec
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
-from workbench.trainers import set_threads, train_distill
+from workbench.trainers import set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.plad")
 
@@ -215,6 +215,7 @@ class PladObjective:
     length_normalize: bool = True
     score_ngram_orders: tuple[int, ...] = (1,)
     sft_weight: float = 0.0
+    logits_chunk: int | None = None  # the ranking loss's chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
 
     def __post_init__(self):
         self.loss_fn = get_loss(self.loss)
@@ -227,10 +228,13 @@ class PladObjective:
 
     def __call__(self, model, inputs):
         margin = self.loss == "plad_margin"
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                    output_hidden_states=margin)
-        token_logps = gather_token_logps(out.logits[:, :-1], inputs["input_ids"][:, 1:])  # (2B, L-1)
-        mask = inputs["response_mask"][:, 1:]
+        if margin:  # Eq. 5 also reads the student's last-layer states: one full forward
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        output_hidden_states=True)
+            token_logps = gather_token_logps(out.logits[:, :-1], inputs["input_ids"][:, 1:])  # (2B, L-1)
+            mask = inputs["response_mask"][:, 1:]
+        else:  # through the chunked head when logits_chunk is set: no (2B, L, V) logits kept for backward
+            token_logps, mask = student_token_logps(model, inputs, logits_chunk=self.logits_chunk)  # (2B, L-1)
         logps = self.sequence_logps(token_logps, mask)  # (2B,)
         chosen_logps, rejected_logps = logps.chunk(2)  # (B,), (B,)
         if margin:
