@@ -3,7 +3,9 @@
 By default it chooses each method's learning rate (``workbench.methods.common.GYM_LR``): every method is trained at
 each rate of the grid (the harness's defaults otherwise) and evaluated by the harness on validation prompts
 (``EvalConfig(split="validation")``, never the table's test prompts); a method whose best rate is at an end of the grid
-is also tried one step further. ``--param NAME --grid V ...`` sweeps any other config field the same way (e.g. the
+is also tried one step further. ``changed`` lists a method only when its best value beats the current one by more than
+the seed noise (paired by seed, the 95% CI of the difference above 0: :func:`versus_current`); a lead inside the noise
+keeps the current setting. ``--param NAME --grid V ...`` sweeps any other config field the same way (e.g. the
 ADPA family's ``alpha`` / ``gamma``; no extension past the grid's ends). Prints JSON: the mean validation gold per
 value (over ``--seeds``) and the best value per method. Runs are saved under ``--runs-dir`` and reused.
 
@@ -56,6 +58,26 @@ def sweep(methods, runs_dir: str, seeds=(0,), eval_prompts: int = 128, overrides
     return out
 
 
+def versus_current(runs_dir: str, method: str, param: str, best, current, seeds) -> dict | None:
+    """The best value against the current one, paired by seed: mean validation-gold difference ± 95% CI and whether
+    to change. The rule: change only when the CI lies above 0 — a lead inside the seed noise keeps the current
+    setting (a tie), so re-tuning does not churn settings on noise. None when ``current`` was not in the sweep."""
+    from workbench.compare import load_records
+    from workbench.evaluate import mean_ci
+
+    if best == current:
+        return {"diff": 0.0, "ci95": 0.0, "change": False}
+    gold = {(r["label"], r["seed"]): r["harness"]["gold"]["mean"] for r in load_records(runs_dir)}
+    best_label, current_label = f"{method}[{param}={best}]", f"{method}[{param}={current}]"
+    pairs = [gold[(best_label, s)] - gold[(current_label, s)] for s in seeds
+             if (best_label, s) in gold and (current_label, s) in gold]
+    if not pairs:
+        return None
+    diff = mean_ci(pairs)
+    return {"diff": round(diff["mean"], 4), "ci95": round(diff["ci95"], 4),
+            "change": bool(diff["mean"] - diff["ci95"] > 0)}
+
+
 def _value(text: str):
     """A grid value from the command line: int, float, bool or string, as papermill would read it."""
     for cast in (int, float):
@@ -94,9 +116,13 @@ def main(argv=None) -> None:
         result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param,
                        grid=a.grid)
     current = {m: method_defaults(m).get(a.param, "the method's config default") for m in a.methods}
+    for m, r in result.items():
+        r["vs_current"] = versus_current(a.runs_dir, m, a.param, r["best"], current[m], a.seeds)
     print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "fixed": fixed, "current": current,
                       "methods": result,
-                      "changed": {m: r["best"] for m, r in result.items() if r["best"] != current[m]}}, indent=1))
+                      "changed": {m: r["best"] for m, r in result.items()
+                                  if r["best"] != current[m] and (r["vs_current"] or {}).get("change", True)}},
+                     indent=1))
 
 
 if __name__ == "__main__":

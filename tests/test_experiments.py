@@ -134,6 +134,29 @@ def test_the_sweep_command_line_refuses_what_it_cannot_run(argv, message, capsys
     assert message in capsys.readouterr().err
 
 
+def test_a_setting_changes_only_when_the_best_beats_it_beyond_the_seed_noise(tmp_path):
+    """The decision rule of the tuning experiment on hand-made records: paired by seed, change only when the 95% CI
+    of the difference lies above 0."""
+    versus_current = _experiment("gym_tune").versus_current
+
+    def write(label, golds):
+        for seed, gold in enumerate(golds):
+            folder = tmp_path / label / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "record.json").write_text(json.dumps({"label": label, "seed": seed,
+                                                            "harness": {"gold": {"mean": gold}}}))
+
+    write("kd[lr=0.0001]", [0.80, 0.85, 0.90])
+    write("kd[lr=0.0003]", [0.82, 0.87, 0.92])  # +0.02 on every seed: a real lead
+    write("kd[lr=0.001]", [0.83, 0.84, 0.91])  # +0.01 on average, but not on every seed: noise
+    clear = versus_current(str(tmp_path), "kd", "lr", 0.0003, 0.0001, [0, 1, 2])
+    assert clear["diff"] == pytest.approx(0.02) and clear["change"]
+    noisy = versus_current(str(tmp_path), "kd", "lr", 0.001, 0.0001, [0, 1, 2])
+    assert noisy["diff"] == pytest.approx(0.01) and not noisy["change"]
+    assert versus_current(str(tmp_path), "kd", "lr", 0.0001, 0.0001, [0, 1, 2])["change"] is False
+    assert versus_current(str(tmp_path), "kd", "lr", 0.0003, 0.003, [0, 1, 2]) is None  # current never swept
+
+
 def test_grid_values_are_read_as_papermill_would():
     value = _experiment("gym_tune")._value
     assert [value(v) for v in ("3", "1e-4", "0.5", "True", "cyclic")] == [3, 1e-4, 0.5, True, "cyclic"]
