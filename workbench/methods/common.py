@@ -72,8 +72,9 @@ HELD_OUT_SEED = 1000  # every method evaluates on the same held-out prompts
 # 0.850 / 0.842 (3e-5: 0.858); adpa+ 0.877 / 0.857 / 0.841 / 0.831 (3e-5: 0.867); adpa_no_ref 0.906 / 0.899 / 0.888 /
 # 0.889 (3e-5: 0.891); q_argmax 0.556 / 0.590 / 0.592 / 0.602 (1e-2: 0.576); q_softmax 0.205 / 0.266 / 0.291 / 0.320
 # (1e-2: 0.302). Differences under ~0.01 are within one seed's noise. Re-checked at stop 14 on validation seeds 0-2
-# (``python experiments/gym_tune.py --seeds 0 1 2 --methods <the 16 table methods>``; results/gym_tune/lr_seeds_0-2.json):
-# 8 of 16 methods have the same best rate; for the other 8 the 3-seed best leads the rate above by less than the seed
+# (``python experiments/gym_tune.py --seeds 0 1 2 --methods <the 16 table methods>``;
+# results/gym_tune/lr_seeds_0-2.json):
+# 8 of 16 methods have the same best rate; for the other 8 the 3-seed best leads the current rate by less than the seed
 # noise (paired by seed, 95% CI of the difference reaching 0; largest sft +0.021 ± 0.058 at 3e-4, dpo +0.014 ± 0.052
 # at 1e-4), so no rate changed. (On the v1 gym the rates were 1e-4 to 3e-3 higher for the baselines: its student was
 # weak enough that larger steps helped.)
