@@ -172,8 +172,9 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
 
 
 def main(argv=None, pipeline: str | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    description = __doc__.split("\n\n")[0] if pipeline is None else \
+        f"{pipeline.upper()} training as a script: python -m workbench.train --pipeline {pipeline}"
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", help="a papermill parameters file (recipes/*.yaml)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one parameter, as papermill's -p")
