@@ -167,6 +167,10 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
         if save_model:
             run.model.save_pretrained(out / "student")
             run.tokenizer.save_pretrained(out / "student")
+        losses = [e["loss"] for e in run.history if "loss" in e and "train_runtime" not in e]
+        logger.info("%s trained in %d process(es), %.0f s: %d logged steps, loss %s -> %s; outputs in %s", pipeline,
+                    state.num_processes, time.perf_counter() - started, len(losses),
+                    f"{losses[0]:.4g}" if losses else "-", f"{losses[-1]:.4g}" if losses else "-", out)
     state.wait_for_everyone()
     return run.history
 
