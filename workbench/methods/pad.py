@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from workbench.cache import tokenizer_fingerprint
-from workbench.distributed import batch_shard, gather_in_order, is_distributed
+from workbench.distributed import is_distributed, map_in_shards
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
@@ -325,32 +325,26 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
     the same rewards up to the float rounding of differently composed scoring batches. Each process caches only
     its own shard (race-free on a shared filesystem).
     """
-    shard = batch_shard(len(prompt_texts), cfg.sampling_batch_size, state)
-    if is_distributed(state):
-        logger.info("process %d of %d: sampling and scoring prompts [%d, %d) of %d (from batch %d)",
-                    state.process_index, state.num_processes, shard.start, shard.stop, len(prompt_texts),
-                    shard.first_batch)
-    records = []
-    if len(shard):
-        source = student
-        if cfg.sampling_backend == "vllm":
-            source = vllm_student_source(cfg, student, student_tok, round_, state)
+    source = student
+    if cfg.sampling_backend == "vllm":  # every process: the round's weights are saved once, behind a barrier
+        source = vllm_student_source(cfg, student, student_tok, round_, state)
+
+    def sample_and_score_shard(shard_prompts, first_batch):
         # batch b of the whole list is seeded seed + b; this shard starts at batch first_batch
-        seed = cfg.seed * 1000 + round_ + shard.first_batch
-        samples = sample_responses(source, student_tok, prompt_texts[shard.start : shard.stop], n=cfg.n,
-                                   temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                   batch_size=cfg.sampling_batch_size, seed=seed, backend=cfg.sampling_backend,
+        samples = sample_responses(source, student_tok, shard_prompts, n=cfg.n, temperature=cfg.temperature,
+                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
+                                   seed=cfg.seed * 1000 + round_ + first_batch, backend=cfg.sampling_backend,
                                    engine_options=vllm_engine_options(cfg), progress=progress)
         prompts, groups = group_responses(samples)
         rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                  seed=cfg.seed + round_, first_group=shard.start, batch_size=cfg.scoring_batch_size,
-                                  backend=cfg.scoring_backend, engine_options=vllm_engine_options(cfg))
+                                  seed=cfg.seed + round_, first_group=first_batch * cfg.sampling_batch_size,
+                                  batch_size=cfg.scoring_batch_size, backend=cfg.scoring_backend,
+                                  engine_options=vllm_engine_options(cfg))
         signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
-        records = [(prompt, group, *(signal[i] for signal in signals))
-                   for i, (prompt, group) in enumerate(zip(prompts, groups))]
-    elif cfg.sampling_backend == "vllm":
-        vllm_student_source(cfg, student, student_tok, round_, state)  # takes part in the save barrier
-    merged = gather_in_order(records, shard, state)
+        return [(prompt, group, *(signal[i] for signal in signals))
+                for i, (prompt, group) in enumerate(zip(prompts, groups))]
+
+    merged = map_in_shards(sample_and_score_shard, prompt_texts, cfg.sampling_batch_size, state)
     prompts = [record[0] for record in merged]
     groups = [record[1] for record in merged]
     rewards = {name: torch.tensor([record[2 + k] for record in merged], dtype=torch.float32)
