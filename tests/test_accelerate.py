@@ -157,6 +157,29 @@ def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny
                                    rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
 
 
+@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.is_available(),
+                    reason="the CPU fallback of the FSDP config (needs the accelerate CLI and no CUDA)")
+def test_the_fsdp_config_on_cpu_says_it_runs_data_parallel_and_trains_as_one_process(tiny_gym, tmp_path):
+    """Without CUDA accelerate runs the FSDP config's processes as a CPU (gloo) group, not FSDP: the run must say so
+    (log and config.json) rather than pass for a sharded run, and still train as one process does."""
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    params = {**PARAMS, "save_rows": False}
+    _run([sys.executable, "-m", "workbench.train_pad",
+          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"),
+                          "--num_processes", "2", "--main_process_port", "29519", "-m", "workbench.train",
+                          "--pipeline", "pad", *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "asks for FSDP, but these processes run" in out.stderr
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert (config["processes"], config["distributed_type"], config["sharded_parameters"]) == (2, "MULTI_CPU", False)
+    torch.testing.assert_close(torch.tensor([e["loss"] for e in _curve(tmp_path / "two")]),
+                               torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_fsdp_loss_curve_equals_one_process(tiny_gym, tmp_path):
@@ -164,9 +187,18 @@ def test_fsdp_loss_curve_equals_one_process(tiny_gym, tmp_path):
     _run([sys.executable, "-m", "workbench.train_pad",
           *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
     _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
-          "-m", "workbench.train_pad", *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+          "-m", "workbench.train_pad", *_pad_args({**PARAMS, "batch_size": 2, "save_model": True,
+                                                  "output_dir": tmp_path / "two"})], env)
     torch.testing.assert_close(torch.tensor([e["loss"] for e in _curve(tmp_path / "two")]),
                                torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]), rtol=1e-2, atol=1e-4)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert (config["distributed_type"], config["sharded_parameters"]) == ("FSDP", True)
+    # the saved student is the whole model, gathered from the shards: it loads and has every parameter
+    from workbench.models import load
+
+    saved, _ = load(str(tmp_path / "two" / "student"), device="cpu")
+    original, _ = load("gym-tiny-student", device="cpu")
+    assert {n: p.shape for n, p in saved.named_parameters()} == {n: p.shape for n, p in original.named_parameters()}
 
 
 def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):

@@ -34,6 +34,7 @@ import argparse
 import ast
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, fields
@@ -131,6 +132,13 @@ def check_strategy(pipeline: str, cfg, state) -> None:
                          f"run's output_dir/student; ADPA+: method dckd, then method adpa from its student)")
 
 
+def full_state_dict(model) -> dict:
+    """The whole (unsharded) state dict of an FSDP2-sharded model, gathered to CPU; every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def save_rows_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w") as f:
         for row in rows:
@@ -151,21 +159,28 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     state = PartialState(cpu=not torch.cuda.is_available())
     device = "cpu" if state.device.type == "cpu" else str(state.device)
     check_strategy(pipeline, cfg, state)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and "FSDP" not in str(state.distributed_type):
+        logger.warning("the accelerate config asks for FSDP, but these processes run %s (no CUDA): data parallel, "
+                       "every process holds the whole student", state.distributed_type)
     cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
     started = time.perf_counter()
     run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
+    sharded = any(type(p).__name__ == "DTensor" for p in run.model.parameters())  # FSDP2 shards the student
+    weights = full_state_dict(run.model) if save_model and sharded else None  # collective: every process
     if state.is_main_process:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(run.history, indent=2, default=float))
         (out / "config.json").write_text(json.dumps(
             {**asdict(cfg), "pipeline": pipeline, "processes": state.num_processes,
+             "distributed_type": str(state.distributed_type).rsplit(".", 1)[-1],
+             "sharded_parameters": sharded,
              "seconds": time.perf_counter() - started, **run.info}, indent=2, default=str))
         if save_rows:
             for name, rows in run.rows.items():
                 save_rows_jsonl(out / f"rows_{name}.jsonl", rows)
         if save_model:
-            run.model.save_pretrained(out / "student")
+            run.model.save_pretrained(out / "student", state_dict=weights)
             run.tokenizer.save_pretrained(out / "student")
         losses = [e["loss"] for e in run.history if "loss" in e and "train_runtime" not in e]
         logger.info("%s trained in %d process(es), %.0f s: %d logged steps, loss %s -> %s; outputs in %s", pipeline,
