@@ -76,6 +76,7 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     config = json.loads((out / "config.json").read_text())
     assert (config["pipeline"], config["processes"], config["method"]) == ("adpa", 1, "adpa")
     assert [stage["stage"] for stage in config["stages"]] == ["adpa"]
+    assert config["training"]["adpa"]["logged_steps"] == 2  # methods.common.training_summary of the log
     history = json.loads((out / "history.json").read_text())
     assert sum("loss" in e and "train_runtime" not in e for e in history) == 2
     rows = [json.loads(line) for line in (out / "rows_states_adpa.jsonl").read_text().splitlines()]

@@ -123,9 +123,14 @@ def samples_a_trained_student(pipeline: str, cfg) -> bool:
     return False
 
 
+def strategy_name(state) -> str:
+    """accelerate's distributed type of this run by name: ``FSDP``, ``MULTI_GPU``, ``MULTI_CPU``, ``NO``..."""
+    return str(state.distributed_type).rsplit(".", 1)[-1]
+
+
 def check_strategy(pipeline: str, cfg, state) -> None:
     """Refuse, before any model loads, a run that FSDP cannot serve (:func:`samples_a_trained_student`)."""
-    if "FSDP" in str(state.distributed_type) and samples_a_trained_student(pipeline, cfg):
+    if strategy_name(state) == "FSDP" and samples_a_trained_student(pipeline, cfg):
         raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its student after training it, "
                          f"which FSDP has sharded across the processes: launch with accelerate/ddp.yaml (LoRA, or a "
                          f"student that fits one GPU), or split the run (PAD: one iteration per run from the last "
@@ -150,6 +155,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     write the outputs from the main process and return the training log."""
     from accelerate import PartialState
 
+    from workbench.methods.common import training_summary
     from workbench.trainers import set_threads
 
     import torch
@@ -159,33 +165,35 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     state = PartialState(cpu=not torch.cuda.is_available())
     device = "cpu" if state.device.type == "cpu" else str(state.device)
     check_strategy(pipeline, cfg, state)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and "FSDP" not in str(state.distributed_type):
+    strategy = strategy_name(state)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and strategy != "FSDP":
         logger.warning("the accelerate config asks for FSDP, but these processes run %s (no CUDA): data parallel, "
-                       "every process holds the whole student", state.distributed_type)
+                       "every process holds the whole student", strategy)
     cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
     started = time.perf_counter()
     run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
     sharded = any(type(p).__name__ == "DTensor" for p in run.model.parameters())  # FSDP2 shards the student
     weights = full_state_dict(run.model) if save_model and sharded else None  # collective: every process
     if state.is_main_process:
+        training = training_summary(run.history)
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(run.history, indent=2, default=float))
         (out / "config.json").write_text(json.dumps(
             {**asdict(cfg), "pipeline": pipeline, "processes": state.num_processes,
-             "distributed_type": str(state.distributed_type).rsplit(".", 1)[-1],
-             "sharded_parameters": sharded,
-             "seconds": time.perf_counter() - started, **run.info}, indent=2, default=str))
+             "distributed_type": strategy, "sharded_parameters": sharded,
+             "seconds": time.perf_counter() - started, "training": training, **run.info}, indent=2, default=str))
         if save_rows:
             for name, rows in run.rows.items():
                 save_rows_jsonl(out / f"rows_{name}.jsonl", rows)
         if save_model:
             run.model.save_pretrained(out / "student", state_dict=weights)
             run.tokenizer.save_pretrained(out / "student")
-        losses = [e["loss"] for e in run.history if "loss" in e and "train_runtime" not in e]
-        logger.info("%s trained in %d process(es), %.0f s: %d logged steps, loss %s -> %s; outputs in %s", pipeline,
-                    state.num_processes, time.perf_counter() - started, len(losses),
-                    f"{losses[0]:.4g}" if losses else "-", f"{losses[-1]:.4g}" if losses else "-", out)
+        stages = "; ".join(f"{stage}: {t['logged_steps']} logged steps, loss {t['loss_first']:.4g} -> "
+                           f"{t['loss_last']:.4g}" if "loss_first" in t else f"{stage}: no loss logged"
+                           for stage, t in training.items())
+        logger.info("%s trained in %d process(es), %.0f s (%s); outputs in %s", pipeline, state.num_processes,
+                    time.perf_counter() - started, stages, out)
     state.wait_for_everyone()
     return run.history
 
