@@ -12,12 +12,19 @@ own inputs (its prompts and first-batch seed), so no two processes ever write th
 waits for another to fill one; the merged result is not cached. A rerun with the same number of processes hits
 every shard's entry; a run with another number of processes (or one process) computes its own shards once.
 With one process (``state`` None or a single process) nothing is split and nothing is gathered.
+
+Resuming (a preempted full-size run): a shard is computed in pieces of whole batches, about
+``$WORKBENCH_STAGE_CHUNK`` items each (default 1024), and each piece is cached under the key of its own inputs as it
+finishes, so a rerun of a stage that was interrupted recomputes only the pieces it had not finished. Pieces are cut
+on batch boundaries and keep their batches' seeds, so they reproduce the shard exactly; a stage of at most one
+piece per process (every gym run) is one call, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,17 +89,51 @@ def gather_in_order(rows: list, shard: Shard, state=None) -> list[Any]:
     return [row for _, row in pairs]
 
 
-def map_in_shards(compute, items: Sequence, batch_size: int, state=None) -> list[Any]:
+STAGE_CHUNK_ENV = "WORKBENCH_STAGE_CHUNK"
+STAGE_CHUNK_DEFAULT = 1024
+
+
+def stage_chunk_items() -> int:
+    """Items per resumable piece of a stage: ``$WORKBENCH_STAGE_CHUNK`` (default 1024)."""
+    raw = os.environ.get(STAGE_CHUNK_ENV, "").strip()
+    if not raw:
+        return STAGE_CHUNK_DEFAULT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${STAGE_CHUNK_ENV}={raw!r}; use a number of items per resumable piece, e.g. 1024")
+    return value
+
+
+def shard_pieces(shard: Shard, batch_size: int, chunk_items: int) -> list[Shard]:
+    """``shard`` cut into consecutive pieces of whole batches, each at most ``max(1, chunk_items // batch_size)``
+    batches (at least one batch per piece); every piece names its own first global batch."""
+    per_piece = max(1, chunk_items // batch_size) * batch_size
+    return [Shard(start, min(shard.stop, start + per_piece), shard.first_batch + (start - shard.start) // batch_size)
+            for start in range(shard.start, shard.stop, per_piece)]
+
+
+def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_items: int | None = None) -> list[Any]:
     """``compute`` over this process's shard of ``items`` (whole batches), merged in item order on every process.
 
-    ``compute(shard_items, first_batch)`` returns one picklable row per item; ``first_batch`` is the global index of
-    the shard's first batch, so a stage that seeds batch b with ``seed + b`` passes ``seed + first_batch`` and
-    reproduces the batches one process computes. A process whose shard is empty does not call ``compute`` (so it
+    ``compute(piece_items, first_batch)`` returns one picklable row per item; ``first_batch`` is the global index of
+    the piece's first batch, so a stage that seeds batch b with ``seed + b`` passes ``seed + first_batch`` and
+    reproduces the batches one process computes. The shard is computed in pieces of about ``chunk_items`` items
+    (default :func:`stage_chunk_items`), one ``compute`` call each, so a stage that caches per call resumes after an
+    interruption from its last finished piece. A process whose shard is empty does not call ``compute`` (so it
     loads no model) but still takes part in the gather.
     """
     shard = batch_shard(len(items), batch_size, state)
     if is_distributed(state):
         logger.info("process %d of %d: items [%d, %d) of %d (from batch %d)", state.process_index,
                     state.num_processes, shard.start, shard.stop, len(items), shard.first_batch)
-    rows = list(compute(list(items[shard.start : shard.stop]), shard.first_batch)) if len(shard) else []
+    pieces = shard_pieces(shard, batch_size, chunk_items or stage_chunk_items()) if len(shard) else []
+    rows: list[Any] = []
+    for number, piece in enumerate(pieces):
+        rows += list(compute(list(items[piece.start : piece.stop]), piece.first_batch))
+        if len(pieces) > 1:
+            logger.info("items [%d, %d) of %d done (piece %d of %d, cached: a rerun resumes after it)",
+                        piece.start, piece.stop, len(items), number + 1, len(pieces))
     return gather_in_order(rows, shard, state)

@@ -22,6 +22,7 @@ memory while the student trains.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -272,11 +273,10 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def teacher_topk_by_name(
+@contextlib.contextmanager
+def topk_teacher(
     teacher_name: str,
     student_tokenizer,
-    prompts: Sequence[PromptLike],
-    responses: Sequence[str],
     *,
     k: int = TOPK_DEFAULT,
     quantization: str | None = None,
@@ -287,31 +287,56 @@ def teacher_topk_by_name(
     backend: str = "hf",
     engine_options: dict | None = None,
     device: str | None = None,
-) -> TopkCache:
-    """Load ``teacher_name`` (on ``device``: default CUDA when available), cache its top-k on the texts, free it,
-    and return the cache.
+):
+    """Yields ``topk(prompts, responses) -> TopkCache`` for the teacher ``teacher_name``, loaded (on ``device``:
+    default CUDA when available) at the first call only and freed when the block ends.
 
-    The teacher lives only inside this call, so a student can train afterwards with the teacher out of memory
-    (the point of the cache; ADPA App. G "precomputing the log probabilities"). ``backend="vllm"``: a vLLM engine
-    serves the teacher instead (:func:`vllm_teacher_topk`) and is released afterwards.
+    A stage computed in resumable pieces (:func:`workbench.distributed.map_in_shards`) calls it once per piece
+    with one teacher in memory throughout; nothing is loaded when the block never calls it. ``backend="vllm"``: a
+    vLLM engine serves the teacher instead (:func:`vllm_teacher_topk`) and is released when the block ends.
     """
     from workbench.models import load, load_tokenizer, resolve
     from workbench.sampling import release_vllm_engines
     from workbench.scoring import check_scoring_backend
 
     check_scoring_backend(backend)
-    if backend == "vllm":
-        source = str(resolve(teacher_name))
-        try:
-            return vllm_teacher_topk(source, load_tokenizer(source), student_tokenizer, prompts, responses,
-                                     k=k, engine_options=engine_options, cache=cache, progress=progress)
-        finally:
-            release_vllm_engines(source)
+    held: list = []  # [(teacher or vLLM source, its tokenizer)] once loaded
 
-    teacher, teacher_tokenizer = load(teacher_name, quantization=quantization, device=device)
-    try:
+    def topk(prompts: Sequence[PromptLike], responses: Sequence[str]) -> TopkCache:
+        if not held:
+            if backend == "vllm":
+                source = str(resolve(teacher_name))
+                held.append((source, load_tokenizer(source)))
+            else:
+                held.append(load(teacher_name, quantization=quantization, device=device))
+        teacher, teacher_tokenizer = held[0]
+        if backend == "vllm":
+            return vllm_teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
+                                     engine_options=engine_options, cache=cache, progress=progress)
         return teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
                             batch_size=batch_size, cache=cache, progress=progress, logits_chunk=logits_chunk)
+
+    try:
+        yield topk
     finally:
-        del teacher
+        if held and backend == "vllm":
+            release_vllm_engines(held[0][0])
+        held.clear()
         release_memory()
+
+
+def teacher_topk_by_name(
+    teacher_name: str,
+    student_tokenizer,
+    prompts: Sequence[PromptLike],
+    responses: Sequence[str],
+    **options,
+) -> TopkCache:
+    """Load ``teacher_name``, cache its top-k on the texts, free it, and return the cache (``options``: those of
+    :func:`topk_teacher`).
+
+    The teacher lives only inside this call, so a student can train afterwards with the teacher out of memory
+    (the point of the cache; ADPA App. G "precomputing the log probabilities").
+    """
+    with topk_teacher(teacher_name, student_tokenizer, **options) as topk:
+        return topk(prompts, responses)

@@ -26,6 +26,10 @@ Outputs (main process) in ``output_dir``: ``history.json`` (the training log: lo
 config, the pipeline, the process count, seconds and the run's facts: ADPA's stage diagnostics, PLaD's pair counts),
 with ``-p save_rows true`` the rows it trained on (``rows_<name>.jsonl``: PAD ``round<k>``, ADPA ``states_<stage>``,
 PLaD ``pairs``) and, unless ``save_model`` is false, the trained student under ``output_dir/student``.
+
+An interrupted run resumes when the same command is run again: the sampling and scoring stages from their cached
+pieces (:mod:`workbench.distributed`), and with ``-p save_steps N`` (the PAD and PLaD recipes set it) the training
+from its newest checkpoint in ``output_dir/checkpoints`` (:class:`workbench.trainers.Checkpoints`).
 """
 
 from __future__ import annotations

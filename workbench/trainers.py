@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import datasets
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from workbench.encoding import collate_examples
 
@@ -130,20 +131,101 @@ def train_sft(
     max_length: int | None = None,
     progress: bool = True,
     collator=None,
+    checkpoints: "Checkpoints | None" = None,
     **overrides,
 ) -> list[dict]:
     """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history.
 
-    ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own)."""
+    ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own);
+    ``checkpoints`` makes the call resumable (:class:`Checkpoints`)."""
     missing = {"prompt", "response"} - set(rows.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                              **overrides)
+                              **(checkpoints.arguments() if checkpoints else {}), **overrides)
     trainer = quiet_logs(Trainer(model=model, args=args, train_dataset=rows,
                                  data_collator=collator or ResponseCollator(tokenizer, max_length)), progress)
-    trainer.train()
-    model.eval()
+    return fit(trainer, checkpoints)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Resumable training: ``Trainer``'s own checkpoints (weights or LoRA adapter, optimizer, scheduler, RNG states,
+    the data position, the log so far) every ``every`` optimizer steps and at the end, under ``folder``; a training
+    call that finds one there resumes from the newest complete one. Each training call of a run (a PAD round, an
+    ADPA stage) gets its own sub-folder (:meth:`stage`), so a rerun passes through finished calls (their final
+    weights are loaded, no step is repeated) and resumes the one that was cut short."""
+
+    folder: Path
+    every: int
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError(f"save_steps={self.every}; checkpoints need a positive number of optimizer steps")
+
+    def stage(self, name: str) -> "Checkpoints":
+        return replace(self, folder=Path(self.folder) / name)
+
+    def arguments(self) -> dict:
+        """``TrainingArguments`` that save here: every ``every`` steps and at the last, keeping the newest only
+        (the older one is deleted only after the newer is written)."""
+        return {"output_dir": str(self.folder), "save_strategy": "steps", "save_steps": self.every,
+                "save_total_limit": 1}
+
+    def latest(self) -> str | None:
+        """The newest complete checkpoint folder (``Trainer`` writes ``trainer_state.json`` last, the objective's
+        state after it), or None; a folder cut short by a crash mid-save is skipped with a warning."""
+        folder = Path(self.folder)
+        found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                       if p.name.split("-")[-1].isdigit() else -1)
+        for candidate in reversed(found):
+            if (candidate / "trainer_state.json").exists() and (candidate / OBJECTIVE_STATE).exists():
+                return str(candidate)
+            logger.warning("skipping incomplete checkpoint %s (cut short while saving)", candidate)
+        return None
+
+
+OBJECTIVE_STATE = "objective_state.pt"
+
+
+class ObjectiveStateCallback(TrainerCallback):
+    """Saves the objective's own state (e.g. the generator PAD's decomposition draws groups from) into each
+    checkpoint, so a resumed run draws what the uninterrupted run draws; objectives without state save ``{}``."""
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            state_dict = self.objective.state_dict() if hasattr(self.objective, "state_dict") else {}
+            torch.save(state_dict, folder / (OBJECTIVE_STATE + ".tmp"))
+            (folder / (OBJECTIVE_STATE + ".tmp")).replace(folder / OBJECTIVE_STATE)
+
+
+def fit(trainer, checkpoints: Checkpoints | None = None, objective=None) -> list[dict]:
+    """``trainer.train()``, resumed from the newest complete checkpoint in ``checkpoints`` when there is one;
+    returns the whole log history (a resumed run's includes the steps before the interruption)."""
+    resume = checkpoints.latest() if checkpoints else None
+    if checkpoints:
+        trainer.add_callback(ObjectiveStateCallback(objective))
+    if resume:
+        from transformers import TrainerState
+
+        saved = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        if saved.global_step >= trainer.args.max_steps:
+            # a finished call: its final weights, no step (Trainer's resume would take one more step when the
+            # last epoch is partial); the private loader is the one Trainer's resume uses (full, sharded, LoRA)
+            logger.info("finished before: loading its final weights from %s", resume)
+            trainer._load_from_checkpoint(resume)
+            trainer.state = saved
+            trainer.model.eval()
+            return trainer.state.log_history
+        logger.info("resuming from %s (step %d of %d)", resume, saved.global_step, trainer.args.max_steps)
+        if objective is not None and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(torch.load(Path(resume) / OBJECTIVE_STATE, weights_only=False))
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.model.eval()
     return trainer.state.log_history
 
 
@@ -289,12 +371,12 @@ class DistillTrainer(Trainer):
 
 
 def train_distill(model, rows: datasets.Dataset, collator, objective, *, steps: int, lr: float,
-                  batch_size: int, seed: int = 0, progress: bool = True, **overrides) -> list[dict]:
-    """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history."""
+                  batch_size: int, seed: int = 0, progress: bool = True, checkpoints: Checkpoints | None = None,
+                  **overrides) -> list[dict]:
+    """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history. ``checkpoints`` makes the
+    call resumable (:class:`Checkpoints`)."""
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                              **overrides)
+                              **(checkpoints.arguments() if checkpoints else {}), **overrides)
     trainer = quiet_logs(DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
                                         objective=objective), progress)
-    trainer.train()
-    model.eval()
-    return trainer.state.log_history
+    return fit(trainer, checkpoints, objective)

@@ -48,12 +48,13 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
-                                     gold_of, gym_prompts, held_out_evaluation, no_gold_evaluation, preference_splits,
-                                     resolve_lr, training_summary, vllm_engine_options)
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
+                                     check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
+                                     loaded_once, no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
+                                     training_summary, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
-from workbench.topk_cache import TOPK_DEFAULT, TopkCache, release_memory, teacher_topk_by_name
+from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
 from workbench.trainers import set_threads, train_distill, train_sft
 
 logger = logging.getLogger("workbench.adpa")
@@ -197,6 +198,7 @@ class AdpaConfig:
                 "each teacher served by a vLLM engine for its cache, released afterwards)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"})
+    save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/adpa"
     progress: bool = True
 
@@ -224,6 +226,7 @@ class AdpaConfig:
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
         check_dataset_options(self)
         check_vllm_options(self)
+        check_save_steps(self)
         self.lr = resolve_lr(self.lr, self.method)
         self.dckd_lr = self.lr if self.dckd_lr is None else resolve_lr(self.dckd_lr, "dckd")
 
@@ -406,39 +409,39 @@ class RunContext:
     state: object = None
     device: str | None = None
     states: dict[str, list[str]] = field(default_factory=dict)  # stage name → its ŷ, one per pair
+    checkpoints: object = None  # the run's Checkpoints (save_steps > 0): each stage resumes in stage<i>-<name>/
+
+    def stage_checkpoints(self, stage: int, name: str):
+        return self.checkpoints and self.checkpoints.stage(f"stage{stage}-{name}")
 
 
 def _sampled_states(ctx: RunContext, stage: int, model_of: Callable[[], tuple]) -> list[str]:
-    """One ŷ per training prompt from the model ``model_of()`` returns as (model, tokenizer, owned), in shards of
-    whole sampling batches (batch b seeded ``seed·1000 + stage + b`` however the prompts are sharded); an owned
-    model is freed after its shard."""
+    """One ŷ per training prompt from the model ``model_of()`` returns as (model, tokenizer), in shards of whole
+    sampling batches (batch b seeded ``seed·1000 + stage + b`` however the prompts are sharded); the model is
+    loaded at the first piece of this process's shard and let go after the last (a loaded teacher is freed)."""
     cfg = ctx.cfg
+    with loaded_once(model_of) as model_and_tokenizer:
 
-    def sample(prompts, first_batch):
-        model, tokenizer, owned = model_of()
-        try:
+        def sample(prompts, first_batch):
+            model, tokenizer = model_and_tokenizer()
             return sample_responses(model, tokenizer, prompts, n=1, temperature=cfg.temperature,
                                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
                                     seed=cfg.seed * 1000 + stage + first_batch, progress=cfg.progress)["response"]
-        finally:
-            if owned:
-                del model
-                release_memory()
 
-    return map_in_shards(sample, list(ctx.pairs["prompt"]), cfg.sampling_batch_size, ctx.state)
+        return map_in_shards(sample, list(ctx.pairs["prompt"]), cfg.sampling_batch_size, ctx.state)
 
 
 def _student_states(ctx: RunContext, stage: int) -> list[str]:
     """ŷ ~ π_θ(·|x) from the current student (Alg. 1 line 5; Alg. 2 line 6 after DCKD)."""
-    return _sampled_states(ctx, stage, lambda: (ctx.student, ctx.tokenizer, False))
+    return _sampled_states(ctx, stage, lambda: (ctx.student, ctx.tokenizer))
 
 
 def _teacher_states(ctx: RunContext, stage: int) -> list[str]:
     """ŷ ~ π_dpo(·|x): teacher-generated states (App. E, Table 7 row 3); the teacher is freed afterwards."""
     from workbench.models import load
 
-    return _sampled_states(ctx, stage, lambda: (*load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization,
-                                                       device=ctx.device), True))
+    return _sampled_states(ctx, stage, lambda: load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization,
+                                                    device=ctx.device))
 
 
 STATE_SOURCES: dict[str, Callable[[RunContext, int], list[str]]] = {
@@ -453,8 +456,8 @@ def _train(ctx: RunContext, rows, collator, objective, steps: int, stage: int, n
            lr: float | None = None) -> None:
     cfg = ctx.cfg
     log = train_distill(ctx.student, rows, collator, objective, steps=steps, lr=lr or cfg.lr,
-                        batch_size=cfg.batch_size,
-                        seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress)
+                        batch_size=cfg.batch_size, seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio,
+                        progress=cfg.progress, checkpoints=ctx.stage_checkpoints(stage, name))
     ctx.history += [{**entry, "stage": name} for entry in log]
 
 
@@ -471,15 +474,17 @@ def _cache(ctx: RunContext, teacher: str, responses: Sequence[str]) -> TopkCache
     cfg = ctx.cfg
     name = {"dpo": cfg.teacher_dpo, "ref": cfg.teacher_ref}[teacher]
 
-    def topk(items, first_batch):
-        prompts, texts = zip(*items)
-        cache = teacher_topk_by_name(name, ctx.tokenizer, list(prompts), list(texts), k=cfg.k,
-                                     quantization=cfg.quantization, batch_size=cfg.scoring_batch_size,
-                                     progress=cfg.progress, backend=cfg.scoring_backend,
-                                     engine_options=vllm_engine_options(cfg), device=ctx.device)
-        return [(cache.ids[i], cache.logps[i], cache.tail_logps[i], cache.teacher) for i in range(len(cache))]
+    with topk_teacher(name, ctx.tokenizer, k=cfg.k, quantization=cfg.quantization,
+                      batch_size=cfg.scoring_batch_size, progress=cfg.progress, backend=cfg.scoring_backend,
+                      engine_options=vllm_engine_options(cfg), device=ctx.device) as teacher_topk:
 
-    entries = map_in_shards(topk, list(zip(ctx.pairs["prompt"], responses)), cfg.scoring_batch_size, ctx.state)
+        def topk(items, first_batch):
+            prompts, texts = zip(*items)
+            cache = teacher_topk(list(prompts), list(texts))
+            return [(cache.ids[i], cache.logps[i], cache.tail_logps[i], cache.teacher) for i in range(len(cache))]
+
+        entries = map_in_shards(topk, list(zip(ctx.pairs["prompt"], responses)), cfg.scoring_batch_size,
+                                ctx.state)
     return TopkCache([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries], k=cfg.k,
                      teacher=entries[0][3] if entries else "")
 
@@ -489,7 +494,8 @@ def _stage_sft(ctx: RunContext, stage: int) -> dict:
     cfg = ctx.cfg
     rows = datasets.Dataset.from_dict({"prompt": ctx.pairs["prompt"], "response": ctx.pairs["chosen"]})
     log = train_sft(ctx.student, ctx.tokenizer, rows, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                    seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress)
+                    seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress,
+                    checkpoints=ctx.stage_checkpoints(stage, "sft"))
     ctx.history += [{**entry, "stage": "sft"} for entry in log]
     return {"stage": "sft"}
 
@@ -580,7 +586,8 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
     pairs, _ = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
-    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], state=state, device=device)
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], state=state, device=device,
+                     checkpoints=run_checkpoints(cfg, state))
     train_stages(ctx)
     rows = {f"states_{name}": [{"prompt": p, "state": y} for p, y in zip(pairs["prompt"], hats)]
             for name, hats in ctx.states.items()}
@@ -606,7 +613,7 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
     held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED) if gym else list(held_out_pairs["prompt"])
-    ctx = RunContext(cfg, student, tokenizer, pairs, [], [])
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], checkpoints=run_checkpoints(cfg))
 
     def evaluate() -> tuple[dict | list | None, float]:
         accuracy = reward_accuracy(student, tokenizer, held_out_pairs) if len(held_out_pairs) else float("nan")

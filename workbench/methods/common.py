@@ -4,10 +4,13 @@ when one is configured, otherwise none: the run reports training metrics)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from workbench.encoding import as_messages
 
@@ -42,6 +45,71 @@ class TrainedRun:
     tokenizer: object
     rows: dict[str, list[dict]]
     info: dict
+
+
+@contextlib.contextmanager
+def loaded_once(load: Callable[[], Any]):
+    """Yields ``get()``, which returns ``load()``'s value, loading it at the first call only; when the block ends
+    the value is let go and accelerator memory released. A stage computed in resumable pieces
+    (:func:`workbench.distributed.map_in_shards`) so loads its model once, and not at all when it has no piece."""
+    held: list = []
+
+    def get():
+        if not held:
+            held.append(load())
+        return held[0]
+
+    try:
+        yield get
+    finally:
+        held.clear()
+        from workbench.topk_cache import release_memory
+
+        release_memory()
+
+
+SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "
+                   "stage) under output_dir/checkpoints; rerunning with the same settings and output_dir resumes "
+                   "from the newest (0 = no checkpoints)")
+# settings that do not change what is trained: a run may resume with other values of these
+RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples")
+
+
+def check_save_steps(cfg) -> None:
+    if cfg.save_steps < 0:
+        raise ValueError(f"save_steps={cfg.save_steps}; use a number of optimizer steps between checkpoints, or 0 "
+                         f"for none")
+
+
+def run_checkpoints(cfg, state=None):
+    """The run's :class:`workbench.trainers.Checkpoints` (``<output_dir>/checkpoints``, every ``cfg.save_steps``
+    steps), or None when ``save_steps`` is 0.
+
+    The folder records the settings of the run that made it (``run.json``); resuming with other settings would
+    mix two runs, so that is refused, naming the settings that differ and the ways out."""
+    from dataclasses import asdict
+
+    from workbench.trainers import Checkpoints
+
+    if not cfg.save_steps:
+        return None
+    folder = Path(cfg.output_dir) / "checkpoints"
+    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in RESUME_NEUTRAL},
+                                     default=str))
+    record = folder / "run.json"
+    if record.exists():
+        saved = json.loads(record.read_text())
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if changed:
+            differences = "; ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+            raise ValueError(f"{folder} holds checkpoints of a run with other settings ({differences}); resume with "
+                             f"the same settings, or start afresh in another output_dir (or delete {folder})")
+    elif state is None or state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        tmp.replace(record)
+    return Checkpoints(folder, cfg.save_steps)
 
 
 def user_text(prompt) -> str:

@@ -28,10 +28,10 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
-                                     gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher, no_gold_evaluation,
-                                     preference_splits, resolve_lr, training_summary, user_text,
-                                     vllm_engine_options)
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
+                                     check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
+                                     load_frozen_teacher, no_gold_evaluation, preference_splits, resolve_lr,
+                                     run_checkpoints, training_summary, user_text, vllm_engine_options)
 from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
                                 set_threads, student_token_logps, train_distill)
 
@@ -97,6 +97,7 @@ class PadConfig:
     seed: int = 0
     lora: bool = False
     quantization: str | None = None
+    save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/pad"
     progress: bool = True
 
@@ -113,6 +114,7 @@ class PadConfig:
         self.lr = resolve_lr(self.lr, self.gym_method)
         check_dataset_options(self)
         check_vllm_options(self)
+        check_save_steps(self)
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
@@ -250,6 +252,13 @@ class ListwiseObjective:
         self.loss_fn = get_loss(self.loss)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to draw the decomposition groups the uninterrupted run draws."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def __call__(self, model, inputs):
         from workbench.losses.pad import avg_logp_reward
 
@@ -353,12 +362,13 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
 
 
 def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
-                  state=None, progress: bool | None = None) -> RoundResult:
+                  state=None, progress: bool | None = None, checkpoints=None) -> RoundResult:
     """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
 
     ``state`` (accelerate's ``PartialState`` under ``accelerate launch``) shards sampling and scoring over the
     processes and merges the shards, so every process trains on identical rows (:func:`sample_and_score`); the
-    ``Trainer``'s distributed sampler then splits the rows' batches.
+    ``Trainer``'s distributed sampler then splits the rows' batches. ``checkpoints`` (the run's
+    :func:`~workbench.methods.common.run_checkpoints`) makes the round's training resumable, in ``round<k>/``.
     """
     progress = cfg.progress if progress is None else progress
     samples = sample_and_score(cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state,
@@ -369,7 +379,8 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
                                   logits_chunk=cfg.logits_chunk)
     log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
-                        progress=progress, **cfg.training_overrides())
+                        progress=progress, checkpoints=checkpoints and checkpoints.stage(f"round{round_}"),
+                        **cfg.training_overrides())
     return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 
@@ -412,11 +423,12 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     teacher, teacher_tok = load_teacher(cfg, device=device)
     student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device)
     prompts_text, _ = pad_prompts(cfg)
+    checkpoints = run_checkpoints(cfg, state)
     history: list[dict] = []
     rows: dict[str, list[dict]] = {}
     for round_ in range(cfg.iterations):
         log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
-                                     state=state)
+                                     state=state, checkpoints=checkpoints)
         history += log
         rows[f"round{round_}"] = round_rows(samples)
     return TrainedRun(history, student, student_tok, rows, {"prompts": len(prompts_text)})
@@ -438,10 +450,12 @@ def run_pad(cfg: PadConfig) -> RunResult:
     gold = cfg.dataset == "gym"
     train, held_out = pad_prompts(cfg)
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
+    checkpoints = run_checkpoints(cfg)
     history: list[dict] = []
     rounds = []
     for round_ in range(cfg.iterations):
-        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_)
+        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_,
+                                     checkpoints=checkpoints)
         history += log
         entry = {"round": round_, "prompts": len(samples.prompts)}
         if gold:

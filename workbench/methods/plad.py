@@ -44,10 +44,10 @@ from workbench.encoding import as_messages, collate_examples
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, TrainedRun, check_dataset_options, check_vllm_options,
-                                     finish_run, gold_of, gym_prompts, held_out_evaluation, load_frozen_teacher,
-                                     no_gold_evaluation, preference_splits, resolve_lr, training_summary,
-                                     vllm_engine_options)
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
+                                     check_save_steps, check_vllm_options, finish_run, gold_of, gym_prompts,
+                                     held_out_evaluation, load_frozen_teacher, no_gold_evaluation, preference_splits,
+                                     resolve_lr, run_checkpoints, training_summary, vllm_engine_options)
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
@@ -117,6 +117,7 @@ class PladConfig:
     seed: int = 0
     quantization: str | None = field(default=None, metadata={
         "help": "None or '4bit' / '8bit' for the teacher (and the judge): NF4 is the QLoRA single-GPU setting"})
+    save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/plad"
     progress: bool = True
 
@@ -132,6 +133,7 @@ class PladConfig:
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
         check_dataset_options(self)
         check_vllm_options(self)
+        check_save_steps(self)
         self.lr = resolve_lr(self.lr, "plad+sft" if self.sft_weight > 0 else "plad")
         if self.loss not in ("plad_ranking", "plad_margin"):
             raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
@@ -374,16 +376,20 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, s
 # --- the pipeline ---
 
 
-def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair_stats: dict) -> list[dict]:
+def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair_stats: dict,
+                   state=None) -> list[dict]:
     """Train the student with the calibration loss (Eq. 4 / 5) on the pseudo-pair rows; returns the training log.
-    Notebook 07 (``run_plad``) and ``python -m workbench.train`` (also under ``accelerate launch``) both call it."""
+    Notebook 07 (``run_plad``) and ``python -m workbench.train`` (also under ``accelerate launch``) both call it;
+    with ``cfg.save_steps`` the training resumes from ``output_dir/checkpoints/train``."""
     if not rows:
         raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
+    checkpoints = run_checkpoints(cfg, state)
     objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
     collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
     return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                          lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                         warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler)
+                         warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
+                         checkpoints=checkpoints and checkpoints.stage("train"))
 
 
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
@@ -398,7 +404,7 @@ def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> Trai
                                         state=state)
     del teacher
     release_memory()
-    history = train_on_pairs(cfg, student, student_tok, rows, pair_stats)
+    history = train_on_pairs(cfg, student, student_tok, rows, pair_stats, state=state)
     return TrainedRun(history, student, student_tok, {"pairs": rows}, {"pairs": pair_stats})
 
 

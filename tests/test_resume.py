@@ -1,0 +1,219 @@
+"""Resuming an interrupted run: stages computed in cached pieces (``workbench.distributed.map_in_shards``) recompute
+only what was not finished, and training with ``save_steps`` resumes from ``Trainer`` checkpoints to the same loss
+curve and weights as a run that was never interrupted (PAD with decomposition, ADPA+ across its two stages, PLaD)."""
+
+import json
+
+import pytest
+import torch
+
+from workbench import cache as cache_module
+from workbench.cache import StageCache
+from workbench.distributed import Shard, map_in_shards, shard_pieces, stage_chunk_items
+from workbench.trainers import Checkpoints
+
+
+class Preempted(Exception):
+    """Stands for the job being killed: raised from inside a stage or a training step."""
+
+
+def _interrupt_at(monkeypatch, owner, name: str, call: int) -> None:
+    """Make ``owner.name`` raise :class:`Preempted` at its ``call``-th call (counting from 1); calls before pass."""
+    real = getattr(owner, name)
+    count = {"calls": 0}
+
+    def wrapped(*args, **kwargs):
+        count["calls"] += 1
+        if count["calls"] == call:
+            raise Preempted(f"{name}, call {call}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def _curve(history: list[dict]) -> list[tuple]:
+    return [(entry.get("stage", entry.get("round")), entry["step"], entry["loss"]) for entry in history
+            if "loss" in entry]
+
+
+def _max_weight_difference(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stages in pieces
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start, stop, first_batch, batch_size, chunk", [(0, 10, 0, 3, 6), (6, 16, 2, 3, 4),
+                                                                          (0, 7, 0, 2, 1), (4, 8, 1, 4, 100)])
+def test_pieces_are_whole_batches_that_tile_the_shard(start, stop, first_batch, batch_size, chunk):
+    pieces = shard_pieces(Shard(start, stop, first_batch), batch_size, chunk)
+    assert [i for p in pieces for i in range(p.start, p.stop)] == list(range(start, stop))
+    for piece in pieces:
+        assert piece.start == start + (piece.first_batch - first_batch) * batch_size  # its own batches' seeds
+        assert len(piece) <= max(batch_size, chunk // batch_size * batch_size)
+    assert len(pieces) == max(1, -(-(stop - start) // max(batch_size, chunk // batch_size * batch_size)))
+
+
+def test_a_stage_in_pieces_equals_one_call(monkeypatch):
+    seeded = lambda items, first_batch: [(item, first_batch + i // 3) for i, item in enumerate(items)]  # batch seeds
+    whole = map_in_shards(seeded, list(range(10)), 3, chunk_items=10_000)
+    assert map_in_shards(seeded, list(range(10)), 3, chunk_items=3) == whole
+    assert whole[-1] == (9, 3)
+    monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "4")
+    assert stage_chunk_items() == 4
+    monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "many")
+    with pytest.raises(ValueError, match="WORKBENCH_STAGE_CHUNK='many'"):
+        stage_chunk_items()
+
+
+def test_an_interrupted_pad_stage_resumes_from_its_last_finished_piece(tiny_models, tmp_path, monkeypatch):
+    """PAD's sample → teacher-reward stage over 8 prompts in 4 pieces, killed while scoring the third: the rerun
+    loads the two finished pieces and the third's samples from the cache, computes only the rest (no work is done
+    twice) and returns the samples of an uninterrupted one-piece run exactly, its rewards to float rounding."""
+    from workbench.methods import pad
+
+    student, tok = tiny_models["student"]
+    teacher, teacher_tok = tiny_models["teacher-dpo"]
+    cfg = pad.PadConfig(n=2, sampling_batch_size=2, max_new_tokens=6, output_dir=str(tmp_path), progress=False)
+    prompts = [p.text for p in pad.gym_prompts("train", 8, 5)]
+
+    monkeypatch.setattr(cache_module, "_DEFAULT_CACHE", StageCache(tmp_path / "whole"))
+    whole = pad.sample_and_score(cfg, student, tok, teacher, teacher_tok, prompts, 0)
+    work = cache_module._DEFAULT_CACHE.misses
+
+    pieces = StageCache(tmp_path / "pieces")
+    monkeypatch.setattr(cache_module, "_DEFAULT_CACHE", pieces)
+    monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "2")  # one sampling batch of 2 prompts per piece
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, pad, "teacher_rewards", 3)
+        with pytest.raises(Preempted):
+            pad.sample_and_score(cfg, student, tok, teacher, teacher_tok, prompts, 0)
+    done_before = pieces.misses
+    assert pieces.hits == 0 and 0 < done_before < 4 * 3  # pieces 1-2 whole, piece 3's samples
+    resumed = pad.sample_and_score(cfg, student, tok, teacher, teacher_tok, prompts, 0)
+    assert pieces.hits == done_before  # everything finished before is read back, nothing recomputed
+    assert resumed.groups == whole.groups and resumed.prompts == whole.prompts
+    for name, values in whole.rewards.items():
+        torch.testing.assert_close(resumed.rewards[name], values, atol=1e-5, rtol=1e-5)
+    assert pieces.misses > work  # 4 pieces cache more entries than one call (3 stages each)
+
+
+def test_adpa_loads_each_teacher_once_for_all_pieces_of_its_top_k_pass(tiny_gym, tmp_path, monkeypatch):
+    from workbench import models
+    from workbench.methods import adpa
+
+    loaded = []
+    real_load = models.load
+    monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "4")
+    cfg = adpa.AdpaConfig(method="adpa+", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
+                          student="gym-tiny-student", steps=2, train_prompts=12, batch_size=4, k=8,
+                          sampling_batch_size=2, scoring_batch_size=2, output_dir=str(tmp_path), progress=False)
+    adpa.train_run(cfg)
+    # 3 pieces per pass; passes: the DPO teacher on y_w and on y_l (DCKD), then both teachers on ŷ (ADPA): one load
+    # per pass, not one per piece
+    assert loaded.count("gym-tiny-teacher-dpo") == 3 and loaded.count("gym-tiny-teacher-ref") == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+PAD_RUN = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=4, m=2, steps=6, batch_size=4,
+               train_prompts=8, max_new_tokens=6, lr=1e-3, progress=False)
+
+
+def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(tiny_gym, tmp_path, monkeypatch):
+    """Killed in step 5 of 6 with checkpoints every 2 steps: the rerun resumes at step 4 (weights, optimizer,
+    scheduler, data position and the decomposition's generator) and ends where the uninterrupted run ends."""
+    from workbench.methods import pad
+
+    reference = pad.train_run(pad.PadConfig(**PAD_RUN, output_dir=str(tmp_path / "reference")))
+    cfg = pad.PadConfig(**PAD_RUN, save_steps=2, output_dir=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, pad.ListwiseObjective, "__call__", 5)
+        with pytest.raises(Preempted):
+            pad.train_run(cfg)
+    folder = tmp_path / "run" / "checkpoints" / "round0"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-4"]  # the newest kept, step 2's rotated away
+    steps_run = []
+    real_call = pad.ListwiseObjective.__call__
+    monkeypatch.setattr(pad.ListwiseObjective, "__call__",
+                        lambda self, model, inputs: steps_run.append(1) or real_call(self, model, inputs))
+    resumed = pad.train_run(cfg)
+    assert len(steps_run) == 2  # steps 5 and 6 only
+    assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) == 6
+    assert _max_weight_difference(resumed.model, reference.model) == 0.0
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-6"]
+
+
+def test_resuming_with_other_settings_is_refused_by_name(tiny_gym, tmp_path):
+    from workbench.methods.common import run_checkpoints
+    from workbench.methods.pad import PadConfig
+
+    first = run_checkpoints(PadConfig(**PAD_RUN, save_steps=2, output_dir=str(tmp_path)))
+    assert isinstance(first, Checkpoints) and json.loads((tmp_path / "checkpoints" / "run.json").read_text())["m"] == 2
+    # what does not change the training may differ: evaluation settings, the checkpoint interval
+    assert run_checkpoints(PadConfig(**PAD_RUN, save_steps=3, eval_samples=1, output_dir=str(tmp_path))).every == 3
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 then, 0.002 now\).*another output_dir"):
+        run_checkpoints(PadConfig(**{**PAD_RUN, "lr": 2e-3}, save_steps=2, output_dir=str(tmp_path)))
+    assert run_checkpoints(PadConfig(**PAD_RUN, output_dir=str(tmp_path))) is None  # save_steps 0: none
+    with pytest.raises(ValueError, match="save_steps=-1"):
+        PadConfig(save_steps=-1)
+
+
+def test_an_incomplete_checkpoint_is_skipped(tmp_path):
+    checkpoints = Checkpoints(tmp_path, 2)
+    for step, complete in ((2, True), (4, False)):  # step 4 cut short while saving: no trainer_state.json yet
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+            (folder / "objective_state.pt").write_text("")
+    assert checkpoints.latest() == str(tmp_path / "checkpoint-2")
+    assert Checkpoints(tmp_path / "none", 2).latest() is None
+    with pytest.raises(ValueError, match="save_steps=0"):
+        Checkpoints(tmp_path, 0)
+
+
+def test_adpa_plus_interrupted_in_its_second_stage_resumes_through_the_first(tiny_gym, tmp_path, monkeypatch):
+    """Killed in the ADPA stage: the rerun passes through the finished DCKD stage (its final weights loaded, no
+    step repeated; the same ŷ from the cache), resumes ADPA from its checkpoint and matches the uninterrupted run."""
+    from workbench.methods import adpa
+
+    common = dict(method="adpa+", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
+                  student="gym-tiny-student", steps=4, train_prompts=12, batch_size=4, k=8, progress=False)
+    reference = adpa.train_run(adpa.AdpaConfig(**common, output_dir=str(tmp_path / "reference")))
+    cfg = adpa.AdpaConfig(**common, save_steps=2, output_dir=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, adpa.OnPolicyObjective, "__call__", 3)
+        with pytest.raises(Preempted):
+            adpa.train_run(cfg)
+    calls = []
+    for name in ("DckdObjective", "OnPolicyObjective"):
+        real = getattr(adpa, name).__call__
+        monkeypatch.setattr(getattr(adpa, name), "__call__",
+                            lambda self, model, inputs, real=real, name=name: calls.append(name)
+                            or real(self, model, inputs))
+    resumed = adpa.train_run(cfg)
+    assert calls == ["OnPolicyObjective"] * 2  # DCKD finished before; ADPA resumes at step 2 of 4
+    assert _curve(resumed.history) == _curve(reference.history)
+    assert {stage for stage, _, _ in _curve(reference.history)} == {"dckd", "adpa"}
+    assert _max_weight_difference(resumed.model, reference.model) == 0.0
+
+
+def test_plad_resumes_its_training(tiny_gym, tmp_path, monkeypatch):
+    from workbench.methods import plad
+
+    common = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, steps=4,
+                  batch_size=4, progress=False)
+    reference = plad.train_run(plad.PladConfig(**common, output_dir=str(tmp_path / "reference")))
+    cfg = plad.PladConfig(**common, save_steps=2, output_dir=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, plad.PladObjective, "__call__", 4)
+        with pytest.raises(Preempted):
+            plad.train_run(cfg)
+    resumed = plad.train_run(cfg)
+    assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) >= 2
+    assert _max_weight_difference(resumed.model, reference.model) == 0.0
