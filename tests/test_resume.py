@@ -217,3 +217,42 @@ def test_plad_resumes_its_training(tiny_gym, tmp_path, monkeypatch):
     resumed = plad.train_run(cfg)
     assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) >= 2
     assert _max_weight_difference(resumed.model, reference.model) == 0.0
+
+
+def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):
+    """A real preemption: ``python -m workbench.train`` is killed (SIGKILL, no clean-up) once its first checkpoint is
+    on disk; the same command run again resumes and writes the training log of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    params = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "n": 2, "steps": 40,
+              "batch_size": 4, "train_prompts": 16, "max_new_tokens": 6, "lr": 1e-3, "progress": False}
+
+    def command(out, save_steps):
+        pairs = {**params, "save_steps": save_steps, "output_dir": str(out), "save_model": False}
+        return [sys.executable, "-m", "workbench.train", "--pipeline", "pad",
+                *[a for k, v in pairs.items() for a in ("-p", k, str(v))]]
+
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1")
+    for name in ("WORKBENCH_TRAINING_ARGS", "WORKBENCH_LOGITS_CHUNK", "WORKBENCH_STAGE_CHUNK"):
+        env.pop(name, None)
+    subprocess.run(command(tmp_path / "reference", 5), env=env, check=True, capture_output=True)
+    job = subprocess.Popen(command(tmp_path / "run", 5), env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    folder = tmp_path / "run" / "checkpoints" / "round0"
+    deadline = time.monotonic() + 300
+    while job.poll() is None and not any(folder.glob("checkpoint-*/objective_state.pt")):
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    killed = job.poll() is None
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert killed, "the run finished before it could be killed: raise steps"
+    assert not (tmp_path / "run" / "history.json").exists()
+    subprocess.run(command(tmp_path / "run", 5), env=env, check=True, capture_output=True)
+    read = lambda out: [(e["step"], e["loss"]) for e in json.loads((out / "history.json").read_text()) if "loss" in e]
+    # logged every 5 steps (the logging interval follows the checkpoints), however far the killed run had come
+    assert read(tmp_path / "run") == read(tmp_path / "reference") and len(read(tmp_path / "reference")) == 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -79,6 +80,10 @@ def training_arguments(
     )
     args.update(env_training_overrides())
     args.update(overrides)
+    if args.get("save_strategy") == "steps" and args.get("logging_steps"):
+        # checkpoints on logging steps: a resumed run logs what the uninterrupted run logs (Trainer's logged loss
+        # averages the steps since the last log, and a resume starts that count afresh)
+        args["logging_steps"] = math.gcd(int(args["logging_steps"]), int(args["save_steps"]))
     return TrainingArguments(**args)
 
 
