@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -79,6 +80,15 @@ def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatc
     for path in metrics:
         json.loads(path.read_text())
     assert list((tmp_path / "figures").glob("*.png")), f"{name} saved no figure"
+    if name in ("03_pad_train.ipynb", "06_adpa_train.ipynb", "07_plad_train.ipynb"):  # save_model = True
+        from workbench.models import load
+
+        folders = [p.parent for p in (tmp_path / "run").rglob("student/config.json")]
+        assert len(folders) == 1, f"{name} saved no trained student"
+        model, tokenizer = load(str(folders[0]), device="cpu")
+        initial, _ = load(TINY[name]["student"], device="cpu")
+        assert model.config.model_type == initial.config.model_type and tokenizer.chat_template
+        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), initial.parameters()))
 
 
 @pytest.mark.parametrize("name", ["02_calibration_alpha_sweep.ipynb", "03_pad_train.ipynb", "06_adpa_train.ipynb",

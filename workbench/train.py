@@ -159,7 +159,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     write the outputs from the main process and return the training log."""
     from accelerate import PartialState
 
-    from workbench.methods.common import training_summary
+    from workbench.methods.common import save_student, training_summary
     from workbench.trainers import set_threads
 
     import torch
@@ -191,8 +191,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
             for name, rows in run.rows.items():
                 save_rows_jsonl(out / f"rows_{name}.jsonl", rows)
         if save_model:
-            run.model.save_pretrained(out / "student", state_dict=weights)
-            run.tokenizer.save_pretrained(out / "student")
+            save_student(run.model, run.tokenizer, out / "student", state_dict=weights)
         stages = "; ".join(f"{stage}: {t['logged_steps']} logged steps, loss {t['loss_first']:.4g} -> "
                            f"{t['loss_last']:.4g}" if "loss_first" in t else f"{stage}: no loss logged"
                            for stage, t in training.items())

@@ -33,6 +33,21 @@ class RunResult:
         (path / "history.json").write_text(json.dumps(self.history, indent=2, default=float))
         return path
 
+    def save_student(self, output_dir: str | Path) -> Path:
+        """The trained student in ``output_dir/student`` (:func:`save_student`)."""
+        if self.model is None:
+            raise ValueError("this result holds no trained model (a record read back from disk?)")
+        return save_student(self.model, self.tokenizer, Path(output_dir) / "student")
+
+
+def save_student(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
+    """A trained student and its tokenizer as a ``save_pretrained`` folder (a LoRA run: its adapter, which names
+    its base model), loadable by ``workbench.models.load``; ``state_dict``: weights gathered from FSDP shards."""
+    folder = Path(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
+    tokenizer.save_pretrained(folder)
+    return folder
+
 
 @dataclass
 class TrainedRun:
