@@ -31,6 +31,18 @@ def _interrupt_at(monkeypatch, owner, name: str, call: int) -> None:
     monkeypatch.setattr(owner, name, wrapped)
 
 
+def _reference_then_interrupted(config_class, train_run, common: dict, owner, call: int, tmp_path, monkeypatch):
+    """(the uninterrupted run, the config of a run with checkpoints every 2 steps that was killed in its
+    objective's ``call``-th call); the rerun of that config is the test's."""
+    reference = train_run(config_class(**common, output_dir=str(tmp_path / "reference")))
+    cfg = config_class(**common, save_steps=2, output_dir=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, owner, "__call__", call)
+        with pytest.raises(Preempted):
+            train_run(cfg)
+    return reference, cfg
+
+
 def _curve(history: list[dict]) -> list[tuple]:
     return [(entry.get("stage", entry.get("round")), entry["step"], entry["loss"]) for entry in history
             if "loss" in entry]
@@ -129,12 +141,8 @@ def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(t
     scheduler, data position and the decomposition's generator) and ends where the uninterrupted run ends."""
     from workbench.methods import pad
 
-    reference = pad.train_run(pad.PadConfig(**PAD_RUN, output_dir=str(tmp_path / "reference")))
-    cfg = pad.PadConfig(**PAD_RUN, save_steps=2, output_dir=str(tmp_path / "run"))
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, pad.ListwiseObjective, "__call__", 5)
-        with pytest.raises(Preempted):
-            pad.train_run(cfg)
+    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
+                                                 tmp_path, monkeypatch)
     folder = tmp_path / "run" / "checkpoints" / "round0"
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-4"]  # the newest kept, step 2's rotated away
     steps_run = []
@@ -184,12 +192,8 @@ def test_adpa_plus_interrupted_in_its_second_stage_resumes_through_the_first(tin
 
     common = dict(method="adpa+", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
                   student="gym-tiny-student", steps=4, train_prompts=12, batch_size=4, k=8, progress=False)
-    reference = adpa.train_run(adpa.AdpaConfig(**common, output_dir=str(tmp_path / "reference")))
-    cfg = adpa.AdpaConfig(**common, save_steps=2, output_dir=str(tmp_path / "run"))
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, adpa.OnPolicyObjective, "__call__", 3)
-        with pytest.raises(Preempted):
-            adpa.train_run(cfg)
+    reference, cfg = _reference_then_interrupted(adpa.AdpaConfig, adpa.train_run, common, adpa.OnPolicyObjective, 3,
+                                                 tmp_path, monkeypatch)
     calls = []
     for name in ("DckdObjective", "OnPolicyObjective"):
         real = getattr(adpa, name).__call__
@@ -208,12 +212,8 @@ def test_plad_resumes_its_training(tiny_gym, tmp_path, monkeypatch):
 
     common = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, steps=4,
                   batch_size=4, progress=False)
-    reference = plad.train_run(plad.PladConfig(**common, output_dir=str(tmp_path / "reference")))
-    cfg = plad.PladConfig(**common, save_steps=2, output_dir=str(tmp_path / "run"))
-    with monkeypatch.context() as patch:
-        _interrupt_at(patch, plad.PladObjective, "__call__", 4)
-        with pytest.raises(Preempted):
-            plad.train_run(cfg)
+    reference, cfg = _reference_then_interrupted(plad.PladConfig, plad.train_run, common, plad.PladObjective, 4,
+                                                 tmp_path, monkeypatch)
     resumed = plad.train_run(cfg)
     assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) >= 2
     assert _max_weight_difference(resumed.model, reference.model) == 0.0

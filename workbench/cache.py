@@ -90,7 +90,7 @@ class StageCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         import torch
 
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two jobs computing one entry never write one file
         torch.save(value, tmp)
         tmp.replace(path)  # atomic: a crashed run never leaves a half-written entry
         return value
