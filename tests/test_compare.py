@@ -233,6 +233,28 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
     assert ran == [0, 0]
 
 
+def test_runs_in_parallel_processes_record_what_one_process_records(tiny_gym, tmp_path, monkeypatch):
+    """``jobs=2``: the same records (every evaluated number) as one run at a time, in the table's order; the wall
+    times note the concurrency, the cold-cache timing run runs alone, and a failing run is skipped with the
+    worker's traceback saved."""
+    monkeypatch.setenv("WORKBENCH_THREADS", "1")  # the same thread count in both: bit-identical arithmetic
+    methods = ["plad", ("seqkd", {"lr": 3e-3}), Variant("kd", cold_cache=True)]
+    one = compare(methods, seeds=[0, 1], overrides=TINY, runs_dir=tmp_path / "one")
+    two = compare([*methods, ("sft", {"no_such_field": 1})], seeds=[0, 1], overrides=TINY,
+                  runs_dir=tmp_path / "two", jobs=2, on_error="skip")
+    assert list(two["method"]) == list(one["method"])
+    evaluated = lambda r: {k: v for k, v in r["harness"].items() if k != "eval_seconds"}
+    records = {(r["label"], r["seed"]): r for r in load_records(tmp_path / "two")}
+    for r in load_records(tmp_path / "one"):
+        mine = records[r["label"], r["seed"]]
+        assert evaluated(mine) == evaluated(r) and mine["metrics"]["gold_after"] == r["metrics"]["gold_after"]
+        assert r["concurrent_runs"] == 1 and mine["concurrent_runs"] == (1 if r["label"] == "kd" else 2)
+    error = (tmp_path / "two" / "sft[no_such_field=1]" / "seed0" / "error.txt").read_text()
+    assert "no_such_field" in error and len(records) == 6
+    with pytest.raises(ValueError, match="jobs=0"):
+        compare(methods, seeds=[0], overrides=TINY, runs_dir=tmp_path / "one", jobs=0)
+
+
 def test_validation_split_evaluation_is_disjoint_from_the_table_and_named_in_records():
     from workbench.compare import EvalConfig
 

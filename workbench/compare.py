@@ -337,8 +337,9 @@ def _run_dir(runs_dir: str | Path, label: str, seed: int) -> Path:
 
 
 def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict, overrides: dict | None = None,
-            eval_cfg: EvalConfig = EvalConfig()) -> dict:
-    """Train one (variant, seed), evaluate it with :func:`evaluate_run`, save and return its record."""
+            eval_cfg: EvalConfig = EvalConfig(), concurrent_runs: int = 1) -> dict:
+    """Train one (variant, seed), evaluate it with :func:`evaluate_run`, save and return its record
+    (``concurrent_runs``: how many runs shared the machine meanwhile, recorded beside its wall time)."""
     if variant.method not in METHODS:
         raise KeyError(f"unknown method {variant.method!r}; registered: {sorted(METHODS)}")
     folder = _run_dir(runs_dir, variant.label, seed)
@@ -353,7 +354,8 @@ def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict,
     metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}
     record = _json_ready({
         "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
-        "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "metrics": metrics, "harness": harness,
+        "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "concurrent_runs": concurrent_runs,
+        "metrics": metrics, "harness": harness,
         "models": eval_cfg.models(), "method_defaults": method_defaults(variant.method),
     })
     folder.mkdir(parents=True, exist_ok=True)
@@ -388,9 +390,35 @@ def _resumable(path: Path, models: dict, defaults: dict | None = None) -> dict |
     return saved
 
 
+def _pool_start(threads: int) -> None:
+    """A worker process of ``compare(jobs=...)``: its share of the cores, and the harness's log lines."""
+    import os
+
+    os.environ["WORKBENCH_THREADS"] = str(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+def _pool_run(job: tuple) -> dict:
+    return run_one(*job)
+
+
+def _run_concurrently(jobs: list[tuple], workers: int) -> list:
+    """``run_one(*job)`` for each job, ``workers`` at a time in fresh processes; a record or the exception, each."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = int(os.environ.get("WORKBENCH_THREADS") or max(1, len(os.sched_getaffinity(0)) // workers))
+    logger.info("%d runs, %d at a time, %d thread(s) each", len(jobs), workers, threads)
+    context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_pool_start, initargs=(threads,)) as pool:
+        futures = [pool.submit(_pool_run, job) for job in jobs]
+        return [future.exception() or future.result() for future in futures]
+
+
 def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, overrides: dict | None = None, *,
             runs_dir: str | Path = DEFAULT_RUNS_DIR, resume: bool = True,
-            eval_cfg: EvalConfig = EvalConfig(), on_error: str = "raise") -> pd.DataFrame:
+            eval_cfg: EvalConfig = EvalConfig(), on_error: str = "raise", jobs: int = 1) -> pd.DataFrame:
     """Train and evaluate ``methods`` × ``seeds`` and return the summary table (mean ± 95% CI over seeds).
 
     Args:
@@ -399,17 +427,23 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, over
         overrides: config fields applied to every run (e.g. ``{"steps": 50}``), under each variant's own.
         runs_dir: where records are saved; with ``resume`` an existing record is loaded, not re-run.
         on_error: "raise", or "skip" to log a failing run (its traceback in ``<run>/error.txt``) and go on.
+        jobs: runs at a time, each in its own process with its share of the cores (``$WORKBENCH_THREADS`` each
+            when set). A run's result does not depend on it; its wall time does, so records note
+            ``concurrent_runs``, and the cold-cache variants that cost claims time run alone, after the others.
     Returns:
         :func:`summarize` of the records of these methods and seeds, with reference rows for the initial student
         and the teacher.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}; run at least 1 run at a time")
     variants = [as_variant(m) for m in (methods if methods is not None else available_methods())]
     # the models and evaluation sizes a global override changes must change the references too
     shared = {k: v for k, v in (overrides or {}).items() if k in EVAL_OVERRIDES}
     eval_cfg = dataclasses.replace(eval_cfg, **shared)
     runs_dir = Path(runs_dir)
     models = eval_cfg.models()
-    records = []
+    done: dict[tuple[str, int], dict | Exception] = {}
+    pending = []  # (variant, seed, references) in table order
     for seed in seeds:
         ref_path = runs_dir / "_references" / f"seed{seed}.json"
         references = _resumable(ref_path, models) if resume else None
@@ -421,19 +455,38 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, over
             path = _run_dir(runs_dir, variant.label, seed) / "record.json"
             saved = _resumable(path, models, method_defaults(variant.method)) if resume else None
             if saved is not None:
-                records.append(saved)
-                continue
-            logger.info("running %s seed %d", variant.label, seed)
-            try:
-                records.append(run_one(variant, seed, runs_dir, references, overrides, eval_cfg))
-            except Exception:
-                if on_error != "skip":
-                    raise
-                import traceback
+                done[variant.label, seed] = saved
+            else:
+                pending.append((variant, seed, references))
+    alone = [job for job in pending if jobs == 1 or job[0].cold_cache]
+    together = [job for job in pending if job not in alone]
+    if together:
+        outcomes = _run_concurrently([(v, s, runs_dir, r, overrides, eval_cfg, jobs) for v, s, r in together], jobs)
+        for (variant, seed, _), outcome in zip(together, outcomes):
+            done[variant.label, seed] = outcome
+    for variant, seed, references in alone:
+        logger.info("running %s seed %d", variant.label, seed)
+        try:
+            done[variant.label, seed] = run_one(variant, seed, runs_dir, references, overrides, eval_cfg)
+        except Exception as error:
+            if on_error != "skip":
+                raise
+            done[variant.label, seed] = error
+    records = []
+    for (label, seed), outcome in done.items():
+        if not isinstance(outcome, Exception):
+            records.append(outcome)
+            continue
+        if on_error != "skip":
+            raise outcome
+        import traceback
 
-                path.parent.mkdir(parents=True, exist_ok=True)
-                (path.parent / "error.txt").write_text(traceback.format_exc())
-                logger.exception("run %s seed %d failed; skipped", variant.label, seed)
+        folder = _run_dir(runs_dir, label, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text("".join(traceback.format_exception(outcome)))
+        logger.error("run %s seed %d failed (traceback in %s); skipped", label, seed, folder / "error.txt")
+    order = {(v.label, s): i for i, (v, s) in enumerate((v, s) for s in seeds for v in variants)}
+    records.sort(key=lambda r: order.get((r["label"], r["seed"]), len(order)))
     return summarize(records, load_references(runs_dir), seeds=seeds)
 
 
@@ -706,14 +759,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own process (the cold-cache timing runs still run alone)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     variants = [Variant(m) for m in args.methods] if args.methods else suite(args.suite)
-    summary = compare(variants, args.seeds, runs_dir=args.runs_dir, resume=not args.no_resume, on_error="skip")
+    summary = compare(variants, args.seeds, runs_dir=args.runs_dir, resume=not args.no_resume, on_error="skip",
+                      jobs=args.jobs)
     records = load_records(args.runs_dir)
     ledger = claims_ledger(records, load_references(args.runs_dir))
     print(format_table(summary[~summary["method"].str.contains(r"\[", regex=True)]))
+    shared = sorted({r.get("concurrent_runs", 1) for r in records if r["seed"] in args.seeds} - {1})
+    if shared:
+        print(f"(seconds: some runs were timed {' or '.join(map(str, shared))} at a time (--jobs), so they are "
+              f"longer than alone; the cold-cache runs of the cost claims always run alone)")
     print()
     print(format_ledger(ledger))
     print()
