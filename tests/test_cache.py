@@ -44,3 +44,33 @@ def test_fingerprint_sees_in_place_edits(tiny_models):
     with torch.no_grad():
         next(model.parameters()).data.add_(1e-3)
     assert model_fingerprint(model) != before
+
+
+def test_usage_and_clearing_per_stage_from_the_command_line(tmp_path, capsys):
+    import json
+    import os
+    import time
+
+    import pytest
+
+    from workbench.cache import cache_usage, clear_stages, main
+
+    cache = StageCache(tmp_path)
+    for k in range(3):
+        cache.get_or_compute("samples", {"k": k}, lambda: torch.zeros(100))
+    cache.get_or_compute("topk", {"k": 0}, lambda: torch.zeros(1000))
+    old = cache.path("samples", {"k": 0})
+    os.utime(old, (time.time() - 3 * 86400,) * 2)  # written three days ago
+    usage = cache_usage(tmp_path)
+    assert {stage: u["entries"] for stage, u in usage.items()} == {"samples": 3, "topk": 1}
+    assert usage["topk"]["bytes"] == cache.path("topk", {"k": 0}).stat().st_size > usage["samples"]["bytes"] / 3
+    assert usage["samples"]["oldest"] < usage["samples"]["newest"] - 2 * 86400
+    assert clear_stages(["samples"], tmp_path, older_than_days=1) == {"samples": 1} and not old.exists()
+    with pytest.raises(ValueError, match=r"no stage \['mcq'\].*'samples', 'topk'"):
+        clear_stages(["mcq"], tmp_path)
+    main(["--root", str(tmp_path), "--clear"])  # every stage
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["deleted"] == {"samples": 2, "topk": 1} and printed["total_bytes"] == 0
+    calls = []
+    cache.get_or_compute("samples", {"k": 1}, lambda: calls.append(1) or torch.zeros(100))
+    assert calls == [1]  # a cleared entry is recomputed when next needed

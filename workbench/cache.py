@@ -1,15 +1,22 @@
 """Content-addressed stage cache: expensive outputs keyed by a hash of everything that determines them.
 
 A key is any JSON-serialisable description (model fingerprint, texts, stage parameters); the value is stored
-with ``torch.save`` under ``<root>/<stage>/<hash>.pt``. Sweeps (alpha, beta, n) and reruns reuse the work.
+with ``torch.save`` under ``<root>/<stage>/<hash>.pt``. Sweeps (alpha, beta, n) and reruns reuse the work, and an
+interrupted run resumes from it (:mod:`workbench.distributed`).
+
+``python -m workbench.cache`` prints what the cache holds per stage (entries, size, oldest and newest entry);
+``--clear [STAGE ...]`` deletes entries (every stage when none is named), ``--older-than DAYS`` only those not
+written for that long. Clearing loses nothing but time: an entry is recomputed when next needed.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,3 +112,61 @@ def default_cache() -> StageCache:
     if _DEFAULT_CACHE is None:
         _DEFAULT_CACHE = StageCache(enabled=os.environ.get("WORKBENCH_NO_CACHE") != "1")
     return _DEFAULT_CACHE
+
+
+def _entries(root: Path, stages=None) -> dict[str, list[Path]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    if stages:
+        unknown = sorted(set(stages) - {f.name for f in folders})
+        if unknown:
+            raise ValueError(f"no stage {unknown} in {root}; it holds {[f.name for f in folders]}")
+        folders = [f for f in folders if f.name in stages]
+    return {folder.name: sorted(folder.glob("*.pt")) for folder in folders}
+
+
+def cache_usage(root: str | Path | None = None) -> dict[str, dict]:
+    """Per stage folder of the stage cache (default ``<cache_root>/stages``): entries, bytes, and the times (Unix
+    seconds) of the oldest and newest entry."""
+    root = Path(root) if root is not None else cache_root() / "stages"
+    usage = {}
+    for stage, files in _entries(root).items():
+        stats = [f.stat() for f in files]
+        usage[stage] = {"entries": len(files), "bytes": sum(st.st_size for st in stats),
+                        "oldest": min((st.st_mtime for st in stats), default=None),
+                        "newest": max((st.st_mtime for st in stats), default=None)}
+    return usage
+
+
+def clear_stages(stages=None, root: str | Path | None = None, older_than_days: float | None = None) -> dict[str, int]:
+    """Delete the entries of ``stages`` (all when None), or only those written more than ``older_than_days`` ago;
+    returns the number deleted per stage."""
+    root = Path(root) if root is not None else cache_root() / "stages"
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    deleted = {}
+    for stage, files in _entries(root, stages).items():
+        old = [f for f in files if cutoff is None or f.stat().st_mtime < cutoff]
+        for f in old:
+            f.unlink()
+        deleted[stage] = len(old)
+    return deleted
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="What the stage cache holds; --clear deletes entries")
+    parser.add_argument("--root", help="the stage cache folder (default: $WORKBENCH_CACHE/stages)")
+    parser.add_argument("--clear", nargs="*", metavar="STAGE", help="delete entries of these stages (none named: all)")
+    parser.add_argument("--older-than", type=float, metavar="DAYS", help="with --clear: only entries this old")
+    args = parser.parse_args(argv)
+    root = Path(args.root) if args.root else cache_root() / "stages"
+    out: dict = {"root": str(root)}
+    if args.clear is not None:
+        out["deleted"] = clear_stages(args.clear or None, root, args.older_than)
+    stamp = lambda t: None if t is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))  # noqa: E731
+    out["stages"] = {stage: {**u, "oldest": stamp(u["oldest"]), "newest": stamp(u["newest"])}
+                     for stage, u in cache_usage(root).items()}
+    out["total_bytes"] = sum(v["bytes"] for v in out["stages"].values())
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
