@@ -82,3 +82,26 @@ def test_only_the_kernels_hub_hint_of_bitsandbytes_is_dropped(caplog):
         log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please pip install kernels", "x")
         log.warning("any other bitsandbytes warning")
     assert [r.getMessage() for r in caplog.records] == ["any other bitsandbytes warning"]
+
+
+def test_lora_initialisation_follows_the_seed_not_what_ran_before(tiny_gym):
+    """peft draws ``lora_A`` at random: ``load(..., lora=True, seed=s)`` gives the same adapter whatever the global
+    random state was, a different one for another seed, and leaves the global random state untouched."""
+    import torch
+
+    from workbench.models import load
+
+    def adapter(seed):
+        model, _ = load("gym-tiny-student", lora=True, device="cpu", seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+
+    torch.manual_seed(123)
+    first = adapter(0)
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    torch.rand(1000)  # another history
+    assert torch.equal(adapter(0), first)
+    torch.manual_seed(123)
+    adapter(0)
+    assert torch.equal(torch.rand(1), after)  # the global stream continues as if nothing was drawn
+    assert not torch.equal(adapter(1), first)

@@ -207,16 +207,23 @@ def test_adpa_plus_interrupted_in_its_second_stage_resumes_through_the_first(tin
     assert _max_weight_difference(resumed.model, reference.model) == 0.0
 
 
-def test_plad_resumes_its_training(tiny_gym, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_plad_resumes_its_training(lora, tiny_gym, tmp_path, monkeypatch):
+    """With LoRA (PLaD's own setting) the checkpoints hold the adapter, and the resumed run still ends equal."""
     from workbench.methods import plad
 
     common = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, steps=4,
-                  batch_size=4, progress=False)
+                  batch_size=4, lora=lora, lr=1e-2 if lora else None, progress=False)
     reference, cfg = _reference_then_interrupted(plad.PladConfig, plad.train_run, common, plad.PladObjective, 4,
                                                  tmp_path, monkeypatch)
+    if lora:
+        saved = {p.name for p in (tmp_path / "run" / "checkpoints" / "train").glob("checkpoint-*/*")}
+        assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
     resumed = plad.train_run(cfg)
     assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) >= 2
     assert _max_weight_difference(resumed.model, reference.model) == 0.0
+    once = plad.train_run(plad.PladConfig(**{**common, "steps": 1}, output_dir=str(tmp_path / "one_step")))
+    assert _max_weight_difference(resumed.model, once.model) > 0  # the weights compared did train
 
 
 def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):

@@ -305,6 +305,7 @@ def load(
     device: str | None = None,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    seed: int = 0,
 ):
     """Load a causal LM and its tokenizer: a hub id, a local folder, or a preset (see module docstring).
 
@@ -316,6 +317,8 @@ def load(
         dtype: weights dtype (default: float32 on CPU, bfloat16 on CUDA).
         device: 'cpu', 'cuda', ... (default: CUDA when available).
         trust_remote_code: passed to transformers; off by default.
+        seed: seeds the LoRA adapter's random initialisation (``lora_A``), so a LoRA run is the same whatever ran
+            before it in the process (the global random state is left as it was).
     Returns:
         (model, tokenizer); the tokenizer always has a pad token and a chat template.
     """
@@ -349,6 +352,9 @@ def load(
             # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate counts)
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = get_peft_model(model, lora_config(lora))
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model = get_peft_model(model, lora_config(lora))
     model.name_or_path_workbench = name_or_path
     return model, tokenizer

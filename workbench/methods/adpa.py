@@ -582,7 +582,7 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
     top-k passes sharded over ``state``'s processes; rows: each on-policy stage's ŷ per pair."""
     from workbench.models import load
 
-    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, device=device)
+    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, device=device, seed=cfg.seed)
     pairs, _ = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
@@ -608,7 +608,7 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None)
+    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
     pairs, held_out_pairs = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")

@@ -388,7 +388,7 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
     if cfg.dataset != "gym":
         raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None)
+    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
     if cfg.method in ("kd", "reverse-kl"):
         _check_shared_vocabulary(teacher_tok, student_tok, cfg.method)
     prompts = distillation_prompts(cfg)

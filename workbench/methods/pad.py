@@ -421,7 +421,7 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     from workbench.models import load
 
     teacher, teacher_tok = load_teacher(cfg, device=device)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device)
+    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device, seed=cfg.seed)
     prompts_text, _ = pad_prompts(cfg)
     checkpoints = run_checkpoints(cfg, state)
     history: list[dict] = []
@@ -446,7 +446,7 @@ def run_pad(cfg: PadConfig) -> RunResult:
     set_threads()
     started = time.perf_counter()
     teacher, teacher_tok = load_teacher(cfg)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None)
+    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
     gold = cfg.dataset == "gym"
     train, held_out = pad_prompts(cfg)
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)

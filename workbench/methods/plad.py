@@ -399,7 +399,7 @@ def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> Trai
 
     teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
                                                served_by_vllm=cfg.sampling_backend == "vllm", device=device)
-    student, student_tok = load(cfg.student, lora=cfg.lora_config(), device=device)
+    student, student_tok = load(cfg.student, lora=cfg.lora_config(), device=device, seed=cfg.seed)
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg,
                                         state=state)
     del teacher
@@ -417,7 +417,7 @@ def run_plad(cfg: PladConfig) -> RunResult:
     gym = cfg.dataset == "gym"
     teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
                                                served_by_vllm=cfg.sampling_backend == "vllm")
-    student, student_tok = load(cfg.student, lora=cfg.lora_config())
+    student, student_tok = load(cfg.student, lora=cfg.lora_config(), seed=cfg.seed)
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
     if not gym:  # no gold reward: plain prompts, for a judge
         held_out = [p.text for p in held_out]
