@@ -5,8 +5,10 @@ each rate of the grid (the harness's defaults otherwise) and evaluated by the ha
 (``EvalConfig(split="validation")``, never the table's test prompts); a method whose best rate is at an end of the grid
 is also tried one step further. ``changed`` lists a method only when its best value beats the current one by more than
 the seed noise (paired by seed, the 95% CI of the difference above 0: :func:`versus_current`); a lead inside the noise
-keeps the current setting. ``--param NAME --grid V ...`` sweeps any other config field the same way (e.g. the
-ADPA family's ``alpha`` / ``gamma``; no extension past the grid's ends). Prints JSON: the mean validation gold per
+keeps the current setting, and a current value the grid does not hold is not compared (``vs_current`` null, no
+change). The current value is the harness's setting, else the method config's default
+(:func:`workbench.compare.setting_of`). ``--param NAME --grid V ...`` sweeps any other config field the same way (e.g.
+the ADPA family's ``alpha`` / ``gamma``; no extension past the grid's ends). Prints JSON: the mean validation gold per
 value (over ``--seeds``) and the best value per method. Runs are saved under ``--runs-dir`` and reused.
 
     python experiments/gym_tune.py                      # every method's learning rate, ~10 min on 2 cores
@@ -89,7 +91,7 @@ def _value(text: str):
 
 
 def main(argv=None) -> None:
-    from workbench.compare import METHODS, method_defaults
+    from workbench.compare import METHODS, setting_of
     from workbench.methods.common import GYM_LR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -115,13 +117,13 @@ def main(argv=None) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
         result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param,
                        grid=a.grid)
-    current = {m: method_defaults(m).get(a.param, "the method's config default") for m in a.methods}
+    current = {m: setting_of(m, a.param) for m in a.methods}
     for m, r in result.items():
         r["vs_current"] = versus_current(a.runs_dir, m, a.param, r["best"], current[m], a.seeds)
     print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "fixed": fixed, "current": current,
                       "methods": result,
                       "changed": {m: r["best"] for m, r in result.items()
-                                  if r["best"] != current[m] and (r["vs_current"] or {}).get("change", True)}},
+                                  if r["best"] != current[m] and (r["vs_current"] or {}).get("change", False)}},
                      indent=1))
 
 

@@ -255,6 +255,20 @@ def test_runs_in_parallel_processes_record_what_one_process_records(tiny_gym, tm
         compare(methods, seeds=[0], overrides=TINY, runs_dir=tmp_path / "one", jobs=0)
 
 
+def test_setting_of_a_method_is_the_harness_setting_else_its_config_default():
+    from workbench.compare import setting_of
+    from workbench.methods.adpa import AdpaConfig
+    from workbench.methods.pad import PadConfig
+    from workbench.methods.plad import PladConfig
+
+    assert setting_of("kd", "lr") == compare_module.GYM_LR["kd"]
+    assert setting_of("dckd", "alpha") == AdpaConfig().alpha  # a tuned ADPA weight
+    assert setting_of("adpa", "steps") == AdpaConfig().steps and setting_of("pad-ppd", "n") == PadConfig().n
+    assert setting_of("plad+sft", "temperature") == PladConfig().temperature
+    with pytest.raises(KeyError, match="BaselineConfig of method 'seqkd' has no field 'gamma'"):
+        setting_of("seqkd", "gamma")
+
+
 def test_validation_split_evaluation_is_disjoint_from_the_table_and_named_in_records():
     from workbench.compare import EvalConfig
 

@@ -67,6 +67,23 @@ def method_defaults(name: str) -> dict:
     return out
 
 
+def setting_of(name: str, param: str):
+    """The value of config field ``param`` that the harness runs method ``name`` with: its harness setting
+    (:func:`method_defaults`), else the default of the method's config class (PAD, PLaD, the baselines or ADPA)."""
+    harness = method_defaults(name)
+    if param in harness:
+        return harness[param]
+    module, config = (("pad", "PadConfig") if name.startswith("pad-") else ("plad", "PladConfig")
+                      if name.startswith("plad") else ("adpa", "AdpaConfig") if name in ADPA_METHODS
+                      else ("baselines", "BaselineConfig"))
+    cls = getattr(importlib.import_module(f"workbench.methods.{module}"), config)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    if param not in by_name:
+        raise KeyError(f"{config} of method {name!r} has no field {param!r}")
+    f = by_name[param]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _with_defaults(name: str, overrides: dict) -> dict:
     return {**method_defaults(name), **overrides}
 
