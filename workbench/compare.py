@@ -195,6 +195,7 @@ LEDGER_VARIANTS = (
     Variant("pad-ppd", {"iterations": 2}, cold_cache=True),  # 2 iterations × 4 samples
     Variant("plad", {"real_ratio": 1.0}),
     Variant("plad+sft", {"real_ratio": 1.0}),
+    Variant("pad-ppd", {"mcq_order": "cyclic"}),  # beyond the paper: the judge's position prior averaged out
 )
 
 
@@ -613,6 +614,11 @@ CLAIMS = (
     Claim("real-pairs-add-little", "PLaD §5.3, Fig. 2", "real (gold-ordered) pairs add little over pseudo pairs",
           "plad[real_ratio=1.0]", "plad", kind="at_most"),
     # the same two PLaD claims for the anchored variant (beyond the paper), where training moves the student
+    # beyond the papers: PAD asks the judge once, in a random option order (§4.2); averaging over the n cyclic orders
+    # removes the judge's preference for a letter position (n times the MCQ passes)
+    Claim("pad-cyclic>random", "PAD §4.2 (beyond: option order)",
+          "the MCQ judgement averaged over cyclic option orders beats one random order", "pad-ppd[mcq_order=cyclic]",
+          "pad-ppd"),
     Claim("plad+sft>seqkd", "PLaD §5.2 (+SFT anchor)", "PLaD (+ SFT anchor) beats SeqKD", "plad+sft", "seqkd"),
     Claim("real-pairs-add-little+sft", "PLaD §5.3 (+SFT anchor)",
           "real pairs add little over pseudo pairs (PLaD + SFT anchor)", "plad+sft[real_ratio=1.0]", "plad+sft",
