@@ -105,3 +105,25 @@ def test_lora_initialisation_follows_the_seed_not_what_ran_before(tiny_gym):
     adapter(0)
     assert torch.equal(torch.rand(1), after)  # the global stream continues as if nothing was drawn
     assert not torch.equal(adapter(1), first)
+
+
+def test_a_saved_lora_student_loads_back_with_its_adapter(tiny_gym, tmp_path):
+    """``save_student`` of a LoRA run writes the adapter (naming its base); ``load`` of that folder gives the trained
+    model back: the same logits, not the base model's."""
+    import torch
+
+    from workbench.methods.common import save_student
+    from workbench.models import load
+
+    model, tokenizer = load("gym-tiny-student", lora=True, device="cpu")
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a "trained" adapter (lora_B starts at zero)
+            param.data.fill_(0.01)
+    folder = save_student(model, tokenizer, tmp_path / "student")
+    assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
+    again, again_tok = load(str(folder), device="cpu")
+    base, _ = load("gym-tiny-student", device="cpu")
+    ids = torch.tensor([again_tok.encode("sort 3 1 2")])
+    with torch.no_grad():
+        trained, loaded, untouched = (m.eval()(ids).logits for m in (model, again, base))
+    assert torch.allclose(loaded, trained, atol=1e-6) and not torch.allclose(loaded, untouched, atol=1e-3)
