@@ -2,6 +2,7 @@
 the PAD trainer (gloo, CPU), which samples and scores its prompts in shards, trains on the same samples and teacher
 rewards as 1 process and gives the same loss curve with the same global batch."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,3 +211,65 @@ def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):
         ("4bit", 1e-6, True, False)
     with pytest.raises(ValueError, match="unknown PAD parameters"):
         pad_config({"teacher": "t", "studnet": "s"})
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux /proc; zombies have an empty one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None or not Path("/proc").is_dir(),
+                    reason="needs the accelerate CLI and Linux /proc")
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, tmp_path):
+    """Preemption of a multi-process job: a 2-process DDP PAD run (gloo) with checkpoints every 5 steps is killed —
+    launcher and workers, SIGKILL — once its first checkpoint is on disk; the same launch again resumes from the
+    newest checkpoint and writes the loss curve of a 2-process run that was never interrupted."""
+    import signal
+    import time
+
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for name in ("WORKBENCH_TRAINING_ARGS", "WORKBENCH_LOGITS_CHUNK", "WORKBENCH_STAGE_CHUNK"):
+        env.pop(name, None)
+    params = {**PARAMS, "steps": 300, "batch_size": 2, "save_steps": 5, "save_rows": False}
+
+    def launch(out: Path, port: int) -> list[str]:
+        return ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+                "--main_process_port", str(port), "-m", "workbench.train_pad",
+                *_pad_args({**params, "output_dir": out})]
+
+    _run(launch(tmp_path / "reference", 29521), env)
+    job = subprocess.Popen(launch(tmp_path / "run", 29522), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = tmp_path / "run" / "checkpoints" / "round0"
+    deadline = time.monotonic() + 200
+    while job.poll() is None and not any(checkpoints.glob("checkpoint-*/objective_state.pt")):
+        assert time.monotonic() < deadline, "no checkpoint within 200 s"
+        time.sleep(0.05)
+    killed = job.poll() is None
+    # the launcher and both workers, without clean-up (torch's elastic agent starts the workers in sessions of
+    # their own, so they are found by their command line, which names this run's output folder)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    while _processes_naming(str(tmp_path / "run")):
+        for pid in _processes_naming(str(tmp_path / "run")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed, "the run finished before it could be killed: raise steps"
+    left = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert left and left[-1] < params["steps"], f"killed after its last step ({left}): raise steps"
+    again = subprocess.run(launch(tmp_path / "run", 29523), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("resuming from") == 2  # each process, from the checkpoint the killed job left
+    reference, resumed = _curve(tmp_path / "reference"), _curve(tmp_path / "run")
+    assert [e["step"] for e in resumed] == [e["step"] for e in reference] and len(reference) == 60
+    for key in ("loss", "grad_norm", "learning_rate"):
+        torch.testing.assert_close(torch.tensor([e[key] for e in resumed]), torch.tensor([e[key] for e in reference]),
+                                   rtol=1e-5, atol=1e-7, msg=f"{key} differs after the resume")

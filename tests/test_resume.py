@@ -235,7 +235,7 @@ def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):
     import sys
     import time
 
-    params = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "n": 2, "steps": 40,
+    params = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "n": 2, "steps": 200,
               "batch_size": 4, "train_prompts": 16, "max_new_tokens": 6, "lr": 1e-3, "progress": False}
 
     def command(out, save_steps):
@@ -258,8 +258,10 @@ def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert killed, "the run finished before it could be killed: raise steps"
-    assert not (tmp_path / "run" / "history.json").exists()
-    subprocess.run(command(tmp_path / "run", 5), env=env, check=True, capture_output=True)
+    left = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+    assert left and left[-1] < params["steps"], f"killed after its last step ({left}): raise steps"
+    again = subprocess.run(command(tmp_path / "run", 5), env=env, check=True, capture_output=True, text=True)
+    assert "resuming from" in again.stderr
     read = lambda out: [(e["step"], e["loss"]) for e in json.loads((out / "history.json").read_text()) if "loss" in e]
     # logged every 5 steps (the logging interval follows the checkpoints), however far the killed run had come
-    assert read(tmp_path / "run") == read(tmp_path / "reference") and len(read(tmp_path / "reference")) == 8
+    assert read(tmp_path / "run") == read(tmp_path / "reference") and len(read(tmp_path / "reference")) == 40
