@@ -108,3 +108,25 @@ def stand_in_vllm(tiny_models, monkeypatch):
     for module in (sampling, scoring, topk_cache):  # a stand-in's samples and scores are never cached
         monkeypatch.setattr(module, "default_cache", lambda: StageCache(enabled=False))
     return fake
+
+
+@pytest.fixture
+def preempt():
+    """``preempt(job, folder, steps, kill)``: wait until the training subprocess ``job`` has a complete checkpoint in
+    ``folder``, ``kill()`` it (SIGKILL, no clean-up) and check that the kill landed before the last of ``steps``
+    steps, so a rerun has something to resume rather than a finished run."""
+    import time
+
+    def kill_after_first_checkpoint(job, folder: Path, steps: int, kill, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while job.poll() is None and not any(folder.glob("checkpoint-*/objective_state.pt")):
+            assert time.monotonic() < deadline, f"no checkpoint within {timeout:.0f} s"
+            time.sleep(0.05)
+        running = job.poll() is None
+        kill()
+        job.wait()
+        assert running, "the run finished before it could be killed: raise steps"
+        left = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+        assert left and left[-1] < steps, f"killed after its last step ({left}): raise steps"
+
+    return kill_after_first_checkpoint

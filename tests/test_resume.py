@@ -226,14 +226,12 @@ def test_plad_resumes_its_training(lora, tiny_gym, tmp_path, monkeypatch):
     assert _max_weight_difference(resumed.model, once.model) > 0  # the weights compared did train
 
 
-def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):
+def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path, preempt):
     """A real preemption: ``python -m workbench.train`` is killed (SIGKILL, no clean-up) once its first checkpoint is
     on disk; the same command run again resumes and writes the training log of an uninterrupted run."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     params = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "n": 2, "steps": 200,
               "batch_size": 4, "train_prompts": 16, "max_new_tokens": 6, "lr": 1e-3, "progress": False}
@@ -249,17 +247,7 @@ def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path):
     subprocess.run(command(tmp_path / "reference", 5), env=env, check=True, capture_output=True)
     job = subprocess.Popen(command(tmp_path / "run", 5), env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    folder = tmp_path / "run" / "checkpoints" / "round0"
-    deadline = time.monotonic() + 300
-    while job.poll() is None and not any(folder.glob("checkpoint-*/objective_state.pt")):
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    killed = job.poll() is None
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    assert killed, "the run finished before it could be killed: raise steps"
-    left = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
-    assert left and left[-1] < params["steps"], f"killed after its last step ({left}): raise steps"
+    preempt(job, tmp_path / "run" / "checkpoints" / "round0", params["steps"], job.kill)
     again = subprocess.run(command(tmp_path / "run", 5), env=env, check=True, capture_output=True, text=True)
     assert "resuming from" in again.stderr
     read = lambda out: [(e["step"], e["loss"]) for e in json.loads((out / "history.json").read_text()) if "loss" in e]

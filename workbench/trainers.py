@@ -180,10 +180,9 @@ class Checkpoints:
     def latest(self) -> str | None:
         """The newest complete checkpoint folder (``Trainer`` writes ``trainer_state.json`` last, the objective's
         state after it), or None; a folder cut short by a crash mid-save is skipped with a warning."""
-        folder = Path(self.folder)
-        found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                       if p.name.split("-")[-1].isdigit() else -1)
-        for candidate in reversed(found):
+        steps = {int(p.name.removeprefix("checkpoint-")): p for p in Path(self.folder).glob("checkpoint-*")
+                 if p.name.removeprefix("checkpoint-").isdigit()}
+        for candidate in (steps[step] for step in sorted(steps, reverse=True)):
             if (candidate / "trainer_state.json").exists() and (candidate / OBJECTIVE_STATE).exists():
                 return str(candidate)
             logger.warning("skipping incomplete checkpoint %s (cut short while saving)", candidate)
