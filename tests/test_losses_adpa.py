@@ -387,6 +387,41 @@ def _shared_inputs(seed=80, k=5, dtype=torch.float64, scale=2.0):
     return logits, mask, dpo_ids, adv.to(dtype), dpo_logps.to(dtype), labels
 
 
+def _gathered(logits, mask, *id_sets, seed=0):
+    """The GatheredLogps a chunked head would build: log-probs of ``logits`` at the ids (labels, teacher top-k), in
+    a shuffled column order with repeats, and any id off the mask."""
+    ids = torch.cat([i if i.dim() == 3 else i[..., None] for i in id_sets], -1)
+    ids = ids.masked_fill(~mask.bool()[..., None], 0).clamp(min=0)
+    order = torch.randperm(ids.shape[-1], generator=_generator(seed))
+    ids = torch.cat([ids[..., order], ids[..., :2]], -1)  # shuffled, two repeated columns
+    return A.GatheredLogps(ids, torch.gather(torch.log_softmax(logits, -1), -1, ids), V)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_every_loss_reads_gathered_logps_as_it_reads_the_full_logits(reduction):
+    """A GatheredLogps (the chunked head's output: no (B, T, V) tensor kept for backward) stands in for the logits in
+    every loss: the same values and the same gradient with respect to the logits."""
+    logits, mask, ids, adv, dpo_logps, labels = _shared_inputs(seed=85)
+    logits.requires_grad_(True)
+    full = _all_losses(logits, mask, ids, adv, dpo_logps, labels, reduction)
+    gathered = _all_losses(_gathered(logits, mask, labels, ids), mask, ids, adv, dpo_logps, labels, reduction)
+    for name in full:
+        torch.testing.assert_close(gathered[name], full[name], msg=name)
+        (want,) = torch.autograd.grad(full[name].sum(), logits, retain_graph=True)
+        (got,) = torch.autograd.grad(gathered[name].sum(), logits, retain_graph=True)
+        torch.testing.assert_close(got, want, msg=name)
+
+
+def test_gathered_logps_refuse_an_id_they_do_not_hold():
+    logits, mask, ids, adv, dpo_logps, labels = _shared_inputs(seed=86)
+    labels_only = _gathered(logits, mask, labels)
+    A.sft_loss(labels_only, labels, mask)  # what it holds
+    with pytest.raises(ValueError, match=r"was not gathered: build the GatheredLogps with every id the loss reads"):
+        A.adpa_loss(labels_only, mask, ids, adv, GAMMA)
+    with pytest.raises(ValueError, match="ids .* and logps .* must be the same"):
+        A.sft_loss(A.GatheredLogps(labels_only.ids, labels_only.logps[..., :1], V), labels, mask)
+
+
 def test_padded_positions_change_nothing():
     logits, mask, ids, adv, dpo_logps, labels = _shared_inputs()
     pad = ~mask

@@ -177,7 +177,11 @@ MEASURED = [
     dict(name="LoRA fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8, lora=True),
     dict(name="bf16, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
          intermediate=688, batch_size=4, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
+    # DCKD step (ADPA family): B=6 pairs, chosen and rejected forwards, top-50 teacher cache, through the chunked head
+    dict(name="DCKD top-k, chunked head, checkpointing", objective="dckd", vocab=32000, hidden=256, layers=4, heads=8,
+         intermediate=688, batch_size=6, logits_chunk=16, gradient_checkpointing=True),
 ]
+TOPK = 50
 N_RESPONSES, PROMPT_WORDS, RESPONSE_WORDS = 4, 20, 40
 
 
@@ -200,6 +204,7 @@ def _measure(specs: list[dict]) -> list[dict]:
     import time
 
     import datasets
+    import numpy as np
     import psutil
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -216,6 +221,25 @@ def _measure(specs: list[dict]) -> list[dict]:
         "responses": [[" ".join(str((j + k) % 10) for j in range(RESPONSE_WORDS)) for k in range(N_RESPONSES)]] * 64,
         "teacher_rewards": [[float(k) for k in range(N_RESPONSES)]] * 64})
     seq_len = int(collator([rows[0]])["input_ids"].shape[1])
+    pairs = datasets.Dataset.from_dict({"index": list(range(64)), "prompt": rows["prompt"],
+                                        "chosen": [r[0] for r in rows["responses"]],
+                                        "rejected": [r[1] for r in rows["responses"]]})
+
+    def topk_collator(vocab):
+        """A random top-k "teacher" cache on the pairs (the memory of a step does not depend on its values)."""
+        from workbench.methods.adpa import TopkPairCollator
+        from workbench.topk_cache import TopkCache
+
+        generator = np.random.default_rng(0)
+        caches = {}
+        for name in ("chosen", "rejected"):
+            lengths = [int(collator([{"prompt": p, "responses": [r], "teacher_rewards": [0.0]}])["response_mask"]
+                           [:, 1:].sum()) for p, r in zip(pairs["prompt"], pairs[name])]
+            caches[f"{name}_dpo"] = TopkCache(
+                ids=[generator.integers(0, vocab, (n, TOPK), dtype=np.int32) for n in lengths],
+                logps=[np.full((n, TOPK), np.log(0.9 / TOPK), dtype=np.float32) for n in lengths],
+                tail_logps=[np.full(n, np.log(0.1), dtype=np.float32) for n in lengths], k=TOPK)
+        return TopkPairCollator(tokenizer, ("chosen", "rejected"), caches)
 
     def build(spec):
         config = LlamaConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
@@ -235,6 +259,12 @@ def _measure(specs: list[dict]) -> list[dict]:
         if spec.get("gradient_checkpointing"):
             extra = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
         os.environ["WORKBENCH_LOGITS_CHUNK"] = str(spec.get("logits_chunk") or 0)
+        if spec.get("objective") == "dckd":
+            from workbench.methods.adpa import DckdObjective
+
+            train_distill(model, pairs, topk_collator(spec["vocab"]), DckdObjective(alpha=1.0), steps=steps, lr=1e-4,
+                          batch_size=spec["batch_size"], progress=False, **extra)
+            return
         train_distill(model, rows, collator, ListwiseObjective("ppd", 10.0), steps=steps, lr=1e-4,
                       batch_size=spec["batch_size"], progress=False, **extra)
 
@@ -268,6 +298,8 @@ def _measure(specs: list[dict]) -> list[dict]:
     for kind in {spec.get("kind") for spec in specs} - {None}:
         score(warm, dict(kind=kind, batch_size=2, logits_chunk=4))
     train(warm, {"batch_size": 2}, 2)
+    if any(spec.get("objective") == "dckd" for spec in specs):
+        train(warm, {"batch_size": 2, "objective": "dckd", "vocab": 64, "logits_chunk": 4}, 2)
     results = []
     for spec in specs:
         model = build(spec).eval() if spec.get("kind") else None
@@ -293,8 +325,10 @@ def predicted_training_bytes(spec: dict, seq_len: int) -> int:
               "num_hidden_layers": spec["layers"], "num_attention_heads": spec["heads"],
               "num_key_value_heads": spec.get("kv_heads", spec["heads"]), "intermediate_size": spec["intermediate"],
               "tie_word_embeddings": False}
+    method = (dict(teacher_dpo="probe", teacher_ref="probe", method="dckd") if spec.get("objective") == "dckd"
+              else dict(n=N_RESPONSES))  # DCKD: chosen and rejected of each pair (n = 2)
     estimate = memory.estimate(
-        dict(student="probe", n=N_RESPONSES, batch_size=spec["batch_size"], lora=spec.get("lora", False),
+        dict(student="probe", **method, batch_size=spec["batch_size"], lora=spec.get("lora", False),
              prompt_tokens=seq_len - 1, max_new_tokens=0, device="cpu", dtype=spec.get("dtype", "float32"),
              logits_chunk=spec.get("logits_chunk") or 0,
              gradient_checkpointing=spec.get("gradient_checkpointing", False)),
@@ -619,8 +653,9 @@ def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_proces
 
 def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     """ADPA: the student samples one ŷ with no teacher loaded; each teacher is loaded alone for its top-k pass; its
-    losses read the full (B, T, V) student logits, so logits_chunk does not shrink its training step. PLaD: the
-    teacher samples and is freed; it never scores, so there is no teacher-scoring phase or time."""
+    losses read the student through the chunked head when logits_chunk is set (method 'sft', Trainer's own loss,
+    does not). PLaD: the teacher samples and is freed; it never scores, so there is no teacher-scoring phase or
+    time; both its losses read the chunked head."""
     sizes = dict(prompt_tokens=512, max_new_tokens=512, device="cuda", logits_chunk=128, gradient_checkpointing=True,
                  batch_size=2)
     adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
@@ -630,9 +665,10 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     assert list(est.phases) == ["sampling", "teacher_likelihood", "training"]
     assert est.phases["sampling"]["teacher_weights"] == 0 and est.phases["training"]["teacher_weights"] == 0
     assert est.phases["teacher_likelihood"]["teacher_weights"] == one_teacher  # not both teachers at once
-    assert not est.assumptions["training_head_chunked"]
-    pad_like = memory.estimate({**adpa, "training_head_chunked": True}, model_configs=CONFIGS)
-    assert est.total("training") > pad_like.total("training")  # full logits cost more than a chunked head
+    assert est.assumptions["training_head_chunked"]
+    sft = memory.estimate({**adpa, "method": "sft"}, model_configs=CONFIGS)
+    assert not sft.assumptions["training_head_chunked"]
+    assert sft.total("training") > est.total("training")  # full logits cost more than a chunked head
     assert memory.run_shape(adpa).samples_per_prompt == 1
     plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
                 dataset="hh-helpful", lora=True, **sizes)
@@ -641,7 +677,7 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     assert est.phases["training"]["teacher_weights"] == 0 and est.phases["teacher_sampling"]["teacher_weights"] > 0
     assert est.assumptions["training_head_chunked"]
     margin = memory.estimate({**plad, "loss": "plad_margin"}, model_configs=CONFIGS)
-    assert not margin.assumptions["training_head_chunked"]
+    assert margin.assumptions["training_head_chunked"]
     assert "teacher_scoring" not in memory.estimate_time(plad, prompts=1000, model_configs=CONFIGS)["stages"]
     assert "teacher_scoring" in memory.estimate_time(adpa, prompts=1000, model_configs=CONFIGS)["stages"]
 

@@ -132,6 +132,38 @@ def test_adpa_objective_equals_the_full_vocabulary_definition(tiny_models, tmp_p
     assert float(loss) == pytest.approx(float(reference), abs=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["dckd", *sorted(M.ON_POLICY_LOSSES)])
+def test_objectives_through_the_chunked_head_equal_the_full_logits(loss, tiny_models, tmp_path):
+    """logits_chunk: the student's log-probs at the labels and teacher top-k ids through the chunked head (no
+    (B, L, V) logits kept for backward) give every ADPA-family objective's loss and gradient."""
+    student, tok = tiny_models["student"]
+    pairs = M.gym_preference_pairs(M.gym_prompts("train", 5, 0), seed=0)
+    hats = ["1 2", "sure 3", "", "4 4 4", "hate"]
+    teachers = {"dpo": tiny_models["teacher-dpo"][0], "ref": tiny_models["teacher-ref"][0]}
+    fields = ("chosen", "rejected") if loss == "dckd" else ("chosen", "hat")
+    caches = {f"{field}_{name}": teacher_topk(model, tok, tok, pairs["prompt"],
+                                              hats if field == "hat" else pairs[field], k=5,
+                                              cache=StageCache(tmp_path))
+              for field in fields if field != "chosen" or loss == "dckd"
+              for name, model in teachers.items() if name == "dpo" or loss != "dckd"}
+    batch = M.TopkPairCollator(tok, fields, caches)(_rows(pairs, hat=hats))
+    results = []
+    for chunk in (0, 3):
+        objective = (M.DckdObjective(alpha=0.7, logits_chunk=chunk) if loss == "dckd"
+                     else M.OnPolicyObjective(loss, 1.3, 0.1, logits_chunk=chunk))
+        student.zero_grad()
+        value, metrics = objective(student, batch)
+        value.backward()
+        results.append((value.detach(), metrics, [p.grad.clone() for p in student.parameters() if p.grad is not None]))
+    (full, full_metrics, full_grads), (chunked, chunked_metrics, chunked_grads) = results
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_metrics["sft_loss"], full_metrics["sft_loss"], rtol=1e-5, atol=1e-6)
+    assert len(chunked_grads) == len(full_grads) > 0
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    student.zero_grad()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pipelines end to end (tiny steps)
 # ---------------------------------------------------------------------------------------------------------------

@@ -68,15 +68,16 @@ def test_ranking_objective_equals_eq4_on_independently_scored_log_likelihoods(ti
     assert metrics["logp_gap"].item() == pytest.approx((chosen - rejected).mean().item(), abs=1e-5)
 
 
-def test_ranking_objective_through_the_chunked_head_equals_the_full_logits(tiny_models):
+@pytest.mark.parametrize("loss_name", ["plad_ranking", "plad_margin"])
+def test_objective_through_the_chunked_head_equals_the_full_logits(tiny_models, loss_name):
     """logits_chunk (full-size runs: no (2B, L, V) logits kept for backward) changes memory, not the loss or its
-    gradient."""
+    gradient — also for the margin loss, whose score reads the student's last-layer states of the same pass."""
     model, tokenizer = tiny_models["student"]
-    batch = PairCollator(tokenizer)(ROWS)
+    batch = PairCollator(tokenizer, with_reference=loss_name == "plad_margin")(ROWS)
     results = []
     for chunk in (0, 3):
         model.zero_grad()
-        loss, _ = PladObjective("plad_ranking", beta=1.0, sft_weight=0.5, logits_chunk=chunk)(model, batch)
+        loss, _ = PladObjective(loss_name, beta=1.0, sft_weight=0.5, logits_chunk=chunk)(model, batch)
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (full, full_grads), (chunked, chunked_grads) = results

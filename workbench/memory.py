@@ -439,8 +439,9 @@ class RunShape:
         "help": "the teacher scores responses (PAD: likelihood and MCQ; ADPA: the top-k pass); PLaD only samples "
                 "from its teacher"})
     training_head_chunked: bool = field(default=True, metadata={
-        "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (PAD, PLaD's "
-                "ranking loss); ADPA's top-k losses and PLaD's margin loss take the full (B, T, V) logits"})
+        "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
+                "distillation loss: PAD, the ADPA family's top-k losses, PLaD); ADPA's method 'sft' trains through "
+                "Trainer's own loss on the full (B, T, V) logits"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
     mcq_letters: int | None = field(default=None, metadata={
         "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
@@ -531,10 +532,10 @@ def _method_defaults(values: Mapping) -> dict:
     if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
         return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
                 "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False,
-                "training_head_chunked": False}
+                "training_head_chunked": values.get("method") != "sft"}
     if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
         return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True, "teacher_scores": False,
-                "teacher_in_training": False, "training_head_chunked": values.get("loss") != "plad_margin"}
+                "teacher_in_training": False}
     return {}
 
 
@@ -756,12 +757,11 @@ def suggestions(shape: dict) -> list[str]:
         tips.append("quantization='4bit' (teacher in NF4)")
     if not shape.get("lora"):
         tips.append("lora=True (train LoRA adapters instead of the full student)")
-    tips.append("a smaller batch_size (with gradient_accumulation_steps in $WORKBENCH_TRAINING_ARGS to keep the "
-                "global batch)")
+    tips.append("a smaller batch_size (with a larger gradient_accumulation_steps to keep the global batch)")
     if not shape.get("gradient_checkpointing"):
-        tips.append('gradient checkpointing ($WORKBENCH_TRAINING_ARGS=\'{"gradient_checkpointing": true}\')')
+        tips.append("gradient checkpointing (gradient_checkpointing=True)")
     if not shape.get("logits_chunk"):
-        tips.append("chunked log-probs ($WORKBENCH_LOGITS_CHUNK=128)")
+        tips.append("chunked log-probs (logits_chunk=128)")
     if not shape.get("teacher_cached") and shape.get("teacher"):
         tips.append("precomputed teacher scores (teacher_cached)")
     return tips

@@ -60,7 +60,7 @@ def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | No
     """The output head on final hidden states, as the model's forward computes its logits, in float32 (no grad).
 
     Gemma-2 soft-caps the final logits: $f \\leftarrow c \\tanh(f / c)$, here in place (one (·, V) buffer, not
-    three as the autograd-safe ``trainers._head_token_logps`` needs).
+    three as the autograd-safe ``trainers._head_logps_at`` needs).
 
     Args:
         hidden: (..., H) after the decoder's final norm.

@@ -281,19 +281,28 @@ def _unwrapped(model):
     return model
 
 
-def _head_token_logps(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                      softcap: float | None) -> torch.Tensor:
-    """log softmax(head(hidden))[label] for one chunk: hidden (B, c, H), labels (B, c) -> (B, c)."""
+def _head_logps_at(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Module,
+                   softcap: float | None) -> torch.Tensor:
+    """log softmax(head(hidden)) at ``ids`` for one chunk: hidden (B, c, H), ids (B, c, J) -> (B, c, J)."""
     logits = head(hidden).float()  # (B, c, V)
     if softcap:  # Gemma-2 final-logit soft-capping, as its forward applies it
         logits = torch.tanh(logits / softcap) * softcap
-    ids = labels.clamp(min=0).unsqueeze(-1)
-    # $\log p(y_t) = f_t - \log Z_t$
-    return logits.gather(-1, ids).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    # $\log p(a) = f_a - \log Z$
+    return logits.gather(-1, ids.clamp(min=0)) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-def chunked_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Token log-probs through the output head ``chunk`` positions at a time, each chunk recomputed in backward.
+def output_vocab_size(model) -> int:
+    """V of the model's output head (its logits' last dimension)."""
+    inner = _unwrapped(model)
+    head = inner.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else int(inner.config.vocab_size)
+
+
+def chunked_logps_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ids: torch.Tensor, chunk: int,
+                     *, output_hidden_states: bool = False):
+    """The student's log-probs at ``ids`` through the output head ``chunk`` positions at a time, each chunk
+    recomputed in backward.
 
     The model runs once with ``output_hidden_states`` and ``logits_to_keep=1`` (so its own forward, and any DDP
     wrapper's hooks, still run); the head is applied to the final (normed) hidden states per chunk under
@@ -302,24 +311,32 @@ def chunked_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
 
     Args:
         input_ids, attention_mask: (B, L).
+        ids: (B, L-1, J) token ids per position; position t is the distribution over token t+1.
+        output_hidden_states: also return the final hidden states (B, L, H) (PLaD's margin score reads them).
     Returns:
-        token_logps: (B, L-1), position t scores token t+1.
+        logps (B, L-1, J), and the hidden states with ``output_hidden_states``.
     """
     from torch.utils.checkpoint import checkpoint
 
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                 logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1][:, :-1]  # (B, L-1, H), after the final norm
-    labels = input_ids[:, 1:]
+    final = out.hidden_states[-1]  # (B, L, H), after the final norm
+    hidden = final[:, :-1]
     inner = _unwrapped(model)
     head = inner.get_output_embeddings()
     softcap = getattr(inner.config, "final_logit_softcapping", None)
     parts = [
-        checkpoint(_head_token_logps, hidden[:, start : start + chunk], labels[:, start : start + chunk], head,
-                   softcap, use_reentrant=False)
+        checkpoint(_head_logps_at, hidden[:, start : start + chunk], ids[:, start : start + chunk], head, softcap,
+                   use_reentrant=False)
         for start in range(0, hidden.shape[1], chunk)
     ]
-    return torch.cat(parts, dim=1)
+    logps = torch.cat(parts, dim=1)
+    return (logps, final) if output_hidden_states else logps
+
+
+def chunked_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Token log-probs (B, L-1) through the chunked head (:func:`chunked_logps_at`); position t scores token t+1."""
+    return chunked_logps_at(model, input_ids, attention_mask, input_ids[:, 1:, None], chunk)[..., 0]
 
 
 @dataclass

@@ -3,7 +3,9 @@ Language Models"), as pure tensor functions of a top-k teacher cache and student
 
 Conventions shared by every function here:
 
-* ``student_logits (B, T, V)`` are aligned so position ``t`` predicts response token ``t``.
+* ``student_logits (B, T, V)`` are aligned so position ``t`` predicts response token ``t``. Every loss reads them
+  only at a few ids per position (the teacher's top-k, the label), so a :class:`GatheredLogps` — the student's
+  log-probs at those ids, computed through a chunked head without a (B, T, V) tensor — may stand in for them.
 * ``mask (B, T)`` is 1 on response tokens, 0 on prompt and padding. Masked-out positions never reach the result
   (values there may be garbage: ids such as ``-100``, NaN log-probs) and receive zero gradient.
 * A teacher cache is ``*_topk_ids (B, T, k) int64`` and ``*_topk_logps (B, T, k)`` (log-probs of those ids under
@@ -16,6 +18,7 @@ Equation numbers refer to the ADPA paper (``papers/adpa.md`` maps each equation 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -23,6 +26,7 @@ from torch import Tensor
 
 __all__ = [
     "DCKD_ALPHA",
+    "GatheredLogps",
     "ADVANTAGE_CLAMP_RANGE",
     "MISSING_LOGP_RULES",
     "tail_logmass",
@@ -50,8 +54,64 @@ def _shape(x: Tensor) -> str:
     return "(" + ", ".join(str(d) for d in x.shape) + ")"
 
 
-def _check_logits_mask(logits: Tensor, mask: Tensor, logits_name: str, mask_name: str) -> None:
-    if not isinstance(logits, Tensor) or logits.dim() != 3:
+@dataclass(frozen=True)
+class GatheredLogps:
+    """The student's log-probs at a few token ids per position, standing in for its ``(B, T, V)`` logits.
+
+    ``logps[b, t, j] = log softmax(student_logits[b, t])[ids[b, t, j]]``; built by a chunked output head
+    (:func:`workbench.methods.adpa.student_logps`) so no ``(B, T, V)`` tensor is kept for backward. A loss reads the
+    ids it needs with :meth:`at`; asking at a response position for an id that was not gathered is an error.
+
+    Attributes:
+        ids: (B, T, J) int64 gathered ids (any order, repeats allowed).
+        logps: (B, T, J) float log-probs at ``ids`` (with gradient).
+        vocab_size: V of the student's head.
+    """
+
+    ids: Tensor
+    logps: Tensor
+    vocab_size: int
+
+    @property
+    def shape(self) -> torch.Size:
+        """(B, T, V), the shape of the logits this stands in for."""
+        return torch.Size((*self.logps.shape[:2], self.vocab_size))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logps.dtype
+
+    def dim(self) -> int:
+        return 3
+
+    def is_floating_point(self) -> bool:
+        return self.logps.is_floating_point()
+
+    def at(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Log-probs at ``ids (B, T, k)``: (B, T, k). Positions off ``mask`` take any gathered value."""
+        match = ids[..., :, None] == self.ids[..., None, :]  # (B, T, k, J)
+        missing = ~match.any(-1) & mask.bool()[..., None]  # (B, T, k)
+        if bool(missing.any()):
+            b, t, j = (int(i) for i in missing.nonzero()[0])
+            raise ValueError(f"id {int(ids[b, t, j])} at row {b}, position {t} was not gathered: build the "
+                             f"GatheredLogps with every id the loss reads (teacher top-k ids, labels)")
+        slot = match.to(torch.uint8).argmax(-1)  # (B, T, k): first gathered copy
+        return torch.gather(self.logps, -1, slot)
+
+
+def _logps_at(student: Tensor | GatheredLogps, mask: Tensor, ids: Tensor) -> Tensor:
+    """log softmax(student logits) at ``ids (B, T, k)``: (B, T, k), from full logits or a :class:`GatheredLogps`."""
+    if isinstance(student, GatheredLogps):
+        return student.at(ids, mask)
+    return torch.gather(_log_softmax(student), -1, ids)
+
+
+def _check_logits_mask(logits: Tensor | GatheredLogps, mask: Tensor, logits_name: str, mask_name: str) -> None:
+    if isinstance(logits, GatheredLogps):
+        if logits.logps.dim() != 3 or tuple(logits.ids.shape) != tuple(logits.logps.shape):
+            raise ValueError(f"{logits_name}: GatheredLogps ids {_shape(logits.ids)} and logps "
+                             f"{_shape(logits.logps)} must be the same (B, T, J) shape")
+    elif not isinstance(logits, Tensor) or logits.dim() != 3:
         raise ValueError(f"{logits_name} must be a (B, T, V) tensor, got shape "
                          f"{_shape(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
     if not logits.is_floating_point():
@@ -218,10 +278,9 @@ def topk_forward_kl(
     _check_topk(teacher_topk_ids, teacher_topk_logps, "teacher_topk_ids", "teacher_topk_logps",
                 leading=student_logits.shape[:2], vocab_size=student_logits.shape[-1], mask=mask)
     ids = _safe_ids(teacher_topk_ids, mask)  # (B, T, k)
-    student_logps = _log_softmax(student_logits)  # (B, T, V)
-    teacher_topk = _safe_logps(teacher_topk_logps, mask).to(student_logps.dtype)  # (B, T, k)
     # $\log \pi_\theta(a)$ for $a \in K_t$
-    student_topk = torch.gather(student_logps, -1, ids)  # (B, T, k)
+    student_topk = _logps_at(student_logits, mask, ids)  # (B, T, k)
+    teacher_topk = _safe_logps(teacher_topk_logps, mask).to(student_topk.dtype)  # (B, T, k)
     # $\log m_t$, $\log m_\theta$: mass outside the same $K_t$
     teacher_tail = tail_logmass(teacher_topk)  # (B, T)
     student_tail = tail_logmass(student_topk)  # (B, T)
@@ -261,7 +320,7 @@ def sft_loss(student_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     if live.numel() and (int(live.min()) < 0 or int(live.max()) >= student_logits.shape[-1]):
         raise ValueError(f"labels holds ids outside [0, {student_logits.shape[-1]}) on unmasked positions")
     # $\log \pi_\theta(y_t \mid x, y_{<t})$
-    token_logps = torch.gather(_log_softmax(student_logits), -1, safe_labels[..., None]).squeeze(-1)  # (B, T)
+    token_logps = _logps_at(student_logits, mask, safe_labels[..., None]).squeeze(-1)  # (B, T)
     return _masked_mean(-token_logps, mask)
 
 
@@ -450,10 +509,9 @@ def _check_advantage_inputs(student_logits_hat: Tensor, mask_hat: Tensor, advant
                 vocab_size=student_logits_hat.shape[-1], mask=mask_hat)
 
 
-def _student_topk(student_logits_hat: Tensor, mask_hat: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(full student log-probs (B, T, V), student log-probs at the cached ids (B, T, k))."""
-    student_logps = _log_softmax(student_logits_hat)  # (B, T, V)
-    return student_logps, torch.gather(student_logps, -1, _safe_ids(ids, mask_hat))  # (B, T, k)
+def _student_topk(student_logits_hat: Tensor | GatheredLogps, mask_hat: Tensor, ids: Tensor) -> Tensor:
+    """Student log-probs at the cached ids: (B, T, k)."""
+    return _logps_at(student_logits_hat, mask_hat, _safe_ids(ids, mask_hat))
 
 
 def _time_reduce(per_token: Tensor, mask: Tensor, length_normalize: bool) -> Tensor:
@@ -504,7 +562,7 @@ def adpa_loss(
     """
     reduce = _check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
-    _, student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
+    student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
     advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\sum_{a} \pi_\theta(a \mid \hat s_t) A(\hat s_t, a)$
     expected_advantage = (student_topk.exp() * advantage).sum(-1)  # (B, T)
@@ -550,7 +608,7 @@ def adpa_policy_gradient_surrogate(
     """
     reduce = _check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
-    _, student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
+    student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
     advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\sum_a \operatorname{sg}[\pi_\theta(a)] \log \pi_\theta(a) A(a)$
     weighted_loglik = (student_topk.exp().detach() * student_topk * advantage).sum(-1)  # (B, T)
@@ -593,7 +651,7 @@ def q_argmax_kd_loss(
     """
     reduce = _check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
-    _, student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
+    student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
     advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $a^*_t = \arg\max_a A(\hat s_t, a)$ (slot in the cache)
     best_slot = advantage.argmax(dim=-1, keepdim=True)  # (B, T, 1)
@@ -644,7 +702,7 @@ def q_softmax_kd_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     reduce = _check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
-    _, student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
+    student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
     advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\log q(a) = \log \operatorname{softmax}(A/\tau)_a$ over the cached ids
     target_logps = torch.log_softmax(advantage / temperature, dim=-1)  # (B, T, k)
@@ -704,7 +762,7 @@ def reverse_ce_dpo_only_loss(
         fill_rule = MISSING_LOGP_RULES[missing_rule]
     except KeyError:
         raise ValueError(f"missing_rule must be one of {sorted(MISSING_LOGP_RULES)}, got {missing_rule!r}") from None
-    _, student_topk = _student_topk(student_logits_hat, mask_hat, dpo_topk_ids)  # (B, T, k)
+    student_topk = _student_topk(student_logits_hat, mask_hat, dpo_topk_ids)  # (B, T, k)
     dpo_logps = _safe_logps(dpo_topk_logps.detach(), mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\log \hat\pi_{\text{dpo}}(a)$ for uncached $a$, and the student's mass there
     dpo_uncached = fill_rule(dpo_logps, vocab_size)  # (B, T)

@@ -44,18 +44,20 @@ from workbench.gym.build import JUDGE_MIX
 from workbench.losses import get_loss
 from workbench.losses.adpa import (
     MISSING_LOGP_RULES,
+    GatheredLogps,
     advantage_from_topk,
     dckd_loss,
     sft_loss,
 )
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
                                      check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
-                                     loaded_once, no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
-                                     training_summary, vllm_engine_options)
+                                     knob, loaded_once, no_gold_evaluation, preference_splits, resolve_lr,
+                                     run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
-from workbench.trainers import set_threads, train_distill, train_sft
+from workbench.trainers import (chunked_logps_at, logits_chunk_setting, output_vocab_size, set_threads, train_distill,
+                                train_sft)
 
 logger = logging.getLogger("workbench.adpa")
 
@@ -129,7 +131,7 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass
-class AdpaConfig:
+class AdpaConfig(TrainingKnobs):
     """Parameters of a DCKD / ADPA / ADPA+ run; defaults run the gym on CPU in about a minute per method.
 
     Paper values are quoted in ``help``; the gym's students are tiny, so learning rates and steps differ.
@@ -183,6 +185,9 @@ class AdpaConfig:
                 "0.845 at 1e-4 vs 1e-3, validation, seeds 0-1)"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "App. F: 0.1"})
+    gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
+    gradient_checkpointing: bool = knob("gradient_checkpointing")
+    logits_chunk: int = knob("logits_chunk")
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})
     eval_prompts: int = field(default=128, metadata={
         "help": "held-out prompts (gold reward or judge, and reward accuracy on their pairs)"})
@@ -227,6 +232,7 @@ class AdpaConfig:
         check_dataset_options(self)
         check_vllm_options(self)
         check_save_steps(self)
+        self.check_training_knobs()
         self.lr = resolve_lr(self.lr, self.method)
         self.dckd_lr = self.lr if self.dckd_lr is None else resolve_lr(self.dckd_lr, "dckd")
 
@@ -308,26 +314,46 @@ def shifted_logits(model, inputs: dict, name: str) -> torch.Tensor:
     return logits[:, :-1]
 
 
+def student_logps(model, inputs: dict, name: str, ids: Sequence[torch.Tensor], logits_chunk: int | None = None):
+    """What the losses read of the student on field ``name``: its logits (B, L-1, V) or, with ``logits_chunk``
+    (None: ``$WORKBENCH_LOGITS_CHUNK``, off), its log-probs at ``ids`` (each (B, L-1) or (B, L-1, k): labels, teacher
+    top-k ids) through the chunked head — a :class:`~workbench.losses.adpa.GatheredLogps` the losses take in place
+    of the logits, so no (B, L-1, V) tensor is kept for backward."""
+    chunk = logits_chunk if logits_chunk is not None else logits_chunk_setting()
+    if not chunk:
+        return shifted_logits(model, inputs, name)
+    vocab_size = output_vocab_size(model)
+    wanted = torch.cat([i if i.dim() == 3 else i[..., None] for i in ids], dim=-1)  # (B, L-1, J)
+    # off the response (and for out-of-range ids, which the losses reject by name) any valid id will do
+    live = inputs[f"{name}_mask"].bool()[..., None]
+    wanted = torch.where(live, wanted, torch.zeros_like(wanted)).clamp(0, vocab_size - 1)
+    logps = chunked_logps_at(model, inputs[f"{name}_input_ids"], inputs[f"{name}_attention_mask"], wanted, chunk)
+    return GatheredLogps(wanted, logps, vocab_size)
+
+
 @dataclass
 class DckdObjective:
     """L_DCKD = L_SFT(y_w) + α (L_KLD-w + L_KLD-l) (ADPA Eq. 5-7) on cached π_dpo top-k."""
 
     alpha: float
     use_rejected: bool = True
+    logits_chunk: int | None = None  # the chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
 
     def __call__(self, model, inputs):
-        chosen_logits = shifted_logits(model, inputs, "chosen")  # (B, Lw-1, V)
+        chosen = student_logps(model, inputs, "chosen", (inputs["chosen_labels"], inputs["chosen_dpo_ids"]),
+                               self.logits_chunk)  # (B, Lw-1, V)
         rejected = {}
         if self.use_rejected:
-            rejected = dict(rejected_student_logits=shifted_logits(model, inputs, "rejected"),
+            rejected = dict(rejected_student_logits=student_logps(model, inputs, "rejected",
+                                                                  (inputs["rejected_dpo_ids"],), self.logits_chunk),
                             rejected_mask=inputs["rejected_mask"],
                             rejected_teacher_topk_ids=inputs["rejected_dpo_ids"],
                             rejected_teacher_topk_logps=inputs["rejected_dpo_logps"])
         # $\mathcal{L}_{\text{SFT}} + \alpha(\mathcal{L}_{\text{KLD-}w} + \mathcal{L}_{\text{KLD-}l})$, Eq. (7)
-        loss = dckd_loss(chosen_logits, inputs["chosen_labels"], inputs["chosen_mask"], inputs["chosen_dpo_ids"],
+        loss = dckd_loss(chosen, inputs["chosen_labels"], inputs["chosen_mask"], inputs["chosen_dpo_ids"],
                          inputs["chosen_dpo_logps"], alpha=self.alpha, use_rejected=self.use_rejected, **rejected)
         with torch.no_grad():
-            sft = sft_loss(chosen_logits, inputs["chosen_labels"], inputs["chosen_mask"]).mean()
+            sft = sft_loss(chosen, inputs["chosen_labels"], inputs["chosen_mask"]).mean()
         return loss, {"sft_loss": sft}
 
 
@@ -373,19 +399,20 @@ class OnPolicyObjective:
     advantage_clamp: bool = False
     length_normalize: bool = False
     q_temperature: float = 1.0
+    logits_chunk: int | None = None  # the chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
 
     def __post_init__(self):
         self.loss_fn = get_loss(self.loss)
         self.spec = ON_POLICY_LOSSES[self.loss]
 
     def __call__(self, model, inputs):
-        chosen_logits = shifted_logits(model, inputs, "chosen")  # (B, Lw-1, V)
+        chosen = student_logps(model, inputs, "chosen", (inputs["chosen_labels"],), self.logits_chunk)
         # $\mathcal{L}_{\text{SFT}}(x, y_w)$ per sequence
-        sft = sft_loss(chosen_logits, inputs["chosen_labels"], inputs["chosen_mask"])  # (B,)
-        hat_logits = shifted_logits(model, inputs, "hat")  # (B, L-1, V)
-        vocab_size = hat_logits.shape[-1]
+        sft = sft_loss(chosen, inputs["chosen_labels"], inputs["chosen_mask"])  # (B,)
+        vocab_size = output_vocab_size(model)
         ids, values = self.spec.targets(self, inputs, vocab_size)  # (B, L-1, k) each
-        loss = self.loss_fn(hat_logits, inputs["hat_mask"], ids, values, self.gamma, sft_term=sft,
+        hat = student_logps(model, inputs, "hat", (ids,), self.logits_chunk)  # (B, L-1, V)
+        loss = self.loss_fn(hat, inputs["hat_mask"], ids, values, self.gamma, sft_term=sft,
                             **self.spec.kwargs(self, vocab_size))
         return loss, {"sft_loss": sft.detach().mean(), "distill_term": loss.detach() - sft.detach().mean()}
 
@@ -457,7 +484,8 @@ def _train(ctx: RunContext, rows, collator, objective, steps: int, stage: int, n
     cfg = ctx.cfg
     log = train_distill(ctx.student, rows, collator, objective, steps=steps, lr=lr or cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio,
-                        progress=cfg.progress, checkpoints=ctx.stage_checkpoints(stage, name))
+                        progress=cfg.progress, checkpoints=ctx.stage_checkpoints(stage, name),
+                        **cfg.training_overrides())
     ctx.history += [{**entry, "stage": name} for entry in log]
 
 
@@ -495,7 +523,7 @@ def _stage_sft(ctx: RunContext, stage: int) -> dict:
     rows = datasets.Dataset.from_dict({"prompt": ctx.pairs["prompt"], "response": ctx.pairs["chosen"]})
     log = train_sft(ctx.student, ctx.tokenizer, rows, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                     seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress,
-                    checkpoints=ctx.stage_checkpoints(stage, "sft"))
+                    checkpoints=ctx.stage_checkpoints(stage, "sft"), **cfg.training_overrides())
     ctx.history += [{**entry, "stage": "sft"} for entry in log]
     return {"stage": "sft"}
 
@@ -508,7 +536,8 @@ def _stage_dckd(ctx: RunContext, stage: int) -> dict:
     collator = TopkPairCollator(ctx.tokenizer, fields, caches)
     first_of_two = cfg.method == "adpa+"  # ADPA+'s DCKD stage has its own steps and rate
     steps = cfg.dckd_steps if (cfg.dckd_steps and first_of_two) else cfg.steps
-    _train(ctx, _indexed(ctx.pairs), collator, DckdObjective(cfg.alpha, cfg.use_rejected), steps, stage, "dckd",
+    _train(ctx, _indexed(ctx.pairs), collator, DckdObjective(cfg.alpha, cfg.use_rejected, cfg.logits_chunk), steps,
+           stage, "dckd",
            lr=cfg.dckd_lr if first_of_two else cfg.lr)
     return {"stage": "dckd", "teacher_tail_mass_chosen": _mean_tail(caches["chosen_dpo"])}
 
@@ -523,7 +552,7 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
         caches = {f"hat_{teacher}": _cache(ctx, teacher, hats) for teacher in spec.teachers}
         collator = TopkPairCollator(ctx.tokenizer, ("chosen", "hat"), caches)
         objective = OnPolicyObjective(loss, cfg.gamma, cfg.beta, cfg.missing_rule, cfg.advantage_clamp,
-                                      cfg.length_normalize, cfg.q_temperature)
+                                      cfg.length_normalize, cfg.q_temperature, cfg.logits_chunk)
         _train(ctx, _indexed(ctx.pairs, hat=hats), collator, objective, cfg.steps, stage, loss)
         info = {"stage": loss, "state_source": cfg.state_source,
                 "state_length": float(np.mean([len(y.split()) for y in hats]))}

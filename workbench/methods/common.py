@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,6 +81,77 @@ def loaded_once(load: Callable[[], Any]):
         from workbench.topk_cache import release_memory
 
         release_memory()
+
+
+TRAINING_KNOBS = {
+    "gradient_accumulation_steps": (1, "micro-steps per optimizer step: global batch = batch_size × this × processes "
+                                       "(paper: 128 in all); $WORKBENCH_TRAINING_ARGS overrides it"),
+    "gradient_checkpointing": (False, "recompute the student's activations in backward; $WORKBENCH_TRAINING_ARGS "
+                                      "overrides it"),
+    "logits_chunk": (0, "the training loss reads the student's log-probs through a checkpointed output head this "
+                        "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
+                        "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it"),
+}
+
+
+def knob(name: str):
+    """The dataclass field of training knob ``name`` (:data:`TRAINING_KNOBS`), declared in each method config."""
+    default, help_text = TRAINING_KNOBS[name]
+    return field(default=default, metadata={"help": help_text})
+
+
+class TrainingKnobs:
+    """What every method config (PAD, DCKD/ADPA/ADPA+, PLaD) does with its full-size training knobs — fields
+    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk`` (:func:`knob`), papermill
+    parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK`` override
+    them at launch."""
+
+    def check_training_knobs(self) -> None:
+        """Apply the launch-time overrides, then validate."""
+        self.apply_env_overrides()
+        if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
+                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+
+    def apply_env_overrides(self) -> None:
+        """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
+        fields, so the config (and the memory estimate read from it) says what the trainer will do."""
+        from workbench.trainers import LOGITS_CHUNK_ENV, env_training_overrides, logits_chunk_setting
+
+        env = env_training_overrides()
+        for name in ("gradient_accumulation_steps", "gradient_checkpointing"):
+            if name in env and env[name] != getattr(self, name):
+                logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, env[name], getattr(self, name))
+                setattr(self, name, type(getattr(self, name))(env[name]))
+        if os.environ.get(LOGITS_CHUNK_ENV, "").strip():
+            chunk = logits_chunk_setting() or 0
+            if chunk != self.logits_chunk:
+                logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
+            self.logits_chunk = chunk
+
+    def training_overrides(self) -> dict:
+        """``TrainingArguments`` of the knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
+        from workbench.trainers import env_training_overrides
+
+        overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
+        if self.gradient_checkpointing:
+            env = env_training_overrides()
+            name = checkpointing_argument()
+            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
+            kwargs = env.get("activation_checkpointing_kwargs", env.get("gradient_checkpointing_kwargs"))
+            overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
+        return overrides
+
+
+def checkpointing_argument() -> str:
+    """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
+    to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "

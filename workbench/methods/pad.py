@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,15 +30,15 @@ from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
                                      check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
                                      load_frozen_teacher, no_gold_evaluation, preference_splits, resolve_lr,
-                                     run_checkpoints, training_summary, user_text, vllm_engine_options)
-from workbench.trainers import (LOGITS_CHUNK_ENV, ListwiseCollator, env_training_overrides, logits_chunk_setting,
-                                set_threads, student_token_logps, train_distill)
+                                     run_checkpoints, training_summary, TrainingKnobs, knob, user_text,
+                                     vllm_engine_options)
+from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.pad")
 
 
 @dataclass
-class PadConfig:
+class PadConfig(TrainingKnobs):
     """Parameters of a PAD run; defaults run the gym on CPU in minutes, paper values quoted in ``help``."""
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
@@ -85,14 +84,9 @@ class PadConfig:
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "paper: 0.1"})
-    gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "micro-steps per optimizer step: global batch = batch_size × this × processes (paper: 128 in all); "
-                "$WORKBENCH_TRAINING_ARGS overrides it"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute the student's activations in backward; $WORKBENCH_TRAINING_ARGS overrides it"})
-    logits_chunk: int = field(default=0, metadata={
-        "help": "student log-probs this many positions at a time through a checkpointed head (0 = off); "
-                "$WORKBENCH_LOGITS_CHUNK overrides it"})
+    gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
+    gradient_checkpointing: bool = knob("gradient_checkpointing")
+    logits_chunk: int = knob("logits_chunk")
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
     seed: int = 0
     lora: bool = False
@@ -118,10 +112,7 @@ class PadConfig:
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
-        self.apply_env_overrides()
-        if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
-            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
-                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+        self.check_training_knobs()
 
     @property
     def gym_method(self) -> str:
@@ -129,42 +120,6 @@ class PadConfig:
         if self.loss == "vpd":
             return "pad-vpd"
         return "pad-ppd+sft" if self.sft_weight > 0 else "pad-ppd"
-
-    def apply_env_overrides(self) -> None:
-        """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
-        fields, so the config (and the memory estimate read from it) says what the trainer will do."""
-        env = env_training_overrides()
-        for name in ("gradient_accumulation_steps", "gradient_checkpointing"):
-            if name in env and env[name] != getattr(self, name):
-                logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, env[name], getattr(self, name))
-                setattr(self, name, type(getattr(self, name))(env[name]))
-        if os.environ.get(LOGITS_CHUNK_ENV, "").strip():
-            chunk = logits_chunk_setting() or 0
-            if chunk != self.logits_chunk:
-                logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
-            self.logits_chunk = chunk
-
-    def training_overrides(self) -> dict:
-        """``TrainingArguments`` of the full-size knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
-        overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
-        if self.gradient_checkpointing:
-            env = env_training_overrides()
-            name = checkpointing_argument()
-            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
-            kwargs = env.get("activation_checkpointing_kwargs", env.get("gradient_checkpointing_kwargs"))
-            overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
-        return overrides
-
-
-def checkpointing_argument() -> str:
-    """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
-    to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""
-    from dataclasses import fields
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def mcq_template_for(tokenizer) -> McqTemplate:

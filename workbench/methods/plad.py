@@ -46,12 +46,14 @@ from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
                                      check_save_steps, check_vllm_options, finish_run, gold_of, gym_prompts,
-                                     held_out_evaluation, load_frozen_teacher, no_gold_evaluation, preference_splits,
-                                     resolve_lr, run_checkpoints, training_summary, vllm_engine_options)
+                                     held_out_evaluation, knob, load_frozen_teacher, no_gold_evaluation,
+                                     preference_splits, resolve_lr, run_checkpoints, training_summary, TrainingKnobs,
+                                     vllm_engine_options)
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
-from workbench.trainers import set_threads, student_token_logps, train_distill
+from workbench.trainers import (chunked_logps_at, logits_chunk_setting, set_threads, student_token_logps,
+                                train_distill)
 
 logger = logging.getLogger("workbench.plad")
 
@@ -59,7 +61,7 @@ DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1
 
 
 @dataclass
-class PladConfig:
+class PladConfig(TrainingKnobs):
     """Parameters of a PLaD run; defaults run the gym on CPU in well under a minute, paper values in ``help``."""
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
@@ -108,6 +110,9 @@ class PladConfig:
     batch_size: int = field(default=8, metadata={"help": "pairs per step (paper: 8 per device)"})
     lr_scheduler: str = field(default="linear", metadata={"help": "paper: linear"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "not stated in the paper"})
+    gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
+    gradient_checkpointing: bool = knob("gradient_checkpointing")
+    logits_chunk: int = knob("logits_chunk")
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
     lora_r: int = field(default=8, metadata={"help": "PLaD §5.1: 8"})
     lora_alpha: int = field(default=32, metadata={"help": "PLaD §5.1: 32"})
@@ -133,6 +138,7 @@ class PladConfig:
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
         check_dataset_options(self)
         check_vllm_options(self)
+        self.check_training_knobs()
         check_save_steps(self)
         self.lr = resolve_lr(self.lr, "plad+sft" if self.sft_weight > 0 else "plad")
         if self.loss not in ("plad_ranking", "plad_margin"):
@@ -217,7 +223,7 @@ class PladObjective:
     length_normalize: bool = True
     score_ngram_orders: tuple[int, ...] = (1,)
     sft_weight: float = 0.0
-    logits_chunk: int | None = None  # the ranking loss's chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
+    logits_chunk: int | None = None  # the chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
 
     def __post_init__(self):
         self.loss_fn = get_loss(self.loss)
@@ -230,18 +236,25 @@ class PladObjective:
 
     def __call__(self, model, inputs):
         margin = self.loss == "plad_margin"
-        if margin:  # Eq. 5 also reads the student's last-layer states: one full forward
+        chunk = self.logits_chunk if self.logits_chunk is not None else logits_chunk_setting()
+        mask = inputs["response_mask"][:, 1:]
+        if margin and chunk:  # Eq. 5 also reads the student's last-layer states; the chunked head keeps no logits
+            token_logps, final_states = chunked_logps_at(model, inputs["input_ids"], inputs["attention_mask"],
+                                                         inputs["input_ids"][:, 1:, None], chunk,
+                                                         output_hidden_states=True)
+            token_logps = token_logps[..., 0]  # (2B, L-1)
+        elif margin:
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         output_hidden_states=True)
             token_logps = gather_token_logps(out.logits[:, :-1], inputs["input_ids"][:, 1:])  # (2B, L-1)
-            mask = inputs["response_mask"][:, 1:]
+            final_states = out.hidden_states[-1]
         else:  # through the chunked head when logits_chunk is set: no (2B, L, V) logits kept for backward
-            token_logps, mask = student_token_logps(model, inputs, logits_chunk=self.logits_chunk)  # (2B, L-1)
+            token_logps, mask = student_token_logps(model, inputs, logits_chunk=chunk)  # (2B, L-1)
         logps = self.sequence_logps(token_logps, mask)  # (2B,)
         chosen_logps, rejected_logps = logps.chunk(2)  # (B,), (B,)
         if margin:
             # $s(y; \hat y; x) = \sum_n F_n(e(\hat y, x), e(y, x))$ on the student's last-layer states (App. A.7)
-            states, states_mask = response_states(out.hidden_states[-1], inputs["response_mask"])
+            states, states_mask = response_states(final_states, inputs["response_mask"])
             with torch.no_grad():
                 ref = model(input_ids=inputs["reference_input_ids"],
                             attention_mask=inputs["reference_attention_mask"], output_hidden_states=True)
@@ -384,12 +397,13 @@ def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair
     if not rows:
         raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
     checkpoints = run_checkpoints(cfg, state)
-    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight)
+    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight,
+                              cfg.logits_chunk)
     collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
     return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                          lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                          warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
-                         checkpoints=checkpoints and checkpoints.stage("train"))
+                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides())
 
 
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
