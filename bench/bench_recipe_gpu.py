@@ -296,18 +296,19 @@ def pad_phases(bench: Bench) -> None:
     bench.record("training", phase, **metrics)
 
 
-def adpa_stage(cfg, stage: str) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+def adpa_stage(cfg, stage: str, chunk: int | None) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
     """(objective, response fields, top-k caches ``<field>_<teacher>``) of one stage of ``METHOD_STAGES``, as
-    ``workbench.methods.adpa``'s stage functions build them."""
+    ``workbench.methods.adpa``'s stage functions build them (``chunk``: the estimate's logits_chunk)."""
     from workbench.methods.adpa import ON_POLICY_LOSSES, DckdObjective, OnPolicyObjective
 
     if stage == "dckd":
         fields = ("chosen", "rejected") if cfg.use_rejected else ("chosen",)
-        return DckdObjective(cfg.alpha, cfg.use_rejected), fields, tuple(f"{f}_dpo" for f in fields)
+        return (DckdObjective(cfg.alpha, cfg.use_rejected, logits_chunk=chunk), fields,
+                tuple(f"{f}_dpo" for f in fields))
     if stage not in ON_POLICY_LOSSES:
         raise ValueError(f"ADPA stage {stage!r} distils no teacher; the bench runs dckd and {sorted(ON_POLICY_LOSSES)}")
     objective = OnPolicyObjective(stage, cfg.gamma, cfg.beta, cfg.missing_rule, cfg.advantage_clamp,
-                                  cfg.length_normalize, cfg.q_temperature)
+                                  cfg.length_normalize, cfg.q_temperature, logits_chunk=chunk)
     return objective, ("chosen", "hat"), tuple(f"hat_{t}" for t in ON_POLICY_LOSSES[stage].teachers)
 
 
@@ -334,7 +335,7 @@ def adpa_phases(bench: Bench) -> None:
     from workbench.topk_cache import _response_topk, release_memory
 
     cfg, shape = bench.cfg, bench.shape
-    stages = {stage: adpa_stage(cfg, stage) for stage in METHOD_STAGES[cfg.method]}
+    stages = {stage: adpa_stage(cfg, stage, shape["logits_chunk"] or 0) for stage in METHOD_STAGES[cfg.method]}
     bench.sample("sampling", bench.student, 1)  # one ŷ per prompt (Alg. 1 line 5)
 
     # the teachers whose top-k the stages read (cache "<field>_<teacher>"), each loaded for its pass and freed
