@@ -4,6 +4,7 @@
 import importlib.util
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,22 @@ def test_sensible_answer_beats_the_same_words_shuffled(smollm2):
         shuffled.append(" ".join(w))
     rewards = avg_logp_rewards(model, tokenizer, [prompt] * 4, [sensible, *shuffled])
     assert torch.all(rewards[0] > rewards[1:]), rewards
+
+
+@needs_smollm2
+def test_gsm8k_accuracy_of_smollm2_on_the_fixture_reads_its_marked_answers(smollm2):
+    """The GSM8K benchmark on a real chat model: greedy answers in the "#### <number>" format the instruction asks
+    for are read and scored (SmolLM2-135M: 2 of the 6 easy fixture problems, 7 and 12, when written)."""
+    from workbench.benchmarks import extract_answer, gsm8k_accuracy, load_gsm8k
+
+    model, tokenizer = smollm2
+    problems = load_gsm8k(Path(__file__).parent / "fixtures" / "gsm8k.jsonl")
+    result = gsm8k_accuracy(model, tokenizer, problems, max_new_tokens=160, batch_size=8)
+    assert all(r.strip() for r in result["responses"])
+    assert sum("####" in r for r in result["responses"]) >= 2  # it follows the answer format
+    assert result["correct"][0] and result["predicted"][0] == "7"  # "... 3 + 4 = 7 apples now. #### 7"
+    assert [extract_answer(r) for r in result["responses"]] == result["predicted"]
+    assert 0 < result["accuracy"]["mean"] < 1
 
 
 def test_missing_package_error_names_the_install_command(monkeypatch):
