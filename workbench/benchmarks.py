@@ -8,9 +8,10 @@ compared on the same problems by the paired difference of their per-problem corr
     python -m workbench.benchmarks gsm8k --model runs/pad/student --model google/gemma-2-2b-it --max-rows 500
     python -m workbench.benchmarks alpaca-eval --model runs/pad/student --out runs/pad/alpaca_eval_outputs.json
 
-Sources are a hub id (``openai/gsm8k``, ``tatsu-lab/alpaca_eval``: the GPU machines' path) or a local JSON / JSONL /
-parquet file in the same columns (GSM8K: ``question``, ``answer``; AlpacaEval: ``instruction``); the tests run on
-files (``tests/fixtures/gsm8k.jsonl``) and on gym problems written in GSM8K's format.
+Sources are a hub id or file (``openai/gsm8k``; AlpacaEval's ``alpaca_eval.json`` in ``tatsu-lab/alpaca_eval``: the
+GPU machines' path) or a local JSON / JSONL / parquet file in the same columns (GSM8K: ``question``, ``answer``;
+AlpacaEval: ``instruction``); the tests run on files (``tests/fixtures/gsm8k.jsonl``) and on gym problems written in
+GSM8K's format.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ logger = logging.getLogger("workbench.benchmarks")
 
 GSM8K_HUB = "openai/gsm8k"
 GSM8K_CONFIG = "main"
-ALPACA_EVAL_HUB = "tatsu-lab/alpaca_eval"
-ALPACA_EVAL_CONFIG = "alpaca_eval"
+# the eval set's file in its hub repo, read directly: the repo's loading script is not supported by datasets >= 4
+ALPACA_EVAL_HUB = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
 # the question, then the answer format the extraction reads first; "{question}" alone suits the gym
 GSM8K_INSTRUCTION = ("{question}\nSolve the problem step by step. On the last line write the final answer as "
                      "\"#### <number>\".")
@@ -78,6 +79,11 @@ def reference_answer(answer: str, row: int | None = None) -> str:
 
 
 def _load(source: str | Path, *, hub_config: str | None, split: str) -> datasets.Dataset:
+    """A local file, a file on the hub (``hf://datasets/<repo>/<file>``, its rows whatever ``split`` says) or a hub
+    dataset's ``split``."""
+    if str(source).startswith("hf://"):
+        kind = "parquet" if str(source).endswith(".parquet") else "json"
+        return datasets.load_dataset(kind, data_files=str(source), split="train")
     path = Path(source)
     if path.suffix in (".json", ".jsonl", ".parquet") or path.exists():
         if not path.is_file():
@@ -140,8 +146,8 @@ def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> d
 
 def load_alpaca_eval(source: str | Path = ALPACA_EVAL_HUB, *, split: str = "eval",
                      max_rows: int | None = None) -> list[str]:
-    """AlpacaEval's instructions (the hub set: 805), or a file's ``instruction`` column."""
-    ds = _first_rows(_load(source, hub_config=ALPACA_EVAL_CONFIG, split=split), max_rows)
+    """AlpacaEval's instructions (the hub file: 805), or a local file's ``instruction`` column."""
+    ds = _first_rows(_load(source, hub_config=None, split=split), max_rows)
     if "instruction" not in ds.column_names:
         raise ValueError(f"{source} has no 'instruction' column (has {ds.column_names})")
     empty = [i for i, text in enumerate(ds["instruction"]) if not (text or "").strip()]
