@@ -86,7 +86,7 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     assert model.config.model_type == "llama"
 
 
-def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student():
+def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student_or_chunk_the_head():
     from types import SimpleNamespace
 
     from workbench.train import check_strategy
@@ -100,3 +100,9 @@ def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student():
     check_strategy("adpa", adpa, fsdp)  # one sampling pass, before training: fine
     check_strategy("adpa", adpa_plus, ddp)  # DDP: every process holds the whole student
     check_strategy("plad", method_config("plad", {}), fsdp)
+    # the chunked head reads the output layer outside FSDP's forward: refused by name, fine under DDP
+    for pipeline in ("pad", "adpa", "plad"):
+        chunked = method_config(pipeline, {"logits_chunk": 128})
+        with pytest.raises(ValueError, match="logits_chunk=128: .* add -p logits_chunk 0"):
+            check_strategy(pipeline, chunked, fsdp)
+        check_strategy(pipeline, chunked, ddp)
