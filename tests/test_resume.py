@@ -156,6 +156,27 @@ def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(t
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-6"]
 
 
+def test_a_run_that_ran_out_of_memory_resumes_with_the_memory_knobs_on(tiny_gym, tmp_path, monkeypatch):
+    """gradient_checkpointing and logits_chunk change memory, not the training: a run cut short resumes with them
+    switched on, to the uninterrupted run's curve and weights (up to float rounding)."""
+    from dataclasses import replace
+
+    from workbench.methods import pad
+
+    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
+                                                 tmp_path, monkeypatch)
+    steps_run = []
+    real_call = pad.ListwiseObjective.__call__
+    monkeypatch.setattr(pad.ListwiseObjective, "__call__",
+                        lambda self, model, inputs: steps_run.append(self.logits_chunk) or real_call(self, model,
+                                                                                                   inputs))
+    resumed = pad.train_run(replace(cfg, gradient_checkpointing=True, logits_chunk=3))
+    assert steps_run == [3, 3]  # steps 5 and 6 only, through the chunked head
+    torch.testing.assert_close(torch.tensor([loss for *_, loss in _curve(resumed.history)]),
+                               torch.tensor([loss for *_, loss in _curve(reference.history)]), rtol=1e-5, atol=1e-6)
+    assert _max_weight_difference(resumed.model, reference.model) < 1e-5
+
+
 def test_resuming_with_other_settings_is_refused_by_name(tiny_gym, tmp_path):
     from workbench.methods.common import run_checkpoints
     from workbench.methods.pad import PadConfig
@@ -167,6 +188,14 @@ def test_resuming_with_other_settings_is_refused_by_name(tiny_gym, tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 then, 0.002 now\).*another output_dir"):
         run_checkpoints(PadConfig(**{**PAD_RUN, "lr": 2e-3}, save_steps=2, output_dir=str(tmp_path)))
     assert run_checkpoints(PadConfig(**PAD_RUN, output_dir=str(tmp_path))) is None  # save_steps 0: none
+    # a run.json of an older version: a since-neutral setting it recorded and a field it lacked (at its default) pass
+    record = tmp_path / "checkpoints" / "run.json"
+    older = json.loads(record.read_text())
+    older.pop("mcq_order")
+    record.write_text(json.dumps({**older, "logits_chunk": 64}))
+    assert isinstance(run_checkpoints(PadConfig(**PAD_RUN, save_steps=2, output_dir=str(tmp_path))), Checkpoints)
+    with pytest.raises(ValueError, match=r"other settings \(mcq_order: 'random' then, 'cyclic' now\)"):
+        run_checkpoints(PadConfig(**PAD_RUN, mcq_order="cyclic", save_steps=2, output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="save_steps=-1"):
         PadConfig(save_steps=-1)
 

@@ -157,8 +157,10 @@ def checkpointing_argument() -> str:
 SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "
                    "stage) under output_dir/checkpoints; rerunning with the same settings and output_dir resumes "
                    "from the newest (0 = no checkpoints)")
-# settings that do not change what is trained: a run may resume with other values of these
-RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples")
+# settings that do not change what is trained: a run may resume with other values of these — e.g. a run that ran out of
+# memory resumes with gradient_checkpointing or logits_chunk on (they change memory, not the loss or its gradients)
+RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples",
+                  "gradient_checkpointing", "logits_chunk")
 
 
 def check_save_steps(cfg) -> None:
@@ -173,7 +175,7 @@ def run_checkpoints(cfg, state=None):
 
     The folder records the settings of the run that made it (``run.json``); resuming with other settings would
     mix two runs, so that is refused, naming the settings that differ and the ways out."""
-    from dataclasses import asdict
+    from dataclasses import MISSING, asdict, fields
 
     from workbench.trainers import Checkpoints
 
@@ -184,7 +186,11 @@ def run_checkpoints(cfg, state=None):
                                      default=str))
     record = folder / "run.json"
     if record.exists():
-        saved = json.loads(record.read_text())
+        # settings recorded by an older version: neutral ones are ignored, fields it lacked count at their default
+        saved = {k: v for k, v in json.loads(record.read_text()).items() if k not in RESUME_NEUTRAL}
+        defaults = json.loads(json.dumps({f.name: f.default for f in fields(cfg) if f.default is not MISSING},
+                                         default=str))
+        saved = {**{k: defaults[k] for k in set(settings) - set(saved) if k in defaults}, **saved}
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if changed:
             differences = "; ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
