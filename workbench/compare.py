@@ -784,12 +784,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each in its own process (the cold-cache timing runs still run alone)")
+    parser.add_argument("--gym", default=None, metavar="SIZE",
+                        help="another gym build's presets, e.g. world1 (the default recipe built with seed 1): teacher "
+                             "gym-SIZE-teacher-dpo, student gym-SIZE-student; records in <runs-dir>_SIZE unless "
+                             "--runs-dir is given")
     args = parser.parse_args(argv)
+    overrides = {}
+    if args.gym:
+        from workbench.gym.build import SIZES
+
+        if args.gym not in SIZES or args.gym == "default":
+            parser.error(f"--gym {args.gym}: use one of {sorted(set(SIZES) - {'default'})}")
+        overrides = {"teacher": f"gym-{args.gym}-teacher-dpo", "student": f"gym-{args.gym}-student"}
+        if args.runs_dir == DEFAULT_RUNS_DIR:
+            args.runs_dir = f"{DEFAULT_RUNS_DIR}_{args.gym}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     variants = [Variant(m) for m in args.methods] if args.methods else suite(args.suite)
-    summary = compare(variants, args.seeds, runs_dir=args.runs_dir, resume=not args.no_resume, on_error="skip",
-                      jobs=args.jobs)
+    summary = compare(variants, args.seeds, overrides, runs_dir=args.runs_dir, resume=not args.no_resume,
+                      on_error="skip", jobs=args.jobs)
     records = load_records(args.runs_dir)
     ledger = claims_ledger(records, load_references(args.runs_dir))
     print(format_table(summary[~summary["method"].str.contains(r"\[", regex=True)]))

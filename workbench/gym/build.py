@@ -184,6 +184,10 @@ SIZES: dict[str, GymConfig] = {
     "default": replace(DEFAULT_V1, **JUDGE_WORLD),
     # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
     "v1": DEFAULT_V1,
+    # presets gym-world1-* / gym-world2-*: the default recipe built with other seeds (data, initialisation, training
+    # order) — other worlds of the same design, to check that a conclusion is not one build's accident
+    "world1": replace(DEFAULT_V1, **JUDGE_WORLD, seed=1),
+    "world2": replace(DEFAULT_V1, **JUDGE_WORLD, seed=2),
 }
 
 
