@@ -295,3 +295,31 @@ def test_the_committed_comparison_is_complete_and_current():
                 assert record["method_defaults"] == method_defaults(variant.method), \
                     f"{variant.label} seed {seed} was made at other harness settings than today's"
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
+
+
+def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path, capsys):
+    """--gym world1: every run starts from that build's teacher and student (another seed of the default recipe, a
+    model identity of its own), and its records go to a folder of their own."""
+    from workbench import compare as C
+    from workbench.models import model_identity
+
+    assert SIZES["world1"].seed == 1 and SIZES["world1"].key() != SIZES["default"].key()
+    assert model_identity("gym-world1-student") != model_identity("gym-student")
+    calls = {}
+
+    def fake_compare(variants, seeds, overrides=None, **kwargs):
+        calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], seeds=seeds)
+        raise SystemExit(0)  # stop before the table: nothing was trained
+
+    monkeypatch.setattr(C, "compare", fake_compare)
+    with pytest.raises(SystemExit):
+        C.main(["--gym", "world1", "--methods", "seqkd", "--seeds", "0"])
+    assert calls == {"overrides": {"teacher": "gym-world1-teacher-dpo", "student": "gym-world1-student"},
+                     "runs_dir": "results/compare_world1", "seeds": [0]}
+    with pytest.raises(SystemExit):
+        C.main(["--gym", "world1", "--methods", "seqkd", "--runs-dir", str(tmp_path)])
+    assert calls["runs_dir"] == str(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        C.main(["--gym", "huge", "--methods", "seqkd"])
+    assert refused.value.code == 2 and "--gym huge: use one of" in capsys.readouterr().err
+
