@@ -323,3 +323,29 @@ def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path,
         C.main(["--gym", "huge", "--methods", "seqkd"])
     assert refused.value.code == 2 and "--gym huge: use one of" in capsys.readouterr().err
 
+
+def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_path):
+    from workbench.compare import format_ledger_across, ledger_across_worlds
+
+    def world(name, plad_minus_seqkd):
+        folder = tmp_path / name
+        for seed, diff in enumerate(plad_minus_seqkd):
+            for label, gold in (("plad", 0.6 + diff), ("seqkd", 0.6)):
+                path = folder / label / f"seed{seed}" / "record.json"
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps(_record(label, seed, gold)))
+        return folder
+
+    worlds = {"a": world("a", (0.10, 0.11, 0.12)), "b": world("b", (0.10, 0.12, 0.11)),
+              "c": world("c", (-0.10, -0.11, -0.12)), "d": world("d", (-0.2, 0.0, 0.2))}
+    for chosen, expected in ((("a", "b"), "holds in every world"), (("c",), "does not hold in any world"),
+                             (("a", "c"), "depends on the world"), (("a", "d"), "undecided (holds where decided)"),
+                             (("d",), "undecided (inconclusive where measured)")):
+        table = ledger_across_worlds({w: worlds[w] for w in chosen}).set_index("claim")
+        assert table.loc["plad>seqkd", "across"] == expected, chosen
+        assert table.loc["adpa>dckd", "across"] == "not measured"
+    table = ledger_across_worlds({"a": worlds["a"], "c": worlds["c"]})
+    assert table.set_index("claim").loc["plad>seqkd", "a_effect"] == pytest.approx(0.11)
+    markdown = format_ledger_across(table, ["a", "c"])
+    assert "| PLaD beats SeqKD | +0.110 ± " in markdown and "(holds, 3 seeds)" in markdown
+

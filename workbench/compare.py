@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -764,6 +764,54 @@ def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
     return "\n".join(lines)
 
 
+def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
+    """The claims ledger of each runs folder (one gym world each, e.g. ``results/compare`` and
+    ``results/compare_world1``) side by side: one row per claim, per world its effect ± CI and verdict, and
+    ``across`` — "holds in every world", "does not hold in any world", "depends on the world" (it holds in one and
+    fails in another), "undecided (holds / does not hold where decided)" (the other worlds inconclusive or not
+    measured), "undecided (inconclusive where measured)" or "not measured"."""
+    ledgers = {world: claims_ledger(load_records(path), load_references(path)).set_index("claim")
+               for world, path in runs_dirs.items()}
+    rows = []
+    for claim in CLAIMS:
+        row = {"claim": claim.claim_id, "statement": claim.statement, "metric": claim.metric}
+        verdicts = []
+        for world, ledger in ledgers.items():
+            r = ledger.loc[claim.claim_id]
+            row.update({f"{world}_effect": r["effect"], f"{world}_ci95": r["ci95"], f"{world}_verdict": r["verdict"],
+                        f"{world}_seeds": r["n_seeds"]})
+            verdicts.append(r["verdict"])
+        decided = {v for v in verdicts if v in ("holds", "does not hold")}
+        if all(v == "holds" for v in verdicts):
+            row["across"] = "holds in every world"
+        elif all(v == "does not hold" for v in verdicts):
+            row["across"] = "does not hold in any world"
+        elif len(decided) == 2:
+            row["across"] = "depends on the world"
+        elif decided:
+            row["across"] = f"undecided ({decided.pop()} where decided)"
+        elif all(v.startswith("not measured") for v in verdicts):
+            row["across"] = "not measured"
+        else:
+            row["across"] = "undecided (inconclusive where measured)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_ledger_across(table: pd.DataFrame, worlds: Sequence[str]) -> str:
+    """A markdown table of :func:`ledger_across_worlds`: per world the effect ± CI and verdict, then ``across``."""
+    lines = ["| claim | " + " | ".join(worlds) + " | across worlds |", "|---" * (len(worlds) + 2) + "|"]
+    for _, r in table.iterrows():
+        d = 1 if r["metric"] == "seconds" else 3
+        cells = []
+        for w in worlds:
+            effect = r[f"{w}_effect"]
+            cells.append("—" if np.isnan(effect) else f"{effect:+.{d}f} ± {r[f'{w}_ci95']:.{d}f} "
+                         f"({r[f'{w}_verdict']}, {r[f'{w}_seeds']} seeds)")
+        lines.append(f"| {r['statement']} | " + " | ".join(cells) + f" | {r['across']} |")
+    return "\n".join(lines)
+
+
 def format_ledger(ledger: pd.DataFrame) -> str:
     """A markdown table of the ledger."""
     lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
@@ -784,11 +832,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each in its own process (the cold-cache timing runs still run alone)")
+    parser.add_argument("--across", nargs="+", metavar="WORLD=DIR", default=None,
+                        help="print the claims ledger of several runs folders side by side and stop, e.g. "
+                             "default=results/compare world1=results/compare_world1")
     parser.add_argument("--gym", default=None, metavar="SIZE",
                         help="another gym build's presets, e.g. world1 (the default recipe built with seed 1): teacher "
                              "gym-SIZE-teacher-dpo, student gym-SIZE-student; records in <runs-dir>_SIZE unless "
                              "--runs-dir is given")
     args = parser.parse_args(argv)
+    if args.across:
+        worlds = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.across)
+        print(format_ledger_across(ledger_across_worlds(worlds), list(worlds)))
+        return
     overrides = {}
     if args.gym:
         from workbench.gym.build import SIZES
