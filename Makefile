@@ -21,6 +21,7 @@ gym: setup
 
 figures:
 	$(PYTHON) -m workbench.figures
+	$(PYTHON) -m workbench.figures --across default=results/compare world1=results/compare_world1 world2=results/compare_world2
 
 # the figures the notebooks draw from their own runs (defaults plus the flags below; ~5.5 min on 2 cores); executed
 # copies go to $(NB_OUT). Notebook 07's sweeps stay off: `make figures` draws PLaD Fig. 2 / 4 from 3-seed records.

@@ -69,3 +69,23 @@ def test_sweep_points_read_defaults_from_the_saved_config(tmp_path):
 def test_figures_without_runs_are_skipped_not_failed(tmp_path, capsys):
     written = figures.regenerate(tmp_path / "empty", tmp_path / "figures")
     assert set(written) == set(figures.FIGURES) and not any(written.values())
+
+
+def test_claims_across_worlds_draws_each_world_of_each_claim(tmp_path, capsys):
+    worlds = {}
+    for name, shift in (("a", 0.0), ("b", 0.2)):
+        _synthetic_runs(tmp_path / name)
+        for seed in (0, 1, 2):  # world b: PLaD well above SeqKD
+            _write(tmp_path / name, "plad", "plad", seed, 0.5 + shift + 0.01 * seed)
+            _write(tmp_path / name, "seqkd", "seqkd", seed, 0.5)
+        worlds[name] = tmp_path / name
+    fig = figures.figure_claims_across_worlds(worlds)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert any(label.startswith("PLaD beats SeqKD [") for label in labels)
+    assert len(ax.get_legend().get_texts()) == 2  # one marker per world
+    figures.main(["--across", f"a={worlds['a']}", f"b={worlds['b']}", "--out", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "claims_across_worlds.png").stat().st_size > 10_000
+    assert "claims_across_worlds: " in capsys.readouterr().out
+    assert figures.figure_claims_across_worlds({"empty": tmp_path / "none"}) is None
+

@@ -14,6 +14,8 @@ needs are absent. Notebooks 07-09 call the same builders on their own runs.
 | ``pad_fig5_alpha`` | PAD Fig. 5 | ``full`` (α = 0, 0.8, 1) |
 | ``pad_table2_decomposition`` | PAD Table 2 | ``full`` |
 | ``claims_ledger`` | the claims of all three papers | ``full`` |
+
+``claims_across_worlds`` (``--across WORLD=DIR ...``) sets the ledgers of several gym worlds side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from workbench import plots
-from workbench.compare import (DEFAULT_RUNS_DIR, claims_ledger, load_records, load_references,
-                               summarize)
+from workbench.compare import (DEFAULT_RUNS_DIR, claims_ledger, ledger_across_worlds, load_records,
+                               load_references, summarize)
 from workbench.evaluate import mean_ci
 
 LENGTH_BUCKET_METHODS = ("plad", "plad+sft", "seqkd", "kd", "reverse-kl", "pad-ppd", "adpa")
@@ -175,6 +177,23 @@ def figure_claims_ledger(records, references):
     return fig
 
 
+def figure_claims_across_worlds(runs_dirs):
+    """The gold-reward claims of the ledger in each world (``{world: runs folder}``), side by side; None without
+    records."""
+    if not any(load_records(path) for path in runs_dirs.values()):
+        return None
+    table = ledger_across_worlds(runs_dirs)
+    table = table[table["metric"] == "gold"]
+    table = table[~table["across"].eq("not measured")]
+    if table.empty:
+        return None
+    fig, (ax,) = plots.new_figure(1, width=9.0, height=0.5 * len(table) + 1.4)
+    plots.plot_claims_across_worlds(ax, table, list(runs_dirs))
+    ax.set_title("claims ledger across gym worlds: effect on mean gold reward")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, Callable] = {
     "compare_table1_gold": figure_compare_table1,
     "plad_fig2_real_pairs": figure_plad_fig2,
@@ -208,7 +227,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     parser.add_argument("--out", default=None, help="output folder (default: figures/)")
     parser.add_argument("--only", nargs="*", help=f"figure ids among {list(FIGURES)}")
+    parser.add_argument("--across", nargs="+", metavar="WORLD=DIR", default=None,
+                        help="draw claims_across_worlds from several runs folders instead, e.g. "
+                             "default=results/compare world1=results/compare_world1")
     args = parser.parse_args(argv)
+    if args.across:
+        import matplotlib.pyplot as plt
+
+        worlds = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.across)
+        fig = figure_claims_across_worlds(worlds)
+        if fig is None:
+            print(f"claims_across_worlds: skipped (no run records under {list(worlds.values())})")
+            return
+        print(f"claims_across_worlds: {plots.save_figure(fig, 'claims_across_worlds', args.out)}")
+        plt.close(fig)
+        return
     written = regenerate(args.runs_dir, args.out, args.only)
     for fig_id, path in written.items():
         print(f"{fig_id}: {path}" if path else f"{fig_id}: skipped (no runs for it in {args.runs_dir})")

@@ -231,3 +231,29 @@ def plot_claim_effects(ax, ledger_rows: Sequence[dict]):
     ax.set_yticklabels([f"{r['statement']} [{r['verdict']}]" for r in rows], fontsize=7)
     ax.set_xlabel("effect a − b (mean ± 95% CI over seeds)")
     return ax
+
+
+def plot_claims_across_worlds(ax, table, worlds: Sequence[str]):
+    """Per claim, each world's effect (a − b) with its 95% CI, one marker per world, coloured by that world's verdict;
+    the tick labels carry the verdict across worlds (:func:`workbench.compare.ledger_across_worlds`)."""
+    colours = {"holds": "#2ca02c", "does not hold": "#d62728", "inconclusive": "#7f7f7f"}
+    markers = "osD^v<>"
+    rows = list(table.to_dict("records"))
+    y = np.arange(len(rows))[::-1]
+    step = 0.6 / max(1, len(worlds))
+    for yi, r in zip(y, rows):
+        for j, world in enumerate(worlds):
+            effect = r[f"{world}_effect"]
+            if np.isnan(effect):
+                continue
+            ci = r[f"{world}_ci95"]
+            ax.errorbar(effect, yi + 0.3 - (j + 0.5) * step, xerr=0 if np.isnan(ci) else ci, fmt=markers[j % 7],
+                        color=colours.get(r[f"{world}_verdict"], "#7f7f7f"), capsize=2, ms=4,
+                        label=world if yi == y[0] else None)
+    ax.axvline(0.0, color="black", lw=0.5)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r['statement']} [{r['across']}]" for r in rows], fontsize=7)
+    ax.set_xlabel("effect a − b (mean ± 95% CI over seeds); colour: the world's verdict")
+    ax.legend(fontsize=7, loc="lower right", title="world (marker)")
+    return ax
+
