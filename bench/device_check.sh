@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's GPU checks in one run on a lent device machine (see the device tool's README; one H200, no network):
-# the gpu-marked tests, then bench/bench_recipe_gpu.py on a QLoRA recipe of each method family — PAD, ADPA+, PLaD
+# the gpu-marked tests, bench/bench_chunked_head.py at LLaMA-3's vocabulary, then bench/bench_recipe_gpu.py on a
+# QLoRA recipe of each method family — PAD, ADPA+, PLaD
 # (random weights of the real architectures, measured peak memory beside workbench.memory's estimate, phase times,
 # MFU) — and the second PAD recipe if time is left. The whole script keeps within $BUDGET seconds (default 530, under
 # 9 min): each recipe gets at most 240 s and what is left, and a recipe that would start with under 90 s is skipped
@@ -27,6 +28,9 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 WORKBENCH
 peft.__version__, bitsandbytes.__version__)"; } 2>&1 | tee "$OUT/versions.txt"
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_memory.py tests/test_accelerate.py 2>&1 \
   | tee "$OUT/gpu_tests.log"
+# the chunked head's trade-off at LLaMA-3's vocabulary (DCKD step, full logits vs logits_chunk 128; seconds)
+timeout 90 python3 bench/bench_chunked_head.py --vocab 128256 --hidden 2048 --layers 2 --batch 4 --seq 1024 \
+  --dtype bfloat16 > "$OUT/chunked_head.json" 2> "$OUT/chunked_head.log"; tail -c 600 "$OUT/chunked_head.json"
 BUDGET=${BUDGET:-530}
 # 8B/13B checkpoints are built and loaded per recipe: that, not the training steps, is the time; 2 timed steps do
 for recipe in ${RECIPES:-pad_llama3_8b_to_3b_qlora adpa_plus_llama3_8b_to_1b_qlora plad_llama2_13b_to_7b_qlora \
