@@ -84,12 +84,11 @@ def _load(source: str | Path, *, hub_config: str | None, split: str) -> datasets
     if str(source).startswith("hf://"):
         kind = "parquet" if str(source).endswith(".parquet") else "json"
         return datasets.load_dataset(kind, data_files=str(source), split="train")
+    from workbench.data import LOCAL_SUFFIXES, _load_local
+
     path = Path(source)
-    if path.suffix in (".json", ".jsonl", ".parquet") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"no data file at {path}")
-        return datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else \
-            datasets.Dataset.from_json(str(path))
+    if path.suffix in LOCAL_SUFFIXES or path.exists():
+        return _load_local(path)
     return datasets.load_dataset(str(source), hub_config, split=split)
 
 

@@ -764,6 +764,12 @@ def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
     return "\n".join(lines)
 
 
+def parse_worlds(items: Sequence[str]) -> dict[str, str]:
+    """``["default=results/compare", "results/compare_world1"]`` → ``{world: runs folder}`` (a bare folder is named
+    by its last part), the ``--across`` arguments of ``workbench.compare`` and ``workbench.figures``."""
+    return dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in items)
+
+
 def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
     """The claims ledger of each runs folder (one gym world each, e.g. ``results/compare`` and
     ``results/compare_world1``) side by side: one row per claim, per world its effect ± CI and verdict, and
@@ -841,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "--runs-dir is given")
     args = parser.parse_args(argv)
     if args.across:
-        worlds = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.across)
+        worlds = parse_worlds(args.across)
         print(format_ledger_across(ledger_across_worlds(worlds), list(worlds)))
         return
     overrides = {}

@@ -28,7 +28,7 @@ import numpy as np
 
 from workbench import plots
 from workbench.compare import (DEFAULT_RUNS_DIR, claims_ledger, ledger_across_worlds, load_records,
-                               load_references, summarize)
+                               load_references, parse_worlds, summarize)
 from workbench.evaluate import mean_ci
 
 LENGTH_BUCKET_METHODS = ("plad", "plad+sft", "seqkd", "kd", "reverse-kl", "pad-ppd", "adpa")
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.across:
         import matplotlib.pyplot as plt
 
-        worlds = dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in args.across)
+        worlds = parse_worlds(args.across)
         fig = figure_claims_across_worlds(worlds)
         if fig is None:
             print(f"claims_across_worlds: skipped (no run records under {list(worlds.values())})")

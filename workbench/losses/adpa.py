@@ -81,9 +81,6 @@ class GatheredLogps:
     def dtype(self) -> torch.dtype:
         return self.logps.dtype
 
-    def dim(self) -> int:
-        return 3
-
     def is_floating_point(self) -> bool:
         return self.logps.is_floating_point()
 
