@@ -352,17 +352,17 @@ def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_pa
 
 @pytest.mark.parametrize("gym", ["world1", "world2"])
 def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym):
-    """results/compare_<world> (the README's claims across worlds): every `full` variant at seeds 0-4, made on that
-    world's builds at today's harness settings."""
-    from workbench.compare import DEFAULT_RUNS_DIR, EvalConfig, method_defaults
+    """results/compare_<world> (the README's claims across worlds): every `full` variant at every DEFAULT_SEEDS seed,
+    made on that world's builds at today's harness settings."""
+    from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
 
     runs = Path(compare_module.__file__).resolve().parents[1] / f"{DEFAULT_RUNS_DIR}_{gym}"
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
     models = EvalConfig(teacher=f"gym-{gym}-teacher-dpo", student=f"gym-{gym}-student").models()
     for variant in suite("full"):
-        for seed in range(5):
+        for seed in DEFAULT_SEEDS:
             record = records.get((variant.label, seed))
             assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym}"
             assert record["models"] == models and record["method_defaults"] == method_defaults(variant.method)
-    assert set(load_references(runs)) >= set(range(5))
+    assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
