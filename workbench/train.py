@@ -136,12 +136,14 @@ def check_strategy(pipeline: str, cfg, state) -> None:
     """Refuse, before any model loads, a run that FSDP cannot serve: one that samples a trained student
     (:func:`samples_a_trained_student`), or one that reads the student through the chunked head (``logits_chunk``:
     it calls the output layer outside the model's forward, where FSDP may hold that layer's weights sharded)."""
-    if strategy_name(state) == "FSDP" and getattr(cfg, "logits_chunk", 0):
+    if strategy_name(state) != "FSDP":
+        return
+    if getattr(cfg, "logits_chunk", 0):
         raise ValueError(f"logits_chunk={cfg.logits_chunk}: the chunked head calls the student's output layer outside "
                          f"its forward, where FSDP holds that layer's weights sharded: add -p logits_chunk 0 (and "
                          f"unset $WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits), or launch "
                          f"with accelerate/ddp.yaml (LoRA, or a student that fits one GPU)")
-    if strategy_name(state) == "FSDP" and samples_a_trained_student(pipeline, cfg):
+    if samples_a_trained_student(pipeline, cfg):
         raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its student after training it, "
                          f"which FSDP has sharded across the processes: launch with accelerate/ddp.yaml (LoRA, or a "
                          f"student that fits one GPU), or split the run (PAD: one iteration per run from the last "
