@@ -232,8 +232,16 @@ def main(argv=None, pipeline: str | None = None) -> None:
     params.update({name: parse_value(value) for name, value in args.parameter})
     logging.basicConfig(level=logging.INFO)
     cfg = method_config(pipeline, params)
-    train(pipeline, cfg, save_model=bool(params.get("save_model", True)),
-          save_rows=bool(params.get("save_rows", False)))
+    try:
+        train(pipeline, cfg, save_model=bool(params.get("save_model", True)),
+              save_rows=bool(params.get("save_rows", False)))
+    finally:
+        # a gloo group left to the interpreter's exit can abort a process after its work is done ("terminate called
+        # without an active exception", pytorch/pytorch#190489); the script owns the group, so it closes it
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
