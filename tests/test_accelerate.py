@@ -181,25 +181,65 @@ def test_the_fsdp_config_on_cpu_says_it_runs_data_parallel_and_trains_as_one_pro
                                torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_fsdp_loss_curve_equals_one_process(tiny_gym, tmp_path):
-    env = dict(os.environ, WORKBENCH_THREADS="1")
-    _run([sys.executable, "-m", "workbench.train_pad",
-          *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
-    _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
-          "-m", "workbench.train_pad", *_pad_args({**PARAMS, "batch_size": 2, "save_model": True,
-                                                  "output_dir": tmp_path / "two"})], env)
-    torch.testing.assert_close(torch.tensor([e["loss"] for e in _curve(tmp_path / "two")]),
-                               torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]), rtol=1e-2, atol=1e-4)
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert (config["distributed_type"], config["sharded_parameters"]) == ("FSDP", True)
-    # the saved student is the whole model, gathered from the shards: it loads and has every parameter
-    from workbench.models import load
+def _fsdp_launch(port: int) -> list[str]:
+    """accelerate launch of 2 processes with the shipped FSDP2 config: on 2 GPUs as users run it; without CUDA through
+    tests/fsdp_on_cpu.py, which lets accelerate's own FSDP2 preparation shard the student over a CPU (gloo) group."""
+    launcher = ["-m", "workbench.train"] if torch.cuda.device_count() >= 2 else [str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    return ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
+            "--main_process_port", str(port), *launcher]
 
-    saved, _ = load(str(tmp_path / "two" / "student"), device="cpu")
-    original, _ = load("gym-tiny-student", device="cpu")
-    assert {n: p.shape for n, p in saved.named_parameters()} == {n: p.shape for n, p in original.named_parameters()}
+
+@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+                    reason="needs the accelerate CLI, and 2 GPUs or none")
+@pytest.mark.parametrize("pipeline, params", [
+    ("pad", {**PARAMS, "save_rows": False, "save_model": True}),
+    ("adpa", {**ADPA_PARAMS, "method": "adpa", "save_rows": False}),
+    ("plad", {**PLAD_PARAMS, "save_rows": False}),
+])
+def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process(tiny_gym, tmp_path, pipeline, params):
+    """2 processes under accelerate/fsdp.yaml (FSDP2: every process holds a shard of the student's weights, gradients
+    and optimizer states) train each method family with the chunked head (logits_chunk 4, which reads the output
+    group's weight outside the model's forward) to the loss curve of 1 process with the same global batch; PAD's
+    saved student is the whole model, gathered from the shards, with 1 process's weights."""
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    params = {**params, "logits_chunk": 4}
+    _run([sys.executable, "-m", "workbench.train", "--pipeline", pipeline,
+          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    out = subprocess.run([*_fsdp_launch(29531), "--pipeline", pipeline,
+                          *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "asks for FSDP, but" not in out.stderr
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert (config["processes"], config["distributed_type"], config["sharded_parameters"]) == (2, "FSDP", True)
+    one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    assert len(one) == len(two) == params["steps"]
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
+                                   rtol=1e-4, atol=1e-6, msg=f"{key} differs between FSDP on 2 processes and 1")
+    if params["save_model"]:
+        from workbench.models import load
+
+        saved, _ = load(str(tmp_path / "two" / "student"), device="cpu")
+        reference, _ = load(str(tmp_path / "one" / "student"), device="cpu")
+        weights = dict(saved.named_parameters())
+        assert weights.keys() == dict(reference.named_parameters()).keys()
+        for name, p in reference.named_parameters():
+            torch.testing.assert_close(weights[name], p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+                    reason="needs the accelerate CLI, and 2 GPUs or none")
+def test_fsdp_launch_refuses_a_run_that_samples_its_trained_student_before_loading_it(tmp_path):
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run([*_fsdp_launch(29533), "--pipeline", "pad",
+                          *_pad_args({**PARAMS, "iterations": 2, "output_dir": tmp_path / "two"})],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode != 0
+    assert "samples from its student after training it" in out.stderr and "one iteration per run" in out.stderr
+    assert not (tmp_path / "two").exists()
 
 
 def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):

@@ -86,7 +86,7 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     assert model.config.model_type == "llama"
 
 
-def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student_or_chunk_the_head():
+def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student_or_chunk_the_head_under_fsdp1(monkeypatch):
     from types import SimpleNamespace
 
     from workbench.train import check_strategy
@@ -100,9 +100,32 @@ def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student_or_chun
     check_strategy("adpa", adpa, fsdp)  # one sampling pass, before training: fine
     check_strategy("adpa", adpa_plus, ddp)  # DDP: every process holds the whole student
     check_strategy("plad", method_config("plad", {}), fsdp)
-    # the chunked head reads the output layer outside FSDP's forward: refused by name, fine under DDP
+    # the chunked head reads the output layer outside FSDP's forward: refused by name under FSDP1 (accelerate's
+    # default version), fine under FSDP2 (tests/test_accelerate.py trains it sharded) and DDP
     for pipeline in ("pad", "adpa", "plad"):
         chunked = method_config(pipeline, {"logits_chunk": 128})
-        with pytest.raises(ValueError, match="logits_chunk=128: .* add -p logits_chunk 0"):
+        monkeypatch.delenv("FSDP_VERSION", raising=False)
+        with pytest.raises(ValueError, match="logits_chunk=128: .* fsdp_version: 2 .* add -p logits_chunk 0"):
             check_strategy(pipeline, chunked, fsdp)
+        monkeypatch.setenv("FSDP_VERSION", "2")
+        check_strategy(pipeline, chunked, fsdp)
         check_strategy(pipeline, chunked, ddp)
+
+
+@pytest.mark.parametrize("distributed_type, asks_fsdp, name", [
+    ("DistributedType.MULTI_GPU", "true", "FSDP"), ("DistributedType.MULTI_GPU", None, "MULTI_GPU"),
+    ("DistributedType.MULTI_CPU", "true", "MULTI_CPU"), ("DistributedType.NO", "true", "NO"),
+    ("DistributedType.FSDP", None, "FSDP"), ("DistributedType.MULTI_XPU", "TRUE", "FSDP"),
+])
+def test_strategy_name_says_fsdp_where_accelerate_will(monkeypatch, distributed_type, asks_fsdp, name):
+    """accelerate's PartialState says MULTI_GPU under an FSDP launch (only the Trainer's AcceleratorState says FSDP);
+    the run's checks and records must see FSDP before training, and only where accelerate will shard (not on CPU)."""
+    from types import SimpleNamespace
+
+    from workbench.train import strategy_name
+
+    if asks_fsdp is None:
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", asks_fsdp)
+    assert strategy_name(SimpleNamespace(distributed_type=distributed_type)) == name

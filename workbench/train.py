@@ -128,21 +128,33 @@ def samples_a_trained_student(pipeline: str, cfg) -> bool:
 
 
 def strategy_name(state) -> str:
-    """accelerate's distributed type of this run by name: ``FSDP``, ``MULTI_GPU``, ``MULTI_CPU``, ``NO``..."""
-    return str(state.distributed_type).rsplit(".", 1)[-1]
+    """accelerate's distributed type of this run by name: ``FSDP``, ``MULTI_GPU``, ``MULTI_CPU``, ``NO``...
+
+    ``state`` is a ``PartialState``, which never says FSDP: the Trainer's ``AcceleratorState`` turns a multi-device
+    group (not a CPU one) into FSDP when the launch config asks for it (``ACCELERATE_USE_FSDP``); this says so before
+    that state exists, as it will."""
+    name = str(state.distributed_type).rsplit(".", 1)[-1]
+    asks_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return "FSDP" if asks_fsdp and name.startswith("MULTI_") and name != "MULTI_CPU" else name
+
+
+def fsdp_version() -> int:
+    """The FSDP version of this launch (accelerate's ``FSDP_VERSION``; 1 when unset, as accelerate reads it)."""
+    return int(os.environ.get("FSDP_VERSION", "1"))
 
 
 def check_strategy(pipeline: str, cfg, state) -> None:
     """Refuse, before any model loads, a run that FSDP cannot serve: one that samples a trained student
-    (:func:`samples_a_trained_student`), or one that reads the student through the chunked head (``logits_chunk``:
-    it calls the output layer outside the model's forward, where FSDP may hold that layer's weights sharded)."""
+    (:func:`samples_a_trained_student`), or, under FSDP version 1, one that reads the student through the chunked
+    head (``logits_chunk``: it calls the output layer outside the model's forward, where FSDP1 may hold that layer's
+    weights sharded; under FSDP2 the chunked head reads the output group's unsharded weight, tested on CPU)."""
     if strategy_name(state) != "FSDP":
         return
-    if getattr(cfg, "logits_chunk", 0):
+    if getattr(cfg, "logits_chunk", 0) and fsdp_version() < 2:
         raise ValueError(f"logits_chunk={cfg.logits_chunk}: the chunked head calls the student's output layer outside "
-                         f"its forward, where FSDP holds that layer's weights sharded: add -p logits_chunk 0 (and "
-                         f"unset $WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits), or launch "
-                         f"with accelerate/ddp.yaml (LoRA, or a student that fits one GPU)")
+                         f"its forward, where FSDP version 1 holds that layer's weights sharded: launch with "
+                         f"fsdp_version: 2 (accelerate/fsdp.yaml), or add -p logits_chunk 0 (and unset "
+                         f"$WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits)")
     if samples_a_trained_student(pipeline, cfg):
         raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its student after training it, "
                          f"which FSDP has sharded across the processes: launch with accelerate/ddp.yaml (LoRA, or a "

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -281,14 +282,37 @@ def _unwrapped(model):
     return model
 
 
-def _head_logps_at(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Module,
-                   softcap: float | None) -> torch.Tensor:
+def _head_logps_at(hidden: torch.Tensor, ids: torch.Tensor, head, softcap: float | None) -> torch.Tensor:
     """log softmax(head(hidden)) at ``ids`` for one chunk: hidden (B, c, H), ids (B, c, J) -> (B, c, J)."""
     logits = head(hidden).float()  # (B, c, V)
     if softcap:  # Gemma-2 final-logit soft-capping, as its forward applies it
         logits = torch.tanh(logits / softcap) * softcap
     # $\log p(a) = f_a - \log Z$
     return logits.gather(-1, ids.clamp(min=0)) - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def _head_function(head: torch.nn.Module):
+    """The output head as a function of hidden states, for calls outside the model's forward.
+
+    A head that FSDP2 shards in a group of its own (accelerate's FSDP2 puts the final norm, the output layer and tied
+    input embeddings in one group that stays unsharded after forward) is applied through its weight: calling the
+    module would run that group's hooks once per chunk, and the first chunk's post-backward would reshard (free) the
+    weight the other chunks still read (a segfault on CPU, found by tests/test_accelerate.py). Its weight is the
+    unsharded tensor from the end of forward until the group's own post-backward, which runs after every chunk's
+    backward (the chunks read the final hidden states, the group's output), so the gradients land where FSDP
+    reduce-scatters them."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return head
+    if not isinstance(head, FSDPModule):
+        return head
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if type(weight).__name__ == "DTensor":
+        raise RuntimeError("the FSDP-sharded output layer is resharded after the model's forward, so the chunked head "
+                           "cannot read it: keep the output layer unsharded after forward (accelerate's FSDP2 does "
+                           "for its final-norm/output group), or train with logits_chunk 0")
+    return partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
 def output_vocab_size(model) -> int:
@@ -307,7 +331,7 @@ def chunked_logps_at(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     The model runs once with ``output_hidden_states`` and ``logits_to_keep=1`` (so its own forward, and any DDP
     wrapper's hooks, still run); the head is applied to the final (normed) hidden states per chunk under
     activation checkpointing, so at most (B, chunk, V) logits exist at a time, in forward and in backward.
-    Equal to the full computation up to float rounding (tested). Not for FSDP-sharded heads.
+    Equal to the full computation up to float rounding (tested), also under FSDP2 (:func:`_head_function`).
 
     Args:
         input_ids, attention_mask: (B, L).
@@ -323,7 +347,7 @@ def chunked_logps_at(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     final = out.hidden_states[-1]  # (B, L, H), after the final norm
     hidden = final[:, :-1]
     inner = _unwrapped(model)
-    head = inner.get_output_embeddings()
+    head = _head_function(inner.get_output_embeddings())
     softcap = getattr(inner.config, "final_logit_softcapping", None)
     parts = [
         checkpoint(_head_logps_at, hidden[:, start : start + chunk], ids[:, start : start + chunk], head, softcap,
