@@ -266,10 +266,12 @@ def _processes_naming(text: str) -> list[int]:
 
 @pytest.mark.skipif(shutil.which("accelerate") is None or not Path("/proc").is_dir(),
                     reason="needs the accelerate CLI and Linux /proc")
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, tmp_path, preempt):
-    """Preemption of a multi-process job: a 2-process DDP PAD run (gloo) with checkpoints every 5 steps is killed —
-    launcher and workers, SIGKILL — once its first checkpoint is on disk; the same launch again resumes from the
-    newest checkpoint and writes the loss curve of a 2-process run that was never interrupted."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, tmp_path, preempt, strategy):
+    """Preemption of a multi-process job: a 2-process PAD run (gloo; DDP, or FSDP2 with the student's weights and
+    optimizer states sharded) with checkpoints every 5 steps is killed — launcher and workers, SIGKILL — once its
+    first checkpoint is on disk; the same launch again resumes from the newest checkpoint and writes the loss curve of
+    a 2-process run that was never interrupted."""
     import signal
     import time
 
@@ -278,10 +280,15 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
         env.pop(name, None)
     params = {**PARAMS, "steps": 300, "batch_size": 2, "save_steps": 5, "save_rows": False}
 
+    if strategy == "fsdp" and torch.cuda.device_count() == 1:
+        pytest.skip("FSDP needs 2 GPUs or none")
+
     def launch(out: Path, port: int) -> list[str]:
-        return ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-                "--main_process_port", str(port), "-m", "workbench.train_pad",
-                *_pad_args({**params, "output_dir": out})]
+        port += 10 if strategy == "fsdp" else 0
+        command = (_fsdp_launch(port) + ["--pipeline", "pad"] if strategy == "fsdp" else
+                   ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes",
+                    "2", "--main_process_port", str(port), "-m", "workbench.train_pad"])
+        return [*command, *_pad_args({**params, "output_dir": out})]
 
     _run(launch(tmp_path / "reference", 29521), env)
     job = subprocess.Popen(launch(tmp_path / "run", 29522), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -300,6 +307,8 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
                            timeout=240)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("resuming from") == 2  # each process, from the checkpoint the killed job left
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["sharded_parameters"] == (strategy == "fsdp")
     reference, resumed = _curve(tmp_path / "reference"), _curve(tmp_path / "run")
     assert [e["step"] for e in resumed] == [e["step"] for e in reference] and len(reference) == 60
     for key in ("loss", "grad_norm", "learning_rate"):
