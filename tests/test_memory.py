@@ -196,10 +196,19 @@ MEASURED_SCORING = [
 ]
 
 
+# FSDP2 over 2 processes (gloo on CPU, through tests/fsdp_on_cpu.py): a full fp32 student with a 32k vocabulary and
+# untied head, whose weights, gradients and AdamW states (sharded, but the output group whole) are most of a step
+MEASURED_FSDP = [
+    dict(name="FSDP2 full fp32, 2 processes, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8,
+         intermediate=688, batch_size=4, logits_chunk=16, gradient_checkpointing=True, world_size=2),
+]
+
+
 def _measure(specs: list[dict]) -> list[dict]:
     """Run each spec's training steps (or, with ``kind``, its teacher scoring pass) in this process; peak RSS
     (VmHWM, reset before each) minus RSS before the model is built (scoring: after, weights excluded). Prints
-    JSON."""
+    JSON. Under an FSDP launch the peak is reset again when training begins, after the Trainer has sharded the
+    student (each process builds it whole first); process 0 prints."""
     import logging
     import time
 
@@ -293,6 +302,25 @@ def _measure(specs: list[dict]) -> list[dict]:
 
     from workbench.encoding import prompt_text
 
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        from transformers import TrainerCallback
+
+        from workbench import trainers
+
+        class ResetPeak(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                gc.collect()
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+
+        fit = trainers.fit
+
+        def fit_from_the_sharded_student(trainer, *args, **kwargs):
+            trainer.add_callback(ResetPeak())
+            return fit(trainer, *args, **kwargs)
+
+        trainers.fit = fit_from_the_sharded_student
+
     # warm-up: lazy imports, thread pools, Trainer and accelerate state
     warm = build(dict(vocab=64, hidden=32, layers=1, heads=2, intermediate=64))
     for kind in {spec.get("kind") for spec in specs} - {None}:
@@ -316,7 +344,8 @@ def _measure(specs: list[dict]) -> list[dict]:
         results.append({"name": spec["name"], "peak_delta": peak_rss() - before, "seq_len": length,
                         "seconds": time.perf_counter() - start})
         del model
-    print(json.dumps(results))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(results))
     return results
 
 
@@ -331,27 +360,45 @@ def predicted_training_bytes(spec: dict, seq_len: int) -> int:
         dict(student="probe", **method, batch_size=spec["batch_size"], lora=spec.get("lora", False),
              prompt_tokens=seq_len - 1, max_new_tokens=0, device="cpu", dtype=spec.get("dtype", "float32"),
              logits_chunk=spec.get("logits_chunk") or 0,
-             gradient_checkpointing=spec.get("gradient_checkpointing", False)),
+             gradient_checkpointing=spec.get("gradient_checkpointing", False),
+             **(dict(strategy="fsdp", world_size=spec["world_size"]) if spec.get("world_size") else {})),
         model_configs={"probe": config})
     assert estimate.assumptions["train_seq_len"] == seq_len
     return estimate.total("training")
 
 
+MEASURE_ENV = dict(OMP_NUM_THREADS="1", WORKBENCH_THREADS="1", TOKENIZERS_PARALLELISM="false",
+                   # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
+                   # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
+                   MALLOC_MMAP_THRESHOLD_="65536")
+
+
 @pytest.fixture(scope="module")
 def measured():
-    env = dict(os.environ, OMP_NUM_THREADS="1", WORKBENCH_THREADS="1",
-               # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
-               # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
-               MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ, **MEASURE_ENV)
     out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED + MEASURED_SCORING)], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
 
-@pytest.mark.parametrize("spec", MEASURED, ids=[s["name"] for s in MEASURED])
-def test_estimate_within_15_percent_of_measured_peak_rss(spec, measured):
-    result = measured[spec["name"]]
+@pytest.fixture(scope="module")
+def measured_fsdp():
+    import shutil
+
+    if shutil.which("accelerate") is None or torch.cuda.is_available():
+        pytest.skip("measured on CPU through tests/fsdp_on_cpu.py (needs the accelerate CLI, no CUDA)")
+    env = dict(os.environ, **MEASURE_ENV)
+    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"),
+                          "--num_processes", "2", "--main_process_port", "29541", __file__, "--fsdp",
+                          json.dumps(MEASURED_FSDP)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+@pytest.mark.parametrize("spec", MEASURED + MEASURED_FSDP, ids=[s["name"] for s in MEASURED + MEASURED_FSDP])
+def test_estimate_within_15_percent_of_measured_peak_rss(spec, request):
+    result = request.getfixturevalue("measured_fsdp" if spec.get("world_size") else "measured")[spec["name"]]
     predicted = predicted_training_bytes(spec, result["seq_len"])
     assert result["peak_delta"] > 150 * 2**20, "the measurement should dwarf allocator noise"
     ratio = predicted / result["peak_delta"]
@@ -434,6 +481,11 @@ def test_each_lever_lowers_the_peak_it_should():
     assert "teacher_mcq" not in cached.phases and cached.phases["training"]["teacher_weights"] == 0
     fsdp = memory.estimate(pad_recipe(world_size=4, strategy="fsdp"), model_configs=CONFIGS)
     assert fsdp.phases["training"]["optimizer_states"] == base.phases["training"]["optimizer_states"] // 4
+    # each process samples with the whole student and trains a quarter of it, plus the output group whole (Gemma-2:
+    # tied, so its 256k x 2304 embedding) and two gathered layers
+    assert fsdp.phases["sampling"]["student_weights"] == base.phases["sampling"]["student_weights"]
+    assert fsdp.phases["training"]["student_weights"] == base.phases["training"]["student_weights"] // 4
+    assert fsdp.phases["training"]["fsdp_output_group"] == (256000 * 2304 + 2304) * 2
 
 
 @pytest.mark.parametrize("seq_len", [257, 1025, 4097])
@@ -596,7 +648,9 @@ def test_training_arguments_read_the_environment(monkeypatch):
 
 
 if __name__ == "__main__":
-    _measure(json.loads(sys.argv[1]))
+    if sys.argv[1] == "--fsdp":  # under accelerate launch with accelerate/fsdp.yaml: shard on CPU
+        import fsdp_on_cpu  # noqa: F401  (tests/ is this script's folder)
+    _measure(json.loads(sys.argv[-1]))
 
 
 def test_update_recipe_header_rewrites_only_the_generated_lines(tmp_path):
@@ -704,3 +758,15 @@ def test_the_mcq_phase_counts_the_balanced_slices_a_group_larger_than_the_letter
     assert memory.run_shape(dict(teacher="gym-v1-teacher-dpo", student="gym-v1-student", n=8)).mcq_options == 8
     with pytest.raises(ValueError, match="mcq_letters=0"):
         memory.run_shape(dict(real, n=4, mcq_letters=0))
+
+
+def test_the_cli_estimates_a_recipe_per_process_of_an_fsdp_launch(capsys):
+    recipe = str(ROOT / "recipes" / "pad_gemma2_9b_to_2b.yaml")
+    memory.main([recipe, "--model-configs", str(CONFIGS), "--json"])
+    memory.main([recipe, "--model-configs", str(CONFIGS), "--json", "--strategy", "fsdp", "--world-size", "4"])
+    single, fsdp = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert fsdp["assumptions"]["strategy"] == "fsdp" and fsdp["assumptions"]["world_size"] == 4
+    assert fsdp["phases"]["training"]["optimizer_states"] == single["phases"]["training"]["optimizer_states"] // 4
+    assert fsdp["phases"]["sampling"] == single["phases"]["sampling"]  # sampled before the Trainer shards
+    with pytest.raises(SystemExit):
+        memory.main([recipe, "--update", "--strategy", "fsdp", "--world-size", "4"])

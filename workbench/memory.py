@@ -226,6 +226,22 @@ def weight_bytes(dims: ModelDims, dtype_bytes: int, quantization: str | None = N
     }
 
 
+def fsdp_layer_params(dims: ModelDims) -> int:
+    """Parameters of one decoder layer: one FSDP unit of accelerate's transformer-layer wrap."""
+    return dims.layer_linear_params + dims.norms_per_layer * dims.hidden
+
+
+def fsdp_resident_bytes(dims: ModelDims, dtype_bytes: int, world: int) -> dict[str, int]:
+    """A student's weights on each of ``world`` processes while FSDP2 (accelerate's preparation) trains it: every
+    parameter as a 1/world shard, plus the whole output group (final norm, output layer, and the input embedding
+    when tied), which stays gathered from forward to backward, plus two decoder layers gathered at a time (the one
+    running and the one prefetched)."""
+    output_group = dims.hidden + (dims.embedding_params if dims.tied_embeddings else dims.head_params)
+    return {"student_weights": dims.params * dtype_bytes // world,
+            "fsdp_output_group": output_group * dtype_bytes,
+            "fsdp_gathered_layers": 2 * fsdp_layer_params(dims) * dtype_bytes}
+
+
 def lora_params(dims: ModelDims, r: int, targets=LORA_TARGETS) -> int:
     """LoRA parameters: r·(in + out) per targeted linear layer, per decoder layer (A: r×in, B: out×r)."""
     shapes = dims.linear_shapes()
@@ -626,12 +642,14 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     teacher_weights = sum(weight_bytes(teacher, b, shape.quantization).values()) if teacher else 0
     if teacher_ref is not None:  # scored after the first teacher is freed: the larger one is resident
         teacher_weights = max(teacher_weights, sum(weight_bytes(teacher_ref, b, shape.quantization).values()))
-    if fsdp and not shape.lora:
-        student_weights //= world
+    # every process loads the whole student and samples with it; under FSDP the Trainer shards it for training
     common = {"student_weights": student_weights, "teacher_weights": teacher_weights}
     if cuda:
         common["cuda_context"] = CUDA_CONTEXT_BYTES
     in_training = dict(common, teacher_weights=teacher_weights if shape.teacher_in_training else 0)
+    sharded = fsdp_resident_bytes(student, b, world) if fsdp and not shape.lora else None
+    if sharded:
+        in_training.update(sharded)
 
     phases: dict[str, dict[str, int]] = {}
     # sampling: n responses per prompt, batched generate with a KV cache
@@ -678,8 +696,12 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         head_grad = student.embedding_params * b if student.tied_embeddings else student.head_params * b
     grads = gradient_bytes(trainable, param_bytes)
     states = adamw_state_bytes(trainable, param_bytes)
+    reduce_scatter = 0
     if fsdp:
-        grads, states, head_grad = grads // world, states // world, head_grad // world
+        # gradients and optimizer states live as shards; the output group's gradient is whole until that group's
+        # reduce-scatter (early in backward); each layer's whole gradient meets its reduce-scatter copy there
+        grads, states = grads // world, states // world
+        reduce_scatter = 2 * fsdp_layer_params(student) * param_bytes if not shape.lora else 0
     act_b = 4 if kbit_student else b  # a k-bit-prepared model runs its residual stream in float32
     per_layer = layer_activation_bytes(student, seq_len, act_b, frozen_base=frozen,
                                        lora_r=shape.lora_r if shape.lora else None, lora_dropout=shape.lora_dropout,
@@ -702,11 +724,20 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
                            "head_gradient": head_grad, "ddp_buckets": ddp_buckets},
         # inside a layer's backward: activations of the layers below still saved, that layer's buffers
         "backward_layer": {**base, "activations": activations, "recomputed_layer": recomputed,
-                           "backward_buffers": transient,
-                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets},
+                           "backward_buffers": transient, "fsdp_reduce_scatter": reduce_scatter,
+                           # FSDP: the output group's gradient is reduce-scattered once backward leaves it, unless
+                           # the input embedding (the end of backward) shares its weight
+                           "head_gradient": head_grad // world if fsdp and not student.tied_embeddings else head_grad,
+                           "ddp_buckets": ddp_buckets},
         # after backward / optimizer step: all gradients (fused AdamW, no extra copies)
         "optimizer_step": {**base, "gradients": grads, "ddp_buckets": ddp_buckets},
     }
+    if sharded and not student.tied_embeddings:
+        # FSDP, untied: the input embedding's own group is gathered again for its backward, last, when the saved
+        # activations are gone; its whole gradient meets its reduce-scatter copy
+        candidates["backward_embedding"] = {**base, "gradients": grads, "fsdp_gathered_embedding":
+                                            student.embedding_params * b,
+                                            "fsdp_reduce_scatter": 2 * student.embedding_params * param_bytes}
     worst = max(candidates, key=lambda k: sum(candidates[k].values()))
     phases["training"] = {k: v for k, v in candidates[worst].items()}
     phases["training"]["dequantize"] = dequant_transient_bytes(student, shape.student_quantization, b)
@@ -933,13 +964,19 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of the breakdown")
     parser.add_argument("--update", action="store_true",
                         help="rewrite each recipe's generated header lines (memory, phases, time) in place")
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default=None,
+                        help="the launch to estimate per process (with --world-size): accelerate/ddp.yaml or fsdp.yaml")
+    parser.add_argument("--world-size", type=int, default=None, help="processes (GPUs) of that launch")
     args = parser.parse_args(argv)
+    launch = {k: v for k, v in (("strategy", args.strategy), ("world_size", args.world_size)) if v is not None}
+    if launch and args.update:
+        parser.error("--update writes the recipe's single-GPU header; drop --strategy/--world-size")
     for path in args.recipes:
         if args.update:
             changed = update_recipe_header(path, model_configs=args.model_configs)
             print(f"{path}: " + ("\n  ".join(["updated", *changed]) if changed else "up to date"))
             continue
-        result, hours = recipe_estimate(path, model_configs=args.model_configs)
+        result, hours = recipe_estimate(path, model_configs=args.model_configs, **launch)
         if args.json:
             print(json.dumps({"recipe": str(path), **result.to_dict(), "time": hours}))
         else:
