@@ -191,16 +191,19 @@ def _fsdp_launch(port: int) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
                     reason="needs the accelerate CLI, and 2 GPUs or none")
-@pytest.mark.parametrize("pipeline, params", [
-    ("pad", {**PARAMS, "save_rows": False, "save_model": True}),
-    ("adpa", {**ADPA_PARAMS, "method": "adpa", "save_rows": False}),
-    ("plad", {**PLAD_PARAMS, "save_rows": False}),
+@pytest.mark.parametrize("pipeline, params, rows", [
+    ("pad", {**PARAMS, "iterations": 2, "save_model": True}, ("round1", "responses")),
+    ("adpa", ADPA_PARAMS, ("states_adpa", "state")),
+    ("plad", {**PLAD_PARAMS, "save_rows": False}, None),
 ])
-def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process(tiny_gym, tmp_path, pipeline, params):
+def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process(tiny_gym, tmp_path, pipeline, params,
+                                                                                 rows):
     """2 processes under accelerate/fsdp.yaml (FSDP2: every process holds a shard of the student's weights, gradients
     and optimizer states) train each method family with the chunked head (logits_chunk 4, which reads the output
-    group's weight outside the model's forward) to the loss curve of 1 process with the same global batch; PAD's
-    saved student is the whole model, gathered from the shards, with 1 process's weights."""
+    group's weight outside the model's forward) to the loss curve of 1 process with the same global batch. Runs
+    that sample their trained student — PAD's second iteration, ADPA+'s ŷ after DCKD — sample it through a whole
+    copy (distributed.unsharded): the same samples as 1 process. PAD's saved student is the whole model, gathered
+    from the shards, with 1 process's weights."""
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("WORKBENCH_TRAINING_ARGS", None)
     env.pop("WORKBENCH_LOGITS_CHUNK", None)
@@ -214,8 +217,11 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
     assert "asks for FSDP, but" not in out.stderr
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert (config["processes"], config["distributed_type"], config["sharded_parameters"]) == (2, "FSDP", True)
+    if rows:
+        name, field = rows
+        assert [r[field] for r in _rows(tmp_path / "two", name)] == [r[field] for r in _rows(tmp_path / "one", name)]
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
-    assert len(one) == len(two) == params["steps"]
+    assert len(one) == len(two) == params["steps"] * (2 if pipeline in ("pad", "adpa") else 1)
     for key in ("loss", "grad_norm"):
         torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
                                    rtol=1e-4, atol=1e-6, msg=f"{key} differs between FSDP on 2 processes and 1")
@@ -232,13 +238,13 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
 
 @pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
                     reason="needs the accelerate CLI, and 2 GPUs or none")
-def test_fsdp_launch_refuses_a_run_that_samples_its_trained_student_before_loading_it(tmp_path):
+def test_fsdp_launch_refuses_a_lora_run_that_samples_its_trained_student_before_loading_it(tmp_path):
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([*_fsdp_launch(29533), "--pipeline", "pad",
-                          *_pad_args({**PARAMS, "iterations": 2, "output_dir": tmp_path / "two"})],
+                          *_pad_args({**PARAMS, "iterations": 2, "lora": True, "output_dir": tmp_path / "two"})],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode != 0
-    assert "samples from its student after training it" in out.stderr and "one iteration per run" in out.stderr
+    assert "samples from its LoRA student after training it" in out.stderr and "one iteration per run" in out.stderr
     assert not (tmp_path / "two").exists()
 
 
@@ -314,3 +320,11 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
     for key in ("loss", "grad_norm", "learning_rate"):
         torch.testing.assert_close(torch.tensor([e[key] for e in resumed]), torch.tensor([e[key] for e in reference]),
                                    rtol=1e-5, atol=1e-7, msg=f"{key} differs after the resume")
+
+
+def test_an_unsharded_model_samples_as_itself():
+    from workbench.distributed import is_sharded, unsharded
+
+    model = torch.nn.Linear(2, 2)
+    with unsharded(model) as whole:
+        assert whole is model and not is_sharded(model)

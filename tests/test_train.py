@@ -86,19 +86,23 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     assert model.config.model_type == "llama"
 
 
-def test_fsdp_is_refused_up_front_for_runs_that_sample_a_trained_student_or_chunk_the_head_under_fsdp1(monkeypatch):
+def test_fsdp_refuses_up_front_a_lora_run_that_samples_its_trained_student_or_the_chunked_head_under_fsdp1(
+        monkeypatch):
     from types import SimpleNamespace
 
     from workbench.train import check_strategy
 
     fsdp, ddp = SimpleNamespace(distributed_type="DistributedType.FSDP"), SimpleNamespace(distributed_type="MULTI_GPU")
-    adpa_plus, adpa = method_config("adpa", {"method": "adpa+"}), method_config("adpa", {"method": "adpa"})
-    with pytest.raises(ValueError, match="ADPA adpa\\+ samples from its student after training it.*ddp.yaml"):
-        check_strategy("adpa", adpa_plus, fsdp)
+    adpa_plus = method_config("adpa", {"method": "adpa+"})
+    lora_adpa_plus = method_config("adpa", {"method": "adpa+", "lora": True})
+    with pytest.raises(ValueError, match="ADPA adpa\\+ samples from its LoRA student after training it.*ddp.yaml"):
+        check_strategy("adpa", lora_adpa_plus, fsdp)
     with pytest.raises(ValueError, match="one iteration per run"):
-        check_strategy("pad", method_config("pad", {"iterations": 2}), fsdp)
-    check_strategy("adpa", adpa, fsdp)  # one sampling pass, before training: fine
-    check_strategy("adpa", adpa_plus, ddp)  # DDP: every process holds the whole student
+        check_strategy("pad", method_config("pad", {"iterations": 2, "lora": True}), fsdp)
+    # full fine-tuning samples a whole copy of the sharded student (tests/test_accelerate.py): fine
+    check_strategy("adpa", adpa_plus, fsdp)
+    check_strategy("pad", method_config("pad", {"iterations": 2}), fsdp)
+    check_strategy("adpa", lora_adpa_plus, ddp)  # DDP: every process holds the whole student
     check_strategy("plad", method_config("plad", {}), fsdp)
     # the chunked head reads the output layer outside FSDP's forward: refused by name under FSDP1 (accelerate's
     # default version), fine under FSDP2 (tests/test_accelerate.py trains it sharded) and DDP

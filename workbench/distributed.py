@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,3 +138,56 @@ def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_i
             logger.info("items [%d, %d) of %d done (piece %d of %d, cached: a rerun resumes after it)",
                         piece.start, piece.stop, len(items), number + 1, len(pieces))
     return gather_in_order(rows, shard, state)
+
+
+def is_sharded(model) -> bool:
+    """True when FSDP2 shards ``model``'s parameters (DTensors) across the processes."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def full_state_dict(model, *, on_every_process: bool = False) -> dict:
+    """The whole (unsharded) state dict of an FSDP2-sharded model; every process must call it. By default gathered
+    to the main process's CPU (the others get an empty dict); ``on_every_process``: on every process's device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=not on_every_process))
+
+
+@contextmanager
+def unsharded(model) -> Iterator:
+    """``model`` itself, or, when FSDP2 shards it, a whole copy of it on this process's device for the block.
+
+    A sharded model all-gathers each unit in every forward, a collective every process must enter together, while
+    ``generate`` on a shard of the prompts runs a different number of forwards on each process; so a trained
+    student samples its next round (PAD iterations, ADPA+'s ŷ) from a copy built from the gathered weights (every
+    process enters together), freed after the block. It costs one whole student per process beside the shards, as
+    the first sampling pass held before the Trainer sharded it. The copy is the same causal LM class, weights,
+    dtype and generation config."""
+    if not is_sharded(model):
+        yield model
+        return
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from accelerate import init_empty_weights
+
+    weights = full_state_dict(model, on_every_process=True)
+    sharded = next(p for p in model.parameters() if type(p).__name__ == "DTensor")
+    device, dtype = sharded.to_local().device, sharded.dtype
+    with init_empty_weights(include_buffers=False):  # parameters take the gathered tensors; buffers are built
+        copy = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    copy.load_state_dict(weights, assign=True)
+    del weights
+    copy.tie_weights()
+    copy.to(device).eval()
+    copy.generation_config = model.generation_config
+    try:
+        yield copy
+    finally:
+        del copy
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

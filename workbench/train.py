@@ -117,7 +117,8 @@ def method_config(pipeline: str, params: dict):
 
 def samples_a_trained_student(pipeline: str, cfg) -> bool:
     """True when the run samples from its student after training it: PAD with ``iterations`` > 1, ADPA+ (ŷ from
-    the DCKD student). FSDP shards that student, and per-process sampling of a sharded model cannot work."""
+    the DCKD student). Under FSDP that student is sharded: it samples through a whole copy
+    (:func:`workbench.distributed.unsharded`), built for full fine-tuning only."""
     if pipeline == "pad":
         return cfg.iterations > 1
     if pipeline == "adpa":
@@ -144,7 +145,7 @@ def fsdp_version() -> int:
 
 
 def check_strategy(pipeline: str, cfg, state) -> None:
-    """Refuse, before any model loads, a run that FSDP cannot serve: one that samples a trained student
+    """Refuse, before any model loads, a run that FSDP cannot serve: one that samples a trained LoRA student
     (:func:`samples_a_trained_student`), or, under FSDP version 1, one that reads the student through the chunked
     head (``logits_chunk``: it calls the output layer outside the model's forward, where FSDP1 may hold that layer's
     weights sharded; under FSDP2 the chunked head reads the output group's unsharded weight, tested on CPU)."""
@@ -155,18 +156,12 @@ def check_strategy(pipeline: str, cfg, state) -> None:
                          f"its forward, where FSDP version 1 holds that layer's weights sharded: launch with "
                          f"fsdp_version: 2 (accelerate/fsdp.yaml), or add -p logits_chunk 0 (and unset "
                          f"$WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits)")
-    if samples_a_trained_student(pipeline, cfg):
-        raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its student after training it, "
-                         f"which FSDP has sharded across the processes: launch with accelerate/ddp.yaml (LoRA, or a "
-                         f"student that fits one GPU), or split the run (PAD: one iteration per run from the last "
-                         f"run's output_dir/student; ADPA+: method dckd, then method adpa from its student)")
-
-
-def full_state_dict(model) -> dict:
-    """The whole (unsharded) state dict of an FSDP2-sharded model, gathered to CPU; every process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if samples_a_trained_student(pipeline, cfg) and getattr(cfg, "lora", False):
+        raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its LoRA student after "
+                         f"training it, which FSDP has sharded across the processes (a whole copy to sample from is "
+                         f"built for full fine-tuning only): launch LoRA runs with accelerate/ddp.yaml, or split the "
+                         f"run (PAD: one iteration per run from the last run's output_dir/student; ADPA+: method dckd, "
+                         f"then method adpa from its student)")
 
 
 def save_rows_jsonl(path: Path, rows: list[dict]) -> None:
@@ -180,6 +175,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     write the outputs from the main process and return the training log."""
     from accelerate import PartialState
 
+    from workbench.distributed import full_state_dict, is_sharded
     from workbench.methods.common import save_student, training_summary
     from workbench.trainers import set_threads
 
@@ -197,7 +193,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
     started = time.perf_counter()
     run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
-    sharded = any(type(p).__name__ == "DTensor" for p in run.model.parameters())  # FSDP2 shards the student
+    sharded = is_sharded(run.model)  # FSDP2 shards the student
     weights = full_state_dict(run.model) if save_model and sharded else None  # collective: every process
     if state.is_main_process:
         training = training_summary(run.history)

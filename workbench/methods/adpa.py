@@ -37,7 +37,7 @@ import datasets
 import numpy as np
 import torch
 
-from workbench.distributed import map_in_shards
+from workbench.distributed import map_in_shards, unsharded
 from workbench.encoding import collate_examples
 from workbench.evaluate import mean_ci, win_rate
 from workbench.gym.build import JUDGE_MIX
@@ -459,8 +459,10 @@ def _sampled_states(ctx: RunContext, stage: int, model_of: Callable[[], tuple]) 
 
 
 def _student_states(ctx: RunContext, stage: int) -> list[str]:
-    """ŷ ~ π_θ(·|x) from the current student (Alg. 1 line 5; Alg. 2 line 6 after DCKD)."""
-    return _sampled_states(ctx, stage, lambda: (ctx.student, ctx.tokenizer))
+    """ŷ ~ π_θ(·|x) from the current student (Alg. 1 line 5; Alg. 2 line 6 after DCKD); an FSDP-sharded student
+    samples through a whole copy (:func:`workbench.distributed.unsharded`)."""
+    with unsharded(ctx.student) as student:
+        return _sampled_states(ctx, stage, lambda: (student, ctx.tokenizer))
 
 
 def _teacher_states(ctx: RunContext, stage: int) -> list[str]:

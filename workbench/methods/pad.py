@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from workbench.cache import tokenizer_fingerprint
-from workbench.distributed import is_distributed, map_in_shards
+from workbench.distributed import is_distributed, map_in_shards, unsharded
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
@@ -289,6 +289,13 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
     the same rewards up to the float rounding of differently composed scoring batches. Each process caches only
     its own shard (race-free on a shared filesystem).
     """
+    with unsharded(student) as whole:  # an FSDP-sharded student (round 2 on) samples through a whole copy
+        return _sample_and_score(cfg, whole, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state,
+                                 progress=progress)
+
+
+def _sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
+                      state=None, progress: bool = False) -> RoundSamples:
     source = student
     if cfg.sampling_backend == "vllm":  # every process: the round's weights are saved once, behind a barrier
         source = vllm_student_source(cfg, student, student_tok, round_, state)
