@@ -133,3 +133,34 @@ def test_strategy_name_says_fsdp_where_accelerate_will(monkeypatch, distributed_
     else:
         monkeypatch.setenv("ACCELERATE_USE_FSDP", asks_fsdp)
     assert strategy_name(SimpleNamespace(distributed_type=distributed_type)) == name
+
+
+def test_the_script_estimates_one_process_of_its_launch_and_refuses_what_will_not_fit(monkeypatch, caplog):
+    """workbench.train logs the per-process estimate of its launch before any model loads (under FSDP each process
+    trains a shard) and, given the device's capacity (a GPU's free memory), refuses a run that will not fit."""
+    import logging
+    from types import SimpleNamespace
+
+    from workbench import memory
+    from workbench.train import launch_memory_estimate
+
+    cfg = method_config("pad", {"teacher": "gym-teacher-dpo", "student": "gym-student"})
+    single = SimpleNamespace(distributed_type="DistributedType.NO", num_processes=1, is_main_process=True)
+    fsdp = SimpleNamespace(distributed_type="DistributedType.MULTI_GPU", num_processes=4, is_main_process=True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level(logging.INFO, logger="workbench.train"):
+        one = launch_memory_estimate(cfg, single)
+        sharded = launch_memory_estimate(cfg, fsdp)
+    assert one.peak_bytes == memory.estimate(cfg).peak_bytes
+    assert (sharded.assumptions["strategy"], sharded.assumptions["world_size"]) == ("fsdp", 4)
+    assert sharded.phases["training"]["optimizer_states"] == one.phases["training"]["optimizer_states"] // 4
+    assert "estimated peak memory per process (fsdp, 4 process(es))" in caplog.text
+    assert launch_memory_estimate(cfg, single, capacity=one.peak_bytes + 1) is not None
+    with pytest.raises(memory.WillNotFitError, match="this run needs .* try "):
+        launch_memory_estimate(cfg, single, capacity=one.peak_bytes - 1)
+    # a shape it cannot estimate: a warning, and the run goes on
+    caplog.clear()
+    unreadable = method_config("pad", {"teacher": "/no/such/teacher", "student": "/no/such/student"})
+    with caplog.at_level(logging.WARNING, logger="workbench.train"):
+        assert launch_memory_estimate(unreadable, single, capacity=1) is None
+    assert "no memory estimate for this run" in caplog.text

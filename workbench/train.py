@@ -27,6 +27,10 @@ config, the pipeline, the process count, seconds and the run's facts: ADPA's sta
 with ``-p save_rows true`` the rows it trained on (``rows_<name>.jsonl``: PAD ``round<k>``, ADPA ``states_<stage>``,
 PLaD ``pairs``) and, unless ``save_model`` is false, the trained student under ``output_dir/student``.
 
+Before any model loads it logs the estimated peak memory of one process of the launch (:mod:`workbench.memory`, with
+the launch's strategy and process count) and, on a GPU, refuses a run that will not fit, naming the levers;
+``-p memory_check false`` skips that check.
+
 An interrupted run resumes when the same command is run again: the sampling and scoring stages from their cached
 pieces (:mod:`workbench.distributed`), and with ``-p save_steps N`` (the PAD and PLaD recipes set it) the training
 from its newest checkpoint in ``output_dir/checkpoints`` (:class:`workbench.trainers.Checkpoints`).
@@ -47,7 +51,8 @@ from pathlib import Path
 
 logger = logging.getLogger("workbench.train")
 
-SCRIPT_OPTIONS = {"save_model", "save_rows"}  # parameters of this script, not of a method config
+SCRIPT_OPTIONS = {"save_model", "save_rows", "memory_check"}  # parameters of this script, not of a method config
+LAUNCH_STRATEGIES = {"FSDP": "fsdp", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp"}  # accelerate's type -> memory.RunShape
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,30 @@ def save_rows_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, default=float) + "\n")
 
 
-def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False) -> list[dict]:
+def launch_memory_estimate(cfg, state, capacity=None):
+    """The estimated peak memory of one process of this launch (:func:`workbench.memory.estimate` with the launch's
+    strategy and process count: under FSDP each process trains a shard); with ``capacity`` (a device, or bytes) it
+    raises :class:`workbench.memory.WillNotFitError` before any model loads when the estimate exceeds it. None, with
+    a warning, when the run's shape cannot be estimated (e.g. a model config that cannot be read)."""
+    from workbench import memory
+
+    launch = dict(strategy=LAUNCH_STRATEGIES.get(strategy_name(state), "single"), world_size=state.num_processes)
+    try:
+        estimate = memory.estimate(cfg, **launch)
+    except (ValueError, OSError, KeyError) as error:
+        logger.warning("no memory estimate for this run (%s); training without the up-front check", error)
+        return None
+    if state.is_main_process:
+        logger.info("estimated peak memory per process (%s, %d process(es)): %.1f GiB in phase '%s' "
+                    "(python -m workbench.memory for the breakdown)", launch["strategy"], launch["world_size"],
+                    estimate.peak_bytes / memory.GIB, estimate.peak_phase)
+    if capacity is not None:
+        memory.check_fits(estimate, capacity)
+    return estimate
+
+
+def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False,
+          memory_check: bool = True) -> list[dict]:
     """Train ``cfg`` with ``pipeline``'s ``train_run`` in this process (one of several under ``accelerate launch``),
     write the outputs from the main process and return the training log."""
     from accelerate import PartialState
@@ -186,6 +214,8 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
     state = PartialState(cpu=not torch.cuda.is_available())
     device = "cpu" if state.device.type == "cpu" else str(state.device)
     check_strategy(pipeline, cfg, state)
+    if memory_check:  # on a GPU, refuse now rather than fail mid-run (the notebooks do the same)
+        launch_memory_estimate(cfg, state, device if device.startswith("cuda") else None)
     strategy = strategy_name(state)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and strategy != "FSDP":
         logger.warning("the accelerate config asks for FSDP, but these processes run %s (no CUDA): data parallel, "
@@ -242,7 +272,7 @@ def main(argv=None, pipeline: str | None = None) -> None:
     cfg = method_config(pipeline, params)
     try:
         train(pipeline, cfg, save_model=bool(params.get("save_model", True)),
-              save_rows=bool(params.get("save_rows", False)))
+              save_rows=bool(params.get("save_rows", False)), memory_check=bool(params.get("memory_check", True)))
     finally:
         # a gloo group left to the interpreter's exit can abort a process after its work is done ("terminate called
         # without an active exception", pytorch/pytorch#190489); the script owns the group, so it closes it
