@@ -633,6 +633,35 @@ def test_qlora_student_trains_with_chunked_logps_and_checkpointing(tiny_gym):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_sft_through_the_chunked_head_trains_like_trainers_own_loss(tiny_gym, monkeypatch, accumulation):
+    """train_sft with logits_chunk reads the same loss as Trainer's causal-LM loss on the labels, normalised the same
+    way (over the labelled tokens of the accumulated batch): the same loss curve and weights, without (B, T, V)
+    logits. Rows of different lengths, so per-batch and accumulated normalisations would differ."""
+    import datasets
+
+    from workbench.models import load
+    from workbench.trainers import train_sft
+
+    monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
+    monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
+    rows = datasets.Dataset.from_dict({
+        "prompt": [f"sort {' '.join(str((i * j) % 10) for j in range(2 + i % 5))}" for i in range(16)],
+        "response": [" ".join(str((i + j) % 10) for j in range(1 + (i * 7) % 9)) for i in range(16)]})
+    runs = {}
+    for chunk in (None, 3):
+        model, tokenizer = load("gym-tiny-student", device="cpu")
+        log = train_sft(model, tokenizer, rows, steps=4, lr=1e-3, batch_size=2, progress=False, logits_chunk=chunk,
+                        gradient_accumulation_steps=accumulation, logging_steps=1)
+        runs[chunk] = ([e["loss"] for e in log if "loss" in e and "train_runtime" not in e],
+                       {n: p.detach().clone() for n, p in model.named_parameters()})
+    (full_curve, full_weights), (chunked_curve, chunked_weights) = runs[None], runs[3]
+    assert len(full_curve) == 4
+    torch.testing.assert_close(torch.tensor(chunked_curve), torch.tensor(full_curve), rtol=1e-5, atol=1e-6)
+    for name, weight in full_weights.items():
+        torch.testing.assert_close(chunked_weights[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_training_arguments_read_the_environment(monkeypatch):
     from workbench.trainers import training_arguments
 
@@ -707,9 +736,9 @@ def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_proces
 
 def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     """ADPA: the student samples one ŷ with no teacher loaded; each teacher is loaded alone for its top-k pass; its
-    losses read the student through the chunked head when logits_chunk is set (method 'sft', Trainer's own loss,
-    does not). PLaD: the teacher samples and is freed; it never scores, so there is no teacher-scoring phase or
-    time; both its losses read the chunked head."""
+    losses read the student through the chunked head when logits_chunk is set (method 'sft' too: its loss is
+    Trainer's, read through the chunked head). PLaD: the teacher samples and is freed; it never scores, so there is
+    no teacher-scoring phase or time; both its losses read the chunked head."""
     sizes = dict(prompt_tokens=512, max_new_tokens=512, device="cuda", logits_chunk=128, gradient_checkpointing=True,
                  batch_size=2)
     adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
@@ -720,9 +749,9 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     assert est.phases["sampling"]["teacher_weights"] == 0 and est.phases["training"]["teacher_weights"] == 0
     assert est.phases["teacher_likelihood"]["teacher_weights"] == one_teacher  # not both teachers at once
     assert est.assumptions["training_head_chunked"]
-    sft = memory.estimate({**adpa, "method": "sft"}, model_configs=CONFIGS)
-    assert not sft.assumptions["training_head_chunked"]
-    assert sft.total("training") > est.total("training")  # full logits cost more than a chunked head
+    sft = memory.estimate({**adpa, "method": "sft"}, model_configs=CONFIGS)  # its SFT loss is chunked too
+    assert sft.assumptions["training_head_chunked"]
+    assert sft.total("training") == est.total("training")
     assert memory.run_shape(adpa).samples_per_prompt == 1
     plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
                 dataset="hh-helpful", lora=True, **sizes)

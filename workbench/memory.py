@@ -456,8 +456,7 @@ class RunShape:
                 "from its teacher"})
     training_head_chunked: bool = field(default=True, metadata={
         "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
-                "distillation loss: PAD, the ADPA family's top-k losses, PLaD); ADPA's method 'sft' trains through "
-                "Trainer's own loss on the full (B, T, V) logits"})
+                "loss: PAD, the ADPA family's top-k losses and its SFT stage, PLaD)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
     mcq_letters: int | None = field(default=None, metadata={
         "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
@@ -547,8 +546,7 @@ def _method_defaults(values: Mapping) -> dict:
     models; PAD (the rest) trains on n student samples with both models loaded."""
     if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
         return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
-                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False,
-                "training_head_chunked": values.get("method") != "sft"}
+                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False}
     if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
         return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True, "teacher_scores": False,
                 "teacher_in_training": False}

@@ -138,20 +138,47 @@ def train_sft(
     progress: bool = True,
     collator=None,
     checkpoints: "Checkpoints | None" = None,
+    logits_chunk: int | None = None,
     **overrides,
 ) -> list[dict]:
     """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history.
 
     ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own);
-    ``checkpoints`` makes the call resumable (:class:`Checkpoints`)."""
+    ``checkpoints`` makes the call resumable (:class:`Checkpoints`); ``logits_chunk`` (default
+    ``$WORKBENCH_LOGITS_CHUNK``, off) reads the same loss through the chunked head (:class:`ChunkedSftObjective`)."""
     missing = {"prompt", "response"} - set(rows.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
+    chunk = logits_chunk if logits_chunk is not None else logits_chunk_setting()
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **(checkpoints.arguments() if checkpoints else {}), **overrides)
-    trainer = quiet_logs(Trainer(model=model, args=args, train_dataset=rows,
-                                 data_collator=collator or ResponseCollator(tokenizer, max_length)), progress)
-    return fit(trainer, checkpoints)
+    collator = collator or ResponseCollator(tokenizer, max_length)
+    if chunk:  # the same loss through the chunked head: no (B, T, V) logits
+        trainer = DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                                 objective=ChunkedSftObjective(chunk))
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    return fit(quiet_logs(trainer, progress), checkpoints)
+
+
+@dataclass
+class ChunkedSftObjective:
+    """``Trainer``'s causal-LM loss on ``labels`` (mean negative log-likelihood of the labelled tokens) read through
+    the chunked head (:func:`chunked_logps_at`), normalised as ``Trainer`` normalises the model's own loss: by the
+    labelled tokens of the whole accumulated (and, across processes, global) batch when it passes that count,
+    else of this batch. Same loss and gradients as the model's loss (tested)."""
+
+    chunk: int
+    takes_num_items = True  # DistillTrainer passes Trainer's num_items_in_batch
+
+    def __call__(self, model, inputs, num_items_in_batch=None):
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100
+        logps = chunked_logps_at(model, inputs["input_ids"], inputs["attention_mask"],
+                                 labels.clamp(min=0)[..., None], self.chunk)[..., 0]
+        nll = -(logps * mask).sum()
+        items = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+        return nll / items, {}
 
 
 @dataclass(frozen=True)
@@ -397,7 +424,15 @@ class DistillTrainer(Trainer):
         self._metric_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.objective(model, inputs)
+        if getattr(self.objective, "takes_num_items", False):
+            # a token-level loss normalised over the accumulated batch, as Trainer treats the model's own loss: it
+            # then skips its division by the accumulation steps, and averages over processes by scaling
+            counted = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss, metrics = self.objective(model, inputs, num_items_in_batch=counted)
+            if counted is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss, metrics = self.objective(model, inputs)
         for name, value in metrics.items():
             self._metric_sums[name] = self._metric_sums.get(name, 0.0) + float(value)
         self._metric_count += 1

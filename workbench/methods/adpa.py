@@ -525,7 +525,8 @@ def _stage_sft(ctx: RunContext, stage: int) -> dict:
     rows = datasets.Dataset.from_dict({"prompt": ctx.pairs["prompt"], "response": ctx.pairs["chosen"]})
     log = train_sft(ctx.student, ctx.tokenizer, rows, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                     seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress,
-                    checkpoints=ctx.stage_checkpoints(stage, "sft"), **cfg.training_overrides())
+                    checkpoints=ctx.stage_checkpoints(stage, "sft"), logits_chunk=cfg.logits_chunk,
+                    **cfg.training_overrides())
     ctx.history += [{**entry, "stage": "sft"} for entry in log]
     return {"stage": "sft"}
 
