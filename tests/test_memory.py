@@ -486,6 +486,16 @@ def test_each_lever_lowers_the_peak_it_should():
     assert fsdp.phases["sampling"]["student_weights"] == base.phases["sampling"]["student_weights"]
     assert fsdp.phases["training"]["student_weights"] == base.phases["training"]["student_weights"] // 4
     assert fsdp.phases["training"]["fsdp_output_group"] == (256000 * 2304 + 2304) * 2
+    # a later round samples a whole copy beside the trained shards (PAD iterations > 1; ADPA+ after DCKD)
+    assert "fsdp_student_shards" not in fsdp.phases["sampling"]
+    rounds = memory.estimate(pad_recipe(world_size=4, strategy="fsdp", iterations=2), model_configs=CONFIGS)
+    assert rounds.phases["sampling"]["fsdp_student_shards"] == fsdp.phases["training"]["student_weights"]
+    adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
+                student="meta-llama/Llama-3.2-1B", device="cuda", world_size=2, strategy="fsdp")
+    assert memory.run_shape({**adpa, "method": "adpa+"}).samples_trained_student
+    assert not memory.run_shape({**adpa, "method": "adpa"}).samples_trained_student
+    assert "fsdp_student_shards" in memory.estimate({**adpa, "method": "adpa+"}, model_configs=CONFIGS).phases[
+        "sampling"]
 
 
 @pytest.mark.parametrize("seq_len", [257, 1025, 4097])

@@ -457,6 +457,9 @@ class RunShape:
     training_head_chunked: bool = field(default=True, metadata={
         "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
                 "loss: PAD, the ADPA family's top-k losses and its SFT stage, PLaD)"})
+    samples_trained_student: bool = field(default=False, metadata={
+        "help": "the run samples from its student after training it (PAD iterations > 1, ADPA+): under FSDP each "
+                "process then holds a whole copy beside its shard (workbench.distributed.unsharded)"})
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
     mcq_letters: int | None = field(default=None, metadata={
         "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
@@ -546,11 +549,13 @@ def _method_defaults(values: Mapping) -> dict:
     models; PAD (the rest) trains on n student samples with both models loaded."""
     if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
         return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
-                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False}
+                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False,
+                "samples_trained_student": values.get("method") == "adpa+"
+                and values.get("state_source", "student") == "student"}
     if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
         return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True, "teacher_scores": False,
                 "teacher_in_training": False}
-    return {}
+    return {"samples_trained_student": int(values.get("iterations", 1) or 1) > 1}
 
 
 def run_shape(cfg_or_dict, **overrides) -> RunShape:
@@ -648,6 +653,8 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     sharded = fsdp_resident_bytes(student, b, world) if fsdp and not shape.lora else None
     if sharded:
         in_training.update(sharded)
+        if shape.samples_trained_student:  # later rounds sample a whole copy; the trained shards stay
+            common["fsdp_student_shards"] = sharded["student_weights"]
 
     phases: dict[str, dict[str, int]] = {}
     # sampling: n responses per prompt, batched generate with a KV cache
