@@ -192,7 +192,7 @@ def _fsdp_launch(port: int) -> list[str]:
 @pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
                     reason="needs the accelerate CLI, and 2 GPUs or none")
 @pytest.mark.parametrize("pipeline, params, rows", [
-    ("pad", {**PARAMS, "iterations": 2, "save_model": True}, ("round1", "responses")),
+    ("pad", {**PARAMS, "iterations": 2, "save_model": True, "gradient_checkpointing": True}, ("round1", "responses")),
     ("adpa", ADPA_PARAMS, ("states_adpa", "state")),
     ("plad", {**PLAD_PARAMS, "save_rows": False}, None),
 ])
@@ -200,10 +200,10 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
                                                                                  rows):
     """2 processes under accelerate/fsdp.yaml (FSDP2: every process holds a shard of the student's weights, gradients
     and optimizer states) train each method family with the chunked head (logits_chunk 4, which reads the output
-    group's weight outside the model's forward) to the loss curve of 1 process with the same global batch. Runs
-    that sample their trained student — PAD's second iteration, ADPA+'s ŷ after DCKD — sample it through a whole
-    copy (distributed.unsharded): the same samples as 1 process. PAD's saved student is the whole model, gathered
-    from the shards, with 1 process's weights."""
+    group's weight outside the model's forward) to the loss curve of 1 process with the same global batch (PAD with
+    activation checkpointing, as the recipes train). Runs that sample their trained student — PAD's second
+    iteration, ADPA+'s ŷ after DCKD — sample it through a whole copy (distributed.unsharded): the same samples as 1
+    process. PAD's saved student is the whole model, gathered from the shards, with 1 process's weights."""
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("WORKBENCH_TRAINING_ARGS", None)
     env.pop("WORKBENCH_LOGITS_CHUNK", None)
