@@ -331,3 +331,33 @@ def test_an_unsharded_model_samples_as_itself():
     model = torch.nn.Linear(2, 2)
     with unsharded(model) as whole:
         assert whole is model and not is_sharded(model)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
+def test_a_launch_on_a_fresh_cache_builds_the_gym_once_as_one_process_builds_it(tmp_path):
+    """The first `accelerate launch` of a gym run on a fresh cache: the gym is built once, in a process of its own
+    (not by the ranks at once, whose Trainer runs would train data parallel and race on one folder), and is the gym
+    one process builds — the same training losses and weights."""
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               WORKBENCH_CACHE=str(tmp_path / "launch-cache"))
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"),
+                          "--num_processes", "2", "--main_process_port", "29535", "-m", "workbench.train",
+                          "--pipeline", "pad", *_pad_args({**PARAMS, "steps": 2, "batch_size": 2, "save_rows": False,
+                                                           "output_dir": tmp_path / "run"})],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stderr.count("building gym tiny in a process of its own") == 1
+    assert (tmp_path / "run" / "history.json").exists()
+    _run([sys.executable, "-m", "workbench.gym", "build", "--size", "tiny"],
+         dict(env, WORKBENCH_CACHE=str(tmp_path / "one-cache")))
+    (launched,) = (tmp_path / "launch-cache" / "gym").glob("tiny-*/build.json")
+    (alone,) = (tmp_path / "one-cache" / "gym").glob("tiny-*/build.json")
+    assert launched.parent.name == alone.parent.name
+    assert json.loads(launched.read_text())["final_train_loss"] == json.loads(alone.read_text())["final_train_loss"]
+    from workbench.models import load
+
+    for role in ("teacher-dpo", "student"):
+        weights = load(str(alone.parent / role), device="cpu")[0].state_dict()
+        for name, tensor in load(str(launched.parent / role), device="cpu")[0].state_dict().items():
+            assert torch.equal(tensor, weights[name]), f"{role} {name}"

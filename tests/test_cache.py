@@ -74,3 +74,42 @@ def test_usage_and_clearing_per_stage_from_the_command_line(tmp_path, capsys):
     calls = []
     cache.get_or_compute("samples", {"k": 1}, lambda: calls.append(1) or torch.zeros(100))
     assert calls == [1]  # a cleared entry is recomputed when next needed
+
+
+def _build_slowly(target: str, log: str) -> str:
+    """One process of the race below: build ``target`` once, logging each build."""
+    import time
+    from pathlib import Path
+
+    from workbench.cache import build_folder_once
+
+    def build(folder):
+        with open(log, "a") as f:
+            f.write("built\n")
+        folder.mkdir()
+        time.sleep(0.5)  # long enough for the other process to arrive while this one builds
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_text("weights")
+
+    from workbench.models import saved_model_complete
+
+    return str(build_folder_once(Path(target), build, saved_model_complete))
+
+
+def test_a_cache_folder_is_built_once_when_processes_race_and_rebuilt_when_incomplete(tmp_path):
+    """Two processes asking for one converted model (the ranks of an accelerate launch on a fresh cache) build it
+    once — the other waits on the lock and finds it — and no temporary folder is left; a folder a crashed writer
+    left without its weights is built again rather than loaded."""
+    import multiprocessing
+
+    from workbench.models import saved_model_complete
+
+    target, log = tmp_path / "converted" / "model", tmp_path / "builds.log"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_build_slowly, [(str(target), str(log))] * 2)
+    assert results == [str(target)] * 2 and log.read_text() == "built\n"
+    assert saved_model_complete(target) and [p.name for p in target.parent.iterdir()] == ["model"]  # no tmp left
+    (target / "model.safetensors").unlink()  # what the old race left: a config, no weights
+    assert not saved_model_complete(target)
+    _build_slowly(str(target), str(log))
+    assert log.read_text() == "built\n" * 2 and saved_model_complete(target)

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +28,49 @@ logger = logging.getLogger("workbench.cache")
 def cache_root() -> Path:
     """``$WORKBENCH_CACHE`` or ``~/.cache/prefdistill-workbench``."""
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "prefdistill-workbench"))
+
+
+LOCK_HELD_ENV = "WORKBENCH_CACHE_LOCK_HELD"  # set for a child process that builds under its parent's lock
+
+
+def build_folder_once(target: Path, build: Callable[[Path], None], complete: Callable[[Path], bool]) -> Path:
+    """``target``, built once across processes: ``build(folder)`` writes into a temporary folder of this process,
+    which then replaces ``target`` in one rename. The first process to take ``target``'s file lock builds; others
+    (the processes of an ``accelerate launch``, two notebooks) wait for it and find the folder built. A folder that
+    is not ``complete`` (left by a crashed writer) is built again."""
+    if complete(target):
+        return target
+    import shutil
+
+    with cache_lock(target):
+        if complete(target):
+            return target
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build(tmp)
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder
+            tmp.replace(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@contextmanager
+def cache_lock(target: Path) -> Iterator[None]:
+    """Hold ``target``'s file lock (``<cache_root>/locks/<hash of its path>.lock``, out of the folders it guards) for
+    the block: one process at a time builds it. A child process started under its parent's lock
+    (``$WORKBENCH_CACHE_LOCK_HELD``) does not take it again."""
+    if os.environ.get(LOCK_HELD_ENV):
+        yield
+        return
+    from filelock import FileLock
+
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{content_hash(str(target.resolve()))}.lock")):
+        yield
 
 
 def content_hash(key: Any, length: int = 20) -> str:

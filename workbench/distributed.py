@@ -140,6 +140,22 @@ def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_i
     return gather_in_order(rows, shard, state)
 
 
+# what torchrun / accelerate launch tell a worker about its launch (a process started without them runs alone)
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+              "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "FSDP_", "PET_")
+
+
+def in_distributed_launch() -> bool:
+    """True in a worker of a multi-process launch (torchrun / accelerate launch: ``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def single_process_env() -> dict[str, str]:
+    """This process's environment without the launch's variables: a child started with it runs on its own."""
+    return {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith(LAUNCH_ENV_PREFIXES)}
+
+
 def is_sharded(model) -> bool:
     """True when FSDP2 shards ``model``'s parameters (DTensors) across the processes."""
     return any(type(p).__name__ == "DTensor" for p in model.parameters())

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from workbench.cache import cache_root
+from workbench.cache import build_folder_once, cache_root
 
 logger = logging.getLogger("workbench.models")
 
@@ -120,22 +120,25 @@ def drop_layers(model, keep: list[int]):
 
 def _layer_dropped(name: str) -> Path:
     """Cut a layer-drop preset from its source once, to a safetensors folder in the cache."""
-    target = cache_root() / "converted" / name
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     preset = LAYER_DROP_PRESETS[name]
-    source = resolve(preset.source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    keep = evenly_spaced_layers(model.config.num_hidden_layers, preset.layers)
-    logger.info("cutting %s from %s: decoder layers %s (once)", name, preset.source, keep)
-    drop_layers(model, keep)
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-    tmp.replace(target)
-    return target
+
+    def cut(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = resolve(preset.source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        keep = evenly_spaced_layers(model.config.num_hidden_layers, preset.layers)
+        logger.info("cutting %s from %s: decoder layers %s (once)", name, preset.source, keep)
+        drop_layers(model, keep)
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+    return build_folder_once(cache_root() / "converted" / name, cut, saved_model_complete)
+
+
+def saved_model_complete(folder: Path) -> bool:
+    """A ``save_pretrained`` folder with its config and weights (a crashed or raced writer leaves one without)."""
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
 
 
 GYM_ROLES = ("teacher-ref", "teacher-dpo", "student")
@@ -206,28 +209,27 @@ def resolve(name_or_path: str) -> str:
 def _converted_gguf(name: str) -> Path:
     """Dequantise a GGUF preset once to a safetensors folder in the cache; later loads read that folder."""
     target = cache_root() / "converted" / name
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = GGUF_PRESETS[name].gguf_path()
-    logger.info("converting %s to safetensors in %s (once)", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    if not tokenizer.chat_template:
-        logger.warning("%s ships no chat template; using a plain 'Role: text' template", name)
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # the weights are dequantised to float32; drop the GGUF quantizer so transformers saves plain safetensors
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(target)
-    return target
+    def convert(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = GGUF_PRESETS[name].gguf_path()
+        logger.info("converting %s to safetensors in %s (once)", gguf, target)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        if not tokenizer.chat_template:
+            logger.warning("%s ships no chat template; using a plain 'Role: text' template", name)
+            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # the weights are dequantised to float32; drop the GGUF quantizer so transformers saves plain safetensors
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return build_folder_once(target, convert, saved_model_complete)
 
 
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):

@@ -23,7 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from workbench.cache import cache_root, content_hash
+from workbench.cache import LOCK_HELD_ENV, build_folder_once, cache_lock, cache_root, content_hash
+from workbench.distributed import in_distributed_launch, single_process_env
 from workbench.gym.world import (
     MCQ_LAYOUTS,
     NUMBERS,
@@ -382,8 +383,42 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
             raise ValueError(f"gym size {size!r}; use one of {sorted(SIZES)}")
         config = SIZES[size]
     root = cache_root() / "gym" / f"{config.size}-{config.key()}"
-    if (root / "build.json").exists() and not force:
+    if force:
+        shutil.rmtree(root, ignore_errors=True)
+    if _built(root):
         return GymBuild(root, config)
+    if in_distributed_launch():
+        # the Trainer runs of a build inside a launch would train data parallel across it: one process builds it
+        # in a process of its own (as `python -m workbench.gym build` would), the others wait for it
+        if config != SIZES.get(config.size):
+            raise ValueError(f"gym {config.size!r} with a changed config is not built yet, and this process is one "
+                             f"of a distributed launch: build it in one process first (build_gym(config=...))")
+        with cache_lock(root):
+            if not _built(root):
+                _build_in_own_process(config.size)
+        return GymBuild(root, config)
+    build_folder_once(root, lambda folder: _train_gym(config, folder, progress), _built)
+    return GymBuild(root, config)
+
+
+def _built(root: Path) -> bool:
+    return (root / "build.json").exists()
+
+
+def _build_in_own_process(size: str) -> None:
+    import subprocess
+    import sys
+
+    logger.info("building gym %s in a process of its own (once for the launch)", size)
+    out = subprocess.run([sys.executable, "-m", "workbench.gym", "build", "--size", size],
+                         env={**single_process_env(), LOCK_HELD_ENV: "1"}, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"building gym {size} failed (python -m workbench.gym build --size {size}):\n"
+                           f"{out.stderr[-3000:]}")
+
+
+def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
+    """Train the gym's three models into ``tmp`` (build.json last)."""
     import datasets
 
     from workbench.gym.tokenizer import build_tokenizer
@@ -391,8 +426,6 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
 
     set_threads()
     started = time.perf_counter()
-    tmp = root.with_name(root.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tokenizer = build_tokenizer()
     rng = random.Random(config.seed)
@@ -444,10 +477,7 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
                              for k, v in logs.items()},
     }
     (tmp / "build.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.replace(root)
-    logger.info("gym %s built in %.1f s at %s", config.size, info["seconds"]["total"], root)
-    return GymBuild(root, config)
+    logger.info("gym %s built in %.1f s", config.size, info["seconds"]["total"])
 
 
 def with_overrides(size: str, **overrides) -> GymConfig:
