@@ -361,3 +361,49 @@ def test_a_launch_on_a_fresh_cache_builds_the_gym_once_as_one_process_builds_it(
         weights = load(str(alone.parent / role), device="cpu")[0].state_dict()
         for name, tensor in load(str(launched.parent / role), device="cpu")[0].state_dict().items():
             assert torch.equal(tensor, weights[name]), f"{role} {name}"
+
+
+UNSHARDED_CHECK = '''
+import json, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from workbench.distributed import is_sharded, unsharded
+from workbench.models import load
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model, tokenizer = load("gym-tiny-student", device="cpu")
+for layer in model.model.layers:
+    fully_shard(layer)
+fully_shard([model.model.norm, model.get_input_embeddings(), model.get_output_embeddings()],
+            reshard_after_forward=False)  # accelerate's output group (tied embedding)
+fully_shard(model)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+ids = torch.randint(3, 40, (2, 10))
+model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()  # a step: the copy must carry trained weights
+optimizer.step()
+with torch.no_grad():
+    sharded_logits = model(input_ids=ids).logits
+with unsharded(model) as copy:
+    assert not is_sharded(copy) and is_sharded(model)
+    with torch.no_grad():
+        copy_logits = copy(input_ids=ids).logits
+    # a different number of generate forwards on each process: no collective inside
+    out = copy.generate(ids[:1, :4], max_new_tokens=3 + 5 * rank, do_sample=False)
+result = {"max_diff": float((copy_logits - sharded_logits).abs().max()), "tokens": out.shape[1],
+          "tied": copy.get_output_embeddings().weight is copy.get_input_embeddings().weight}
+print(json.dumps(result) if rank == 0 else "", flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_student(tiny_gym, tmp_path):
+    """distributed.unsharded on an FSDP2-sharded student (accelerate's grouping, one SGD step taken): a plain,
+    tied model whose logits equal the sharded model's, that each process can run generate with on its own."""
+    script = tmp_path / "check.py"
+    script.write_text(UNSHARDED_CHECK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29539", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["max_diff"] < 1e-5 and result["tokens"] == 7 and result["tied"]

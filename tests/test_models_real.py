@@ -219,3 +219,44 @@ def test_pad_distils_across_tokenizers_gemma3_teacher_to_smollm2_student(gemma3,
     loaded = dict(student.named_parameters())
     moved = [name for name, trained in run.model.named_parameters() if not torch.equal(trained, loaded[name])]
     assert moved, "the student's weights did not change"
+
+
+@needs_gemma3
+@needs_smollm2
+@pytest.mark.skipif(__import__("shutil").which("accelerate") is None or torch.cuda.is_available(),
+                    reason="FSDP2 on CPU through tests/fsdp_on_cpu.py (needs the accelerate CLI, no CUDA)")
+def test_fsdp_trains_a_real_gemma3_student_through_the_chunked_head_like_one_process(tmp_path):
+    """A real architecture under FSDP2 (2 CPU processes, accelerate's own preparation): Gemma 3 270M — tied 262k
+    embedding in accelerate's output group, sliding-window layers — as PAD's student for 2 iterations, read through
+    the chunked head and re-sampled from its shards: the loss curve and the second round's samples of 1 process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    for name in ("WORKBENCH_TRAINING_ARGS", "WORKBENCH_LOGITS_CHUNK"):
+        env.pop(name, None)
+    params = dict(teacher="smollm2-135m-instruct", student="gemma3-270m", n=2, train_prompts=2, steps=1,
+                  max_new_tokens=6, sampling_batch_size=2, scoring_batch_size=4, progress=False, save_model=False,
+                  save_rows=True, logits_chunk=16, iterations=2)
+
+    def args(batch_size, out):
+        values = {**params, "batch_size": batch_size, "output_dir": out}
+        return [a for k, v in values.items() for a in ("-p", k, str(v))]
+
+    for command in ([sys.executable, "-m", "workbench.train", "--pipeline", "pad", *args(2, tmp_path / "one")],
+                    ["accelerate", "launch", "--config_file", str(root / "accelerate" / "fsdp.yaml"), "--num_processes",
+                     "2", "--main_process_port", "29537", str(root / "tests" / "fsdp_on_cpu.py"), "--pipeline", "pad",
+                     *args(1, tmp_path / "two")]):
+        out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-4000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["sharded_parameters"]
+    curves = [[e["loss"] for e in json.loads((tmp_path / run / "history.json").read_text())
+               if "loss" in e and "train_runtime" not in e] for run in ("one", "two")]
+    assert len(curves[0]) == 2
+    torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-4, atol=1e-5)
+    samples = [[json.loads(line)["responses"] for line in (tmp_path / run / "rows_round1.jsonl").read_text()
+                .splitlines()] for run in ("one", "two")]
+    assert samples[0] == samples[1]
