@@ -324,3 +324,20 @@ def test_lora_wraps_a_gym_model(tiny_gym):
     assert isinstance(model, PeftModel)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 0 < trainable < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("size", ["tiny", "v1", "world1"])
+def test_a_gym_asked_for_inside_a_launch_is_built_by_its_preset_name(tmp_path, monkeypatch, size):
+    """Inside a distributed launch the gym is built in a process of its own by `python -m workbench.gym build
+    --size NAME`: the preset's SIZES name, not its config's size (v1 and the worlds say "default" there, which
+    would build another gym); a changed config is refused by name."""
+    from workbench.gym import build
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    asked = []
+    monkeypatch.setattr(build, "_build_in_own_process", asked.append)
+    built = build.build_gym(size)
+    assert asked == [size] and built.config == build.SIZES[size]
+    with pytest.raises(ValueError, match="changed config is not built yet.*distributed launch"):
+        build.build_gym(config=build.with_overrides(size, student_steps=1))

@@ -390,12 +390,14 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
     if in_distributed_launch():
         # the Trainer runs of a build inside a launch would train data parallel across it: one process builds it
         # in a process of its own (as `python -m workbench.gym build` would), the others wait for it
-        if config != SIZES.get(config.size):
+        # by its SIZES name: v1 and the worlds keep size "default" in their configs (and so their cache folders)
+        name = next((key for key, preset in SIZES.items() if preset == config), None)
+        if name is None:
             raise ValueError(f"gym {config.size!r} with a changed config is not built yet, and this process is one "
                              f"of a distributed launch: build it in one process first (build_gym(config=...))")
         with cache_lock(root):
             if not _built(root):
-                _build_in_own_process(config.size)
+                _build_in_own_process(name)
         return GymBuild(root, config)
     build_folder_once(root, lambda folder: _train_gym(config, folder, progress), _built)
     return GymBuild(root, config)
