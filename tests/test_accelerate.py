@@ -378,6 +378,7 @@ fully_shard([model.model.norm, model.get_input_embeddings(), model.get_output_em
             reshard_after_forward=False)  # accelerate's output group (tied embedding)
 fully_shard(model)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+torch.manual_seed(0)
 ids = torch.randint(3, 40, (2, 10))
 model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()  # a step: the copy must carry trained weights
 optimizer.step()
@@ -388,7 +389,8 @@ with unsharded(model) as copy:
     with torch.no_grad():
         copy_logits = copy(input_ids=ids).logits
     # a different number of generate forwards on each process: no collective inside
-    out = copy.generate(ids[:1, :4], max_new_tokens=3 + 5 * rank, do_sample=False)
+    new_tokens = 3 + 5 * rank  # exactly (min_new_tokens: an early end-of-sequence would not shorten it)
+    out = copy.generate(ids[:1, :4], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 result = {"max_diff": float((copy_logits - sharded_logits).abs().max()), "tokens": out.shape[1],
           "tied": copy.get_output_embeddings().weight is copy.get_input_embeddings().weight}
 print(json.dumps(result) if rank == 0 else "", flush=True)
