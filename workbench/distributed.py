@@ -156,9 +156,14 @@ def single_process_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith(LAUNCH_ENV_PREFIXES)}
 
 
+def _first_sharded_parameter(model):
+    """A parameter FSDP2 shards across the processes (a DTensor), or None."""
+    return next((p for p in model.parameters() if type(p).__name__ == "DTensor"), None)
+
+
 def is_sharded(model) -> bool:
     """True when FSDP2 shards ``model``'s parameters (DTensors) across the processes."""
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+    return _first_sharded_parameter(model) is not None
 
 
 def full_state_dict(model, *, on_every_process: bool = False) -> dict:
@@ -180,7 +185,8 @@ def unsharded(model) -> Iterator:
     process enters together), freed after the block. It costs one whole student per process beside the shards, as
     the first sampling pass held before the Trainer sharded it. The copy is the same causal LM class, weights,
     dtype and generation config."""
-    if not is_sharded(model):
+    sharded = _first_sharded_parameter(model)
+    if sharded is None:
         yield model
         return
     import gc
@@ -191,7 +197,6 @@ def unsharded(model) -> Iterator:
     from accelerate import init_empty_weights
 
     weights = full_state_dict(model, on_every_process=True)
-    sharded = next(p for p in model.parameters() if type(p).__name__ == "DTensor")
     device, dtype = sharded.to_local().device, sharded.dtype
     with init_empty_weights(include_buffers=False):  # parameters take the gathered tensors; buffers are built
         copy = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
