@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast gym figures notebook-figures bench
+.PHONY: setup test test-vllm test-fast gym figures notebook-figures bench
 
 setup:
 	$(PYTHON) -m pip install -q $(TORCH) -e ".[dev]"
@@ -12,6 +12,13 @@ setup:
 
 test: setup
 	$(PYTHON) -m pytest -q
+	$(MAKE) test-vllm
+
+# the vLLM backends against a real engine: vLLM's CPU build in $(VLLM_VENV), which adds it to this environment
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	$(PYTHON) tests/vllm_env.py $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
 test-fast:
 	$(PYTHON) -m pytest -q -m "not notebooks and not slow"

@@ -14,14 +14,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    skip_vllm = pytest.mark.skip(reason="needs vLLM: `make test-vllm` runs these in .venv-vllm (vLLM's CPU build)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    has_vllm, has_gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "vllm" in item.keywords and not has_vllm:
+            item.add_marker(skip_vllm)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def test_vllm_backend_without_vllm_names_the_install_command(tiny_models, monkey
 
 def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm):
     from workbench.encoding import encode_prompt
-    from workbench.sampling import sample_responses
+    from workbench.sampling import prompt_seed, sample_responses
 
     model, tok = tiny_models["student"]
     hf = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, cache=OFF, progress=False)
@@ -59,7 +59,11 @@ def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm
     assert engine.kwargs == {"model": model.name_or_path, "seed": 7}
     (requests, params), = stand_in_vllm.calls
     assert [r["prompt_token_ids"] for r in requests] == [encode_prompt(tok, p) for p in PROMPTS]
-    assert [p.seed for p in params] == [7, 7, 7, 8, 8, 8, 9]  # batch b of 3 prompts: seed + b, as the HF backend
+    # batch b of 3 prompts is seeded seed + b, as the HF backend; vLLM seeds each prompt: prompt i of batch b gets
+    # prompt_seed(seed + b, i), so prompts of a batch draw different random numbers
+    assert [p.seed for p in params] == [prompt_seed(7 + b, i) for b, i in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1),
+                                                                             (1, 2), (2, 0))]
+    assert len({p.seed for p in params}) == len(params)
     assert {(p.n, p.temperature, p.top_p, p.max_tokens) for p in params} == {(2, 0.7, 0.9, 5)}
     assert all(len(ids) == 2 for ids in out["response_ids"])  # cut at eos
     # the same model path again reuses the engine; greedy asks for one answer and repeats it n times
@@ -68,6 +72,42 @@ def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm
     assert len(stand_in_vllm.engines) == 1
     assert {p.n for p in stand_in_vllm.calls[-1][1]} == {1}
     assert greedy["response"][:3] == [greedy["response"][0]] * 3
+
+
+def test_prompt_seeds_lie_further_apart_than_any_n():
+    """vLLM seeds sample k of a request with seed + k: request seeds of different prompts (any batch seed, any
+    position) must not lie within n of each other."""
+    from workbench.sampling import prompt_seed
+
+    seeds = sorted(prompt_seed(s, i) for s in range(60) for i in range(50))
+    assert min(b - a for a, b in zip(seeds, seeds[1:])) > 10**6
+    assert all(0 <= s < 2**62 for s in seeds) and prompt_seed(2**70, 3) < 2**62
+    assert prompt_seed(7, 1) == prompt_seed(7, 1)
+
+
+def test_vllm_options_are_checked_and_reach_the_engine_options(tmp_path):
+    """``vllm_options`` go to every engine beside the GPU share; options the run sets itself, a GPU share given
+    twice, and two engines that would each reserve vLLM's default 0.9 are refused with the fix."""
+    from workbench.methods.adpa import AdpaConfig
+    from workbench.methods.common import vllm_engine_options
+    from workbench.methods.pad import PadConfig
+    from workbench.methods.plad import PladConfig
+
+    for make in (PadConfig, AdpaConfig, PladConfig):
+        cfg = make(vllm_options={"max_model_len": 512, "dtype": "float32"}, vllm_gpu_memory=0.4)
+        assert vllm_engine_options(cfg) == {"max_model_len": 512, "dtype": "float32", "gpu_memory_utilization": 0.4}
+        assert vllm_engine_options(make()) == {}
+        with pytest.raises(ValueError, match="set vllm_gpu_memory instead"):
+            make(vllm_options={"gpu_memory_utilization": 0.5})
+        with pytest.raises(ValueError, match=r"\['model', 'seed'\]"):
+            make(vllm_options={"seed": 1, "model": "x"})
+        with pytest.raises(ValueError, match="a dict of vllm.LLM options"):
+            make(vllm_options="max_model_len=512")
+    with pytest.raises(ValueError, match="both 'vllm'.*set vllm_gpu_memory"):
+        PadConfig(sampling_backend="vllm", scoring_backend="vllm")
+    for fix in ({"vllm_gpu_memory": 0.3}, {"vllm_options": {"kv_cache_memory_bytes": 2**30}}):
+        PadConfig(sampling_backend="vllm", scoring_backend="vllm", **fix)
+    PadConfig(sampling_backend="vllm")  # one engine: vLLM's default share is its own business
 
 
 def test_pad_round_samples_through_vllm_from_the_current_student(tiny_models, stand_in_vllm, tmp_path):

@@ -9,6 +9,8 @@ process that samples batches [b0, b1) of a longer list with ``seed + b0`` reprod
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +115,16 @@ def source_fingerprint(source: str) -> str:
     return content_hash(["hub", source])
 
 
+# vllm.LLM options that size the engine's memory and change no output: kept out of cache keys
+VLLM_RESOURCE_OPTIONS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb"})
+
+
+def vllm_cache_identity(engine_options: dict | None) -> dict:
+    """What of a vLLM engine's options a cached result depends on (``dtype``, ``quantization``, ``max_model_len``...):
+    all but :data:`VLLM_RESOURCE_OPTIONS`, as a JSON-safe dict (empty when none is set)."""
+    return {k: repr(v) for k, v in sorted((engine_options or {}).items()) if k not in VLLM_RESOURCE_OPTIONS}
+
+
 def vllm_engine(source: str, seed: int = 0, **options):
     """One ``vllm.LLM`` per model name/folder, built on first use (each engine reserves GPU memory: pass
     ``gpu_memory_utilization`` in ``options`` when the HF models share the GPU; :func:`release_vllm_engines`)."""
@@ -123,15 +135,28 @@ def vllm_engine(source: str, seed: int = 0, **options):
 
 
 def release_vllm_engines(*sources) -> None:
-    """Drop the vLLM engines of ``sources`` (model names / folders / loaded models), or all engines when none is
-    named; their GPU memory is freed once nothing else refers to them."""
-    if sources:
-        for source in sources:
-            _VLLM_ENGINES.pop(model_source(source), None)
-    else:
-        _VLLM_ENGINES.clear()
+    """Shut down the vLLM engines of ``sources`` (model names / folders / loaded models), or all engines when none
+    is named: each engine's processes stop and its GPU memory (RAM on a CPU) is freed now, not at exit."""
+    names = [model_source(source) for source in sources] if sources else list(_VLLM_ENGINES)
+    released = [_VLLM_ENGINES.pop(name) for name in names if name in _VLLM_ENGINES]
+    for engine in released:
+        core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+    del released
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def prompt_seed(batch_seed: int, index: int) -> int:
+    """The vLLM request seed of prompt ``index`` in a batch seeded ``batch_seed``: a hash of the pair, below 2**62.
+
+    vLLM seeds the k-th of a request's n samples with seed + k, so request seeds must lie further apart than n
+    (consecutive seeds would hand prompt i's second sample the random numbers of prompt i+1's first); hashed seeds
+    are (up to a 2**-62-scale chance) never within n of each other."""
+    digest = hashlib.sha256(f"vllm-prompt-seed:{batch_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
 
 
 def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress,
@@ -139,19 +164,22 @@ def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, ma
     """Response token ids, prompt-major, from one ``vllm.LLM.generate`` call over all prompts.
 
     Prompts go in as token ids of the chat-rendered text (as the HF backend tokenizes them, no special tokens
-    added twice); each prompt's ``SamplingParams`` carries its batch's seed, as the HF backend seeds batches.
+    added twice). vLLM seeds each request's own generator, so prompt i of a batch seeded s gets
+    :func:`prompt_seed` (s, i): the batch seed still fixes its samples (a shard of whole batches reproduces them),
+    and prompts of one batch do not share random numbers (with one seed per batch, a batch of similar prompts
+    drew the same samples).
     """
     vllm = import_vllm()
     engine = vllm_engine(model_source(model), seeds[0] if seeds else 0, **(engine_options or {}))
     sampling = temperature > 0
     requests, params = [], []
     for messages, seed in zip(batches, seeds):
-        # greedy decoding has one answer: sampled once and repeated n times, as the HF backend does
-        batch_params = vllm.SamplingParams(n=n if sampling else 1, temperature=temperature,
-                                           top_p=top_p if sampling else 1.0, max_tokens=max_new_tokens, seed=seed)
-        for m in messages:
+        for i, m in enumerate(messages):
             requests.append({"prompt_token_ids": encode_prompt(tokenizer, m)})
-            params.append(batch_params)
+            # greedy decoding has one answer: sampled once and repeated n times, as the HF backend does
+            params.append(vllm.SamplingParams(n=n if sampling else 1, temperature=temperature,
+                                              top_p=top_p if sampling else 1.0, max_tokens=max_new_tokens,
+                                              seed=prompt_seed(seed, i)))
     outputs = engine.generate(requests, params, use_tqdm=progress)
     ids: list[list[int]] = []
     for output in outputs:  # in request order
@@ -237,7 +265,8 @@ def sample_responses(
         "seed": seed,
     }
     if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
-        key["backend"] = backend
+        # a seed per prompt (prompt_seed) since 2026-12; the engine's dtype etc. change the samples
+        key.update(backend=backend, seeding="per-prompt", engine=vllm_cache_identity(engine_options))
 
     def compute():
         batches = [messages[start : start + batch_size] for start in range(0, len(messages), batch_size)]

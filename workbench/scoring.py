@@ -155,8 +155,9 @@ def check_scoring_backend(backend: str, name: str = "backend") -> None:
         raise ValueError(f"{name}={backend!r}; use one of {list(SCORING_BACKENDS)} (vllm: pip install vllm)")
 
 
-def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", **params):
-    from workbench.sampling import model_source, source_fingerprint
+def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", engine_options: dict | None = None,
+               **params):
+    from workbench.sampling import model_source, source_fingerprint, vllm_cache_identity
 
     key = {
         # vLLM reads the weights from the model's folder / hub id, so that is what identifies them
@@ -166,7 +167,7 @@ def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", **para
         **params,
     }
     if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
-        key["backend"] = backend
+        key.update(backend=backend, engine=vllm_cache_identity(engine_options))  # e.g. its dtype changes the numbers
     return key
 
 
@@ -223,8 +224,8 @@ def response_token_logps(
     chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
     # the chunk changes memory, not the numbers: it stays out of the key
-    key = _score_key(model, tokenizer, prompts, responses, backend, stage="token_logps", max_length=max_length,
-                     packed=True)
+    key = _score_key(model, tokenizer, prompts, responses, backend, engine_options, stage="token_logps",
+                     max_length=max_length, packed=True)
 
     def compute_vllm():
         from workbench.encoding import encode_within
@@ -446,7 +447,7 @@ def mcq_selection_logprobs(
     check_scoring_backend(backend)
     cache = cache or default_cache()
     key = _score_key(
-        model, tokenizer, list(prompts), [list(g) for g in response_groups], backend,
+        model, tokenizer, list(prompts), [list(g) for g in response_groups], backend, engine_options,
         stage="mcq", template=repr(template), order=order, seed=seed,
     )
 

