@@ -8,6 +8,7 @@ from copy import deepcopy
 import numpy as np
 import pytest
 import torch
+from topk_checks import assert_same_topk
 
 from workbench.cache import StageCache
 from workbench.encoding import collate_examples
@@ -159,13 +160,6 @@ def test_vllm_topk_cache_equals_the_hf_cache_through_a_stand_in_engine(teacher, 
     (engine,) = stand_in_vllm.engines
     assert engine.kwargs["model"] == resolve("gym-tiny-teacher-dpo") and engine.kwargs["max_logprobs"] == k
     assert sampling._VLLM_ENGINES == {}  # released after caching, as the HF teacher is freed
-    assert vllm.lengths == hf.lengths and vllm.k == k
-    for a, b in zip(vllm.logps, hf.logps):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    for a, b in zip(vllm.tail_logps, hf.tail_logps):
-        np.testing.assert_allclose(a, b, atol=1e-4)
-    for a, b, logps in zip(vllm.ids, hf.ids, hf.logps):
-        distinct = np.abs(np.diff(logps, axis=1)) > 1e-5  # ids are compared where the ranking has no near-tie
-        assert (a[:, :-1][distinct] == b[:, :-1][distinct]).all()
+    assert_same_topk(vllm, hf, atol=1e-5)
     with pytest.raises(ValueError, match="backend='tgi'"):
         teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=k, cache=off, backend="tgi")
