@@ -118,3 +118,26 @@ def test_alpaca_eval_outputs_answer_every_instruction_in_its_format(tiny_gym, tm
     source.write_text(json.dumps([{"instruction": "sort 3 1 2"}, {"instruction": ""}]))
     with pytest.raises(ValueError, match=r"rows \[1\] of .* have an empty instruction"):
         B.load_alpaca_eval(source)
+
+
+def test_cli_gsm8k_through_vllm_serves_each_model_without_loading_it(tiny_gym, stand_in_vllm, tmp_path, capsys,
+                                                                     monkeypatch):
+    """``--backend vllm``: each model is served by an engine built with ``--vllm-options`` from its folder, never
+    loaded into the process (its GPU memory is the engine's), and released before the next model's engine."""
+    from workbench import models, sampling
+
+    loaded = []
+    monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name))
+    B.main(["gsm8k", "--model", "gym-tiny-student", "--model", "gym-tiny-teacher-dpo", "--source", str(FIXTURE),
+            "--instruction", "{question}", "--max-new-tokens", "8", "--backend", "vllm",
+            "--vllm-options", '{"max_model_len": 512}'])
+    summary = json.loads(capsys.readouterr().out)
+    assert loaded == [] and summary["problems"] == 6
+    assert [e.kwargs for e in stand_in_vllm.engines] == [
+        {"model": models.resolve(name), "seed": 0, "max_model_len": 512}
+        for name in ("gym-tiny-student", "gym-tiny-teacher-dpo")]
+    assert sampling._VLLM_ENGINES == {}
+    with pytest.raises(SystemExit):
+        B.main(["gsm8k", "--model", "gym-tiny-student", "--source", str(FIXTURE), "--vllm-options",
+                '{"max_model_len": 512}'])
+    assert "--vllm-options applies to --backend vllm only" in capsys.readouterr().err

@@ -149,6 +149,22 @@ def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32):
         torch.testing.assert_close(vllm, hf, atol=2e-5, rtol=1e-5)
 
 
+def test_gsm8k_answers_through_vllm_equal_the_hf_answers(gym32):
+    """``python -m workbench.benchmarks gsm8k --backend vllm``'s measurement: greedy answers, extracted and scored,
+    as the HF backend gives them."""
+    from pathlib import Path
+
+    from workbench.benchmarks import gsm8k_accuracy, load_gsm8k
+
+    model, tok = _load(gym32["teacher-dpo"])
+    problems = load_gsm8k(str(Path(__file__).parent / "fixtures" / "gsm8k.jsonl"))
+    common = dict(instruction="{question}", max_new_tokens=8)
+    hf = gsm8k_accuracy(model, tok, problems, **common)
+    vllm = gsm8k_accuracy(gym32["teacher-dpo"], tok, problems, backend="vllm", engine_options=ENGINE, **common)
+    assert vllm["responses"] == hf["responses"] and vllm["predicted"] == hf["predicted"]
+    assert vllm["accuracy"] == hf["accuracy"] and len(hf["responses"]) == len(problems) > 0
+
+
 def test_adpa_topk_cache_equals_the_hf_cache(gym32):
     from workbench import sampling
     from workbench.topk_cache import teacher_topk, teacher_topk_by_name

@@ -116,16 +116,19 @@ def load_gsm8k(source: str | Path = GSM8K_HUB, *, split: str = "test", max_rows:
 
 def gsm8k_accuracy(model, tokenizer, problems: datasets.Dataset, *, instruction: str = GSM8K_INSTRUCTION,
                    max_new_tokens: int = 512, batch_size: int = 32, backend: str = "hf",
-                   progress: bool = False) -> dict:
+                   engine_options: dict | None = None, progress: bool = False) -> dict:
     """Exact-match accuracy of greedy answers on ``problems`` (:func:`load_gsm8k`): accuracy (mean ± 95% CI over
-    problems), and per problem the response, its extracted answer and whether it equals the reference."""
+    problems), and per problem the response, its extracted answer and whether it equals the reference.
+    ``backend="vllm"``: ``model`` is a folder / hub id (or a loaded model's ``name_or_path``) a vLLM engine serves,
+    built with ``engine_options``."""
     from workbench.sampling import sample_responses
 
     if "{question}" not in instruction:
         raise ValueError(f"instruction {instruction!r} must contain '{{question}}' where each problem goes")
     prompts = [instruction.format(question=q) for q in problems["question"]]
     samples = sample_responses(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, backend=backend, progress=progress)
+                               batch_size=batch_size, backend=backend, engine_options=engine_options,
+                               progress=progress)
     responses = list(samples["response"])
     predicted = [extract_answer(r) for r in responses]
     correct = [p is not None and p == ref for p, ref in zip(predicted, problems["reference"])]
@@ -157,7 +160,7 @@ def load_alpaca_eval(source: str | Path = ALPACA_EVAL_HUB, *, split: str = "eval
 
 def alpaca_eval_outputs(model, tokenizer, instructions: Sequence[str], generator: str, path, *,
                         max_new_tokens: int = 1024, temperature: float = 0.0, batch_size: int = 16,
-                        backend: str = "hf", progress: bool = False) -> Path:
+                        backend: str = "hf", engine_options: dict | None = None, progress: bool = False) -> Path:
     """Answer each instruction (greedy by default) and write AlpacaEval's ``model_outputs`` file; judge it with
     ``alpaca_eval evaluate --model_outputs <path>`` (:func:`workbench.evaluate.alpaca_eval_command`)."""
     from workbench.evaluate import write_alpaca_eval_outputs
@@ -165,13 +168,14 @@ def alpaca_eval_outputs(model, tokenizer, instructions: Sequence[str], generator
 
     samples = sample_responses(model, tokenizer, list(instructions), n=1, temperature=temperature,
                                max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
-                               progress=progress)
+                               engine_options=engine_options, progress=progress)
     return write_alpaca_eval_outputs(list(instructions), list(samples["response"]), generator, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from workbench.evaluate import alpaca_eval_command
-    from workbench.models import load
+    from workbench.models import load, load_tokenizer, resolve
+    from workbench.sampling import release_vllm_engines
 
     parser = argparse.ArgumentParser(prog="python -m workbench.benchmarks", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -190,20 +194,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--quantization", default=None, choices=[None, "4bit", "8bit"])
         p.add_argument("--max-rows", type=int, default=None)
         p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+        p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                       help="vllm: the model is served by a vLLM engine and never loaded here")
+        p.add_argument("--vllm-options", type=json.loads, default={},
+                       help='JSON object of vllm.LLM options, e.g. \'{"max_model_len": 4096}\' (on a CPU: '
+                            '\'{"kv_cache_memory_bytes": 1073741824}\')')
         p.add_argument("--out", default=None, help="write the JSON result (gsm8k) or the outputs file (alpaca-eval)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.vllm_options and args.backend != "vllm":
+        parser.error("--vllm-options applies to --backend vllm only")
+    engine_options = args.vllm_options or None
+
+    def model_for(name):
+        """(model, tokenizer): loaded, or with --backend vllm the folder / hub id its engine reads and the tokenizer
+        (the weights never enter this process, whose GPU memory the engine takes)."""
+        if args.backend == "vllm":
+            source = resolve(name)
+            return source, load_tokenizer(source)
+        return load(name, quantization=args.quantization)
 
     if args.benchmark == "alpaca-eval":
         if len(args.model) != 1:
             parser.error("alpaca-eval writes the outputs of one --model")
         instructions = load_alpaca_eval(args.source, split=args.split, max_rows=args.max_rows)
-        model, tokenizer = load(args.model[0], quantization=args.quantization)
+        model, tokenizer = model_for(args.model[0])
         out = args.out or f"{Path(args.model[0]).name}_alpaca_eval_outputs.json"
         path = alpaca_eval_outputs(model, tokenizer, instructions, args.generator or args.model[0], out,
                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                   backend=args.backend, progress=True)
+                                   backend=args.backend, engine_options=engine_options, progress=True)
         print(json.dumps({"outputs": str(path), "instructions": len(instructions),
                           "judge_with": " ".join(alpaca_eval_command(path))}, indent=1))
         return
@@ -211,10 +230,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     problems = load_gsm8k(args.source, split=args.split, max_rows=args.max_rows)
     results = {}
     for name in args.model:
-        model, tokenizer = load(name, quantization=args.quantization)
+        model, tokenizer = model_for(name)
         results[name] = gsm8k_accuracy(model, tokenizer, problems, instruction=args.instruction,
                                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                       backend=args.backend, progress=True)
+                                       backend=args.backend, engine_options=engine_options, progress=True)
+        if args.backend == "vllm":  # one engine at a time: the next model's engine needs its memory
+            release_vllm_engines(model)
         del model
     first = args.model[0]
     summary = {"benchmark": "gsm8k", "source": str(args.source), "split": args.split, "problems": len(problems),
