@@ -129,7 +129,10 @@ def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
                                                                                   stats["vllm", 2.0][0])
 
 
-def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32):
+def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32, monkeypatch):
+    """MCQ letters are read from one request per prompt (``logprob_token_ids``, vLLM ≥ 0.32) and, as with an older
+    vLLM, from prompt log-probs of prompt + each letter: both equal the HF scores."""
+    from workbench import sampling
     from workbench.gym.world import GYM_MCQ_TEMPLATE
     from workbench.scoring import mcq_selection_logprobs, response_token_logps
 
@@ -142,7 +145,9 @@ def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32):
         assert torch.equal(vllm[1], hf[1])
         torch.testing.assert_close(vllm[0], hf[0], atol=2e-5, rtol=1e-5)
     groups = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "1", "sure 9"], ["4", "5", "22"]]
-    for order in ("random", "cyclic"):
+    assert sampling._takes_logprob_token_ids(sampling.import_vllm())
+    for order, one_request_per_prompt in (("random", True), ("cyclic", True), ("random", False)):
+        monkeypatch.setattr(sampling, "_takes_logprob_token_ids", lambda vllm: one_request_per_prompt)
         hf = mcq_selection_logprobs(model, tok, prompts, groups, template=GYM_MCQ_TEMPLATE, order=order, cache=OFF)
         vllm = mcq_selection_logprobs(model.name_or_path, tok, prompts, groups, template=GYM_MCQ_TEMPLATE,
                                       order=order, cache=OFF, backend="vllm", engine_options=ENGINE)

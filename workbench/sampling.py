@@ -224,6 +224,30 @@ def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_op
             for ids, row in zip(token_ids, entries)]
 
 
+def vllm_next_token_logprobs(model, token_ids: Sequence[Sequence[int]], candidates: Sequence[int], *,
+                             engine_options: dict | None = None, progress: bool = False) -> list[list[float]]:
+    """log p(c | tokens) of each candidate token c after each token list, from a vLLM engine (raw logits).
+
+    A vLLM whose ``SamplingParams`` take ``logprob_token_ids`` (0.32 on) answers with one request per list that
+    computes the logits of its last position only; an older one scores each list + candidate as a request's last
+    prompt log-prob, which computes log-probs at every position of every such request (costly for long prompts and
+    large vocabularies)."""
+    vllm = import_vllm()
+    candidates = list(candidates)
+    if _takes_logprob_token_ids(vllm):
+        engine = vllm_engine(model_source(model), **(engine_options or {}))
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=candidates)
+        outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in token_ids], params, use_tqdm=progress)
+        return [[output.outputs[0].logprobs[0][c].logprob for c in candidates] for output in outputs]
+    logps = vllm_prompt_logprobs(model, [list(ids) + [c] for ids in token_ids for c in candidates],
+                                 engine_options=engine_options, progress=progress)
+    return [[row[-1] for row in logps[i * len(candidates):(i + 1) * len(candidates)]] for i in range(len(token_ids))]
+
+
+def _takes_logprob_token_ids(vllm) -> bool:
+    return "logprob_token_ids" in getattr(vllm.SamplingParams, "__struct_fields__", ())
+
+
 SAMPLING_BACKENDS = {"hf": hf_generate, "vllm": vllm_generate}
 
 

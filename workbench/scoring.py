@@ -391,15 +391,14 @@ def _hf_letter_logits(model, tokenizer, encoded: list[list[int]], letter_ids: li
 
 def _vllm_letter_logits(model, encoded: list[list[int]], letter_ids: list[list[int]], engine_options: dict | None,
                         progress: bool) -> torch.Tensor:
-    """As :func:`_hf_letter_logits` from a vLLM engine: each prompt + each letter spelling is one request whose
-    last prompt log-prob is log p(spelling | prompt) (= its logit up to the prompt's log-normaliser, which the
+    """As :func:`_hf_letter_logits` from a vLLM engine: log p(spelling | prompt) of each letter spelling
+    (:func:`workbench.sampling.vllm_next_token_logprobs`; = its logit up to the prompt's log-normaliser, which the
     renormalisation over letters cancels)."""
-    from workbench.sampling import vllm_prompt_logprobs
+    from workbench.sampling import vllm_next_token_logprobs
 
     spellings = [i for ids in letter_ids for i in ids]
-    logps = vllm_prompt_logprobs(model, [e + [s] for e in encoded for s in spellings], engine_options=engine_options,
-                                 progress=progress)
-    last = torch.tensor([row[-1] for row in logps], dtype=torch.float32).view(len(encoded), len(spellings))
+    last = torch.tensor(vllm_next_token_logprobs(model, encoded, spellings, engine_options=engine_options,
+                                                 progress=progress), dtype=torch.float32)
     # a letter's logit sums its spellings, as in the HF path
     return torch.stack([part.logsumexp(-1) for part in last.split([len(ids) for ids in letter_ids], dim=1)], -1)
 
