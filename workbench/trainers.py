@@ -7,6 +7,7 @@ method trainers subclass ``Trainer`` and override ``compute_loss`` with a loss f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -139,13 +140,15 @@ def train_sft(
     collator=None,
     checkpoints: "Checkpoints | None" = None,
     logits_chunk: int | None = None,
+    tracking_dir: str | None = None,
     **overrides,
 ) -> list[dict]:
     """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history.
 
     ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own);
     ``checkpoints`` makes the call resumable (:class:`Checkpoints`); ``logits_chunk`` (default
-    ``$WORKBENCH_LOGITS_CHUNK``, off) reads the same loss through the chunked head (:class:`ChunkedSftObjective`)."""
+    ``$WORKBENCH_LOGITS_CHUNK``, off) reads the same loss through the chunked head (:class:`ChunkedSftObjective`);
+    ``tracking_dir`` is where a ``report_to`` TensorBoard writes (:func:`tracked`)."""
     missing = {"prompt", "response"} - set(rows.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
@@ -153,12 +156,32 @@ def train_sft(
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **(checkpoints.arguments() if checkpoints else {}), **overrides)
     collator = collator or ResponseCollator(tokenizer, max_length)
-    if chunk:  # the same loss through the chunked head: no (B, T, V) logits
-        trainer = DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                                 objective=ChunkedSftObjective(chunk))
-    else:
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    with tracked(tracking_dir):
+        if chunk:  # the same loss through the chunked head: no (B, T, V) logits
+            trainer = DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                                     objective=ChunkedSftObjective(chunk))
+        else:
+            trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     return fit(quiet_logs(trainer, progress), checkpoints)
+
+
+@contextlib.contextmanager
+def tracked(tracking_dir: str | None):
+    """Trainers built inside write their TensorBoard logs (``report_to`` "tensorboard") to ``tracking_dir``
+    instead of a time-stamped folder in ``TrainingArguments.output_dir`` (a temporary folder, or the checkpoints'):
+    transformers' ``TensorBoardCallback`` reads ``$TENSORBOARD_LOGGING_DIR`` when the trainer is built."""
+    if tracking_dir is None:
+        yield
+        return
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracking_dir)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
 
 
 @dataclass
@@ -452,11 +475,12 @@ class DistillTrainer(Trainer):
 
 def train_distill(model, rows: datasets.Dataset, collator, objective, *, steps: int, lr: float,
                   batch_size: int, seed: int = 0, progress: bool = True, checkpoints: Checkpoints | None = None,
-                  **overrides) -> list[dict]:
+                  tracking_dir: str | None = None, **overrides) -> list[dict]:
     """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history. ``checkpoints`` makes the
-    call resumable (:class:`Checkpoints`)."""
+    call resumable (:class:`Checkpoints`); ``tracking_dir`` is where a ``report_to`` TensorBoard writes."""
     args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
                               **(checkpoints.arguments() if checkpoints else {}), **overrides)
-    trainer = quiet_logs(DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                                        objective=objective), progress)
+    with tracked(tracking_dir):
+        trainer = quiet_logs(DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                                            objective=objective), progress)
     return fit(trainer, checkpoints, objective)

@@ -91,6 +91,10 @@ TRAINING_KNOBS = {
     "logits_chunk": (0, "the training loss reads the student's log-probs through a checkpointed output head this "
                         "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
                         "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it"),
+    "report_to": ("none", "experiment trackers that receive the training curves live, besides history.json: "
+                          "transformers' report_to names, comma-separated ('tensorboard' writes "
+                          "output_dir/tensorboard/<stage>; 'wandb', 'trackio', 'mlflow', … need their package); "
+                          "'none' = off"),
 }
 
 
@@ -102,9 +106,9 @@ def knob(name: str):
 
 class TrainingKnobs:
     """What every method config (PAD, DCKD/ADPA/ADPA+, PLaD) does with its full-size training knobs — fields
-    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk`` (:func:`knob`), papermill
-    parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK`` override
-    them at launch."""
+    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk``, ``report_to`` (:func:`knob`),
+    papermill parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK``
+    override them at launch."""
 
     def check_training_knobs(self) -> None:
         """Apply the launch-time overrides, then validate."""
@@ -112,6 +116,7 @@ class TrainingKnobs:
         if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
                              f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+        trackers(self.report_to)
 
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
@@ -142,6 +147,41 @@ class TrainingKnobs:
             overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
         return overrides
 
+    def tracking(self, stage: str) -> dict:
+        """``train_distill`` / ``train_sft`` arguments that send training stage ``stage``'s curves to the
+        ``report_to`` trackers (none: ``{}``, and ``$WORKBENCH_TRAINING_ARGS``' ``report_to`` still applies):
+        one tracker run per stage, named ``<output_dir>/<stage>``; TensorBoard's in ``output_dir/tensorboard/<stage>``
+        (a stage's steps restart at 0: PAD's rounds, ADPA+'s two stages)."""
+        names = trackers(self.report_to)
+        if not names:
+            return {}
+        return {"report_to": names, "run_name": f"{self.output_dir}/{stage}",
+                "tracking_dir": str(Path(self.output_dir) / "tensorboard" / stage)}
+
+
+def trackers(report_to: str) -> list[str]:
+    """The tracker names of a ``report_to`` parameter (comma-separated; "none" or empty: ``[]``), each checked
+    against transformers' integrations and this environment, so a run fails before its first stage, not after."""
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+
+    if not isinstance(report_to, str):
+        raise ValueError(f"report_to={report_to!r} must be a string of tracker names, e.g. 'tensorboard' or "
+                         f"'tensorboard,wandb' ('none' = off)")
+    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
+    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise ValueError(f"report_to={report_to!r}: unknown tracker(s) {unknown}; transformers knows "
+                         f"{sorted(INTEGRATION_TO_CALLBACK)} ('none' = off)")
+    missing = [name for name in names if name not in get_available_reporting_integrations()]
+    if missing:
+        raise ValueError(f"report_to={report_to!r}: {missing} not installed here; pip install "
+                         f"{' '.join(TRACKER_PACKAGES.get(name, name) for name in missing)}, or leave it out")
+    return names
+
+
+TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "codecarbon": "codecarbon"}
+
 
 def checkpointing_argument() -> str:
     """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
@@ -163,7 +203,7 @@ VLLM_OPTIONS_HELP = ("more vllm.LLM options for its engines, e.g. {'max_model_le
 # settings that do not change what is trained: a run may resume with other values of these — e.g. a run that ran out of
 # memory resumes with gradient_checkpointing or logits_chunk on (they change memory, not the loss or its gradients)
 RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples",
-                  "gradient_checkpointing", "logits_chunk")
+                  "gradient_checkpointing", "logits_chunk", "report_to")
 
 
 def check_save_steps(cfg) -> None:

@@ -88,6 +88,7 @@ class PadConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    report_to: str = knob("report_to")
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
     seed: int = 0
     lora: bool = False
@@ -343,7 +344,7 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
     log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
                         progress=progress, checkpoints=checkpoints and checkpoints.stage(f"round{round_}"),
-                        **cfg.training_overrides())
+                        **cfg.training_overrides(), **cfg.tracking(f"round{round_}"))
     return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 

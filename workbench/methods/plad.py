@@ -114,6 +114,7 @@ class PladConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    report_to: str = knob("report_to")
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
     lora_r: int = field(default=8, metadata={"help": "PLaD §5.1: 8"})
     lora_alpha: int = field(default=32, metadata={"help": "PLaD §5.1: 32"})
@@ -404,7 +405,8 @@ def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair
     return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                          lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                          warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
-                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides())
+                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides(),
+                         **cfg.tracking("train"))
 
 
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
