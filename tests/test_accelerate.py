@@ -96,7 +96,7 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
     # CUDA the processes join a gloo group on CPU
     _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
           "--main_process_port", "29517", "-m", "workbench.train_pad",
-          *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+          *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two", "report_to": "tensorboard"})], env)
     # sampled and scored in 2 shards, merged by prompt index: the same samples exactly, the same rewards up to
     # the float rounding of other scoring batches
     rows_one, rows_two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
@@ -111,6 +111,15 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
     for key in ("loss", "grad_norm", "ranking_loss", "learning_rate"):
         torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
                                    rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
+    # report_to: the main process alone writes the tracker run, with the processes' averaged curve
+    events = list((tmp_path / "two" / "tensorboard" / "round0").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(events[0]))
+    logged.Reload()
+    torch.testing.assert_close(torch.tensor([e.value for e in logged.Scalars("train/loss")]),
+                               torch.tensor([e["loss"] for e in two]), rtol=1e-6, atol=1e-8)
 
 
 # tiny ADPA+ and PLaD runs sharded the same way: 16 pairs / prompts in sampling batches of 3 (6 batches, 9 + 7
