@@ -131,9 +131,9 @@ def test_full_size_knobs_default_to_current_behaviour_and_env_vars_override_them
     cfg = PadConfig()
     assert (cfg.gradient_accumulation_steps, cfg.gradient_checkpointing, cfg.logits_chunk, cfg.max_new_tokens,
             cfg.sampling_batch_size, cfg.scoring_batch_size, cfg.sampling_backend) == (1, False, 0, 24, 32, 32, "hf")
-    assert cfg.training_overrides() == {"gradient_accumulation_steps": 1}  # TrainingArguments' defaults
+    assert cfg.training_overrides("round0") == {"gradient_accumulation_steps": 1}  # TrainingArguments' defaults
     cfg = PadConfig(gradient_accumulation_steps=4, gradient_checkpointing=True, logits_chunk=64)
-    assert cfg.training_overrides() == {"gradient_accumulation_steps": 4, checkpointing: True,
+    assert cfg.training_overrides("round0") == {"gradient_accumulation_steps": 4, checkpointing: True,
                                         f"{checkpointing}_kwargs": {"use_reentrant": False}}
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 8, "gradient_checkpointing": true}')
     monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "0")

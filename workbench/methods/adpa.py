@@ -489,7 +489,7 @@ def _train(ctx: RunContext, rows, collator, objective, steps: int, stage: int, n
     log = train_distill(ctx.student, rows, collator, objective, steps=steps, lr=lr or cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio,
                         progress=cfg.progress, checkpoints=ctx.stage_checkpoints(stage, name),
-                        **cfg.training_overrides(), **cfg.tracking(f"stage{stage}-{name}"))
+                        **cfg.training_overrides(f"stage{stage}-{name}"))
     ctx.history += [{**entry, "stage": name} for entry in log]
 
 
@@ -528,7 +528,7 @@ def _stage_sft(ctx: RunContext, stage: int) -> dict:
     log = train_sft(ctx.student, ctx.tokenizer, rows, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                     seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress,
                     checkpoints=ctx.stage_checkpoints(stage, "sft"), logits_chunk=cfg.logits_chunk,
-                    **cfg.training_overrides(), **cfg.tracking(f"stage{stage}-sft"))
+                    **cfg.training_overrides(f"stage{stage}-sft"))
     ctx.history += [{**entry, "stage": "sft"} for entry in log]
     return {"stage": "sft"}
 

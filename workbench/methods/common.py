@@ -134,8 +134,9 @@ class TrainingKnobs:
                 logger.info("logits_chunk=%d from $%s overrides %d", chunk, LOGITS_CHUNK_ENV, self.logits_chunk)
             self.logits_chunk = chunk
 
-    def training_overrides(self) -> dict:
-        """``TrainingArguments`` of the knobs (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies)."""
+    def training_overrides(self, stage: str) -> dict:
+        """``train_distill`` / ``train_sft`` arguments of the knobs for training stage ``stage``: ``TrainingArguments``
+        (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies) and the stage's trackers (:meth:`tracking`)."""
         from workbench.trainers import env_training_overrides
 
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
@@ -145,7 +146,7 @@ class TrainingKnobs:
             # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
             kwargs = env.get("activation_checkpointing_kwargs", env.get("gradient_checkpointing_kwargs"))
             overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
-        return overrides
+        return {**overrides, **self.tracking(stage)}
 
     def tracking(self, stage: str) -> dict:
         """``train_distill`` / ``train_sft`` arguments that send training stage ``stage``'s curves to the

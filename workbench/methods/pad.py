@@ -344,7 +344,7 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
     log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
                         batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
                         progress=progress, checkpoints=checkpoints and checkpoints.stage(f"round{round_}"),
-                        **cfg.training_overrides(), **cfg.tracking(f"round{round_}"))
+                        **cfg.training_overrides(f"round{round_}"))
     return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 

@@ -405,8 +405,7 @@ def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair
     return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
                          lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
                          warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
-                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides(),
-                         **cfg.tracking("train"))
+                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides("train"))
 
 
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
