@@ -68,6 +68,9 @@ def test_tracker_names_are_checked_when_the_config_is_made(config):
     with pytest.raises(ValueError, match="must be a string"):
         config(report_to=["tensorboard"])
     assert config().tracking("round0") == {} and config(report_to="none").tracking("x") == {}
+    # "all" = every tracker installed here (transformers' meaning), each once
+    assert sorted(config(report_to="tensorboard,all").tracking("x")["report_to"]) == sorted(
+        get_available_reporting_integrations())
     cfg = config(report_to=" tensorboard ", output_dir="runs/x")
     assert cfg.tracking("train") == {"report_to": ["tensorboard"], "run_name": "runs/x/train",
                                      "tracking_dir": "runs/x/tensorboard/train"}

@@ -161,24 +161,33 @@ class TrainingKnobs:
 
 
 def trackers(report_to: str) -> list[str]:
-    """The tracker names of a ``report_to`` parameter (comma-separated; "none" or empty: ``[]``), each checked
-    against transformers' integrations and this environment, so a run fails before its first stage, not after."""
+    """The tracker names of a ``report_to`` parameter (comma-separated; "none" or empty: ``[]``; "all": every
+    tracker installed here, as in transformers), each checked against transformers' integrations and this
+    environment, so a run fails before its first stage, not after."""
+    if not isinstance(report_to, str):
+        raise ValueError(f"report_to={report_to!r} must be a string of tracker names, e.g. 'tensorboard' or "
+                         f"'tensorboard,wandb' ('none' = off, 'all' = every installed tracker)")
+    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
+    if not names:
+        return []
     from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
                                                              get_available_reporting_integrations)
 
-    if not isinstance(report_to, str):
-        raise ValueError(f"report_to={report_to!r} must be a string of tracker names, e.g. 'tensorboard' or "
-                         f"'tensorboard,wandb' ('none' = off)")
-    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
-    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK]
+    unknown = [name for name in names if name != "all" and name not in INTEGRATION_TO_CALLBACK]
     if unknown:
         raise ValueError(f"report_to={report_to!r}: unknown tracker(s) {unknown}; transformers knows "
-                         f"{sorted(INTEGRATION_TO_CALLBACK)} ('none' = off)")
-    missing = [name for name in names if name not in get_available_reporting_integrations()]
+                         f"{sorted(INTEGRATION_TO_CALLBACK)} ('none' = off, 'all' = every installed tracker)")
+    installed = get_available_reporting_integrations()
+    if "all" in names:
+        names = [name for name in names if name != "all"] + installed
+        if not installed:
+            logger.warning("report_to=%r: no tracker is installed here, so no curves go live (pip install "
+                           "tensorboard, for one)", report_to)
+    missing = [name for name in names if name not in installed]
     if missing:
         raise ValueError(f"report_to={report_to!r}: {missing} not installed here; pip install "
                          f"{' '.join(TRACKER_PACKAGES.get(name, name) for name in missing)}, or leave it out")
-    return names
+    return list(dict.fromkeys(names))
 
 
 TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "codecarbon": "codecarbon"}
