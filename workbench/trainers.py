@@ -447,6 +447,12 @@ class DistillTrainer(Trainer):
         self._metric_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # mixed precision (bf16=True): the model's forward runs under accelerate's autocast; so does the rest of the
+        # objective, e.g. the chunked output head, which reads the final hidden states outside that forward
+        with self.accelerator.autocast():
+            return self._objective_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _objective_loss(self, model, inputs, return_outputs, num_items_in_batch):
         if getattr(self.objective, "takes_num_items", False):
             # a token-level loss normalised over the accumulated batch, as Trainer treats the model's own loss: it
             # then skips its division by the accumulation steps, and averages over processes by scaling

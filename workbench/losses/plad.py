@@ -202,7 +202,8 @@ def ngram_f_score(
     cand = cand / cand.norm(dim=-1, keepdim=True).clamp(min=eps)
     ref = ref / ref.norm(dim=-1, keepdim=True).clamp(min=eps)
     # $\cos(e_i, e'_j)$
-    token_cos = cand @ ref.transpose(-1, -2)  # (B, T_c, T_r)
+    with torch.autocast(cand.device.type, enabled=False):  # a mixed-precision step would run it in bfloat16
+        token_cos = cand @ ref.transpose(-1, -2)  # (B, T_c, T_r)
     # $g_{ij} = \frac1n \sum_m \cos(e_{i+m}, e'_{j+m})$ over n-gram start positions
     n_cand, n_ref = len_cand - n + 1, len_ref - n + 1
     ngram_cos = sum(token_cos[:, m:m + n_cand, m:m + n_ref] for m in range(n)) / n  # (B, I, J)

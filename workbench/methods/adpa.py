@@ -188,6 +188,7 @@ class AdpaConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    precision: str = knob("precision")
     report_to: str = knob("report_to")
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})
     eval_prompts: int = field(default=128, metadata={
@@ -614,9 +615,8 @@ def train_stages(ctx: RunContext) -> None:
 def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): the student through ``cfg.method``'s stages on the training pairs, sampling and
     top-k passes sharded over ``state``'s processes; rows: each on-policy stage's ŷ per pair."""
-    from workbench.models import load
 
-    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, device=device, seed=cfg.seed)
+    student, tokenizer = cfg.load_student(device)
     pairs, _ = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
@@ -637,12 +637,11 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
     ``per_prompt_*`` and ``length_*``; on other data those gold fields are None, ``gold_evaluation`` says why and
     ``judge`` holds the judge's win rate when ``cfg.judge`` is set. They are saved to ``cfg.output_dir``.
     """
-    from workbench.models import load
 
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    student, tokenizer = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
+    student, tokenizer = cfg.load_student()
     pairs, held_out_pairs = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")

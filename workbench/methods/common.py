@@ -91,6 +91,12 @@ TRAINING_KNOBS = {
     "logits_chunk": (0, "the training loss reads the student's log-probs through a checkpointed output head this "
                         "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
                         "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it"),
+    "precision": ("auto", "the student's training precision: 'bf16-mixed' (float32 weights, gradients and AdamW "
+                          "states, bfloat16 autocast: updates as small as the papers' learning rates land), "
+                          "'bf16-true' (bfloat16 weights: less memory, but an AdamW step under ~1/256 of a weight "
+                          "rounds away), '32-true' (float32, no autocast); 'auto' = bf16-mixed on a GPU with "
+                          "bfloat16, else 32-true. A LoRA student trains float32 adapters on a bfloat16 base in "
+                          "bf16-mixed and bf16-true alike (peft)"),
     "report_to": ("none", "experiment trackers that receive the training curves live, besides history.json: "
                           "transformers' report_to names, comma-separated ('tensorboard' writes "
                           "output_dir/tensorboard/<stage>; 'wandb', 'trackio', 'mlflow', … need their package); "
@@ -117,6 +123,38 @@ class TrainingKnobs:
             raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
                              f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
         trackers(self.report_to)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; use one of {list(PRECISIONS)} ('auto': bf16-mixed on a "
+                             f"GPU with bfloat16, else 32-true)")
+        lr = getattr(self, "lr", None)
+        if self.student_precision() == "bf16-true" and not self.lora and lr is not None and lr < 1e-5:
+            logger.warning("precision='bf16-true' trains the student's bfloat16 weights in place: at lr=%g most AdamW "
+                           "steps are under the rounding step of a weight and are lost; use precision='bf16-mixed' "
+                           "(float32 weights, bfloat16 autocast)", lr)
+
+    def student_precision(self, device: str | None = None) -> str:
+        """The ``precision`` knob resolved for ``device`` (default: CUDA when available, as ``load`` does)."""
+        return resolve_precision(self.precision, device)
+
+    def student_dtype(self, device: str | None = None):
+        """The dtype the student's weights load in: float32 under 32-true and (full fine-tuning) bf16-mixed, whose
+        autocast computes in bfloat16 while AdamW updates float32 weights; bfloat16 under bf16-true and for a LoRA
+        student's frozen base under bf16-mixed (peft keeps its adapters in float32)."""
+        import torch
+
+        precision = self.student_precision(device)
+        if precision == "32-true" or (precision == "bf16-mixed" and not self.lora):
+            return torch.float32
+        return torch.bfloat16
+
+    def load_student(self, device: str | None = None):
+        """``(model, tokenizer)``: ``cfg.student`` loaded for training in the ``precision`` knob's dtype, with LoRA
+        when ``cfg.lora`` (PLaD passes its own LoRA settings through ``lora_config``)."""
+        from workbench.models import load
+
+        lora_config = getattr(self, "lora_config", None)
+        lora = lora_config() if callable(lora_config) else (True if self.lora else None)
+        return load(self.student, lora=lora, device=device, dtype=self.student_dtype(device), seed=self.seed)
 
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
@@ -140,6 +178,8 @@ class TrainingKnobs:
         from workbench.trainers import env_training_overrides
 
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
+        if self.student_precision() == "bf16-mixed" and not self.lora:
+            overrides["bf16"] = True  # Trainer's autocast over the student's float32 weights
         if self.gradient_checkpointing:
             env = env_training_overrides()
             name = checkpointing_argument()
@@ -188,6 +228,20 @@ def trackers(report_to: str) -> list[str]:
         raise ValueError(f"report_to={report_to!r}: {missing} not installed here; pip install "
                          f"{' '.join(TRACKER_PACKAGES.get(name, name) for name in missing)}, or leave it out")
     return list(dict.fromkeys(names))
+
+
+PRECISIONS = ("auto", "bf16-mixed", "bf16-true", "32-true")
+
+
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """``precision`` with 'auto' resolved: bf16-mixed on a CUDA device that has bfloat16, else 32-true."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
 TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "codecarbon": "codecarbon"}

@@ -88,6 +88,7 @@ class PadConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    precision: str = knob("precision")
     report_to: str = knob("report_to")
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
     seed: int = 0
@@ -382,10 +383,9 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     """Train only (no evaluation): ``cfg.iterations`` rounds of sample → teacher r̂ → listwise training, sampling
     and scoring sharded over ``state``'s processes (:func:`sample_and_score`); rows: each round's samples and
     teacher rewards."""
-    from workbench.models import load
 
     teacher, teacher_tok = load_teacher(cfg, device=device)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, device=device, seed=cfg.seed)
+    student, student_tok = cfg.load_student(device)
     prompts_text, _ = pad_prompts(cfg)
     checkpoints = run_checkpoints(cfg, state)
     history: list[dict] = []
@@ -405,12 +405,11 @@ def run_pad(cfg: PadConfig) -> RunResult:
     fields are None with the reason, the student's ranking agreement with the teacher is still measured, and a
     ``judge`` model, when named, compares the trained student's answers with the initial student's.
     """
-    from workbench.models import load
 
     set_threads()
     started = time.perf_counter()
     teacher, teacher_tok = load_teacher(cfg)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
+    student, student_tok = cfg.load_student()
     gold = cfg.dataset == "gym"
     train, held_out = pad_prompts(cfg)
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)

@@ -114,6 +114,7 @@ class PladConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    precision: str = knob("precision")
     report_to: str = knob("report_to")
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
     lora_r: int = field(default=8, metadata={"help": "PLaD §5.1: 8"})
@@ -411,11 +412,10 @@ def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): pseudo pairs from teacher and student samples (sharded over ``state``'s
     processes), the teacher released, then the calibration loss; rows: the pseudo pairs."""
-    from workbench.models import load
 
     teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
                                                served_by_vllm=cfg.sampling_backend == "vllm", device=device)
-    student, student_tok = load(cfg.student, lora=cfg.lora_config(), device=device, seed=cfg.seed)
+    student, student_tok = cfg.load_student(device)
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg,
                                         state=state)
     del teacher
@@ -426,14 +426,13 @@ def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> Trai
 
 def run_plad(cfg: PladConfig) -> RunResult:
     """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``."""
-    from workbench.models import load
 
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
     teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
                                                served_by_vllm=cfg.sampling_backend == "vllm")
-    student, student_tok = load(cfg.student, lora=cfg.lora_config(), seed=cfg.seed)
+    student, student_tok = cfg.load_student()
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
     if not gym:  # no gold reward: plain prompts, for a judge
         held_out = [p.text for p in held_out]
