@@ -187,7 +187,7 @@ class Bench:
         from workbench.models import load
 
         start = time.perf_counter()
-        model, _ = load(str(self.folders[role]), dtype=self.dtype, device=self.device, **kwargs)
+        model, _ = load(str(self.folders[role]), device=self.device, **{"dtype": self.dtype, **kwargs})
         self.load_seconds += time.perf_counter() - start
         return model
 
@@ -216,7 +216,9 @@ class Bench:
         model.eval()
         prompt_len, new = self.shape["prompt_tokens"], self.shape["max_new_tokens"]
         prompts = self.ids(self.sampling_batch_size, prompt_len)
-        with torch.no_grad(), Phase(self.device) as phase:
+        from workbench.models import autocast_of
+
+        with torch.no_grad(), autocast_of(model), Phase(self.device) as phase:
             generated = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
                                        temperature=self.cfg.temperature, num_return_sequences=samples_per_prompt,
                                        max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
@@ -241,13 +243,16 @@ class Bench:
         student) with a fresh AdamW on the trainable parameters: ``steps`` timed steps after one warm-up step."""
         self.student.train()
         cuda = self.device.startswith("cuda")
+        from workbench.models import autocast_of
+
         trainable = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=cuda)
         losses, times = [], []
         with Phase(self.device) as phase:
             for step in range(self.steps + 1):
                 started = time.perf_counter()
-                loss, _ = objective(self.student, inputs)
+                with autocast_of(self.student):  # bf16-mixed: as the Trainer's autocast
+                    loss, _ = objective(self.student, inputs)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -414,10 +419,11 @@ METHODS = {  # keyed by workbench.train's pipeline (the recipe's notebook)
 
 
 def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: float | None = None,
-        workdir: str | None = None) -> dict:
+        workdir: str | None = None, precision: str | None = None) -> dict:
     import yaml
 
     from workbench import memory
+    from workbench.models import mark_autocast
     from workbench.train import method_config, recipe_pipeline
 
     pipeline = recipe_pipeline(path)
@@ -425,6 +431,8 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
     cfg = method_config(pipeline, yaml.safe_load(Path(path).read_text()))
     values = memory.recipe_values(path)
     values["device"] = device
+    if precision:  # the student's precision knob (default: the recipe's, 'auto')
+        values["precision"] = precision
     if shrink:
         values.update(SHRUNK_SHAPE)
     configs = {role: model_config(values[role], shrink) for role in method.roles}
@@ -435,7 +443,7 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
            "torch": torch.__version__,
            "assumptions": {k: a[k] for k in ("student_params", "teacher_params", "trainable_params", "train_seq_len",
                                              "mcq_seq_len", "teacher_quantization", "lora", "gradient_checkpointing",
-                                             "logits_chunk")},
+                                             "logits_chunk", "precision")},
            "cuda_context_assumed_gib": memory.CUDA_CONTEXT_BYTES / memory.GIB}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         start = time.perf_counter()
@@ -449,9 +457,13 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
         sizes = memory.run_shape(values)
         bench = Bench(device, cfg, est, sizes.sampling_batch_size, sizes.scoring_batch_size, configs, folders, steps,
                       peak)
-        bench.student = bench.load("student", lora=method.student_lora(cfg),
-                                   quantization=a["student_quantization"],
-                                   gradient_checkpointing=bool(a["gradient_checkpointing"]))
+        # the student in the estimate's precision: bf16-mixed trains (and samples) float32 weights under autocast
+        mixed = a["precision"] == "bf16-mixed" and not a["lora"]
+        student_dtype = torch.float32 if (mixed or a["precision"] == "32-true") else bench.dtype
+        bench.student = mark_autocast(bench.load("student", lora=method.student_lora(cfg), dtype=student_dtype,
+                                                 quantization=a["student_quantization"],
+                                                 gradient_checkpointing=bool(a["gradient_checkpointing"])),
+                                      torch.bfloat16 if mixed else None)
         method.phases(bench)
         out["load_seconds"] = bench.load_seconds
     missing = set(est.phases) ^ set(bench.phases)
@@ -471,10 +483,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (MFU)")
     parser.add_argument("--workdir", default=None, help="where the random checkpoints are written (default: /tmp)")
+    parser.add_argument("--precision", default=None, choices=["auto", "bf16-mixed", "bf16-true", "32-true"],
+                        help="the student's precision (default: the recipe's; 'auto' = bf16-mixed on a GPU)")
     args = parser.parse_args(argv)
     shrink = args.shrink if args.shrink is not None else not args.device.startswith("cuda")
     print(json.dumps(run(args.recipe, device=args.device, shrink=shrink, steps=args.steps,
-                         peak=args.peak_tflops, workdir=args.workdir), indent=1, default=float))
+                         peak=args.peak_tflops, workdir=args.workdir, precision=args.precision), indent=1,
+                     default=float))
 
 
 if __name__ == "__main__":

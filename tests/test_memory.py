@@ -145,6 +145,32 @@ def test_layer_activation_count_equals_autograd_saved_tensors(kind, dtype, lora_
     assert predicted == pytest.approx(measured_per_layer, rel=0.005)
 
 
+@pytest.mark.parametrize("kind,kv_heads", [("llama", 8), ("llama", 2), ("gemma2", 8)])
+def test_layer_activations_under_autocast_equal_autograd_saved_tensors(kind, kv_heads):
+    """bf16-mixed: float32 weights under bfloat16 autocast (CPU autocast casts linear layers and attention as CUDA's
+    does). Saved per layer: the activations, and autocast's bfloat16 copies of the layer's weights."""
+    from transformers import AutoModelForCausalLM
+
+    batch, seq_len = 4, 48
+    ids = torch.randint(0, 1000, (batch, seq_len))
+    mask = torch.ones_like(ids)
+    mask[0, -5:] = 0
+    saved = {}
+    for layers in (1, 3):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(small_config(kind, layers, kv_heads)).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            saved[layers] = saved_activation_bytes(model, ids, mask)
+    measured_per_layer = (saved[3] - saved[1]) / 2
+    dims = memory.dims_from_config(small_config(kind, 1, kv_heads))
+    activations = batch * seq_len * memory.layer_activation_bytes(dims, seq_len, 2, autocast=True)
+    copies = memory.autocast_weight_bytes(dims, 2, layers=1, head=False)
+    assert activations + copies == pytest.approx(measured_per_layer, rel=0.005)
+    # more than the bfloat16 student saves, less than twice it: the float32 residual stream and the per-layer casts
+    pure = batch * seq_len * memory.layer_activation_bytes(dims, seq_len, 2)
+    assert pure < activations < 2 * pure
+
+
 def test_qlora_student_activations_are_counted_in_float32(tmp_path):
     """A 4-bit student prepared for k-bit training (norms and embeddings upcast) runs its residual stream in
     float32: its LoRA layer saves exactly the float32 count, although the compute dtype is bfloat16."""
@@ -177,6 +203,12 @@ MEASURED = [
     dict(name="LoRA fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8, lora=True),
     dict(name="bf16, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
          intermediate=688, batch_size=4, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
+    # bf16-mixed (the GPU default): float32 weights, gradients and AdamW states, bfloat16 autocast (Trainer bf16)
+    dict(name="bf16-mixed", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8,
+         dtype="bfloat16", precision="bf16-mixed"),
+    dict(name="bf16-mixed, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
+         intermediate=688, batch_size=4, dtype="bfloat16", precision="bf16-mixed", logits_chunk=16,
+         gradient_checkpointing=True),
     # DCKD step (ADPA family): B=6 pairs, chosen and rejected forwards, top-50 teacher cache, through the chunked head
     dict(name="DCKD top-k, chunked head, checkpointing", objective="dckd", vocab=32000, hidden=256, layers=4, heads=8,
          intermediate=688, batch_size=6, logits_chunk=16, gradient_checkpointing=True),
@@ -254,7 +286,8 @@ def _measure(specs: list[dict]) -> list[dict]:
         config = LlamaConfig(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
                              num_attention_heads=spec["heads"], num_key_value_heads=spec.get("kv_heads", spec["heads"]),
                              intermediate_size=spec["intermediate"], pad_token_id=tokenizer.pad_token_id)
-        model = LlamaForCausalLM(config).to(getattr(torch, spec.get("dtype", "float32")))
+        weights = "float32" if spec.get("precision") == "bf16-mixed" else spec.get("dtype", "float32")
+        model = LlamaForCausalLM(config).to(getattr(torch, weights))
         if spec.get("lora"):
             from peft import get_peft_model
 
@@ -267,6 +300,8 @@ def _measure(specs: list[dict]) -> list[dict]:
         extra = {}
         if spec.get("gradient_checkpointing"):
             extra = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.get("precision") == "bf16-mixed":
+            extra["bf16"] = True
         os.environ["WORKBENCH_LOGITS_CHUNK"] = str(spec.get("logits_chunk") or 0)
         if spec.get("objective") == "dckd":
             from workbench.methods.adpa import DckdObjective
@@ -359,6 +394,7 @@ def predicted_training_bytes(spec: dict, seq_len: int) -> int:
     estimate = memory.estimate(
         dict(student="probe", **method, batch_size=spec["batch_size"], lora=spec.get("lora", False),
              prompt_tokens=seq_len - 1, max_new_tokens=0, device="cpu", dtype=spec.get("dtype", "float32"),
+             precision=spec.get("precision", "auto"),
              logits_chunk=spec.get("logits_chunk") or 0,
              gradient_checkpointing=spec.get("gradient_checkpointing", False),
              **(dict(strategy="fsdp", world_size=spec["world_size"]) if spec.get("world_size") else {})),
@@ -737,7 +773,8 @@ def test_a_vllm_teacher_leaves_the_process_and_vllm_engines_shrink_the_gpu_left_
 
 def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_process():
     plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
-                batch_size=1, prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="hh-helpful")
+                batch_size=1, prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="hh-helpful",
+                lora=True)  # the paper's LoRA student (a fully trained 7B's AdamW states would set the peak)
     hf = memory.estimate(plad, model_configs=CONFIGS)
     served = memory.estimate({**plad, "sampling_backend": "vllm"}, model_configs=CONFIGS)
     assert hf.assumptions["teacher_params"] > 0 and served.assumptions["teacher_params"] == 0

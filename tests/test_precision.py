@@ -30,15 +30,15 @@ def changed_fraction(model, before: dict[str, torch.Tensor]) -> float:
 
 
 class LinearOutputDtypes:
-    """The dtypes the student's linear layers compute in while it trains (forward hooks)."""
+    """The dtypes the student's linear layers compute in while it trains and while it samples (forward hooks)."""
 
     def __init__(self, model):
-        self.seen: set[torch.dtype] = set()
+        self.training: set[torch.dtype] = set()
+        self.sampling: set[torch.dtype] = set()
         self.handles = [m.register_forward_hook(self.hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
     def hook(self, module, inputs, output):
-        if torch.is_grad_enabled():  # training forwards, not sampling
-            self.seen.add(output.dtype)
+        (self.training if torch.is_grad_enabled() else self.sampling).add(output.dtype)
 
     def remove(self):
         for handle in self.handles:
@@ -71,10 +71,14 @@ def test_bf16_mixed_trains_float32_weights_under_bfloat16_autocast(family, tiny_
         return model, tokenizer
 
     monkeypatch.setattr(type(tiny_config(family, tmp_path)), "load_student", watching)
+    from workbench import cache
+
+    monkeypatch.setattr(cache, "_DEFAULT_CACHE", cache.StageCache(enabled=False))  # the student samples here
     run = MODULES[family].train_run(tiny_config(family, tmp_path, precision="bf16-mixed"), device="cpu")
     watched[0].remove()
     assert {p.dtype for p in run.model.parameters()} == {torch.float32}  # AdamW updates float32 weights
-    assert watched[0].seen == {torch.bfloat16}  # every training forward's linear layers ran in bfloat16
+    # every training forward's linear layers ran in bfloat16, and so did the student's sampling
+    assert watched[0].training == {torch.bfloat16} and watched[0].sampling == {torch.bfloat16}
     assert changed_fraction(run.model, before) > 0.9
     losses = [h["loss"] for h in run.history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))

@@ -7,11 +7,13 @@ their non-gym data path (workbench.data, no gold reward) is what runs."""
 
 import ast
 import json
+import math
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 import yaml
 
 from workbench import memory
@@ -268,6 +270,27 @@ def test_the_recipe_bench_runs_every_estimated_phase_at_toy_widths_on_cpu(recipe
     assert out["assumptions"]["teacher_quantization"] == (recipe_values["quantization"] or None)
     assert out["assumptions"]["lora"] == recipe_values["lora"]
     assert not list(tmp_path.iterdir())  # the random checkpoints are deleted
+
+
+def test_the_recipe_bench_runs_a_bf16_mixed_student_as_the_trainer_does(tmp_path):
+    """bf16-mixed (the GPU default of a fully trained student): float32 weights, bfloat16 autocast in training and
+    sampling, here on the CPU's autocast."""
+    from workbench.models import autocast_of
+
+    bench = _recipe_bench()
+    seen = []
+    train = bench.Bench.train
+
+    def watched(self, objective, inputs, sequences):
+        seen.append(({p.dtype for p in self.student.parameters()}, type(autocast_of(self.student)).__name__))
+        return train(self, objective, inputs, sequences)
+
+    bench.Bench.train = watched
+    out = bench.run(str(ROOT / "recipes" / "pad_gemma2_9b_to_2b.yaml"), device="cpu", shrink=True, steps=1,
+                    workdir=str(tmp_path), precision="bf16-mixed")
+    assert out["assumptions"]["precision"] == "bf16-mixed" and not out["assumptions"]["lora"]
+    assert seen == [({torch.float32}, "autocast")]
+    assert all(math.isfinite(v) for v in out["phases"]["training"]["losses"])
 
 
 def test_the_recipe_bench_counts_training_flops_by_the_6n_rule():

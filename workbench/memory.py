@@ -231,15 +231,18 @@ def fsdp_layer_params(dims: ModelDims) -> int:
     return dims.layer_linear_params + dims.norms_per_layer * dims.hidden
 
 
-def fsdp_resident_bytes(dims: ModelDims, dtype_bytes: int, world: int) -> dict[str, int]:
+def fsdp_resident_bytes(dims: ModelDims, dtype_bytes: int, world: int, gathered_bytes: int | None = None
+                        ) -> dict[str, int]:
     """A student's weights on each of ``world`` processes while FSDP2 (accelerate's preparation) trains it: every
     parameter as a 1/world shard, plus the whole output group (final norm, output layer, and the input embedding
     when tied), which stays gathered from forward to backward, plus two decoder layers gathered at a time (the one
-    running and the one prefetched)."""
+    running and the one prefetched). Mixed precision gathers in the compute dtype (``gathered_bytes``: accelerate's
+    ``MixedPrecisionPolicy(param_dtype=bfloat16)``) over float32 shards."""
+    gathered = dtype_bytes if gathered_bytes is None else gathered_bytes
     output_group = dims.hidden + (dims.embedding_params if dims.tied_embeddings else dims.head_params)
     return {"student_weights": dims.params * dtype_bytes // world,
-            "fsdp_output_group": output_group * dtype_bytes,
-            "fsdp_gathered_layers": 2 * fsdp_layer_params(dims) * dtype_bytes}
+            "fsdp_output_group": output_group * gathered,
+            "fsdp_gathered_layers": 2 * fsdp_layer_params(dims) * gathered}
 
 
 def lora_params(dims: ModelDims, r: int, targets=LORA_TARGETS) -> int:
@@ -263,7 +266,7 @@ def gradient_bytes(trainable_params: int, param_bytes: int) -> int:
 
 def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, frozen_base: bool = False,
                            lora_r: int | None = None, lora_dropout: float = 0.0, mask_bytes: int = 1,
-                           lora_targets=LORA_TARGETS) -> int:
+                           lora_targets=LORA_TARGETS, autocast: bool = False) -> int:
     """Bytes autograd saves per token in one decoder layer (multiply by batch·seq tokens and layers).
 
     Counted from the layer's operations (b = activation bytes, h hidden, q = heads·head_dim, i intermediate):
@@ -274,22 +277,32 @@ def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, fro
     dropout output and dropout mask (``mask_bytes``: 1 on CUDA, 4 on CPU) or, without dropout, a float32 copy
     of the input, plus ``lora_A``'s output.
 
+    Under ``autocast`` (mixed precision: float32 weights, ``act_bytes`` = 2 the compute dtype) the residual stream
+    stays float32, so every RMSNorm keeps float32 values, and each linear layer saves its own compute-dtype cast of
+    its input (q, k, v and gate, up cast the same normed input once each); the rest is as in the compute dtype.
+    The weights' compute-dtype copies that autocast saves are counted apart (:func:`autocast_weight_bytes`).
+
     Args:
         seq_len: tokens per sequence T (the mask and eager attention are T×T per sequence).
     Returns:
         bytes per token per layer.
     """
+    if autocast and frozen_base:
+        raise ValueError("autocast is counted for a fully trained student; a LoRA student's base is frozen in the "
+                         "compute dtype (no autocast)")
     b, h, q, i, H = act_bytes, dims.hidden, dims.q_dim, dims.intermediate, dims.heads
     gemma_norm = dims.norms_per_layer == 4
     grouped = dims.kv_heads < dims.heads
     kv = q if grouped else dims.kv_dim
     total = 0
     # RMSNorm: float32 input copy (+ normalised value when its weight trains); Gemma keeps both in float32
-    if gemma_norm:
+    if gemma_norm or autocast:
         total += dims.norms_per_layer * (4 * h + (0 if frozen_base else 4 * h) + 4)
     else:
         total += dims.norms_per_layer * (4 * h + (0 if frozen_base else b * h) + 4)
-    if not frozen_base:  # inputs of the attention and MLP input projections (the norms' outputs)
+    if autocast:  # q, k, v, gate and up each save their own cast of the (float32) normed input
+        total += 5 * b * h
+    elif not frozen_base:  # inputs of the attention and MLP input projections (the norms' outputs)
         total += 2 * b * h
     # attention: q, k, v after RoPE (+ repeat_kv); output (also o_proj's input)
     total += b * (q + 2 * kv) + b * q
@@ -313,17 +326,30 @@ def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, fro
     return total
 
 
-def final_activation_bytes(dims: ModelDims, act_bytes: int, *, frozen_base: bool, chunked: bool) -> int:
+def final_activation_bytes(dims: ModelDims, act_bytes: int, *, frozen_base: bool, chunked: bool,
+                           autocast: bool = False) -> int:
     """Bytes per token saved outside the decoder layers: the final norm (and its output, kept by a trainable
-    head or by the chunked head's checkpoint), embedding ids."""
+    head or by the chunked head's checkpoint), embedding ids. Under ``autocast`` the final norm runs in float32:
+    the chunked head's checkpoint keeps its float32 output, an unchunked head its compute-dtype cast."""
     b, h = act_bytes, dims.hidden
-    norm = (8 * h if dims.norms_per_layer == 4 else 4 * h + (0 if frozen_base else b * h)) + 4
+    float_norm = dims.norms_per_layer == 4 or autocast
+    norm = (8 * h if float_norm else 4 * h + (0 if frozen_base else b * h)) + 4
     keeps_output = chunked or not frozen_base
-    return norm + (b * h if keeps_output else 0) + 8
+    output_bytes = 4 if (autocast and chunked) else b
+    return norm + (output_bytes * h if keeps_output else 0) + 8
+
+
+def autocast_weight_bytes(dims: ModelDims, act_bytes: int, *, layers: int, head: bool) -> int:
+    """The compute-dtype copies of float32 weights that autocast makes and autograd saves for backward: the linear
+    layers of ``layers`` decoder layers, and the output layer's (the input embedding's when tied) with ``head``.
+    The embedding lookup itself is not autocast."""
+    head_params = dims.embedding_params if dims.tied_embeddings else dims.head_params
+    return act_bytes * (layers * dims.layer_linear_params + (head_params if head else 0))
 
 
 def checkpointed_layer_bytes(dims: ModelDims, act_bytes: int) -> int:
-    """With gradient checkpointing a layer keeps only its input hidden state: b·h per token."""
+    """With gradient checkpointing a layer keeps only its input hidden state: b·h per token (float32 under autocast:
+    the residual stream)."""
     return act_bytes * dims.hidden
 
 
@@ -352,9 +378,11 @@ def logits_peak_bytes(sequences: int, seq_len: int, vocab: int, logits_bytes: in
     return saved + chunk_grads + full_grads
 
 
-def backward_transient_bytes(dims: ModelDims, tokens: int, act_bytes: int) -> int:
-    """Gradient buffers alive while one layer back-propagates: its MLP's three (N, i) gradients and two (N, h)."""
-    return tokens * act_bytes * (3 * dims.intermediate + 2 * dims.hidden)
+def backward_transient_bytes(dims: ModelDims, tokens: int, act_bytes: int, residual_bytes: int | None = None) -> int:
+    """Gradient buffers alive while one layer back-propagates: its MLP's three (N, i) gradients and two (N, h) of
+    the residual stream (float32 under autocast: ``residual_bytes``)."""
+    residual = act_bytes if residual_bytes is None else residual_bytes
+    return tokens * (act_bytes * 3 * dims.intermediate + residual * 2 * dims.hidden)
 
 
 # --- inference phases ---
@@ -473,6 +501,10 @@ class RunShape:
     device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
     dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "
                                                               "float32, as workbench.models.load)"})
+    precision: str = field(default="auto", metadata={
+        "help": "the student's training precision, the method configs' knob: 'bf16-mixed' (float32 weights, "
+                "gradients and AdamW states, bfloat16 autocast), 'bf16-true' (weights in dtype), '32-true'; 'auto': "
+                "bf16-mixed on CUDA in bfloat16, else the weights dtype (32-true in float32)"})
     sampling_batch_size: int = 32
     scoring_batch_size: int = 32
     world_size: int = 1
@@ -490,6 +522,13 @@ class RunShape:
             self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype={self.dtype!r}; use one of {sorted(DTYPE_BYTES)}")
+        if self.precision == "auto":
+            if self.dtype == "float32":
+                self.precision = "32-true"
+            else:
+                self.precision = "bf16-mixed" if self.device.startswith("cuda") else "bf16-true"
+        if self.precision not in ("bf16-mixed", "bf16-true", "32-true"):
+            raise ValueError(f"precision={self.precision!r}; use 'auto', 'bf16-mixed', 'bf16-true' or '32-true'")
         if self.gradient_checkpointing is None:
             self.gradient_checkpointing = bool(env_training_overrides().get("gradient_checkpointing", False))
         if self.logits_chunk is None:
@@ -608,13 +647,14 @@ class MemoryEstimate:
     def __str__(self) -> str:
         unit, scale = ("GiB", GIB) if self.peak_bytes >= GIB else ("MiB", 2**20)
         lines = [f"estimated peak memory {self.peak_bytes / scale:.2f} {unit} in phase '{self.peak_phase}' "
-                 f"(workbench.memory.estimate; device {self.assumptions['device']}, {self.assumptions['dtype']})"]
+                 f"(workbench.memory.estimate; device {self.assumptions['device']}, {self.assumptions['dtype']}, "
+                 f"student {self.assumptions.get('precision')})"]
         for phase, terms in self.phases.items():
             lines.append(f"  {phase:<18} {sum(terms.values()) / scale:9.2f} {unit}")
             for term, value in sorted(terms.items(), key=lambda kv: -kv[1]):
                 if value:
                     lines.append(f"    {term:<30} {value / scale:9.3f} {unit}")
-        shown = {k: v for k, v in self.assumptions.items() if k not in ("device", "dtype")}
+        shown = {k: v for k, v in self.assumptions.items() if k not in ("device", "dtype", "precision")}
         lines.append("  assumptions: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         return "\n".join(lines)
 
@@ -634,13 +674,17 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     teacher = model_dims(shape.teacher, configs) if shape.teacher and not shape.teacher_cached else None
     teacher_ref = model_dims(shape.teacher_ref, configs) if teacher and shape.teacher_ref else None
     b = DTYPE_BYTES[shape.dtype]
+    # the student's weights: float32 under 32-true and (full fine-tuning) bf16-mixed, whose autocast computes in
+    # bfloat16; a LoRA student's frozen base is in the compute dtype unless 32-true
+    autocast = shape.precision == "bf16-mixed" and not shape.lora
+    sb = 4 if (shape.precision == "32-true" or autocast) else b
     cuda = shape.device.startswith("cuda")
     world = max(1, shape.world_size)
     fsdp = shape.strategy == "fsdp" and world > 1
 
     # weights resident through the run
     kbit_student = bool(shape.student_quantization) and shape.lora
-    student_w = weight_bytes(student, b, shape.student_quantization, kbit_prepared=kbit_student)
+    student_w = weight_bytes(student, sb, shape.student_quantization, kbit_prepared=kbit_student)
     student_weights = sum(student_w.values())
     teacher_weights = sum(weight_bytes(teacher, b, shape.quantization).values()) if teacher else 0
     if teacher_ref is not None:  # scored after the first teacher is freed: the larger one is resident
@@ -650,7 +694,8 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     if cuda:
         common["cuda_context"] = CUDA_CONTEXT_BYTES
     in_training = dict(common, teacher_weights=teacher_weights if shape.teacher_in_training else 0)
-    sharded = fsdp_resident_bytes(student, b, world) if fsdp and not shape.lora else None
+    sharded = (fsdp_resident_bytes(student, sb, world, gathered_bytes=2 if autocast else None)
+               if fsdp and not shape.lora else None)
     if sharded:
         in_training.update(sharded)
         if shape.samples_trained_student:  # later rounds sample a whole copy; the trained shards stay
@@ -661,11 +706,18 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     seqs = shape.sampling_batch_size * shape.samples_per_prompt
     phases["sampling"] = {
         **(common if shape.teacher_in_sampling else dict(common, teacher_weights=0)),
-        "kv_cache": kv_cache_bytes(student, seqs, shape.train_seq_len, b),
-        "prefill_layer": forward_transient_bytes(student, seqs, shape.prompt_tokens, b),
-        "next_token_logits": seqs * student.vocab * (4 + b),
-        "dequantize": dequant_transient_bytes(student, shape.student_quantization, b),
+        "kv_cache": kv_cache_bytes(student, seqs, shape.train_seq_len, sb),
+        "prefill_layer": forward_transient_bytes(student, seqs, shape.prompt_tokens, sb),
+        "next_token_logits": seqs * student.vocab * (4 + sb),
+        "dequantize": dequant_transient_bytes(student, shape.student_quantization, sb),
     }
+    if autocast:
+        # a bf16-mixed student samples under autocast (workbench.models.autocast_of): one bfloat16 copy of its
+        # weights for the call; its keys stay float32 after RoPE (the residual stream's dtype), values bfloat16
+        phases["sampling"].update(
+            autocast_weight_copies=autocast_weight_bytes(student, 2, layers=student.layers, head=True),
+            kv_cache=kv_cache_bytes(student, seqs, shape.train_seq_len, 3),
+            next_token_logits=seqs * student.vocab * (4 + 2))
     if teacher is not None and shape.teacher_generates:
         phases["teacher_sampling"] = {
             **common,
@@ -697,8 +749,8 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         trainable, param_bytes = lora_params(student, shape.lora_r), 4  # peft keeps adapters in float32
         head_grad = 0
     else:
-        trainable, param_bytes = student.params, b
-        head_grad = student.embedding_params * b if student.tied_embeddings else student.head_params * b
+        trainable, param_bytes = student.params, sb
+        head_grad = (student.embedding_params if student.tied_embeddings else student.head_params) * param_bytes
     grads = gradient_bytes(trainable, param_bytes)
     states = adamw_state_bytes(trainable, param_bytes)
     reduce_scatter = 0
@@ -706,29 +758,44 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         # gradients and optimizer states live as shards; the output group's gradient is whole until that group's
         # reduce-scatter (early in backward); each layer's whole gradient meets its reduce-scatter copy there
         grads, states = grads // world, states // world
-        reduce_scatter = 2 * fsdp_layer_params(student) * param_bytes if not shape.lora else 0
-    act_b = 4 if kbit_student else b  # a k-bit-prepared model runs its residual stream in float32
+        # a layer's whole gradient, in the gathered dtype, beside its reduce-scatter copy
+        reduce_scatter = 2 * fsdp_layer_params(student) * (2 if autocast else param_bytes) if not shape.lora else 0
+    # a k-bit-prepared model runs its residual stream in float32; autocast computes in bfloat16 over a float32 one
+    act_b = 4 if kbit_student else (2 if autocast else sb)
+    residual_b = 4 if autocast else act_b
     per_layer = layer_activation_bytes(student, seq_len, act_b, frozen_base=frozen,
                                        lora_r=shape.lora_r if shape.lora else None, lora_dropout=shape.lora_dropout,
-                                       mask_bytes=1 if cuda else 4)
+                                       mask_bytes=1 if cuda else 4, autocast=autocast)
     head_chunk = shape.logits_chunk if shape.training_head_chunked else None
     chunked = bool(head_chunk)
-    final = final_activation_bytes(student, act_b, frozen_base=frozen, chunked=chunked)
+    final = final_activation_bytes(student, act_b, frozen_base=frozen, chunked=chunked, autocast=autocast)
+    # autocast's bfloat16 copies of the float32 weights (none under FSDP: it gathers them in bfloat16): all of them
+    # in its cache at the end of forward; in backward, those autograd saved (with checkpointing, the recomputed
+    # layer's; the chunked head recomputes its own per chunk)
+    copies = autocast and not fsdp
+
+    def casts(layers: int) -> int:
+        return autocast_weight_bytes(student, act_b, layers=layers, head=not chunked) if copies else 0
+
     if shape.gradient_checkpointing:  # layer inputs saved; one layer's activations exist again in its backward
-        activations = tokens * (student.layers * checkpointed_layer_bytes(student, act_b) + final)
+        activations = tokens * (student.layers * checkpointed_layer_bytes(student, residual_b) + final)
         recomputed = tokens * per_layer
+        cast_start, cast_layer = casts(0), casts(1)
     else:
         activations, recomputed = tokens * (student.layers * per_layer + final), 0
+        cast_start = cast_layer = casts(student.layers)
     logits = logits_peak_bytes(seqs, seq_len, student.vocab, act_b, chunk=head_chunk, checkpointed_chunks=chunked)
-    transient = backward_transient_bytes(student, tokens, act_b)
+    transient = backward_transient_bytes(student, tokens, act_b, residual_bytes=residual_b)
     ddp_buckets = grads if shape.strategy == "ddp" and world > 1 else 0
     base = {**in_training, "optimizer_states": states}
     candidates = {
         # start of backward: every saved activation, the logits buffers, the first (head) gradient
         "backward_start": {**base, "activations": activations, "logits_and_log_softmax": logits,
-                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets},
+                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets,
+                           "autocast_weight_copies": cast_start},
         # inside a layer's backward: activations of the layers below still saved, that layer's buffers
         "backward_layer": {**base, "activations": activations, "recomputed_layer": recomputed,
+                           "autocast_weight_copies": cast_layer,
                            "backward_buffers": transient, "fsdp_reduce_scatter": reduce_scatter,
                            # FSDP: the output group's gradient is reduce-scattered once backward leaves it, unless
                            # the input embedding (the end of backward) shares its weight
@@ -737,19 +804,25 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         # after backward / optimizer step: all gradients (fused AdamW, no extra copies)
         "optimizer_step": {**base, "gradients": grads, "ddp_buckets": ddp_buckets},
     }
+    if copies:
+        # end of forward: autocast's cache holds every weight's copy until the loss is computed
+        candidates["forward_end"] = {**base, "activations": activations, "ddp_buckets": ddp_buckets,
+                                     "autocast_weight_copies": autocast_weight_bytes(student, act_b,
+                                                                                     layers=student.layers, head=True)}
     if sharded and not student.tied_embeddings:
         # FSDP, untied: the input embedding's own group is gathered again for its backward, last, when the saved
         # activations are gone; its whole gradient meets its reduce-scatter copy
         candidates["backward_embedding"] = {**base, "gradients": grads, "fsdp_gathered_embedding":
-                                            student.embedding_params * b,
+                                            student.embedding_params * (2 if autocast else sb),
                                             "fsdp_reduce_scatter": 2 * student.embedding_params * param_bytes}
     worst = max(candidates, key=lambda k: sum(candidates[k].values()))
     phases["training"] = {k: v for k, v in candidates[worst].items()}
-    phases["training"]["dequantize"] = dequant_transient_bytes(student, shape.student_quantization, b)
+    phases["training"]["dequantize"] = dequant_transient_bytes(student, shape.student_quantization, sb)
 
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     assumptions = {
-        "device": shape.device, "dtype": shape.dtype, "teacher": shape.teacher, "student": shape.student,
+        "device": shape.device, "dtype": shape.dtype, "precision": shape.precision, "teacher": shape.teacher,
+        "student": shape.student,
         "student_params": student.params, "trainable_params": trainable,
         "teacher_params": teacher.params if teacher else 0,
         "train_sequences": seqs, "train_seq_len": seq_len, "mcq_seq_len": shape.mcq_seq_len,

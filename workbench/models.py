@@ -250,6 +250,36 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype = t
     raise ValueError(f"quantization={quantization!r}; use None, '4bit' (NF4, QLoRA) or '8bit'")
 
 
+AUTOCAST_ATTRIBUTE = "workbench_autocast"  # set on a bf16-mixed student: its float32 weights compute in this dtype
+
+
+def mark_autocast(model, dtype: torch.dtype | None):
+    """Record that ``model`` (float32 weights) trains under ``dtype`` autocast, so its sampling runs so too."""
+    setattr(model, AUTOCAST_ATTRIBUTE, dtype)
+    return model
+
+
+def _inner(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def autocast_dtype(model) -> torch.dtype | None:
+    """The dtype ``model`` computes in under autocast (:func:`mark_autocast`), or None."""
+    return getattr(_inner(model), AUTOCAST_ATTRIBUTE, None)
+
+
+def autocast_of(model):
+    """The autocast context ``model`` computes in: bfloat16 for a bf16-mixed student (:func:`mark_autocast`), else
+    none. ``workbench.sampling`` generates under it, so a float32 student samples at bfloat16 speed: autocast keeps
+    one bfloat16 copy of its weights for the whole call."""
+    dtype = autocast_dtype(model)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(_inner(model).parameters()).device.type, dtype=dtype)
+
+
 def lora_config(lora):
     """``lora`` as a peft ``LoraConfig``: pass one, a dict of its fields, or True for r=8 on all linear layers."""
     from peft import LoraConfig

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
 from workbench.encoding import PromptLike, as_messages, encode_prompt, prompt_text
+from workbench.models import autocast_dtype, autocast_of
 
 
 @contextmanager
@@ -69,9 +70,10 @@ def hf_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_
     was_training = model.training
     model.eval()
     ids: list[list[int]] = []
-    for messages, seed in tqdm(list(zip(batches, seeds)), desc="sampling", disable=not progress, leave=False):
-        texts = [prompt_text(tokenizer, m) for m in messages]
-        ids += _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed)
+    with autocast_of(model):  # a bf16-mixed student samples in bfloat16, as it trains
+        for messages, seed in tqdm(list(zip(batches, seeds)), desc="sampling", disable=not progress, leave=False):
+            texts = [prompt_text(tokenizer, m) for m in messages]
+            ids += _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed)
     model.train(was_training)
     return ids
 
@@ -302,6 +304,8 @@ def sample_responses(
         "batch_size": batch_size,
         "seed": seed,
     }
+    if backend == "hf" and autocast_dtype(model) is not None:  # bfloat16 autocast samples other responses
+        key["autocast"] = str(autocast_dtype(model))
     if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
         # a seed per prompt (prompt_seed) since 2026-12; the engine's dtype etc. change the samples
         key.update(backend=backend, seeding="per-prompt", engine=vllm_cache_identity(engine_options))

@@ -149,12 +149,18 @@ class TrainingKnobs:
 
     def load_student(self, device: str | None = None):
         """``(model, tokenizer)``: ``cfg.student`` loaded for training in the ``precision`` knob's dtype, with LoRA
-        when ``cfg.lora`` (PLaD passes its own LoRA settings through ``lora_config``)."""
-        from workbench.models import load
+        when ``cfg.lora`` (PLaD passes its own LoRA settings through ``lora_config``); a bf16-mixed student is marked
+        to sample under bfloat16 autocast too (``workbench.models.autocast_of``)."""
+        import torch
+
+        from workbench.models import load, mark_autocast
 
         lora_config = getattr(self, "lora_config", None)
         lora = lora_config() if callable(lora_config) else (True if self.lora else None)
-        return load(self.student, lora=lora, device=device, dtype=self.student_dtype(device), seed=self.seed)
+        model, tokenizer = load(self.student, lora=lora, device=device, dtype=self.student_dtype(device),
+                                seed=self.seed)
+        mixed = self.student_precision(device) == "bf16-mixed" and not self.lora
+        return mark_autocast(model, torch.bfloat16 if mixed else None), tokenizer
 
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
