@@ -418,3 +418,46 @@ def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_stude
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert result["max_diff"] < 1e-5 and result["tokens"] == 7 and result["tied"]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+                    reason="needs the accelerate CLI, and 2 GPUs or none")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(tiny_gym, tmp_path, strategy):
+    """precision bf16-mixed (the GPU default of a fully trained student) through the shipped launch configs: the
+    Trainer's bf16 wins over their mixed_precision "no"; FSDP2 then gathers the float32 shards in bfloat16
+    (accelerate's MixedPrecisionPolicy). The curve is 1 process's within bfloat16 tolerance; the saved student is
+    float32 (master weights), and its weights moved as 1 process's did."""
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    params = {**PARAMS, "precision": "bf16-mixed", "logits_chunk": 4, "save_model": True, "save_rows": False}
+    _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad",
+          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    launch = (_fsdp_launch(29551) if strategy == "fsdp" else
+              ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+               "--main_process_port", "29553", "-m", "workbench.train"])
+    _run([*launch, "--pipeline", "pad", *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["processes"] == 2 and config["distributed_type"] == ("FSDP" if strategy == "fsdp" else "MULTI_CPU")
+    assert config["student_precision"] == "bf16-mixed" and config["mixed_precision"] == "bf16"
+    one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    assert len(one) == len(two) == PARAMS["steps"]
+    torch.testing.assert_close(torch.tensor([e["loss"] for e in two]), torch.tensor([e["loss"] for e in one]),
+                               rtol=2e-2, atol=1e-3, msg="loss differs between 2 processes and 1")
+    # computed in bfloat16, not float32: 1 process in float32 gives another curve
+    _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad",
+          *_pad_args({**params, "precision": "32-true", "batch_size": 4, "output_dir": tmp_path / "fp32"})], env)
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["mixed_precision"] == "no"
+    fp32 = torch.tensor([e["loss"] for e in _curve(tmp_path / "fp32")])
+    for run in (one, two):
+        assert not torch.allclose(torch.tensor([e["loss"] for e in run]), fp32, rtol=1e-6, atol=0)
+    from workbench.models import load
+
+    initial, _ = load("gym-tiny-student", device="cpu")
+    for run in ("one", "two"):  # the float32 master weights are what is saved
+        assert json.loads((tmp_path / run / "student" / "config.json").read_text())["dtype"] == "float32"
+    saved = {run: load(str(tmp_path / run / "student"), device="cpu")[0] for run in ("one", "two")}
+    for name, p in initial.named_parameters():
+        moved = {run: (dict(model.named_parameters())[name] - p).abs().sum() for run, model in saved.items()}
+        assert moved["two"] > 0.5 * moved["one"] > 0, name

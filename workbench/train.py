@@ -133,6 +133,14 @@ def samples_a_trained_student(pipeline: str, cfg) -> bool:
     return False
 
 
+def trained_mixed_precision() -> str | None:
+    """The mixed precision the Trainer's accelerator trained in ('bf16' under precision bf16-mixed, else 'no'), or
+    None when no accelerator was made."""
+    from accelerate.state import AcceleratorState
+
+    return str(AcceleratorState().mixed_precision) if AcceleratorState._shared_state else None
+
+
 def strategy_name(state) -> str:
     """accelerate's distributed type of this run by name: ``FSDP``, ``MULTI_GPU``, ``MULTI_CPU``, ``NO``...
 
@@ -233,6 +241,7 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
         (out / "config.json").write_text(json.dumps(
             {**asdict(cfg), "pipeline": pipeline, "processes": state.num_processes,
              "distributed_type": strategy, "sharded_parameters": sharded,
+             "student_precision": cfg.student_precision(device), "mixed_precision": trained_mixed_precision(),
              "seconds": time.perf_counter() - started, "training": training, **run.info}, indent=2, default=str))
         if save_rows:
             for name, rows in run.rows.items():
