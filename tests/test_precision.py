@@ -113,3 +113,30 @@ def test_precision_resolves_to_the_students_dtype_and_the_trainers_autocast(conf
         cfg = config(precision=precision, lora=lora)
         assert cfg.student_dtype("cpu") == dtype, (precision, lora)
         assert cfg.training_overrides("x").get("bf16", False) == autocast, (precision, lora)
+
+
+@pytest.mark.parametrize("method", ["seqkd", "dpo"])
+def test_the_baselines_train_a_bf16_mixed_student_as_the_methods_do(method, tiny_gym, tmp_path, monkeypatch):
+    """The baselines compared with the methods (notebook 08) get the same precision: SeqKD through the workbench's
+    SFT, DPO through TRL's DPOTrainer (its bf16 argument)."""
+    from workbench.methods import baselines as B
+
+    before = initial_weights("gym-tiny-student")
+    watched = []
+    load_student = B.BaselineConfig.load_student
+
+    def watching(cfg, device=None):
+        model, tokenizer = load_student(cfg, device)
+        watched.append(LinearOutputDtypes(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(B.BaselineConfig, "load_student", watching)
+    cfg = B.BaselineConfig(method=method, teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=8,
+                           eval_prompts=4, eval_samples=1, steps=3, batch_size=4, lr=PAPER_LR, n=2,
+                           precision="bf16-mixed", output_dir=str(tmp_path), progress=False)
+    assert cfg.autocast_overrides() == {"bf16": True}
+    result = B.run_baseline(cfg)
+    watched[0].remove()
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+    assert watched[0].training == {torch.bfloat16}
+    assert changed_fraction(result.model, before) > 0.9

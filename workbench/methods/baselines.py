@@ -49,7 +49,8 @@ from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
-from workbench.methods.common import HELD_OUT_SEED, RunResult, finish_run, gold_of, gym_prompts, resolve_lr
+from workbench.methods.common import (HELD_OUT_SEED, RunResult, StudentPrecision, finish_run, gold_of, gym_prompts,
+                                     knob, resolve_lr)
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
@@ -64,7 +65,7 @@ DEFAULT_BETA = {"dpo": DPO_BETA, "simpo": SIMPO_BETA}
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(StudentPrecision):
     """Parameters of a baseline run; defaults share PAD's gym budget and samples (see module docstring)."""
 
     method: str = field(default="seqkd", metadata={"help": f"one of {BASELINES}"})
@@ -103,6 +104,7 @@ class BaselineConfig:
     seed: int = 0
     lora: bool = False
     quantization: str | None = None
+    precision: str = knob("precision")
     output_dir: str = "runs/baseline"
     progress: bool = True
 
@@ -123,6 +125,7 @@ class BaselineConfig:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         self.length_edges = tuple(float(e) for e in self.length_edges)
         self.lr = resolve_lr(self.lr, self.method)
+        self.check_precision()
         if self.beta is None and self.method in DEFAULT_BETA:
             self.beta = DEFAULT_BETA[self.method]
 
@@ -280,7 +283,7 @@ def _trl_common(cfg, output_dir: str) -> dict:
                 per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
                 warmup_steps=max(0, round(cfg.warmup_ratio * cfg.steps)), logging_steps=max(1, min(10, cfg.steps // 4)),
                 save_strategy="no", report_to=[], seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=not cfg.progress,
-                use_cpu=not torch.cuda.is_available())
+                use_cpu=not torch.cuda.is_available(), **cfg.autocast_overrides())
 
 
 def _conversational(rows: list[dict]) -> datasets.Dataset:
@@ -333,14 +336,14 @@ def train_workbench_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dic
     return train_distill(student, datasets.Dataset.from_list(rows),
                          PairCollator(tokenizer, float_columns=float_columns), objective, steps=cfg.steps,
                          lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                         warmup_ratio=cfg.warmup_ratio)
+                         warmup_ratio=cfg.warmup_ratio, **cfg.autocast_overrides())
 
 
 def _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round_: int) -> tuple[list[dict], dict]:
     """One round of a baseline's training on its data; returns (log history, data statistics)."""
     chat = [[{"role": "user", "content": p.text}] for p in prompts]
     common = dict(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + round_,
-                  progress=cfg.progress, warmup_ratio=cfg.warmup_ratio)
+                  progress=cfg.progress, warmup_ratio=cfg.warmup_ratio, **cfg.autocast_overrides())
     if cfg.method in ("kd", "seqkd"):
         if cfg.method == "kd" and cfg.kd_targets == "gold":
             responses = [p.answer_text for p in prompts]
@@ -388,7 +391,7 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
     if cfg.dataset != "gym":
         raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
-    student, student_tok = load(cfg.student, lora=True if cfg.lora else None, seed=cfg.seed)
+    student, student_tok = cfg.load_student()
     if cfg.method in ("kd", "reverse-kl"):
         _check_shared_vocabulary(teacher_tok, student_tok, cfg.method)
     prompts = distillation_prompts(cfg)

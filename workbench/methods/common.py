@@ -110,19 +110,11 @@ def knob(name: str):
     return field(default=default, metadata={"help": help_text})
 
 
-class TrainingKnobs:
-    """What every method config (PAD, DCKD/ADPA/ADPA+, PLaD) does with its full-size training knobs — fields
-    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk``, ``report_to`` (:func:`knob`),
-    papermill parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK``
-    override them at launch."""
+class StudentPrecision:
+    """The ``precision`` knob (:data:`TRAINING_KNOBS`) of a config with ``student``, ``lora``, ``seed`` and ``lr``:
+    the dtype the student loads in and the Trainer's autocast (every method config, the baselines too)."""
 
-    def check_training_knobs(self) -> None:
-        """Apply the launch-time overrides, then validate."""
-        self.apply_env_overrides()
-        if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
-            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
-                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
-        trackers(self.report_to)
+    def check_precision(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; use one of {list(PRECISIONS)} ('auto': bf16-mixed on a "
                              f"GPU with bfloat16, else 32-true)")
@@ -162,6 +154,27 @@ class TrainingKnobs:
         mixed = self.student_precision(device) == "bf16-mixed" and not self.lora
         return mark_autocast(model, torch.bfloat16 if mixed else None), tokenizer
 
+    def autocast_overrides(self) -> dict:
+        """``TrainingArguments`` of the knob: ``bf16=True`` (the Trainer's autocast over float32 weights) for a fully
+        trained bf16-mixed student, else none."""
+        return {"bf16": True} if self.student_precision() == "bf16-mixed" and not self.lora else {}
+
+
+class TrainingKnobs(StudentPrecision):
+    """What every method config (PAD, DCKD/ADPA/ADPA+, PLaD) does with its full-size training knobs — fields
+    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk``, ``report_to`` (:func:`knob`),
+    papermill parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK``
+    override them at launch."""
+
+    def check_training_knobs(self) -> None:
+        """Apply the launch-time overrides, then validate."""
+        self.apply_env_overrides()
+        if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
+            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
+                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+        trackers(self.report_to)
+        self.check_precision()
+
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
         fields, so the config (and the memory estimate read from it) says what the trainer will do."""
@@ -184,8 +197,7 @@ class TrainingKnobs:
         from workbench.trainers import env_training_overrides
 
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
-        if self.student_precision() == "bf16-mixed" and not self.lora:
-            overrides["bf16"] = True  # Trainer's autocast over the student's float32 weights
+        overrides.update(self.autocast_overrides())
         if self.gradient_checkpointing:
             env = env_training_overrides()
             name = checkpointing_argument()
