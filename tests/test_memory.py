@@ -513,6 +513,16 @@ def test_each_lever_lowers_the_peak_it_should():
     chunked = memory.estimate(pad_recipe(logits_chunk=64), model_configs=CONFIGS)
     assert chunked.phases["training"].get("logits_and_log_softmax", 0) < \
         base.phases["training"].get("logits_and_log_softmax", 1)
+    # precision: 'auto' on CUDA is bf16-mixed, float32 weights and AdamW states (4 + 8 bytes per parameter) where
+    # bf16-true keeps 2 + 4; a LoRA student is the same in both (a bfloat16 base, float32 adapters)
+    true = memory.estimate(pad_recipe(precision="bf16-true"), model_configs=CONFIGS)
+    assert base.assumptions["precision"] == "bf16-mixed" and true.assumptions["precision"] == "bf16-true"
+    for term in ("student_weights", "optimizer_states"):
+        assert base.phases["training"][term] == 2 * true.phases["training"][term], term
+    assert true.total("training") < base.total("training") and "autocast_weight_copies" not in true.phases["sampling"]
+    lora = {p: memory.estimate(pad_recipe(lora=True, precision=p), model_configs=CONFIGS).phases
+            for p in ("bf16-mixed", "bf16-true")}
+    assert lora["bf16-mixed"] == lora["bf16-true"]
     cached = memory.estimate(pad_recipe(teacher_cached=True), model_configs=CONFIGS)
     assert "teacher_mcq" not in cached.phases and cached.phases["training"]["teacher_weights"] == 0
     fsdp = memory.estimate(pad_recipe(world_size=4, strategy="fsdp"), model_configs=CONFIGS)
@@ -616,7 +626,8 @@ def test_check_fits_refuses_with_the_levers_and_passes_when_it_fits():
         memory.check_fits(estimate, 24 * GIB)
     message = str(error.value)
     assert "needs ~" in message and "device has 24.0 GiB" in message
-    for lever in ("quantization='4bit'", "lora=True", "smaller batch_size", "gradient checkpointing"):
+    for lever in ("quantization='4bit'", "lora=True", "precision='bf16-true'", "smaller batch_size",
+                  "gradient checkpointing"):
         assert lever in message
     assert memory.check_fits(estimate, 10_000 * GIB) is estimate
     memory.check_fits(memory.estimate(dict(student="gym-tiny-student", device="cpu")), "cpu")

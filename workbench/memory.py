@@ -866,6 +866,9 @@ def suggestions(shape: dict) -> list[str]:
         tips.append("quantization='4bit' (teacher in NF4)")
     if not shape.get("lora"):
         tips.append("lora=True (train LoRA adapters instead of the full student)")
+    if shape.get("precision") == "bf16-mixed" and not shape.get("lora"):
+        tips.append("FSDP over several GPUs (accelerate/fsdp.yaml), or precision='bf16-true' (half the student's "
+                    "memory, but AdamW steps under ~1/256 of a weight are lost at the papers' learning rates)")
     tips.append("a smaller batch_size (with a larger gradient_accumulation_steps to keep the global batch)")
     if not shape.get("gradient_checkpointing"):
         tips.append("gradient checkpointing (gradient_checkpointing=True)")
