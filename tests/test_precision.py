@@ -140,3 +140,24 @@ def test_the_baselines_train_a_bf16_mixed_student_as_the_methods_do(method, tiny
     assert {p.dtype for p in result.model.parameters()} == {torch.float32}
     assert watched[0].training == {torch.bfloat16}
     assert changed_fraction(result.model, before) > 0.9
+
+
+def test_a_bf16_mixed_student_goes_to_vllm_in_bfloat16(tiny_gym, tmp_path):
+    """PAD's later rounds sample through vLLM from the student saved to disk: a bf16-mixed student is saved in its
+    compute dtype, bfloat16 (vLLM's 'auto' would serve float32 weights in float16), its float32 weights untouched."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from workbench.models import load
+
+    cfg = tiny_config("pad", tmp_path, precision="bf16-mixed")
+    student, tokenizer = cfg.load_student("cpu")
+    folder = P.vllm_student_source(cfg, student, tokenizer, round_=1)
+    assert json.loads((tmp_path / "vllm_student_round1" / "config.json").read_text())["dtype"] == "bfloat16"
+    saved = load_file(str(tmp_path / "vllm_student_round1" / "model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.bfloat16}
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    reloaded, _ = load(folder, device="cpu")
+    for name, p in student.named_parameters():
+        torch.testing.assert_close(dict(reloaded.named_parameters())[name], p.to(torch.bfloat16).float(), msg=name)

@@ -8,6 +8,7 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses`, :mod:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import time
@@ -262,6 +263,23 @@ def _vllm_student_folder(cfg: PadConfig, round_: int) -> Path:
     return Path(cfg.output_dir) / f"vllm_student_round{round_}"
 
 
+def save_in_compute_dtype(model, folder) -> None:
+    """``model.save_pretrained(folder)``; a bf16-mixed student (float32 weights under bfloat16 autocast) is saved in
+    bfloat16, config included, so vLLM serves it in the dtype it computes in (vLLM's dtype 'auto' would serve float32
+    weights in float16)."""
+    from workbench.models import autocast_dtype
+
+    dtype = autocast_dtype(model)
+    if dtype is None:
+        model.save_pretrained(folder)
+        return
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=weights)
+    config = Path(folder) / "config.json"  # save_pretrained writes the parameters' dtype there
+    config.write_text(json.dumps({**json.loads(config.read_text()), "dtype": str(dtype).removeprefix("torch.")},
+                                 indent=2, sort_keys=True) + "\n")
+
+
 def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state=None):
     """What the vLLM backend samples from in a round: the student as loaded (its ``name_or_path``) in round 0;
     later, its current weights saved to ``output_dir/vllm_student_round<k>`` (merged if LoRA), because vLLM reads
@@ -275,7 +293,7 @@ def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state
         model = student
         if hasattr(student, "merge_and_unload"):  # a peft model: vLLM gets base + adapter merged
             model = copy.deepcopy(student).merge_and_unload()
-        model.save_pretrained(folder)
+        save_in_compute_dtype(model, folder)
         student_tok.save_pretrained(folder)
     if is_distributed(state):
         state.wait_for_everyone()
