@@ -136,7 +136,6 @@ class AdpaConfig(TrainingKnobs):
 
     Paper values are quoted in ``help``; the gym's students are tiny, so learning rates and steps differ.
     """
-
     teacher_dpo: str = field(default="gym-teacher-dpo", metadata={"help": "DPO teacher π_dpo (id/path/preset)"})
     teacher_ref: str = field(default="gym-teacher-ref", metadata={
         "help": "reference teacher π_ref: the SFT teacher π_dpo was trained from (Fig. 2)"})
@@ -374,7 +373,6 @@ def _dpo_targets(objective: "OnPolicyObjective", inputs: dict, vocab_size: int):
 @dataclass(frozen=True)
 class OnPolicyLoss:
     """How a loss on ŷ gets its targets and extra arguments from the cached teachers."""
-
     teachers: tuple[str, ...]  # caches needed on ŷ
     targets: Callable  # (objective, inputs, V) -> (ids (B,T,k), values (B,T,k))
     kwargs: Callable  # (objective, V) -> extra keyword arguments of the loss
@@ -615,7 +613,6 @@ def train_stages(ctx: RunContext) -> None:
 def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): the student through ``cfg.method``'s stages on the training pairs, sampling and
     top-k passes sharded over ``state``'s processes; rows: each on-policy stage's ŷ per pair."""
-
     student, tokenizer = cfg.load_student(device)
     pairs, _ = preference_pairs(cfg)
     if not len(pairs):
@@ -637,7 +634,6 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
     ``per_prompt_*`` and ``length_*``; on other data those gold fields are None, ``gold_evaluation`` says why and
     ``judge`` holds the judge's win rate when ``cfg.judge`` is set. They are saved to ``cfg.output_dir``.
     """
-
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"

@@ -128,14 +128,17 @@ class StudentPrecision:
         """The ``precision`` knob resolved for ``device`` (default: CUDA when available, as ``load`` does)."""
         return resolve_precision(self.precision, device)
 
+    def autocasts(self, device: str | None = None) -> bool:
+        """Whether the student trains (and samples) under bfloat16 autocast: a fully trained bf16-mixed student."""
+        return self.student_precision(device) == "bf16-mixed" and not self.lora
+
     def student_dtype(self, device: str | None = None):
         """The dtype the student's weights load in: float32 under 32-true and (full fine-tuning) bf16-mixed, whose
         autocast computes in bfloat16 while AdamW updates float32 weights; bfloat16 under bf16-true and for a LoRA
         student's frozen base under bf16-mixed (peft keeps its adapters in float32)."""
         import torch
 
-        precision = self.student_precision(device)
-        if precision == "32-true" or (precision == "bf16-mixed" and not self.lora):
+        if self.student_precision(device) == "32-true" or self.autocasts(device):
             return torch.float32
         return torch.bfloat16
 
@@ -151,13 +154,12 @@ class StudentPrecision:
         lora = lora_config() if callable(lora_config) else (True if self.lora else None)
         model, tokenizer = load(self.student, lora=lora, device=device, dtype=self.student_dtype(device),
                                 seed=self.seed)
-        mixed = self.student_precision(device) == "bf16-mixed" and not self.lora
-        return mark_autocast(model, torch.bfloat16 if mixed else None), tokenizer
+        return mark_autocast(model, torch.bfloat16 if self.autocasts(device) else None), tokenizer
 
     def autocast_overrides(self) -> dict:
         """``TrainingArguments`` of the knob: ``bf16=True`` (the Trainer's autocast over float32 weights) for a fully
         trained bf16-mixed student, else none."""
-        return {"bf16": True} if self.student_precision() == "bf16-mixed" and not self.lora else {}
+        return {"bf16": True} if self.autocasts() else {}
 
 
 class TrainingKnobs(StudentPrecision):

@@ -41,7 +41,6 @@ logger = logging.getLogger("workbench.pad")
 @dataclass
 class PadConfig(TrainingKnobs):
     """Parameters of a PAD run; defaults run the gym on CPU in minutes, paper values quoted in ``help``."""
-
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
     dataset: str = field(default="gym", metadata={
@@ -401,7 +400,6 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     """Train only (no evaluation): ``cfg.iterations`` rounds of sample → teacher r̂ → listwise training, sampling
     and scoring sharded over ``state``'s processes (:func:`sample_and_score`); rows: each round's samples and
     teacher rewards."""
-
     teacher, teacher_tok = load_teacher(cfg, device=device)
     student, student_tok = cfg.load_student(device)
     prompts_text, _ = pad_prompts(cfg)
@@ -423,7 +421,6 @@ def run_pad(cfg: PadConfig) -> RunResult:
     fields are None with the reason, the student's ranking agreement with the teacher is still measured, and a
     ``judge`` model, when named, compares the trained student's answers with the initial student's.
     """
-
     set_threads()
     started = time.perf_counter()
     teacher, teacher_tok = load_teacher(cfg)

@@ -63,7 +63,6 @@ DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1
 @dataclass
 class PladConfig(TrainingKnobs):
     """Parameters of a PLaD run; defaults run the gym on CPU in well under a minute, paper values in ``help``."""
-
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
     dataset: str = field(default="gym", metadata={
@@ -412,7 +411,6 @@ def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): pseudo pairs from teacher and student samples (sharded over ``state``'s
     processes), the teacher released, then the calibration loss; rows: the pseudo pairs."""
-
     teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
                                                served_by_vllm=cfg.sampling_backend == "vllm", device=device)
     student, student_tok = cfg.load_student(device)
@@ -426,7 +424,6 @@ def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> Trai
 
 def run_plad(cfg: PladConfig) -> RunResult:
     """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``."""
-
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
