@@ -259,15 +259,12 @@ def mark_autocast(model, dtype: torch.dtype | None):
     return model
 
 
-def _inner(model):
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def autocast_dtype(model) -> torch.dtype | None:
-    """The dtype ``model`` computes in under autocast (:func:`mark_autocast`), or None."""
-    return getattr(_inner(model), AUTOCAST_ATTRIBUTE, None)
+    """The dtype ``model`` (or the model inside its DDP / accelerate wrapper) computes in under autocast
+    (:func:`mark_autocast`), or None."""
+    from workbench.trainers import _unwrapped
+
+    return getattr(_unwrapped(model), AUTOCAST_ATTRIBUTE, None)
 
 
 def autocast_of(model):
@@ -277,7 +274,7 @@ def autocast_of(model):
     dtype = autocast_dtype(model)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(next(_inner(model).parameters()).device.type, dtype=dtype)
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
 
 
 def lora_config(lora):

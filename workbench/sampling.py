@@ -304,8 +304,9 @@ def sample_responses(
         "batch_size": batch_size,
         "seed": seed,
     }
-    if backend == "hf" and autocast_dtype(model) is not None:  # bfloat16 autocast samples other responses
-        key["autocast"] = str(autocast_dtype(model))
+    autocast = autocast_dtype(model) if backend == "hf" else None
+    if autocast is not None:  # bfloat16 autocast samples other responses
+        key["autocast"] = str(autocast)
     if backend != "hf":  # the HF key stays as it always was, so earlier caches still hit
         # a seed per prompt (prompt_seed) since 2026-12; the engine's dtype etc. change the samples
         key.update(backend=backend, seeding="per-prompt", engine=vllm_cache_identity(engine_options))
