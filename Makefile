@@ -13,7 +13,7 @@ setup:
 # the suite in TEST_WORKERS processes (pytest-xdist), one test file per process at a time: tests of a file share
 # fixed launcher ports; 2 workers take the main run on 2 cores from ~22 to ~13 min (tests are mostly one-core work)
 TEST_WORKERS ?= 2
-PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 test: setup
 	$(PYTEST)
@@ -23,7 +23,7 @@ test: setup
 VLLM_VENV ?= .venv-vllm
 test-vllm:
 	$(PYTHON) tests/vllm_env.py $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pytest -q -m vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm --durations=10
 
 test-fast:
 	$(PYTEST) -m "not notebooks and not slow"
