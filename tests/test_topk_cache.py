@@ -61,7 +61,10 @@ def test_cached_arrays_equal_a_direct_forward(teacher, student_tok, tmp_path, k,
         torch.testing.assert_close(torch.from_numpy(cache.logps[i]), logps, atol=1e-5, rtol=1e-5)
         # ids agree wherever the log-probs are not tied
         assert (torch.from_numpy(cache.ids[i]).long() == ids).float().mean() > 0.99
-        torch.testing.assert_close(torch.from_numpy(cache.tail_logps[i]), tail_logmass(logps))
+        # the tail as a probability mass: where top-k holds almost all of it (k = 60 here) the log of a ~1e-7 mass
+        # moves by O(1) with the batched forward's float32 rounding, the mass itself does not
+        torch.testing.assert_close(torch.from_numpy(cache.tail_logps[i]).exp(), tail_logmass(logps).exp(),
+                                   atol=1e-6, rtol=1e-4)
     # the empty response still has one position: the eos token
     assert cache.lengths[2] == 1
 
