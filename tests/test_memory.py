@@ -722,12 +722,25 @@ def test_sft_through_the_chunked_head_trains_like_trainers_own_loss(tiny_gym, mo
 
 
 def test_training_arguments_read_the_environment(monkeypatch):
-    from workbench.trainers import training_arguments
+    import warnings
 
-    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 4, "gradient_checkpointing": true}')
-    args = training_arguments(steps=2, lr=1e-3, batch_size=2)
-    assert args.gradient_accumulation_steps == 4 and args.gradient_checkpointing
-    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    from workbench.methods.pad import PadConfig
+    from workbench.trainers import CHECKPOINTING_NAMES, checkpointing_argument, training_arguments
+
+    name = checkpointing_argument()  # activation_checkpointing since transformers 5.25, gradient_checkpointing before
+    for spelled in CHECKPOINTING_NAMES:  # either name, passed on under this transformers' one: no deprecation warning
+        monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", f'{{"gradient_accumulation_steps": 4, "{spelled}": true}}')
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*checkpointing.*deprecated", category=FutureWarning)
+            args = training_arguments(steps=2, lr=1e-3, batch_size=2)
+        assert args.gradient_accumulation_steps == 4 and getattr(args, name)
+        assert getattr(args, f"{name}_kwargs") == {"use_reentrant": False}  # LoRA's frozen inputs need non-reentrant
+        assert memory.RunShape(student="gym-student").gradient_checkpointing  # the estimate counts it
+        assert PadConfig().gradient_checkpointing  # and so does the knob
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_checkpointing": true, "gradient_checkpointing_kwargs": '
+                                                  '{"use_reentrant": true}}')
+    assert getattr(training_arguments(steps=2, lr=1e-3, batch_size=2), f"{name}_kwargs") == {"use_reentrant": True}
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 4}')
     assert training_arguments(steps=2, lr=1e-3, batch_size=2, gradient_accumulation_steps=1) \
         .gradient_accumulation_steps == 1  # a caller's argument wins
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", "[1]")

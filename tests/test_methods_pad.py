@@ -123,7 +123,7 @@ def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_model
 
 
 def test_full_size_knobs_default_to_current_behaviour_and_env_vars_override_them(monkeypatch):
-    from workbench.methods.common import checkpointing_argument
+    from workbench.trainers import checkpointing_argument
 
     checkpointing = checkpointing_argument()  # activation_checkpointing (transformers ≥ 5.x) or its old name
     monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
@@ -149,9 +149,10 @@ def test_full_size_knobs_default_to_current_behaviour_and_env_vars_override_them
 def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_models, monkeypatch):
     from copy import deepcopy
 
-    from workbench.methods import common, pad
+    from workbench import trainers
+    from workbench.methods import pad
 
-    checkpointing = common.checkpointing_argument()
+    checkpointing = trainers.checkpointing_argument()
     monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
     monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
     calls = {}

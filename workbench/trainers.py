@@ -106,10 +106,34 @@ def env_training_overrides() -> dict:
         raise ValueError(f"${TRAINING_ARGS_ENV} must be a JSON object of TrainingArguments; got {raw!r}") from error
     if not isinstance(extra, dict):
         raise ValueError(f"${TRAINING_ARGS_ENV} must be a JSON object; got {raw!r}")
-    if extra.get("gradient_checkpointing") and "gradient_checkpointing_kwargs" not in extra:
-        # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
-        extra["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    spelled = [key for key in extra if key.removesuffix("_kwargs") in CHECKPOINTING_NAMES]
+    if spelled:
+        # either name of activation checkpointing, passed on under the one this transformers has (no deprecation
+        # warning now, no error once transformers 6 drops the old name)
+        name = checkpointing_argument()
+        for key in spelled:
+            extra.setdefault(key.replace(key.removesuffix("_kwargs"), name), extra.pop(key))
+        if extra.get(name) and f"{name}_kwargs" not in extra:
+            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
+            extra[f"{name}_kwargs"] = {"use_reentrant": False}
     return extra
+
+
+CHECKPOINTING_NAMES = ("activation_checkpointing", "gradient_checkpointing")
+
+
+def checkpointing_requested(arguments: dict) -> bool | None:
+    """The activation-checkpointing switch of a ``TrainingArguments`` dict under either name (None: not set)."""
+    return next((bool(arguments[name]) for name in CHECKPOINTING_NAMES if name in arguments), None)
+
+
+def checkpointing_argument() -> str:
+    """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
+    to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def logits_chunk_setting() -> int | None:

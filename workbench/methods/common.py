@@ -180,13 +180,15 @@ class TrainingKnobs(StudentPrecision):
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
         fields, so the config (and the memory estimate read from it) says what the trainer will do."""
-        from workbench.trainers import LOGITS_CHUNK_ENV, env_training_overrides, logits_chunk_setting
+        from workbench.trainers import (LOGITS_CHUNK_ENV, checkpointing_requested, env_training_overrides,
+                                        logits_chunk_setting)
 
         env = env_training_overrides()
-        for name in ("gradient_accumulation_steps", "gradient_checkpointing"):
-            if name in env and env[name] != getattr(self, name):
-                logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, env[name], getattr(self, name))
-                setattr(self, name, type(getattr(self, name))(env[name]))
+        for name, value in (("gradient_accumulation_steps", env.get("gradient_accumulation_steps")),
+                            ("gradient_checkpointing", checkpointing_requested(env))):  # either TrainingArguments name
+            if value is not None and value != getattr(self, name):
+                logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, value, getattr(self, name))
+                setattr(self, name, type(getattr(self, name))(value))
         if os.environ.get(LOGITS_CHUNK_ENV, "").strip():
             chunk = logits_chunk_setting() or 0
             if chunk != self.logits_chunk:
@@ -196,7 +198,7 @@ class TrainingKnobs(StudentPrecision):
     def training_overrides(self, stage: str) -> dict:
         """``train_distill`` / ``train_sft`` arguments of the knobs for training stage ``stage``: ``TrainingArguments``
         (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies) and the stage's trackers (:meth:`tracking`)."""
-        from workbench.trainers import env_training_overrides
+        from workbench.trainers import checkpointing_argument, env_training_overrides
 
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
         overrides.update(self.autocast_overrides())
@@ -204,7 +206,7 @@ class TrainingKnobs(StudentPrecision):
             env = env_training_overrides()
             name = checkpointing_argument()
             # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
-            kwargs = env.get("activation_checkpointing_kwargs", env.get("gradient_checkpointing_kwargs"))
+            kwargs = env.get(f"{name}_kwargs")
             overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
         return {**overrides, **self.tracking(stage)}
 
@@ -265,17 +267,6 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
 
 
 TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "codecarbon": "codecarbon"}
-
-
-def checkpointing_argument() -> str:
-    """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
-    to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""
-    from dataclasses import fields
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "
