@@ -112,7 +112,7 @@ def env_training_overrides() -> dict:
         # warning now, no error once transformers 6 drops the old name)
         name = checkpointing_argument()
         for key in spelled:
-            extra.setdefault(key.replace(key.removesuffix("_kwargs"), name), extra.pop(key))
+            extra.setdefault(name + ("_kwargs" if key.endswith("_kwargs") else ""), extra.pop(key))
         if extra.get(name) and f"{name}_kwargs" not in extra:
             # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
             extra[f"{name}_kwargs"] = {"use_reentrant": False}
