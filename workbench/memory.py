@@ -512,7 +512,7 @@ class RunShape:
     model_configs: Any = None
 
     def __post_init__(self):
-        from workbench.trainers import checkpointing_requested, env_training_overrides, logits_chunk_setting
+        from workbench.trainers import checkpointing_argument, env_training_overrides, logits_chunk_setting
 
         if self.device is None:
             import torch
@@ -530,7 +530,7 @@ class RunShape:
         if self.precision not in ("bf16-mixed", "bf16-true", "32-true"):
             raise ValueError(f"precision={self.precision!r}; use 'auto', 'bf16-mixed', 'bf16-true' or '32-true'")
         if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = bool(checkpointing_requested(env_training_overrides()))
+            self.gradient_checkpointing = bool(env_training_overrides().get(checkpointing_argument()))
         if self.logits_chunk is None:
             self.logits_chunk = logits_chunk_setting()
         if self.prompt_tokens is None:

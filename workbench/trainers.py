@@ -122,11 +122,6 @@ def env_training_overrides() -> dict:
 CHECKPOINTING_NAMES = ("activation_checkpointing", "gradient_checkpointing")
 
 
-def checkpointing_requested(arguments: dict) -> bool | None:
-    """The activation-checkpointing switch of a ``TrainingArguments`` dict under either name (None: not set)."""
-    return next((bool(arguments[name]) for name in CHECKPOINTING_NAMES if name in arguments), None)
-
-
 def checkpointing_argument() -> str:
     """``TrainingArguments``' name for activation checkpointing: transformers 5 renamed ``gradient_checkpointing``
     to ``activation_checkpointing`` (the old name still works, with a deprecation warning)."""

@@ -180,12 +180,12 @@ class TrainingKnobs(StudentPrecision):
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
         fields, so the config (and the memory estimate read from it) says what the trainer will do."""
-        from workbench.trainers import (LOGITS_CHUNK_ENV, checkpointing_requested, env_training_overrides,
+        from workbench.trainers import (LOGITS_CHUNK_ENV, checkpointing_argument, env_training_overrides,
                                         logits_chunk_setting)
 
-        env = env_training_overrides()
+        env = env_training_overrides()  # checkpointing under this transformers' name, however it was spelled
         for name, value in (("gradient_accumulation_steps", env.get("gradient_accumulation_steps")),
-                            ("gradient_checkpointing", checkpointing_requested(env))):  # either TrainingArguments name
+                            ("gradient_checkpointing", env.get(checkpointing_argument()))):
             if value is not None and value != getattr(self, name):
                 logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, value, getattr(self, name))
                 setattr(self, name, type(getattr(self, name))(value))
