@@ -420,44 +420,59 @@ def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_stude
     assert result["max_diff"] < 1e-5 and result["tokens"] == 7 and result["tied"]
 
 
+BF16_PARAMS = {**PARAMS, "precision": "bf16-mixed", "logits_chunk": 4, "save_model": True, "save_rows": False}
+
+
+def _bf16_env() -> dict:
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def one_process_bf16_and_fp32(tiny_gym, tmp_path_factory):
+    """The 1-process runs both launches are compared with (bf16-mixed and 32-true, global batch 4), run once."""
+    folder = tmp_path_factory.mktemp("one_process")
+    for name, precision in (("one", "bf16-mixed"), ("fp32", "32-true")):
+        _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad", *_pad_args(
+            {**BF16_PARAMS, "precision": precision, "batch_size": 4, "output_dir": folder / name})], _bf16_env())
+    return folder
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
                     reason="needs the accelerate CLI, and 2 GPUs or none")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(tiny_gym, tmp_path, strategy):
+def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(one_process_bf16_and_fp32, tmp_path, strategy):
     """precision bf16-mixed (the GPU default of a fully trained student) through the shipped launch configs: the
     Trainer's bf16 wins over their mixed_precision "no"; FSDP2 then gathers the float32 shards in bfloat16
     (accelerate's MixedPrecisionPolicy). The curve is 1 process's within bfloat16 tolerance; the saved student is
     float32 (master weights), and its weights moved as 1 process's did."""
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
-    params = {**PARAMS, "precision": "bf16-mixed", "logits_chunk": 4, "save_model": True, "save_rows": False}
-    _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad",
-          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    single = one_process_bf16_and_fp32
     launch = (_fsdp_launch(29551) if strategy == "fsdp" else
               ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
                "--main_process_port", "29553", "-m", "workbench.train"])
-    _run([*launch, "--pipeline", "pad", *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+    _run([*launch, "--pipeline", "pad", *_pad_args({**BF16_PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})],
+         _bf16_env())
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["processes"] == 2 and config["distributed_type"] == ("FSDP" if strategy == "fsdp" else "MULTI_CPU")
     assert config["student_precision"] == "bf16-mixed" and config["mixed_precision"] == "bf16"
-    one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
+    folders = {"one": single / "one", "two": tmp_path / "two"}
+    one, two = _curve(folders["one"]), _curve(folders["two"])
     assert len(one) == len(two) == PARAMS["steps"]
     torch.testing.assert_close(torch.tensor([e["loss"] for e in two]), torch.tensor([e["loss"] for e in one]),
                                rtol=2e-2, atol=1e-3, msg="loss differs between 2 processes and 1")
     # computed in bfloat16, not float32: 1 process in float32 gives another curve
-    _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad",
-          *_pad_args({**params, "precision": "32-true", "batch_size": 4, "output_dir": tmp_path / "fp32"})], env)
-    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["mixed_precision"] == "no"
-    fp32 = torch.tensor([e["loss"] for e in _curve(tmp_path / "fp32")])
+    assert json.loads((single / "fp32" / "config.json").read_text())["mixed_precision"] == "no"
+    fp32 = torch.tensor([e["loss"] for e in _curve(single / "fp32")])
     for run in (one, two):
         assert not torch.allclose(torch.tensor([e["loss"] for e in run]), fp32, rtol=1e-6, atol=0)
     from workbench.models import load
 
     initial, _ = load("gym-tiny-student", device="cpu")
-    for run in ("one", "two"):  # the float32 master weights are what is saved
-        assert json.loads((tmp_path / run / "student" / "config.json").read_text())["dtype"] == "float32"
-    saved = {run: load(str(tmp_path / run / "student"), device="cpu")[0] for run in ("one", "two")}
+    for folder in folders.values():  # the float32 master weights are what is saved
+        assert json.loads((folder / "student" / "config.json").read_text())["dtype"] == "float32"
+    saved = {run: load(str(folder / "student"), device="cpu")[0] for run, folder in folders.items()}
     for name, p in initial.named_parameters():
         moved = {run: (dict(model.named_parameters())[name] - p).abs().sum() for run, model in saved.items()}
         assert moved["two"] > 0.5 * moved["one"] > 0, name

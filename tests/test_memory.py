@@ -201,13 +201,15 @@ MEASURED = [
     # a few-M-param Llama, PAD-PPD step through DistillTrainer: B=8 prompts × n=4, T≈66 tokens, vocab 8192
     dict(name="full fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8),
     dict(name="LoRA fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8, lora=True),
+    # the bfloat16 specs take half the prompts: a CPU without bfloat16 instructions (AVX2 only) multiplies bfloat16
+    # matrices ~60x slower than float32 (each spec ~30 s instead of ~70 s; the ratios are those of twice the batch)
     dict(name="bf16, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
-         intermediate=688, batch_size=4, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
+         intermediate=688, batch_size=2, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
     # bf16-mixed (the GPU default): float32 weights, gradients and AdamW states, bfloat16 autocast (Trainer bf16)
-    dict(name="bf16-mixed", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8,
+    dict(name="bf16-mixed", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=4,
          dtype="bfloat16", precision="bf16-mixed"),
     dict(name="bf16-mixed, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
-         intermediate=688, batch_size=4, dtype="bfloat16", precision="bf16-mixed", logits_chunk=16,
+         intermediate=688, batch_size=2, dtype="bfloat16", precision="bf16-mixed", logits_chunk=16,
          gradient_checkpointing=True),
     # DCKD step (ADPA family): B=6 pairs, chosen and rejected forwards, top-50 teacher cache, through the chunked head
     dict(name="DCKD top-k, chunked head, checkpointing", objective="dckd", vocab=32000, hidden=256, layers=4, heads=8,
@@ -299,7 +301,10 @@ def _measure(specs: list[dict]) -> list[dict]:
     def train(model, spec, steps):
         extra = {}
         if spec.get("gradient_checkpointing"):
-            extra = dict(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+            from workbench.trainers import checkpointing_argument
+
+            name = checkpointing_argument()  # the installed TrainingArguments' name: no deprecation warning
+            extra = {name: True, f"{name}_kwargs": {"use_reentrant": False}}
         if spec.get("precision") == "bf16-mixed":
             extra["bf16"] = True
         os.environ["WORKBENCH_LOGITS_CHUNK"] = str(spec.get("logits_chunk") or 0)
@@ -413,7 +418,7 @@ MEASURE_ENV = dict(OMP_NUM_THREADS="1", WORKBENCH_THREADS="1", TOKENIZERS_PARALL
 def measured():
     env = dict(os.environ, **MEASURE_ENV)
     # a hang guard, not a speed limit: on a CPU without bfloat16 instructions (AVX2 only) the three bfloat16 specs
-    # take 50-70 s each on the one thread, the whole run ~4 min alone and longer beside another test process
+    # take 15-40 s each on the one thread, the whole run ~2 min alone and longer beside another test process
     out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED + MEASURED_SCORING)], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -30,6 +30,29 @@ def smollm2():
 
 
 @needs_smollm2
+def test_a_gguf_preset_is_converted_with_one_parse_of_its_file(tmp_path, monkeypatch):
+    """transformers reads a GGUF file for the config, the tokenizer and the weights; the conversion parses it once
+    (Gemma 3's vocabulary: ~20 s a parse) and leaves ``gguf.GGUFReader`` as it found it."""
+    import gguf
+
+    from workbench import models
+
+    parsed = []
+    parse = gguf.GGUFReader
+
+    def counting(path, *args, **kwargs):
+        parsed.append(str(path))
+        return parse(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    folder = models._converted_gguf("smollm2-135m-instruct")
+    assert len(parsed) == 1 and parsed[0].endswith(".gguf"), parsed
+    assert gguf.GGUFReader is counting
+    assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+
+
+@needs_smollm2
 def test_smollm2_loads_offline_with_chat_template_and_answers_sensibly(smollm2):
     from workbench.sampling import sample_responses
 

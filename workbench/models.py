@@ -215,8 +215,9 @@ def _converted_gguf(name: str) -> Path:
 
         gguf = GGUF_PRESETS[name].gguf_path()
         logger.info("converting %s to safetensors in %s (once)", gguf, target)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with _one_gguf_reader_per_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         if not tokenizer.chat_template:
             logger.warning("%s ships no chat template; using a plain 'Role: text' template", name)
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -230,6 +231,32 @@ def _converted_gguf(name: str) -> Path:
         tokenizer.save_pretrained(folder)
 
     return build_folder_once(target, convert, saved_model_complete)
+
+
+@contextlib.contextmanager
+def _one_gguf_reader_per_file():
+    """transformers parses a GGUF file anew for its config, its tokenizer and its weights; parsing the metadata
+    (Gemma 3's 262k-token vocabulary) takes ~20 s each time on one core. Inside this block ``gguf.GGUFReader``
+    parses each file once and hands the same read-only reader to every later reader of that file."""
+    try:
+        import gguf
+    except ImportError:  # transformers names the missing package itself
+        yield
+        return
+    readers: dict[tuple[str, str], object] = {}
+    parse = gguf.GGUFReader
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = parse(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
 
 
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):
