@@ -7,7 +7,9 @@ against TRL's ``DPOTrainer`` on the same gym model and the same sequences. Print
 Both trainers see the same batch of sequences: B prompts × (chosen, rejected) for DPO; the same B prompts with
 responses [chosen, rejected] and teacher rewards [1, 0] for PPD (n = 2), and also B/2 prompts × n = 4 responses
 (the same number of sequences, PAD's setting). DPO is timed with its reference model (its standard step: one
-extra no-grad forward) and with ``precompute_ref_log_probs`` (policy forward/backward only, like ours). Step time
+extra no-grad forward) and with ``precompute_ref_log_probs`` (policy forward/backward only, like ours); both in
+float32 without activation checkpointing, as ours runs (TRL's DPOConfig defaults to bfloat16 autocast and
+checkpointing: on a CPU without bfloat16 instructions that step was ~15x slower). Step time
 is the median of steps after warm-up, measured between ``on_step_begin`` and ``on_step_end`` (data loading,
 collation, forward, backward, optimizer step); the goal is ours ≤ 1.1 × DPO's.
 """
@@ -108,6 +110,8 @@ def time_ours(path: str, tokenizer, rows: list[dict], n: int, batch: int, steps:
 def time_dpo(path: str, tokenizer, rows: list[dict], batch: int, steps: int, warmup: int, precompute: bool) -> dict:
     from trl import DPOConfig, DPOTrainer
 
+    from workbench.trainers import checkpointing_argument
+
     data = datasets.Dataset.from_dict({
         "prompt": [[{"role": "user", "content": r["prompt"]}] for r in rows],
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
@@ -119,7 +123,9 @@ def time_dpo(path: str, tokenizer, rows: list[dict], batch: int, steps: int, war
         args = DPOConfig(output_dir=out, beta=0.1, learning_rate=1e-4, max_steps=steps,
                          per_device_train_batch_size=batch, lr_scheduler_type="cosine", save_strategy="no",
                          report_to=[], logging_steps=max(1, steps // 4), disable_tqdm=True, use_cpu=True,
-                         dataloader_num_workers=0, precompute_ref_log_probs=precompute)
+                         dataloader_num_workers=0, precompute_ref_log_probs=precompute,
+                         # as ours: float32, no recomputation (TRL's defaults are bfloat16 autocast and checkpointing)
+                         bf16=False, **{checkpointing_argument(): False})
         trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
                              processing_class=tokenizer, callbacks=[timer])
         quiet(trainer).train()

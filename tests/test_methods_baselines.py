@@ -4,6 +4,8 @@ against our trainer on identical data, and a tiny end-to-end run of each baselin
 import copy
 import json
 import math
+import tempfile
+import warnings
 
 import pytest
 import torch
@@ -120,8 +122,38 @@ def test_trl_trainer_and_our_trainer_agree_on_the_first_step(tiny_models, method
     prompts = [p["prompt"] for p in PAIRS]
     chosen = score(student, tokenizer, prompts, [p["chosen"] for p in PAIRS]).mean().item()
     rejected = score(student, tokenizer, prompts, [p["rejected"] for p in PAIRS]).mean().item()
-    assert trl_log["logps/chosen"] == pytest.approx(chosen, abs=1e-3)
-    assert trl_log["logps/rejected"] == pytest.approx(rejected, abs=1e-3)
+    # both in float32 (TRL's own default, bfloat16 autocast, moved them by ~2e-4 here)
+    assert trl_log["logps/chosen"] == pytest.approx(chosen, abs=1e-5)
+    assert trl_log["logps/rejected"] == pytest.approx(rejected, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dpo", "simpo"])
+def test_trl_baselines_train_in_the_precision_knobs_mode_without_checkpointing(method, monkeypatch):
+    """TRL's DPOConfig / CPOConfig default to bfloat16 autocast and activation checkpointing; a baseline takes its
+    precision from its knob (float32 on a CPU, bf16-mixed when asked) and checkpoints only when
+    ``$WORKBENCH_TRAINING_ARGS`` asks, as the workbench backend does."""
+    from trl import DPOConfig
+    from trl.experimental.cpo import CPOConfig
+
+    from workbench.methods.baselines import _trl_common
+
+    config_class = DPOConfig if method == "dpo" else CPOConfig
+    monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
+
+    def args(**knobs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # no deprecated checkpointing name is passed
+            return config_class(**_trl_common(BaselineConfig(method=method, **knobs), tempfile.mkdtemp()))
+
+    default = args()
+    assert not default.bf16 and not default.fp16 and not default.gradient_checkpointing
+    mixed = args(precision="bf16-mixed")
+    assert mixed.bf16 and not mixed.gradient_checkpointing
+    assert not args(precision="bf16-mixed", lora=True).bf16  # a LoRA student's adapters train unautocast
+    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_checkpointing": true}')
+    checkpointed = args()
+    assert checkpointed.gradient_checkpointing
+    assert checkpointed.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
 @pytest.mark.parametrize("bad", [dict(method="minillm"), dict(score="gold"), dict(kd_targets="x"),

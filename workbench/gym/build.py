@@ -340,6 +340,8 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
     from transformers import LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
+    from workbench.trainers import checkpointing_argument
+
     policy = LlamaForCausalLM.from_pretrained(ref_dir)
     reference = LlamaForCausalLM.from_pretrained(ref_dir)
     args = DPOConfig(
@@ -358,6 +360,11 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
         seed=cfg.seed,
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
+        # TRL's own defaults (trl 1.x), spelled out so a new TRL cannot change the gym: the DPO teacher has always
+        # trained under bfloat16 autocast (float32 master weights). Activation checkpointing, TRL's other default,
+        # recomputes the same forward (the same weights, bit for bit) at ~20% more time: off.
+        bf16=True,
+        **{checkpointing_argument(): False},
     )
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs,
                          processing_class=tokenizer)

@@ -279,11 +279,19 @@ def _check_shared_vocabulary(teacher_tok, student_tok, method: str) -> None:
 
 
 def _trl_common(cfg, output_dir: str) -> dict:
-    return dict(output_dir=output_dir, learning_rate=cfg.lr, max_steps=cfg.steps,
+    """TRL ``DPOConfig`` / ``CPOConfig`` arguments of a baseline run. TRL's configs default to bfloat16 autocast and
+    activation checkpointing (trl 1.x); a baseline trains in its ``precision`` knob's mode (float32 on a CPU) and
+    without checkpointing, as the workbench backend and every method do, unless ``$WORKBENCH_TRAINING_ARGS`` asks."""
+    from workbench.trainers import checkpointing_argument, env_training_overrides
+
+    args = dict(output_dir=output_dir, learning_rate=cfg.lr, max_steps=cfg.steps,
                 per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
                 warmup_steps=max(0, round(cfg.warmup_ratio * cfg.steps)), logging_steps=max(1, min(10, cfg.steps // 4)),
                 save_strategy="no", report_to=[], seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=not cfg.progress,
-                use_cpu=not torch.cuda.is_available(), **cfg.autocast_overrides())
+                use_cpu=not torch.cuda.is_available(), bf16=cfg.autocasts(), fp16=False,
+                **{checkpointing_argument(): False})
+    args.update(env_training_overrides())
+    return args
 
 
 def _conversational(rows: list[dict]) -> datasets.Dataset:
