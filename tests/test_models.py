@@ -107,6 +107,22 @@ def test_lora_initialisation_follows_the_seed_not_what_ran_before(tiny_gym):
     assert not torch.equal(adapter(1), first)
 
 
+def test_a_lora_student_with_checkpointing_loads_without_deprecation_warnings(tiny_gym):
+    """peft asks transformers 5 for checkpointing under its deprecated names (``is_gradient_checkpointing``); ``load``
+    keeps those FutureWarnings, which a user can do nothing about, out of every LoRA run's output."""
+    import warnings
+
+    from workbench.models import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model, _ = load("gym-tiny-student", lora=True, gradient_checkpointing=True, device="cpu")
+    assert any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):  # still raised outside load
+        model.base_model.model.is_gradient_checkpointing
+
+
 def test_a_saved_lora_student_loads_back_with_its_adapter(tiny_gym, tmp_path):
     """``save_student`` of a LoRA run writes the adapter (naming its base); ``load`` of that folder gives the trained
     model back: the same logits, not the base model's."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -404,13 +405,17 @@ def load(
     if lora is not None and lora is not False:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        if qconfig is not None:
-            # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate counts)
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            model = get_peft_model(model, lora_config(lora))
+        with warnings.catch_warnings():
+            # peft reads and enables checkpointing under transformers' deprecated names; nothing for a user to change
+            warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing\w*` is deprecated", FutureWarning)
+            if qconfig is not None:
+                # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate
+                # counts)
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+            devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                model = get_peft_model(model, lora_config(lora))
     model.name_or_path_workbench = name_or_path
     return model, tokenizer
