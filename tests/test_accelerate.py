@@ -35,6 +35,14 @@ def _pad_args(params: dict) -> list[str]:
     return [arg for name, value in params.items() for arg in ("-p", name, str(value))]
 
 
+def _launch_env() -> dict:
+    """A launched run's environment: one thread per process, and none of the caller's training overrides."""
+    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("WORKBENCH_TRAINING_ARGS", None)
+    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    return env
+
+
 def _run(command: list[str], env: dict) -> None:
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -86,9 +94,7 @@ def test_gather_in_order_is_the_identity_with_one_process():
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
 def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_path):
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    env = _launch_env()
     # 1 process × 4 prompts per step ...
     _run([sys.executable, "-m", "workbench.train_pad",
           *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
@@ -140,9 +146,7 @@ PLAD_PARAMS = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", t
 ])
 def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny_gym, tmp_path, pipeline, params,
                                                                             rows_name, curve_keys):
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    env = _launch_env()
     script = ["-m", "workbench.train", "--pipeline", pipeline]
     _run([sys.executable, *script, *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
     _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
@@ -172,9 +176,7 @@ def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny
 def test_the_fsdp_config_on_cpu_says_it_runs_data_parallel_and_trains_as_one_process(tiny_gym, tmp_path):
     """Without CUDA accelerate runs the FSDP config's processes as a CPU (gloo) group, not FSDP: the run must say so
     (log and config.json) rather than pass for a sharded run, and still train as one process does."""
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    env = _launch_env()
     params = {**PARAMS, "save_rows": False}
     _run([sys.executable, "-m", "workbench.train_pad",
           *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
@@ -213,9 +215,7 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
     activation checkpointing, as the recipes train). Runs that sample their trained student — PAD's second
     iteration, ADPA+'s ŷ after DCKD — sample it through a whole copy (distributed.unsharded): the same samples as 1
     process. PAD's saved student is the whole model, gathered from the shards, with 1 process's weights."""
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
+    env = _launch_env()
     params = {**params, "logits_chunk": 4}
     _run([sys.executable, "-m", "workbench.train", "--pipeline", pipeline,
           *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
@@ -423,20 +423,13 @@ def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_stude
 BF16_PARAMS = {**PARAMS, "precision": "bf16-mixed", "logits_chunk": 4, "save_model": True, "save_rows": False}
 
 
-def _bf16_env() -> dict:
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBENCH_TRAINING_ARGS", None)
-    env.pop("WORKBENCH_LOGITS_CHUNK", None)
-    return env
-
-
 @pytest.fixture(scope="module")
 def one_process_bf16_and_fp32(tiny_gym, tmp_path_factory):
     """The 1-process runs both launches are compared with (bf16-mixed and 32-true, global batch 4), run once."""
     folder = tmp_path_factory.mktemp("one_process")
     for name, precision in (("one", "bf16-mixed"), ("fp32", "32-true")):
         _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad", *_pad_args(
-            {**BF16_PARAMS, "precision": precision, "batch_size": 4, "output_dir": folder / name})], _bf16_env())
+            {**BF16_PARAMS, "precision": precision, "batch_size": 4, "output_dir": folder / name})], _launch_env())
     return folder
 
 
@@ -453,7 +446,7 @@ def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(one_proce
               ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
                "--main_process_port", "29553", "-m", "workbench.train"])
     _run([*launch, "--pipeline", "pad", *_pad_args({**BF16_PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})],
-         _bf16_env())
+         _launch_env())
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["processes"] == 2 and config["distributed_type"] == ("FSDP" if strategy == "fsdp" else "MULTI_CPU")
     assert config["student_precision"] == "bf16-mixed" and config["mixed_precision"] == "bf16"
