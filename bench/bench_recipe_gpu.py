@@ -55,6 +55,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -209,6 +210,8 @@ class Bench:
             "estimated_gib": estimated / memory.GIB,
             "estimate_over_measured": None if measured is None else estimated / measured,
             "seconds": sum(p.seconds for p in phases), **extra}
+        # each phase as soon as it is measured: a run stopped by a time limit still leaves what it measured
+        print(json.dumps({"phase": name, **self.phases[name]}, default=float), file=sys.stderr, flush=True)
 
     def sample(self, name: str, model, samples_per_prompt: int) -> None:
         """``generate`` of ``samples_per_prompt`` responses for each of ``sampling_batch_size`` prompts, every
@@ -454,6 +457,8 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
                 built[key] = build_random(values[role], configs[role], Path(tmp), getattr(torch, a["dtype"]), device)
             folders[role] = built[key]
         out["build_seconds"] = time.perf_counter() - start
+        print(json.dumps({"built": {role: str(folder.name) for role, folder in folders.items()},
+                          "seconds": out["build_seconds"]}), file=sys.stderr, flush=True)
         sizes = memory.run_shape(values)
         bench = Bench(device, cfg, est, sizes.sampling_batch_size, sizes.scoring_batch_size, configs, folders, steps,
                       peak)

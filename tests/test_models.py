@@ -72,6 +72,22 @@ def test_gym_loads_draw_no_progress_bar_and_leave_the_setting_as_it_was(tiny_gym
     assert hf_logging.is_progress_bar_enabled()  # real models still show their (long) loads
 
 
+def test_load_swaps_in_no_hub_kernels_unless_asked(tiny_gym):
+    """transformers 5.2x kernelizes every model it loads when the ``kernels`` package is installed (it is one of its
+    requirements); on a GPU that fetches kernel code from the hub at load — an offline H200 refused a 4-bit
+    teacher so. ``load`` turns it off (plain, 4-bit and LoRA loads) unless ``use_kernels=True``."""
+    from transformers.utils import is_kernels_available
+
+    from workbench.models import load
+
+    plain, _ = load("gym-tiny-student", device="cpu")
+    qlora, _ = load("gym-tiny-student", device="cpu", quantization="4bit", lora=True)
+    assert plain.use_kernels is False and qlora.get_base_model().use_kernels is False
+    if is_kernels_available():  # transformers' default, had load not said otherwise
+        asked, _ = load("gym-tiny-student", device="cpu", use_kernels=True)
+        assert asked.use_kernels is True
+
+
 def test_only_the_kernels_hub_hint_of_bitsandbytes_is_dropped(caplog):
     import logging
 

@@ -363,6 +363,7 @@ def load(
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
     seed: int = 0,
+    use_kernels: bool = False,
 ):
     """Load a causal LM and its tokenizer: a hub id, a local folder, or a preset (see module docstring).
 
@@ -374,6 +375,9 @@ def load(
         dtype: weights dtype (default: float32 on CPU, bfloat16 on CUDA).
         device: 'cpu', 'cuda', ... (default: CUDA when available).
         trust_remote_code: passed to transformers; off by default.
+        use_kernels: let transformers swap layers for the hub's compiled kernels (the ``kernels`` package). Off by
+            default: transformers 5.2x turns it on whenever ``kernels`` is installed, and on a GPU that downloads
+            kernel code from the hub (``kernels-community/...``) at load, which fails offline and runs remote code.
         seed: seeds the LoRA adapter's random initialisation (``lora_A``), so a LoRA run is the same whatever ran
             before it in the process (the global random state is left as it was).
     Returns:
@@ -385,7 +389,7 @@ def load(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_kernels=use_kernels)
     qconfig = quantization_config(quantization, compute_dtype=dtype if dtype != torch.float32 else torch.float32)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
