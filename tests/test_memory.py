@@ -301,10 +301,9 @@ def _measure(specs: list[dict]) -> list[dict]:
     def train(model, spec, steps):
         extra = {}
         if spec.get("gradient_checkpointing"):
-            from workbench.trainers import checkpointing_argument
+            from workbench.trainers import checkpointing_arguments
 
-            name = checkpointing_argument()  # the installed TrainingArguments' name: no deprecation warning
-            extra = {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+            extra = checkpointing_arguments()  # the installed TrainingArguments' name: no deprecation warning
         if spec.get("precision") == "bf16-mixed":
             extra["bf16"] = True
         os.environ["WORKBENCH_LOGITS_CHUNK"] = str(spec.get("logits_chunk") or 0)

@@ -113,9 +113,8 @@ def env_training_overrides() -> dict:
         name = checkpointing_argument()
         for key in spelled:
             extra.setdefault(name + ("_kwargs" if key.endswith("_kwargs") else ""), extra.pop(key))
-        if extra.get(name) and f"{name}_kwargs" not in extra:
-            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
-            extra[f"{name}_kwargs"] = {"use_reentrant": False}
+        if extra.get(name):
+            extra.update(checkpointing_arguments(extra.get(f"{name}_kwargs")))
     return extra
 
 
@@ -129,6 +128,13 @@ def checkpointing_argument() -> str:
 
     names = {f.name for f in fields(TrainingArguments)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def checkpointing_arguments(kwargs: dict | None = None) -> dict:
+    """``TrainingArguments`` turning activation checkpointing on under the installed name, with ``kwargs`` or, by
+    default, non-reentrant (which works with frozen inputs — LoRA — without ``enable_input_require_grads``)."""
+    name = checkpointing_argument()
+    return {name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}}
 
 
 def logits_chunk_setting() -> int | None:

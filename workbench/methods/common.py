@@ -198,16 +198,12 @@ class TrainingKnobs(StudentPrecision):
     def training_overrides(self, stage: str) -> dict:
         """``train_distill`` / ``train_sft`` arguments of the knobs for training stage ``stage``: ``TrainingArguments``
         (the rest of ``$WORKBENCH_TRAINING_ARGS`` still applies) and the stage's trackers (:meth:`tracking`)."""
-        from workbench.trainers import checkpointing_argument, env_training_overrides
+        from workbench.trainers import checkpointing_argument, checkpointing_arguments, env_training_overrides
 
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
         overrides.update(self.autocast_overrides())
-        if self.gradient_checkpointing:
-            env = env_training_overrides()
-            name = checkpointing_argument()
-            # non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads
-            kwargs = env.get(f"{name}_kwargs")
-            overrides.update({name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}})
+        if self.gradient_checkpointing:  # $WORKBENCH_TRAINING_ARGS' checkpointing kwargs, if any, else non-reentrant
+            overrides.update(checkpointing_arguments(env_training_overrides().get(f"{checkpointing_argument()}_kwargs")))
         return {**overrides, **self.tracking(stage)}
 
     def tracking(self, stage: str) -> dict:
