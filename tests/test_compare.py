@@ -13,9 +13,10 @@ from scipy.stats import t as student_t
 from workbench import compare as compare_module
 from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, against_best, claims_ledger, compare,
                                format_ledger, format_table, heldout_preference_pairs, load_records, load_references,
-                               summarize, suite, verdict)
+                               mixed_builds, summarize, suite, verdict)
 from workbench.evaluate import length_bucket_gains, mean_ci
 from workbench.gym.build import SIZES
+from workbench.models import weights_fingerprint
 
 TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
             eval_samples=2, steps=2, batch_size=4)
@@ -199,7 +200,8 @@ def test_length_bucket_gains_on_known_values():
     assert rows[0]["gold_gain"] == pytest.approx(0.5)
 
 
-def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tiny_gym, tmp_path, monkeypatch):
+def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tiny_gym, tmp_path, monkeypatch,
+                                                                              caplog):
     summary = compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0, 1], overrides=TINY, runs_dir=tmp_path)
     assert list(summary["method"]) == ["student (initial)", "teacher", "plad", "seqkd[lr=0.003]"]
     assert (summary["n_seeds"] == 2).all()
@@ -231,6 +233,51 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
     with pytest.raises(pytest.fail.Exception, match="re-ran"):
         compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
     assert ran == [0, 0]
+    monkeypatch.setitem(compare_module.GYM_LR, "plad", saved["method_defaults"]["lr"])
+    # ... and so is one made on other weights of the same recipe (the gym trained under other library versions),
+    # while one saved before records noted weights is kept, and the mix is reported
+    here = {"teacher": weights_fingerprint(TINY["teacher"]), "student": weights_fingerprint(TINY["student"])}
+    assert saved["weights"] == here and None not in here.values()
+    stale.write_text(json.dumps({**saved, "weights": {**here, "student": "0" * 16}}))
+    with pytest.raises(pytest.fail.Exception, match="re-ran"):
+        compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
+    assert ran == [0, 0, 0]
+    stale.write_text(json.dumps({k: v for k, v in saved.items() if k != "weights"}))
+    with caplog.at_level("WARNING", logger=compare_module.logger.name):
+        compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0], overrides=TINY, runs_dir=tmp_path)  # loaded
+    assert ran == [0, 0, 0]
+    assert "made on 2 builds of the models' weights (2 on " in caplog.text and "1 on unnoted weights" in caplog.text
+
+
+def test_weights_fingerprint_tells_builds_of_one_recipe_apart(tiny_gym, tmp_path):
+    """A gym preset's fingerprint hashes its tensors: stable for a build, another for any changed weight, alike for
+    a re-save of the same tensors; models that are not gym presets have none."""
+    from safetensors.torch import load_file, save_file
+
+    from workbench.models import folder_weights_hash, resolve
+
+    student = weights_fingerprint("gym-tiny-student")
+    assert student == weights_fingerprint("gym-tiny-student") != weights_fingerprint("gym-tiny-teacher-dpo")
+    assert weights_fingerprint("HuggingFaceTB/SmolLM2-135M-Instruct") is None
+    tensors = load_file(Path(resolve("gym-tiny-student")) / "model.safetensors")
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt", "saved_by": "another version"})
+    assert folder_weights_hash(tmp_path) == student
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1e-3
+    save_file(tensors, tmp_path / "model.safetensors")
+    assert folder_weights_hash(tmp_path) != student
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        folder_weights_hash(tmp_path / "empty")
+
+
+def test_mixed_builds_counts_records_per_build():
+    one, other = {"teacher": "a" * 16, "student": "b" * 16}, {"teacher": "a" * 16, "student": "c" * 16}
+    assert mixed_builds([{"weights": one}, {"weights": one}], {0: {"weights": one}}) is None
+    assert mixed_builds([{}, {}]) is None  # all saved before records noted weights: one (unknown) build
+    warning = mixed_builds([{"weights": one}, {"weights": other}, {}], {0: {"weights": one}})
+    assert warning.startswith("these records were made on 3 builds") and "2 on {" in warning
+    assert "1 on unnoted weights" in warning
 
 
 def test_runs_in_parallel_processes_record_what_one_process_records(tiny_gym, tmp_path, monkeypatch):

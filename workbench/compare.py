@@ -247,6 +247,13 @@ class EvalConfig:
         return {"teacher": model_identity(self.teacher), "student": model_identity(self.student),
                 **({"split": self.split} if self.split != "test" else {})}
 
+    def weights(self) -> dict[str, str | None]:
+        """The teacher's and student's weights as built here (:func:`workbench.models.weights_fingerprint`; None
+        for a model that is not a gym preset): the same :meth:`models` built under other libraries differ here."""
+        from workbench.models import weights_fingerprint
+
+        return {"teacher": weights_fingerprint(self.teacher), "student": weights_fingerprint(self.student)}
+
 
 EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
 
@@ -374,7 +381,7 @@ def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict,
         "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
         "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "concurrent_runs": concurrent_runs,
         "metrics": metrics, "harness": harness,
-        "models": eval_cfg.models(), "method_defaults": method_defaults(variant.method),
+        "models": eval_cfg.models(), "weights": eval_cfg.weights(), "method_defaults": method_defaults(variant.method),
     })
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "record.json").write_text(json.dumps(record, indent=1))
@@ -392,10 +399,12 @@ def load_references(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[int, dict]:
             for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))}
 
 
-def _resumable(path: Path, models: dict, defaults: dict | None = None) -> dict | None:
+def _resumable(path: Path, models: dict, defaults: dict | None = None, weights: dict | None = None) -> dict | None:
     """The saved record at ``path`` if it was made on ``models`` (the same teacher/student builds) with the method's
-    current harness ``defaults`` (its ``GYM_LR``), else None: a record of another gym build or learning rate (or one
-    saved before records named them) is re-run, and why is logged."""
+    current harness ``defaults`` (its ``GYM_LR``) and, where it noted them, the same ``weights`` (the builds' tensors
+    as trained here: the same recipe trained under other library versions differs), else None: a record of another
+    gym build, weights or learning rate (or one saved before records named their models) is re-run, and why is
+    logged. A record saved before records noted weights is kept; :func:`mixed_builds` reports such a mix."""
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
@@ -405,7 +414,24 @@ def _resumable(path: Path, models: dict, defaults: dict | None = None) -> dict |
     if defaults is not None and saved.get("method_defaults") != defaults:
         logger.info("%s was made with %s, not %s: re-running it", path, saved.get("method_defaults"), defaults)
         return None
+    if weights is not None and saved.get("weights") is not None and saved["weights"] != weights:
+        logger.info("%s was made on other weights of these models (%s, not %s: the gym trained under other library "
+                    "versions): re-running it", path, saved["weights"], weights)
+        return None
     return saved
+
+
+def mixed_builds(records: Sequence[dict], references: dict[int, dict] | None = None) -> str | None:
+    """None when every record (and reference) was made on one build of its models' weights, else a warning that
+    says how many records each build (or an unnoted one, saved before records noted weights) made."""
+    from collections import Counter
+
+    made_on = Counter(json.dumps(r.get("weights"), sort_keys=True) for r in [*records, *(references or {}).values()])
+    if len(made_on) <= 1:
+        return None
+    counts = ", ".join(f"{n} on {'unnoted weights' if key == 'null' else key}" for key, n in made_on.most_common())
+    return (f"these records were made on {len(made_on)} builds of the models' weights ({counts}): a table or claim "
+            "across them mixes builds; --no-resume (or another --runs-dir) re-runs them on this machine's build")
 
 
 def _pool_start(threads: int) -> None:
@@ -459,19 +485,19 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, over
     shared = {k: v for k, v in (overrides or {}).items() if k in EVAL_OVERRIDES}
     eval_cfg = dataclasses.replace(eval_cfg, **shared)
     runs_dir = Path(runs_dir)
-    models = eval_cfg.models()
+    models, weights = eval_cfg.models(), eval_cfg.weights()
     done: dict[tuple[str, int], dict | Exception] = {}
     pending = []  # (variant, seed, references) in table order
     for seed in seeds:
         ref_path = runs_dir / "_references" / f"seed{seed}.json"
-        references = _resumable(ref_path, models) if resume else None
+        references = _resumable(ref_path, models, weights=weights) if resume else None
         if references is None:
-            references = {**_json_ready(reference_evaluations(seed, eval_cfg)), "models": models}
+            references = {**_json_ready(reference_evaluations(seed, eval_cfg)), "models": models, "weights": weights}
             ref_path.parent.mkdir(parents=True, exist_ok=True)
             ref_path.write_text(json.dumps(references))
         for variant in variants:
             path = _run_dir(runs_dir, variant.label, seed) / "record.json"
-            saved = _resumable(path, models, method_defaults(variant.method)) if resume else None
+            saved = _resumable(path, models, method_defaults(variant.method), weights) if resume else None
             if saved is not None:
                 done[variant.label, seed] = saved
             else:
@@ -505,7 +531,11 @@ def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, over
         logger.error("run %s seed %d failed (traceback in %s); skipped", label, seed, folder / "error.txt")
     order = {(v.label, s): i for i, (v, s) in enumerate((v, s) for s in seeds for v in variants)}
     records.sort(key=lambda r: order.get((r["label"], r["seed"]), len(order)))
-    return summarize(records, load_references(runs_dir), seeds=seeds)
+    references = load_references(runs_dir)
+    mixed = mixed_builds(records, {seed: references[seed] for seed in seeds if seed in references})
+    if mixed:
+        logger.warning("%s", mixed)
+    return summarize(records, references, seeds=seeds)
 
 
 # --- tables ---

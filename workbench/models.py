@@ -185,6 +185,36 @@ def model_identity(name_or_path: str) -> str:
     return f"{name_or_path}@{config.size}-{config.key()}"  # the build's cache folder
 
 
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """A hash of a gym preset's weights as built on this machine (building it if needed); None for other models.
+    :func:`model_identity` names the build's recipe, but the gym is trained where it is first used, so the same recipe
+    gives other weights under other library versions: records of a comparison note this too, so records of two
+    builds are not mixed (``workbench.compare``)."""
+    if _gym_preset(name_or_path) is None:
+        return None
+    return folder_weights_hash(Path(resolve(name_or_path)))
+
+
+def folder_weights_hash(folder: Path) -> str:
+    """sha256 (16 hex digits) of the tensors in ``folder``'s ``*.safetensors`` files — names, dtypes, shapes and
+    bytes, in name order — so a re-save with other file metadata hashes alike and any changed weight does not."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    digest = hashlib.sha256()
+    for file in files:
+        tensors = load_file(file)
+        for name in sorted(tensors):
+            tensor = tensors[name].contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def resolve(name_or_path: str) -> str:
     """The local folder or hub id that ``name_or_path`` loads from (builds or converts presets on demand)."""
     gym = _gym_preset(name_or_path)
