@@ -644,6 +644,32 @@ def test_time_estimate_is_on_the_scale_of_pads_reported_gpu_hours():
     hours = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS)
     assert 0.5 < hours["gpu_hours"] / 12.32 < 2.0
     assert set(hours["stages"]) == {"sampling", "teacher_scoring", "training"}
+    # a per-step floor below the bandwidth-bound step changes nothing; above it, each of the batches' decode steps
+    # takes the floor (HF generate measured 103 ms per step for a 1B LoRA student on an H200)
+    same = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
+                                decode_step_s=1e-6)
+    assert same["stages"] == hours["stages"]
+    slow = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
+                                decode_step_s=0.103)
+    slower = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
+                                  decode_step_s=0.2)
+    shape = memory.run_shape(pad_recipe())
+    steps = -(-60_000 // shape.sampling_batch_size) * shape.max_new_tokens  # batches × decode steps each
+    assert slower["stages"]["sampling"] - slow["stages"]["sampling"] == pytest.approx(steps * 0.097 / 3600)
+    assert slow["stages"]["sampling"] > 5 * hours["stages"]["sampling"]
+    assert {k: v for k, v in slow["stages"].items() if k != "sampling"} == \
+        {k: v for k, v in hours["stages"].items() if k != "sampling"}
+
+
+def test_the_cli_takes_a_measured_decode_step_time(capsys):
+    recipe = str(Path(memory.__file__).resolve().parents[1] / "recipes" / "adpa_plus_llama3_8b_to_1b_qlora.yaml")
+    configs = str(Path(__file__).parent / "fixtures" / "model_configs")
+    sampling = {}
+    for step in ("0", "0.103"):
+        memory.main([recipe, "--model-configs", configs, "--decode-step-s", step])
+        sampling[step] = float(re.search(r"GPU-hours on \S+: sampling ([\d.]+)", capsys.readouterr().out).group(1))
+    _, hours = memory.recipe_estimate(recipe, model_configs=configs, decode_step_s=0.103)
+    assert sampling["0.103"] == round(hours["stages"]["sampling"], 1) > 10 * sampling["0"]
 
 
 # --- the chunked log-prob head (trainers.student_token_logps) ---

@@ -921,14 +921,19 @@ GPUS = {
 
 
 def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = "A100-80GB", mfu: float = 0.35,
-                  bandwidth_efficiency: float = 0.6, fill: float = 0.5, model_configs=None,
-                  **overrides) -> dict:
+                  bandwidth_efficiency: float = 0.6, fill: float = 0.5, decode_step_s: float = 0.0,
+                  model_configs=None, **overrides) -> dict:
     """GPU-hours of a run from FLOPs and bytes, per stage (an *estimate*; nothing is measured).
 
     Training costs 6·P FLOPs per token for full fine-tuning (forward 2P, backward 4P) and 4·P with LoRA (no
     weight gradients of the base), plus 2·P when gradient checkpointing recomputes the forward; scoring costs
     2·P per token; decoding is bandwidth-bound: every new token of a sampling batch reads the weights and the
     KV cache once. Sequences are assumed ``fill`` × their maximum length on average.
+
+    ``decode_step_s`` is a floor on one decode step of a sampling batch (0: none): the bandwidth-bound step of a
+    small model is ~1 ms on an H200, but an eager framework's per-step overhead can be far more — HF ``generate``
+    of a LLaMA-3.2-1B LoRA student took 103 ms per step on an H200 (``results/device/2026-12-04-h200``; a gVisor
+    sandbox) — so pass the ``seconds_per_decode_step`` that ``bench/bench_recipe_gpu.py`` measures on your machine.
 
     Args:
         prompts: prompts per iteration (each gets n samples, teacher scores and one training pass).
@@ -950,7 +955,7 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
     # sampling: per batch of prompts, max_new_tokens decode steps reading weights + KV cache
     batches = math.ceil(prompts / shape.sampling_batch_size)
     kv = kv_cache_bytes(student, shape.sampling_batch_size * shape.samples_per_prompt, int(seq_len), b)
-    decode = batches * shape.max_new_tokens * (student_bytes + kv / 2) / bandwidth
+    decode = batches * shape.max_new_tokens * max((student_bytes + kv / 2) / bandwidth, decode_step_s)
     prefill = 2 * student.params * prompts * shape.samples_per_prompt * prompt_len / flops
     stages["sampling"] = decode + prefill
     if teacher is not None:
@@ -959,7 +964,7 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
             teacher_tokens += prompts * (shape.mcq_slices * (prompt_len + 32) + shape.n * (response_len + 4))
         if shape.teacher_generates:
             teacher_bytes = sum(weight_bytes(teacher, b, shape.quantization).values())
-            stages["teacher_sampling"] = batches * shape.max_new_tokens * teacher_bytes / bandwidth
+            stages["teacher_sampling"] = batches * shape.max_new_tokens * max(teacher_bytes / bandwidth, decode_step_s)
         if shape.teacher_scores:
             stages["teacher_scoring"] = 2 * teacher.params * teacher_tokens * (2 if shape.teacher_ref else 1) / flops
     per_token = (4 if shape.lora else 6) + (2 if shape.gradient_checkpointing else 0)
@@ -967,7 +972,7 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
     hours = {k: iterations * v / 3600 for k, v in stages.items()}
     return {"gpu_hours": sum(hours.values()), "stages": hours,
             "assumptions": {"gpu": gpu, "mfu": mfu, "bandwidth_efficiency": bandwidth_efficiency, "fill": fill,
-                            "prompts": prompts, "iterations": iterations}}
+                            "decode_step_s": decode_step_s, "prompts": prompts, "iterations": iterations}}
 
 
 # --- command line: the estimate of a recipe ---
@@ -985,14 +990,16 @@ def recipe_values(path: str | Path) -> dict:
     return {**(yaml.safe_load(text) or {}), **(json.loads(extra.group(1)) if extra else {})}
 
 
-def recipe_estimate(path: str | Path, *, model_configs=None, **overrides) -> tuple[MemoryEstimate, dict | None]:
+def recipe_estimate(path: str | Path, *, model_configs=None, decode_step_s: float = 0.0,
+                    **overrides) -> tuple[MemoryEstimate, dict | None]:
     """Estimate and time of a recipe file: :func:`recipe_values` and the ``# @time {json}`` (``estimate_time``
-    arguments) line of its header."""
+    arguments) line of its header (``decode_step_s``: :func:`estimate_time`'s floor on a decode step)."""
     import re
 
     values = {**recipe_values(path), **overrides}
     timing = re.search(r"^# @time (\{.*\})$", Path(path).read_text(), re.M)
-    hours = estimate_time(values, model_configs=model_configs, **json.loads(timing.group(1))) if timing else None
+    hours = estimate_time(values, model_configs=model_configs, decode_step_s=decode_step_s,
+                          **json.loads(timing.group(1))) if timing else None
     return estimate(values, model_configs=model_configs), hours
 
 
@@ -1048,6 +1055,10 @@ def main(argv=None) -> None:
     parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default=None,
                         help="the launch to estimate per process (with --world-size): accelerate/ddp.yaml or fsdp.yaml")
     parser.add_argument("--world-size", type=int, default=None, help="processes (GPUs) of that launch")
+    parser.add_argument("--decode-step-s", type=float, default=0.0,
+                        help="seconds per decode step of a sampling batch, as bench/bench_recipe_gpu.py measures it "
+                             "(seconds_per_decode_step): the time estimate's floor on a step (default 0: bandwidth-"
+                             "bound decoding, as an engine with CUDA graphs nears)")
     args = parser.parse_args(argv)
     launch = {k: v for k, v in (("strategy", args.strategy), ("world_size", args.world_size)) if v is not None}
     if launch and args.update:
@@ -1057,7 +1068,8 @@ def main(argv=None) -> None:
             changed = update_recipe_header(path, model_configs=args.model_configs)
             print(f"{path}: " + ("\n  ".join(["updated", *changed]) if changed else "up to date"))
             continue
-        result, hours = recipe_estimate(path, model_configs=args.model_configs, **launch)
+        result, hours = recipe_estimate(path, model_configs=args.model_configs, decode_step_s=args.decode_step_s,
+                                        **launch)
         if args.json:
             print(json.dumps({"recipe": str(path), **result.to_dict(), "time": hours}))
         else:
