@@ -323,6 +323,16 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
     preempt(job, tmp_path / "run" / "checkpoints" / "round0", params["steps"], kill, timeout=200)
     again = subprocess.run(launch(tmp_path / "run", 29523), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=240)
+    if again.returncode != 0 and "(SIGSEGV)" in again.stderr:
+        # once in CI (2026-12-04, under the other test worker's load) a gloo worker of the resumed FSDP launch died of
+        # SIGSEGV inside torch's all-gather, with no Python frame of ours; the launch resumes again from the newest
+        # checkpoint, once. A fault of the checkpoint itself crashes this retry too, and the curve is checked after.
+        import warnings
+
+        warnings.warn(f"the resumed {strategy} launch crashed (SIGSEGV); launched once more: "
+                      + again.stderr[-600:])
+        again = subprocess.run(launch(tmp_path / "run", 29524), cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=240)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("resuming from") == 2  # each process, from the checkpoint the killed job left
     config = json.loads((tmp_path / "run" / "config.json").read_text())
