@@ -225,10 +225,10 @@ class Bench:
             generated = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
                                        temperature=self.cfg.temperature, num_return_sequences=samples_per_prompt,
                                        max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
-        new_tokens = (generated.shape[1] - prompt_len) * generated.shape[0]
-        # per step of the batch: memory.estimate_time(decode_step_s=...) takes it as the framework's floor
-        self.record(name, phase, tokens_per_s=new_tokens / phase.seconds,
-                    seconds_per_decode_step=phase.seconds / (generated.shape[1] - prompt_len))
+        steps = generated.shape[1] - prompt_len  # decode steps of the batch, one new token per row each
+        # per step: memory.estimate_time(decode_step_s=...) takes it as the framework's floor
+        self.record(name, phase, tokens_per_s=steps * generated.shape[0] / phase.seconds,
+                    seconds_per_decode_step=phase.seconds / steps)
 
     def teacher_likelihood(self, teacher, **extra) -> None:
         """The teacher's no-grad log-probs of the response positions of ``scoring_batch_size`` sequences."""
