@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-vllm test-fast gym figures notebook-figures bench
+.PHONY: setup test test-vllm test-fast gym figures reports notebook-figures bench
 
 setup:
 	$(PYTHON) -m pip install -q $(TORCH) -e ".[dev]"
@@ -31,9 +31,14 @@ test-fast:
 gym: setup
 	$(PYTHON) -m workbench.gym build --size default
 
-figures:
+figures: reports
 	$(PYTHON) -m workbench.figures
 	$(PYTHON) -m workbench.figures --across default=results/compare world1=results/compare_world1 world2=results/compare_world2
+
+# each committed records folder tabulated (table, claims ledger, against the best) into its REPORT.md
+REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2
+reports:
+	for d in $(REPORT_DIRS); do $(PYTHON) -m workbench.compare --report --runs-dir $$d > $$d/REPORT.md || exit 1; done
 
 # the figures the notebooks draw from their own runs (defaults plus the flags below; ~5.5 min on 2 cores); executed
 # copies go to $(NB_OUT). Notebook 07's sweeps stay off: `make figures` draws PLaD Fig. 2 / 4 from 3-seed records.

@@ -344,6 +344,43 @@ def test_the_committed_comparison_is_complete_and_current():
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
 
+def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, capsys):
+    """--report: the table, ledger and against-the-best of a runs folder from its records alone; it names the builds
+    and warns of a mix; an empty folder is refused with the command that fills it."""
+    from workbench import compare as C
+
+    for seed, (plad, seqkd) in enumerate(((0.5, 0.4), (0.6, 0.4), (0.7, 0.5))):
+        for label, gold in (("plad", plad), ("seqkd", seqkd)):
+            record = {**_record(label, seed, gold), "models": {"student": "s@x"}, "weights": {"student": "abc"}}
+            path = tmp_path / label / f"seed{seed}" / "record.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(record))
+    monkeypatch.setattr(C, "compare", lambda *a, **k: pytest.fail("--report must not train"))
+    C.main(["--report", "--runs-dir", str(tmp_path)])
+    page = capsys.readouterr().out
+    assert page == C.report(tmp_path)
+    assert "6 runs of 2 labels, seeds 0, 1, 2" in page and '`{"student": "abc"}`' in page
+    assert "| plad | 3 | 0.600 ± 0.248 |" in page  # mean of 0.5/0.6/0.7, t(2) × s/√3
+    assert "| PLaD beats SeqKD | PLaD §5.2, Table 1 | plad vs seqkd | +0.167 ± 0.143 (gold) | holds |" in page
+    assert "| seqkd | 0.433 | -0.167 ± 0.143 | below the best |" in page and "Warning" not in page
+    unnoted = tmp_path / "seqkd" / "seed0" / "record.json"
+    unnoted.write_text(json.dumps({**json.loads(unnoted.read_text()), "weights": None}))
+    assert "**Warning**: these records were made on 2 builds" in C.report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m workbench.compare --runs-dir"):
+        C.report(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2"])
+def test_the_committed_reports_are_the_records_tabulated(folder):
+    """results/<folder>/REPORT.md (the page the README's numbers quote) is what --report makes of the committed
+    records today: re-running or adding records without regenerating it (make figures) fails here."""
+    from workbench.compare import report
+
+    runs = Path(compare_module.__file__).resolve().parents[1] / "results" / folder
+    assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), \
+        f"results/{folder}/REPORT.md is stale: python -m workbench.compare --report --runs-dir results/{folder}"
+
+
 def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path, capsys):
     """--gym world1: every run starts from that build's teacher and student (another seed of the default recipe, a
     model identity of its own), and its records go to a folder of their own."""
