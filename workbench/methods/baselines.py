@@ -318,7 +318,8 @@ def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
         else:
             from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-            args = CPOConfig(beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0,
+            # its pair collator reads the raw columns: say so (TRL otherwise sets it and logs a warning per run)
+            args = CPOConfig(beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0, remove_unused_columns=False,
                              simpo_gamma=cfg.beta * cfg.simpo_gamma_beta_ratio, **_trl_common(cfg, output_dir))
             trainer = CPOTrainer(model=student, args=args, train_dataset=_conversational(rows),
                                  processing_class=tokenizer)
