@@ -341,7 +341,20 @@ def test_the_committed_comparison_is_complete_and_current():
                 assert record["models"] == models, f"{variant.label} seed {seed} was made on another gym build"
                 assert record["method_defaults"] == method_defaults(variant.method), \
                     f"{variant.label} seed {seed} was made at other harness settings than today's"
+    _assert_one_build(list(records.values()), load_references(runs), noted=True)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
+
+
+def _assert_one_build(records, references, noted):
+    """All records and references share one build of the weights; ``noted``: each also names it (made since records
+    noted weights)."""
+    from workbench.compare import mixed_builds
+
+    assert mixed_builds(records, references) is None, mixed_builds(records, references)
+    if noted:
+        unnoted = sorted({r["label"] for r in records if not r.get("weights")})
+        assert not unnoted, f"records without weights (made before they noted them): {unnoted[:5]}"
+        assert all(ref.get("weights") for ref in references.values())
 
 
 def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, capsys):
@@ -379,6 +392,19 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     runs = Path(compare_module.__file__).resolve().parents[1] / "results" / folder
     assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), \
         f"results/{folder}/REPORT.md is stale: python -m workbench.compare --report --runs-dir results/{folder}"
+
+
+def test_the_readme_quotes_the_committed_ledger_across_worlds():
+    """The README's table of claims across gym worlds is what the committed records give today, verbatim."""
+    from workbench.compare import format_ledger_across, ledger_across_worlds
+
+    root = Path(compare_module.__file__).resolve().parents[1]
+    worlds = {"default": root / "results/compare", "world1": root / "results/compare_world1",
+              "world2": root / "results/compare_world2"}
+    table = format_ledger_across(ledger_across_worlds(worlds), list(worlds))
+    assert table in (root / "README.md").read_text(), \
+        "README's claims-across-worlds table is stale: python -m workbench.compare --across default=results/compare " \
+        "world1=results/compare_world1 world2=results/compare_world2"
 
 
 def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path, capsys):
@@ -448,5 +474,7 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
             record = records.get((variant.label, seed))
             assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym}"
             assert record["models"] == models and record["method_defaults"] == method_defaults(variant.method)
+    # the worlds' records were made on transformers 5.24's builds, before records noted weights: one build each
+    _assert_one_build(list(records.values()), load_references(runs), noted=False)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
