@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def figures_dir() -> Path:
@@ -254,6 +255,7 @@ def plot_claims_across_worlds(ax, table, worlds: Sequence[str]):
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['statement']} [{r['across']}]" for r in rows], fontsize=7)
     ax.set_xlabel("effect a − b (mean ± 95% CI over seeds); colour: the world's verdict")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # the long claim labels leave a narrow axis: no crowded ticks
     ax.legend(fontsize=7, loc="lower right", title="world (marker)")
     return ax
 
