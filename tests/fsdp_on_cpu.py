@@ -25,6 +25,6 @@ def _init_reporting_a_device_group(self, cpu: bool = False, **kwargs):
 PartialState.__init__ = _init_reporting_a_device_group
 
 if __name__ == "__main__":
-    from workbench.train import main
+    from workbench.train import main, script_exit
 
-    main(sys.argv[1:])
+    script_exit(main(sys.argv[1:]))

@@ -164,3 +164,18 @@ def test_the_script_estimates_one_process_of_its_launch_and_refuses_what_will_no
     with caplog.at_level(logging.WARNING, logger="workbench.train"):
         assert launch_memory_estimate(unreadable, single, capacity=1) is None
     assert "no memory estimate for this run" in caplog.text
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_script_exit_skips_the_teardown_only_for_a_distributed_member(distributed):
+    """A launched member of a group ends at script_exit without the interpreter's teardown (where gloo's threads can
+    abort a finished process), its logs and output flushed and its exit status 0; a single process exits normally."""
+    import subprocess
+
+    code = ("import atexit, logging, sys; from workbench.train import script_exit; "
+            "atexit.register(lambda: print('teardown ran')); logging.basicConfig(level=logging.INFO); "
+            f"print('work done', end=''); logging.getLogger('x').info('logged'); script_exit({distributed}); "
+            "print(' after')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("work done") and "INFO:x:logged" in out.stderr
+    assert ("teardown ran" in out.stdout) is not distributed and ("after" in out.stdout) is not distributed

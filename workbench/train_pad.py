@@ -5,7 +5,7 @@ so the commands of earlier recipes and notes still run."""
 from __future__ import annotations
 
 from workbench.train import main as _main
-from workbench.train import method_config, parse_value, train
+from workbench.train import method_config, parse_value, script_exit, train
 
 __all__ = ["main", "pad_config", "parse_value", "train_pad"]
 
@@ -20,9 +20,9 @@ def train_pad(cfg, *, save_model: bool = True, save_rows: bool = False) -> list[
     return train("pad", cfg, save_model=save_model, save_rows=save_rows)
 
 
-def main(argv=None) -> None:
-    _main(argv, pipeline="pad")
+def main(argv=None) -> bool:
+    return _main(argv, pipeline="pad")
 
 
 if __name__ == "__main__":
-    main()
+    script_exit(main())
