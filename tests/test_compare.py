@@ -348,8 +348,6 @@ def test_the_committed_comparison_is_complete_and_current():
 def _assert_one_build(records, references, noted):
     """All records and references share one build of the weights; ``noted``: each also names it (made since records
     noted weights)."""
-    from workbench.compare import mixed_builds
-
     assert mixed_builds(records, references) is None, mixed_builds(records, references)
     if noted:
         unnoted = sorted({r["label"] for r in records if not r.get("weights")})

@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from importlib import import_module
@@ -302,8 +303,6 @@ def script_exit(distributed: bool) -> None:
     every output; pytorch/pytorch#179291), which would fail the launch. Logs and streams are flushed first. A single
     process exits normally. Only for ``__main__`` blocks: it ends the calling process."""
     if distributed:
-        import sys
-
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
