@@ -18,8 +18,10 @@ the MLP's gate/up/act/product, and peft LoRA's dropout outputs, masks and ``lora
 base (LoRA) a linear layer saves no input for a weight gradient. The per-layer counts match the tensors saved by
 autograd exactly for Llama and Gemma-2 in float32 and bfloat16, with and without LoRA (measured on CPU), and the
 whole estimate is checked against the measured peak RSS of a training step in ``tests/test_memory.py``.
-Numbers for a GPU are *estimates*: CUDA kernels save the same tensors, but allocator fragmentation and the CUDA
-context (``CUDA_CONTEXT_BYTES``, assumed) are not measured here.
+On a GPU it was measured once per method family: ``bench/bench_recipe_gpu.py`` on an H200 ran four QLoRA recipes'
+real architectures (random weights), and every phase's ``torch.cuda.max_memory_allocated`` (plus the assumed
+``CUDA_CONTEXT_BYTES``) lies within 15% of this estimate (``results/device/2026-12-04-h200/``, checked by
+``tests/test_memory.py``); allocator fragmentation beyond that is not modelled.
 
 Model dimensions come from a ``transformers`` config: a gym preset (no build needed), a local folder, a hub id
 (``AutoConfig``; offline it needs the Hugging Face cache), or ``model_configs`` — a folder of
@@ -68,6 +70,7 @@ class ModelDims:
     attention: str = "sdpa"  # "sdpa" | "eager" (Gemma-2: eager, for its attention soft-capping)
     norms_per_layer: int = 2  # Llama 2, Gemma-2 4 (pre and post norms)
     attn_softcap: bool = False
+    mask_kinds: int = 1  # (B, 1, T, T) additive masks eager attention builds per forward (Gemma-2: full and sliding)
 
     @property
     def q_dim(self) -> int:
@@ -133,7 +136,16 @@ def dims_from_config(config, name: str = "") -> ModelDims:
         attention=attention,
         norms_per_layer=4 if gemma2 else 2,
         attn_softcap=bool(get("attn_logit_softcapping")),
+        mask_kinds=_mask_kinds(get("layer_types"), gemma2 and bool(get("sliding_window"))),
     )
+
+
+def _mask_kinds(layer_types, alternating_sliding: bool) -> int:
+    """How many (B, 1, T, T) masks a forward builds: one per attention kind of ``layer_types`` (a hub config.json
+    of Gemma-2 has none; its model alternates sliding and full layers)."""
+    if layer_types:
+        return len(set(layer_types))
+    return 2 if alternating_sliding else 1
 
 
 def _gym_dims(name: str) -> ModelDims | None:
@@ -398,15 +410,25 @@ def forward_transient_bytes(dims: ModelDims, sequences: int, seq_len: int, act_b
     backward, so attention's tensors are freed before the MLP runs):
 
     * attention: the layer's input (also its residual) and its normed copy, q/k/v/out (k, v repeated to the query
-      heads), and the T×T scores for eager attention;
+      heads), and for eager attention the T×T scores at softmax, its peak: the scores in the compute dtype, their
+      float32 copy (``softmax(..., dtype=float32)`` converts a bfloat16 input before it computes; float16 on CUDA
+      has a fused path without it, counted here all the same) and the float32 probabilities;
     * MLP: the layer's input (the caller still holds it), the new residual and its normed copy, and act(gate), up
       and their product (the gate projection is freed once activated).
+
+    Eager attention's additive (B, 1, T, T) masks, one per attention kind, live through the whole forward.
+    Measured on an H200 (``bench/bench_recipe_gpu.py``, Gemma-2-9B's MCQ pass, 8 × 2608 tokens): counting the
+    softmax as 6 bytes per score and no masks left the phase 17% under the measured peak.
     """
     tokens = sequences * seq_len
-    scores = sequences * dims.heads * seq_len * seq_len * (4 + act_bytes) if dims.attention == "eager" else 0
+    scores = masks = 0
+    if dims.attention == "eager":
+        squares = sequences * seq_len * seq_len
+        scores = squares * dims.heads * (act_bytes + 4 + (4 if act_bytes != 4 else 0))
+        masks = squares * act_bytes * dims.mask_kinds
     attention = tokens * act_bytes * (2 * dims.hidden + 4 * dims.q_dim) + scores
     mlp = tokens * act_bytes * (3 * dims.hidden + 3 * dims.intermediate)
-    return max(attention, mlp)
+    return masks + max(attention, mlp)
 
 
 def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes: int) -> int:
@@ -485,6 +507,10 @@ class RunShape:
     training_head_chunked: bool = field(default=True, metadata={
         "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
                 "loss: PAD, the ADPA family's top-k losses and its SFT stage, PLaD)"})
+    forwards_per_step: int = field(default=1, metadata={
+        "help": "separate student forwards a training step's n sequences per example are split into (PAD, PLaD: one "
+                "of all n; the ADPA family: one per field, y_w and y_l or ŷ): each back-propagates on its own, so one "
+                "forward's head chunk and recomputed layer are alive at a time"})
     samples_trained_student: bool = field(default=False, metadata={
         "help": "the run samples from its student after training it (PAD iterations > 1, ADPA+): under FSDP each "
                 "process then holds a whole copy beside its shard (workbench.distributed.unsharded)"})
@@ -588,7 +614,8 @@ def _method_defaults(values: Mapping) -> dict:
     models; PAD (the rest) trains on n student samples with both models loaded."""
     if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
         return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
-                "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False, "teacher_in_sampling": False,
+                "forwards_per_step": 2, "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False,
+                "teacher_in_sampling": False,
                 "samples_trained_student": values.get("method") == "adpa+"
                 and values.get("state_source", "student") == "student"}
     if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
@@ -777,15 +804,21 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     def casts(layers: int) -> int:
         return autocast_weight_bytes(student, act_b, layers=layers, head=not chunked) if copies else 0
 
+    # the step's forwards (ADPA family: y_w, then y_l or ŷ) each keep their activations for backward, but back-
+    # propagate one after the other: a recomputed layer, its buffers and a head chunk belong to one forward's rows
+    forward_seqs = max(1, seqs // max(1, shape.forwards_per_step))
+    forward_tokens = forward_seqs * seq_len
     if shape.gradient_checkpointing:  # layer inputs saved; one layer's activations exist again in its backward
         activations = tokens * (student.layers * checkpointed_layer_bytes(student, residual_b) + final)
-        recomputed = tokens * per_layer
+        recomputed = forward_tokens * per_layer
         cast_start, cast_layer = casts(0), casts(1)
     else:
         activations, recomputed = tokens * (student.layers * per_layer + final), 0
         cast_start = cast_layer = casts(student.layers)
-    logits = logits_peak_bytes(seqs, seq_len, student.vocab, act_b, chunk=head_chunk, checkpointed_chunks=chunked)
-    transient = backward_transient_bytes(student, tokens, act_b, residual_bytes=residual_b)
+    # unchunked, every forward's logits stay saved until its backward: all rows count
+    logits = logits_peak_bytes(forward_seqs if chunked else seqs, seq_len, student.vocab, act_b, chunk=head_chunk,
+                               checkpointed_chunks=chunked)
+    transient = backward_transient_bytes(student, forward_tokens, act_b, residual_bytes=residual_b)
     ddp_buckets = grads if shape.strategy == "ddp" and world > 1 else 0
     base = {**in_training, "optimizer_states": states}
     candidates = {
@@ -804,6 +837,16 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         # after backward / optimizer step: all gradients (fused AdamW, no extra copies)
         "optimizer_step": {**base, "gradients": grads, "ddp_buckets": ddp_buckets},
     }
+    if shape.forwards_per_step > 1:
+        # the last forward to back-propagate (ADPA family: y_w after y_l or ŷ) does so beside every gradient the
+        # first left, with its own activations alone still saved
+        later = {**base, "gradients": grads, "activations": activations * forward_seqs // seqs,
+                 "ddp_buckets": ddp_buckets}
+        candidates["later_forward_head"] = {**later, "logits_and_log_softmax": logits,
+                                            "autocast_weight_copies": cast_start}
+        candidates["later_forward_layer"] = {**later, "recomputed_layer": recomputed, "backward_buffers": transient,
+                                             "autocast_weight_copies": cast_layer,
+                                             "fsdp_reduce_scatter": reduce_scatter}
     if copies:
         # end of forward: autocast's cache holds every weight's copy until the loss is computed
         candidates["forward_end"] = {**base, "activations": activations, "ddp_buckets": ddp_buckets,
@@ -932,8 +975,9 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
 
     ``decode_step_s`` is a floor on one decode step of a sampling batch (0: none): the bandwidth-bound step of a
     small model is ~1 ms on an H200, but an eager framework's per-step overhead can be far more — HF ``generate``
-    of a LLaMA-3.2-1B LoRA student took 103 ms per step on an H200 (``results/device/2026-12-04-h200``; a gVisor
-    sandbox) — so pass the ``seconds_per_decode_step`` that ``bench/bench_recipe_gpu.py`` measures on your machine.
+    of the recipes' LoRA students (LLaMA-3.2-1B to LLaMA-2-7B, 32-128 sequences) took 66-131 ms per step on an H200
+    (``results/device/2026-12-04-h200``; a gVisor sandbox) — so pass the ``seconds_per_decode_step`` that
+    ``bench/bench_recipe_gpu.py`` measures on your machine.
 
     Args:
         prompts: prompts per iteration (each gets n samples, teacher scores and one training pass).
