@@ -290,6 +290,16 @@ def _one_gguf_reader_per_file():
         gguf.GGUFReader = parse
 
 
+@contextlib.contextmanager
+def quiet_checkpointing_renames():
+    """peft and TRL read and enable checkpointing under the names transformers 5 deprecated
+    (``is_gradient_checkpointing``, ``gradient_checkpointing_enable``): their FutureWarnings, which a user can do
+    nothing about, are kept out of a run's output; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing\w*` is deprecated", FutureWarning)
+        yield
+
+
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):
     """bitsandbytes config for ``quantization`` in {None, '4bit', '8bit'} (4bit = NF4 + double quant, QLoRA)."""
     if quantization is None:
@@ -439,9 +449,7 @@ def load(
     if lora is not None and lora is not False:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        with warnings.catch_warnings():
-            # peft reads and enables checkpointing under transformers' deprecated names; nothing for a user to change
-            warnings.filterwarnings("ignore", r"`(is_)?gradient_checkpointing\w*` is deprecated", FutureWarning)
+        with quiet_checkpointing_renames():
             if qconfig is not None:
                 # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate
                 # counts)

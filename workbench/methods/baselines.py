@@ -52,6 +52,7 @@ from workbench.losses.pad import avg_logp_reward
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, StudentPrecision, finish_run, gold_of, gym_prompts,
                                      knob, resolve_lr)
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
+from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
 from workbench.trainers import (ListwiseCollator, ResponseCollator, quiet_logs, set_threads, student_token_logps,
@@ -323,7 +324,8 @@ def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
                              simpo_gamma=cfg.beta * cfg.simpo_gamma_beta_ratio, **_trl_common(cfg, output_dir))
             trainer = CPOTrainer(model=student, args=args, train_dataset=_conversational(rows),
                                  processing_class=tokenizer)
-        quiet_logs(trainer, cfg.progress).train()
+        with quiet_checkpointing_renames():  # DPOTrainer asks the model is_gradient_checkpointing every step
+            quiet_logs(trainer, cfg.progress).train()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     student.eval()
