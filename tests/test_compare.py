@@ -472,7 +472,7 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
             record = records.get((variant.label, seed))
             assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym}"
             assert record["models"] == models and record["method_defaults"] == method_defaults(variant.method)
-    # the worlds' records were made on transformers 5.24's builds, before records noted weights: one build each
-    _assert_one_build(list(records.values()), load_references(runs), noted=False)
+    # one build per world, its weights noted on every record and reference
+    _assert_one_build(list(records.values()), load_references(runs), noted=True)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
