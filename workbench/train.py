@@ -299,9 +299,9 @@ def main(argv=None, pipeline: str | None = None) -> bool:
 def script_exit(distributed: bool) -> None:
     """End a launched training process whose work is done and saved. A member of a distributed group exits without
     the interpreter's teardown: even with its group destroyed, gloo's worker threads can still abort it there
-    (SIGABRT, "terminate called without an active exception", seen once in CI after a 2-process FSDP run had saved
-    every output; pytorch/pytorch#179291), which would fail the launch. Logs and streams are flushed first. A single
-    process exits normally. Only for ``__main__`` blocks: it ends the calling process."""
+    (SIGABRT, "terminate called without an active exception", the abort :func:`main`'s comment cites; seen once in
+    CI after a 2-process FSDP run had saved every output), which would fail the launch. Logs and streams are
+    flushed first. A single process exits normally. Only for ``__main__`` blocks: it ends the calling process."""
     if distributed:
         logging.shutdown()
         sys.stdout.flush()
