@@ -100,3 +100,38 @@ def test_training_notebooks_default_to_the_methods_validation_chosen_gym_rate(na
     exec(params.source, namespace)  # the parameters cell is plain assignments
     # None = the method config's GYM_LR entry, so a notebook's rate follows its method / loss / anchor parameters
     assert namespace["lr"] is None, f"{name}: lr = {namespace['lr']!r} would pin one rate for every method"
+
+
+@pytest.mark.parametrize("name", all_notebooks())
+def test_the_cell_after_parameters_checks_papermills_names_first(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    assert nb.cells[at + 1].source.startswith("check_parameters()"), f"{name}: papermill's names are not checked"
+
+
+def test_an_unknown_papermill_parameter_is_named_before_anything_runs(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter\(s\) \['temprature'\]"):
+        papermill.execute_notebook(str(NOTEBOOKS / "03_pad_train.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"n": 3, "temprature": 0.5, "output_dir": str(tmp_path / "run")},
+                                   kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_notebook_03_takes_the_sampling_temperature():
+    import papermill
+
+    assert papermill.inspect_notebook(str(NOTEBOOKS / "03_pad_train.ipynb"))["temperature"]["default"] == "0.8"
+
+
+def test_unknown_parameters_are_the_injected_names_the_parameters_cell_lacks():
+    from workbench.notebook_parameters import check_parameters, unknown_parameters
+
+    parameters = 'n = 4  # samples\ntemperature: float = 0.8\nlr = None\n'
+    injected = '# Parameters\nn = 3\ntemprature = 0.5\nPM_INPUT_PATH = "in.ipynb"\n'
+    assert unknown_parameters(parameters, injected) == ["temprature"]
+    with pytest.raises(ValueError, match=r"\['temprature'\].*Its parameters: \['n', 'temperature', 'lr'\]"):
+        check_parameters(["", "import json", parameters, injected, "check_parameters()"])
+    check_parameters(["", "import json", parameters, "check_parameters()"])  # run by hand: no injected cell
+    check_parameters(["", parameters, "# Parameters\nn = 3\n", "check_parameters()"])

@@ -49,6 +49,7 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
+from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
                                      held_out_evaluation, knob, loaded_once, no_gold_evaluation, preference_splits,
@@ -231,6 +232,7 @@ class AdpaConfig(TrainingKnobs):
             raise ValueError(f"steps={self.steps}, dckd_steps={self.dckd_steps}; both must be ≥ 1")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
+        check_run_sizes(self)
         check_dataset_options(self)
         check_vllm_options(self)
         check_save_steps(self)

@@ -49,6 +49,7 @@ from workbench.evaluate import evaluate_policy
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
+from workbench.methods.checks import check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, StudentPrecision, finish_run, gold_of, gym_prompts,
                                      knob, resolve_lr)
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
@@ -124,6 +125,9 @@ class BaselineConfig(StudentPrecision):
             raise ValueError(f"data_fraction={self.data_fraction}; must be in (0, 1] (PLaD Fig. 4)")
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
+        check_run_sizes(self)
+        if self.method in ("dpo", "simpo", "pro"):  # they rank the n student samples
+            check_sampling_temperature(self, self.n)
         self.length_edges = tuple(float(e) for e in self.length_edges)
         self.lr = resolve_lr(self.lr, self.method)
         self.check_precision()

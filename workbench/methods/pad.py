@@ -28,6 +28,7 @@ from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
 from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
+from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
                                      held_out_evaluation, load_frozen_teacher, no_gold_evaluation, preference_splits,
@@ -108,6 +109,9 @@ class PadConfig(TrainingKnobs):
         if self.iterations < 1 or self.steps < 1:
             raise ValueError(f"iterations={self.iterations}, steps={self.steps}; both must be ≥ 1")
         get_loss(self.loss)  # a clear error listing the registered losses
+        check_ranking_loss(self.loss, self.beta, self.m or self.n)
+        check_sampling_temperature(self, self.n)
+        check_run_sizes(self)
         self.lr = resolve_lr(self.lr, self.gym_method)
         check_dataset_options(self)
         check_vllm_options(self)

@@ -44,6 +44,7 @@ from workbench.encoding import as_messages, collate_examples
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
+from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, finish_run, gold_of,
                                      gym_prompts, held_out_evaluation, knob, load_frozen_teacher, no_gold_evaluation,
@@ -138,6 +139,7 @@ class PladConfig(TrainingKnobs):
         if self.dataset != "gym" and self.real_ratio:
             raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
                              f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
+        check_run_sizes(self)
         check_dataset_options(self)
         check_vllm_options(self)
         self.check_training_knobs()
