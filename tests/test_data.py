@@ -446,3 +446,47 @@ def test_sft_presets_call_load_dataset(fake_hub):
     ds = data.load_sft_data("ultrafeedback")  # preference preset → prompt + chosen
     assert calls[0]["split"] == "train_prefs"
     assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# unreadable files: every fault names the file and the line
+# ---------------------------------------------------------------------------------------------------------
+
+GOOD_LINE = b'{"prompt": "Sort: 3 1 2", "chosen": "1 2 3", "rejected": "3 2 1"}'
+
+
+@pytest.mark.parametrize("bad_line, problem", [
+    (b'{"prompt": "x", "chosen": "a",', r"line 2: is not valid JSON"),
+    ('{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}'.encode("latin-1"), r"line 2: is not UTF-8 \(byte 0xe9"),
+    (b'["prompt", "chosen"]', r"line 2: is a JSON list, not an object"),
+])
+def test_an_unreadable_line_names_file_and_line_or_is_skipped_with_a_count(tmp_path, caplog, bad_line, problem):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(GOOD_LINE + b"\n" + bad_line + b"\n\n" + GOOD_LINE.replace(b"Sort", b"Reverse") + b"\n")
+    with pytest.raises(data.DataValidationError, match=rf"{path}, {problem}.*on_invalid='filter'") as raised:
+        data.load_preference_data(path)
+    assert raised.value.path == path and raised.value.line == 2
+    with caplog.at_level(logging.WARNING, logger="workbench.data"):
+        ds = data.load_preference_data(path, on_invalid="filter")
+    assert [row["prompt"][0]["content"] for row in ds] == ["Sort: 3 1 2", "Reverse: 3 1 2"]
+    assert f"skipped 1 unreadable line(s) of {path} (first: line 2" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n"])
+def test_an_empty_file_is_named(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    for on_invalid in ("raise", "filter"):
+        with pytest.raises(data.DataValidationError, match=rf"{path} holds no rows"):
+            data.load_preference_data(path, on_invalid=on_invalid)
+    with pytest.raises(data.DataValidationError, match=r"holds no rows"):
+        data.load_sft_data(path)
+
+
+def test_a_json_array_file_names_the_line_of_a_syntax_error(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text('[\n{"prompt": "a", "chosen": "b", "rejected": "c"},\n{"prompt": "a" "chosen": "b"}\n]\n')
+    with pytest.raises(data.DataValidationError, match=rf"{path}, line 3: not valid JSON"):
+        data.load_preference_data(path)
+    path.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"}]')
+    assert len(data.load_preference_data(path)) == 1

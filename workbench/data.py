@@ -758,12 +758,14 @@ def _unknown_source(source: str, presets: Mapping[str, DatasetPreset]) -> ValueE
     )
 
 
-def _load_local(path: Path) -> Dataset:
+def _load_local(path: Path, on_invalid: OnInvalid = "raise") -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {path}")
     if path.suffix == ".parquet":
         return Dataset.from_parquet(str(path))
-    return Dataset.from_json(str(path))
+    from workbench.data_files import load_json_file  # line by line: a bad line names the file and line
+
+    return load_json_file(path, on_invalid)
 
 
 def _load_raw(
@@ -771,6 +773,7 @@ def _load_raw(
     split: str,
     presets: Mapping[str, DatasetPreset],
     load_kwargs: Mapping[str, Any] | None,
+    on_invalid: OnInvalid = "raise",
 ) -> tuple[Dataset, DatasetPreset | None]:
     """(raw dataset, its preset or None) from a preset name, a local file, or a hub id."""
     source_str = os.fspath(source)
@@ -786,7 +789,7 @@ def _load_raw(
         return ds, preset
     path = Path(source_str)
     if path.suffix in LOCAL_SUFFIXES or path.exists():
-        return _load_local(path), None
+        return _load_local(path, on_invalid), None
     if "/" in source_str:
         return datasets.load_dataset(source_str, split=split, **dict(load_kwargs or {})), None
     raise _unknown_source(source_str, presets)
@@ -834,7 +837,7 @@ def load_preference_data(
     Returns:
         ``datasets.Dataset`` in TRL's conversational preference format.
     """
-    raw, preset = _load_raw(source, split, PRESETS, load_kwargs)
+    raw, preset = _load_raw(source, split, PRESETS, load_kwargs, on_invalid)
     convert = (
         _resolve_schema(schema) if schema is not None else (preset.convert if preset else convert_standard)
     )
@@ -883,9 +886,9 @@ def load_sft_data(
     """
     source_str = os.fspath(source)
     if source_str in PRESETS:
-        raw, preset = _load_raw(source_str, split, PRESETS, load_kwargs)
+        raw, preset = _load_raw(source_str, split, PRESETS, load_kwargs, on_invalid)
     else:
-        raw, preset = _load_raw(source_str, split, SFT_PRESETS, load_kwargs)
+        raw, preset = _load_raw(source_str, split, SFT_PRESETS, load_kwargs, on_invalid)
     if schema is None and (preset.schema == "messages" if preset else "messages" in raw.column_names):
         ds = convert_messages(raw)
     else:
