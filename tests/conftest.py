@@ -43,10 +43,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_gym():
-    """The tiny gym (built once per cache; a few seconds)."""
-    from workbench.gym.build import build_gym
+    """The tiny gym as the package ships it."""
+    from workbench.gym.store import find_gym
 
-    return build_gym("tiny", progress=False)
+    return find_gym("tiny")
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +137,7 @@ def preempt():
 
     def kill_after_first_checkpoint(job, folder: Path, steps: int, kill, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
-        while job.poll() is None and not any(folder.glob("checkpoint-*/objective_state.pt")):
+        while job.poll() is None and not any(folder.glob("checkpoint-*/objective_state.safetensors")):
             assert time.monotonic() < deadline, f"no checkpoint within {timeout:.0f} s"
             time.sleep(0.05)
         running = job.poll() is None

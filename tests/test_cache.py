@@ -1,6 +1,8 @@
-"""Stage cache keying: model fingerprints change when weights change (also under fused optimizers)."""
+"""Stage cache keying: model fingerprints change when weights change (also under fused optimizers); entries are
+stored without pickle and verified on read."""
 
 import datasets
+import pytest
 import torch
 
 from workbench.cache import StageCache, content_hash, model_fingerprint
@@ -50,8 +52,6 @@ def test_usage_and_clearing_per_stage_from_the_command_line(tmp_path, capsys):
     import json
     import os
     import time
-
-    import pytest
 
     from workbench.cache import cache_usage, clear_stages, main
 
@@ -113,3 +113,73 @@ def test_a_cache_folder_is_built_once_when_processes_race_and_rebuilt_when_incom
     assert not saved_model_complete(target)
     _build_slowly(str(target), str(log))
     assert log.read_text() == "built\n" * 2 and saved_model_complete(target)
+
+
+def _entry_with_counts(tmp_path):
+    import numpy as np
+
+    cache = StageCache(tmp_path)
+    calls = []
+    value = {"token_logps": torch.arange(64, dtype=torch.float32) / 7, "ids": [[5, 6, 7], [], [8]],
+             "pair": (np.arange(6, dtype=np.int32).reshape(2, 3), 0.5, "text", None)}
+    compute = lambda: calls.append(1) or value  # noqa: E731
+    return cache, compute, calls, value
+
+
+def _assert_same(a, b):
+    import numpy as np
+
+    assert torch.equal(a["token_logps"], b["token_logps"]) and a["ids"] == b["ids"]
+    assert np.array_equal(a["pair"][0], b["pair"][0]) and a["pair"][0].dtype == b["pair"][0].dtype
+    assert a["pair"][1:] == b["pair"][1:] and isinstance(b["pair"], tuple)
+
+
+def test_an_entry_reads_back_as_written_without_pickle(tmp_path):
+    cache, compute, calls, value = _entry_with_counts(tmp_path)
+    cache.get_or_compute("token_logps", {"k": 1}, compute)
+    path = cache.path("token_logps", {"k": 1})
+    assert path.suffix == ".safetensors" and b"pickle" not in path.read_bytes()
+    _assert_same(value, cache.get_or_compute("token_logps", {"k": 1}, compute))
+    assert calls == [1] and cache.hits == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped floats", "another key's entry", "old pickled format"])
+def test_a_corrupt_entry_is_named_removed_and_recomputed(tmp_path, caplog, damage):
+    import logging
+    import struct
+
+    cache, compute, calls, value = _entry_with_counts(tmp_path)
+    cache.get_or_compute("token_logps", {"k": 1}, compute)
+    path = cache.path("token_logps", {"k": 1})
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flipped floats":  # eight teacher log-probs off by +5, the file still a valid safetensors file
+        start = bytes(data).index(struct.pack("<f", 10 / 7))
+        for i in range(8):
+            at = start + 4 * i
+            data[at : at + 4] = struct.pack("<f", struct.unpack("<f", data[at : at + 4])[0] + 5)
+        path.write_bytes(bytes(data))
+    elif damage == "another key's entry":
+        cache.get_or_compute("token_logps", {"k": 2}, lambda: {"other": torch.zeros(2)})
+        cache.path("token_logps", {"k": 2}).replace(path)
+    else:
+        path.unlink()
+        torch.save(value, path.with_suffix(".pt"))
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="workbench.cache"):
+        _assert_same(value, cache.get_or_compute("token_logps", {"k": 1}, compute))
+    assert calls == [1]  # recomputed
+    assert str(path.with_suffix(".pt") if damage == "old pickled format" else path) in caplog.text
+    assert not path.with_suffix(".pt").exists()
+    _assert_same(value, cache.get_or_compute("token_logps", {"k": 1}, compute))
+    assert calls == [1]  # the rewritten entry verifies
+
+
+def test_no_pickle_is_read_from_a_cache_or_run_folder():
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "workbench"
+    unsafe = [f"{p.relative_to(package)}:{n}" for p in sorted(package.rglob("*.py"))
+              for n, line in enumerate(p.read_text().splitlines(), 1) if "weights_only=False" in line]
+    assert unsafe == []

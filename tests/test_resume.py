@@ -10,7 +10,8 @@ import torch
 from workbench import cache as cache_module
 from workbench.cache import StageCache
 from workbench.distributed import Shard, map_in_shards, shard_pieces, stage_chunk_items
-from workbench.trainers import Checkpoints
+from workbench.stored import write_verified
+from workbench.trainers import OBJECTIVE_STATE, Checkpoints
 
 
 class Preempted(Exception):
@@ -207,11 +208,33 @@ def test_an_incomplete_checkpoint_is_skipped(tmp_path):
         folder.mkdir()
         if complete:
             (folder / "trainer_state.json").write_text("{}")
-            (folder / "objective_state.pt").write_text("")
+            write_verified(folder / OBJECTIVE_STATE, {}, key=OBJECTIVE_STATE)
     assert checkpoints.latest() == str(tmp_path / "checkpoint-2")
     assert Checkpoints(tmp_path / "none", 2).latest() is None
     with pytest.raises(ValueError, match="save_steps=0"):
         Checkpoints(tmp_path, 0)
+
+
+def test_a_checkpoint_whose_objective_state_is_corrupt_is_skipped_and_nothing_is_unpickled(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    from workbench.trainers import read_objective_state
+
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        write_verified(folder / OBJECTIVE_STATE, {"generator": torch.Generator().manual_seed(step).get_state()},
+                       key=OBJECTIVE_STATE)
+    newest = tmp_path / "checkpoint-4" / OBJECTIVE_STATE
+    newest.write_bytes(newest.read_bytes()[:-5])  # cut short on disk
+    with caplog.at_level(logging.WARNING, logger="workbench.trainers"):
+        assert Checkpoints(tmp_path, 2).latest() == str(tmp_path / "checkpoint-2")
+    assert f"skipping checkpoint {tmp_path / 'checkpoint-4'}: its objective state is corrupt" in caplog.text
+    state = read_objective_state(tmp_path / "checkpoint-2")
+    assert torch.equal(state["generator"], torch.Generator().manual_seed(2).get_state())
 
 
 def test_adpa_plus_interrupted_in_its_second_stage_resumes_through_the_first(tiny_gym, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Content-addressed stage cache: expensive outputs keyed by a hash of everything that determines them.
 
 A key is any JSON-serialisable description (model fingerprint, texts, stage parameters); the value is stored
-with ``torch.save`` under ``<root>/<stage>/<hash>.pt``. Sweeps (alpha, beta, n) and reruns reuse the work, and an
+with its key and a checksum under ``<root>/<stage>/<hash>.safetensors`` (:mod:`workbench.stored`: no pickle,
+verified on read; a corrupt entry is removed and recomputed). Sweeps (alpha, beta, n) and reruns reuse the work, and an
 interrupted run resumes from it (:mod:`workbench.distributed`).
 
 ``python -m workbench.cache`` prints what the cache holds per stage (entries, size, oldest and newest entry);
@@ -116,7 +117,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 class StageCache:
-    """``get_or_compute(stage, key, compute)``: load ``<root>/<stage>/<hash(key)>.pt`` or compute and save it."""
+    """``get_or_compute(stage, key, compute)``: read ``<root>/<stage>/<hash(key)>.safetensors`` or compute and
+    write it. An entry holds its key and a checksum (:mod:`workbench.stored`, no pickle) and is verified on every
+    read: a corrupt one (truncated, altered, another key's) is logged with its path, removed and recomputed."""
 
     def __init__(self, root: str | Path | None = None, enabled: bool = True):
         self.root = Path(root) if root is not None else cache_root() / "stages"
@@ -125,27 +128,41 @@ class StageCache:
         self.misses = 0
 
     def path(self, stage: str, key: Any) -> Path:
-        return self.root / stage / f"{content_hash(key)}.pt"
+        return self.root / stage / f"{content_hash(key)}{ENTRY_SUFFIX}"
 
     def get_or_compute(self, stage: str, key: Any, compute: Callable[[], Any]) -> Any:
         if not self.enabled:
             return compute()
-        path = self.path(stage, key)
-        if path.exists():
-            self.hits += 1
-            logger.debug("cache hit %s", path)
-            import torch
+        from workbench.stored import CorruptFile, read_verified, write_verified
 
-            return torch.load(path, weights_only=False)
+        path = self.path(stage, key)
+        _drop_pickled(path.with_suffix(".pt"))
+        if path.exists():
+            try:
+                value = read_verified(path, key)
+            except CorruptFile as error:
+                logger.warning("corrupt stage-cache entry %s (%s): removed, recomputing it (python -m workbench.cache "
+                               "--clear %s empties the stage)", path, error.reason, stage)
+                path.unlink(missing_ok=True)
+            else:
+                self.hits += 1
+                logger.debug("cache hit %s", path)
+                return value
         self.misses += 1
         value = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        import torch
-
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two jobs computing one entry never write one file
-        torch.save(value, tmp)
-        tmp.replace(path)  # atomic: a crashed run never leaves a half-written entry
+        write_verified(path, value, key)  # atomic: a crashed run never leaves a half-written entry
         return value
+
+
+ENTRY_SUFFIX = ".safetensors"
+
+
+def _drop_pickled(path: Path) -> None:
+    """An entry of the earlier pickled format (``.pt``) is never read (unpickling runs code): it is removed, and the
+    entry is computed afresh in the verified format."""
+    if path.exists():
+        logger.info("stage-cache entry %s is in the old pickled format: removed, recomputing it", path)
+        path.unlink(missing_ok=True)
 
 
 _DEFAULT_CACHE: StageCache | None = None
@@ -166,7 +183,7 @@ def _entries(root: Path, stages=None) -> dict[str, list[Path]]:
         if unknown:
             raise ValueError(f"no stage {unknown} in {root}; it holds {[f.name for f in folders]}")
         folders = [f for f in folders if f.name in stages]
-    return {folder.name: sorted(folder.glob("*.pt")) for folder in folders}
+    return {folder.name: sorted([*folder.glob(f"*{ENTRY_SUFFIX}"), *folder.glob("*.pt")]) for folder in folders}
 
 
 def cache_usage(root: str | Path | None = None) -> dict[str, dict]:

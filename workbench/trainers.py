@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from workbench.encoding import collate_examples
+from workbench.stored import CorruptFile, read_verified, write_verified
 
 logger = logging.getLogger("workbench.trainers")
 
@@ -260,12 +261,23 @@ class Checkpoints:
                  if p.name.removeprefix("checkpoint-").isdigit()}
         for candidate in (steps[step] for step in sorted(steps, reverse=True)):
             if (candidate / "trainer_state.json").exists() and (candidate / OBJECTIVE_STATE).exists():
+                try:
+                    read_objective_state(candidate)
+                except CorruptFile as error:
+                    logger.warning("skipping checkpoint %s: its objective state is corrupt (%s)", candidate,
+                                   error.reason)
+                    continue
                 return str(candidate)
             logger.warning("skipping incomplete checkpoint %s (cut short while saving)", candidate)
         return None
 
 
-OBJECTIVE_STATE = "objective_state.pt"
+OBJECTIVE_STATE = "objective_state.safetensors"  # verified, no pickle (workbench.stored)
+
+
+def read_objective_state(checkpoint: str | Path) -> dict:
+    """The objective's state saved in a checkpoint folder (:class:`ObjectiveStateCallback`), verified."""
+    return read_verified(Path(checkpoint) / OBJECTIVE_STATE, key=OBJECTIVE_STATE)
 
 
 class ObjectiveStateCallback(TrainerCallback):
@@ -279,8 +291,7 @@ class ObjectiveStateCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             state_dict = self.objective.state_dict() if hasattr(self.objective, "state_dict") else {}
-            torch.save(state_dict, folder / (OBJECTIVE_STATE + ".tmp"))
-            (folder / (OBJECTIVE_STATE + ".tmp")).replace(folder / OBJECTIVE_STATE)
+            write_verified(folder / OBJECTIVE_STATE, state_dict, key=OBJECTIVE_STATE)
 
 
 def fit(trainer, checkpoints: Checkpoints | None = None, objective=None) -> list[dict]:
@@ -303,7 +314,7 @@ def fit(trainer, checkpoints: Checkpoints | None = None, objective=None) -> list
             return trainer.state.log_history
         logger.info("resuming from %s (step %d of %d)", resume, saved.global_step, trainer.args.max_steps)
         if objective is not None and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(torch.load(Path(resume) / OBJECTIVE_STATE, weights_only=False))
+            objective.load_state_dict(read_objective_state(resume))
     trainer.train(resume_from_checkpoint=resume)
     trainer.model.eval()
     return trainer.state.log_history
