@@ -254,7 +254,8 @@ def test_weights_fingerprint_tells_builds_of_one_recipe_apart(tiny_gym, tmp_path
     a re-save of the same tensors; models that are not gym presets have none."""
     from safetensors.torch import load_file, save_file
 
-    from workbench.models import folder_weights_hash, resolve
+    from workbench.models import resolve
+    from workbench.weights import folder_weights_hash
 
     student = weights_fingerprint("gym-tiny-student")
     assert student == weights_fingerprint("gym-tiny-student") != weights_fingerprint("gym-tiny-teacher-dpo")

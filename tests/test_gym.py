@@ -1,7 +1,9 @@
 """The gym world: gold reward, prompt splits, tokenizer, builder cache, and loading through ``load()``."""
 
+import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,16 +129,91 @@ def test_mcq_template_renders_letters_and_refuses_too_many_options():
 # --- builder and load() ---
 
 
-def test_tiny_gym_builds_once_and_loads_from_cache(tiny_gym):
-    from workbench.gym.build import build_gym
+def test_every_shipped_preset_loads_without_training_and_an_unshipped_one_names_its_build(tmp_path, monkeypatch):
+    """Presets read the builds the package ships, whatever the cache holds (here: nothing); an unshipped size (v1)
+    is an error with its build command, never a silent build."""
+    from workbench.gym import build, store
+    from workbench.models import load, resolve
 
-    info = tiny_gym.info
-    assert info["parameters"]["teacher"] > 4 * info["parameters"]["student"]
-    for role, path in tiny_gym.paths.items():
-        assert (path / "config.json").exists() and (path / "tokenizer.json").exists(), role
-    again = build_gym("tiny", progress=False)
-    assert again.root == tiny_gym.root
-    assert again.info["seconds"] == info["seconds"]  # not rebuilt
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a preset load trained a gym")
+
+    monkeypatch.setattr(build, "_train_gym", no_training)
+    for size in store.SHIPPED_SIZES:
+        found = store.find_gym(size)
+        assert found.root == store.shipped_root(size) and found.config == build.SIZES[size]
+        info = found.info
+        assert info["key"] == build.SIZES[size].key() and {"torch", "transformers", "trl"} <= set(info["libraries"])
+        assert set(info["weights"]) == set(build.GYM_ROLES)
+        prefix = "gym-" if size == "default" else f"gym-{size}-"
+        for role in build.GYM_ROLES:
+            assert resolve(prefix + role) == str(store.shipped_root(size) / role)
+    model, tok = load("gym-student", device="cpu")
+    assert model.num_parameters() == store.find_gym("default").info["parameters"]["student"]
+    assert not (tmp_path / "gym").exists()
+    with pytest.raises(store.GymNotBuiltError, match=r"gym 'v1' is not shipped.*python -m workbench.gym build --size v1"):
+        load("gym-v1-student")
+
+
+def _copy_shipped(size: str, to: Path, monkeypatch) -> Path:
+    """The shipped build of ``size`` copied under ``to``, which becomes the shipped folder for the test."""
+    import shutil
+
+    from workbench.gym import store
+
+    shutil.copytree(store.shipped_root(size), to / size)
+    monkeypatch.setattr(store, "SHIPPED", to)
+    return to / size
+
+
+def test_a_damaged_shipped_build_is_refused_with_the_tensors_and_the_fix(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from workbench.gym import store
+    from workbench.models import load
+    from workbench.weights import WeightsMismatchError
+
+    root = _copy_shipped("tiny", tmp_path, monkeypatch)
+    weights = root / "student" / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0  # one changed weight
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(WeightsMismatchError, match=rf"{root / 'student'}.*tensors that differ: {name}\b.*"
+                                                   r"git checkout -- workbench/gym/shipped/tiny.*--ship"):
+        load("gym-tiny-student")
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(WeightsMismatchError, match=r"is damaged: .*model.safetensors cannot be read.*--ship"):
+        store.find_gym("tiny")
+
+
+def test_a_build_trains_into_the_cache_records_its_weights_and_ships_on_purpose(tmp_path, monkeypatch):
+    """`python -m workbench.gym build --size tiny --ship`: trained from scratch into the cache (the shipped folder
+    untouched until --ship), with a build.json that records the libraries and every tensor's hash; shipping replaces
+    the shipped folder, and presets then load the new build."""
+    from workbench.gym import __main__ as cli
+    from workbench.gym import build, store
+    from workbench.weights import folder_weights_hash
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    shipped = _copy_shipped("tiny", tmp_path / "shipped", monkeypatch)
+    before = json.loads((shipped / "build.json").read_text())
+    built = build.build_gym("tiny", progress=False)
+    assert built.root == build.cached_build_root(build.SIZES["tiny"]) and built.root.is_relative_to(tmp_path / "cache")
+    assert json.loads((shipped / "build.json").read_text()) == before
+    info = built.info
+    assert info["key"] == build.SIZES["tiny"].key() and info["libraries"]["torch"]
+    for role in build.GYM_ROLES:
+        record = info["weights"][role]
+        assert record["sha256"] == folder_weights_hash(built.paths[role])
+        assert len(record["tensors"]) > 5
+    assert store.find_gym("tiny").root == shipped  # the shipped build still comes first
+    assert cli.main(["build", "--size", "tiny", "--ship"]) == 0
+    assert json.loads((shipped / "build.json").read_text())["weights"] == info["weights"]
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["tiny"]  # no staging folder left
 
 
 def test_changed_config_is_a_new_cache_key(tiny_gym):

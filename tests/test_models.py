@@ -159,3 +159,38 @@ def test_a_saved_lora_student_loads_back_with_its_adapter(tiny_gym, tmp_path):
     with torch.no_grad():
         trained, loaded, untouched = (m.eval()(ids).logits for m in (model, again, base))
     assert torch.allclose(loaded, trained, atol=1e-6) and not torch.allclose(loaded, untouched, atol=1e-3)
+
+
+def test_a_local_path_that_does_not_exist_is_named_not_sent_to_the_hub():
+    from workbench.models import load
+
+    for path in ("./runs/student", "/no/such/model", "~/models/none", "runs/pad/student"):
+        with pytest.raises(FileNotFoundError, match=rf"no such folder: '{path}'"):
+            load(path)
+
+
+def test_a_converted_folder_records_its_weights_and_a_damaged_one_says_how_to_convert_it_again(
+        tiny_gym, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from workbench import models
+    from workbench.weights import WeightsMismatchError
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    writes = []
+
+    def write(folder):  # stands for a GGUF conversion or a layer cut: a save_pretrained folder
+        writes.append(folder)
+        shutil.copytree(tiny_gym.paths["student"], folder, dirs_exist_ok=True)
+
+    folder = models._converted_folder("tiny-copy", write)
+    assert (folder / models.CONVERSION_RECORD).exists() and models._converted_folder("tiny-copy", write) == folder
+    assert len(writes) == 1  # converted once
+    tensors = load_file(folder / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightsMismatchError, match=rf"{folder}.*{name}.*rm -r {folder}"):
+        models._converted_folder("tiny-copy", write)

