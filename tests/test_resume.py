@@ -157,6 +157,19 @@ def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(t
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-6"]
 
 
+def test_a_resumed_run_reports_the_train_loss_of_the_whole_run(tiny_gym, tmp_path, monkeypatch):
+    from workbench.methods import pad
+    from workbench.methods.common import training_summary
+
+    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
+                                                 tmp_path, monkeypatch)
+    resumed = pad.train_run(cfg)
+    whole = training_summary(reference.history)["train"]["train_loss"]
+    logged = [entry["loss"] for entry in reference.history if "loss" in entry]
+    assert whole == pytest.approx(sum(logged) / len(logged), rel=1e-6)  # one log per step: their mean
+    assert training_summary(resumed.history)["train"]["train_loss"] == pytest.approx(whole, rel=1e-6)
+
+
 def test_a_run_that_ran_out_of_memory_resumes_with_the_memory_knobs_on(tiny_gym, tmp_path, monkeypatch):
     """gradient_checkpointing and logits_chunk change memory, not the training: a run cut short resumes with them
     switched on, to the uninterrupted run's curve and weights (up to float rounding)."""

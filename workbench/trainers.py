@@ -21,6 +21,7 @@ import datasets
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from workbench.divergence import DivergenceGuard
 from workbench.encoding import collate_examples
 from workbench.stored import CorruptFile, read_verified, write_verified
 
@@ -80,6 +81,7 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        logging_nan_inf_filter=False,  # the logs show a non-finite loss as it is, not as the running average
     )
     args.update(env_training_overrides())
     args.update(overrides)
@@ -316,8 +318,30 @@ def fit(trainer, checkpoints: Checkpoints | None = None, objective=None) -> list
         if objective is not None and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(read_objective_state(resume))
     trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        whole_run_train_loss(trainer.state.log_history, saved.global_step)
     trainer.model.eval()
     return trainer.state.log_history
+
+
+def whole_run_train_loss(history: list[dict], resumed_at: int) -> None:
+    """Make the ``train_loss`` of a run resumed at step ``resumed_at`` the mean over the whole run (Trainer's
+    averages the steps after the resume only). The logged losses before the resume tile its steps (a checkpoint
+    falls on a logging step, :func:`training_arguments`), each the mean over the steps since the previous log."""
+    final = next((entry for entry in reversed(history) if "train_loss" in entry), None)
+    if final is None or not resumed_at:
+        return
+    total, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and last < entry["step"] <= resumed_at:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    if last != resumed_at:
+        logger.warning("the log before the resume covers %d of its %d steps: train_loss averages the steps after "
+                       "the resume only", last, resumed_at)
+        return
+    steps = final["step"]
+    final["train_loss"] = (total + final["train_loss"] * (steps - resumed_at)) / steps
 
 
 def quiet_logs(trainer, progress: bool):
@@ -469,11 +493,12 @@ class ListwiseCollator:
         return batch
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(DivergenceGuard, Trainer):
     """``transformers.Trainer`` whose loss is ``objective(model, inputs) -> (loss, metrics)``.
 
     Works unchanged under ``accelerate launch`` (DDP/FSDP) because only ``compute_loss`` is replaced. Metrics
-    returned by the objective are averaged over logging steps and appear in ``state.log_history``.
+    returned by the objective are averaged over logging steps and appear in ``state.log_history``. A non-finite
+    loss or gradient norm stops the run (:class:`~workbench.divergence.TrainingDiverged`).
     """
 
     def __init__(self, *args, objective, **kwargs):
@@ -498,6 +523,7 @@ class DistillTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         else:
             loss, metrics = self.objective(model, inputs)
+        self.note_loss(loss)
         for name, value in metrics.items():
             self._metric_sums[name] = self._metric_sums.get(name, 0.0) + float(value)
         self._metric_count += 1

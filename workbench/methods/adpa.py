@@ -52,8 +52,9 @@ from workbench.losses.adpa import (
 from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
-                                     held_out_evaluation, knob, loaded_once, no_gold_evaluation, preference_splits,
-                                     resolve_lr, run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
+                                     held_out_evaluation, knob, loaded_once, metrics_kept_on_divergence,
+                                     no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
+                                     training_summary, TrainingKnobs, vllm_engine_options)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
@@ -651,7 +652,9 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
         return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gym, temperature=cfg.temperature), accuracy
 
     before, accuracy_before = evaluate()
-    train_stages(ctx)
+    with metrics_kept_on_divergence(cfg, cfg.method, ctx.history, stages=ctx.stages,
+                                    gold_before=before["gold"] if gym else None):
+        train_stages(ctx)
     after, accuracy_after = evaluate()
     if gym:
         evaluation = {

@@ -51,7 +51,7 @@ from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RA
 from workbench.losses.pad import avg_logp_reward
 from workbench.methods.checks import check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (HELD_OUT_SEED, RunResult, StudentPrecision, finish_run, gold_of, gym_prompts,
-                                     knob, resolve_lr)
+                                     knob, metrics_kept_on_divergence, resolve_lr)
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses
@@ -415,8 +415,9 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
                              max_new_tokens=cfg.max_new_tokens)
     rounds = cfg.iterations if cfg.method in ON_STUDENT_SAMPLES else 1
     history, data = [], []
-    for round_ in range(rounds):
-        log, stats = _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round_)
-        history += [{**entry, "round": round_} for entry in log]
-        data.append({"round": round_, **stats})
+    with metrics_kept_on_divergence(cfg, cfg.method, history, data=data, gold_before=before["gold"]):
+        for round_ in range(rounds):
+            log, stats = _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round_)
+            history += [{**entry, "round": round_} for entry in log]
+            data.append({"round": round_, **stats})
     return finish_run(cfg, student, student_tok, held_out, before, history, started, data=data)

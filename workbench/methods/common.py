@@ -555,6 +555,25 @@ def policy_answers(model, tokenizer, prompts, *, n: int, temperature: float, see
                                  max_new_tokens=max_new_tokens, progress=False)["response"])
 
 
+@contextlib.contextmanager
+def metrics_kept_on_divergence(cfg, method: str, history: list[dict], **facts):
+    """A method run's training block: when it diverges (``workbench.divergence.TrainingDiverged``),
+    ``cfg.output_dir`` gets the metrics so far — ``method``, the config, ``facts`` (e.g. the evaluation before
+    training) and the training summary of ``history`` (the run's log, which the block extends in place) followed by
+    the diverged call's log — then the error goes on."""
+    from dataclasses import asdict
+
+    from workbench.divergence import TrainingDiverged
+
+    try:
+        yield
+    except TrainingDiverged as error:
+        full = [*history, *error.history]
+        error.save(cfg.output_dir, history=full, method=method, dataset=getattr(cfg, "dataset", None),
+                   config=asdict(cfg), **facts, training=training_summary(full))
+        raise
+
+
 def training_summary(history: list[dict]) -> dict:
     """First and last logged loss and the final mean training loss per stage of a Trainer log history."""
     stages: dict[str, dict] = {}

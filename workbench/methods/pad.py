@@ -31,9 +31,9 @@ from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
 from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
-                                     held_out_evaluation, load_frozen_teacher, no_gold_evaluation, preference_splits,
-                                     resolve_lr, run_checkpoints, training_summary, TrainingKnobs, knob, user_text,
-                                     vllm_engine_options)
+                                     held_out_evaluation, load_frozen_teacher, metrics_kept_on_divergence,
+                                     no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
+                                     training_summary, TrainingKnobs, knob, user_text, vllm_engine_options)
 from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.pad")
@@ -435,15 +435,17 @@ def run_pad(cfg: PadConfig) -> RunResult:
     checkpoints = run_checkpoints(cfg)
     history: list[dict] = []
     rounds = []
-    for round_ in range(cfg.iterations):
-        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_,
-                                     checkpoints=checkpoints)
-        history += log
-        entry = {"round": round_, "prompts": len(samples.prompts)}
-        if gold:
-            entry["train_sample_gold"] = float(np.mean(
-                [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))
-        rounds.append(entry)
+    with metrics_kept_on_divergence(cfg, f"pad-{cfg.loss}", history, rounds=rounds,
+                                    gold_before=before["gold"] if gold else None):
+        for round_ in range(cfg.iterations):
+            log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_,
+                                         checkpoints=checkpoints)
+            history += log
+            entry = {"round": round_, "prompts": len(samples.prompts)}
+            if gold:
+                entry["train_sample_gold"] = float(np.mean(
+                    [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))
+            rounds.append(entry)
     after = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     if gold:
         evaluation = {"gold_before": before["gold"], "gold_after": after["gold"],

@@ -47,9 +47,9 @@ from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibrat
 from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
                                      check_dataset_options, check_save_steps, check_vllm_options, finish_run, gold_of,
-                                     gym_prompts, held_out_evaluation, knob, load_frozen_teacher, no_gold_evaluation,
-                                     preference_splits, resolve_lr, run_checkpoints, training_summary, TrainingKnobs,
-                                     vllm_engine_options)
+                                     gym_prompts, held_out_evaluation, knob, load_frozen_teacher,
+                                     metrics_kept_on_divergence, no_gold_evaluation, preference_splits, resolve_lr,
+                                     run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
@@ -439,7 +439,10 @@ def run_plad(cfg: PladConfig) -> RunResult:
     rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
     del teacher  # black box: only its samples are needed from here on
     release_memory()
-    history = train_on_pairs(cfg, student, student_tok, rows, pair_stats)
+    history: list[dict] = []
+    with metrics_kept_on_divergence(cfg, cfg.method, history, pairs=pair_stats,
+                                    gold_before=before["gold"] if gym else None):
+        history += train_on_pairs(cfg, student, student_tok, rows, pair_stats)
     if gym:
         return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats,
                           training=training_summary(history))
