@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
 from workbench.encoding import PromptLike, as_messages, encode_prompt, prompt_text
 from workbench.models import autocast_dtype, autocast_of
+from workbench.prompt_length import fit_prompts, model_context
 
 
 @contextmanager
@@ -274,12 +275,15 @@ def sample_responses(
     engine_options: dict | None = None,
     cache: StageCache | None = None,
     progress: bool = True,
+    max_prompt_tokens: int | None = None,
 ) -> datasets.Dataset:
     """n responses per prompt (PAD §4.1: T = 0.8 for diversity); ``temperature=0`` is greedy.
 
     ``backend="hf"`` generates with the loaded ``model``; ``backend="vllm"`` (``pip install vllm``) samples from
     the weights at ``model`` given as hub id / folder, or at a loaded model's ``name_or_path`` (vLLM reads the
     weights from there, not from memory: save a trained model first). ``engine_options`` go to ``vllm.LLM``.
+    A prompt longer than the model's context minus ``max_new_tokens`` is refused, or with ``max_prompt_tokens``
+    cut to that many tokens (:func:`workbench.prompt_length.fit_prompts`).
 
     Returns a ``datasets.Dataset`` with one row per response, ordered prompt-major:
     ``prompt_id``, ``sample_id``, ``prompt`` (chat messages), ``response`` (text) and ``response_ids``.
@@ -291,7 +295,9 @@ def sample_responses(
         raise ValueError(f"temperature={temperature}; use 0 for greedy or a positive value")
     check_sampling_backend(backend)
     generate = SAMPLING_BACKENDS[backend]
-    messages = [as_messages(p) for p in prompts]
+    messages = fit_prompts(tokenizer, [as_messages(p) for p in prompts], max_new_tokens=max_new_tokens,
+                           context=model_context(model) if backend == "hf" else None,
+                           max_prompt_tokens=max_prompt_tokens)
     cache = cache or default_cache()
     key = {
         "model": model_fingerprint(model) if backend == "hf" else source_fingerprint(model_source(model)),

@@ -66,6 +66,9 @@ class PadConfig(TrainingKnobs):
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (PAD §4.1: 0.8)"})
     max_new_tokens: int = field(default=24, metadata={
         "help": "longest sampled response in tokens (gym: 24; real data: 512)"})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "cut longer prompts to this many tokens, logged with a count (None: a prompt longer than the "
+                "student's context minus max_new_tokens is an error naming its row)"})
     sampling_batch_size: int = field(default=32, metadata={
         "help": "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"})
     scoring_batch_size: int = field(default=32, metadata={
@@ -116,6 +119,9 @@ class PadConfig(TrainingKnobs):
         check_dataset_options(self)
         check_vllm_options(self)
         check_save_steps(self)
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens}; a positive number of tokens, or None to "
+                             "refuse prompts longer than the student's context minus max_new_tokens")
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
@@ -329,7 +335,8 @@ def _sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok
         samples = sample_responses(source, student_tok, shard_prompts, n=cfg.n, temperature=cfg.temperature,
                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
                                    seed=cfg.seed * 1000 + round_ + first_batch, backend=cfg.sampling_backend,
-                                   engine_options=vllm_engine_options(cfg), progress=progress)
+                                   engine_options=vllm_engine_options(cfg), progress=progress,
+                                   max_prompt_tokens=cfg.max_prompt_tokens)
         prompts, groups = group_responses(samples)
         rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
                                   seed=cfg.seed + round_, first_group=first_batch * cfg.sampling_batch_size,
