@@ -333,7 +333,7 @@ def test_the_committed_comparison_is_complete_and_current():
 
     runs = Path(compare_module.__file__).resolve().parents[1] / DEFAULT_RUNS_DIR
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
-    models = EvalConfig().models()
+    models, weights = EvalConfig().models(), EvalConfig().weights()
     for name in ("full", "plad-fig2", "plad-fig4"):
         for variant in suite(name):
             for seed in DEFAULT_SEEDS:
@@ -342,18 +342,19 @@ def test_the_committed_comparison_is_complete_and_current():
                 assert record["models"] == models, f"{variant.label} seed {seed} was made on another gym build"
                 assert record["method_defaults"] == method_defaults(variant.method), \
                     f"{variant.label} seed {seed} was made at other harness settings than today's"
-    _assert_one_build(list(records.values()), load_references(runs), noted=True)
+    _assert_made_on(list(records.values()), load_references(runs), weights)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
 
-def _assert_one_build(records, references, noted):
-    """All records and references share one build of the weights; ``noted``: each also names it (made since records
-    noted weights)."""
+def _assert_made_on(records, references, weights):
+    """All records and references were made on one build of the weights, the one the package ships (``weights``,
+    as ``EvalConfig.weights`` hashes the shipped folders): records of a rebuild or of other weights fail here."""
     assert mixed_builds(records, references) is None, mixed_builds(records, references)
-    if noted:
-        unnoted = sorted({r["label"] for r in records if not r.get("weights")})
-        assert not unnoted, f"records without weights (made before they noted them): {unnoted[:5]}"
-        assert all(ref.get("weights") for ref in references.values())
+    unnoted = sorted({r["label"] for r in records if not r.get("weights")})
+    assert not unnoted, f"records without weights (made before they noted them): {unnoted[:5]}"
+    made_on = {json.dumps(r["weights"], sort_keys=True) for r in [*records, *references.values()]}
+    assert made_on == {json.dumps(weights, sort_keys=True)}, \
+        f"records made on weights {made_on}, the shipped gym's are {weights}: re-make them (python -m workbench.compare)"
 
 
 def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, capsys):
@@ -467,13 +468,14 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
 
     runs = Path(compare_module.__file__).resolve().parents[1] / f"{DEFAULT_RUNS_DIR}_{gym}"
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
-    models = EvalConfig(teacher=f"gym-{gym}-teacher-dpo", student=f"gym-{gym}-student").models()
+    eval_cfg = EvalConfig(teacher=f"gym-{gym}-teacher-dpo", student=f"gym-{gym}-student")
+    models, weights = eval_cfg.models(), eval_cfg.weights()
     for variant in suite("full"):
         for seed in DEFAULT_SEEDS:
             record = records.get((variant.label, seed))
             assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym}"
             assert record["models"] == models and record["method_defaults"] == method_defaults(variant.method)
-    # one build per world, its weights noted on every record and reference
-    _assert_one_build(list(records.values()), load_references(runs), noted=True)
+    # one build per world, the shipped one, its weights noted on every record and reference
+    _assert_made_on(list(records.values()), load_references(runs), weights)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 

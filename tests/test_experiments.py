@@ -160,3 +160,20 @@ def test_a_setting_changes_only_when_the_best_beats_it_beyond_the_seed_noise(tmp
 def test_grid_values_are_read_as_papermill_would():
     value = _experiment("gym_tune")._value
     assert [value(v) for v in ("3", "1e-4", "0.5", "True", "cyclic")] == [3, 1e-4, 0.5, True, "cyclic"]
+
+
+def test_the_rebuild_experiment_reports_both_builds_side_by_side(tiny_gym, tmp_path, monkeypatch):
+    """experiments/gym_rebuild.py: the shipped build and a build in the cache, each with its libraries, weights and
+    report; here the cache holds a copy of the shipped weights, so every difference is exactly zero."""
+    import shutil
+
+    from workbench.gym.build import SIZES, cached_build_root
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    shutil.copytree(tiny_gym.root, cached_build_root(SIZES["tiny"]))
+    out = _experiment("gym_rebuild").compare_builds("tiny", prompts=8, seed=0, force=False)
+    assert out["shipped"]["root"] == str(tiny_gym.root) and out["rebuilt"]["root"].startswith(str(tmp_path))
+    assert out["same_weights"] and out["shipped"]["weights"] == out["rebuilt"]["weights"]
+    assert out["shipped"]["libraries"]["torch"] and set(out["shipped"]["checks"]) >= {"mcq_beats_loglik"}
+    assert set(out["rebuilt_minus_shipped"]) >= {"greedy_gold_student", "mcq_minus_likelihood"}
+    assert all(diff == 0 for diff in out["rebuilt_minus_shipped"].values())

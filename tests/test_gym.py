@@ -418,3 +418,15 @@ def test_a_gym_asked_for_inside_a_launch_is_built_by_its_preset_name(tmp_path, m
     assert asked == [size] and built.config == build.SIZES[size]
     with pytest.raises(ValueError, match="changed config is not built yet.*distributed launch"):
         build.build_gym(config=build.with_overrides(size, student_steps=1))
+
+
+@pytest.mark.slow
+def test_the_shipped_default_gym_has_its_designed_in_properties():
+    """Measured on the shipped weights (held-out prompts): the DPO teacher ≥ the reference teacher > the student by
+    at least 0.15 greedy gold, and the DPO teacher's MCQ judgement ranks student samples closer to gold than its
+    likelihood does (PAD §4.2's premise). A rebuild's properties: experiments/gym_rebuild.py."""
+    from workbench.gym.report import gym_report
+
+    report = gym_report("default", n_prompts=256)
+    assert report["checks"] == {"dpo_teacher_ge_ref_teacher": True, "ref_teacher_gt_student": True,
+                                "teacher_minus_student_ge_0.15": True, "mcq_beats_loglik": True}, report["checks"]
