@@ -19,8 +19,8 @@ def main() -> None:
     parser.add_argument("--student", default="gym-student")
     args = parser.parse_args()
 
-    from workbench.cache import StageCache
     import workbench.cache as cache_module
+    from workbench.cache import StageCache
     from workbench.methods.common import gym_prompts
     from workbench.methods.pad import teacher_rewards
     from workbench.models import load
@@ -44,13 +44,22 @@ def main() -> None:
         first = alpha_point(0.8)
         later = [alpha_point(a) for a in (0.6, 0.4, 0.2)]
         stats = cache_module._DEFAULT_CACHE
-        print(json.dumps({
-            "benchmark": "alpha sweep: sampling + teacher scoring per alpha point, cold then cached",
-            "prompts": args.prompts, "n": args.n, "threads": int(os.environ.get("WORKBENCH_THREADS", 0)) or None,
-            "first_alpha_s": round(first, 3), "later_alpha_s": [round(t, 4) for t in later],
-            "second_over_first": round(later[0] / first, 4), "goal_second_under_5pct": later[0] / first < 0.05,
-            "cache_hits": stats.hits, "cache_misses": stats.misses,
-        }))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "alpha sweep: sampling + teacher scoring per alpha point, cold then cached",
+                    "prompts": args.prompts,
+                    "n": args.n,
+                    "threads": int(os.environ.get("WORKBENCH_THREADS", 0)) or None,
+                    "first_alpha_s": round(first, 3),
+                    "later_alpha_s": [round(t, 4) for t in later],
+                    "second_over_first": round(later[0] / first, 4),
+                    "goal_second_under_5pct": later[0] / first < 0.05,
+                    "cache_hits": stats.hits,
+                    "cache_misses": stats.misses,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

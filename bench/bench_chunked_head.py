@@ -40,11 +40,17 @@ def _batch(torch, args, generator) -> dict:
         mask = torch.zeros(args.batch, args.seq - 1, dtype=torch.long)
         mask[:, prompt:] = 1
         first = torch.randint(0, args.vocab, (args.batch, args.seq - 1, 1), generator=generator)
-        logps = torch.randn(args.batch, args.seq - 1, args.k + 1, generator=generator).log_softmax(-1)[..., :args.k]
-        batch.update({f"{field}_input_ids": ids, f"{field}_attention_mask": torch.ones_like(ids),
-                      f"{field}_labels": ids[:, 1:], f"{field}_mask": mask,
-                      f"{field}_dpo_ids": (first + torch.arange(args.k)) % args.vocab,
-                      f"{field}_dpo_logps": logps.sort(-1, descending=True).values})
+        logps = torch.randn(args.batch, args.seq - 1, args.k + 1, generator=generator).log_softmax(-1)[..., : args.k]
+        batch.update(
+            {
+                f"{field}_input_ids": ids,
+                f"{field}_attention_mask": torch.ones_like(ids),
+                f"{field}_labels": ids[:, 1:],
+                f"{field}_mask": mask,
+                f"{field}_dpo_ids": (first + torch.arange(args.k)) % args.vocab,
+                f"{field}_dpo_logps": logps.sort(-1, descending=True).values,
+            }
+        )
     return batch
 
 
@@ -58,9 +64,14 @@ def child(args) -> dict:
     set_threads()
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                         num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        intermediate_size=4 * args.hidden,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).to(device=args.device, dtype=getattr(torch, args.dtype)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     objective = DckdObjective(alpha=1.0, logits_chunk=args.chunk)
@@ -86,9 +97,15 @@ def child(args) -> dict:
         start = time.perf_counter()
         losses.append(step())
         times.append(time.perf_counter() - start)
-    return {"logits_chunk": args.chunk, "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "step_ms": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times),
-            "peak_mib": peak() / 2**20, "peak_above_steady_mib": (peak() - before) / 2**20, "first_loss": losses[0]}
+    return {
+        "logits_chunk": args.chunk,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "step_ms": 1e3 * statistics.median(times),
+        "step_ms_min": 1e3 * min(times),
+        "peak_mib": peak() / 2**20,
+        "peak_above_steady_mib": (peak() - before) / 2**20,
+        "first_loss": losses[0],
+    }
 
 
 def main() -> None:
@@ -101,8 +118,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--chunk", type=int, default=128, help="logits_chunk of the chunked variant")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default=None, help="cuda (peak: max_memory_allocated) or cpu (peak RSS); "
-                                                       "default: cuda when available")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cuda (peak: max_memory_allocated) or cpu (peak RSS); default: cuda when available",
+    )
     parser.add_argument("--dtype", default="float32", help="weights dtype, e.g. bfloat16 on a GPU")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -117,24 +137,40 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # freed tensors leave RSS: it tracks live bytes
-    common = [f"--{k}={getattr(args, k)}" for k in ("vocab", "hidden", "layers", "batch", "seq", "k", "steps", "device",
-                                                    "dtype")]
+    common = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("vocab", "hidden", "layers", "batch", "seq", "k", "steps", "device", "dtype")
+    ]
     variants = {}
     for name, chunk in (("full_logits", 0), ("chunked", args.chunk)):
-        out = subprocess.run([sys.executable, __file__, "--child", f"--chunk={chunk}", *common], env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", f"--chunk={chunk}", *common],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         variants[name] = json.loads(out.stdout.strip().splitlines()[-1])
     full, chunked = variants["full_logits"], variants["chunked"]
     logits_mib = 2 * args.batch * (args.seq - 1) * args.vocab * 4 / 2**20
-    print(json.dumps({
-        "bench": "chunked_head_dckd_step", "machine": platform.processor() or platform.machine(),
-        "threads": os.environ.get("WORKBENCH_THREADS", "all"),
-        "shape": {k: getattr(args, k) for k in ("vocab", "hidden", "layers", "batch", "seq", "k", "chunk", "dtype")},
-        "float32_logits_of_one_step_mib": logits_mib, **variants,
-        "same_loss": abs(full["first_loss"] - chunked["first_loss"]) <= 1e-4 * abs(full["first_loss"]),
-        "peak_ratio_chunked_over_full": chunked["peak_above_steady_mib"] / full["peak_above_steady_mib"],
-        "time_ratio_chunked_over_full": chunked["step_ms"] / full["step_ms"],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "bench": "chunked_head_dckd_step",
+                "machine": platform.processor() or platform.machine(),
+                "threads": os.environ.get("WORKBENCH_THREADS", "all"),
+                "shape": {
+                    k: getattr(args, k) for k in ("vocab", "hidden", "layers", "batch", "seq", "k", "chunk", "dtype")
+                },
+                "float32_logits_of_one_step_mib": logits_mib,
+                **variants,
+                "same_loss": abs(full["first_loss"] - chunked["first_loss"]) <= 1e-4 * abs(full["first_loss"]),
+                "peak_ratio_chunked_over_full": chunked["peak_above_steady_mib"] / full["peak_above_steady_mib"],
+                "time_ratio_chunked_over_full": chunked["step_ms"] / full["step_ms"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

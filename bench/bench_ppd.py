@@ -76,6 +76,7 @@ def _forward_backward(loss_fn, student, teacher):
     def run():
         leaf = student.detach().requires_grad_()
         loss_fn(leaf, teacher).mean().backward()
+
     return run
 
 
@@ -87,12 +88,20 @@ def bench_exact(batch: int, n: int, repeats: int, naive_subset: int) -> dict:
 
     # naive loop: agreement checked on all n! rankings at n = 5, timed on a subset at n and extrapolated
     small_s, small_t = _rewards(4, 5, seed=1)
-    naive_error = (naive_ppd(small_s.double(), small_t.double())
-                   - P.ppd_loss(small_s.double(), small_t.double(), reduction="none")).abs().max().item()
+    naive_error = (
+        (
+            naive_ppd(small_s.double(), small_t.double())
+            - P.ppd_loss(small_s.double(), small_t.double(), reduction="none")
+        )
+        .abs()
+        .max()
+        .item()
+    )
     total = math.factorial(n)
     subset = list(itertools.islice(itertools.permutations(range(n)), min(naive_subset, total)))
     naive_subset_ms = _median_ms(
-        _forward_backward(lambda s, t: naive_ppd(s, t, rankings=subset), student, teacher), 3, warmup=1)
+        _forward_backward(lambda s, t: naive_ppd(s, t, rankings=subset), student, teacher), 3, warmup=1
+    )
     naive_ms = naive_subset_ms * total / len(subset)
     exact_float64 = P.ppd_loss(student.double(), teacher.double(), reduction="none")
     return {
@@ -104,15 +113,19 @@ def bench_exact(batch: int, n: int, repeats: int, naive_subset: int) -> dict:
         "exact_ppd_forward_only_ms_median": round(exact_forward_ms, 2),
         "exact_ppd_repeats": repeats,
         "exact_float32_vs_float64_max_abs_diff": float(
-            (P.ppd_loss(student, teacher, reduction="none").double() - exact_float64).abs().max()),
+            (P.ppd_loss(student, teacher, reduction="none").double() - exact_float64).abs().max()
+        ),
         "dense_gather_forward_backward_ms_median": round(dense_ms, 1),
         "naive_loop_forward_backward_ms": round(naive_ms, 1),
         "naive_loop_extrapolated": len(subset) < total,
         "naive_loop_timed_rankings": len(subset),
         "naive_loop_total_rankings": total,
-        "naive_loop_note": (f"timed the Python loop over the first {len(subset)} of {total} rankings (forward + "
-                            f"backward, median of 3) and scaled linearly by {total / len(subset):.2f}")
-        if len(subset) < total else "timed on all rankings",
+        "naive_loop_note": (
+            f"timed the Python loop over the first {len(subset)} of {total} rankings (forward + "
+            f"backward, median of 3) and scaled linearly by {total / len(subset):.2f}"
+        )
+        if len(subset) < total
+        else "timed on all rankings",
         "naive_vs_exact_max_abs_diff_n5_float64": naive_error,
         "speedup_vs_naive": round(naive_ms / exact_ms, 1),
         "speedup_vs_dense_gather": round(dense_ms / exact_ms, 1),
@@ -135,29 +148,44 @@ def bench_mc(batch: int, ns, sample_sizes, seeds: int, repeats: int) -> list:
                 for seed in range(seeds):
                     generator = torch.Generator().manual_seed(seed)
                     leaf = student.double().requires_grad_()
-                    mc = P.ppd_loss_mc(leaf, teacher.double(), num_samples=k, generator=generator,
-                                       estimator=estimator, reduction="none")
+                    mc = P.ppd_loss_mc(
+                        leaf,
+                        teacher.double(),
+                        num_samples=k,
+                        generator=generator,
+                        estimator=estimator,
+                        reduction="none",
+                    )
                     (grad_mc,) = torch.autograd.grad(mc.mean(), leaf)
                     exact_rows = P.ppd_loss(student.double(), teacher.double(), reduction="none")
                     rel_errors.append(abs(mc.mean().item() - exact.item()) / exact.item())
                     per_example_errors.append(((mc - exact_rows).abs() / exact_rows).mean().item())
                     cosines.append(float((grad_mc * grad_exact).sum() / (grad_mc.norm() * grad_exact.norm())))
-                mc_ms = _median_ms(_forward_backward(
-                    lambda s, t: P.ppd_loss_mc(s, t, num_samples=k, estimator=estimator), student, teacher),
-                    repeats, label="mc")
-                rows.append({
-                    "n": n, "estimator": estimator, "num_samples": k, "batch": batch,
-                    "exact_value": round(exact.item(), 5),
-                    "batch_mean_rel_error_mean": round(statistics.mean(rel_errors), 4),
-                    "per_example_rel_error_mean": round(statistics.mean(per_example_errors), 4),
-                    "grad_cosine_vs_exact_mean": round(statistics.mean(cosines), 4),
-                    "grad_cosine_vs_exact_min": round(min(cosines), 4),
-                    "mc_forward_backward_ms_median": round(mc_ms, 2),
-                    "mc_forward_backward_ms_min": _MIN_MS["mc"],
-                    "exact_forward_backward_ms_median": round(exact_ms, 2),
-                    "exact_forward_backward_ms_min": _MIN_MS["exact_mc"],
-                    "seeds": seeds,
-                })
+                mc_ms = _median_ms(
+                    _forward_backward(
+                        lambda s, t: P.ppd_loss_mc(s, t, num_samples=k, estimator=estimator), student, teacher
+                    ),
+                    repeats,
+                    label="mc",
+                )
+                rows.append(
+                    {
+                        "n": n,
+                        "estimator": estimator,
+                        "num_samples": k,
+                        "batch": batch,
+                        "exact_value": round(exact.item(), 5),
+                        "batch_mean_rel_error_mean": round(statistics.mean(rel_errors), 4),
+                        "per_example_rel_error_mean": round(statistics.mean(per_example_errors), 4),
+                        "grad_cosine_vs_exact_mean": round(statistics.mean(cosines), 4),
+                        "grad_cosine_vs_exact_min": round(min(cosines), 4),
+                        "mc_forward_backward_ms_median": round(mc_ms, 2),
+                        "mc_forward_backward_ms_min": _MIN_MS["mc"],
+                        "exact_forward_backward_ms_median": round(exact_ms, 2),
+                        "exact_forward_backward_ms_min": _MIN_MS["exact_mc"],
+                        "seeds": seeds,
+                    }
+                )
     return rows
 
 
@@ -176,8 +204,13 @@ def main() -> None:
         "beta": P.PAD_BETA,
         "rewards": "teacher 0.2*N(0,1), student = teacher + 0.15*N(0,1)",
         "exact": bench_exact(batch=128, n=8, repeats=repeats, naive_subset=2000),
-        "monte_carlo": bench_mc(batch=128, ns=(6, 8), sample_sizes=(64, 256, 1024), seeds=3 if args.quick else 5,
-                                repeats=3 if args.quick else 7),
+        "monte_carlo": bench_mc(
+            batch=128,
+            ns=(6, 8),
+            sample_sizes=(64, 256, 1024),
+            seeds=3 if args.quick else 5,
+            repeats=3 if args.quick else 7,
+        ),
     }
     # other processes on a shared 2-core machine inflate the medians; record how busy it was
     result["load_average_1m_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]

@@ -58,9 +58,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,8 +70,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "tests" / "fixtures" / "model_configs"
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 # --shrink: the same architectures at toy widths and lengths, so the whole path runs on a CPU in seconds
-SHRUNK_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=16, vocab_size=512)
+SHRUNK_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=512,
+)
 SHRUNK_SHAPE = dict(prompt_tokens=12, max_new_tokens=8, sampling_batch_size=2, scoring_batch_size=4)
 
 
@@ -180,7 +188,7 @@ class Bench:
     def response_mask(self, rows: int, length: int) -> torch.Tensor:
         """(rows, length) bool: True on the positions after the prompt, as ``collate_examples`` marks a response."""
         mask = torch.zeros(rows, length, dtype=torch.bool, device=self.device)
-        mask[:, self.shape["prompt_tokens"]:] = True
+        mask[:, self.shape["prompt_tokens"] :] = True
         return mask
 
     def load(self, role: str, **kwargs):
@@ -209,7 +217,9 @@ class Bench:
             "measured_gib": None if measured is None else measured / memory.GIB,
             "estimated_gib": estimated / memory.GIB,
             "estimate_over_measured": None if measured is None else estimated / measured,
-            "seconds": sum(p.seconds for p in phases), **extra}
+            "seconds": sum(p.seconds for p in phases),
+            **extra,
+        }
         # each phase as soon as it is measured: a run stopped by a time limit still leaves what it measured
         print(json.dumps({"phase": name, **self.phases[name]}, default=float), file=sys.stderr, flush=True)
 
@@ -222,13 +232,24 @@ class Bench:
         from workbench.models import autocast_of
 
         with torch.no_grad(), autocast_of(model), Phase(self.device) as phase:
-            generated = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                                       temperature=self.cfg.temperature, num_return_sequences=samples_per_prompt,
-                                       max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+            generated = model.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                do_sample=True,
+                temperature=self.cfg.temperature,
+                num_return_sequences=samples_per_prompt,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                pad_token_id=0,
+            )
         steps = generated.shape[1] - prompt_len  # decode steps of the batch, one new token per row each
         # per step: memory.estimate_time(decode_step_s=...) takes it as the framework's floor
-        self.record(name, phase, tokens_per_s=steps * generated.shape[0] / phase.seconds,
-                    seconds_per_decode_step=phase.seconds / steps)
+        self.record(
+            name,
+            phase,
+            tokens_per_s=steps * generated.shape[0] / phase.seconds,
+            seconds_per_decode_step=phase.seconds / steps,
+        )
 
     def teacher_likelihood(self, teacher, **extra) -> None:
         """The teacher's no-grad log-probs of the response positions of ``scoring_batch_size`` sequences."""
@@ -237,9 +258,13 @@ class Bench:
         rows, seq_len = self.scoring_batch_size, self.shape["train_seq_len"]
         seqs = self.ids(rows, seq_len)
         with torch.no_grad(), Phase(self.device) as phase:
-            logps = batch_response_token_logps(teacher, seqs, torch.ones_like(seqs),
-                                               self.response_mask(rows, seq_len)[:, 1:],
-                                               chunk=scoring_chunk(self.shape["logits_chunk"]))
+            logps = batch_response_token_logps(
+                teacher,
+                seqs,
+                torch.ones_like(seqs),
+                self.response_mask(rows, seq_len)[:, 1:],
+                chunk=scoring_chunk(self.shape["logits_chunk"]),
+            )
         assert torch.isfinite(logps).all(), "teacher log-probs must be finite"
         self.record("teacher_likelihood", phase, tokens_per_s=rows * seq_len / phase.seconds, **extra)
 
@@ -268,12 +293,21 @@ class Bench:
                     times.append(time.perf_counter() - started)
         assert all(map(math.isfinite, losses)), f"training losses must be finite, got {losses}"
         step_s, seq_len = statistics.median(times), self.shape["train_seq_len"]
-        flops = training_flops(self.configs["student"], sequences, seq_len, lora=bool(self.shape["lora"]),
-                               checkpointing=bool(self.shape["gradient_checkpointing"]))
+        flops = training_flops(
+            self.configs["student"],
+            sequences,
+            seq_len,
+            lora=bool(self.shape["lora"]),
+            checkpointing=bool(self.shape["gradient_checkpointing"]),
+        )
         top = peak_tflops(self.device, self.peak)
-        return phase, {"step_seconds": step_s, "tokens_per_s": sequences * seq_len / step_s,
-                       "tflops_per_s": flops / step_s / 1e12,
-                       "mfu": None if top is None else flops / step_s / (top * 1e12), "losses": losses}
+        return phase, {
+            "step_seconds": step_s,
+            "tokens_per_s": sequences * seq_len / step_s,
+            "tflops_per_s": flops / step_s / 1e12,
+            "mfu": None if top is None else flops / step_s / (top * 1e12),
+            "losses": losses,
+        }
 
 
 # --- the methods' phases ---
@@ -297,11 +331,15 @@ def pad_phases(bench: Bench) -> None:
 
     sequences, seq_len = shape["train_sequences"], shape["train_seq_len"]
     batch = bench.ids(sequences, seq_len)
-    inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch),
-              "response_mask": bench.response_mask(sequences, seq_len),
-              "teacher_rewards": torch.randn(sequences // cfg.n, cfg.n, generator=bench.generator).to(bench.device)}
-    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight,
-                                  logits_chunk=shape["logits_chunk"])
+    inputs = {
+        "input_ids": batch,
+        "attention_mask": torch.ones_like(batch),
+        "response_mask": bench.response_mask(sequences, seq_len),
+        "teacher_rewards": torch.randn(sequences // cfg.n, cfg.n, generator=bench.generator).to(bench.device),
+    }
+    objective = ListwiseObjective(
+        cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight, logits_chunk=shape["logits_chunk"]
+    )
     phase, metrics = bench.train(objective, inputs, sequences)
     bench.record("training", phase, **metrics)
 
@@ -313,12 +351,23 @@ def adpa_stage(cfg, stage: str, chunk: int | None) -> tuple[Any, tuple[str, ...]
 
     if stage == "dckd":
         fields = ("chosen", "rejected") if cfg.use_rejected else ("chosen",)
-        return (DckdObjective(cfg.alpha, cfg.use_rejected, logits_chunk=chunk), fields,
-                tuple(f"{f}_dpo" for f in fields))
+        return (
+            DckdObjective(cfg.alpha, cfg.use_rejected, logits_chunk=chunk),
+            fields,
+            tuple(f"{f}_dpo" for f in fields),
+        )
     if stage not in ON_POLICY_LOSSES:
         raise ValueError(f"ADPA stage {stage!r} distils no teacher; the bench runs dckd and {sorted(ON_POLICY_LOSSES)}")
-    objective = OnPolicyObjective(stage, cfg.gamma, cfg.beta, cfg.missing_rule, cfg.advantage_clamp,
-                                  cfg.length_normalize, cfg.q_temperature, logits_chunk=chunk)
+    objective = OnPolicyObjective(
+        stage,
+        cfg.gamma,
+        cfg.beta,
+        cfg.missing_rule,
+        cfg.advantage_clamp,
+        cfg.length_normalize,
+        cfg.q_temperature,
+        logits_chunk=chunk,
+    )
     return objective, ("chosen", "hat"), tuple(f"hat_{t}" for t in ON_POLICY_LOSSES[stage].teachers)
 
 
@@ -329,8 +378,14 @@ def topk_pair_inputs(bench: Bench, fields: tuple[str, ...], caches: tuple[str, .
     out = {}
     for name in fields:
         ids = bench.ids(rows, seq_len)
-        out.update({f"{name}_input_ids": ids, f"{name}_attention_mask": torch.ones_like(ids),
-                    f"{name}_labels": ids[:, 1:], f"{name}_mask": bench.response_mask(rows, seq_len)[:, 1:]})
+        out.update(
+            {
+                f"{name}_input_ids": ids,
+                f"{name}_attention_mask": torch.ones_like(ids),
+                f"{name}_labels": ids[:, 1:],
+                f"{name}_mask": bench.response_mask(rows, seq_len)[:, 1:],
+            }
+        )
     for cache in caches:
         first = torch.randint(0, bench.vocab, (rows, seq_len - 1, 1), generator=bench.generator)
         logps = torch.randn(rows, seq_len - 1, k + 1, generator=bench.generator).log_softmax(-1)[..., :k]
@@ -350,29 +405,37 @@ def adpa_phases(bench: Bench) -> None:
 
     # the teachers whose top-k the stages read (cache "<field>_<teacher>"), each loaded for its pass and freed
     # after it, as teacher_topk_by_name does: one teacher in memory at a time
-    teachers = dict.fromkeys(f"teacher_{cache.rsplit('_', 1)[1]}" for _, _, caches in stages.values()
-                             for cache in caches)
+    teachers = dict.fromkeys(
+        f"teacher_{cache.rsplit('_', 1)[1]}" for _, _, caches in stages.values() for cache in caches
+    )
     rows, seq_len = bench.scoring_batch_size, shape["train_seq_len"]
     passes = {}
     for role in teachers:
         teacher = bench.load_teacher(role)
         seqs = bench.ids(rows, seq_len)
-        batch = {"input_ids": seqs, "attention_mask": torch.ones_like(seqs),
-                 "response_mask": bench.response_mask(rows, seq_len)}
+        batch = {
+            "input_ids": seqs,
+            "attention_mask": torch.ones_like(seqs),
+            "response_mask": bench.response_mask(rows, seq_len),
+        }
         with torch.no_grad(), Phase(bench.device) as passes[role]:
             topk = _response_topk(teacher, batch, cfg.k, bench.vocab, scoring_chunk(shape["logits_chunk"]))
         assert all(np.isfinite(logps).all() for _, logps, _ in topk), f"{role}'s top-k log-probs must be finite"
         del teacher
         release_memory()
-    bench.record("teacher_likelihood", *passes.values(),
-                 tokens_per_s=len(passes) * rows * seq_len / sum(p.seconds for p in passes.values()),
-                 teacher_seconds={role: p.seconds for role, p in passes.items()})
+    bench.record(
+        "teacher_likelihood",
+        *passes.values(),
+        tokens_per_s=len(passes) * rows * seq_len / sum(p.seconds for p in passes.values()),
+        teacher_seconds={role: p.seconds for role, p in passes.items()},
+    )
 
     pairs = shape["train_sequences"] // 2  # the estimate's n = 2 sequences per pair: (y_w, y_l) or (y_w, ŷ)
     timed, metrics = [], {}
     for stage, (objective, fields, caches) in stages.items():
-        phase, metrics[stage] = bench.train(objective, topk_pair_inputs(bench, fields, caches, pairs),
-                                            sequences=pairs * len(fields))
+        phase, metrics[stage] = bench.train(
+            objective, topk_pair_inputs(bench, fields, caches, pairs), sequences=pairs * len(fields)
+        )
         timed.append(phase)
     # the phase's figures are the last stage's (ADPA+: ADPA, the last of Alg. 2), ``stages`` holds each stage's
     bench.record("training", *timed, **metrics[list(stages)[-1]], stages=metrics)
@@ -391,14 +454,26 @@ def plad_phases(bench: Bench) -> None:
 
     pairs, seq_len = shape["train_sequences"] // 2, shape["train_seq_len"]
     batch = bench.ids(2 * pairs, seq_len)  # chosen rows first, then rejected (PairCollator)
-    inputs = {"input_ids": batch, "attention_mask": torch.ones_like(batch),
-              "response_mask": bench.response_mask(2 * pairs, seq_len)}
+    inputs = {
+        "input_ids": batch,
+        "attention_mask": torch.ones_like(batch),
+        "response_mask": bench.response_mask(2 * pairs, seq_len),
+    }
     if cfg.loss == "plad_margin":  # Eq. 5 scores both samples against the reference y (no grad)
         reference = bench.ids(pairs, seq_len)
-        inputs.update(reference_input_ids=reference, reference_attention_mask=torch.ones_like(reference),
-                      reference_response_mask=bench.response_mask(pairs, seq_len))
-    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight,
-                              logits_chunk=shape["logits_chunk"] or 0)
+        inputs.update(
+            reference_input_ids=reference,
+            reference_attention_mask=torch.ones_like(reference),
+            reference_response_mask=bench.response_mask(pairs, seq_len),
+        )
+    objective = PladObjective(
+        cfg.loss,
+        cfg.beta,
+        cfg.length_normalize,
+        cfg.score_ngram_orders,
+        cfg.sft_weight,
+        logits_chunk=shape["logits_chunk"] or 0,
+    )
     phase, metrics = bench.train(objective, inputs, 2 * pairs)
     bench.record("training", phase, **metrics)
 
@@ -415,16 +490,29 @@ class Method:
 
 
 METHODS = {  # keyed by workbench.train's pipeline (the recipe's notebook)
-    "pad": Method(("teacher", "student"), lambda cfg: f"pad-{cfg.loss}", lambda cfg: True if cfg.lora else None,
-                  pad_phases),
-    "adpa": Method(("teacher_dpo", "teacher_ref", "student"), lambda cfg: cfg.method,
-                   lambda cfg: True if cfg.lora else None, adpa_phases),
+    "pad": Method(
+        ("teacher", "student"), lambda cfg: f"pad-{cfg.loss}", lambda cfg: True if cfg.lora else None, pad_phases
+    ),
+    "adpa": Method(
+        ("teacher_dpo", "teacher_ref", "student"),
+        lambda cfg: cfg.method,
+        lambda cfg: True if cfg.lora else None,
+        adpa_phases,
+    ),
     "plad": Method(("teacher", "student"), lambda cfg: cfg.method, lambda cfg: cfg.lora_config(), plad_phases),
 }
 
 
-def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: float | None = None,
-        workdir: str | None = None, precision: str | None = None) -> dict:
+def run(
+    path: str,
+    *,
+    device: str,
+    shrink: bool = False,
+    steps: int = 3,
+    peak: float | None = None,
+    workdir: str | None = None,
+    precision: str | None = None,
+) -> dict:
     import yaml
 
     from workbench import memory
@@ -443,13 +531,31 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
     configs = {role: model_config(values[role], shrink) for role in method.roles}
     est = memory.estimate(values, model_configs={values[role]: configs[role] for role in method.roles})
     a = est.assumptions
-    out = {"recipe": str(path), "method": method.name(cfg), "device": torch.cuda.get_device_name()
-           if device.startswith("cuda") else platform.processor() or platform.machine(), "shrunk": shrink,
-           "torch": torch.__version__,
-           "assumptions": {k: a[k] for k in ("student_params", "teacher_params", "trainable_params", "train_seq_len",
-                                             "mcq_seq_len", "teacher_quantization", "lora", "gradient_checkpointing",
-                                             "logits_chunk", "precision")},
-           "cuda_context_assumed_gib": memory.CUDA_CONTEXT_BYTES / memory.GIB}
+    out = {
+        "recipe": str(path),
+        "method": method.name(cfg),
+        "device": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "shrunk": shrink,
+        "torch": torch.__version__,
+        "assumptions": {
+            k: a[k]
+            for k in (
+                "student_params",
+                "teacher_params",
+                "trainable_params",
+                "train_seq_len",
+                "mcq_seq_len",
+                "teacher_quantization",
+                "lora",
+                "gradient_checkpointing",
+                "logits_chunk",
+                "precision",
+            )
+        },
+        "cuda_context_assumed_gib": memory.CUDA_CONTEXT_BYTES / memory.GIB,
+    }
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         start = time.perf_counter()
         built, folders = {}, {}
@@ -459,18 +565,30 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
                 built[key] = build_random(values[role], configs[role], Path(tmp), getattr(torch, a["dtype"]), device)
             folders[role] = built[key]
         out["build_seconds"] = time.perf_counter() - start
-        print(json.dumps({"built": {role: str(folder.name) for role, folder in folders.items()},
-                          "seconds": out["build_seconds"]}), file=sys.stderr, flush=True)
+        print(
+            json.dumps(
+                {"built": {role: str(folder.name) for role, folder in folders.items()}, "seconds": out["build_seconds"]}
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         sizes = memory.run_shape(values)
-        bench = Bench(device, cfg, est, sizes.sampling_batch_size, sizes.scoring_batch_size, configs, folders, steps,
-                      peak)
+        bench = Bench(
+            device, cfg, est, sizes.sampling_batch_size, sizes.scoring_batch_size, configs, folders, steps, peak
+        )
         # the student in the estimate's precision: bf16-mixed trains (and samples) float32 weights under autocast
         mixed = a["precision"] == "bf16-mixed" and not a["lora"]
         student_dtype = torch.float32 if (mixed or a["precision"] == "32-true") else bench.dtype
-        bench.student = mark_autocast(bench.load("student", lora=method.student_lora(cfg), dtype=student_dtype,
-                                                 quantization=a["student_quantization"],
-                                                 gradient_checkpointing=bool(a["gradient_checkpointing"])),
-                                      torch.bfloat16 if mixed else None)
+        bench.student = mark_autocast(
+            bench.load(
+                "student",
+                lora=method.student_lora(cfg),
+                dtype=student_dtype,
+                quantization=a["student_quantization"],
+                gradient_checkpointing=bool(a["gradient_checkpointing"]),
+            ),
+            torch.bfloat16 if mixed else None,
+        )
         method.phases(bench)
         out["load_seconds"] = bench.load_seconds
     missing = set(est.phases) ^ set(bench.phases)
@@ -482,21 +600,45 @@ def run(path: str, *, device: str, shrink: bool = False, steps: int = 3, peak: f
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "pad_llama3_8b_to_3b_qlora.yaml"),
-                        help="a PAD, DCKD/ADPA/ADPA+ or PLaD recipe (default: recipes/pad_llama3_8b_to_3b_qlora.yaml)")
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        default=str(ROOT / "recipes" / "pad_llama3_8b_to_3b_qlora.yaml"),
+        help="a PAD, DCKD/ADPA/ADPA+ or PLaD recipe (default: recipes/pad_llama3_8b_to_3b_qlora.yaml)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=None,
-                        help="toy widths and lengths: the code path (default: on a CPU, where full size does not fit)")
+    parser.add_argument(
+        "--shrink",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="toy widths and lengths: the code path (default: on a CPU, where full size does not fit)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (MFU)")
     parser.add_argument("--workdir", default=None, help="where the random checkpoints are written (default: /tmp)")
-    parser.add_argument("--precision", default=None, choices=["auto", "bf16-mixed", "bf16-true", "32-true"],
-                        help="the student's precision (default: the recipe's; 'auto' = bf16-mixed on a GPU)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "bf16-mixed", "bf16-true", "32-true"],
+        help="the student's precision (default: the recipe's; 'auto' = bf16-mixed on a GPU)",
+    )
     args = parser.parse_args(argv)
     shrink = args.shrink if args.shrink is not None else not args.device.startswith("cuda")
-    print(json.dumps(run(args.recipe, device=args.device, shrink=shrink, steps=args.steps,
-                         peak=args.peak_tflops, workdir=args.workdir, precision=args.precision), indent=1,
-                     default=float))
+    print(
+        json.dumps(
+            run(
+                args.recipe,
+                device=args.device,
+                shrink=shrink,
+                steps=args.steps,
+                peak=args.peak_tflops,
+                workdir=args.workdir,
+                precision=args.precision,
+            ),
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

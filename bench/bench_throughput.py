@@ -44,8 +44,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-    parser.add_argument("--vllm-options", type=json.loads, default={"kv_cache_memory_bytes": 1 << 30},
-                        help="JSON object of vllm.LLM options (default: a 1 GiB KV cache, which a CPU engine needs)")
+    parser.add_argument(
+        "--vllm-options",
+        type=json.loads,
+        default={"kv_cache_memory_bytes": 1 << 30},
+        help="JSON object of vllm.LLM options (default: a 1 GiB KV cache, which a CPU engine needs)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.prompts = 64
@@ -71,25 +75,44 @@ def main() -> None:
     backend = {"backend": args.backend, "engine_options": args.vllm_options if vllm else None}
     if vllm:  # engines start before the clock runs (one per model, reused by every stage)
         start = lambda model: vllm_engine(model_source(model), **args.vllm_options)  # noqa: E731
-        results["engine_start_s"] = {role: round(timed(lambda: start(model))[1], 1)
-                                     for role, model in (("student", student), ("teacher", teacher))}
+        results["engine_start_s"] = {
+            role: round(timed(lambda: start(model))[1], 1)
+            for role, model in (("student", student), ("teacher", teacher))
+        }
     with tempfile.TemporaryDirectory() as folder:
         cache = StageCache(folder)
 
-        for role, name, model, tokenizer in (("student", args.student, student, student_tok),
-                                             ("teacher", args.teacher, teacher, teacher_tok)):
+        for role, name, model, tokenizer in (
+            ("student", args.student, student, student_tok),
+            ("teacher", args.teacher, teacher, teacher_tok),
+        ):
+
             def sample():
-                return sample_responses(model, tokenizer, prompts, n=args.n, temperature=0.8,
-                                        max_new_tokens=args.max_new_tokens, seed=0, cache=cache, progress=False,
-                                        **backend)
+                return sample_responses(
+                    model,
+                    tokenizer,
+                    prompts,
+                    n=args.n,
+                    temperature=0.8,
+                    max_new_tokens=args.max_new_tokens,
+                    seed=0,
+                    cache=cache,
+                    progress=False,
+                    **backend,
+                )
 
             drawn, first = timed(sample)
             _, second = timed(sample)
             generated = sum(len(ids) for ids in drawn["response_ids"])
             results[f"sampling_{role}"] = {
-                "model": name, "sequences": len(drawn), "generated_tokens": generated,
-                "tokens_per_s": round(generated / first, 1), "first_s": round(first, 3), "cached_s": round(second, 4),
-                "cache_speedup": round(first / second, 1)}
+                "model": name,
+                "sequences": len(drawn),
+                "generated_tokens": generated,
+                "tokens_per_s": round(generated / first, 1),
+                "first_s": round(first, 3),
+                "cached_s": round(second, 4),
+                "cache_speedup": round(first / second, 1),
+            }
             if role == "student":
                 samples = drawn
 
@@ -104,31 +127,62 @@ def main() -> None:
         _, second = timed(score)
         batch = collate_examples(teacher_tok, pairs_prompts, pairs)
         tokens = int(batch["attention_mask"].sum())
-        results["scoring_token_logps"] = {"model": args.teacher, "sequences": len(pairs), "input_tokens": tokens,
-                                          "tokens_per_s": round(tokens / first, 1), "first_s": round(first, 3),
-                                          "cached_s": round(second, 4), "cache_speedup": round(first / second, 1)}
+        results["scoring_token_logps"] = {
+            "model": args.teacher,
+            "sequences": len(pairs),
+            "input_tokens": tokens,
+            "tokens_per_s": round(tokens / first, 1),
+            "first_s": round(first, 3),
+            "cached_s": round(second, 4),
+            "cache_speedup": round(first / second, 1),
+        }
 
         template = mcq_template_for(teacher_tok)
         questions = [user_text(p) for p in flat_prompts]
 
         def mcq():
-            return mcq_selection_logprobs(teacher, teacher_tok, questions, groups, template=template,
-                                          order="random", seed=0, cache=cache, **backend)
+            return mcq_selection_logprobs(
+                teacher,
+                teacher_tok,
+                questions,
+                groups,
+                template=template,
+                order="random",
+                seed=0,
+                cache=cache,
+                **backend,
+            )
 
         _, first = timed(mcq)
         _, second = timed(mcq)
-        mcq_tokens = sum(len(teacher_tok(prompt_text(teacher_tok, template.render(q, g)),
-                                         add_special_tokens=False)["input_ids"]) for q, g in zip(questions, groups))
-        results["scoring_mcq"] = {"model": args.teacher, "mcq_prompts": len(groups), "input_tokens": mcq_tokens,
-                                  "tokens_per_s": round(mcq_tokens / first, 1), "first_s": round(first, 3),
-                                  "cached_s": round(second, 4), "cache_speedup": round(first / second, 1)}
+        mcq_tokens = sum(
+            len(teacher_tok(prompt_text(teacher_tok, template.render(q, g)), add_special_tokens=False)["input_ids"])
+            for q, g in zip(questions, groups)
+        )
+        results["scoring_mcq"] = {
+            "model": args.teacher,
+            "mcq_prompts": len(groups),
+            "input_tokens": mcq_tokens,
+            "tokens_per_s": round(mcq_tokens / first, 1),
+            "first_s": round(first, 3),
+            "cached_s": round(second, 4),
+            "cache_speedup": round(first / second, 1),
+        }
         results["cache"] = {"hits": cache.hits, "misses": cache.misses}
-    report = {"benchmark": "throughput", "backend": args.backend,
-              **({"vllm_options": args.vllm_options} if vllm else {}),
-              "teacher_params": sum(p.numel() for p in teacher.parameters()),
-              "student_params": sum(p.numel() for p in student.parameters()), "prompts": args.prompts, "n": args.n,
-              "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "platform": platform.processor() or platform.machine(), "results": results}
+    report = {
+        "benchmark": "throughput",
+        "backend": args.backend,
+        **({"vllm_options": args.vllm_options} if vllm else {}),
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "prompts": args.prompts,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.processor() or platform.machine(),
+        "results": results,
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -44,6 +44,7 @@ class StepTimer(TrainerCallback):
             ids = kwargs.get("input_ids", args[0] if args else None)
             if module.training and ids is not None:
                 self.shapes.append(tuple(ids.shape))
+
         model.register_forward_pre_hook(record, with_kwargs=True)
         return model
 
@@ -65,8 +66,13 @@ def pair_rows(count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for prompt in make_prompts(count, "train", seed=seed):
-        rows.append({"prompt": prompt.text, "chosen": sample_candidate(prompt, {"correct": 1.0}, rng),
-                     "rejected": sample_candidate(prompt, {"near_miss": 0.5, "wrong": 0.5}, rng)})
+        rows.append(
+            {
+                "prompt": prompt.text,
+                "chosen": sample_candidate(prompt, {"correct": 1.0}, rng),
+                "rejected": sample_candidate(prompt, {"near_miss": 0.5, "wrong": 0.5}, rng),
+            }
+        )
     return rows
 
 
@@ -86,8 +92,11 @@ def time_ours(path: str, tokenizer, rows: list[dict], n: int, batch: int, steps:
     from workbench.trainers import DistillTrainer, ListwiseCollator, training_arguments
 
     if n == 2:
-        data = {"prompt": [r["prompt"] for r in rows], "responses": [[r["chosen"], r["rejected"]] for r in rows],
-                "teacher_rewards": [[1.0, 0.0] for _ in rows]}
+        data = {
+            "prompt": [r["prompt"] for r in rows],
+            "responses": [[r["chosen"], r["rejected"]] for r in rows],
+            "teacher_rewards": [[1.0, 0.0] for _ in rows],
+        }
     else:  # n = 4: two prompts' answers per prompt, same sequence count per step with half the prompts
         data = {"prompt": [], "responses": [], "teacher_rewards": []}
         for a, b in zip(rows[::2], rows[1::2]):
@@ -98,13 +107,22 @@ def time_ours(path: str, tokenizer, rows: list[dict], n: int, batch: int, steps:
     model = timer.watch(LlamaForCausalLM.from_pretrained(path))
     with tempfile.TemporaryDirectory() as out:
         args = training_arguments(out, steps=steps, lr=1e-4, batch_size=batch, progress=False, warmup_ratio=0.0)
-        trainer = DistillTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(data),
-                                 data_collator=ListwiseCollator(tokenizer), objective=ListwiseObjective("ppd", 10.0),
-                                 callbacks=[timer])
+        trainer = DistillTrainer(
+            model=model,
+            args=args,
+            train_dataset=datasets.Dataset.from_dict(data),
+            data_collator=ListwiseCollator(tokenizer),
+            objective=ListwiseObjective("ppd", 10.0),
+            callbacks=[timer],
+        )
         quiet(trainer).train()
-    return {"step_ms": round(median_ms(timer.times, warmup), 2), "prompts_per_step": batch,
-            "sequences_per_step": batch * n, "padded_tokens_per_forward": round(timer.tokens(), 1),
-            "forwards_per_step": len(timer.shapes) / steps}
+    return {
+        "step_ms": round(median_ms(timer.times, warmup), 2),
+        "prompts_per_step": batch,
+        "sequences_per_step": batch * n,
+        "padded_tokens_per_forward": round(timer.tokens(), 1),
+        "forwards_per_step": len(timer.shapes) / steps,
+    }
 
 
 def time_dpo(path: str, tokenizer, rows: list[dict], batch: int, steps: int, warmup: int, precompute: bool) -> dict:
@@ -112,26 +130,52 @@ def time_dpo(path: str, tokenizer, rows: list[dict], batch: int, steps: int, war
 
     from workbench.trainers import checkpointing_argument
 
-    data = datasets.Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": r["prompt"]}] for r in rows],
-        "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
-        "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows]})
+    data = datasets.Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": r["prompt"]}] for r in rows],
+            "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
+            "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
+        }
+    )
     timer = StepTimer()
     policy = timer.watch(LlamaForCausalLM.from_pretrained(path))
     reference = LlamaForCausalLM.from_pretrained(path)
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(output_dir=out, beta=0.1, learning_rate=1e-4, max_steps=steps,
-                         per_device_train_batch_size=batch, lr_scheduler_type="cosine", save_strategy="no",
-                         report_to=[], logging_steps=max(1, steps // 4), disable_tqdm=True, use_cpu=True,
-                         dataloader_num_workers=0, precompute_ref_log_probs=precompute,
-                         # as ours: float32, no recomputation (TRL's defaults are bfloat16 autocast and checkpointing)
-                         bf16=False, **{checkpointing_argument(): False})
-        trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data,
-                             processing_class=tokenizer, callbacks=[timer])
+        args = DPOConfig(
+            output_dir=out,
+            beta=0.1,
+            learning_rate=1e-4,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            lr_scheduler_type="cosine",
+            save_strategy="no",
+            report_to=[],
+            logging_steps=max(1, steps // 4),
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            precompute_ref_log_probs=precompute,
+            # as ours: float32, no recomputation (TRL's defaults are bfloat16 autocast and checkpointing)
+            bf16=False,
+            **{checkpointing_argument(): False},
+        )
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[timer],
+        )
         quiet(trainer).train()
-    return {"step_ms": round(median_ms(timer.times, warmup), 2), "pairs_per_step": batch,
-            "sequences_per_step": 2 * batch, "padded_tokens_per_forward": round(timer.tokens(), 1),
-            "forwards_per_step": len(timer.shapes) / steps, "precompute_ref_log_probs": precompute}
+    return {
+        "step_ms": round(median_ms(timer.times, warmup), 2),
+        "pairs_per_step": batch,
+        "sequences_per_step": 2 * batch,
+        "padded_tokens_per_forward": round(timer.tokens(), 1),
+        "forwards_per_step": len(timer.shapes) / steps,
+        "precompute_ref_log_probs": precompute,
+    }
 
 
 def main() -> None:
@@ -163,9 +207,15 @@ def main() -> None:
     }
     dpo, dpo_policy = results["dpo_with_reference"]["step_ms"], results["dpo_precomputed_reference"]["step_ms"]
     report = {
-        "benchmark": "train_step", "model": args.model, "params": params, "batch_pairs": args.batch,
-        "steps": args.steps, "warmup_steps": warmup, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "platform": platform.processor() or platform.machine(),
+        "benchmark": "train_step",
+        "model": args.model,
+        "params": params,
+        "batch_pairs": args.batch,
+        "steps": args.steps,
+        "warmup_steps": warmup,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.processor() or platform.machine(),
         "results": results,
         "ratio_ours_n2_vs_dpo": round(results["ours_ppd_n2"]["step_ms"] / dpo, 3),
         "ratio_ours_n4_vs_dpo": round(results["ours_ppd_n4"]["step_ms"] / dpo, 3),

@@ -40,14 +40,30 @@ def main() -> None:
         for seed in seeds:
             start = time.perf_counter()
             defaults = dict(teacher=args.teacher, student=args.student, sft_weight=args.sft_weight, lr=args.lr)
-            m = run_pad(PadConfig(**{**defaults, **SETTINGS[name]}, seed=seed, progress=False,
-                                  output_dir=f"runs/pad_seeds/{name}/seed{seed}")).metrics
-            runs.append({"gold_before": m["gold_before"]["mean"], "gold_after": m["gold_after"]["mean"],
-                         "win_rate": m["win_rate_vs_initial"], "seconds": time.perf_counter() - start})
-        table[name] = {"settings": SETTINGS[name], "gold_before": runs[0]["gold_before"],
-                       "gold_after": mean_ci([r["gold_after"] for r in runs]),
-                       "win_rate_vs_initial": mean_ci([r["win_rate"] for r in runs]),
-                       "seconds_per_run": mean_ci([r["seconds"] for r in runs]), "seeds": seeds}
+            m = run_pad(
+                PadConfig(
+                    **{**defaults, **SETTINGS[name]},
+                    seed=seed,
+                    progress=False,
+                    output_dir=f"runs/pad_seeds/{name}/seed{seed}",
+                )
+            ).metrics
+            runs.append(
+                {
+                    "gold_before": m["gold_before"]["mean"],
+                    "gold_after": m["gold_after"]["mean"],
+                    "win_rate": m["win_rate_vs_initial"],
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+        table[name] = {
+            "settings": SETTINGS[name],
+            "gold_before": runs[0]["gold_before"],
+            "gold_after": mean_ci([r["gold_after"] for r in runs]),
+            "win_rate_vs_initial": mean_ci([r["win_rate"] for r in runs]),
+            "seconds_per_run": mean_ci([r["seconds"] for r in runs]),
+            "seeds": seeds,
+        }
         print(name, json.dumps(table[name], default=float), flush=True)
     with open(args.out, "w") as f:
         json.dump(table, f, indent=2, default=float)

@@ -50,8 +50,15 @@ import numpy as np
 from workbench.gym.world import MCQ_LAYOUTS
 
 
-def judge_rows(template, prompts, options: tuple[int, int], rng: random.Random, label_temperature: float = 0.1,
-               reference: bool = False, random_letters: bool = False):
+def judge_rows(
+    template,
+    prompts,
+    options: tuple[int, int],
+    rng: random.Random,
+    label_temperature: float = 0.1,
+    reference: bool = False,
+    random_letters: bool = False,
+):
     """MCQ rows over judge-mix candidates: the label letter ~ softmax(gold / T) (as the gym build), plus each
     option's gold reward as a digit 0..9 (``verdicts``)."""
     from workbench.gym.build import JUDGE_MIX, label_weights
@@ -97,15 +104,27 @@ def selection_quality(model, tokenizer, template, prompts, groups, questions=Non
 
     golds = np.array([[gold_reward(p, r) for r in g] for p, g in zip(prompts, groups)])
     questions = questions or [p.text for p in prompts]
-    log_sel = mcq_selection_logprobs(model, tokenizer, questions, groups, template=template,
-                                     order="random", cache=StageCache(enabled=False)).numpy()
+    log_sel = mcq_selection_logprobs(
+        model, tokenizer, questions, groups, template=template, order="random", cache=StageCache(enabled=False)
+    ).numpy()
     top1 = np.mean([golds[i, log_sel[i].argmax()] == golds[i].max() for i in range(len(groups))])
     return {"spearman": round(mean_spearman(log_sel, golds)["mean"], 3), "top1_accuracy": round(float(top1), 3)}
 
 
-def run(size: str = "default", layout: str = "restate", verdicts: bool = True, steps: int = 3000, lr: float = 1e-3,
-        options: tuple[int, int] = (4, 4), train_rows: int = 12000, test_prompts: int = 256, seed: int = 0,
-        reference: bool = False, random_letters: bool = False, argmax_fraction: float = 0.0) -> dict:
+def run(
+    size: str = "default",
+    layout: str = "restate",
+    verdicts: bool = True,
+    steps: int = 3000,
+    lr: float = 1e-3,
+    options: tuple[int, int] = (4, 4),
+    train_rows: int = 12000,
+    test_prompts: int = 256,
+    seed: int = 0,
+    reference: bool = False,
+    random_letters: bool = False,
+    argmax_fraction: float = 0.0,
+) -> dict:
     import datasets
     from transformers import Trainer
 
@@ -122,15 +141,22 @@ def run(size: str = "default", layout: str = "restate", verdicts: bool = True, s
         raise ValueError(f"layout={layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
     template = MCQ_LAYOUTS[layout]
     if verdicts and not template.letter_closes_option:  # the rule GymConfig applies to judge_verdicts
-        raise ValueError("--verdicts needs a layout whose letter closes the option: 'after', 'restate', 'bracket' or "
-                         "'running'")
+        raise ValueError(
+            "--verdicts needs a layout whose letter closes the option: 'after', 'restate', 'bracket' or 'running'"
+        )
     set_threads()
     prefix = "gym-" if size == "default" else f"gym-{size}-"
     teacher, tokenizer = load(prefix + "teacher-dpo", device="cpu")
     student, student_tok = load(prefix + "student", device="cpu")
     rng = random.Random(seed)
-    rows = judge_rows(template, make_prompts(train_rows, "train", seed=seed + 77), options, rng, reference=reference,
-                      random_letters=random_letters)
+    rows = judge_rows(
+        template,
+        make_prompts(train_rows, "train", seed=seed + 77),
+        options,
+        rng,
+        reference=reference,
+        random_letters=random_letters,
+    )
     if argmax_fraction:
         extra = argmax_rows(round(train_rows * argmax_fraction), options, rng)
         rows = {k: rows[k] + extra[k] for k in rows}
@@ -138,31 +164,46 @@ def run(size: str = "default", layout: str = "restate", verdicts: bool = True, s
     if steps:
         args = training_arguments(steps=steps, lr=lr, batch_size=32, seed=seed, progress=False)
         with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines; stdout carries the JSON only
-            Trainer(model=teacher, args=args, train_dataset=datasets.Dataset.from_dict(rows),
-                    data_collator=VerdictCollator(tokenizer, template.letters) if verdicts
-                    else ResponseCollator(tokenizer)).train()
+            Trainer(
+                model=teacher,
+                args=args,
+                train_dataset=datasets.Dataset.from_dict(rows),
+                data_collator=VerdictCollator(tokenizer, template.letters) if verdicts else ResponseCollator(tokenizer),
+            ).train()
     teacher.eval()
     seconds = time.perf_counter() - started
     prompts = make_prompts(test_prompts, "test", seed=1000)
     rng = random.Random(seed + 5)
     judge_sets = [[sample_candidate(p, JUDGE_MIX, rng) for _ in range(4)] for p in prompts]
     off = StageCache(enabled=False)
-    samples = sample_responses(student, student_tok, [p.text for p in prompts], n=4, temperature=0.8, seed=1,
-                               cache=off, progress=False)
+    samples = sample_responses(
+        student, student_tok, [p.text for p in prompts], n=4, temperature=0.8, seed=1, cache=off, progress=False
+    )
     _, student_sets = group_responses(samples)
     questions = None
     if reference:  # the teacher's own greedy answer is the reference (never the gold answer)
-        greedy = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=1, temperature=0.0, seed=0,
-                                  cache=off, progress=False)
+        greedy = sample_responses(
+            teacher, tokenizer, [p.text for p in prompts], n=1, temperature=0.0, seed=0, cache=off, progress=False
+        )
         questions = [f"{p.text} answer {r}" for p, r in zip(prompts, greedy["response"])]
     flat = [r for g in student_sets for r in g]
-    likelihood = avg_logp_rewards(teacher, tokenizer, [p.text for p in prompts for _ in range(4)], flat,
-                                  cache=off).view(-1, 4).numpy()
+    likelihood = (
+        avg_logp_rewards(teacher, tokenizer, [p.text for p in prompts for _ in range(4)], flat, cache=off)
+        .view(-1, 4)
+        .numpy()
+    )
     golds = np.array([[gold_reward(p, r) for r in g] for p, g in zip(prompts, student_sets)])
     return {
-        "size": size, "layout": layout, "verdicts": verdicts, "steps": steps, "lr": lr, "options": list(options),
+        "size": size,
+        "layout": layout,
+        "verdicts": verdicts,
+        "steps": steps,
+        "lr": lr,
+        "options": list(options),
         "train_seconds": round(seconds, 1),
-        "reference": reference, "random_letters": random_letters, "argmax_fraction": argmax_fraction,
+        "reference": reference,
+        "random_letters": random_letters,
+        "argmax_fraction": argmax_fraction,
         "judge_mix_sets": selection_quality(teacher, tokenizer, template, prompts, judge_sets, questions),
         "student_sets": selection_quality(teacher, tokenizer, template, prompts, student_sets, questions),
         "student_sets_likelihood_spearman": round(mean_spearman(likelihood, golds)["mean"], 3),
@@ -180,17 +221,43 @@ def main(argv=None) -> None:
     parser.add_argument("--train-rows", type=int, default=12000)
     parser.add_argument("--test-prompts", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reference", action="store_true",
-                        help="reference-guided judging: the question carries an answer (gold in training rows, the "
-                             "teacher's own greedy answer when measured)")
-    parser.add_argument("--random-letters", action="store_true",
-                        help="training rows label their options with a random ordered subset of the letters")
-    parser.add_argument("--argmax-fraction", type=float, default=0.0,
-                        help="add this many argmax warm-up rows per judge row (bare digits, pick the largest)")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="reference-guided judging: the question carries an answer (gold in training rows, the "
+        "teacher's own greedy answer when measured)",
+    )
+    parser.add_argument(
+        "--random-letters",
+        action="store_true",
+        help="training rows label their options with a random ordered subset of the letters",
+    )
+    parser.add_argument(
+        "--argmax-fraction",
+        type=float,
+        default=0.0,
+        help="add this many argmax warm-up rows per judge row (bare digits, pick the largest)",
+    )
     a = parser.parse_args(argv)
-    print(json.dumps(run(a.size, a.layout, a.verdicts, a.steps, a.lr, tuple(a.options), a.train_rows,
-                         a.test_prompts, a.seed, a.reference,
-                         a.random_letters, a.argmax_fraction), indent=1))
+    print(
+        json.dumps(
+            run(
+                a.size,
+                a.layout,
+                a.verdicts,
+                a.steps,
+                a.lr,
+                tuple(a.options),
+                a.train_rows,
+                a.test_prompts,
+                a.seed,
+                a.reference,
+                a.random_letters,
+                a.argmax_fraction,
+            ),
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,15 @@ GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 BEYOND = {1e-4: 3e-5, 3e-3: 1e-2}  # one step past an end of the learning-rate grid
 
 
-def sweep(methods, runs_dir: str, seeds=(0,), eval_prompts: int = 128, overrides: dict | None = None,
-          param: str = "lr", grid=None) -> dict:
+def sweep(
+    methods,
+    runs_dir: str,
+    seeds=(0,),
+    eval_prompts: int = 128,
+    overrides: dict | None = None,
+    param: str = "lr",
+    grid=None,
+) -> dict:
     """{method: {"gold": {value: mean validation gold over seeds}, "best": value}} for ``methods``.
 
     ``param`` is the swept config field over ``grid`` (default: the learning rate over ``GRID``, extended by
@@ -44,8 +51,13 @@ def sweep(methods, runs_dir: str, seeds=(0,), eval_prompts: int = 128, overrides
     beyond = BEYOND if param == "lr" else {}
 
     def gold_at(method, values) -> dict:
-        table = compare([(method, {param: v}) for v in values], seeds=list(seeds), overrides=overrides,
-                        runs_dir=runs_dir, eval_cfg=eval_cfg)
+        table = compare(
+            [(method, {param: v}) for v in values],
+            seeds=list(seeds),
+            overrides=overrides,
+            runs_dir=runs_dir,
+            eval_cfg=eval_cfg,
+        )
         rows = {row["method"]: row["gold_mean"] for _, row in table.iterrows()}
         return {v: rows[f"{method}[{param}={v}]"] for v in values}
 
@@ -71,13 +83,19 @@ def versus_current(runs_dir: str, method: str, param: str, best, current, seeds)
         return {"diff": 0.0, "ci95": 0.0, "change": False}
     gold = {(r["label"], r["seed"]): r["harness"]["gold"]["mean"] for r in load_records(runs_dir)}
     best_label, current_label = f"{method}[{param}={best}]", f"{method}[{param}={current}]"
-    pairs = [gold[(best_label, s)] - gold[(current_label, s)] for s in seeds
-             if (best_label, s) in gold and (current_label, s) in gold]
+    pairs = [
+        gold[(best_label, s)] - gold[(current_label, s)]
+        for s in seeds
+        if (best_label, s) in gold and (current_label, s) in gold
+    ]
     if not pairs:
         return None
     diff = mean_ci(pairs)
-    return {"diff": round(diff["mean"], 4), "ci95": round(diff["ci95"], 4),
-            "change": bool(diff["mean"] - diff["ci95"] > 0)}
+    return {
+        "diff": round(diff["mean"], 4),
+        "ci95": round(diff["ci95"], 4),
+        "change": bool(diff["mean"] - diff["ci95"] > 0),
+    }
 
 
 def _value(text: str):
@@ -95,14 +113,28 @@ def main(argv=None) -> None:
     from workbench.methods.common import GYM_LR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="*", default=sorted(GYM_LR),
-                        help="methods of the comparison registry (default: those with a GYM_LR)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=sorted(GYM_LR),
+        help="methods of the comparison registry (default: those with a GYM_LR)",
+    )
     parser.add_argument("--param", default="lr", help="config field to sweep (default: the learning rate)")
-    parser.add_argument("--grid", nargs="*", type=_value, default=None,
-                        help="values of --param (required unless it is lr, whose grid is GRID)")
+    parser.add_argument(
+        "--grid",
+        nargs="*",
+        type=_value,
+        default=None,
+        help="values of --param (required unless it is lr, whose grid is GRID)",
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a config field held fixed for every run, e.g. --set alpha=5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a config field held fixed for every run, e.g. --set alpha=5 (repeatable)",
+    )
     parser.add_argument("--runs-dir", default="runs/gym_tune")
     parser.add_argument("--eval-prompts", type=int, default=128)
     a = parser.parse_args(argv)
@@ -115,16 +147,30 @@ def main(argv=None) -> None:
         parser.error(f"--set takes FIELD=VALUE items, got {a.set}")
     fixed = {k: _value(v) for k, v in (item.split("=", 1) for item in a.set)}
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
-        result = sweep(a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param,
-                       grid=a.grid)
+        result = sweep(
+            a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param, grid=a.grid
+        )
     current = {m: setting_of(m, a.param) for m in a.methods}
     for m, r in result.items():
         r["vs_current"] = versus_current(a.runs_dir, m, a.param, r["best"], current[m], a.seeds)
-    print(json.dumps({"param": a.param, "grid": a.grid or GRID, "seeds": a.seeds, "fixed": fixed, "current": current,
-                      "methods": result,
-                      "changed": {m: r["best"] for m, r in result.items()
-                                  if r["best"] != current[m] and (r["vs_current"] or {}).get("change", False)}},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                "param": a.param,
+                "grid": a.grid or GRID,
+                "seeds": a.seeds,
+                "fixed": fixed,
+                "current": current,
+                "methods": result,
+                "changed": {
+                    m: r["best"]
+                    for m, r in result.items()
+                    if r["best"] != current[m] and (r["vs_current"] or {}).get("change", False)
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

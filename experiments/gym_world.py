@@ -75,25 +75,45 @@ import json
 import sys
 import time
 
-LEXICAL_JUDGE_MIX = {"correct": 0.25, "frequent_filler": 0.2, "other_filler": 0.2, "near_miss": 0.1, "wrong": 0.05,
-                     "harmful": 0.2}
+LEXICAL_JUDGE_MIX = {
+    "correct": 0.25,
+    "frequent_filler": 0.2,
+    "other_filler": 0.2,
+    "near_miss": 0.1,
+    "wrong": 0.05,
+    "harmful": 0.2,
+}
 COMPETENT_STUDENT = {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 128}
-RESTATE = dict(judge_layout="restate", judge_verdicts=True, teacher_steps=1500, teacher_mcq_rows=20000,
-               mcq_options=(1, 4))
+RESTATE = dict(
+    judge_layout="restate", judge_verdicts=True, teacher_steps=1500, teacher_mcq_rows=20000, mcq_options=(1, 4)
+)
 VARIANTS: dict[str, dict] = {
     "v1": {},
     "restate": RESTATE,
-    "lexical": {**RESTATE, "judge_mix": LEXICAL_JUDGE_MIX, "student": COMPETENT_STUDENT, "student_steps": 1500,
-                "student_mix": {"correct": 0.25, "frequent_filler": 0.3, "other_filler": 0.2, "harmful": 0.25}},
-    "lexical-gap": {**RESTATE, "judge_mix": LEXICAL_JUDGE_MIX, "student": COMPETENT_STUDENT, "student_steps": 1500,
-                    "student_mix": {"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2}},
+    "lexical": {
+        **RESTATE,
+        "judge_mix": LEXICAL_JUDGE_MIX,
+        "student": COMPETENT_STUDENT,
+        "student_steps": 1500,
+        "student_mix": {"correct": 0.25, "frequent_filler": 0.3, "other_filler": 0.2, "harmful": 0.25},
+    },
+    "lexical-gap": {
+        **RESTATE,
+        "judge_mix": LEXICAL_JUDGE_MIX,
+        "student": COMPETENT_STUDENT,
+        "student_steps": 1500,
+        "student_mix": {"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2},
+    },
 }
 VARIANTS["running"] = {**VARIANTS["lexical-gap"], "judge_layout": "running", "judge_running_best": True}
 # the first variant whose single-order judge beats the likelihood (stop 11): finer verdicts, longer teacher training,
 # and judging rows drawn like the student's answers
-VARIANTS["judge"] = {**VARIANTS["running"], "judge_verdict_scale": 19, "teacher_steps": 2000,
-                     "judge_mix": {"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05,
-                                   "harmful": 0.2}}
+VARIANTS["judge"] = {
+    **VARIANTS["running"],
+    "judge_verdict_scale": 19,
+    "teacher_steps": 2000,
+    "judge_mix": {"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05, "harmful": 0.2},
+}
 
 
 def variant_config(name: str, size: str = "default", overrides: dict | None = None):
@@ -116,8 +136,9 @@ def variant_config(name: str, size: str = "default", overrides: dict | None = No
     return replace(DEFAULT_V1 if size == "default" else SIZES[size], **fields)
 
 
-def run(name: str, size: str = "default", overrides: dict | None = None, prompts: int = 256,
-        candidates: int = 4) -> dict:
+def run(
+    name: str, size: str = "default", overrides: dict | None = None, prompts: int = 256, candidates: int = 4
+) -> dict:
     """Build (or load) the variant and return its build seconds and the gym report's measurements."""
     from workbench.gym.build import build_gym
     from workbench.gym.report import gym_report
@@ -128,13 +149,25 @@ def run(name: str, size: str = "default", overrides: dict | None = None, prompts
         gym = build_gym(config=config, progress=False)
         report = gym_report(config=config, n_prompts=prompts, n_candidates=candidates)
     gold = {role: {k: round(v["mean"], 3) for k, v in g.items()} for role, g in report["gold_reward"].items()}
-    ranking = {role: {**{k: round(v["mean"], 3) for k, v in entry.items() if isinstance(v, dict) and "mean" in v},
-                      "mcq_position_prior": entry["mcq_position_prior"]}
-               for role, entry in report["ranking_vs_gold"].items()}
-    return {"variant": name, "size": size, "overrides": overrides or {}, "cache": str(gym.root),
-            "build_seconds": {k: round(v, 1) for k, v in gym.info["seconds"].items()},
-            "wall_seconds": round(time.perf_counter() - started, 1), "candidates": candidates,
-            "gold_reward": gold, "ranking_vs_gold": ranking, "checks": report["checks"]}
+    ranking = {
+        role: {
+            **{k: round(v["mean"], 3) for k, v in entry.items() if isinstance(v, dict) and "mean" in v},
+            "mcq_position_prior": entry["mcq_position_prior"],
+        }
+        for role, entry in report["ranking_vs_gold"].items()
+    }
+    return {
+        "variant": name,
+        "size": size,
+        "overrides": overrides or {},
+        "cache": str(gym.root),
+        "build_seconds": {k: round(v, 1) for k, v in gym.info["seconds"].items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "candidates": candidates,
+        "gold_reward": gold,
+        "ranking_vs_gold": ranking,
+        "checks": report["checks"],
+    }
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -151,8 +184,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))
     parser.add_argument("--size", default="default", choices=["tiny", "default"])
-    parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
-                        metavar="NAME=VALUE", help="override a GymConfig field (JSON value)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a GymConfig field (JSON value)",
+    )
     parser.add_argument("--prompts", type=int, default=256, help="held-out prompts the report measures on")
     parser.add_argument("--candidates", type=int, default=4, help="student samples per judged set")
     a = parser.parse_args(argv)

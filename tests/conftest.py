@@ -88,8 +88,10 @@ class StandInVllm:
         ids = [self.tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in range(1, 10)]
         eos, out = self.tokenizer.eos_token_id, []
         for r, p in enumerate(params):
-            completions = [types.SimpleNamespace(token_ids=[ids[(r + k) % 9], ids[(p.seed + k + 1) % 9], eos, ids[0]])
-                           for k in range(p.n)]
+            completions = [
+                types.SimpleNamespace(token_ids=[ids[(r + k) % 9], ids[(p.seed + k + 1) % 9], eos, ids[0]])
+                for k in range(p.n)
+            ]
             out.append(types.SimpleNamespace(outputs=completions))
         return out
 

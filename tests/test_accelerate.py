@@ -19,8 +19,19 @@ CONFIGS = sorted((ROOT / "accelerate").glob("*.yaml"))
 # tiny PAD run: 16 gym prompts, n = 4 decomposed into groups of m = 2 (PAD Eq. 13), 4 optimizer steps; sampling
 # batches of 3 prompts (6 batches, the last one short: 2 processes sample 9 and 7 prompts), teacher scoring in
 # batches of 5 sequences (so a process's scoring batches differ from one process's)
-PARAMS = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=4, m=2, train_prompts=16, steps=4,
-              sampling_batch_size=3, scoring_batch_size=5, progress=False, save_model=False, save_rows=True)
+PARAMS = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    n=4,
+    m=2,
+    train_prompts=16,
+    steps=4,
+    sampling_batch_size=3,
+    scoring_batch_size=5,
+    progress=False,
+    save_model=False,
+    save_rows=True,
+)
 
 
 def test_accelerate_configs_parse_with_accelerate():
@@ -69,8 +80,9 @@ class FakeState:
         return PartialState.split_between_processes(self, inputs)
 
 
-@pytest.mark.parametrize("items, batch_size, processes", [(16, 3, 2), (16, 4, 2), (10, 4, 3), (5, 8, 2), (7, 1, 4),
-                                                          (0, 4, 2)])
+@pytest.mark.parametrize(
+    "items, batch_size, processes", [(16, 3, 2), (16, 4, 2), (10, 4, 3), (5, 8, 2), (7, 1, 4), (0, 4, 2)]
+)
 def test_batch_shards_are_whole_batches_that_tile_the_items(items, batch_size, processes):
     from workbench.distributed import Shard, batch_shard
 
@@ -96,27 +108,57 @@ def test_gather_in_order_is_the_identity_with_one_process():
 def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_path):
     env = _launch_env()
     # 1 process × 4 prompts per step ...
-    _run([sys.executable, "-m", "workbench.train_pad",
-          *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.train_pad",
+            *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"}),
+        ],
+        env,
+    )
     # ... and 2 processes × 2 prompts per step (global batch 4), launched with the shipped DDP config; without
     # CUDA the processes join a gloo group on CPU
-    _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-          "--main_process_port", "29517", "-m", "workbench.train_pad",
-          *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two", "report_to": "tensorboard"})], env)
+    _run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29517",
+            "-m",
+            "workbench.train_pad",
+            *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two", "report_to": "tensorboard"}),
+        ],
+        env,
+    )
     # sampled and scored in 2 shards, merged by prompt index: the same samples exactly, the same rewards up to
     # the float rounding of other scoring batches
     rows_one, rows_two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert len(rows_one) == len(rows_two) == PARAMS["train_prompts"]
     assert [(r["prompt"], r["responses"]) for r in rows_two] == [(r["prompt"], r["responses"]) for r in rows_one]
     for key in ("likelihood", "log_p_sel", "calibrated"):
-        torch.testing.assert_close(torch.tensor([r[key] for r in rows_two]), torch.tensor([r[key] for r in rows_one]),
-                                   rtol=1e-5, atol=1e-5, msg=f"teacher {key} differs between 2 processes and 1")
+        torch.testing.assert_close(
+            torch.tensor([r[key] for r in rows_two]),
+            torch.tensor([r[key] for r in rows_one]),
+            rtol=1e-5,
+            atol=1e-5,
+            msg=f"teacher {key} differs between 2 processes and 1",
+        )
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
     assert len(one) == len(two) == PARAMS["steps"]
     for key in ("loss", "grad_norm", "ranking_loss", "learning_rate"):
-        torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
-                                   rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
+        torch.testing.assert_close(
+            torch.tensor([e[key] for e in two]),
+            torch.tensor([e[key] for e in one]),
+            rtol=1e-4,
+            atol=1e-6,
+            msg=f"{key} differs between 2 processes and 1",
+        )
     # report_to: the main process alone writes the tracker run, with the processes' averaged curve
     events = list((tmp_path / "two" / "tensorboard" / "round0").glob("events.out.tfevents.*"))
     assert len(events) == 1, events
@@ -124,34 +166,73 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
 
     logged = EventAccumulator(str(events[0]))
     logged.Reload()
-    torch.testing.assert_close(torch.tensor([e.value for e in logged.Scalars("train/loss")]),
-                               torch.tensor([e["loss"] for e in two]), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        torch.tensor([e.value for e in logged.Scalars("train/loss")]),
+        torch.tensor([e["loss"] for e in two]),
+        rtol=1e-6,
+        atol=1e-8,
+    )
 
 
 # tiny ADPA+ and PLaD runs sharded the same way: 16 pairs / prompts in sampling batches of 3 (6 batches, 9 + 7
 # prompts per process) and teacher top-k batches of 5 (ADPA+: both teachers' caches on y_w, y_l and on ŷ, which it
 # samples from the student after its DCKD stage); 4 steps per stage. PLaD keeps 14 of its 16 pairs (two empty samples),
 # so it takes 3 steps: full global batches (a short last one is averaged per process under DDP, not per pair)
-ADPA_PARAMS = dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref", student="gym-tiny-student",
-                   method="adpa+", k=8, train_prompts=16, steps=4, sampling_batch_size=3, scoring_batch_size=5,
-                   progress=False, save_model=False, save_rows=True)
-PLAD_PARAMS = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, steps=3,
-                   sampling_batch_size=3, progress=False, save_model=False, save_rows=True)
+ADPA_PARAMS = dict(
+    teacher_dpo="gym-tiny-teacher-dpo",
+    teacher_ref="gym-tiny-teacher-ref",
+    student="gym-tiny-student",
+    method="adpa+",
+    k=8,
+    train_prompts=16,
+    steps=4,
+    sampling_batch_size=3,
+    scoring_batch_size=5,
+    progress=False,
+    save_model=False,
+    save_rows=True,
+)
+PLAD_PARAMS = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=16,
+    steps=3,
+    sampling_batch_size=3,
+    progress=False,
+    save_model=False,
+    save_rows=True,
+)
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
-@pytest.mark.parametrize("pipeline, params, rows_name, curve_keys", [
-    ("adpa", ADPA_PARAMS, "states_adpa", ("loss", "grad_norm", "learning_rate", "sft_loss")),
-    ("plad", PLAD_PARAMS, "pairs", ("loss", "grad_norm", "learning_rate")),
-])
-def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny_gym, tmp_path, pipeline, params,
-                                                                            rows_name, curve_keys):
+@pytest.mark.parametrize(
+    "pipeline, params, rows_name, curve_keys",
+    [
+        ("adpa", ADPA_PARAMS, "states_adpa", ("loss", "grad_norm", "learning_rate", "sft_loss")),
+        ("plad", PLAD_PARAMS, "pairs", ("loss", "grad_norm", "learning_rate")),
+    ],
+)
+def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(
+    tiny_gym, tmp_path, pipeline, params, rows_name, curve_keys
+):
     env = _launch_env()
     script = ["-m", "workbench.train", "--pipeline", pipeline]
     _run([sys.executable, *script, *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
-    _run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-          "--main_process_port", "29518", *script,
-          *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})], env)
+    _run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29518",
+            *script,
+            *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"}),
+        ],
+        env,
+    )
     # the samples each process drew on its shard, merged by prompt index, are the samples of one process
     rows_one, rows_two = (_rows(tmp_path / run, rows_name) for run in ("one", "two"))
     assert rows_one and rows_two == rows_one
@@ -167,48 +248,103 @@ def test_two_process_adpa_and_plad_shard_their_stages_and_equal_one_process(tiny
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert len(one) == len(two) == params["steps"] * (2 if pipeline == "adpa" else 1)
     for key in curve_keys:
-        torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
-                                   rtol=1e-4, atol=1e-6, msg=f"{key} differs between 2 processes and 1")
+        torch.testing.assert_close(
+            torch.tensor([e[key] for e in two]),
+            torch.tensor([e[key] for e in one]),
+            rtol=1e-4,
+            atol=1e-6,
+            msg=f"{key} differs between 2 processes and 1",
+        )
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.is_available(),
-                    reason="the CPU fallback of the FSDP config (needs the accelerate CLI and no CUDA)")
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None or torch.cuda.is_available(),
+    reason="the CPU fallback of the FSDP config (needs the accelerate CLI and no CUDA)",
+)
 def test_the_fsdp_config_on_cpu_says_it_runs_data_parallel_and_trains_as_one_process(tiny_gym, tmp_path):
     """Without CUDA accelerate runs the FSDP config's processes as a CPU (gloo) group, not FSDP: the run must say so
     (log and config.json) rather than pass for a sharded run, and still train as one process does."""
     env = _launch_env()
     params = {**PARAMS, "save_rows": False}
-    _run([sys.executable, "-m", "workbench.train_pad",
-          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
-    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"),
-                          "--num_processes", "2", "--main_process_port", "29519", "-m", "workbench.train",
-                          "--pipeline", "pad", *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.train_pad",
+            *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"}),
+        ],
+        env,
+    )
+    out = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "fsdp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29519",
+            "-m",
+            "workbench.train",
+            "--pipeline",
+            "pad",
+            *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "asks for FSDP, but these processes run" in out.stderr
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert (config["processes"], config["distributed_type"], config["sharded_parameters"]) == (2, "MULTI_CPU", False)
-    torch.testing.assert_close(torch.tensor([e["loss"] for e in _curve(tmp_path / "two")]),
-                               torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([e["loss"] for e in _curve(tmp_path / "two")]),
+        torch.tensor([e["loss"] for e in _curve(tmp_path / "one")]),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def _fsdp_launch(port: int) -> list[str]:
     """accelerate launch of 2 processes with the shipped FSDP2 config: on 2 GPUs as users run it; without CUDA through
     tests/fsdp_on_cpu.py, which lets accelerate's own FSDP2 preparation shard the student over a CPU (gloo) group."""
     launcher = ["-m", "workbench.train"] if torch.cuda.device_count() >= 2 else [str(ROOT / "tests" / "fsdp_on_cpu.py")]
-    return ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
-            "--main_process_port", str(port), *launcher]
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate" / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port),
+        *launcher,
+    ]
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
-                    reason="needs the accelerate CLI, and 2 GPUs or none")
-@pytest.mark.parametrize("pipeline, params, rows", [
-    ("pad", {**PARAMS, "iterations": 2, "save_model": True, "gradient_checkpointing": True}, ("round1", "responses")),
-    ("adpa", ADPA_PARAMS, ("states_adpa", "state")),
-    ("plad", {**PLAD_PARAMS, "save_rows": False}, None),
-])
-def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process(tiny_gym, tmp_path, pipeline, params,
-                                                                                 rows):
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+    reason="needs the accelerate CLI, and 2 GPUs or none",
+)
+@pytest.mark.parametrize(
+    "pipeline, params, rows",
+    [
+        (
+            "pad",
+            {**PARAMS, "iterations": 2, "save_model": True, "gradient_checkpointing": True},
+            ("round1", "responses"),
+        ),
+        ("adpa", ADPA_PARAMS, ("states_adpa", "state")),
+        ("plad", {**PLAD_PARAMS, "save_rows": False}, None),
+    ],
+)
+def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process(
+    tiny_gym, tmp_path, pipeline, params, rows
+):
     """2 processes under accelerate/fsdp.yaml (FSDP2: every process holds a shard of the student's weights, gradients
     and optimizer states) train each method family with the chunked head (logits_chunk 4, which reads the output
     group's weight outside the model's forward) to the loss curve of 1 process with the same global batch (PAD with
@@ -217,11 +353,30 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
     process. PAD's saved student is the whole model, gathered from the shards, with 1 process's weights."""
     env = _launch_env()
     params = {**params, "logits_chunk": 4}
-    _run([sys.executable, "-m", "workbench.train", "--pipeline", pipeline,
-          *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"})], env)
-    out = subprocess.run([*_fsdp_launch(29531), "--pipeline", pipeline,
-                          *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"})],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.train",
+            "--pipeline",
+            pipeline,
+            *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"}),
+        ],
+        env,
+    )
+    out = subprocess.run(
+        [
+            *_fsdp_launch(29531),
+            "--pipeline",
+            pipeline,
+            *_pad_args({**params, "batch_size": 2, "output_dir": tmp_path / "two"}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "asks for FSDP, but" not in out.stderr
     config = json.loads((tmp_path / "two" / "config.json").read_text())
@@ -233,9 +388,12 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")
     assert len(one) == len(two) == params["steps"] * (2 if pipeline in ("pad", "adpa") else 1)
     for key in ("loss", "grad_norm"):
-        torch.testing.assert_close(torch.tensor([e[key] for e in two]), torch.tensor([e[key] for e in one]),
-                                   **(dict(rtol=1e-2, atol=1e-4) if gpus else dict(rtol=1e-4, atol=1e-6)),
-                                   msg=f"{key} differs between FSDP on 2 processes and 1")
+        torch.testing.assert_close(
+            torch.tensor([e[key] for e in two]),
+            torch.tensor([e[key] for e in one]),
+            **(dict(rtol=1e-2, atol=1e-4) if gpus else dict(rtol=1e-4, atol=1e-6)),
+            msg=f"{key} differs between FSDP on 2 processes and 1",
+        )
     if params["save_model"]:
         from workbench.models import load
 
@@ -244,17 +402,30 @@ def test_fsdp_shards_the_student_through_the_chunked_head_and_equals_one_process
         weights = dict(saved.named_parameters())
         assert weights.keys() == dict(reference.named_parameters()).keys()
         for name, p in reference.named_parameters():
-            torch.testing.assert_close(weights[name], p, **(dict(rtol=1e-2, atol=1e-3) if gpus else
-                                                            dict(rtol=1e-4, atol=1e-5)), msg=name)
+            torch.testing.assert_close(
+                weights[name], p, **(dict(rtol=1e-2, atol=1e-3) if gpus else dict(rtol=1e-4, atol=1e-5)), msg=name
+            )
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
-                    reason="needs the accelerate CLI, and 2 GPUs or none")
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+    reason="needs the accelerate CLI, and 2 GPUs or none",
+)
 def test_fsdp_launch_refuses_a_lora_run_that_samples_its_trained_student_before_loading_it(tmp_path):
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    out = subprocess.run([*_fsdp_launch(29533), "--pipeline", "pad",
-                          *_pad_args({**PARAMS, "iterations": 2, "lora": True, "output_dir": tmp_path / "two"})],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [
+            *_fsdp_launch(29533),
+            "--pipeline",
+            "pad",
+            *_pad_args({**PARAMS, "iterations": 2, "lora": True, "output_dir": tmp_path / "two"}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode != 0
     assert "samples from its LoRA student after training it" in out.stderr and "one iteration per run" in out.stderr
     assert not (tmp_path / "two").exists()
@@ -265,8 +436,12 @@ def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):
 
     cfg = pad_config({"teacher": "t", "student": "s", "m": 0, "quantization": "", "lr": 1e-6, "max_new_tokens": 512})
     assert cfg.m is None and cfg.quantization is None and cfg.max_new_tokens == 512
-    assert (parse_value("4bit"), parse_value("1e-6"), parse_value("True"), parse_value("false")) == \
-        ("4bit", 1e-6, True, False)
+    assert (parse_value("4bit"), parse_value("1e-6"), parse_value("True"), parse_value("false")) == (
+        "4bit",
+        1e-6,
+        True,
+        False,
+    )
     with pytest.raises(ValueError, match="unknown PAD parameters"):
         pad_config({"teacher": "t", "studnet": "s"})
 
@@ -282,8 +457,9 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None or not Path("/proc").is_dir(),
-                    reason="needs the accelerate CLI and Linux /proc")
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None or not Path("/proc").is_dir(), reason="needs the accelerate CLI and Linux /proc"
+)
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, tmp_path, preempt, strategy):
     """Preemption of a multi-process job: a 2-process PAD run (gloo; DDP, or FSDP2 with the student's weights and
@@ -303,14 +479,34 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
 
     def launch(out: Path, port: int) -> list[str]:
         port += 10 if strategy == "fsdp" else 0
-        command = (_fsdp_launch(port) + ["--pipeline", "pad"] if strategy == "fsdp" else
-                   ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes",
-                    "2", "--main_process_port", str(port), "-m", "workbench.train_pad"])
+        command = (
+            _fsdp_launch(port) + ["--pipeline", "pad"]
+            if strategy == "fsdp"
+            else [
+                "accelerate",
+                "launch",
+                "--config_file",
+                str(ROOT / "accelerate" / "ddp.yaml"),
+                "--num_processes",
+                "2",
+                "--main_process_port",
+                str(port),
+                "-m",
+                "workbench.train_pad",
+            ]
+        )
         return [*command, *_pad_args({**params, "output_dir": out})]
 
     _run(launch(tmp_path / "reference", 29521), env)
-    job = subprocess.Popen(launch(tmp_path / "run", 29522), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    job = subprocess.Popen(
+        launch(tmp_path / "run", 29522),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
     def kill():  # the launcher and both workers, without clean-up (torch's elastic agent starts the workers in
         # sessions of their own, so they are found by their command line, which names this run's output folder)
         os.killpg(job.pid, signal.SIGKILL)
@@ -321,18 +517,19 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
             time.sleep(0.05)
 
     preempt(job, tmp_path / "run" / "checkpoints" / "round0", params["steps"], kill, timeout=200)
-    again = subprocess.run(launch(tmp_path / "run", 29523), cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=240)
+    again = subprocess.run(
+        launch(tmp_path / "run", 29523), cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     if again.returncode != 0 and "(SIGSEGV)" in again.stderr:
         # once in CI (2026-12-04, under the other test worker's load) a gloo worker of the resumed FSDP launch died of
         # SIGSEGV inside torch's all-gather, with no Python frame of ours; the launch resumes again from the newest
         # checkpoint, once. A fault of the checkpoint itself crashes this retry too, and the curve is checked after.
         import warnings
 
-        warnings.warn(f"the resumed {strategy} launch crashed (SIGSEGV); launched once more: "
-                      + again.stderr[-600:])
-        again = subprocess.run(launch(tmp_path / "run", 29524), cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=240)
+        warnings.warn(f"the resumed {strategy} launch crashed (SIGSEGV); launched once more: " + again.stderr[-600:])
+        again = subprocess.run(
+            launch(tmp_path / "run", 29524), cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+        )
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("resuming from") == 2  # each process, from the checkpoint the killed job left
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -340,8 +537,13 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
     reference, resumed = _curve(tmp_path / "reference"), _curve(tmp_path / "run")
     assert [e["step"] for e in resumed] == [e["step"] for e in reference] and len(reference) == 60
     for key in ("loss", "grad_norm", "learning_rate"):
-        torch.testing.assert_close(torch.tensor([e[key] for e in resumed]), torch.tensor([e[key] for e in reference]),
-                                   rtol=1e-5, atol=1e-7, msg=f"{key} differs after the resume")
+        torch.testing.assert_close(
+            torch.tensor([e[key] for e in resumed]),
+            torch.tensor([e[key] for e in reference]),
+            rtol=1e-5,
+            atol=1e-7,
+            msg=f"{key} differs after the resume",
+        )
 
 
 def test_an_unsharded_model_samples_as_itself():
@@ -357,19 +559,43 @@ def test_a_launch_on_a_fresh_cache_builds_the_gym_once_as_one_process_builds_it(
     """The first `accelerate launch` of a gym run on a fresh cache: the gym is built once, in a process of its own
     (not by the ranks at once, whose Trainer runs would train data parallel and race on one folder), and is the gym
     one process builds — the same training losses and weights."""
-    env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               WORKBENCH_CACHE=str(tmp_path / "launch-cache"))
+    env = dict(
+        os.environ,
+        WORKBENCH_THREADS="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        WORKBENCH_CACHE=str(tmp_path / "launch-cache"),
+    )
     env.pop("WORKBENCH_TRAINING_ARGS", None)
-    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"),
-                          "--num_processes", "2", "--main_process_port", "29535", "-m", "workbench.train",
-                          "--pipeline", "pad", *_pad_args({**PARAMS, "steps": 2, "batch_size": 2, "save_rows": False,
-                                                           "output_dir": tmp_path / "run"})],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29535",
+            "-m",
+            "workbench.train",
+            "--pipeline",
+            "pad",
+            *_pad_args({**PARAMS, "steps": 2, "batch_size": 2, "save_rows": False, "output_dir": tmp_path / "run"}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stderr.count("building gym tiny in a process of its own") == 1
     assert (tmp_path / "run" / "history.json").exists()
-    _run([sys.executable, "-m", "workbench.gym", "build", "--size", "tiny"],
-         dict(env, WORKBENCH_CACHE=str(tmp_path / "one-cache")))
+    _run(
+        [sys.executable, "-m", "workbench.gym", "build", "--size", "tiny"],
+        dict(env, WORKBENCH_CACHE=str(tmp_path / "one-cache")),
+    )
     (launched,) = (tmp_path / "launch-cache" / "gym").glob("tiny-*/build.json")
     (alone,) = (tmp_path / "one-cache" / "gym").glob("tiny-*/build.json")
     assert launched.parent.name == alone.parent.name
@@ -382,7 +608,7 @@ def test_a_launch_on_a_fresh_cache_builds_the_gym_once_as_one_process_builds_it(
             assert torch.equal(tensor, weights[name]), f"{role} {name}"
 
 
-UNSHARDED_CHECK = '''
+UNSHARDED_CHECK = """
 import json, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from workbench.distributed import is_sharded, unsharded
@@ -414,7 +640,7 @@ result = {"max_diff": float((copy_logits - sharded_logits).abs().max()), "tokens
           "tied": copy.get_output_embeddings().weight is copy.get_input_embeddings().weight}
 print(json.dumps(result) if rank == 0 else "", flush=True)
 dist.destroy_process_group()
-'''
+"""
 
 
 def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_student(tiny_gym, tmp_path):
@@ -423,8 +649,14 @@ def test_unsharded_gives_every_process_a_whole_copy_of_the_trained_sharded_stude
     script = tmp_path / "check.py"
     script.write_text(UNSHARDED_CHECK)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29539", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29539", str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert result["max_diff"] < 1e-5 and result["tokens"] == 7 and result["tied"]
@@ -438,13 +670,24 @@ def one_process_bf16_and_fp32(tiny_gym, tmp_path_factory):
     """The 1-process runs both launches are compared with (bf16-mixed and 32-true, global batch 4), run once."""
     folder = tmp_path_factory.mktemp("one_process")
     for name, precision in (("one", "bf16-mixed"), ("fp32", "32-true")):
-        _run([sys.executable, "-m", "workbench.train", "--pipeline", "pad", *_pad_args(
-            {**BF16_PARAMS, "precision": precision, "batch_size": 4, "output_dir": folder / name})], _launch_env())
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "workbench.train",
+                "--pipeline",
+                "pad",
+                *_pad_args({**BF16_PARAMS, "precision": precision, "batch_size": 4, "output_dir": folder / name}),
+            ],
+            _launch_env(),
+        )
     return folder
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
-                    reason="needs the accelerate CLI, and 2 GPUs or none")
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None or torch.cuda.device_count() == 1,
+    reason="needs the accelerate CLI, and 2 GPUs or none",
+)
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(one_process_bf16_and_fp32, tmp_path, strategy):
     """precision bf16-mixed (the GPU default of a fully trained student) through the shipped launch configs: the
@@ -452,19 +695,39 @@ def test_a_bf16_mixed_student_trains_under_ddp_and_fsdp_as_one_process(one_proce
     (accelerate's MixedPrecisionPolicy). The curve is 1 process's within bfloat16 tolerance; the saved student is
     float32 (master weights), and its weights moved as 1 process's did."""
     single = one_process_bf16_and_fp32
-    launch = (_fsdp_launch(29551) if strategy == "fsdp" else
-              ["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-               "--main_process_port", "29553", "-m", "workbench.train"])
-    _run([*launch, "--pipeline", "pad", *_pad_args({**BF16_PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})],
-         _launch_env())
+    launch = (
+        _fsdp_launch(29551)
+        if strategy == "fsdp"
+        else [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29553",
+            "-m",
+            "workbench.train",
+        ]
+    )
+    _run(
+        [*launch, "--pipeline", "pad", *_pad_args({**BF16_PARAMS, "batch_size": 2, "output_dir": tmp_path / "two"})],
+        _launch_env(),
+    )
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["processes"] == 2 and config["distributed_type"] == ("FSDP" if strategy == "fsdp" else "MULTI_CPU")
     assert config["student_precision"] == "bf16-mixed" and config["mixed_precision"] == "bf16"
     folders = {"one": single / "one", "two": tmp_path / "two"}
     one, two = _curve(folders["one"]), _curve(folders["two"])
     assert len(one) == len(two) == PARAMS["steps"]
-    torch.testing.assert_close(torch.tensor([e["loss"] for e in two]), torch.tensor([e["loss"] for e in one]),
-                               rtol=2e-2, atol=1e-3, msg="loss differs between 2 processes and 1")
+    torch.testing.assert_close(
+        torch.tensor([e["loss"] for e in two]),
+        torch.tensor([e["loss"] for e in one]),
+        rtol=2e-2,
+        atol=1e-3,
+        msg="loss differs between 2 processes and 1",
+    )
     # computed in bfloat16, not float32: 1 process in float32 gives another curve
     assert json.loads((single / "fp32" / "config.json").read_text())["mixed_precision"] == "no"
     fp32 = torch.tensor([e["loss"] for e in _curve(single / "fp32")])

@@ -11,23 +11,28 @@ from workbench import benchmarks as B
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gsm8k.jsonl"
 
 
-@pytest.mark.parametrize("response, expected", [
-    ("3 + 4 = 7 apples.\n#### 7", "7"),
-    ("#### 1,234", "1234"),
-    ("First 12, then #### 5. Later I think the answer is 6", "5"),  # the marked answer wins
-    ("So the answer is: $18.00.", "18"),
-    ("The answer is **42**", "42"),
-    ("She has 3 apples, then 10, then 2.5", "2.5"),  # no marker: the last number
-    ("It drops to -3 degrees", "-3"),
-    ("I cannot tell.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("3 + 4 = 7 apples.\n#### 7", "7"),
+        ("#### 1,234", "1234"),
+        ("First 12, then #### 5. Later I think the answer is 6", "5"),  # the marked answer wins
+        ("So the answer is: $18.00.", "18"),
+        ("The answer is **42**", "42"),
+        ("She has 3 apples, then 10, then 2.5", "2.5"),  # no marker: the last number
+        ("It drops to -3 degrees", "-3"),
+        ("I cannot tell.", None),
+        ("", None),
+    ],
+)
 def test_extract_answer(response, expected):
     assert B.extract_answer(response) == expected
 
 
-@pytest.mark.parametrize("text, expected", [("$1,200", "1200"), ("18.50", "18.5"), ("7.", "7"), ("0.125", "0.125"),
-                                            ("abc", None), ("", None)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("$1,200", "1200"), ("18.50", "18.5"), ("7.", "7"), ("0.125", "0.125"), ("abc", None), ("", None)],
+)
 def test_normalize_number(text, expected):
     assert B.normalize_number(text) == expected
 
@@ -40,15 +45,19 @@ def test_load_gsm8k_reads_the_final_number_of_each_reference_solution():
         B.load_gsm8k(FIXTURE, max_rows=0)
 
 
-@pytest.mark.parametrize("row, match", [
-    ({"question": "How many?", "answer": "It is 4."}, r"row 1: GSM8K answer .* has no final '#### <number>'"),
-    ({"question": " ", "answer": "#### 4"}, "row 1 of .* has an empty question"),
-    ({"prompt": "How many?", "answer": "#### 4"}, r"lacks GSM8K's columns \['question'\]"),
-])
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ({"question": "How many?", "answer": "It is 4."}, r"row 1: GSM8K answer .* has no final '#### <number>'"),
+        ({"question": " ", "answer": "#### 4"}, "row 1 of .* has an empty question"),
+        ({"prompt": "How many?", "answer": "#### 4"}, r"lacks GSM8K's columns \['question'\]"),
+    ],
+)
 def test_bad_gsm8k_rows_are_errors_that_name_them(row, match, tmp_path):
     path = tmp_path / "bad.jsonl"
-    good = ({"question": "Two plus two?", "answer": "#### 4"} if "question" in row
-            else {"prompt": "x", "answer": "#### 1"})
+    good = (
+        {"question": "Two plus two?", "answer": "#### 4"} if "question" in row else {"prompt": "x", "answer": "#### 1"}
+    )
     path.write_text("\n".join(json.dumps(r) for r in (good, row)) + "\n")
     with pytest.raises(ValueError, match=match):
         B.load_gsm8k(path)
@@ -59,8 +68,9 @@ def _gym_problems(n=12):
     from workbench.gym.world import make_prompts
 
     prompts = make_prompts(n, "test", 0, tasks=["add", "max", "min"])
-    rows = datasets.Dataset.from_dict({"question": [p.text for p in prompts],
-                                       "answer": [f"{p.text} gives\n#### {p.answer[0]}" for p in prompts]})
+    rows = datasets.Dataset.from_dict(
+        {"question": [p.text for p in prompts], "answer": [f"{p.text} gives\n#### {p.answer[0]}" for p in prompts]}
+    )
     return rows.add_column("reference", [B.reference_answer(a) for a in rows["answer"]]), prompts
 
 
@@ -73,8 +83,9 @@ def test_gsm8k_accuracy_scores_each_greedy_answer_against_its_reference(tiny_mod
     assert result["measurement"] == "exact-match" and result["problems"] == len(problems)
     assert result["accuracy"]["mean"] == pytest.approx(sum(result["correct"]) / len(problems))
     assert result["no_answer"] == sum(p is None for p in result["predicted"])
-    for prompt, response, predicted, correct in zip(prompts, result["responses"], result["predicted"],
-                                                    result["correct"]):
+    for prompt, response, predicted, correct in zip(
+        prompts, result["responses"], result["predicted"], result["correct"]
+    ):
         assert predicted == B.extract_answer(response)
         assert correct == (predicted == str(prompt.answer[0]))
         if response.strip().isdigit():  # a bare number: right exactly when the gold reward is full
@@ -92,8 +103,23 @@ def test_paired_difference_counts_the_problems_each_model_alone_gets_right():
 
 def test_cli_gsm8k_reports_each_model_and_its_paired_difference(tiny_gym, tmp_path, capsys):
     out = tmp_path / "gsm8k.json"
-    B.main(["gsm8k", "--model", "gym-tiny-student", "--model", "gym-tiny-teacher-dpo", "--source", str(FIXTURE),
-            "--instruction", "{question}", "--max-new-tokens", "8", "--out", str(out)])
+    B.main(
+        [
+            "gsm8k",
+            "--model",
+            "gym-tiny-student",
+            "--model",
+            "gym-tiny-teacher-dpo",
+            "--source",
+            str(FIXTURE),
+            "--instruction",
+            "{question}",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["problems"] == 6 and set(summary["models"]) == {"gym-tiny-student", "gym-tiny-teacher-dpo"}
     saved = json.loads(out.read_text())
@@ -108,8 +134,19 @@ def test_alpaca_eval_outputs_answer_every_instruction_in_its_format(tiny_gym, tm
     source.write_text(json.dumps([{"instruction": "sort 3 1 2"}, {"instruction": "add 2 5"}]))
     assert B.load_alpaca_eval(source) == ["sort 3 1 2", "add 2 5"]
     out = tmp_path / "outputs.json"
-    B.main(["alpaca-eval", "--model", "gym-tiny-teacher-dpo", "--source", str(source), "--max-new-tokens", "8",
-            "--out", str(out)])
+    B.main(
+        [
+            "alpaca-eval",
+            "--model",
+            "gym-tiny-teacher-dpo",
+            "--source",
+            str(source),
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     rows = json.loads(out.read_text())
     assert [r["instruction"] for r in rows] == ["sort 3 1 2", "add 2 5"]
@@ -120,24 +157,51 @@ def test_alpaca_eval_outputs_answer_every_instruction_in_its_format(tiny_gym, tm
         B.load_alpaca_eval(source)
 
 
-def test_cli_gsm8k_through_vllm_serves_each_model_without_loading_it(tiny_gym, stand_in_vllm, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_cli_gsm8k_through_vllm_serves_each_model_without_loading_it(
+    tiny_gym, stand_in_vllm, tmp_path, capsys, monkeypatch
+):
     """``--backend vllm``: each model is served by an engine built with ``--vllm-options`` from its folder, never
     loaded into the process (its GPU memory is the engine's), and released before the next model's engine."""
     from workbench import models, sampling
 
     loaded = []
     monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name))
-    B.main(["gsm8k", "--model", "gym-tiny-student", "--model", "gym-tiny-teacher-dpo", "--source", str(FIXTURE),
-            "--instruction", "{question}", "--max-new-tokens", "8", "--backend", "vllm",
-            "--vllm-options", '{"max_model_len": 512}'])
+    B.main(
+        [
+            "gsm8k",
+            "--model",
+            "gym-tiny-student",
+            "--model",
+            "gym-tiny-teacher-dpo",
+            "--source",
+            str(FIXTURE),
+            "--instruction",
+            "{question}",
+            "--max-new-tokens",
+            "8",
+            "--backend",
+            "vllm",
+            "--vllm-options",
+            '{"max_model_len": 512}',
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert loaded == [] and summary["problems"] == 6
     assert [e.kwargs for e in stand_in_vllm.engines] == [
         {"model": models.resolve(name), "seed": 0, "max_model_len": 512}
-        for name in ("gym-tiny-student", "gym-tiny-teacher-dpo")]
+        for name in ("gym-tiny-student", "gym-tiny-teacher-dpo")
+    ]
     assert sampling._VLLM_ENGINES == {}
     with pytest.raises(SystemExit):
-        B.main(["gsm8k", "--model", "gym-tiny-student", "--source", str(FIXTURE), "--vllm-options",
-                '{"max_model_len": 512}'])
+        B.main(
+            [
+                "gsm8k",
+                "--model",
+                "gym-tiny-student",
+                "--source",
+                str(FIXTURE),
+                "--vllm-options",
+                '{"max_model_len": 512}',
+            ]
+        )
     assert "--vllm-options applies to --backend vllm only" in capsys.readouterr().err

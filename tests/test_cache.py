@@ -120,8 +120,11 @@ def _entry_with_counts(tmp_path):
 
     cache = StageCache(tmp_path)
     calls = []
-    value = {"token_logps": torch.arange(64, dtype=torch.float32) / 7, "ids": [[5, 6, 7], [], [8]],
-             "pair": (np.arange(6, dtype=np.int32).reshape(2, 3), 0.5, "text", None)}
+    value = {
+        "token_logps": torch.arange(64, dtype=torch.float32) / 7,
+        "ids": [[5, 6, 7], [], [8]],
+        "pair": (np.arange(6, dtype=np.int32).reshape(2, 3), 0.5, "text", None),
+    }
     compute = lambda: calls.append(1) or value  # noqa: E731
     return cache, compute, calls, value
 
@@ -180,6 +183,10 @@ def test_no_pickle_is_read_from_a_cache_or_run_folder():
     from pathlib import Path
 
     package = Path(__file__).resolve().parents[1] / "workbench"
-    unsafe = [f"{p.relative_to(package)}:{n}" for p in sorted(package.rglob("*.py"))
-              for n, line in enumerate(p.read_text().splitlines(), 1) if "weights_only=False" in line]
+    unsafe = [
+        f"{p.relative_to(package)}:{n}"
+        for p in sorted(package.rglob("*.py"))
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "weights_only=False" in line
+    ]
     assert unsafe == []

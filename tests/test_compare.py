@@ -11,15 +11,37 @@ import pytest
 from scipy.stats import t as student_t
 
 from workbench import compare as compare_module
-from workbench.compare import (CLAIMS, METHODS, TABLE_METRICS, Variant, against_best, claims_ledger, compare,
-                               format_ledger, format_table, heldout_preference_pairs, load_records, load_references,
-                               mixed_builds, summarize, suite, verdict)
+from workbench.compare import (
+    CLAIMS,
+    METHODS,
+    TABLE_METRICS,
+    Variant,
+    against_best,
+    claims_ledger,
+    compare,
+    format_ledger,
+    format_table,
+    heldout_preference_pairs,
+    load_records,
+    load_references,
+    mixed_builds,
+    suite,
+    summarize,
+    verdict,
+)
 from workbench.evaluate import length_bucket_gains, mean_ci
 from workbench.gym.build import SIZES
 from workbench.models import weights_fingerprint
 
-TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
-            eval_samples=2, steps=2, batch_size=4)
+TINY = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=16,
+    eval_prompts=8,
+    eval_samples=2,
+    steps=2,
+    batch_size=4,
+)
 
 
 def test_mean_ci_on_known_samples():
@@ -31,38 +53,71 @@ def test_mean_ci_on_known_samples():
     assert math.isnan(mean_ci([0.3])["ci95"])
 
 
-@pytest.mark.parametrize("kind, low, high, expected", [
-    ("greater", 0.01, 0.2, "holds"), ("greater", -0.2, -0.01, "does not hold"), ("greater", -0.1, 0.1, "inconclusive"),
-    ("less", -0.2, -0.01, "holds"), ("less", 0.01, 0.2, "does not hold"),
-    ("equivalent", -0.02, 0.02, "holds"), ("equivalent", 0.04, 0.1, "does not hold"),
-    ("equivalent", -0.01, 0.05, "inconclusive"),
-    ("at_most", -0.5, 0.02, "holds"), ("at_most", 0.04, 0.2, "does not hold"), ("at_most", 0.0, 0.1, "inconclusive"),
-    ("greater", float("nan"), float("nan"), "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "kind, low, high, expected",
+    [
+        ("greater", 0.01, 0.2, "holds"),
+        ("greater", -0.2, -0.01, "does not hold"),
+        ("greater", -0.1, 0.1, "inconclusive"),
+        ("less", -0.2, -0.01, "holds"),
+        ("less", 0.01, 0.2, "does not hold"),
+        ("equivalent", -0.02, 0.02, "holds"),
+        ("equivalent", 0.04, 0.1, "does not hold"),
+        ("equivalent", -0.01, 0.05, "inconclusive"),
+        ("at_most", -0.5, 0.02, "holds"),
+        ("at_most", 0.04, 0.2, "does not hold"),
+        ("at_most", 0.0, 0.1, "inconclusive"),
+        ("greater", float("nan"), float("nan"), "inconclusive"),
+    ],
+)
 def test_verdict_rules(kind, low, high, expected):
     assert verdict(kind, low, high, margin=0.03) == expected
 
 
 def _record(label, seed, gold, method=None, overrides=None, seconds=10.0, **harness):
     method = method or label.split("[")[0]
-    buckets = [{"low": 0.0, "high": 2.0, "prompts": 2, "delta_win_rate": gold - 0.3, "win_rate": 0.5,
-                "gold_gain": 0.0}]
-    return {"label": label, "method": method, "seed": seed, "overrides": overrides or {}, "cold_cache": False,
-            "train_seconds": seconds, "metrics": {"seconds": seconds, "config": {"alpha": 0.8, "real_ratio": 0.0}},
-            "harness": {"gold": {"mean": gold}, "win_rate_vs_initial": 0.6, "win_rate_vs_teacher": 0.4,
-                        "reward_accuracy": 0.7, "tau_student_teacher": 0.2, "tau_student_gold": 0.3, "length": 3.0,
-                        "length_buckets": buckets, **harness}}
+    buckets = [{"low": 0.0, "high": 2.0, "prompts": 2, "delta_win_rate": gold - 0.3, "win_rate": 0.5, "gold_gain": 0.0}]
+    return {
+        "label": label,
+        "method": method,
+        "seed": seed,
+        "overrides": overrides or {},
+        "cold_cache": False,
+        "train_seconds": seconds,
+        "metrics": {"seconds": seconds, "config": {"alpha": 0.8, "real_ratio": 0.0}},
+        "harness": {
+            "gold": {"mean": gold},
+            "win_rate_vs_initial": 0.6,
+            "win_rate_vs_teacher": 0.4,
+            "reward_accuracy": 0.7,
+            "tau_student_teacher": 0.2,
+            "tau_student_gold": 0.3,
+            "length": 3.0,
+            "length_buckets": buckets,
+            **harness,
+        },
+    }
 
 
 def _references(seeds, teacher_gold=0.8):
-    return {s: {"student": {"gold": {"mean": 0.3}, "per_prompt": [0.3, 0.3], "length": 3.0, "reward_accuracy": 0.6},
-                "teacher": {"gold": {"mean": teacher_gold}, "per_prompt": [0.8, 0.8], "length": 5.0,
-                            "reward_accuracy": 0.8}} for s in seeds}
+    return {
+        s: {
+            "student": {"gold": {"mean": 0.3}, "per_prompt": [0.3, 0.3], "length": 3.0, "reward_accuracy": 0.6},
+            "teacher": {
+                "gold": {"mean": teacher_gold},
+                "per_prompt": [0.8, 0.8],
+                "length": 5.0,
+                "reward_accuracy": 0.8,
+            },
+        }
+        for s in seeds
+    }
 
 
 def test_ledger_pairs_seeds_and_reports_the_t_interval_of_the_differences():
-    records = [_record("plad", s, g) for s, g in zip((0, 1, 2), (0.5, 0.6, 0.7))] + \
-              [_record("seqkd", s, g) for s, g in zip((0, 1, 2), (0.4, 0.4, 0.5))]
+    records = [_record("plad", s, g) for s, g in zip((0, 1, 2), (0.5, 0.6, 0.7))] + [
+        _record("seqkd", s, g) for s, g in zip((0, 1, 2), (0.4, 0.4, 0.5))
+    ]
     ledger = claims_ledger(records, claims=[c for c in CLAIMS if c.claim_id == "plad>seqkd"])
     row = ledger.iloc[0]
     diffs = [0.1, 0.2, 0.2]
@@ -72,9 +127,11 @@ def test_ledger_pairs_seeds_and_reports_the_t_interval_of_the_differences():
 
 
 def test_ledger_marks_missing_runs_and_picks_the_best_method_against_the_teacher():
-    records = [_record("plad", s, 0.5 + 0.01 * s) for s in (0, 1)] + [_record("kd", s, 0.9) for s in (0, 1)] + \
-              [_record("kd[data_fraction=0.1]", s, 0.99, method="kd", overrides={"data_fraction": 0.1})
-               for s in (0, 1)]
+    records = (
+        [_record("plad", s, 0.5 + 0.01 * s) for s in (0, 1)]
+        + [_record("kd", s, 0.9) for s in (0, 1)]
+        + [_record("kd[data_fraction=0.1]", s, 0.99, method="kd", overrides={"data_fraction": 0.1}) for s in (0, 1)]
+    )
     ledger = claims_ledger(records, _references((0, 1)))
     by_id = ledger.set_index("claim")
     assert by_id.loc["adpa>dckd", "verdict"].startswith("not measured")
@@ -106,10 +163,12 @@ def test_against_best_pairs_each_method_with_the_best_and_says_which_cannot_be_t
 
 
 def test_equivalence_and_cost_claims_on_synthetic_runs():
-    two_by_four = [_record("pad-ppd[iterations=2]", s, 0.5, overrides={"iterations": 2}, seconds=30 + s)
-                   for s in (0, 1, 2)]
-    one_by_eight = [_record("pad-ppd[n=8]", s, 0.5 + 0.001 * s, overrides={"n": 8}, seconds=50 + 2 * s)
-                    for s in (0, 1, 2)]
+    two_by_four = [
+        _record("pad-ppd[iterations=2]", s, 0.5, overrides={"iterations": 2}, seconds=30 + s) for s in (0, 1, 2)
+    ]
+    one_by_eight = [
+        _record("pad-ppd[n=8]", s, 0.5 + 0.001 * s, overrides={"n": 8}, seconds=50 + 2 * s) for s in (0, 1, 2)
+    ]
     ledger = claims_ledger(two_by_four + one_by_eight).set_index("claim")
     assert ledger.loc["pad-2x4~1x8", "verdict"] == "holds"
     assert ledger.loc["pad-2x4-cheaper", "effect"] == pytest.approx(-21.0)
@@ -132,8 +191,17 @@ def test_summary_table_schema_order_and_reference_rows():
 def test_variant_labels_and_suites():
     assert Variant("plad").label == "plad"
     assert Variant("pad-ppd", {"n": 8, "alpha": 1.0}).label == "pad-ppd[alpha=1.0,n=8]"
-    assert {v.method for v in suite("table")} >= {"pad-vpd", "pad-ppd", "plad", "kd", "seqkd", "reverse-kl", "dpo",
-                                                   "simpo", "pro"}
+    assert {v.method for v in suite("table")} >= {
+        "pad-vpd",
+        "pad-ppd",
+        "plad",
+        "kd",
+        "seqkd",
+        "reverse-kl",
+        "dpo",
+        "simpo",
+        "pro",
+    }
     labels = {v.label for v in suite("full")}
     for claim in CLAIMS:  # every claim's runs are in the full suite (ADPA's when its module exists)
         for label in (claim.a, claim.b):
@@ -145,8 +213,26 @@ def test_variant_labels_and_suites():
 
 
 def test_registry_covers_every_method_and_adpa_lazily():
-    for name in ("pad-vpd", "pad-ppd", "pad-ppd+sft", "plad", "plad+sft", "kd", "seqkd", "reverse-kl", "dpo",
-                 "simpo", "pro", "sft", "dckd", "adpa", "adpa+", "adpa_no_ref", "q_argmax", "q_softmax"):
+    for name in (
+        "pad-vpd",
+        "pad-ppd",
+        "pad-ppd+sft",
+        "plad",
+        "plad+sft",
+        "kd",
+        "seqkd",
+        "reverse-kl",
+        "dpo",
+        "simpo",
+        "pro",
+        "sft",
+        "dckd",
+        "adpa",
+        "adpa+",
+        "adpa_no_ref",
+        "q_argmax",
+        "q_softmax",
+    ):
         assert callable(METHODS[name])
 
 
@@ -159,7 +245,10 @@ def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
 
     assert GYM_LR is compare_module.GYM_LR and set(GYM_LR) == set(METHODS)  # one table, every registered method
     assert (PadConfig().lr, PadConfig(loss="vpd").lr, PadConfig(sft_weight=1.0).lr) == (
-        GYM_LR["pad-ppd"], GYM_LR["pad-vpd"], GYM_LR["pad-ppd+sft"])
+        GYM_LR["pad-ppd"],
+        GYM_LR["pad-vpd"],
+        GYM_LR["pad-ppd+sft"],
+    )
     assert PadConfig(loss="ppd_mc").lr == GYM_LR["pad-ppd"] and PadConfig(lr=8e-7).lr == 8e-7
     assert (PladConfig().lr, PladConfig(sft_weight=1.0).lr) == (GYM_LR["plad"], GYM_LR["plad+sft"])
     assert all(BaselineConfig(method=m).lr == GYM_LR[m] for m in BASELINES)
@@ -174,8 +263,11 @@ def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
         BaselineConfig(method="kd", lr="fast")
     # the harness records the ADPA family's tuned loss weights with the rate, so changing either re-runs its records
     tuned = {f.name: f.default for f in dataclasses.fields(AdpaConfig)}
-    assert compare_module.method_defaults("adpa+") == {"lr": GYM_LR["adpa+"], "alpha": tuned["alpha"],
-                                                       "gamma": tuned["gamma"]}
+    assert compare_module.method_defaults("adpa+") == {
+        "lr": GYM_LR["adpa+"],
+        "alpha": tuned["alpha"],
+        "gamma": tuned["gamma"],
+    }
     assert compare_module.method_defaults("dckd") == {"lr": GYM_LR["dckd"], "alpha": tuned["alpha"]}
     assert compare_module.method_defaults("sft") == {"lr": GYM_LR["sft"]}
     assert compare_module.method_defaults("kd") == {"lr": GYM_LR["kd"]}
@@ -192,16 +284,16 @@ def test_heldout_pairs_are_fixed_and_gold_ranked():
 
 
 def test_length_bucket_gains_on_known_values():
-    rows = length_bucket_gains(after=[1.0, 0.0, 0.5, 0.7], before=[0.0, 0.0, 1.0, 0.7], lengths=[0, 2, 3, 9],
-                               edges=(0, 2, 4, float("inf")))
+    rows = length_bucket_gains(
+        after=[1.0, 0.0, 0.5, 0.7], before=[0.0, 0.0, 1.0, 0.7], lengths=[0, 2, 3, 9], edges=(0, 2, 4, float("inf"))
+    )
     assert [r["prompts"] for r in rows] == [2, 1, 1]
     assert rows[0]["win_rate"] == 0.75 and rows[0]["delta_win_rate"] == 0.25  # a win and a tie
     assert rows[1]["win_rate"] == 0.0 and rows[2]["win_rate"] == 0.5
     assert rows[0]["gold_gain"] == pytest.approx(0.5)
 
 
-def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tiny_gym, tmp_path, monkeypatch,
-                                                                              caplog):
+def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tiny_gym, tmp_path, monkeypatch, caplog):
     summary = compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0, 1], overrides=TINY, runs_dir=tmp_path)
     assert list(summary["method"]) == ["student (initial)", "teacher", "plad", "seqkd[lr=0.003]"]
     assert (summary["n_seeds"] == 2).all()
@@ -288,8 +380,14 @@ def test_runs_in_parallel_processes_record_what_one_process_records(tiny_gym, tm
     monkeypatch.setenv("WORKBENCH_THREADS", "1")  # the same thread count in both: bit-identical arithmetic
     methods = ["plad", ("seqkd", {"lr": 3e-3}), Variant("kd", cold_cache=True)]
     one = compare(methods, seeds=[0, 1], overrides=TINY, runs_dir=tmp_path / "one")
-    two = compare([*methods, ("sft", {"no_such_field": 1})], seeds=[0, 1], overrides=TINY,
-                  runs_dir=tmp_path / "two", jobs=2, on_error="skip")
+    two = compare(
+        [*methods, ("sft", {"no_such_field": 1})],
+        seeds=[0, 1],
+        overrides=TINY,
+        runs_dir=tmp_path / "two",
+        jobs=2,
+        on_error="skip",
+    )
     assert list(two["method"]) == list(one["method"])
     evaluated = lambda r: {k: v for k, v in r["harness"].items() if k != "eval_seconds"}
     records = {(r["label"], r["seed"]): r for r in load_records(tmp_path / "two")}
@@ -340,8 +438,9 @@ def test_the_committed_comparison_is_complete_and_current():
                 record = records.get((variant.label, seed))
                 assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --suite {name}"
                 assert record["models"] == models, f"{variant.label} seed {seed} was made on another gym build"
-                assert record["method_defaults"] == method_defaults(variant.method), \
+                assert record["method_defaults"] == method_defaults(variant.method), (
                     f"{variant.label} seed {seed} was made at other harness settings than today's"
+                )
     _assert_made_on(list(records.values()), load_references(runs), weights)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
 
@@ -353,8 +452,10 @@ def _assert_made_on(records, references, weights):
     unnoted = sorted({r["label"] for r in records if not r.get("weights")})
     assert not unnoted, f"records without weights (made before they noted them): {unnoted[:5]}"
     made_on = {json.dumps(r["weights"], sort_keys=True) for r in [*records, *references.values()]}
-    assert made_on == {json.dumps(weights, sort_keys=True)}, \
-        f"records made on weights {made_on}, the shipped gym's are {weights}: re-make them (python -m workbench.compare)"
+    assert made_on == {json.dumps(weights, sort_keys=True)}, (
+        f"records made on weights {made_on}, the shipped gym's are {weights}: re-make them "
+        "(python -m workbench.compare)"
+    )
 
 
 def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, capsys):
@@ -390,8 +491,9 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     from workbench.compare import report
 
     runs = Path(compare_module.__file__).resolve().parents[1] / "results" / folder
-    assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), \
+    assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), (
         f"results/{folder}/REPORT.md is stale: python -m workbench.compare --report --runs-dir results/{folder}"
+    )
 
 
 def test_the_readme_quotes_the_committed_ledger_across_worlds():
@@ -399,12 +501,16 @@ def test_the_readme_quotes_the_committed_ledger_across_worlds():
     from workbench.compare import format_ledger_across, ledger_across_worlds
 
     root = Path(compare_module.__file__).resolve().parents[1]
-    worlds = {"default": root / "results/compare", "world1": root / "results/compare_world1",
-              "world2": root / "results/compare_world2"}
+    worlds = {
+        "default": root / "results/compare",
+        "world1": root / "results/compare_world1",
+        "world2": root / "results/compare_world2",
+    }
     table = format_ledger_across(ledger_across_worlds(worlds), list(worlds))
-    assert table in (root / "README.md").read_text(), \
-        "README's claims-across-worlds table is stale: python -m workbench.compare --across default=results/compare " \
+    assert table in (root / "README.md").read_text(), (
+        "README's claims-across-worlds table is stale: python -m workbench.compare --across default=results/compare "
         "world1=results/compare_world1 world2=results/compare_world2"
+    )
 
 
 def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path, capsys):
@@ -424,8 +530,11 @@ def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path,
     monkeypatch.setattr(C, "compare", fake_compare)
     with pytest.raises(SystemExit):
         C.main(["--gym", "world1", "--methods", "seqkd", "--seeds", "0"])
-    assert calls == {"overrides": {"teacher": "gym-world1-teacher-dpo", "student": "gym-world1-student"},
-                     "runs_dir": "results/compare_world1", "seeds": [0]}
+    assert calls == {
+        "overrides": {"teacher": "gym-world1-teacher-dpo", "student": "gym-world1-student"},
+        "runs_dir": "results/compare_world1",
+        "seeds": [0],
+    }
     with pytest.raises(SystemExit):
         C.main(["--gym", "world1", "--methods", "seqkd", "--runs-dir", str(tmp_path)])
     assert calls["runs_dir"] == str(tmp_path)
@@ -446,11 +555,19 @@ def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_pa
                 path.write_text(json.dumps(_record(label, seed, gold)))
         return folder
 
-    worlds = {"a": world("a", (0.10, 0.11, 0.12)), "b": world("b", (0.10, 0.12, 0.11)),
-              "c": world("c", (-0.10, -0.11, -0.12)), "d": world("d", (-0.2, 0.0, 0.2))}
-    for chosen, expected in ((("a", "b"), "holds in every world"), (("c",), "does not hold in any world"),
-                             (("a", "c"), "depends on the world"), (("a", "d"), "undecided (holds where decided)"),
-                             (("d",), "undecided (inconclusive where measured)")):
+    worlds = {
+        "a": world("a", (0.10, 0.11, 0.12)),
+        "b": world("b", (0.10, 0.12, 0.11)),
+        "c": world("c", (-0.10, -0.11, -0.12)),
+        "d": world("d", (-0.2, 0.0, 0.2)),
+    }
+    for chosen, expected in (
+        (("a", "b"), "holds in every world"),
+        (("c",), "does not hold in any world"),
+        (("a", "c"), "depends on the world"),
+        (("a", "d"), "undecided (holds where decided)"),
+        (("d",), "undecided (inconclusive where measured)"),
+    ):
         table = ledger_across_worlds({w: worlds[w] for w in chosen}).set_index("claim")
         assert table.loc["plad>seqkd", "across"] == expected, chosen
         assert table.loc["adpa>dckd", "across"] == "not measured"
@@ -478,4 +595,3 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
     # one build per world, the shipped one, its weights noted on every record and reference
     _assert_made_on(list(records.values()), load_references(runs), weights)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
-

@@ -159,9 +159,7 @@ def test_standard_schema_wraps_strings_and_recovers_implicit_prompt(tmp_path):
         {"role": "user", "content": "Hi?"},
         {"role": "assistant", "content": answer},
     ]  # noqa: E731
-    implicit = data.write_jsonl(
-        [{"chosen": conv("Hello!"), "rejected": conv("Go away.")}], tmp_path / "implicit.jsonl"
-    )
+    implicit = data.write_jsonl([{"chosen": conv("Hello!"), "rejected": conv("Go away.")}], tmp_path / "implicit.jsonl")
     ds = data.load_preference_data(implicit)
     assert ds[0]["prompt"] == conv("")[:1] and ds[0]["rejected"] == conv("Go away.")[1:]
 
@@ -283,12 +281,8 @@ def test_prompt_token_limit():
         data.validate_preference_rows(raw, tokenizer=tok, max_prompt_tokens=50)
     data.validate_preference_rows(raw, tokenizer=tok, max_prompt_tokens=n_words)
     # with a chat template the formatted prompt is counted (role tags add tokens)
-    templated = _word_tokenizer(
-        "{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}<assistant>"
-    )
-    with pytest.raises(
-        data.DataValidationError, match=rf"\({n_words + 2} tokens > max_prompt_tokens={n_words}\)"
-    ):
+    templated = _word_tokenizer("{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}<assistant>")
+    with pytest.raises(data.DataValidationError, match=rf"\({n_words + 2} tokens > max_prompt_tokens={n_words}\)"):
         data.validate_preference_rows(raw, tokenizer=templated, max_prompt_tokens=n_words)
     with pytest.raises(ValueError, match="max_prompt_tokens needs a tokenizer"):
         data.validate_preference_rows(raw, max_prompt_tokens=5)
@@ -437,9 +431,7 @@ def test_to_messages_and_sft_from_preference_schema():
 def test_sft_presets_call_load_dataset(fake_hub):
     calls = fake_hub(MESSAGES)
     ds = data.load_sft_data("deita-10k", "test", on_invalid="filter")
-    assert calls == [
-        {"path": "HuggingFaceH4/deita-10k-v0-sft", "name": None, "data_dir": None, "split": "test_sft"}
-    ]
+    assert calls == [{"path": "HuggingFaceH4/deita-10k-v0-sft", "name": None, "data_dir": None, "split": "test_sft"}]
     assert len(ds) == 4
     calls.clear()
     fake_hub(UF)
@@ -455,11 +447,17 @@ def test_sft_presets_call_load_dataset(fake_hub):
 GOOD_LINE = b'{"prompt": "Sort: 3 1 2", "chosen": "1 2 3", "rejected": "3 2 1"}'
 
 
-@pytest.mark.parametrize("bad_line, problem", [
-    (b'{"prompt": "x", "chosen": "a",', r"line 2: is not valid JSON"),
-    ('{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}'.encode("latin-1"), r"line 2: is not UTF-8 \(byte 0xe9"),
-    (b'["prompt", "chosen"]', r"line 2: is a JSON list, not an object"),
-])
+@pytest.mark.parametrize(
+    "bad_line, problem",
+    [
+        (b'{"prompt": "x", "chosen": "a",', r"line 2: is not valid JSON"),
+        (
+            '{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}'.encode("latin-1"),
+            r"line 2: is not UTF-8 \(byte 0xe9",
+        ),
+        (b'["prompt", "chosen"]', r"line 2: is a JSON list, not an object"),
+    ],
+)
 def test_an_unreadable_line_names_file_and_line_or_is_skipped_with_a_count(tmp_path, caplog, bad_line, problem):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(GOOD_LINE + b"\n" + bad_line + b"\n\n" + GOOD_LINE.replace(b"Sort", b"Reverse") + b"\n")

@@ -35,13 +35,25 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_finite_loss(tiny_
 
     student, tok = tiny_models["student"]
     model = deepcopy(student)
-    rows = datasets.Dataset.from_dict({"prompt": ["sort 2 1"] * 8, "responses": [["1 2", "2 1"]] * 8,
-                                       "teacher_rewards": [[0.0, -1.0]] * 8})
-    with pytest.raises(TrainingDiverged, match=r"training diverged at step 3: the loss is nan \(the last finite loss "
-                                               r"was [0-9.]+ at step 2\).*lower learning rate.*precision='32-true'"
-                       ) as raised:
-        train_distill(model, rows, ListwiseCollator(tok), LossTurnsNan(at=3), steps=5, lr=1e-3, batch_size=4,
-                      progress=False, output_dir=str(tmp_path))
+    rows = datasets.Dataset.from_dict(
+        {"prompt": ["sort 2 1"] * 8, "responses": [["1 2", "2 1"]] * 8, "teacher_rewards": [[0.0, -1.0]] * 8}
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"training diverged at step 3: the loss is nan \(the last finite loss "
+        r"was [0-9.]+ at step 2\).*lower learning rate.*precision='32-true'",
+    ) as raised:
+        train_distill(
+            model,
+            rows,
+            ListwiseCollator(tok),
+            LossTurnsNan(at=3),
+            steps=5,
+            lr=1e-3,
+            batch_size=4,
+            progress=False,
+            output_dir=str(tmp_path),
+        )
     error = raised.value
     assert error.step == 3 and error.last_finite_step == 2 and math.isfinite(error.last_finite_loss)
     assert error.history[-1]["diverged"] and math.isnan(error.history[-1]["loss"])
@@ -58,11 +70,26 @@ def test_pad_at_a_huge_learning_rate_stops_with_its_metrics_and_no_nan_checkpoin
 
     from workbench.methods import pad
 
-    cfg = pad.PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=4, steps=12, batch_size=4,
-                        train_prompts=16, eval_prompts=4, eval_samples=2, max_new_tokens=6, lr=1e6, save_steps=2,
-                        output_dir=str(tmp_path), progress=False)
-    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: the (gradient norm|loss) is (nan|inf)"
-                                               r".*lr=1e\+06, try 100000"):
+    cfg = pad.PadConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        n=4,
+        steps=12,
+        batch_size=4,
+        train_prompts=16,
+        eval_prompts=4,
+        eval_samples=2,
+        max_new_tokens=6,
+        lr=1e6,
+        save_steps=2,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"training diverged at step \d+: the (gradient norm|loss) is (nan|inf)"
+        r".*lr=1e\+06, try 100000",
+    ):
         pad.run_pad(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == "pad-ppd" and metrics["gold_before"]["mean"] > 0

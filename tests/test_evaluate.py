@@ -30,10 +30,23 @@ def test_judge_win_rate_asks_the_judge_in_the_wording_saved_beside_it(tiny_model
     tok.name_or_path = str(tmp_path)
     save_mcq_template(MCQ_LAYOUTS["restate"], tmp_path)
     saved = judge_win_rate(judge, tok, prompts, a, b)
-    p_a = {name: mcq_selection_logprobs(judge, tok, prompts, [[x, y] for x, y in zip(a, b)], template=t,
-                                        order="cyclic", cache=StageCache(enabled=False))[:, 0].exp().mean().item()
-           for name, t in (("restate", MCQ_LAYOUTS["restate"]), ("default", DEFAULT_MCQ_TEMPLATE))}
+    p_a = {
+        name: mcq_selection_logprobs(
+            judge,
+            tok,
+            prompts,
+            [[x, y] for x, y in zip(a, b)],
+            template=t,
+            order="cyclic",
+            cache=StageCache(enabled=False),
+        )[:, 0]
+        .exp()
+        .mean()
+        .item()
+        for name, t in (("restate", MCQ_LAYOUTS["restate"]), ("default", DEFAULT_MCQ_TEMPLATE))
+    }
     assert saved["mean_p_a"] == pytest.approx(p_a["restate"], abs=1e-6)
-    assert judge_win_rate(judge, tok, prompts, a, b, template=DEFAULT_MCQ_TEMPLATE)["mean_p_a"] == \
-        pytest.approx(p_a["default"], abs=1e-6)
+    assert judge_win_rate(judge, tok, prompts, a, b, template=DEFAULT_MCQ_TEMPLATE)["mean_p_a"] == pytest.approx(
+        p_a["default"], abs=1e-6
+    )
     assert p_a["restate"] != pytest.approx(p_a["default"], abs=1e-6)  # the wording really changes the answer

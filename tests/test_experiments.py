@@ -9,8 +9,15 @@ import pytest
 from workbench.methods.common import GYM_LR
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_RUN = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
-                eval_samples=2, steps=2, batch_size=4)
+TINY_RUN = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=16,
+    eval_prompts=8,
+    eval_samples=2,
+    steps=2,
+    batch_size=4,
+)
 
 
 def _experiment(name: str):
@@ -65,12 +72,20 @@ def test_world_variants_are_real_builder_configs(gym_world):
     # the default gym is the judge variant at 1500 teacher steps (same config, same cache folder)
     assert gym_world.variant_config("judge", overrides={"teacher_steps": 1500}) == SIZES["default"]
     lexical = gym_world.variant_config("lexical-gap", overrides={"seed": 1, "mcq_options": [2, 4]})
-    assert (lexical.judge_layout, lexical.judge_verdicts, lexical.seed, lexical.mcq_options) == ("restate", True, 1,
-                                                                                                 (2, 4))
+    assert (lexical.judge_layout, lexical.judge_verdicts, lexical.seed, lexical.mcq_options) == (
+        "restate",
+        True,
+        1,
+        (2, 4),
+    )
     assert lexical.student == ModelShape(**gym_world.COMPETENT_STUDENT) and lexical.key() != SIZES["default"].key()
     judge = gym_world.variant_config("judge")
-    assert (judge.judge_layout, judge.judge_running_best, judge.judge_verdict_scale, judge.teacher_steps) == \
-        ("running", True, 19, 2000)
+    assert (judge.judge_layout, judge.judge_running_best, judge.judge_verdict_scale, judge.teacher_steps) == (
+        "running",
+        True,
+        19,
+        2000,
+    )
     with pytest.raises(ValueError, match="variant 'nope'"):
         gym_world.variant_config("nope")
     with pytest.raises(ValueError, match="'after', 'restate' or 'bracket'"):
@@ -81,8 +96,16 @@ def test_world_variants_are_real_builder_configs(gym_world):
 
 def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    small = dict(teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64, teacher_mcq_rows=32,
-                 student_rows=64, dpo_prompts=32, student={"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32})
+    small = dict(
+        teacher_steps=2,
+        student_steps=2,
+        dpo_steps=1,
+        teacher_sft_rows=64,
+        teacher_mcq_rows=32,
+        student_rows=64,
+        dpo_prompts=32,
+        student={"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32},
+    )
     out = gym_world.run("lexical", size="tiny", overrides=small, prompts=8)
     assert out["cache"].startswith(str(tmp_path)) and out["build_seconds"]["total"] > 0
     assert set(out["gold_reward"]) == {"teacher-ref", "teacher-dpo", "student"}
@@ -95,8 +118,9 @@ def test_a_tiny_world_variant_builds_and_reports(gym_world, tmp_path, monkeypatc
     assert all(0 <= v["greedy"] <= 1 for v in out["gold_reward"].values())
 
 
-def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winning_end(tiny_gym, tmp_path,
-                                                                                       monkeypatch):
+def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winning_end(
+    tiny_gym, tmp_path, monkeypatch
+):
     gym_tune = _experiment("gym_tune")
     monkeypatch.setattr(gym_tune, "GRID", (1e-4, 3e-3))
     monkeypatch.setattr(gym_tune, "BEYOND", {1e-4: 3e-5, 3e-3: 1e-2})
@@ -110,12 +134,17 @@ def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winn
 
 def test_the_sweep_tunes_any_config_field_over_seeds_without_extending_it(tiny_gym, tmp_path):
     gym_tune = _experiment("gym_tune")
-    out = gym_tune.sweep(["dckd"], str(tmp_path), seeds=(0, 1), eval_prompts=8, overrides=TINY_RUN,
-                         param="alpha", grid=(0.2, 5.0))["dckd"]
+    out = gym_tune.sweep(
+        ["dckd"], str(tmp_path), seeds=(0, 1), eval_prompts=8, overrides=TINY_RUN, param="alpha", grid=(0.2, 5.0)
+    )["dckd"]
     assert set(out["gold"]) == {"0.2", "5.0"} and out["best"] in (0.2, 5.0)  # no step past the grid for alpha
     records = sorted(p.parent.parent.name + "/" + p.parent.name for p in tmp_path.glob("*/seed*/record.json"))
-    assert records == ["dckd[alpha=0.2]/seed0", "dckd[alpha=0.2]/seed1", "dckd[alpha=5.0]/seed0",
-                       "dckd[alpha=5.0]/seed1"]
+    assert records == [
+        "dckd[alpha=0.2]/seed0",
+        "dckd[alpha=0.2]/seed1",
+        "dckd[alpha=5.0]/seed0",
+        "dckd[alpha=5.0]/seed1",
+    ]
     saved = json.loads((tmp_path / "dckd[alpha=5.0]" / "seed1" / "record.json").read_text())
     config = saved["metrics"]["config"]
     assert config["alpha"] == 5.0 and config["lr"] == GYM_LR["dckd"]  # the method's own gym rate
@@ -123,11 +152,14 @@ def test_the_sweep_tunes_any_config_field_over_seeds_without_extending_it(tiny_g
         gym_tune.sweep(["dckd"], str(tmp_path), param="gamma")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "nope"], "unknown methods ['nope']"),
-    (["--methods", "dckd", "--param", "alpha"], "--param alpha needs --grid"),
-    (["--methods", "dckd", "--param", "alpha", "--grid", "1", "--set", "gamma"], "--set takes FIELD=VALUE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "nope"], "unknown methods ['nope']"),
+        (["--methods", "dckd", "--param", "alpha"], "--param alpha needs --grid"),
+        (["--methods", "dckd", "--param", "alpha", "--grid", "1", "--set", "gamma"], "--set takes FIELD=VALUE"),
+    ],
+)
 def test_the_sweep_command_line_refuses_what_it_cannot_run(argv, message, capsys):
     with pytest.raises(SystemExit):
         _experiment("gym_tune").main(argv)
@@ -143,8 +175,9 @@ def test_a_setting_changes_only_when_the_best_beats_it_beyond_the_seed_noise(tmp
         for seed, gold in enumerate(golds):
             folder = tmp_path / label / f"seed{seed}"
             folder.mkdir(parents=True)
-            (folder / "record.json").write_text(json.dumps({"label": label, "seed": seed,
-                                                            "harness": {"gold": {"mean": gold}}}))
+            (folder / "record.json").write_text(
+                json.dumps({"label": label, "seed": seed, "harness": {"gold": {"mean": gold}}})
+            )
 
     write("kd[lr=0.0001]", [0.80, 0.85, 0.90])
     write("kd[lr=0.0003]", [0.82, 0.87, 0.92])  # +0.02 on every seed: a real lead

@@ -10,13 +10,36 @@ from workbench import figures
 def _write(runs_dir, label, method, seed, gold, overrides=None, config=None, seconds=10.0):
     folder = runs_dir / label / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    buckets = [{"low": lo, "high": hi, "prompts": p, "delta_win_rate": gold - 0.3 if p else float("nan"),
-                "win_rate": 0.5, "gold_gain": 0.0} for lo, hi, p in ((0, 2, 3), (2, 4, 5), (8, float("inf"), 0))]
-    record = {"label": label, "method": method, "seed": seed, "overrides": overrides or {}, "cold_cache": False,
-              "train_seconds": seconds, "metrics": {"seconds": seconds, "config": config or {}},
-              "harness": {"gold": {"mean": gold}, "win_rate_vs_initial": 0.5 + gold / 4, "win_rate_vs_teacher": 0.4,
-                          "reward_accuracy": 0.7, "tau_student_teacher": 0.2, "tau_student_gold": 0.3,
-                          "length": 3.0, "length_buckets": buckets}}
+    buckets = [
+        {
+            "low": lo,
+            "high": hi,
+            "prompts": p,
+            "delta_win_rate": gold - 0.3 if p else float("nan"),
+            "win_rate": 0.5,
+            "gold_gain": 0.0,
+        }
+        for lo, hi, p in ((0, 2, 3), (2, 4, 5), (8, float("inf"), 0))
+    ]
+    record = {
+        "label": label,
+        "method": method,
+        "seed": seed,
+        "overrides": overrides or {},
+        "cold_cache": False,
+        "train_seconds": seconds,
+        "metrics": {"seconds": seconds, "config": config or {}},
+        "harness": {
+            "gold": {"mean": gold},
+            "win_rate_vs_initial": 0.5 + gold / 4,
+            "win_rate_vs_teacher": 0.4,
+            "reward_accuracy": 0.7,
+            "tau_student_teacher": 0.2,
+            "tau_student_gold": 0.3,
+            "length": 3.0,
+            "length_buckets": buckets,
+        },
+    }
     (folder / "record.json").write_text(json.dumps(record))
 
 
@@ -24,8 +47,14 @@ def _synthetic_runs(runs_dir):
     rng = np.random.default_rng(0)
     for seed in (0, 1, 2):
         for method in ("pad-vpd", "pad-ppd", "plad", "kd", "seqkd", "reverse-kl", "dpo", "simpo", "pro"):
-            _write(runs_dir, method, method, seed, 0.3 + rng.uniform(0, 0.3),
-                   config={"alpha": 0.8, "real_ratio": 0.0, "data_fraction": 1.0})
+            _write(
+                runs_dir,
+                method,
+                method,
+                seed,
+                0.3 + rng.uniform(0, 0.3),
+                config={"alpha": 0.8, "real_ratio": 0.0, "data_fraction": 1.0},
+            )
         for alpha in (0.0, 1.0):
             _write(runs_dir, f"pad-ppd[alpha={alpha}]", "pad-ppd", seed, 0.3, {"alpha": alpha})
         _write(runs_dir, "pad-ppd[n=8]", "pad-ppd", seed, 0.4, {"n": 8}, seconds=60.0)
@@ -34,12 +63,20 @@ def _synthetic_runs(runs_dir):
             _write(runs_dir, f"plad[real_ratio={ratio}]", "plad", seed, 0.45, {"real_ratio": ratio})
         for method in ("plad", "seqkd", "kd"):
             for fraction in (0.1, 0.5):
-                _write(runs_dir, f"{method}[data_fraction={fraction}]", method, seed, 0.2 + fraction / 2,
-                       {"data_fraction": fraction})
+                _write(
+                    runs_dir,
+                    f"{method}[data_fraction={fraction}]",
+                    method,
+                    seed,
+                    0.2 + fraction / 2,
+                    {"data_fraction": fraction},
+                )
     (runs_dir / "_references").mkdir()
     for seed in (0, 1, 2):
-        ref = {"student": {"gold": {"mean": 0.3}, "per_prompt": [0.3], "length": 3.0, "reward_accuracy": 0.6},
-               "teacher": {"gold": {"mean": 0.8}, "per_prompt": [0.8], "length": 5.0, "reward_accuracy": 0.8}}
+        ref = {
+            "student": {"gold": {"mean": 0.3}, "per_prompt": [0.3], "length": 3.0, "reward_accuracy": 0.6},
+            "teacher": {"gold": {"mean": 0.8}, "per_prompt": [0.8], "length": 5.0, "reward_accuracy": 0.8},
+        }
         (runs_dir / "_references" / f"seed{seed}.json").write_text(json.dumps(ref))
 
 
@@ -88,4 +125,3 @@ def test_claims_across_worlds_draws_each_world_of_each_claim(tmp_path, capsys):
     assert (tmp_path / "figs" / "claims_across_worlds.png").stat().st_size > 10_000
     assert "claims_across_worlds: " in capsys.readouterr().out
     assert figures.figure_claims_across_worlds({"empty": tmp_path / "none"}) is None
-

@@ -12,7 +12,6 @@ from workbench.gym import world
 from workbench.gym.tokenizer import build_tokenizer
 from workbench.gym.world import Prompt, gold_reward, make_prompts
 
-
 # --- gold reward: exact cases ---
 
 
@@ -44,8 +43,7 @@ def test_gold_reward_exact_cases(prompt, response, expected):
 def test_gold_reward_is_in_unit_interval_and_ranks_the_pad_scenarios():
     rng = random.Random(0)
     for prompt in make_prompts(50, "train", seed=3):
-        rewards = {kind: gold_reward(prompt, world.make_candidate(prompt, kind, rng))
-                   for kind in world.CANDIDATE_KINDS}
+        rewards = {kind: gold_reward(prompt, world.make_candidate(prompt, kind, rng)) for kind in world.CANDIDATE_KINDS}
         assert all(0.0 <= r <= 1.0 for r in rewards.values())
         # PAD Fig. 1: filler is slightly worse than correct; harmful is much worse than both
         assert rewards["correct"] == 1.0
@@ -153,7 +151,8 @@ def test_every_shipped_preset_loads_without_training_and_an_unshipped_one_names_
     model, tok = load("gym-student", device="cpu")
     assert model.num_parameters() == store.find_gym("default").info["parameters"]["student"]
     assert not (tmp_path / "gym").exists()
-    with pytest.raises(store.GymNotBuiltError, match=r"gym 'v1' is not shipped.*python -m workbench.gym build --size v1"):
+    not_shipped = r"gym 'v1' is not shipped.*python -m workbench.gym build --size v1"
+    with pytest.raises(store.GymNotBuiltError, match=not_shipped):
         load("gym-v1-student")
 
 
@@ -182,8 +181,11 @@ def test_a_damaged_shipped_build_is_refused_with_the_tensors_and_the_fix(tmp_pat
     tensors[name] = tensors[name].clone()
     tensors[name].view(-1)[0] += 1.0  # one changed weight
     save_file(tensors, weights, metadata={"format": "pt"})
-    with pytest.raises(WeightsMismatchError, match=rf"{root / 'student'}.*tensors that differ: {name}\b.*"
-                                                   r"git checkout -- workbench/gym/shipped/tiny.*--ship"):
+    with pytest.raises(
+        WeightsMismatchError,
+        match=rf"{root / 'student'}.*tensors that differ: {name}\b.*"
+        r"git checkout -- workbench/gym/shipped/tiny.*--ship",
+    ):
         load("gym-tiny-student")
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as an interrupted copy leaves it
     with pytest.raises(WeightsMismatchError, match=r"is damaged: .*model.safetensors cannot be read.*--ship"):
@@ -228,8 +230,16 @@ def test_rebuild_after_config_change(tmp_path, monkeypatch):
     from workbench.gym.build import build_gym, with_overrides
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    cfg = with_overrides("tiny", teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64,
-                         teacher_mcq_rows=32, student_rows=64, dpo_prompts=32)
+    cfg = with_overrides(
+        "tiny",
+        teacher_steps=2,
+        student_steps=2,
+        dpo_steps=1,
+        teacher_sft_rows=64,
+        teacher_mcq_rows=32,
+        student_rows=64,
+        dpo_prompts=32,
+    )
     first = build_gym(config=cfg, progress=False)
     changed = build_gym(config=replace(cfg, student_steps=3), progress=False)
     assert first.root != changed.root
@@ -237,9 +247,10 @@ def test_rebuild_after_config_change(tmp_path, monkeypatch):
 
 
 def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_layout_with_verdicts():
-    from workbench.gym.build import DEFAULT_V1, FIELDS_SINCE_V1, SIZES, with_overrides
-    from workbench.cache import content_hash
     from dataclasses import asdict
+
+    from workbench.cache import content_hash
+    from workbench.gym.build import DEFAULT_V1, FIELDS_SINCE_V1, SIZES, with_overrides
 
     tiny = SIZES["tiny"]
     v1_fields = {k: v for k, v in asdict(tiny).items() if k not in FIELDS_SINCE_V1}
@@ -252,8 +263,10 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
     assert model_identity("gym-teacher-dpo") == f"gym-teacher-dpo@default-{SIZES['default'].key()}"
     assert model_identity("gpt2") == "gpt2"
     assert with_overrides("tiny", judge_layout="restate").key() != tiny.key()
-    assert with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key() != \
-        with_overrides("tiny", judge_layout="restate").key()
+    assert (
+        with_overrides("tiny", judge_layout="restate", judge_verdicts=True).key()
+        != with_overrides("tiny", judge_layout="restate").key()
+    )
     with pytest.raises(ValueError, match="'after', 'restate' or 'bracket'"):
         with_overrides("tiny", judge_verdicts=True)
     with pytest.raises(ValueError, match="judge_layout='sideways'"):
@@ -297,21 +310,22 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
     rows = mcq_rows(prompts, bracket, random.Random(0))
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     judged, plain = VerdictCollator(tok, bracket.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
-    for b, row in enumerate(rows):
+    for b in range(len(rows)):
         ids = plain["input_ids"][b].tolist()
         changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
         answer_at = int((plain["labels"][b] != -100).nonzero()[0])
         closing = [max(t for t in range(answer_at) if ids[t] == tok.convert_tokens_to_ids(x)) for x in "ABC"]
         assert [t - 1 for t in changed] == closing and sum(ids.count(i) for i in letters) == 6 + 1  # + the answer
     # running best: each option's closing "best" learns the letter of the best option so far; the last is the answer
-    running = with_overrides("tiny", judge_layout="running", judge_verdicts=True, judge_running_best=True,
-                             mcq_options=(3, 3))
+    running = with_overrides(
+        "tiny", judge_layout="running", judge_verdicts=True, judge_running_best=True, mcq_options=(3, 3)
+    )
     rows = mcq_rows(prompts, running, random.Random(0))
     assert all(len(r) == 3 and r[-1] == answer for r, answer in zip(rows["running"], rows["response"]))
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     judged, plain = VerdictCollator(tok, running.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
     best = tok.convert_tokens_to_ids("best")
-    for b, row in enumerate(rows):
+    for b in range(len(rows)):
         ids = plain["input_ids"][b].tolist()
         changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
         at_best = [t for t in changed if ids[t - 1] == best]
@@ -320,8 +334,9 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
     with pytest.raises(ValueError, match="use 'running'"):
         with_overrides("tiny", judge_layout="bracket", judge_running_best=True)
     # finer verdicts: round(19 · gold), still one number word each
-    fine = with_overrides("tiny", judge_layout="restate", judge_verdicts=True, judge_verdict_scale=19,
-                          mcq_options=(3, 3))
+    fine = with_overrides(
+        "tiny", judge_layout="restate", judge_verdicts=True, judge_verdict_scale=19, mcq_options=(3, 3)
+    )
     rows = mcq_rows(prompts, fine, random.Random(0))
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     judged, plain = VerdictCollator(tok, fine.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
@@ -329,8 +344,9 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
         changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
         shown = row["prompt"].removesuffix(" best").split(f" {prompt.text}")[1:]
         options = [o.split(" options ", 1)[1].rsplit(" ", 1)[0] for o in shown]
-        assert tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist()) == \
-            [str(round(19 * world.gold_reward(prompt, o))) for o in options]
+        assert tok.convert_ids_to_tokens(judged["labels"][b, changed].tolist()) == [
+            str(round(19 * world.gold_reward(prompt, o))) for o in options
+        ]
     with pytest.raises(ValueError, match="the scale is 1..19"):
         with_overrides("tiny", judge_verdict_scale=20)
     # answer rows (no verdicts) are left as the plain collator makes them
@@ -348,9 +364,18 @@ def test_a_build_saves_its_judge_wording_and_pad_and_the_report_ask_in_it(tmp_pa
     from workbench.models import load
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    cfg = with_overrides("tiny", teacher_steps=2, student_steps=2, dpo_steps=1, teacher_sft_rows=64,
-                         teacher_mcq_rows=32, student_rows=64, dpo_prompts=32, judge_layout="restate",
-                         judge_verdicts=True)
+    cfg = with_overrides(
+        "tiny",
+        teacher_steps=2,
+        student_steps=2,
+        dpo_steps=1,
+        teacher_sft_rows=64,
+        teacher_mcq_rows=32,
+        student_rows=64,
+        dpo_prompts=32,
+        judge_layout="restate",
+        judge_verdicts=True,
+    )
     gym = build_gym(config=cfg, progress=False)
     restate = world.MCQ_LAYOUTS["restate"]
     for role, path in gym.paths.items():
@@ -428,5 +453,9 @@ def test_the_shipped_default_gym_has_its_designed_in_properties():
     from workbench.gym.report import gym_report
 
     report = gym_report("default", n_prompts=256)
-    assert report["checks"] == {"dpo_teacher_ge_ref_teacher": True, "ref_teacher_gt_student": True,
-                                "teacher_minus_student_ge_0.15": True, "mcq_beats_loglik": True}, report["checks"]
+    assert report["checks"] == {
+        "dpo_teacher_ge_ref_teacher": True,
+        "ref_teacher_gt_student": True,
+        "teacher_minus_student_ge_0.15": True,
+        "mcq_beats_loglik": True,
+    }, report["checks"]

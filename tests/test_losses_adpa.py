@@ -16,6 +16,7 @@ BETA, GAMMA = 0.1, 1.5
 # fixtures and brute-force references
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _generator(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -28,7 +29,7 @@ def _mask(lengths=(5, 3, 1), offsets=(0, 1, 2)):
     """Response mask with a 'prompt' prefix (offset) and right padding."""
     mask = torch.zeros(B, T, dtype=torch.bool)
     for b, (n, o) in enumerate(zip(lengths, offsets)):
-        mask[b, o:o + n] = True
+        mask[b, o : o + n] = True
     return mask
 
 
@@ -40,8 +41,9 @@ def _topk(full_logps, k):
 def _peaked_teacher_logps(seed, k, boost=30.0):
     """Full teacher log-probs whose top-k carries all but ~V * exp(-boost) of the mass."""
     logits = _logits(seed)
-    chosen = torch.stack([torch.randperm(V, generator=_generator(seed + b * T + t))[:k]
-                          for b in range(B) for t in range(T)]).view(B, T, k)
+    chosen = torch.stack(
+        [torch.randperm(V, generator=_generator(seed + b * T + t))[:k] for b in range(B) for t in range(T)]
+    ).view(B, T, k)
     logits.scatter_add_(-1, chosen, torch.full(chosen.shape, boost, dtype=logits.dtype))
     return torch.log_softmax(logits, -1)
 
@@ -103,6 +105,7 @@ def _teachers(seed=0, k=V):
 # tail_logmass
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1, 4, 11])
 def test_tail_logmass_matches_definition(k):
     ids, logps = _topk(torch.log_softmax(_logits(1), -1), k)
@@ -126,6 +129,7 @@ def test_tail_logmass_clamp_is_finite_and_floored(dtype):
 # topk_forward_kl and the tail bucket
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_topk_kl_exact_when_k_equals_vocab():
     teacher = torch.log_softmax(_logits(3), -1)
     ids, logps = _topk(teacher, V)
@@ -137,8 +141,7 @@ def test_topk_kl_exact_when_k_equals_vocab():
 def test_topk_kl_matches_bucket_loop(k):
     ids, logps = _topk(torch.log_softmax(_logits(5), -1), k)
     student, mask = _logits(6), _mask()
-    torch.testing.assert_close(A.topk_forward_kl(ids, logps, student, mask),
-                               _bucket_kl_loop(ids, logps, student, mask))
+    torch.testing.assert_close(A.topk_forward_kl(ids, logps, student, mask), _bucket_kl_loop(ids, logps, student, mask))
 
 
 @pytest.mark.parametrize("k", [2, 5])
@@ -146,8 +149,9 @@ def test_topk_kl_close_to_full_when_tail_tiny(k):
     teacher = _peaked_teacher_logps(7, k)
     ids, logps = _topk(teacher, k)
     student, mask = _logits(8), _mask()
-    torch.testing.assert_close(A.topk_forward_kl(ids, logps, student, mask), _full_kl(teacher, student, mask),
-                               atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        A.topk_forward_kl(ids, logps, student, mask), _full_kl(teacher, student, mask), atol=1e-6, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -169,6 +173,7 @@ def test_topk_kl_nonnegative_and_below_full_kl(dtype):
 # ---------------------------------------------------------------------------------------------------------------
 # SFT and DCKD
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_sft_loss_matches_loop():
     student, mask = _logits(9), _mask()
@@ -207,6 +212,7 @@ def test_dckd_matches_full_vocab_definition(alpha):
 # ---------------------------------------------------------------------------------------------------------------
 # advantage from two caches
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_advantage_exact_when_both_caches_are_full():
     dpo_full, ref_full, (dpo_ids, dpo_logps), (ref_ids, ref_logps) = _teachers(k=V)
@@ -259,10 +265,12 @@ def test_advantage_matches_dpo_ids_and_ignores_reference_only_tokens():
 # ADPA and its policy-gradient form
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _adpa_inputs(k=V, seed=20, dtype=torch.float64):
     _, _, (dpo_ids, dpo_logps), (ref_ids, ref_logps) = _teachers(seed, k=k)
-    ids, adv = A.advantage_from_topk(dpo_ids, dpo_logps, ref_ids, ref_logps, BETA, "tail_uniform",
-                                     vocab_size=V if k < V else V + 1)
+    ids, adv = A.advantage_from_topk(
+        dpo_ids, dpo_logps, ref_ids, ref_logps, BETA, "tail_uniform", vocab_size=V if k < V else V + 1
+    )
     return _logits(seed + 1, dtype=dtype), _mask(), ids, adv.to(dtype)
 
 
@@ -270,14 +278,18 @@ def _adpa_inputs(k=V, seed=20, dtype=torch.float64):
 def test_adpa_matches_full_vocab_definition(k):
     logits, mask, ids, adv = _adpa_inputs(k)
     full_adv = _full_advantage(ids, adv)  # 0 outside the cached support
-    expected_adv_term = torch.stack([
-        -GAMMA * sum((torch.softmax(logits[b, t], -1) * full_adv[b, t]).sum() for t in range(T) if mask[b, t])
-        if mask[b].any() else torch.tensor(0.0, dtype=logits.dtype) for b in range(B)])
+    expected_adv_term = torch.stack(
+        [
+            -GAMMA * sum((torch.softmax(logits[b, t], -1) * full_adv[b, t]).sum() for t in range(T) if mask[b, t])
+            if mask[b].any()
+            else torch.tensor(0.0, dtype=logits.dtype)
+            for b in range(B)
+        ]
+    )
     sft = torch.tensor([0.3, 1.0, 2.0], dtype=logits.dtype)
     per_sequence = A.adpa_loss(logits, mask, ids, adv, GAMMA, sft_term=sft, reduction="none")
     torch.testing.assert_close(per_sequence, sft + expected_adv_term)
-    torch.testing.assert_close(A.adpa_loss(logits, mask, ids, adv, GAMMA, sft_term=0.5),
-                               0.5 + expected_adv_term.mean())
+    torch.testing.assert_close(A.adpa_loss(logits, mask, ids, adv, GAMMA, sft_term=0.5), 0.5 + expected_adv_term.mean())
     normalised = A.adpa_loss(logits, mask, ids, adv, GAMMA, reduction="none", length_normalize=True)
     torch.testing.assert_close(normalised, expected_adv_term / mask.sum(-1).clamp(min=1))
 
@@ -307,6 +319,7 @@ def test_adpa_pushes_probability_toward_positive_advantage():
 # Appendix D variants and the w/o-reference ablation
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_q_argmax_matches_cross_entropy_to_best_action():
     logits, mask, ids, adv = _adpa_inputs(V, seed=40)
     full_adv = _full_advantage(ids, adv)
@@ -329,8 +342,9 @@ def test_reverse_ce_exact_when_k_equals_vocab():
     logits, mask = _logits(61), _mask()
     per_token = (torch.softmax(logits, -1) * dpo_full).sum(-1)  # sum_a pi_theta(a) log pi_dpo(a)
     expected = -GAMMA * BETA * torch.where(mask, per_token, 0.0).sum(-1)
-    got = A.reverse_ce_dpo_only_loss(logits, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none",
-                                     missing_rule="tail_max")
+    got = A.reverse_ce_dpo_only_loss(
+        logits, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none", missing_rule="tail_max"
+    )
     torch.testing.assert_close(got, expected)
     assert (got >= 0).all()  # a cross-entropy: log pi_dpo <= 0
 
@@ -348,13 +362,15 @@ def test_reverse_ce_charges_mass_outside_the_cache(rule):
             inside = probs[b, t, dpo_ids[b, t]]
             per_token[b, t] = (inside * dpo_logps[b, t]).sum() + (1 - inside.sum()) * fill[b, t]
     expected = -GAMMA * BETA * torch.where(mask, per_token, 0.0).sum(-1)
-    got = A.reverse_ce_dpo_only_loss(logits, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none",
-                                     missing_rule=rule, vocab_size=V)
+    got = A.reverse_ce_dpo_only_loss(
+        logits, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none", missing_rule=rule, vocab_size=V
+    )
     torch.testing.assert_close(got, expected)
     # moving all student mass off the cached ids must not make the loss vanish
     off_cache = torch.full_like(logits, 0.0).scatter(-1, dpo_ids, -50.0)
-    off = A.reverse_ce_dpo_only_loss(off_cache, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none",
-                                     missing_rule=rule, vocab_size=V)
+    off = A.reverse_ce_dpo_only_loss(
+        off_cache, mask, dpo_ids, dpo_logps, GAMMA, BETA, reduction="none", missing_rule=rule, vocab_size=V
+    )
     assert (off[mask.any(-1)] > 0).all()
 
 
@@ -362,19 +378,20 @@ def test_reverse_ce_charges_mass_outside_the_cache(rule):
 # invariances shared by every loss: masks, batch independence, finite gradients
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _all_losses(logits, mask, ids, adv, dpo_logps, labels, reduction):
     """Every registered loss evaluated on shared inputs; logits double as chosen, rejected and y_hat logits."""
     return {
         "topk_kl": A.topk_forward_kl(ids, dpo_logps, logits, mask),
         "sft": A.sft_loss(logits, labels, mask),
-        "dckd": A.dckd_loss(logits, labels, mask, ids, dpo_logps, logits, mask, ids, dpo_logps,
-                            reduction=reduction),
+        "dckd": A.dckd_loss(logits, labels, mask, ids, dpo_logps, logits, mask, ids, dpo_logps, reduction=reduction),
         "adpa": A.adpa_loss(logits, mask, ids, adv, GAMMA, reduction=reduction),
         "adpa_pg": A.adpa_policy_gradient_surrogate(logits, mask, ids, adv, GAMMA, reduction=reduction),
         "q_argmax": A.q_argmax_kd_loss(logits, mask, ids, adv, GAMMA, reduction=reduction),
         "q_softmax": A.q_softmax_kd_loss(logits, mask, ids, adv, GAMMA, reduction=reduction),
-        "adpa_no_ref": A.reverse_ce_dpo_only_loss(logits, mask, ids, dpo_logps, GAMMA, BETA, reduction=reduction,
-                                                  vocab_size=V),
+        "adpa_no_ref": A.reverse_ce_dpo_only_loss(
+            logits, mask, ids, dpo_logps, GAMMA, BETA, reduction=reduction, vocab_size=V
+        ),
     }
 
 
@@ -479,6 +496,7 @@ def test_empty_response_gives_zero():
 # registry and errors
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_registry():
     assert set(A.LOSSES) == {"dckd", "adpa", "q_argmax", "q_softmax", "adpa_no_ref"}
     for name, fn in A.LOSSES.items():
@@ -497,8 +515,7 @@ def test_errors_name_the_argument():
         ("labels", lambda: A.sft_loss(logits, labels[:, :2], mask)),
         ("labels", lambda: A.sft_loss(logits, labels.masked_fill(mask, V), mask)),
         ("rejected_student_logits", lambda: A.dckd_loss(logits, labels, mask, ids, dpo_logps)),
-        ("ref_topk_ids", lambda: A.advantage_from_topk(ids, dpo_logps, ids[:2], dpo_logps[:2], BETA,
-                                                       vocab_size=V)),
+        ("ref_topk_ids", lambda: A.advantage_from_topk(ids, dpo_logps, ids[:2], dpo_logps[:2], BETA, vocab_size=V)),
         ("missing_rule", lambda: A.advantage_from_topk(ids, dpo_logps, ids, dpo_logps, BETA, "nearest")),
         ("vocab_size", lambda: A.advantage_from_topk(ids, dpo_logps, ids, dpo_logps, BETA, "tail_uniform")),
         ("advantages", lambda: A.adpa_loss(logits, mask, ids, adv[..., :2], GAMMA)),
@@ -506,8 +523,10 @@ def test_errors_name_the_argument():
         ("reduction", lambda: A.adpa_loss(logits, mask, ids, adv, GAMMA, reduction="avg")),
         ("sft_term", lambda: A.adpa_loss(logits, mask, ids, adv, GAMMA, sft_term=torch.zeros(B + 1))),
         ("temperature", lambda: A.q_softmax_kd_loss(logits, mask, ids, adv, GAMMA, temperature=0.0)),
-        ("dpo_topk_logps", lambda: A.reverse_ce_dpo_only_loss(logits, mask, ids, dpo_logps[..., :1], GAMMA, BETA,
-                                                              vocab_size=V)),
+        (
+            "dpo_topk_logps",
+            lambda: A.reverse_ce_dpo_only_loss(logits, mask, ids, dpo_logps[..., :1], GAMMA, BETA, vocab_size=V),
+        ),
     ]
     for argument, call in cases:
         with pytest.raises(ValueError, match=argument):

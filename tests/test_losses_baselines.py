@@ -40,6 +40,7 @@ def _logps(seed, n=6, dtype=torch.float64):
 # TRL stubs
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class _IdentityAccelerator:
     device = torch.device("cpu")
 
@@ -58,16 +59,31 @@ def _trl_dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
     log_probs = torch.zeros(2 * batch, length - 1, dtype=policy_chosen.dtype)
     log_probs[:, 0] = torch.cat([policy_chosen, policy_rejected])  # batch is [chosen, rejected]
     zeros = torch.zeros(2 * batch, length - 1)
-    outputs = types.SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
-                                    is_top1=zeros.bool())
+    outputs = types.SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
     stub = types.SimpleNamespace(
-        model=types.SimpleNamespace(training=True), accelerator=_IdentityAccelerator(), aux_loss_enabled=False,
-        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=["sigmoid"],
-        loss_weights=[1.0], beta=beta, label_smoothing=0.0, use_weighting=False,
-        _metrics={"train": collections.defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+        model=types.SimpleNamespace(training=True),
+        accelerator=_IdentityAccelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=["sigmoid"],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=0.0,
+        use_weighting=False,
+        _metrics={"train": collections.defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
     mask = torch.ones(2 * batch, length, dtype=torch.long)
-    inputs = {"input_ids": torch.zeros(2 * batch, length, dtype=torch.long), "attention_mask": mask,
-              "completion_mask": mask, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    inputs = {
+        "input_ids": torch.zeros(2 * batch, length, dtype=torch.long),
+        "attention_mask": mask,
+        "completion_mask": mask,
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
+    }
     loss = DPOTrainer._compute_loss(stub, lambda **kwargs: outputs, inputs, return_outputs=False)
     return loss, stub._metrics["train"]
 
@@ -76,14 +92,21 @@ def _trl_cpo_loss(chosen, rejected, beta, loss_type, simpo_gamma=0.5, label_smoo
     """Per-sequence (losses, chosen_rewards, rejected_rewards) from TRL 1.16 CPOTrainer.cpo_loss."""
     from trl.experimental.cpo import CPOTrainer
 
-    stub = types.SimpleNamespace(alpha=0.0, beta=beta, loss_type=loss_type, simpo_gamma=simpo_gamma,
-                                 label_smoothing=label_smoothing, accelerator=_IdentityAccelerator())
+    stub = types.SimpleNamespace(
+        alpha=0.0,
+        beta=beta,
+        loss_type=loss_type,
+        simpo_gamma=simpo_gamma,
+        label_smoothing=label_smoothing,
+        accelerator=_IdentityAccelerator(),
+    )
     return CPOTrainer.cpo_loss(stub, chosen, rejected)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # DPO
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_dpo_matches_trl_dpo_trainer(beta):
@@ -95,7 +118,7 @@ def test_dpo_matches_trl_dpo_trainer(beta):
     assert math.isclose(rejected_rewards.mean().item(), metrics["rewards/rejected"][0], rel_tol=1e-9)
     per_sequence, _, _ = BL.dpo_loss(pc, pr, rc, rr, beta=beta, reduction="none")
     for b in range(len(pc)):
-        single, _ = _trl_dpo(pc[b:b + 1], pr[b:b + 1], rc[b:b + 1], rr[b:b + 1], beta)
+        single, _ = _trl_dpo(pc[b : b + 1], pr[b : b + 1], rc[b : b + 1], rr[b : b + 1], beta)
         torch.testing.assert_close(per_sequence[b], single)
 
 
@@ -125,8 +148,8 @@ def test_dpo_rewards_gradients_and_batch_independence():
     assert torch.all(pc.grad < 0) and torch.all(pr.grad > 0)
     full, _, _ = BL.dpo_loss(pc, pr, rc, rr, reduction="none")
     for b in range(len(pc)):
-        single, _, _ = BL.dpo_loss(pc[b:b + 1], pr[b:b + 1], rc[b:b + 1], rr[b:b + 1], reduction="none")
-        torch.testing.assert_close(single, full[b:b + 1])
+        single, _, _ = BL.dpo_loss(pc[b : b + 1], pr[b : b + 1], rc[b : b + 1], rr[b : b + 1], reduction="none")
+        torch.testing.assert_close(single, full[b : b + 1])
     # a reward shift shared by chosen and rejected changes nothing
     shifted, _, _ = BL.dpo_loss(pc + 3, pr + 3, rc, rr, reduction="none")
     torch.testing.assert_close(shifted, full)
@@ -136,13 +159,16 @@ def test_dpo_rewards_gradients_and_batch_independence():
 # SimPO
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("beta,ratio,eps", [(2.0, 0.5, 0.0), (2.5, 0.55, 0.0), (0.1, 5.0, 0.1)])
 def test_simpo_matches_trl_cpo_simpo(beta, ratio, eps):
     chosen_avg, rejected_avg = _logps(12) / 10, _logps(13) / 10
-    got, chosen_rewards, rejected_rewards = BL.simpo_loss(chosen_avg, rejected_avg, beta=beta, gamma_beta_ratio=ratio,
-                                                          label_smoothing=eps, reduction="none")
-    trl_losses, trl_chosen, trl_rejected = _trl_cpo_loss(chosen_avg, rejected_avg, beta, "simpo",
-                                                         simpo_gamma=beta * ratio, label_smoothing=eps)
+    got, chosen_rewards, rejected_rewards = BL.simpo_loss(
+        chosen_avg, rejected_avg, beta=beta, gamma_beta_ratio=ratio, label_smoothing=eps, reduction="none"
+    )
+    trl_losses, trl_chosen, trl_rejected = _trl_cpo_loss(
+        chosen_avg, rejected_avg, beta, "simpo", simpo_gamma=beta * ratio, label_smoothing=eps
+    )
     torch.testing.assert_close(got, trl_losses)
     torch.testing.assert_close(chosen_rewards, trl_chosen)
     torch.testing.assert_close(rejected_rewards, trl_rejected)
@@ -166,13 +192,14 @@ def test_simpo_gradients_and_batch_independence():
     assert torch.isfinite(chosen_avg.grad).all() and torch.all(chosen_avg.grad < 0)
     full, _, _ = BL.simpo_loss(chosen_avg, rejected_avg, reduction="none")
     for b in range(len(chosen_avg)):
-        single, _, _ = BL.simpo_loss(chosen_avg[b:b + 1], rejected_avg[b:b + 1], reduction="none")
-        torch.testing.assert_close(single, full[b:b + 1])
+        single, _, _ = BL.simpo_loss(chosen_avg[b : b + 1], rejected_avg[b : b + 1], reduction="none")
+        torch.testing.assert_close(single, full[b : b + 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # PRO
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _pro_loop(rewards, scores=None, temperature=1.0):
     """Brute force: for each k, -log(exp(r_k / T_kk) / sum_{i>=k} exp(r_i / T_ki)), with python loops."""
@@ -227,8 +254,9 @@ def test_pro_plackett_luce_identity_and_pairwise_case():
     pair = rewards[:, :2]
     torch.testing.assert_close(BL.pro_loss(pair, reduction="none"), -F.logsigmoid(pair[:, 0] - pair[:, 1]))
     # softmax invariance: a per-row reward shift changes nothing
-    torch.testing.assert_close(BL.pro_loss(rewards + torch.tensor([[1.0], [-2.0], [5.0], [0.0]],
-                                                                  dtype=torch.float64), reduction="none"), got)
+    torch.testing.assert_close(
+        BL.pro_loss(rewards + torch.tensor([[1.0], [-2.0], [5.0], [0.0]], dtype=torch.float64), reduction="none"), got
+    )
 
 
 def test_pro_sft_weight_default_and_override():
@@ -248,8 +276,9 @@ def test_pro_gradients_batch_independence_and_validation():
     assert torch.all(rewards.grad[:, 0] < 0)  # the best response is always pushed up
     full = BL.pro_loss(rewards, rank_scores=scores, reduction="none")
     for b in range(rewards.shape[0]):
-        torch.testing.assert_close(BL.pro_loss(rewards[b:b + 1], rank_scores=scores[b:b + 1], reduction="none"),
-                                   full[b:b + 1])
+        torch.testing.assert_close(
+            BL.pro_loss(rewards[b : b + 1], rank_scores=scores[b : b + 1], reduction="none"), full[b : b + 1]
+        )
     with pytest.raises(ValueError, match="non-increasing"):
         BL.pro_loss(rewards, rank_scores=scores.flip(-1))
     with pytest.raises(ValueError, match="n >= 2"):
@@ -289,15 +318,17 @@ def _kl_loop(p_logits, q_logits, mask, temperature=1.0):
 def test_forward_kl_kd_matches_explicit_definition(temperature):
     teacher, student = _logits(50), _logits(51)
     got = BL.forward_kl_kd_loss(teacher, student, MASK, temperature=temperature, reduction="none")
-    torch.testing.assert_close(got, temperature ** 2 * _kl_loop(teacher, student, MASK, temperature))
+    torch.testing.assert_close(got, temperature**2 * _kl_loop(teacher, student, MASK, temperature))
     torch.testing.assert_close(BL.forward_kl_kd_loss(teacher, teacher, MASK), torch.tensor(0.0, dtype=torch.float64))
 
 
 def test_topk_kd_equals_full_kd_at_k_equals_v():
     teacher, student = _logits(52), _logits(53)
     logps, ids = torch.topk(torch.log_softmax(teacher, -1), V, dim=-1)
-    torch.testing.assert_close(BL.topk_kd_loss(ids, logps, student, MASK, reduction="none"),
-                               BL.forward_kl_kd_loss(teacher, student, MASK, reduction="none"))
+    torch.testing.assert_close(
+        BL.topk_kd_loss(ids, logps, student, MASK, reduction="none"),
+        BL.forward_kl_kd_loss(teacher, student, MASK, reduction="none"),
+    )
 
 
 def test_reverse_kl_matches_definition_nonnegative_and_zero_iff_equal():
@@ -306,13 +337,15 @@ def test_reverse_kl_matches_definition_nonnegative_and_zero_iff_equal():
     torch.testing.assert_close(got, _kl_loop(student, teacher, MASK))
     assert torch.all(got > 0)
     assert not torch.allclose(got, BL.forward_kl_kd_loss(teacher, student, MASK, reduction="none"))
-    torch.testing.assert_close(BL.reverse_kl_loss(teacher, teacher, MASK, reduction="none"),
-                               torch.zeros(B, dtype=torch.float64))
+    torch.testing.assert_close(
+        BL.reverse_kl_loss(teacher, teacher, MASK, reduction="none"), torch.zeros(B, dtype=torch.float64)
+    )
     # shift-invariant logits give equal distributions: still zero; a difference on a masked position is ignored
     shifted = teacher + 7.0
     shifted[~MASK] = torch.randn(int((~MASK).sum()), V, generator=_generator(56), dtype=torch.float64)
-    torch.testing.assert_close(BL.reverse_kl_loss(teacher, shifted, MASK, reduction="none"),
-                               torch.zeros(B, dtype=torch.float64))
+    torch.testing.assert_close(
+        BL.reverse_kl_loss(teacher, shifted, MASK, reduction="none"), torch.zeros(B, dtype=torch.float64)
+    )
     for seed in range(57, 62):  # nonnegative on random pairs
         assert torch.all(BL.reverse_kl_loss(_logits(seed), _logits(seed + 10, 4.0), MASK, reduction="none") >= 0)
 
@@ -328,8 +361,9 @@ def test_logit_losses_gradients_and_batch_independence(name):
     assert torch.all(student.grad[~MASK] == 0)
     full = fn(teacher, student, MASK, reduction="none")
     for b in range(B):
-        torch.testing.assert_close(fn(teacher[b:b + 1], student[b:b + 1], MASK[b:b + 1], reduction="none"),
-                                   full[b:b + 1])
+        torch.testing.assert_close(
+            fn(teacher[b : b + 1], student[b : b + 1], MASK[b : b + 1], reduction="none"), full[b : b + 1]
+        )
     with pytest.raises(ValueError, match="same shape"):
         fn(teacher[..., :-1], student, MASK)
 
@@ -338,8 +372,9 @@ def test_seqkd_is_sft_on_teacher_samples():
     student = _logits(65)
     labels = torch.randint(0, V, (B, T), generator=_generator(66))
     labels[~MASK] = -100
-    torch.testing.assert_close(BL.seqkd_loss(student, labels, MASK, reduction="none"),
-                               A.sft_loss(student, labels, MASK))
+    torch.testing.assert_close(
+        BL.seqkd_loss(student, labels, MASK, reduction="none"), A.sft_loss(student, labels, MASK)
+    )
     torch.testing.assert_close(BL.seqkd_loss(student, labels, MASK), A.sft_loss(student, labels, MASK).mean())
 
 
@@ -347,10 +382,21 @@ def test_seqkd_is_sft_on_teacher_samples():
 # registry
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_registry_names_and_no_clash():
     assert set(BL.LOSSES) == {"dpo", "simpo", "pro", "kd", "kd_topk", "reverse_kl", "seqkd"}
-    taken = {"vpd", "ppd", "ppd_mc", "dckd", "adpa", "q_argmax", "q_softmax", "adpa_no_ref",
-             "plad_ranking", "plad_margin"}
+    taken = {
+        "vpd",
+        "ppd",
+        "ppd_mc",
+        "dckd",
+        "adpa",
+        "q_argmax",
+        "q_softmax",
+        "adpa_no_ref",
+        "plad_ranking",
+        "plad_margin",
+    }
     assert not set(BL.LOSSES) & taken
     for name, fn in BL.LOSSES.items():
         assert loss_registry.LOSSES[name] is fn

@@ -18,6 +18,7 @@ F64 = torch.float64
 # brute-force references
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -85,6 +86,7 @@ def _cosine(a, b):
 # Eq. 2: Plackett-Luce
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_plackett_luce_matches_python_product_and_sums_to_one(n):
     scores = _rewards(n, 3, n, scale=1.5)
@@ -142,6 +144,7 @@ def test_sample_rankings_follow_plackett_luce():
 # Eq. 10: VPD
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_vpd_matches_bruteforce_and_is_a_negative_log_likelihood():
     student, teacher = _pair(0, 4, 5)
     beta = 3.0
@@ -167,6 +170,7 @@ def test_vpd_gradient_reaches_student_only():
 # ---------------------------------------------------------------------------------------------------------------
 # Eqs. 11-12: PPD exact
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
 def test_ppd_matches_bruteforce_value_and_gradient(n):
@@ -216,8 +220,7 @@ def test_ppd_symmetric(n):
 
 def test_ppd_zero_iff_equal_rewards():
     student, teacher = _pair(5, 4, 6)
-    assert torch.allclose(P.ppd_loss(teacher.clone(), teacher, reduction="none"), torch.zeros(4, dtype=F64),
-                          atol=1e-13)
+    assert torch.allclose(P.ppd_loss(teacher.clone(), teacher, reduction="none"), torch.zeros(4, dtype=F64), atol=1e-13)
     assert (P.ppd_loss(student, teacher, reduction="none") > 1e-6).all()
 
 
@@ -243,8 +246,11 @@ def test_ppd_batch_elements_never_mix():
 def test_ppd_invariant_to_response_order(n):
     student, teacher = _pair(10 + n, 3, n)
     perm = torch.randperm(n, generator=_gen(n))
-    assert torch.allclose(P.ppd_loss(student[:, perm], teacher[:, perm], reduction="none"),
-                          P.ppd_loss(student, teacher, reduction="none"), atol=1e-12)
+    assert torch.allclose(
+        P.ppd_loss(student[:, perm], teacher[:, perm], reduction="none"),
+        P.ppd_loss(student, teacher, reduction="none"),
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("beta", [1.0, 10.0, 1e3, 1e5])
@@ -261,6 +267,7 @@ def test_ppd_gradients_finite_and_teacher_detached(beta):
 # ---------------------------------------------------------------------------------------------------------------
 # Eq. 12: PPD Monte-Carlo
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [4, 5, 6, 7, 8])
 def test_ppd_mc_close_to_exact_value_and_gradient(n):
@@ -284,8 +291,7 @@ def test_ppd_mc_value_and_gradient_unbiased(estimator):
     runs, values, grads = 400, [], []
     generator = _gen(1)
     for _ in range(runs):
-        mc = P.ppd_loss_mc(student, teacher, num_samples=4, generator=generator, reduction="sum",
-                           estimator=estimator)
+        mc = P.ppd_loss_mc(student, teacher, num_samples=4, generator=generator, reduction="sum", estimator=estimator)
         values.append(mc.item())
         grads.append(torch.autograd.grad(mc, student)[0])
     values, grads = torch.tensor(values), torch.stack(grads)
@@ -313,6 +319,7 @@ def test_ppd_mc_works_beyond_exact_limit():
 # ---------------------------------------------------------------------------------------------------------------
 # Eqs. 13-14, App. A: decomposition
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_decompose_groups_partitions_range():
     assert torch.equal(P.decompose_groups(6, 2), torch.arange(6).view(3, 2))
@@ -365,12 +372,13 @@ def test_decomposed_loss_equals_sum_of_group_losses():
 # §3: rewards from language models
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _padded_batch(seed, batch=3, length=7, vocab=11):
     logits = 2.0 * torch.randn(batch, length, vocab, generator=_gen(seed), dtype=F64)
     labels = torch.randint(0, vocab, (batch, length), generator=_gen(seed + 1))
     mask = torch.zeros(batch, length, dtype=torch.bool)
     for b, (start, size) in enumerate([(0, 7), (2, 3), (4, 1)]):  # prompt prefix, response, right padding
-        mask[b, start:start + size] = True
+        mask[b, start : start + size] = True
     labels = labels.masked_fill(~mask, -100)
     return logits, labels, mask
 
@@ -403,6 +411,7 @@ def test_avg_logp_reward_is_masked_mean_and_ignores_padding_garbage():
 # ---------------------------------------------------------------------------------------------------------------
 # Eq. 9: calibration; errors; registry
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_calibrated_reward_formula_and_endpoints():
     rewards, log_p_sel = _rewards(0, 2, 4), -torch.rand(2, 4, generator=_gen(1), dtype=F64)

@@ -21,16 +21,19 @@ def _vec(seed, n=6, scale=5.0, dtype=torch.float64):
 # Eq. (4): ranking calibration hinge
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_ranking_hinge_values_match_definition():
     chosen, rejected = _vec(0), _vec(1)
     for beta in (0.0, 0.5, 1.0, 3.0):
-        expected = torch.tensor([max(0.0, beta - (c - r)) for c, r in zip(chosen.tolist(), rejected.tolist())],
-                                dtype=torch.float64)
+        expected = torch.tensor(
+            [max(0.0, beta - (c - r)) for c, r in zip(chosen.tolist(), rejected.tolist())], dtype=torch.float64
+        )
         got = P.ranking_calibration_loss(chosen, rejected, beta=beta, reduction="none")
         torch.testing.assert_close(got, expected)
         torch.testing.assert_close(P.ranking_calibration_loss(chosen, rejected, beta=beta), expected.mean())
-        torch.testing.assert_close(P.ranking_calibration_loss(chosen, rejected, beta=beta, reduction="sum"),
-                                   expected.sum())
+        torch.testing.assert_close(
+            P.ranking_calibration_loss(chosen, rejected, beta=beta, reduction="sum"), expected.sum()
+        )
 
 
 def test_ranking_hinge_zero_when_margin_met_and_linear_otherwise():
@@ -58,8 +61,8 @@ def test_ranking_hinge_batch_independence_and_validation():
     chosen, rejected = _vec(2), _vec(3)
     full = P.ranking_calibration_loss(chosen, rejected, reduction="none")
     for b in range(len(chosen)):
-        single = P.ranking_calibration_loss(chosen[b:b + 1], rejected[b:b + 1], reduction="none")
-        torch.testing.assert_close(single, full[b:b + 1])
+        single = P.ranking_calibration_loss(chosen[b : b + 1], rejected[b : b + 1], reduction="none")
+        torch.testing.assert_close(single, full[b : b + 1])
     with pytest.raises(ValueError, match="beta"):
         P.ranking_calibration_loss(chosen, rejected, beta=-1.0)
     with pytest.raises(ValueError, match="rejected_logps"):
@@ -72,14 +75,21 @@ def test_ranking_hinge_batch_independence_and_validation():
 # Eq. (5): margin calibration hinge
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_margin_hinge_matches_definition_including_negative_score_gap():
     chosen, rejected = _vec(4), _vec(5)
     chosen_scores = torch.tensor([0.9, 0.2, 0.5, 0.7, 0.1, 0.6], dtype=torch.float64)
     rejected_scores = torch.tensor([0.3, 0.8, 0.5, 0.1, 0.4, 0.2], dtype=torch.float64)
     beta = 2.0
-    expected = torch.tensor([max(0.0, beta * (sp - sm) - (c - r)) for c, r, sp, sm in
-                             zip(chosen.tolist(), rejected.tolist(), chosen_scores.tolist(), rejected_scores.tolist())],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            max(0.0, beta * (sp - sm) - (c - r))
+            for c, r, sp, sm in zip(
+                chosen.tolist(), rejected.tolist(), chosen_scores.tolist(), rejected_scores.tolist()
+            )
+        ],
+        dtype=torch.float64,
+    )
     got = P.margin_calibration_loss(chosen, rejected, chosen_scores, rejected_scores, beta=beta, reduction="none")
     torch.testing.assert_close(got, expected)
 
@@ -87,8 +97,10 @@ def test_margin_hinge_matches_definition_including_negative_score_gap():
 def test_margin_hinge_reduces_to_ranking_hinge_when_score_gap_is_one():
     chosen, rejected = _vec(6), _vec(7)
     ones, zeros = torch.ones_like(chosen), torch.zeros_like(chosen)
-    torch.testing.assert_close(P.margin_calibration_loss(chosen, rejected, ones, zeros, beta=1.5, reduction="none"),
-                               P.ranking_calibration_loss(chosen, rejected, beta=1.5, reduction="none"))
+    torch.testing.assert_close(
+        P.margin_calibration_loss(chosen, rejected, ones, zeros, beta=1.5, reduction="none"),
+        P.ranking_calibration_loss(chosen, rejected, beta=1.5, reduction="none"),
+    )
 
 
 def test_margin_hinge_scores_detached_by_default():
@@ -99,8 +111,9 @@ def test_margin_hinge_scores_detached_by_default():
     P.margin_calibration_loss(chosen, rejected, scores_plus, scores_minus, reduction="sum").backward()
     assert scores_plus.grad is None and scores_minus.grad is None
     torch.testing.assert_close(chosen.grad, torch.tensor([-1.0, 0.0], dtype=torch.float64))
-    P.margin_calibration_loss(chosen, rejected, scores_plus, scores_minus, beta=2.0, reduction="sum",
-                              detach_scores=False).backward()
+    P.margin_calibration_loss(
+        chosen, rejected, scores_plus, scores_minus, beta=2.0, reduction="sum", detach_scores=False
+    ).backward()
     torch.testing.assert_close(scores_plus.grad, torch.tensor([2.0, 0.0], dtype=torch.float64))
 
 
@@ -108,10 +121,12 @@ def test_margin_hinge_scores_detached_by_default():
 # App. A.7: n-gram F score from the student's own representations
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _ngram_f_loop(cand, ref, mask_cand, mask_ref, n):
     """Brute force: python loops over n-grams of the unmasked positions, max of mean aligned cosines."""
     out = []
     for b in range(cand.shape[0]):
+
         def grams(h, m):
             idx = [i for i in range(h.shape[1] - n + 1) if all(bool(m[b, i + k]) for k in range(n))]
             return [[h[b, i + k] / h[b, i + k].norm() for k in range(n)] for i in idx]
@@ -137,7 +152,7 @@ def _states(seed, batch=3, length=7, dim=5):
 def _response_mask(lengths, offsets, total):
     mask = torch.zeros(len(lengths), total, dtype=torch.bool)
     for b, (n, o) in enumerate(zip(lengths, offsets)):
-        mask[b, o:o + n] = True
+        mask[b, o : o + n] = True
     return mask
 
 
@@ -167,8 +182,7 @@ def test_ngram_f_score_symmetry_and_bounds(n):
     torch.testing.assert_close(forward, backward)  # F symmetric: P(a, b) = R(b, a)
     assert torch.all(forward >= 0) and torch.all(forward <= 1)
     # anti-aligned states: every cosine < 0 is clipped, so F = 0, still in bounds
-    opposite = P.ngram_f_score(cand[:, :1].expand(-1, 7, -1), -cand[:, :1].expand(-1, 7, -1), MASK_CAND, MASK_REF,
-                               n=n)
+    opposite = P.ngram_f_score(cand[:, :1].expand(-1, 7, -1), -cand[:, :1].expand(-1, 7, -1), MASK_CAND, MASK_REF, n=n)
     torch.testing.assert_close(opposite, torch.zeros(3, dtype=torch.float64))
 
 
@@ -190,8 +204,8 @@ def test_ngram_f_score_short_sequences_batch_independence_and_gradients():
     got = P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=3)
     assert got[2] == 0
     for b in range(3):
-        single = P.ngram_f_score(cand[b:b + 1], ref[b:b + 1], MASK_CAND[b:b + 1], MASK_REF[b:b + 1], n=3)
-        torch.testing.assert_close(single, got[b:b + 1])
+        single = P.ngram_f_score(cand[b : b + 1], ref[b : b + 1], MASK_CAND[b : b + 1], MASK_REF[b : b + 1], n=3)
+        torch.testing.assert_close(single, got[b : b + 1])
     got.sum().backward()
     assert torch.isfinite(cand.grad).all()
     assert torch.all(cand.grad[~MASK_CAND] == 0)
@@ -205,8 +219,10 @@ def test_ngram_f_score_short_sequences_batch_independence_and_gradients():
 def test_calibration_score_sums_orders_and_validates():
     cand, ref = _states(20), _states(21)
     total = P.calibration_score(cand, ref, MASK_CAND, MASK_REF, ns=(1, 2))
-    torch.testing.assert_close(total, P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=1)
-                               + P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=2))
+    torch.testing.assert_close(
+        total,
+        P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=1) + P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=2),
+    )
     with pytest.raises(ValueError, match="n must be"):
         P.ngram_f_score(cand, ref, MASK_CAND, MASK_REF, n=0)
     with pytest.raises(ValueError, match="hidden size"):
@@ -232,27 +248,37 @@ def test_margin_loss_with_score_from_hidden_states_end_to_end():
 # §4.2 pseudo-preference pairs and the Fig. 2 real-pair mixing
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _pair_data(n=20):
     prompts = [f"p{i}" for i in range(n)]
     teacher = [f"teacher {i}" for i in range(n)]
     student = [f"student {i}" for i in range(n)]
-    student[3] = "teacher 3"          # identical -> skipped
-    student[7] = "  teacher 7 \n"     # identical up to whitespace -> skipped
-    teacher[11] = "   "               # empty -> skipped
+    student[3] = "teacher 3"  # identical -> skipped
+    student[7] = "  teacher 7 \n"  # identical up to whitespace -> skipped
+    teacher[11] = "   "  # empty -> skipped
     return prompts, teacher, student
 
 
 def _gold_pairs(prompts, teacher, student):
     """Gold order flips every third prompt (the student's sample wins there)."""
-    return [{"prompt": p, "chosen": s, "rejected": t} if i % 3 == 0 else {"prompt": p, "chosen": t, "rejected": s}
-            for i, (p, t, s) in enumerate(zip(prompts, teacher, student))]
+    return [
+        {"prompt": p, "chosen": s, "rejected": t} if i % 3 == 0 else {"prompt": p, "chosen": t, "rejected": s}
+        for i, (p, t, s) in enumerate(zip(prompts, teacher, student))
+    ]
 
 
 def test_pseudo_pairs_teacher_chosen_and_skip_counts():
     prompts, teacher, student = _pair_data()
     rows, counts = P.make_pseudo_pairs(prompts, teacher, student)
-    assert counts == {"n_input": 20, "n_pairs": 17, "n_pseudo": 17, "n_real": 0, "n_real_flipped": 0,
-                      "skipped_identical": 2, "skipped_empty": 1}
+    assert counts == {
+        "n_input": 20,
+        "n_pairs": 17,
+        "n_pseudo": 17,
+        "n_real": 0,
+        "n_real_flipped": 0,
+        "skipped_identical": 2,
+        "skipped_empty": 1,
+    }
     assert [r["prompt"] for r in rows] == [p for i, p in enumerate(prompts) if i not in (3, 7, 11)]
     for row in rows:
         i = prompts.index(row["prompt"])
@@ -314,6 +340,7 @@ def test_pseudo_pairs_validation():
 # ---------------------------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_registry():
     assert P.LOSSES == {"plad_ranking": P.ranking_calibration_loss, "plad_margin": P.margin_calibration_loss}

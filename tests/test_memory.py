@@ -19,17 +19,28 @@ CONFIGS = ROOT / "tests" / "fixtures" / "model_configs"
 GIB = 2**30
 
 PUBLISHED_PARAMS = {  # model cards, billions
-    "google/gemma-2-2b-it": 2.61, "google/gemma-2-9b-it": 9.24, "meta-llama/Llama-3.2-1B-Instruct": 1.24,
-    "meta-llama/Llama-3.2-3B-Instruct": 3.21, "meta-llama/Llama-3.1-8B-Instruct": 8.03,
-    "meta-llama/Llama-2-7b-hf": 6.74, "meta-llama/Llama-2-13b-hf": 13.02,
+    "google/gemma-2-2b-it": 2.61,
+    "google/gemma-2-9b-it": 9.24,
+    "meta-llama/Llama-3.2-1B-Instruct": 1.24,
+    "meta-llama/Llama-3.2-3B-Instruct": 3.21,
+    "meta-llama/Llama-3.1-8B-Instruct": 8.03,
+    "meta-llama/Llama-2-7b-hf": 6.74,
+    "meta-llama/Llama-2-13b-hf": 13.02,
 }
 
 
 def small_config(kind="llama", layers=2, kv_heads=8, vocab=1000, **extra):
     from transformers import Gemma2Config, LlamaConfig
 
-    common = dict(vocab_size=vocab, hidden_size=256, num_hidden_layers=layers, num_attention_heads=8,
-                  num_key_value_heads=kv_heads, intermediate_size=688, **extra)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=256,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=kv_heads,
+        intermediate_size=688,
+        **extra,
+    )
     return Gemma2Config(head_dim=32, **common) if kind == "gemma2" else LlamaConfig(**common)
 
 
@@ -116,11 +127,19 @@ def saved_activation_bytes(model, input_ids, attention_mask) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("kind,dtype,lora_dropout,kv_heads", [
-    ("llama", torch.float32, None, 8), ("llama", torch.bfloat16, None, 2), ("llama", torch.float32, 0.05, 8),
-    ("llama", torch.bfloat16, 0.05, 2), ("llama", torch.bfloat16, 0.0, 8), ("llama", torch.float32, 0.0, 8),
-    ("gemma2", torch.bfloat16, None, 8), ("gemma2", torch.float32, None, 4),
-])
+@pytest.mark.parametrize(
+    "kind,dtype,lora_dropout,kv_heads",
+    [
+        ("llama", torch.float32, None, 8),
+        ("llama", torch.bfloat16, None, 2),
+        ("llama", torch.float32, 0.05, 8),
+        ("llama", torch.bfloat16, 0.05, 2),
+        ("llama", torch.bfloat16, 0.0, 8),
+        ("llama", torch.float32, 0.0, 8),
+        ("gemma2", torch.bfloat16, None, 8),
+        ("gemma2", torch.float32, None, 4),
+    ],
+)
 def test_layer_activation_count_equals_autograd_saved_tensors(kind, dtype, lora_dropout, kv_heads):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -134,14 +153,28 @@ def test_layer_activation_count_equals_autograd_saved_tensors(kind, dtype, lora_
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(small_config(kind, layers, kv_heads)).to(dtype).train()
         if lora_dropout is not None:
-            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=lora_dropout,
-                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=8, lora_alpha=16, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM"
+                ),
+            )
         saved[layers] = saved_activation_bytes(model, ids, mask)
     measured_per_layer = (saved[3] - saved[1]) / 2
     dims = memory.dims_from_config(small_config(kind, 1, kv_heads))
-    predicted = batch * seq_len * memory.layer_activation_bytes(
-        dims, seq_len, torch.finfo(dtype).bits // 8, frozen_base=lora_dropout is not None,
-        lora_r=8 if lora_dropout is not None else None, lora_dropout=lora_dropout or 0.0, mask_bytes=4)
+    predicted = (
+        batch
+        * seq_len
+        * memory.layer_activation_bytes(
+            dims,
+            seq_len,
+            torch.finfo(dtype).bits // 8,
+            frozen_base=lora_dropout is not None,
+            lora_r=8 if lora_dropout is not None else None,
+            lora_dropout=lora_dropout or 0.0,
+            mask_bytes=4,
+        )
+    )
     assert predicted == pytest.approx(measured_per_layer, rel=0.005)
 
 
@@ -190,8 +223,15 @@ def test_qlora_student_activations_are_counted_in_float32(tmp_path):
         build_tokenizer().save_pretrained(folder)
         model, _ = load(str(folder), quantization="4bit", lora=True, device="cpu", dtype=torch.bfloat16)
         saved[layers] = saved_activation_bytes(model.train(), ids, mask)
-    predicted = memory.layer_activation_bytes(memory.dims_from_config(small_config(layers=1)), 48, 4,
-                                              frozen_base=True, lora_r=8, lora_dropout=0.05, mask_bytes=4)
+    predicted = memory.layer_activation_bytes(
+        memory.dims_from_config(small_config(layers=1)),
+        48,
+        4,
+        frozen_base=True,
+        lora_r=8,
+        lora_dropout=0.05,
+        mask_bytes=4,
+    )
     assert 4 * 48 * predicted == pytest.approx((saved[3] - saved[1]) / 2, rel=0.005)
 
 
@@ -203,24 +243,77 @@ MEASURED = [
     dict(name="LoRA fp32", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=8, lora=True),
     # the bfloat16 specs take half the prompts: a CPU without bfloat16 instructions (AVX2 only) multiplies bfloat16
     # matrices ~60x slower than float32 (each spec ~30 s instead of ~70 s; the ratios are those of twice the batch)
-    dict(name="bf16, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
-         intermediate=688, batch_size=2, dtype="bfloat16", logits_chunk=16, gradient_checkpointing=True),
+    dict(
+        name="bf16, GQA, chunked head, checkpointing",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        kv_heads=2,
+        intermediate=688,
+        batch_size=2,
+        dtype="bfloat16",
+        logits_chunk=16,
+        gradient_checkpointing=True,
+    ),
     # bf16-mixed (the GPU default): float32 weights, gradients and AdamW states, bfloat16 autocast (Trainer bf16)
-    dict(name="bf16-mixed", vocab=8192, hidden=256, layers=4, heads=8, intermediate=688, batch_size=4,
-         dtype="bfloat16", precision="bf16-mixed"),
-    dict(name="bf16-mixed, GQA, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8, kv_heads=2,
-         intermediate=688, batch_size=2, dtype="bfloat16", precision="bf16-mixed", logits_chunk=16,
-         gradient_checkpointing=True),
+    dict(
+        name="bf16-mixed",
+        vocab=8192,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=4,
+        dtype="bfloat16",
+        precision="bf16-mixed",
+    ),
+    dict(
+        name="bf16-mixed, GQA, chunked head, checkpointing",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        kv_heads=2,
+        intermediate=688,
+        batch_size=2,
+        dtype="bfloat16",
+        precision="bf16-mixed",
+        logits_chunk=16,
+        gradient_checkpointing=True,
+    ),
     # DCKD step (ADPA family): B=6 pairs, chosen and rejected forwards, top-50 teacher cache, through the chunked head
     # (held to 5%: the second forward back-propagates beside every gradient the first left, which a count of the
     # first forward's backward alone misses by 12%)
-    dict(name="DCKD top-k, chunked head, checkpointing", objective="dckd", vocab=32000, hidden=256, layers=4, heads=8,
-         intermediate=688, batch_size=6, logits_chunk=16, gradient_checkpointing=True, tolerance=0.05),
+    dict(
+        name="DCKD top-k, chunked head, checkpointing",
+        objective="dckd",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=6,
+        logits_chunk=16,
+        gradient_checkpointing=True,
+        tolerance=0.05,
+    ),
     # a LoRA student and a wide head chunk: the chunk sets the peak, and the step's two forwards (y_w, y_l)
     # back-propagate one after the other, so one forward's rows of it are alive (an H200 found twice that 17% over)
-    dict(name="DCKD top-k, LoRA, chunked head, checkpointing", objective="dckd", vocab=32000, hidden=256, layers=4,
-         heads=8, intermediate=688, batch_size=6, logits_chunk=64, gradient_checkpointing=True, lora=True,
-         tolerance=0.05),
+    dict(
+        name="DCKD top-k, LoRA, chunked head, checkpointing",
+        objective="dckd",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=6,
+        logits_chunk=64,
+        gradient_checkpointing=True,
+        lora=True,
+        tolerance=0.05,
+    ),
 ]
 TOPK = 50
 N_RESPONSES, PROMPT_WORDS, RESPONSE_WORDS = 4, 20, 40
@@ -230,22 +323,52 @@ N_RESPONSES, PROMPT_WORDS, RESPONSE_WORDS = 4, 20, 40
 # (the head chunk sets the peak), MCQ of 64 prompts at the last position (one decoder layer's transients set it).
 # The full (B, T, V) float32 logits of the old scorers would be ~260 MiB and ~1.5 GiB here.
 MEASURED_SCORING = [
-    dict(name="scoring likelihood fp32", kind="likelihood", vocab=32000, hidden=256, layers=4, heads=8,
-         intermediate=688, batch_size=32, logits_chunk=16),
-    dict(name="scoring mcq fp32", kind="mcq", vocab=32000, hidden=256, layers=4, heads=8, intermediate=688,
-         batch_size=64),
+    dict(
+        name="scoring likelihood fp32",
+        kind="likelihood",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=32,
+        logits_chunk=16,
+    ),
+    dict(
+        name="scoring mcq fp32", kind="mcq", vocab=32000, hidden=256, layers=4, heads=8, intermediate=688, batch_size=64
+    ),
     # Gemma-2's eager attention in bfloat16: the T×T scores at softmax (bfloat16 scores, their float32 copy, float32
     # probabilities) and the full and sliding masks set the MCQ pass's peak (an H200 found the old count 17% under)
-    dict(name="scoring mcq gemma2 bf16 eager", kind="mcq", model_type="gemma2", vocab=32000, hidden=256, layers=4,
-         heads=8, intermediate=688, batch_size=64, dtype="bfloat16"),
+    dict(
+        name="scoring mcq gemma2 bf16 eager",
+        kind="mcq",
+        model_type="gemma2",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=64,
+        dtype="bfloat16",
+    ),
 ]
 
 
 # FSDP2 over 2 processes (gloo on CPU, through tests/fsdp_on_cpu.py): a full fp32 student with a 32k vocabulary and
 # untied head, whose weights, gradients and AdamW states (sharded, but the output group whole) are most of a step
 MEASURED_FSDP = [
-    dict(name="FSDP2 full fp32, 2 processes, chunked head, checkpointing", vocab=32000, hidden=256, layers=4, heads=8,
-         intermediate=688, batch_size=4, logits_chunk=16, gradient_checkpointing=True, world_size=2),
+    dict(
+        name="FSDP2 full fp32, 2 processes, chunked head, checkpointing",
+        vocab=32000,
+        hidden=256,
+        layers=4,
+        heads=8,
+        intermediate=688,
+        batch_size=4,
+        logits_chunk=16,
+        gradient_checkpointing=True,
+        world_size=2,
+    ),
 ]
 
 
@@ -270,14 +393,23 @@ def _measure(specs: list[dict]) -> list[dict]:
     logging.disable(logging.WARNING)
     tokenizer = build_tokenizer()
     collator = ListwiseCollator(tokenizer)
-    rows = datasets.Dataset.from_dict({
-        "prompt": ["sort " + " ".join(str(j % 10) for j in range(PROMPT_WORDS))] * 64,
-        "responses": [[" ".join(str((j + k) % 10) for j in range(RESPONSE_WORDS)) for k in range(N_RESPONSES)]] * 64,
-        "teacher_rewards": [[float(k) for k in range(N_RESPONSES)]] * 64})
+    rows = datasets.Dataset.from_dict(
+        {
+            "prompt": ["sort " + " ".join(str(j % 10) for j in range(PROMPT_WORDS))] * 64,
+            "responses": [[" ".join(str((j + k) % 10) for j in range(RESPONSE_WORDS)) for k in range(N_RESPONSES)]]
+            * 64,
+            "teacher_rewards": [[float(k) for k in range(N_RESPONSES)]] * 64,
+        }
+    )
     seq_len = int(collator([rows[0]])["input_ids"].shape[1])
-    pairs = datasets.Dataset.from_dict({"index": list(range(64)), "prompt": rows["prompt"],
-                                        "chosen": [r[0] for r in rows["responses"]],
-                                        "rejected": [r[1] for r in rows["responses"]]})
+    pairs = datasets.Dataset.from_dict(
+        {
+            "index": list(range(64)),
+            "prompt": rows["prompt"],
+            "chosen": [r[0] for r in rows["responses"]],
+            "rejected": [r[1] for r in rows["responses"]],
+        }
+    )
 
     def topk_collator(vocab):
         """A random top-k "teacher" cache on the pairs (the memory of a step does not depend on its values)."""
@@ -287,18 +419,28 @@ def _measure(specs: list[dict]) -> list[dict]:
         generator = np.random.default_rng(0)
         caches = {}
         for name in ("chosen", "rejected"):
-            lengths = [int(collator([{"prompt": p, "responses": [r], "teacher_rewards": [0.0]}])["response_mask"]
-                           [:, 1:].sum()) for p, r in zip(pairs["prompt"], pairs[name])]
+            lengths = [
+                int(collator([{"prompt": p, "responses": [r], "teacher_rewards": [0.0]}])["response_mask"][:, 1:].sum())
+                for p, r in zip(pairs["prompt"], pairs[name])
+            ]
             caches[f"{name}_dpo"] = TopkCache(
                 ids=[generator.integers(0, vocab, (n, TOPK), dtype=np.int32) for n in lengths],
                 logps=[np.full((n, TOPK), np.log(0.9 / TOPK), dtype=np.float32) for n in lengths],
-                tail_logps=[np.full(n, np.log(0.1), dtype=np.float32) for n in lengths], k=TOPK)
+                tail_logps=[np.full(n, np.log(0.1), dtype=np.float32) for n in lengths],
+                k=TOPK,
+            )
         return TopkPairCollator(tokenizer, ("chosen", "rejected"), caches)
 
     def build(spec):
-        fields = dict(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
-                      num_attention_heads=spec["heads"], num_key_value_heads=spec.get("kv_heads", spec["heads"]),
-                      intermediate_size=spec["intermediate"], pad_token_id=tokenizer.pad_token_id)
+        fields = dict(
+            vocab_size=spec["vocab"],
+            hidden_size=spec["hidden"],
+            num_hidden_layers=spec["layers"],
+            num_attention_heads=spec["heads"],
+            num_key_value_heads=spec.get("kv_heads", spec["heads"]),
+            intermediate_size=spec["intermediate"],
+            pad_token_id=tokenizer.pad_token_id,
+        )
         weights = "float32" if spec.get("precision") == "bf16-mixed" else spec.get("dtype", "float32")
         if spec.get("model_type") == "gemma2":
             from transformers import Gemma2Config, Gemma2ForCausalLM
@@ -328,11 +470,29 @@ def _measure(specs: list[dict]) -> list[dict]:
         if spec.get("objective") == "dckd":
             from workbench.methods.adpa import DckdObjective
 
-            train_distill(model, pairs, topk_collator(spec["vocab"]), DckdObjective(alpha=1.0), steps=steps, lr=1e-4,
-                          batch_size=spec["batch_size"], progress=False, **extra)
+            train_distill(
+                model,
+                pairs,
+                topk_collator(spec["vocab"]),
+                DckdObjective(alpha=1.0),
+                steps=steps,
+                lr=1e-4,
+                batch_size=spec["batch_size"],
+                progress=False,
+                **extra,
+            )
             return
-        train_distill(model, rows, collator, ListwiseObjective("ppd", 10.0), steps=steps, lr=1e-4,
-                      batch_size=spec["batch_size"], progress=False, **extra)
+        train_distill(
+            model,
+            rows,
+            collator,
+            ListwiseObjective("ppd", 10.0),
+            steps=steps,
+            lr=1e-4,
+            batch_size=spec["batch_size"],
+            progress=False,
+            **extra,
+        )
 
     def peak_rss():
         for line in open("/proc/self/status"):
@@ -349,11 +509,26 @@ def _measure(specs: list[dict]) -> list[dict]:
         prompts = rows["prompt"][: spec["batch_size"]]
         groups = [r for r in rows["responses"][: spec["batch_size"]]]
         if spec["kind"] == "likelihood":
-            response_token_logps(model, tokenizer, prompts, [g[0] for g in groups], batch_size=spec["batch_size"],
-                                 logits_chunk=spec["logits_chunk"], cache=off)
+            response_token_logps(
+                model,
+                tokenizer,
+                prompts,
+                [g[0] for g in groups],
+                batch_size=spec["batch_size"],
+                logits_chunk=spec["logits_chunk"],
+                cache=off,
+            )
             return seq_len
-        mcq_selection_logprobs(model, tokenizer, prompts, groups, template=GYM_MCQ_TEMPLATE, order="identity",
-                               batch_size=spec["batch_size"], cache=off)
+        mcq_selection_logprobs(
+            model,
+            tokenizer,
+            prompts,
+            groups,
+            template=GYM_MCQ_TEMPLATE,
+            order="identity",
+            batch_size=spec["batch_size"],
+            cache=off,
+        )
         question = GYM_MCQ_TEMPLATE.render(prompts[0], groups[0])
         return len(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
 
@@ -398,8 +573,14 @@ def _measure(specs: list[dict]) -> list[dict]:
         else:
             model, length = build(spec), seq_len
             train(model, spec, 2)  # step 2 back-propagates with AdamW's states allocated
-        results.append({"name": spec["name"], "peak_delta": peak_rss() - before, "seq_len": length,
-                        "seconds": time.perf_counter() - start})
+        results.append(
+            {
+                "name": spec["name"],
+                "peak_delta": peak_rss() - before,
+                "seq_len": length,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         del model
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results))
@@ -407,28 +588,50 @@ def _measure(specs: list[dict]) -> list[dict]:
 
 
 def predicted_training_bytes(spec: dict, seq_len: int) -> int:
-    config = {"model_type": "llama", "vocab_size": spec["vocab"], "hidden_size": spec["hidden"],
-              "num_hidden_layers": spec["layers"], "num_attention_heads": spec["heads"],
-              "num_key_value_heads": spec.get("kv_heads", spec["heads"]), "intermediate_size": spec["intermediate"],
-              "tie_word_embeddings": False}
-    method = (dict(teacher_dpo="probe", teacher_ref="probe", method="dckd") if spec.get("objective") == "dckd"
-              else dict(n=N_RESPONSES))  # DCKD: chosen and rejected of each pair (n = 2)
+    config = {
+        "model_type": "llama",
+        "vocab_size": spec["vocab"],
+        "hidden_size": spec["hidden"],
+        "num_hidden_layers": spec["layers"],
+        "num_attention_heads": spec["heads"],
+        "num_key_value_heads": spec.get("kv_heads", spec["heads"]),
+        "intermediate_size": spec["intermediate"],
+        "tie_word_embeddings": False,
+    }
+    method = (
+        dict(teacher_dpo="probe", teacher_ref="probe", method="dckd")
+        if spec.get("objective") == "dckd"
+        else dict(n=N_RESPONSES)
+    )  # DCKD: chosen and rejected of each pair (n = 2)
     estimate = memory.estimate(
-        dict(student="probe", **method, batch_size=spec["batch_size"], lora=spec.get("lora", False),
-             prompt_tokens=seq_len - 1, max_new_tokens=0, device="cpu", dtype=spec.get("dtype", "float32"),
-             precision=spec.get("precision", "auto"),
-             logits_chunk=spec.get("logits_chunk") or 0,
-             gradient_checkpointing=spec.get("gradient_checkpointing", False),
-             **(dict(strategy="fsdp", world_size=spec["world_size"]) if spec.get("world_size") else {})),
-        model_configs={"probe": config})
+        dict(
+            student="probe",
+            **method,
+            batch_size=spec["batch_size"],
+            lora=spec.get("lora", False),
+            prompt_tokens=seq_len - 1,
+            max_new_tokens=0,
+            device="cpu",
+            dtype=spec.get("dtype", "float32"),
+            precision=spec.get("precision", "auto"),
+            logits_chunk=spec.get("logits_chunk") or 0,
+            gradient_checkpointing=spec.get("gradient_checkpointing", False),
+            **(dict(strategy="fsdp", world_size=spec["world_size"]) if spec.get("world_size") else {}),
+        ),
+        model_configs={"probe": config},
+    )
     assert estimate.assumptions["train_seq_len"] == seq_len
     return estimate.total("training")
 
 
-MEASURE_ENV = dict(OMP_NUM_THREADS="1", WORKBENCH_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                   # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
-                   # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
-                   MALLOC_MMAP_THRESHOLD_="65536")
+MEASURE_ENV = dict(
+    OMP_NUM_THREADS="1",
+    WORKBENCH_THREADS="1",
+    TOKENIZERS_PARALLELISM="false",
+    # big tensors from mmap, returned on free: RSS then tracks live tensor bytes as a GPU caching
+    # allocator's peak does, not glibc heap fragmentation (which adds 15-30% here)
+    MALLOC_MMAP_THRESHOLD_="65536",
+)
 
 
 @pytest.fixture(scope="module")
@@ -436,8 +639,14 @@ def measured():
     env = dict(os.environ, **MEASURE_ENV)
     # a hang guard, not a speed limit: on a CPU without bfloat16 instructions (AVX2 only) the three bfloat16 specs
     # take 15-40 s each on the one thread, the whole run ~2 min alone and longer beside another test process
-    out = subprocess.run([sys.executable, __file__, json.dumps(MEASURED + MEASURED_SCORING)], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=900)
+    out = subprocess.run(
+        [sys.executable, __file__, json.dumps(MEASURED + MEASURED_SCORING)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -449,9 +658,26 @@ def measured_fsdp():
     if shutil.which("accelerate") is None or torch.cuda.is_available():
         pytest.skip("measured on CPU through tests/fsdp_on_cpu.py (needs the accelerate CLI, no CUDA)")
     env = dict(os.environ, **MEASURE_ENV)
-    out = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate" / "fsdp.yaml"),
-                          "--num_processes", "2", "--main_process_port", "29541", __file__, "--fsdp",
-                          json.dumps(MEASURED_FSDP)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate" / "fsdp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29541",
+            __file__,
+            "--fsdp",
+            json.dumps(MEASURED_FSDP),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return {r["name"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -462,8 +688,10 @@ def test_estimate_within_15_percent_of_measured_peak_rss(spec, request):
     predicted = predicted_training_bytes(spec, result["seq_len"])
     assert result["peak_delta"] > 150 * 2**20, "the measurement should dwarf allocator noise"
     ratio = predicted / result["peak_delta"]
-    print(f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
-          f"ratio {ratio:.3f}")
+    print(
+        f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
+        f"ratio {ratio:.3f}"
+    )
     tolerance = spec.get("tolerance", 0.15)
     assert 1 - tolerance <= ratio <= 1 + tolerance
 
@@ -474,21 +702,30 @@ def test_scoring_estimate_within_15_percent_of_measured_peak_rss(spec, measured)
     decoder layer's transients — never the (B, T, V) logits the old scorers kept."""
     result = measured[spec["name"]]
     model_type = spec.get("model_type", "llama")
-    dims = memory.dims_from_config({"model_type": model_type, "vocab_size": spec["vocab"],
-                                    "hidden_size": spec["hidden"],
-                                    "num_hidden_layers": spec["layers"], "num_attention_heads": spec["heads"],
-                                    "intermediate_size": spec["intermediate"], "tie_word_embeddings": False,
-                                    **({"sliding_window": 4096, "attn_logit_softcapping": 50.0}
-                                       if model_type == "gemma2" else {})})
+    dims = memory.dims_from_config(
+        {
+            "model_type": model_type,
+            "vocab_size": spec["vocab"],
+            "hidden_size": spec["hidden"],
+            "num_hidden_layers": spec["layers"],
+            "num_attention_heads": spec["heads"],
+            "intermediate_size": spec["intermediate"],
+            "tie_word_embeddings": False,
+            **({"sliding_window": 4096, "attn_logit_softcapping": 50.0} if model_type == "gemma2" else {}),
+        }
+    )
     positions = spec["logits_chunk"] if spec["kind"] == "likelihood" else 1
     act_bytes = torch.finfo(getattr(torch, spec.get("dtype", "float32"))).bits // 8
-    predicted = sum(memory.scoring_bytes(dims, spec["batch_size"], result["seq_len"], act_bytes,
-                                         head_positions=positions).values())
+    predicted = sum(
+        memory.scoring_bytes(dims, spec["batch_size"], result["seq_len"], act_bytes, head_positions=positions).values()
+    )
     full_logits = spec["batch_size"] * result["seq_len"] * spec["vocab"] * act_bytes
     assert result["peak_delta"] > 100 * 2**20, "the measurement should dwarf allocator noise"
     ratio = predicted / result["peak_delta"]
-    print(f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
-          f"ratio {ratio:.3f}; full logits would be {full_logits / 2**20:.0f} MiB")
+    print(
+        f"{spec['name']}: predicted {predicted / 2**20:.1f} MiB, measured {result['peak_delta'] / 2**20:.1f} MiB, "
+        f"ratio {ratio:.3f}; full logits would be {full_logits / 2**20:.0f} MiB"
+    )
     assert 0.85 <= ratio <= 1.15
     assert result["peak_delta"] < full_logits  # the old scorers kept these (plus a chunk) at least
 
@@ -516,8 +753,10 @@ def test_the_estimate_is_within_15_percent_of_each_phase_measured_on_a_gpu(resul
     peak_phase = max(phases, key=phases.get)
     training = measured["phases"]["training"]
     header = recipe.read_text()
-    assert (f"# measured on one {measured['device']}: peak {phases[peak_phase] / GIB:.1f} GiB in phase {peak_phase}, "
-            f"training step {training['step_seconds']:.2f} s at {training['mfu']:.0%} MFU") in header
+    assert (
+        f"# measured on one {measured['device']}: peak {phases[peak_phase] / GIB:.1f} GiB in phase {peak_phase}, "
+        f"training step {training['step_seconds']:.2f} s at {training['mfu']:.0%} MFU"
+    ) in header
     assert str(result.relative_to(ROOT)) in header
 
 
@@ -534,8 +773,12 @@ def test_estimate_within_15_percent_of_cuda_peak_allocated():
     objective = ListwiseObjective("ppd", 10.0)
     batch, n, seq_len = 8, 4, 256
     ids = torch.randint(0, 32000, (batch * n, seq_len), device="cuda")
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": torch.ones_like(ids).bool(),
-              "teacher_rewards": torch.randn(batch, n, device="cuda")}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "response_mask": torch.ones_like(ids).bool(),
+        "teacher_rewards": torch.randn(batch, n, device="cuda"),
+    }
     inputs["attention_mask"][0, -3:] = 0
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -546,9 +789,10 @@ def test_estimate_within_15_percent_of_cuda_peak_allocated():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated() - before + sum(p.numel() * 2 for p in model.parameters())
-    predicted = memory.estimate(dict(student="probe", n=n, batch_size=batch, prompt_tokens=seq_len - 1,
-                                     max_new_tokens=0, device="cuda"),
-                                model_configs={"probe": config.to_dict()})
+    predicted = memory.estimate(
+        dict(student="probe", n=n, batch_size=batch, prompt_tokens=seq_len - 1, max_new_tokens=0, device="cuda"),
+        model_configs={"probe": config.to_dict()},
+    )
     predicted_bytes = predicted.total("training") - memory.CUDA_CONTEXT_BYTES
     assert 0.85 <= predicted_bytes / peak <= 1.15
 
@@ -557,8 +801,17 @@ def test_estimate_within_15_percent_of_cuda_peak_allocated():
 
 
 def pad_recipe(**overrides):
-    return dict(teacher="google/gemma-2-9b-it", student="google/gemma-2-2b-it", n=4, batch_size=1,
-                prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="ultrafeedback", **overrides)
+    return dict(
+        teacher="google/gemma-2-9b-it",
+        student="google/gemma-2-2b-it",
+        n=4,
+        batch_size=1,
+        prompt_tokens=512,
+        max_new_tokens=512,
+        device="cuda",
+        dataset="ultrafeedback",
+        **overrides,
+    )
 
 
 def test_each_lever_lowers_the_peak_it_should():
@@ -569,8 +822,9 @@ def test_each_lever_lowers_the_peak_it_should():
     checkpointed = memory.estimate(pad_recipe(gradient_checkpointing=True), model_configs=CONFIGS)
     assert checkpointed.total("training") < base.total("training")
     chunked = memory.estimate(pad_recipe(logits_chunk=64), model_configs=CONFIGS)
-    assert chunked.phases["training"].get("logits_and_log_softmax", 0) < \
-        base.phases["training"].get("logits_and_log_softmax", 1)
+    assert chunked.phases["training"].get("logits_and_log_softmax", 0) < base.phases["training"].get(
+        "logits_and_log_softmax", 1
+    )
     # precision: 'auto' on CUDA is bf16-mixed, float32 weights and AdamW states (4 + 8 bytes per parameter) where
     # bf16-true keeps 2 + 4; a LoRA student is the same in both (a bfloat16 base, float32 adapters)
     true = memory.estimate(pad_recipe(precision="bf16-true"), model_configs=CONFIGS)
@@ -578,8 +832,10 @@ def test_each_lever_lowers_the_peak_it_should():
     for term in ("student_weights", "optimizer_states"):
         assert base.phases["training"][term] == 2 * true.phases["training"][term], term
     assert true.total("training") < base.total("training") and "autocast_weight_copies" not in true.phases["sampling"]
-    lora = {p: memory.estimate(pad_recipe(lora=True, precision=p), model_configs=CONFIGS).phases
-            for p in ("bf16-mixed", "bf16-true")}
+    lora = {
+        p: memory.estimate(pad_recipe(lora=True, precision=p), model_configs=CONFIGS).phases
+        for p in ("bf16-mixed", "bf16-true")
+    }
     assert lora["bf16-mixed"] == lora["bf16-true"]
     cached = memory.estimate(pad_recipe(teacher_cached=True), model_configs=CONFIGS)
     assert "teacher_mcq" not in cached.phases and cached.phases["training"]["teacher_weights"] == 0
@@ -594,12 +850,19 @@ def test_each_lever_lowers_the_peak_it_should():
     assert "fsdp_student_shards" not in fsdp.phases["sampling"]
     rounds = memory.estimate(pad_recipe(world_size=4, strategy="fsdp", iterations=2), model_configs=CONFIGS)
     assert rounds.phases["sampling"]["fsdp_student_shards"] == fsdp.phases["training"]["student_weights"]
-    adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
-                student="meta-llama/Llama-3.2-1B", device="cuda", world_size=2, strategy="fsdp")
+    adpa = dict(
+        teacher_dpo="meta-llama/Llama-3.1-8B-Instruct",
+        teacher_ref="meta-llama/Llama-3.1-8B",
+        student="meta-llama/Llama-3.2-1B",
+        device="cuda",
+        world_size=2,
+        strategy="fsdp",
+    )
     assert memory.run_shape({**adpa, "method": "adpa+"}).samples_trained_student
     assert not memory.run_shape({**adpa, "method": "adpa"}).samples_trained_student
-    assert "fsdp_student_shards" in memory.estimate({**adpa, "method": "adpa+"}, model_configs=CONFIGS).phases[
-        "sampling"]
+    assert (
+        "fsdp_student_shards" in memory.estimate({**adpa, "method": "adpa+"}, model_configs=CONFIGS).phases["sampling"]
+    )
 
 
 @pytest.mark.parametrize("seq_len", [257, 1025, 4097])
@@ -618,15 +881,17 @@ def test_teacher_scoring_holds_one_head_chunk_never_b_t_v_logits(seq_len):
     assert sum(mcq.values()) == max(layer, hidden + batch * dims.vocab * 8)
     wide = dataclasses.replace(dims, vocab=2 * dims.vocab)
     for terms, positions in ((likelihood, chunk), (mcq, 1)):
-        grown = sum(memory.scoring_bytes(wide, batch, seq_len, b, head_positions=positions).values()) \
-            - sum(terms.values())
+        grown = sum(memory.scoring_bytes(wide, batch, seq_len, b, head_positions=positions).values()) - sum(
+            terms.values()
+        )
         assert 0 <= grown <= batch * positions * dims.vocab * 8  # no T in the bound
 
 
 def test_pad_recipe_scoring_phases_keep_no_full_logits():
     vocab = memory.model_dims("google/gemma-2-9b-it", CONFIGS).vocab
-    short, long = (memory.estimate(pad_recipe(logits_chunk=128), model_configs=CONFIGS, prompt_tokens=t)
-                   for t in (512, 2048))
+    short, long = (
+        memory.estimate(pad_recipe(logits_chunk=128), model_configs=CONFIGS, prompt_tokens=t) for t in (512, 2048)
+    )
     assert long.assumptions["mcq_seq_len"] > short.assumptions["mcq_seq_len"]
     assert short.phases["teacher_likelihood"]["likelihood_head_logits_chunk"] == 32 * 128 * vocab * 8  # one chunk
     for est in (short, long):  # at 2048-token prompts eager attention's T×T scores outgrow the head chunk
@@ -637,8 +902,11 @@ def test_pad_recipe_scoring_phases_keep_no_full_logits():
     # without $WORKBENCH_LOGITS_CHUNK the scorers use 256 positions per row, bounded by the response length
     default = memory.estimate(pad_recipe(logits_chunk=0), model_configs=CONFIGS)
     assert default.phases["teacher_likelihood"]["likelihood_head_logits_chunk"] == 32 * 256 * vocab * 8
-    gym = memory.estimate(dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", device="cpu",
-                               max_new_tokens=24, logits_chunk=0))
+    gym = memory.estimate(
+        dict(
+            teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", device="cpu", max_new_tokens=24, logits_chunk=0
+        )
+    )
     assert set(gym.phases) >= {"teacher_likelihood", "teacher_mcq"}
 
 
@@ -684,8 +952,13 @@ def test_check_fits_refuses_with_the_levers_and_passes_when_it_fits():
         memory.check_fits(estimate, 24 * GIB)
     message = str(error.value)
     assert "needs ~" in message and "device has 24.0 GiB" in message
-    for lever in ("quantization='4bit'", "lora=True", "precision='bf16-true'", "smaller batch_size",
-                  "gradient checkpointing"):
+    for lever in (
+        "quantization='4bit'",
+        "lora=True",
+        "precision='bf16-true'",
+        "smaller batch_size",
+        "gradient checkpointing",
+    ):
         assert lever in message
     assert memory.check_fits(estimate, 10_000 * GIB) is estimate
     memory.check_fits(memory.estimate(dict(student="gym-tiny-student", device="cpu")), "cpu")
@@ -698,19 +971,23 @@ def test_time_estimate_is_on_the_scale_of_pads_reported_gpu_hours():
     assert set(hours["stages"]) == {"sampling", "teacher_scoring", "training"}
     # a per-step floor below the bandwidth-bound step changes nothing; above it, each of the batches' decode steps
     # takes the floor (HF generate measured 103 ms per step for a 1B LoRA student on an H200)
-    same = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
-                                decode_step_s=1e-6)
+    same = memory.estimate_time(
+        pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS, decode_step_s=1e-6
+    )
     assert same["stages"] == hours["stages"]
-    slow = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
-                                decode_step_s=0.103)
-    slower = memory.estimate_time(pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS,
-                                  decode_step_s=0.2)
+    slow = memory.estimate_time(
+        pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS, decode_step_s=0.103
+    )
+    slower = memory.estimate_time(
+        pad_recipe(), prompts=60_000, gpu="A800-80GB", model_configs=CONFIGS, decode_step_s=0.2
+    )
     shape = memory.run_shape(pad_recipe())
     steps = -(-60_000 // shape.sampling_batch_size) * shape.max_new_tokens  # batches × decode steps each
     assert slower["stages"]["sampling"] - slow["stages"]["sampling"] == pytest.approx(steps * 0.097 / 3600)
     assert slow["stages"]["sampling"] > 5 * hours["stages"]["sampling"]
-    assert {k: v for k, v in slow["stages"].items() if k != "sampling"} == \
-        {k: v for k, v in hours["stages"].items() if k != "sampling"}
+    assert {k: v for k, v in slow["stages"].items() if k != "sampling"} == {
+        k: v for k, v in hours["stages"].items() if k != "sampling"
+    }
 
 
 def test_the_cli_takes_a_measured_decode_step_time(capsys):
@@ -753,13 +1030,14 @@ def test_chunked_token_logps_equal_the_full_computation(kind):
 
 def test_qlora_student_trains_with_chunked_logps_and_checkpointing(tiny_gym):
     """The 4-bit (NF4) + LoRA student path on CPU: bitsandbytes forward/backward, gradients reach the adapters."""
+    import warnings
+
     from workbench.models import load
     from workbench.trainers import student_token_logps
 
-    import warnings
-
-    model, tokenizer = load("gym-tiny-student", quantization="4bit", lora=True, gradient_checkpointing=True,
-                            device="cpu")
+    model, tokenizer = load(
+        "gym-tiny-student", quantization="4bit", lora=True, gradient_checkpointing=True, device="cpu"
+    )
     model.train()
     from workbench.encoding import collate_examples
 
@@ -786,16 +1064,31 @@ def test_sft_through_the_chunked_head_trains_like_trainers_own_loss(tiny_gym, mo
 
     monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
     monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
-    rows = datasets.Dataset.from_dict({
-        "prompt": [f"sort {' '.join(str((i * j) % 10) for j in range(2 + i % 5))}" for i in range(16)],
-        "response": [" ".join(str((i + j) % 10) for j in range(1 + (i * 7) % 9)) for i in range(16)]})
+    rows = datasets.Dataset.from_dict(
+        {
+            "prompt": [f"sort {' '.join(str((i * j) % 10) for j in range(2 + i % 5))}" for i in range(16)],
+            "response": [" ".join(str((i + j) % 10) for j in range(1 + (i * 7) % 9)) for i in range(16)],
+        }
+    )
     runs = {}
     for chunk in (None, 3):
         model, tokenizer = load("gym-tiny-student", device="cpu")
-        log = train_sft(model, tokenizer, rows, steps=4, lr=1e-3, batch_size=2, progress=False, logits_chunk=chunk,
-                        gradient_accumulation_steps=accumulation, logging_steps=1)
-        runs[chunk] = ([e["loss"] for e in log if "loss" in e and "train_runtime" not in e],
-                       {n: p.detach().clone() for n, p in model.named_parameters()})
+        log = train_sft(
+            model,
+            tokenizer,
+            rows,
+            steps=4,
+            lr=1e-3,
+            batch_size=2,
+            progress=False,
+            logits_chunk=chunk,
+            gradient_accumulation_steps=accumulation,
+            logging_steps=1,
+        )
+        runs[chunk] = (
+            [e["loss"] for e in log if "loss" in e and "train_runtime" not in e],
+            {n: p.detach().clone() for n, p in model.named_parameters()},
+        )
     (full_curve, full_weights), (chunked_curve, chunked_weights) = runs[None], runs[3]
     assert len(full_curve) == 4
     torch.testing.assert_close(torch.tensor(chunked_curve), torch.tensor(full_curve), rtol=1e-5, atol=1e-6)
@@ -819,12 +1112,16 @@ def test_training_arguments_read_the_environment(monkeypatch):
         assert getattr(args, f"{name}_kwargs") == {"use_reentrant": False}  # LoRA's frozen inputs need non-reentrant
         assert memory.RunShape(student="gym-student").gradient_checkpointing  # the estimate counts it
         assert PadConfig().gradient_checkpointing  # and so does the knob
-    monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_checkpointing": true, "gradient_checkpointing_kwargs": '
-                                                  '{"use_reentrant": true}}')
+    monkeypatch.setenv(
+        "WORKBENCH_TRAINING_ARGS",
+        '{"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"use_reentrant": true}}',
+    )
     assert getattr(training_arguments(steps=2, lr=1e-3, batch_size=2), f"{name}_kwargs") == {"use_reentrant": True}
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 4}')
-    assert training_arguments(steps=2, lr=1e-3, batch_size=2, gradient_accumulation_steps=1) \
-        .gradient_accumulation_steps == 1  # a caller's argument wins
+    assert (
+        training_arguments(steps=2, lr=1e-3, batch_size=2, gradient_accumulation_steps=1).gradient_accumulation_steps
+        == 1
+    )  # a caller's argument wins
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         training_arguments(steps=2, lr=1e-3, batch_size=2)
@@ -865,8 +1162,9 @@ def test_a_vllm_teacher_leaves_the_process_and_vllm_engines_shrink_the_gpu_left_
     """``scoring_backend='vllm'``: no teacher weights or scoring phase in the training process; each vLLM engine
     (student sampling, teacher scoring) reserves its share of the GPU, so ``check_fits`` gives training the rest."""
     hf = memory.estimate(pad_recipe(), model_configs=CONFIGS)
-    both = memory.estimate(pad_recipe(sampling_backend="vllm", scoring_backend="vllm", vllm_gpu_memory=0.3),
-                           model_configs=CONFIGS)
+    both = memory.estimate(
+        pad_recipe(sampling_backend="vllm", scoring_backend="vllm", vllm_gpu_memory=0.3), model_configs=CONFIGS
+    )
     assert hf.assumptions["teacher_params"] > 0 and hf.assumptions["vllm_engines"] == 0
     assert both.assumptions["teacher_params"] == 0 and both.assumptions["vllm_engines"] == 2
     assert both.peak_bytes < hf.peak_bytes
@@ -880,9 +1178,17 @@ def test_a_vllm_teacher_leaves_the_process_and_vllm_engines_shrink_the_gpu_left_
 
 
 def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_process():
-    plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
-                batch_size=1, prompt_tokens=512, max_new_tokens=512, device="cuda", dataset="hh-helpful",
-                lora=True)  # the paper's LoRA student (a fully trained 7B's AdamW states would set the peak)
+    plad = dict(
+        teacher="meta-llama/Llama-2-13b-hf",
+        student="meta-llama/Llama-2-7b-hf",
+        loss="plad_ranking",
+        batch_size=1,
+        prompt_tokens=512,
+        max_new_tokens=512,
+        device="cuda",
+        dataset="hh-helpful",
+        lora=True,
+    )  # the paper's LoRA student (a fully trained 7B's AdamW states would set the peak)
     hf = memory.estimate(plad, model_configs=CONFIGS)
     served = memory.estimate({**plad, "sampling_backend": "vllm"}, model_configs=CONFIGS)
     assert hf.assumptions["teacher_params"] > 0 and served.assumptions["teacher_params"] == 0
@@ -894,10 +1200,22 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     losses read the student through the chunked head when logits_chunk is set (method 'sft' too: its loss is
     Trainer's, read through the chunked head). PLaD: the teacher samples and is freed; it never scores, so there is
     no teacher-scoring phase or time; both its losses read the chunked head."""
-    sizes = dict(prompt_tokens=512, max_new_tokens=512, device="cuda", logits_chunk=128, gradient_checkpointing=True,
-                 batch_size=2)
-    adpa = dict(teacher_dpo="meta-llama/Llama-3.1-8B-Instruct", teacher_ref="meta-llama/Llama-3.1-8B",
-                student="meta-llama/Llama-3.2-1B", method="adpa", dataset="dpo-mix-7k", **sizes)
+    sizes = dict(
+        prompt_tokens=512,
+        max_new_tokens=512,
+        device="cuda",
+        logits_chunk=128,
+        gradient_checkpointing=True,
+        batch_size=2,
+    )
+    adpa = dict(
+        teacher_dpo="meta-llama/Llama-3.1-8B-Instruct",
+        teacher_ref="meta-llama/Llama-3.1-8B",
+        student="meta-llama/Llama-3.2-1B",
+        method="adpa",
+        dataset="dpo-mix-7k",
+        **sizes,
+    )
     est = memory.estimate(adpa, model_configs=CONFIGS)
     one_teacher = sum(memory.weight_bytes(memory.model_dims("meta-llama/Llama-3.1-8B", CONFIGS), 2).values())
     assert list(est.phases) == ["sampling", "teacher_likelihood", "training"]
@@ -908,8 +1226,14 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     assert sft.assumptions["training_head_chunked"]
     assert sft.total("training") == est.total("training")
     assert memory.run_shape(adpa).samples_per_prompt == 1
-    plad = dict(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", loss="plad_ranking",
-                dataset="hh-helpful", lora=True, **sizes)
+    plad = dict(
+        teacher="meta-llama/Llama-2-13b-hf",
+        student="meta-llama/Llama-2-7b-hf",
+        loss="plad_ranking",
+        dataset="hh-helpful",
+        lora=True,
+        **sizes,
+    )
     est = memory.estimate(plad, model_configs=CONFIGS)
     assert list(est.phases) == ["sampling", "teacher_sampling", "training"]
     assert est.phases["training"]["teacher_weights"] == 0 and est.phases["teacher_sampling"]["teacher_weights"] > 0
@@ -923,8 +1247,14 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
 def test_the_mcq_phase_counts_the_balanced_slices_a_group_larger_than_the_letters_is_judged_in():
     from workbench.scoring import option_slices
 
-    real = dict(teacher="meta-llama/Llama-3.1-8B-Instruct", student="meta-llama/Llama-3.2-3B-Instruct",
-                prompt_tokens=512, max_new_tokens=512, device="cuda", dtype="bfloat16")
+    real = dict(
+        teacher="meta-llama/Llama-3.1-8B-Instruct",
+        student="meta-llama/Llama-3.2-3B-Instruct",
+        prompt_tokens=512,
+        max_new_tokens=512,
+        device="cuda",
+        dtype="bfloat16",
+    )
     for n in (4, 8, 9, 16):
         shape = memory.run_shape(dict(real, n=n))
         widest = max(len(s) for s in option_slices(n, 8))  # what workbench.scoring shows one prompt
@@ -935,8 +1265,12 @@ def test_the_mcq_phase_counts_the_balanced_slices_a_group_larger_than_the_letter
     assert sliced.total("teacher_mcq") < whole.total("teacher_mcq")
     # but each slice restates the question: the time estimate reads more teacher tokens, not fewer
     hours = memory.estimate_time(dict(real, n=16), prompts=1000, model_configs=CONFIGS)["stages"]["teacher_scoring"]
-    assert hours > memory.estimate_time(dict(real, n=16, mcq_letters=16), prompts=1000,
-                                        model_configs=CONFIGS)["stages"]["teacher_scoring"]
+    assert (
+        hours
+        > memory.estimate_time(dict(real, n=16, mcq_letters=16), prompts=1000, model_configs=CONFIGS)["stages"][
+            "teacher_scoring"
+        ]
+    )
     # a gym preset's judge holds the options its build trained it on (the default gym: 4; v1: 8)
     assert memory.run_shape(dict(teacher="gym-teacher-dpo", student="gym-student", n=8)).mcq_options == 4
     assert memory.run_shape(dict(teacher="gym-v1-teacher-dpo", student="gym-v1-student", n=8)).mcq_options == 8

@@ -11,13 +11,23 @@ import pytest
 import torch
 from scipy.stats import binom
 
+from workbench import sample_complexity as S
 from workbench.cache import StageCache
 from workbench.methods import adpa as M
-from workbench import sample_complexity as S
 from workbench.topk_cache import teacher_topk
 
-TINY = dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref", student="gym-tiny-student",
-            steps=2, train_prompts=12, eval_prompts=6, eval_samples=2, batch_size=4, k=8, progress=False)
+TINY = dict(
+    teacher_dpo="gym-tiny-teacher-dpo",
+    teacher_ref="gym-tiny-teacher-ref",
+    student="gym-tiny-student",
+    steps=2,
+    train_prompts=12,
+    eval_prompts=6,
+    eval_samples=2,
+    batch_size=4,
+    k=8,
+    progress=False,
+)
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DPO_MIX = dict(dataset=str(FIXTURES / "dpo_mix_7k.jsonl"), dataset_schema="dpo-mix-7k")  # 6 pairs, native schema
 
@@ -25,6 +35,7 @@ DPO_MIX = dict(dataset=str(FIXTURES / "dpo_mix_7k.jsonl"), dataset_schema="dpo-m
 # ---------------------------------------------------------------------------------------------------------------
 # data and config
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def test_preference_pairs_are_gold_ranked_and_reproducible():
     from workbench.gym.world import gold_reward
@@ -50,10 +61,18 @@ def test_reward_accuracy_matches_a_direct_count(tiny_models):
     assert M.reward_accuracy(model, tok, pairs) == pytest.approx(float(np.mean((chosen > rejected).numpy())))
 
 
-@pytest.mark.parametrize("bad, match", [(dict(method="ppo"), "method"), (dict(state_source="oracle"), "App. E"),
-                                        (dict(missing_rule="zero"), "missing_rule"), (dict(beta=0.0), "beta"),
-                                        (dict(steps=0), "steps"), (dict(quantization="3bit"), "quantization"),
-                                        (dict(judge="gym-tiny-teacher-dpo"), "preference datasets")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(method="ppo"), "method"),
+        (dict(state_source="oracle"), "App. E"),
+        (dict(missing_rule="zero"), "missing_rule"),
+        (dict(beta=0.0), "beta"),
+        (dict(steps=0), "steps"),
+        (dict(quantization="3bit"), "quantization"),
+        (dict(judge="gym-tiny-teacher-dpo"), "preference datasets"),
+    ],
+)
 def test_config_validation(bad, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):
         M.AdpaConfig(**bad)
@@ -84,17 +103,28 @@ def test_dataset_pairs_are_text_pairs_with_a_fixed_disjoint_held_out_carve():
 # objectives through the collator equal direct computations (alignment of cache, batch and loss)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _rows(pairs, **extra):
-    return [{"index": i, "prompt": pairs["prompt"][i], "chosen": pairs["chosen"][i],
-             "rejected": pairs["rejected"][i], **{k: v[i] for k, v in extra.items()}} for i in range(len(pairs))]
+    return [
+        {
+            "index": i,
+            "prompt": pairs["prompt"][i],
+            "chosen": pairs["chosen"][i],
+            "rejected": pairs["rejected"][i],
+            **{k: v[i] for k, v in extra.items()},
+        }
+        for i in range(len(pairs))
+    ]
 
 
 def test_dckd_objective_of_the_teacher_against_itself_is_its_sft_loss(tiny_models, tmp_path):
     model, tok = tiny_models["teacher-dpo"]
     pairs = M.gym_preference_pairs(M.gym_prompts("train", 6, 0), seed=0)
     k = len(tok)
-    caches = {f"{f}_dpo": teacher_topk(model, tok, tok, pairs["prompt"], pairs[f], k=k, cache=StageCache(tmp_path))
-              for f in ("chosen", "rejected")}
+    caches = {
+        f"{f}_dpo": teacher_topk(model, tok, tok, pairs["prompt"], pairs[f], k=k, cache=StageCache(tmp_path))
+        for f in ("chosen", "rejected")
+    }
     batch = M.TopkPairCollator(tok, ("chosen", "rejected"), caches)(_rows(pairs))
     with torch.no_grad():
         loss, metrics = M.DckdObjective(alpha=0.7)(model, batch)
@@ -110,8 +140,10 @@ def test_adpa_objective_equals_the_full_vocabulary_definition(tiny_models, tmp_p
     pairs = M.gym_preference_pairs(M.gym_prompts("train", 5, 0), seed=0)
     hats = ["1 2", "sure 3", "", "4 4 4", "hate"]
     k, gamma, beta = len(tok), 1.3, 0.1
-    caches = {f"hat_{name}": teacher_topk(model, tok, tok, pairs["prompt"], hats, k=k, cache=StageCache(tmp_path))
-              for name, model in (("dpo", dpo), ("ref", ref))}
+    caches = {
+        f"hat_{name}": teacher_topk(model, tok, tok, pairs["prompt"], hats, k=k, cache=StageCache(tmp_path))
+        for name, model in (("dpo", dpo), ("ref", ref))
+    }
     batch = M.TopkPairCollator(tok, ("chosen", "hat"), caches)(_rows(pairs, hat=hats))
     with torch.no_grad():
         loss, _ = M.OnPolicyObjective("adpa", gamma, beta)(student, batch)
@@ -141,16 +173,23 @@ def test_objectives_through_the_chunked_head_equal_the_full_logits(loss, tiny_mo
     hats = ["1 2", "sure 3", "", "4 4 4", "hate"]
     teachers = {"dpo": tiny_models["teacher-dpo"][0], "ref": tiny_models["teacher-ref"][0]}
     fields = ("chosen", "rejected") if loss == "dckd" else ("chosen", "hat")
-    caches = {f"{field}_{name}": teacher_topk(model, tok, tok, pairs["prompt"],
-                                              hats if field == "hat" else pairs[field], k=5,
-                                              cache=StageCache(tmp_path))
-              for field in fields if field != "chosen" or loss == "dckd"
-              for name, model in teachers.items() if name == "dpo" or loss != "dckd"}
+    caches = {
+        f"{field}_{name}": teacher_topk(
+            model, tok, tok, pairs["prompt"], hats if field == "hat" else pairs[field], k=5, cache=StageCache(tmp_path)
+        )
+        for field in fields
+        if field != "chosen" or loss == "dckd"
+        for name, model in teachers.items()
+        if name == "dpo" or loss != "dckd"
+    }
     batch = M.TopkPairCollator(tok, fields, caches)(_rows(pairs, hat=hats))
     results = []
     for chunk in (0, 3):
-        objective = (M.DckdObjective(alpha=0.7, logits_chunk=chunk) if loss == "dckd"
-                     else M.OnPolicyObjective(loss, 1.3, 0.1, logits_chunk=chunk))
+        objective = (
+            M.DckdObjective(alpha=0.7, logits_chunk=chunk)
+            if loss == "dckd"
+            else M.OnPolicyObjective(loss, 1.3, 0.1, logits_chunk=chunk)
+        )
         student.zero_grad()
         value, metrics = objective(student, batch)
         value.backward()
@@ -168,8 +207,16 @@ def test_objectives_through_the_chunked_head_equal_the_full_logits(loss, tiny_mo
 # pipelines end to end (tiny steps)
 # ---------------------------------------------------------------------------------------------------------------
 
-REQUIRED = {"method", "gold_before", "gold_after", "win_rate_vs_initial", "per_prompt_after", "length_after",
-            "reward_accuracy", "seconds"}
+REQUIRED = {
+    "method",
+    "gold_before",
+    "gold_after",
+    "win_rate_vs_initial",
+    "per_prompt_after",
+    "length_after",
+    "reward_accuracy",
+    "seconds",
+}
 
 
 @pytest.mark.parametrize("method", sorted(M.METHOD_STAGES))
@@ -210,8 +257,13 @@ def test_adpa_plus_trains_its_dckd_stage_at_dckd_lr_and_its_adpa_stage_at_lr(tin
 def test_adpa_plus_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(judge, tiny_gym, tmp_path):
     """Non-gym data: DCKD then ADPA train on the file's pairs; gold fields are None with the reason stated, reward
     accuracy comes from held-out dataset labels, and a configured judge adds its (labelled) win rate."""
-    cfg = M.AdpaConfig(method="adpa+", judge=judge, output_dir=str(tmp_path), **DPO_MIX,
-                       **{**TINY, "train_prompts": 4, "eval_prompts": 2})
+    cfg = M.AdpaConfig(
+        method="adpa+",
+        judge=judge,
+        output_dir=str(tmp_path),
+        **DPO_MIX,
+        **{**TINY, "train_prompts": 4, "eval_prompts": 2},
+    )
     result = M.run_adpa(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["gold_before"] is None and metrics["gold_after"] is None and metrics["win_rate_vs_initial"] is None
@@ -253,8 +305,17 @@ def test_method_table_and_markdown(tiny_gym, tmp_path):
 
 
 def test_summarize_runs_gives_mean_and_ci():
-    runs = [{"method": "adpa", "gold_after": {"mean": g}, "win_rate_vs_initial": w, "reward_accuracy": 0.5,
-             "length_after": 3.0, "seconds": 1.0} for g, w in [(0.5, 0.6), (0.7, 0.8), (0.6, 0.7)]]
+    runs = [
+        {
+            "method": "adpa",
+            "gold_after": {"mean": g},
+            "win_rate_vs_initial": w,
+            "reward_accuracy": 0.5,
+            "length_after": 3.0,
+            "seconds": 1.0,
+        }
+        for g, w in [(0.5, 0.6), (0.7, 0.8), (0.6, 0.7)]
+    ]
     table = M.summarize_runs(runs)
     assert table["gold_after"]["mean"] == pytest.approx(0.6) and table["seeds"] == 3
     assert table["gold_after"]["ci95"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-4)
@@ -264,12 +325,13 @@ def test_summarize_runs_gives_mean_and_ci():
 # §4.4 estimators on hand-made distributions
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_token_level_success_closed_forms():
     budgets = [1, 2, 4, 8, 16]
     uniform = S.token_level_success(budgets, np.array([4, 8]), strategy="uniform")
     np.testing.assert_allclose(uniform, [[0.25, 0.5, 1, 1, 1], [0.125, 0.25, 0.5, 1, 1]])
     policy = S.token_level_success(budgets, np.array([4]), np.array([0.5]), strategy="policy")
-    np.testing.assert_allclose(policy[0], [1 - 0.5 ** b for b in budgets])
+    np.testing.assert_allclose(policy[0], [1 - 0.5**b for b in budgets])
     assert np.all(S.distribution_level_success(budgets, 3) == 1)
     with pytest.raises(ValueError, match="best_policy_probs"):
         S.token_level_success(budgets, np.array([4]), strategy="policy")
@@ -324,8 +386,15 @@ def test_budget_to_reach_and_theory():
 
 
 def test_sample_complexity_experiment_on_the_tiny_gym(tiny_gym, tiny_models):
-    cfg = S.SampleComplexityConfig(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                                   student="gym-tiny-student", n_states=3, candidates=4, rollouts=8, trials=20)
+    cfg = S.SampleComplexityConfig(
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        n_states=3,
+        candidates=4,
+        rollouts=8,
+        trials=20,
+    )
     data = S.collect_states(cfg)
     assert data["action_logratios"].shape == (3, 4) and data["continuation_logratios"].shape == (3, 4, 8)
     assert np.all(data["best"] == data["action_logratios"].argmax(-1))
@@ -343,13 +412,13 @@ def test_adpa_plus_with_teachers_served_by_vllm_trains_like_the_hf_teachers(tiny
     from workbench.models import resolve
 
     hf = M.run_adpa(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path / "hf"), **TINY))
-    served = M.run_adpa(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path / "vllm"), scoring_backend="vllm",
-                                     **TINY))
+    served = M.run_adpa(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path / "vllm"), scoring_backend="vllm", **TINY))
     models = {e.kwargs["model"] for e in stand_in_vllm.engines}
     assert models == {resolve(TINY["teacher_dpo"]), resolve(TINY["teacher_ref"])} and sampling._VLLM_ENGINES == {}
     curve = lambda result: [(h["stage"], h["loss"]) for h in result.history if "loss" in h]
     assert [s for s, _ in curve(served)] == [s for s, _ in curve(hf)] and len(curve(hf)) >= 2
-    torch.testing.assert_close(torch.tensor([v for _, v in curve(served)]), torch.tensor([v for _, v in curve(hf)]),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor([v for _, v in curve(served)]), torch.tensor([v for _, v in curve(hf)]), atol=1e-4, rtol=1e-4
+    )
     with pytest.raises(ValueError, match="scoring_backend='tgi'"):
         M.AdpaConfig(scoring_backend="tgi")

@@ -12,27 +12,55 @@ import pytest
 import torch
 
 from workbench.losses.baselines import forward_kl_kd_loss, pro_loss
-from workbench.methods.baselines import (BASELINES, BaselineConfig, PairPreferenceObjective, ProObjective,
-                                         SEQUENCE_FIELDS, TeacherLogitObjective, annotated_pairs, ranked_lists,
-                                         run_baseline, train_trl_pairs, train_workbench_pairs)
+from workbench.methods.baselines import (
+    BASELINES,
+    SEQUENCE_FIELDS,
+    BaselineConfig,
+    PairPreferenceObjective,
+    ProObjective,
+    TeacherLogitObjective,
+    annotated_pairs,
+    ranked_lists,
+    run_baseline,
+    train_trl_pairs,
+    train_workbench_pairs,
+)
 from workbench.methods.plad import PairCollator
 from workbench.scoring import avg_logp_rewards, sequence_logps
 from workbench.trainers import ListwiseCollator, ResponseCollator
 
-CHAT = [[{"role": "user", "content": "sort 3 1 2"}], [{"role": "user", "content": "add 4 5"}],
-        [{"role": "user", "content": "max 2 7 4"}]]
+CHAT = [
+    [{"role": "user", "content": "sort 3 1 2"}],
+    [{"role": "user", "content": "add 4 5"}],
+    [{"role": "user", "content": "max 2 7 4"}],
+]
 GROUPS = [["1 2 3", "3 1 2", "2 1 3"], ["9", "9", "9"], ["7", "4", "7"]]
-PAIRS = [{"prompt": CHAT[0], "chosen": "1 2 3", "rejected": "3 1 2"},
-         {"prompt": CHAT[1], "chosen": "9", "rejected": "sure here is the answer 8"},
-         {"prompt": CHAT[2], "chosen": "7", "rejected": "2 7 4"}]
-TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16, eval_prompts=8,
-            eval_samples=2, steps=2, batch_size=4, n=3, progress=False)
+PAIRS = [
+    {"prompt": CHAT[0], "chosen": "1 2 3", "rejected": "3 1 2"},
+    {"prompt": CHAT[1], "chosen": "9", "rejected": "sure here is the answer 8"},
+    {"prompt": CHAT[2], "chosen": "7", "rejected": "2 7 4"},
+]
+TINY = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=16,
+    eval_prompts=8,
+    eval_samples=2,
+    steps=2,
+    batch_size=4,
+    n=3,
+    progress=False,
+)
 
 
 def test_annotated_pairs_take_argmax_and_argmin_and_skip_ties_and_identical_texts():
-    scores = torch.tensor([[0.5, -1.0, 0.2],  # best 0, worst 1
-                           [0.0, 0.0, 0.0],  # tie: skipped
-                           [0.3, 0.1, -0.2]])  # best "7", worst "7": identical text, skipped
+    scores = torch.tensor(
+        [
+            [0.5, -1.0, 0.2],  # best 0, worst 1
+            [0.0, 0.0, 0.0],  # tie: skipped
+            [0.3, 0.1, -0.2],
+        ]
+    )  # best "7", worst "7": identical text, skipped
     rows, stats = annotated_pairs(CHAT, GROUPS, scores)
     assert rows == [{"prompt": CHAT[0], "chosen": "1 2 3", "rejected": "3 1 2"}]
     assert stats["pairs"] == 1 and stats["skipped_ties"] == 1 and stats["skipped_identical_or_empty"] == 1
@@ -163,8 +191,17 @@ def test_trl_baselines_train_in_the_precision_knobs_mode_without_checkpointing(m
     assert checkpointed.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
-@pytest.mark.parametrize("bad", [dict(method="minillm"), dict(score="gold"), dict(kd_targets="x"),
-                                 dict(backend="x"), dict(method="dpo", n=1), dict(data_fraction=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(method="minillm"),
+        dict(score="gold"),
+        dict(kd_targets="x"),
+        dict(backend="x"),
+        dict(method="dpo", n=1),
+        dict(data_fraction=0.0),
+    ],
+)
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         BaselineConfig(**bad)

@@ -9,16 +9,19 @@ from workbench.methods.pad import PadConfig
 from workbench.methods.plad import PladConfig
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(beta=0.0), r"beta=0.0; the Plackett-Luce reward scale must be a positive"),
-    (dict(beta=-1.0, loss="vpd"), r"beta=-1.0"),
-    (dict(eval_prompts=0), r"eval_prompts=0: the run would train and then fail to evaluate"),
-    (dict(eval_samples=0), r"eval_samples=0"),
-    (dict(train_prompts=0), r"train_prompts=0: there would be nothing to train on"),
-    (dict(batch_size=0), r"batch_size=0: no optimizer step could be taken"),
-    (dict(temperature=0.0), r"temperature=0 samples greedily: the n=4 responses per prompt would be identical"),
-    (dict(temperature=-0.5), r"temperature=-0.5"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(beta=0.0), r"beta=0.0; the Plackett-Luce reward scale must be a positive"),
+        (dict(beta=-1.0, loss="vpd"), r"beta=-1.0"),
+        (dict(eval_prompts=0), r"eval_prompts=0: the run would train and then fail to evaluate"),
+        (dict(eval_samples=0), r"eval_samples=0"),
+        (dict(train_prompts=0), r"train_prompts=0: there would be nothing to train on"),
+        (dict(batch_size=0), r"batch_size=0: no optimizer step could be taken"),
+        (dict(temperature=0.0), r"temperature=0 samples greedily: the n=4 responses per prompt would be identical"),
+        (dict(temperature=-0.5), r"temperature=-0.5"),
+    ],
+)
 def test_pad_config_refuses_at_once(overrides, message):
     with pytest.raises(ValueError, match=message):
         PadConfig(**overrides)
@@ -33,16 +36,19 @@ def test_exact_ppd_is_refused_only_beyond_ten_responses_per_group():
     assert PadConfig(n=11, loss="ppd_mc").n == 11
 
 
-@pytest.mark.parametrize("config, overrides, message", [
-    (AdpaConfig, dict(eval_prompts=0), r"eval_prompts=0"),
-    (AdpaConfig, dict(train_prompts=0), r"train_prompts=0"),
-    (AdpaConfig, dict(batch_size=0), r"batch_size=0"),
-    (PladConfig, dict(eval_prompts=0), r"eval_prompts=0"),
-    (PladConfig, dict(batch_size=0), r"batch_size=0"),
-    (BaselineConfig, dict(train_prompts=0), r"train_prompts=0"),
-    (BaselineConfig, dict(method="dpo", batch_size=0), r"batch_size=0"),
-    (BaselineConfig, dict(method="pro", temperature=0.0), r"temperature=0 samples greedily"),
-])
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        (AdpaConfig, dict(eval_prompts=0), r"eval_prompts=0"),
+        (AdpaConfig, dict(train_prompts=0), r"train_prompts=0"),
+        (AdpaConfig, dict(batch_size=0), r"batch_size=0"),
+        (PladConfig, dict(eval_prompts=0), r"eval_prompts=0"),
+        (PladConfig, dict(batch_size=0), r"batch_size=0"),
+        (BaselineConfig, dict(train_prompts=0), r"train_prompts=0"),
+        (BaselineConfig, dict(method="dpo", batch_size=0), r"batch_size=0"),
+        (BaselineConfig, dict(method="pro", temperature=0.0), r"temperature=0 samples greedily"),
+    ],
+)
 def test_every_method_config_refuses_at_once(config, overrides, message):
     with pytest.raises(ValueError, match=message):
         config(**overrides)

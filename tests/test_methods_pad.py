@@ -9,10 +9,16 @@ import torch
 from workbench.methods.pad import ListwiseObjective, PadConfig, run_pad
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(alpha=1.5), "alpha"), (dict(n=1), "n=1"), (dict(n=4, m=3), "divide"), (dict(loss="nope"), "registered"),
-    (dict(steps=0), "steps"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(alpha=1.5), "alpha"),
+        (dict(n=1), "n=1"),
+        (dict(n=4, m=3), "divide"),
+        (dict(loss="nope"), "registered"),
+        (dict(steps=0), "steps"),
+    ],
+)
 def test_config_errors_name_the_parameter(bad, match):
     with pytest.raises((ValueError, KeyError), match=match):
         PadConfig(**bad)
@@ -21,10 +27,14 @@ def test_config_errors_name_the_parameter(bad, match):
 def _batch(tok, n=4):
     from workbench.trainers import ListwiseCollator
 
-    rows = [{"prompt": "sort 3 1 2", "responses": ["1 2 3", "3 2 1", "1 3 2", "hate"][:n],
-             "teacher_rewards": [0.0, -1.0, -0.5, -3.0][:n]},
-            {"prompt": "max 1 9", "responses": ["9", "8", "1", "9 9"][:n],
-             "teacher_rewards": [0.0, -0.5, -2.0, -1.0][:n]}]
+    rows = [
+        {
+            "prompt": "sort 3 1 2",
+            "responses": ["1 2 3", "3 2 1", "1 3 2", "hate"][:n],
+            "teacher_rewards": [0.0, -1.0, -0.5, -3.0][:n],
+        },
+        {"prompt": "max 1 9", "responses": ["9", "8", "1", "9 9"][:n], "teacher_rewards": [0.0, -0.5, -2.0, -1.0][:n]},
+    ]
     return ListwiseCollator(tok)(rows)
 
 
@@ -47,9 +57,19 @@ def test_listwise_objective_decomposition_and_sft_anchor(tiny_models):
 
 
 def test_run_pad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path):
-    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, steps=3, train_prompts=12,
-                    eval_prompts=6, eval_samples=2, batch_size=4, iterations=2, output_dir=str(tmp_path),
-                    progress=False)
+    cfg = PadConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        n=3,
+        steps=3,
+        train_prompts=12,
+        eval_prompts=6,
+        eval_samples=2,
+        batch_size=4,
+        iterations=2,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     result = run_pad(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["method"] == "pad-ppd" and len(metrics["rounds"]) == 2
@@ -63,14 +83,30 @@ def test_run_pad_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(j
     """Off the gym PAD trains on the dataset's prompts; no gold number is reported (the reason is), the student's
     agreement with the teacher's ranking is, and a configured judge adds its labelled win rate."""
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
-    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", dataset=str(fixture),
-                    dataset_schema="ultrafeedback", judge=judge, n=2, steps=2, train_prompts=4, eval_prompts=2,
-                    eval_samples=2, batch_size=2, max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    cfg = PadConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        dataset=str(fixture),
+        dataset_schema="ultrafeedback",
+        judge=judge,
+        n=2,
+        steps=2,
+        train_prompts=4,
+        eval_prompts=2,
+        eval_samples=2,
+        batch_size=2,
+        max_new_tokens=8,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     run_pad(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["dataset"] == str(fixture) and metrics["rounds"][0]["prompts"] >= 1
-    assert metrics["gold_before"] is None and metrics["gold_after"] is None and "train_sample_gold" not in \
-        metrics["rounds"][0]
+    assert (
+        metrics["gold_before"] is None
+        and metrics["gold_after"] is None
+        and "train_sample_gold" not in metrics["rounds"][0]
+    )
     assert set(metrics["ranking"]) == {"tau_student_teacher"} and metrics["training"]
     if judge:
         assert metrics["judge"]["measurement"] == "judge" and 0 <= metrics["judge"]["win_rate"] <= 1
@@ -87,9 +123,20 @@ def test_pad_config_rejects_dataset_options_on_the_gym():
 def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):
     from peft import PeftModel
 
-    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=2, steps=2, train_prompts=8,
-                    eval_prompts=4, eval_samples=1, batch_size=4, lora=True, lr=1e-2, output_dir=str(tmp_path),
-                    progress=False)
+    cfg = PadConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        n=2,
+        steps=2,
+        train_prompts=8,
+        eval_prompts=4,
+        eval_samples=1,
+        batch_size=4,
+        lora=True,
+        lr=1e-2,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     result = run_pad(cfg)
     assert isinstance(result.model, PeftModel)
     base = [n for n, p in result.model.named_parameters() if not p.requires_grad]
@@ -112,8 +159,12 @@ def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_model
     groups = [[f"{k} {i}", f"{i}", f"{i} {k} {i}"] for k, _ in enumerate(prompts) for i in (k + 1,)]
     whole = teacher_rewards(teacher, tok, prompts, groups, alpha=0.8, order=order, seed=3)
     # two processes' shards: groups [0, 4) and [4, 7), scored in other batch sizes
-    parts = [teacher_rewards(teacher, tok, prompts[a:b], groups[a:b], alpha=0.8, order=order, seed=3, first_group=a,
-                             batch_size=size) for a, b, size in ((0, 4, 5), (4, 7, 2))]
+    parts = [
+        teacher_rewards(
+            teacher, tok, prompts[a:b], groups[a:b], alpha=0.8, order=order, seed=3, first_group=a, batch_size=size
+        )
+        for a, b, size in ((0, 4, 5), (4, 7, 2))
+    ]
     for key in ("likelihood", "log_p_sel", "calibrated"):
         merged = torch.cat([part[key] for part in parts])
         torch.testing.assert_close(merged, whole[key], rtol=1e-5, atol=1e-5, msg=key)
@@ -129,18 +180,31 @@ def test_full_size_knobs_default_to_current_behaviour_and_env_vars_override_them
     monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
     monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
     cfg = PadConfig()
-    assert (cfg.gradient_accumulation_steps, cfg.gradient_checkpointing, cfg.logits_chunk, cfg.max_new_tokens,
-            cfg.sampling_batch_size, cfg.scoring_batch_size, cfg.sampling_backend) == (1, False, 0, 24, 32, 32, "hf")
+    assert (
+        cfg.gradient_accumulation_steps,
+        cfg.gradient_checkpointing,
+        cfg.logits_chunk,
+        cfg.max_new_tokens,
+        cfg.sampling_batch_size,
+        cfg.scoring_batch_size,
+        cfg.sampling_backend,
+    ) == (1, False, 0, 24, 32, 32, "hf")
     assert cfg.training_overrides("round0") == {"gradient_accumulation_steps": 1}  # TrainingArguments' defaults
     cfg = PadConfig(gradient_accumulation_steps=4, gradient_checkpointing=True, logits_chunk=64)
-    assert cfg.training_overrides("round0") == {"gradient_accumulation_steps": 4, checkpointing: True,
-                                        f"{checkpointing}_kwargs": {"use_reentrant": False}}
+    assert cfg.training_overrides("round0") == {
+        "gradient_accumulation_steps": 4,
+        checkpointing: True,
+        f"{checkpointing}_kwargs": {"use_reentrant": False},
+    }
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_accumulation_steps": 8, "gradient_checkpointing": true}')
     monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "0")
     cfg = PadConfig(gradient_accumulation_steps=4, logits_chunk=64)
     assert (cfg.gradient_accumulation_steps, cfg.gradient_checkpointing, cfg.logits_chunk) == (8, True, 0)
-    for bad, match in ((dict(sampling_backend="tgi"), "sampling_backend"), (dict(scoring_batch_size=0), "scoring"),
-                       (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps")):
+    for bad, match in (
+        (dict(sampling_backend="tgi"), "sampling_backend"),
+        (dict(scoring_batch_size=0), "scoring"),
+        (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps"),
+    ):
         monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
         with pytest.raises(ValueError, match=match):
             PadConfig(**bad)
@@ -163,18 +227,33 @@ def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_mo
         def wrapper(*args, **kwargs):
             calls[name] = {**dict(enumerate(args)), **kwargs}
             return real(*args, **kwargs)
+
         monkeypatch.setattr(pad, name, wrapper)
 
     for name in ("sample_responses", "teacher_rewards", "train_distill"):
         spy(name)
     student, tok = tiny_models["student"]
     teacher, teacher_tok = tiny_models["teacher-dpo"]
-    cfg = PadConfig(n=2, steps=2, batch_size=2, max_new_tokens=7, sampling_batch_size=3, scoring_batch_size=5,
-                    gradient_accumulation_steps=2, gradient_checkpointing=True, logits_chunk=4, progress=False)
-    log, samples = pad.distill_round(cfg, deepcopy(student), tok, teacher, teacher_tok,
-                                     ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2"], 0)
-    assert (calls["sample_responses"]["max_new_tokens"], calls["sample_responses"]["batch_size"],
-            calls["sample_responses"]["backend"]) == (7, 3, "hf")
+    cfg = PadConfig(
+        n=2,
+        steps=2,
+        batch_size=2,
+        max_new_tokens=7,
+        sampling_batch_size=3,
+        scoring_batch_size=5,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        logits_chunk=4,
+        progress=False,
+    )
+    log, samples = pad.distill_round(
+        cfg, deepcopy(student), tok, teacher, teacher_tok, ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2"], 0
+    )
+    assert (
+        calls["sample_responses"]["max_new_tokens"],
+        calls["sample_responses"]["batch_size"],
+        calls["sample_responses"]["backend"],
+    ) == (7, 3, "hf")
     assert calls["teacher_rewards"]["batch_size"] == 5 and calls["teacher_rewards"]["first_group"] == 0
     assert (calls["train_distill"]["gradient_accumulation_steps"], calls["train_distill"][checkpointing]) == (2, True)
     assert calls["train_distill"][3].logits_chunk == 4  # the ListwiseObjective
@@ -189,9 +268,20 @@ def test_the_accelerate_script_trains_on_the_notebooks_prompts_and_never_on_held
     from workbench.train_pad import train_pad
 
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
-    cfg = PadConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", dataset=str(fixture),
-                    dataset_schema="ultrafeedback", n=2, steps=1, train_prompts=100, eval_prompts=2, batch_size=2,
-                    max_new_tokens=4, output_dir=str(tmp_path), progress=False)
+    cfg = PadConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        dataset=str(fixture),
+        dataset_schema="ultrafeedback",
+        n=2,
+        steps=1,
+        train_prompts=100,
+        eval_prompts=2,
+        batch_size=2,
+        max_new_tokens=4,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     train, held_out = pad_prompts(cfg)
     assert len(held_out) == 2 and train and not {json.dumps(p) for p in train} & {json.dumps(p) for p in held_out}
     train_pad(cfg, save_model=False, save_rows=True)

@@ -9,20 +9,45 @@ import pytest
 import torch
 
 from workbench.losses.plad import calibration_score, margin_calibration_loss, ranking_calibration_loss
-from workbench.methods.plad import (DatasetPrompt, PairCollator, PladConfig, PladObjective, distillation_prompts,
-                                    gold_ranked_pair, held_out_prompts, pseudo_pair_rows, response_states, run_plad)
+from workbench.methods.plad import (
+    DatasetPrompt,
+    PairCollator,
+    PladConfig,
+    PladObjective,
+    distillation_prompts,
+    gold_ranked_pair,
+    held_out_prompts,
+    pseudo_pair_rows,
+    response_states,
+    run_plad,
+)
 from workbench.scoring import avg_logp_rewards, sequence_logps
 
 ROWS = [
-    {"prompt": [{"role": "user", "content": "sort 3 1 2"}], "chosen": "1 2 3", "rejected": "3 1 2",
-     "reference": "1 2 3"},
-    {"prompt": [{"role": "user", "content": "add 4 5"}], "chosen": "9", "rejected": "sure here is the answer 8",
-     "reference": "9"},
-    {"prompt": [{"role": "user", "content": "max 2 7 4"}], "chosen": "7 7", "rejected": "4",
-     "reference": "7"},
+    {
+        "prompt": [{"role": "user", "content": "sort 3 1 2"}],
+        "chosen": "1 2 3",
+        "rejected": "3 1 2",
+        "reference": "1 2 3",
+    },
+    {
+        "prompt": [{"role": "user", "content": "add 4 5"}],
+        "chosen": "9",
+        "rejected": "sure here is the answer 8",
+        "reference": "9",
+    },
+    {"prompt": [{"role": "user", "content": "max 2 7 4"}], "chosen": "7 7", "rejected": "4", "reference": "7"},
 ]
-TINY = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, eval_prompts=8,
-            eval_samples=2, steps=3, batch_size=4, progress=False)
+TINY = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=24,
+    eval_prompts=8,
+    eval_samples=2,
+    steps=3,
+    batch_size=4,
+    progress=False,
+)
 HH = dict(dataset=str(Path(__file__).resolve().parent / "fixtures" / "hh_rlhf.jsonl"), dataset_schema="hh-helpful")
 
 
@@ -91,8 +116,9 @@ def test_objective_through_the_chunked_head_equals_the_full_logits(tiny_models, 
 def test_ranking_objective_hinge_is_zero_with_zero_gradient_when_the_margin_is_met(tiny_models):
     model, tokenizer = tiny_models["student"]
     batch = PairCollator(tokenizer)(ROWS)
-    gap = (avg_logp_rewards(model, tokenizer, *_texts(ROWS, "chosen")) -
-           avg_logp_rewards(model, tokenizer, *_texts(ROWS, "rejected")))
+    gap = avg_logp_rewards(model, tokenizer, *_texts(ROWS, "chosen")) - avg_logp_rewards(
+        model, tokenizer, *_texts(ROWS, "rejected")
+    )
     # swap each pair so that the chosen side is the more likely one, then ask for a margin below every gap
     swapped = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) if g < 0 else r for r, g in zip(ROWS, gap)]
     batch = PairCollator(tokenizer)(swapped)
@@ -109,10 +135,14 @@ def test_margin_objective_uses_the_student_states_score_and_is_finite(tiny_model
     loss, metrics = PladObjective("plad_margin", beta=1.0)(model, batch)
     # rebuild Eq. 5 from its parts: student hidden states of ŷ± and y, App. A.7 scores
     with torch.no_grad():
-        states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       output_hidden_states=True).hidden_states[-1]
-        ref = model(input_ids=batch["reference_input_ids"], attention_mask=batch["reference_attention_mask"],
-                    output_hidden_states=True).hidden_states[-1]
+        states = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states[-1]
+        ref = model(
+            input_ids=batch["reference_input_ids"],
+            attention_mask=batch["reference_attention_mask"],
+            output_hidden_states=True,
+        ).hidden_states[-1]
     cand, cand_mask = response_states(states, batch["response_mask"])
     ref, ref_mask = response_states(ref, batch["reference_response_mask"])
     scores = calibration_score(cand, torch.cat([ref, ref]), cand_mask, torch.cat([ref_mask, ref_mask]))
@@ -170,9 +200,19 @@ def test_data_fraction_takes_a_nested_seeded_prefix():
     assert distillation_prompts(PladConfig(train_prompts=40, seed=4)) != full
 
 
-@pytest.mark.parametrize("bad", [dict(loss="dpo"), dict(data_fraction=0.0), dict(real_ratio=1.5), dict(beta=-1.0),
-                                 dict(length_edges=(5, 1)), dict(quantization="3bit"), dict(**HH, real_ratio=0.5),
-                                 dict(judge="gym-tiny-teacher-dpo")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(loss="dpo"),
+        dict(data_fraction=0.0),
+        dict(real_ratio=1.5),
+        dict(beta=-1.0),
+        dict(length_edges=(5, 1)),
+        dict(quantization="3bit"),
+        dict(**HH, real_ratio=0.5),
+        dict(judge="gym-tiny-teacher-dpo"),
+    ],
+)
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(ValueError):
         PladConfig(**bad)
@@ -196,16 +236,26 @@ def test_config_defaults_are_the_papers():
     cfg = PladConfig()
     assert (cfg.beta, cfg.temperature, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (1.0, 0.7, 8, 32, 0.1)
     assert cfg.loss == "plad_ranking" and cfg.lr_scheduler == "linear" and cfg.sft_weight == 0.0
-    assert cfg.lora_config() is None and PladConfig(lora=True).lora_config() == dict(r=8, lora_alpha=32,
-                                                                                     lora_dropout=0.1)
+    assert cfg.lora_config() is None and PladConfig(lora=True).lora_config() == dict(
+        r=8, lora_alpha=32, lora_dropout=0.1
+    )
 
 
 @pytest.mark.parametrize("extra", [dict(), dict(loss="plad_margin", lora=True, real_ratio=0.5)])
 def test_run_plad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path, extra):
     result = run_plad(PladConfig(**TINY, **extra, output_dir=str(tmp_path)))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("method", "gold_before", "gold_after", "win_rate_vs_initial", "length_after", "seconds", "pairs",
-                "length_buckets", "per_prompt_after"):
+    for key in (
+        "method",
+        "gold_before",
+        "gold_after",
+        "win_rate_vs_initial",
+        "length_after",
+        "seconds",
+        "pairs",
+        "length_buckets",
+        "per_prompt_after",
+    ):
         assert key in metrics
     assert metrics["method"] == ("plad" if not extra else "plad-margin")
     assert sum(b["prompts"] for b in metrics["length_buckets"]) == TINY["eval_prompts"]
@@ -219,8 +269,10 @@ def test_run_plad_end_to_end_on_the_tiny_gym(tiny_gym, tmp_path, extra):
 def test_run_plad_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(tiny_gym, tmp_path, judge):
     """Non-gym data: D is the file's prompts, pseudo-pairs as on the gym with the chosen response as Eq. 5's y;
     no gold number anywhere, the reason stated, and a configured judge's (labelled) win rate."""
-    cfg = PladConfig(**{**TINY, **HH, "train_prompts": 4, "eval_prompts": 2, "loss": "plad_margin", "judge": judge},
-                     output_dir=str(tmp_path))
+    cfg = PladConfig(
+        **{**TINY, **HH, "train_prompts": 4, "eval_prompts": 2, "loss": "plad_margin", "judge": judge},
+        output_dir=str(tmp_path),
+    )
     result = run_plad(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["gold_before"] is None and metrics["gold_after"] is None and metrics["win_rate_vs_initial"] is None

@@ -8,8 +8,10 @@ import torch
 from workbench.models import drop_layers, evenly_spaced_layers
 
 
-@pytest.mark.parametrize("total, keep, expected", [(30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]), (4, 2, [0, 3]),
-                                                   (5, 5, [0, 1, 2, 3, 4]), (7, 1, [0])])
+@pytest.mark.parametrize(
+    "total, keep, expected",
+    [(30, 10, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]), (4, 2, [0, 3]), (5, 5, [0, 1, 2, 3, 4]), (7, 1, [0])],
+)
 def test_evenly_spaced_layers_keep_first_and_last(total, keep, expected):
     assert evenly_spaced_layers(total, keep) == expected
 
@@ -136,7 +138,7 @@ def test_a_lora_student_with_checkpointing_loads_without_deprecation_warnings(ti
     assert any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
     assert any("lora_A" in name for name, _ in model.named_parameters())
     with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):  # still raised outside load
-        model.base_model.model.is_gradient_checkpointing
+        _ = model.base_model.model.is_gradient_checkpointing
 
 
 def test_a_saved_lora_student_loads_back_with_its_adapter(tiny_gym, tmp_path):
@@ -170,7 +172,8 @@ def test_a_local_path_that_does_not_exist_is_named_not_sent_to_the_hub():
 
 
 def test_a_converted_folder_records_its_weights_and_a_damaged_one_says_how_to_convert_it_again(
-        tiny_gym, tmp_path, monkeypatch):
+    tiny_gym, tmp_path, monkeypatch
+):
     import shutil
 
     from safetensors.torch import load_file, save_file

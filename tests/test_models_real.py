@@ -59,8 +59,15 @@ def test_smollm2_loads_offline_with_chat_template_and_answers_sensibly(smollm2):
     model, tokenizer = smollm2
     assert 130e6 < model.num_parameters() < 140e6
     assert tokenizer.chat_template and tokenizer.pad_token is not None
-    out = sample_responses(model, tokenizer, ["What is the capital of France? Answer in one word."], n=1,
-                           temperature=0.0, max_new_tokens=12, progress=False)
+    out = sample_responses(
+        model,
+        tokenizer,
+        ["What is the capital of France? Answer in one word."],
+        n=1,
+        temperature=0.0,
+        max_new_tokens=12,
+        progress=False,
+    )
     assert "paris" in out["response"][0].lower()
 
 
@@ -123,15 +130,17 @@ def test_layer_dropped_student_is_cut_from_the_teacher_and_shares_its_vocabulary
     assert student.config.num_hidden_layers == 10 and student.num_parameters() < 0.5 * teacher.num_parameters()
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == list(range(10))
     for new, old in enumerate(keep):
-        assert torch.equal(student.model.layers[new].mlp.down_proj.weight,
-                           teacher.model.layers[old].mlp.down_proj.weight)
+        assert torch.equal(
+            student.model.layers[new].mlp.down_proj.weight, teacher.model.layers[old].mlp.down_proj.weight
+        )
     assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
     check_shared_vocabulary(teacher_tok, student_tok)  # DCKD/ADPA's top-k cache needs it
     from workbench.memory import model_dims
 
     assert model_dims("smollm2-135m-instruct-10-layers").layers == 10  # notebooks print an estimate before training
-    out = sample_responses(student, student_tok, ["Name a fruit."], n=2, temperature=0.8, max_new_tokens=6,
-                           progress=False)
+    out = sample_responses(
+        student, student_tok, ["Name a fruit."], n=2, temperature=0.8, max_new_tokens=6, progress=False
+    )
     assert len(out) == 2 and all(len(ids) >= 1 for ids in out["response_ids"])
 
 
@@ -144,10 +153,23 @@ def test_dckd_distils_smollm2_into_its_layer_dropped_student_on_real_text(smollm
     from workbench.methods.adpa import AdpaConfig, run_adpa
 
     fixture = Path(__file__).parent / "fixtures" / "dpo_mix_7k.jsonl"
-    cfg = AdpaConfig(method="dckd", teacher_dpo="smollm2-135m-instruct", teacher_ref="smollm2-135m-instruct",
-                     student="smollm2-135m-instruct-10-layers", dataset=str(fixture), dataset_schema="dpo-mix-7k",
-                     steps=10, batch_size=2, lr=1e-4, train_prompts=6, eval_prompts=3, eval_samples=1,
-                     max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    cfg = AdpaConfig(
+        method="dckd",
+        teacher_dpo="smollm2-135m-instruct",
+        teacher_ref="smollm2-135m-instruct",
+        student="smollm2-135m-instruct-10-layers",
+        dataset=str(fixture),
+        dataset_schema="dpo-mix-7k",
+        steps=10,
+        batch_size=2,
+        lr=1e-4,
+        train_prompts=6,
+        eval_prompts=3,
+        eval_samples=1,
+        max_new_tokens=8,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     metrics = run_adpa(cfg).metrics
     training = metrics["training"]["dckd"]
     assert training["loss_last"] < 0.5 * training["loss_first"], training
@@ -163,9 +185,22 @@ def test_pad_runs_on_real_lms_with_the_general_mcq_template(smollm2, smollm2_stu
     from workbench.methods.pad import PadConfig, run_pad
 
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
-    cfg = PadConfig(teacher="smollm2-135m-instruct", student="smollm2-135m-instruct-10-layers", dataset=str(fixture),
-                    dataset_schema="ultrafeedback", n=2, steps=2, batch_size=2, lr=1e-4, train_prompts=4,
-                    eval_prompts=2, eval_samples=2, max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    cfg = PadConfig(
+        teacher="smollm2-135m-instruct",
+        student="smollm2-135m-instruct-10-layers",
+        dataset=str(fixture),
+        dataset_schema="ultrafeedback",
+        n=2,
+        steps=2,
+        batch_size=2,
+        lr=1e-4,
+        train_prompts=4,
+        eval_prompts=2,
+        eval_samples=2,
+        max_new_tokens=8,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     metrics = run_pad(cfg).metrics
     assert metrics["gold_after"] is None and "tau_student_gold" not in metrics["ranking"]
     assert -1 <= metrics["ranking"]["tau_student_teacher"]["mean"] <= 1
@@ -198,8 +233,9 @@ def test_gemma3_loads_offline_as_a_base_lm_with_the_plain_chat_template(gemma3):
     model, tokenizer = gemma3
     assert type(model).__name__ == "Gemma3ForCausalLM" and 260e6 < model.num_parameters() < 275e6
     assert tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE and tokenizer.pad_token is not None
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("User: Hi\nAssistant:"), text
     prompt = "Give me one tip for staying healthy."
     sensible = "Drink plenty of water every day and try to get at least seven hours of sleep."
@@ -224,9 +260,21 @@ def test_pad_distils_across_tokenizers_gemma3_teacher_to_smollm2_student(gemma3,
     with pytest.raises(VocabularyMismatchError, match="sequence-level method"):
         check_shared_vocabulary(teacher_tok, student_tok)
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
-    cfg = PadConfig(teacher="gemma3-270m", student="smollm2-135m-instruct", dataset=str(fixture),
-                    dataset_schema="ultrafeedback", n=2, steps=2, batch_size=2, lr=1e-4, train_prompts=4,
-                    eval_prompts=2, max_new_tokens=8, output_dir=str(tmp_path), progress=False)
+    cfg = PadConfig(
+        teacher="gemma3-270m",
+        student="smollm2-135m-instruct",
+        dataset=str(fixture),
+        dataset_schema="ultrafeedback",
+        n=2,
+        steps=2,
+        batch_size=2,
+        lr=1e-4,
+        train_prompts=4,
+        eval_prompts=2,
+        max_new_tokens=8,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     run = train_run(cfg)
     rows = run.rows["round0"]
     assert len(rows) == 4 and all(len(row["responses"]) == 2 for row in rows)
@@ -246,8 +294,10 @@ def test_pad_distils_across_tokenizers_gemma3_teacher_to_smollm2_student(gemma3,
 
 @needs_gemma3
 @needs_smollm2
-@pytest.mark.skipif(__import__("shutil").which("accelerate") is None or torch.cuda.is_available(),
-                    reason="FSDP2 on CPU through tests/fsdp_on_cpu.py (needs the accelerate CLI, no CUDA)")
+@pytest.mark.skipif(
+    __import__("shutil").which("accelerate") is None or torch.cuda.is_available(),
+    reason="FSDP2 on CPU through tests/fsdp_on_cpu.py (needs the accelerate CLI, no CUDA)",
+)
 def test_fsdp_trains_a_real_gemma3_student_through_the_chunked_head_like_one_process(tmp_path):
     """A real architecture under FSDP2 (2 CPU processes, accelerate's own preparation): Gemma 3 270M — tied 262k
     embedding in accelerate's output group, sliding-window layers — as PAD's student for 2 iterations, read through
@@ -261,25 +311,58 @@ def test_fsdp_trains_a_real_gemma3_student_through_the_chunked_head_like_one_pro
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     for name in ("WORKBENCH_TRAINING_ARGS", "WORKBENCH_LOGITS_CHUNK"):
         env.pop(name, None)
-    params = dict(teacher="smollm2-135m-instruct", student="gemma3-270m", n=2, train_prompts=2, steps=1,
-                  max_new_tokens=6, sampling_batch_size=2, scoring_batch_size=4, progress=False, save_model=False,
-                  save_rows=True, logits_chunk=16, iterations=2)
+    params = dict(
+        teacher="smollm2-135m-instruct",
+        student="gemma3-270m",
+        n=2,
+        train_prompts=2,
+        steps=1,
+        max_new_tokens=6,
+        sampling_batch_size=2,
+        scoring_batch_size=4,
+        progress=False,
+        save_model=False,
+        save_rows=True,
+        logits_chunk=16,
+        iterations=2,
+    )
 
     def args(batch_size, out):
         values = {**params, "batch_size": batch_size, "output_dir": out}
         return [a for k, v in values.items() for a in ("-p", k, str(v))]
 
-    for command in ([sys.executable, "-m", "workbench.train", "--pipeline", "pad", *args(2, tmp_path / "one")],
-                    ["accelerate", "launch", "--config_file", str(root / "accelerate" / "fsdp.yaml"), "--num_processes",
-                     "2", "--main_process_port", "29537", str(root / "tests" / "fsdp_on_cpu.py"), "--pipeline", "pad",
-                     *args(1, tmp_path / "two")]):
+    for command in (
+        [sys.executable, "-m", "workbench.train", "--pipeline", "pad", *args(2, tmp_path / "one")],
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(root / "accelerate" / "fsdp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29537",
+            str(root / "tests" / "fsdp_on_cpu.py"),
+            "--pipeline",
+            "pad",
+            *args(1, tmp_path / "two"),
+        ],
+    ):
         out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-4000:]
     assert json.loads((tmp_path / "two" / "config.json").read_text())["sharded_parameters"]
-    curves = [[e["loss"] for e in json.loads((tmp_path / run / "history.json").read_text())
-               if "loss" in e and "train_runtime" not in e] for run in ("one", "two")]
+    curves = [
+        [
+            e["loss"]
+            for e in json.loads((tmp_path / run / "history.json").read_text())
+            if "loss" in e and "train_runtime" not in e
+        ]
+        for run in ("one", "two")
+    ]
     assert len(curves[0]) == 2
     torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-4, atol=1e-5)
-    samples = [[json.loads(line)["responses"] for line in (tmp_path / run / "rows_round1.jsonl").read_text()
-                .splitlines()] for run in ("one", "two")]
+    samples = [
+        [json.loads(line)["responses"] for line in (tmp_path / run / "rows_round1.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
     assert samples[0] == samples[1]

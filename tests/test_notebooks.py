@@ -12,29 +12,91 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # tiny parameters per notebook: each must finish in well under a minute on 2 CPU cores
 TINY = {
-    "07_plad_train.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16,
-                                steps=3, batch_size=4, eval_prompts=8, eval_samples=2, real_ratios="1.0",
-                                data_fractions=""),
-    "08_compare_methods.ipynb": dict(methods="plad,seqkd", seeds="0", teacher="gym-tiny-teacher-dpo",
-                                     student="gym-tiny-student", train_prompts=16, steps=2, batch_size=4,
-                                     eval_prompts=8, eval_samples=2, runs_dir="runs_tiny"),
-    "09_claims_ledger.ipynb": dict(claims="plad>seqkd,real-pairs-add-little", run_missing=True, seeds="0",
-                                   teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=16,
-                                   steps=2, batch_size=4, eval_prompts=8, eval_samples=2, runs_dir="runs_tiny"),
-    "02_calibration_alpha_sweep.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student",
-                                             alphas="0,0.8,1.0", n=3, prompts=8, train=True, steps=2,
-                                             train_prompts=8),
+    "07_plad_train.ipynb": dict(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=16,
+        steps=3,
+        batch_size=4,
+        eval_prompts=8,
+        eval_samples=2,
+        real_ratios="1.0",
+        data_fractions="",
+    ),
+    "08_compare_methods.ipynb": dict(
+        methods="plad,seqkd",
+        seeds="0",
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=16,
+        steps=2,
+        batch_size=4,
+        eval_prompts=8,
+        eval_samples=2,
+        runs_dir="runs_tiny",
+    ),
+    "09_claims_ledger.ipynb": dict(
+        claims="plad>seqkd,real-pairs-add-little",
+        run_missing=True,
+        seeds="0",
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=16,
+        steps=2,
+        batch_size=4,
+        eval_prompts=8,
+        eval_samples=2,
+        runs_dir="runs_tiny",
+    ),
+    "02_calibration_alpha_sweep.ipynb": dict(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        alphas="0,0.8,1.0",
+        n=3,
+        prompts=8,
+        train=True,
+        steps=2,
+        train_prompts=8,
+    ),
     "01_irl_reward.ipynb": dict(model="gym-tiny-teacher-dpo", gym_prompts=2),
-    "03_pad_train.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, steps=3,
-                               train_prompts=16, eval_prompts=8, eval_samples=2, batch_size=4),
-    "05_sample_complexity.ipynb": dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                                       student="gym-tiny-student", n_states=3, candidates=4, rollouts=4, trials=10),
-    "06_adpa_train.ipynb": dict(teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                                student="gym-tiny-student", method="dckd", k=8, steps=2, train_prompts=12,
-                                eval_prompts=6, eval_samples=2, batch_size=4, sweep=True, alphas="1", gammas="3",
-                                sweep_steps=1),
-    "04_preference_distributions.ipynb": dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3,
-                                              n_prompts=4, train_steps=2, batch_size=4),
+    "03_pad_train.ipynb": dict(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        n=3,
+        steps=3,
+        train_prompts=16,
+        eval_prompts=8,
+        eval_samples=2,
+        batch_size=4,
+    ),
+    "05_sample_complexity.ipynb": dict(
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        n_states=3,
+        candidates=4,
+        rollouts=4,
+        trials=10,
+    ),
+    "06_adpa_train.ipynb": dict(
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        method="dckd",
+        k=8,
+        steps=2,
+        train_prompts=12,
+        eval_prompts=6,
+        eval_samples=2,
+        batch_size=4,
+        sweep=True,
+        alphas="1",
+        gammas="3",
+        sweep_steps=1,
+    ),
+    "04_preference_distributions.ipynb": dict(
+        teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, n_prompts=4, train_steps=2, batch_size=4
+    ),
 }
 
 
@@ -73,8 +135,14 @@ def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatc
 
     monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path / "figures"))
     params = {**TINY[name], "output_dir": str(tmp_path / "run")}
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(tmp_path / name), parameters=params,
-                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(tmp_path / name),
+        parameters=params,
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
     metrics = sorted((tmp_path / "run").glob("*.json"))
     assert metrics, f"{name} wrote no metrics JSON to output_dir"
     for path in metrics:
@@ -91,8 +159,9 @@ def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatc
         assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), initial.parameters()))
 
 
-@pytest.mark.parametrize("name", ["02_calibration_alpha_sweep.ipynb", "03_pad_train.ipynb", "06_adpa_train.ipynb",
-                                  "07_plad_train.ipynb"])
+@pytest.mark.parametrize(
+    "name", ["02_calibration_alpha_sweep.ipynb", "03_pad_train.ipynb", "06_adpa_train.ipynb", "07_plad_train.ipynb"]
+)
 def test_training_notebooks_default_to_the_methods_validation_chosen_gym_rate(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -113,9 +182,14 @@ def test_an_unknown_papermill_parameter_is_named_before_anything_runs(tmp_path):
     import papermill
 
     with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter\(s\) \['temprature'\]"):
-        papermill.execute_notebook(str(NOTEBOOKS / "03_pad_train.ipynb"), str(tmp_path / "out.ipynb"),
-                                   parameters={"n": 3, "temprature": 0.5, "output_dir": str(tmp_path / "run")},
-                                   kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+        papermill.execute_notebook(
+            str(NOTEBOOKS / "03_pad_train.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"n": 3, "temprature": 0.5, "output_dir": str(tmp_path / "run")},
+            kernel_name="python3",
+            cwd=str(tmp_path),
+            progress_bar=False,
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -128,7 +202,7 @@ def test_notebook_03_takes_the_sampling_temperature():
 def test_unknown_parameters_are_the_injected_names_the_parameters_cell_lacks():
     from workbench.notebook_parameters import check_parameters, unknown_parameters
 
-    parameters = 'n = 4  # samples\ntemperature: float = 0.8\nlr = None\n'
+    parameters = "n = 4  # samples\ntemperature: float = 0.8\nlr = None\n"
     injected = '# Parameters\nn = 3\ntemprature = 0.5\nPM_INPUT_PATH = "in.ipynb"\n'
     assert unknown_parameters(parameters, injected) == ["temprature"]
     with pytest.raises(ValueError, match=r"\['temprature'\].*Its parameters: \['n', 'temperature', 'lr'\]"):

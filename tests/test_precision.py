@@ -46,13 +46,25 @@ class LinearOutputDtypes:
 
 
 def tiny_config(family: str, tmp_path, **overrides):
-    common = dict(student="gym-tiny-student", train_prompts=12, eval_prompts=4, eval_samples=1, batch_size=4,
-                  steps=4, lr=PAPER_LR, output_dir=str(tmp_path), progress=False, logits_chunk=8, **overrides)
+    common = dict(
+        student="gym-tiny-student",
+        train_prompts=12,
+        eval_prompts=4,
+        eval_samples=1,
+        batch_size=4,
+        steps=4,
+        lr=PAPER_LR,
+        output_dir=str(tmp_path),
+        progress=False,
+        logits_chunk=8,
+        **overrides,
+    )
     if family == "pad":
         return P.PadConfig(teacher="gym-tiny-teacher-dpo", n=3, **common)
     if family == "adpa":
-        return A.AdpaConfig(method="adpa", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                            **common)
+        return A.AdpaConfig(
+            method="adpa", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref", **common
+        )
     return L.PladConfig(teacher="gym-tiny-teacher-dpo", **common)
 
 
@@ -104,10 +116,12 @@ def test_precision_resolves_to_the_students_dtype_and_the_trainers_autocast(conf
         config(precision="fp16")
     assert config().student_precision("cpu") == "32-true"  # 'auto' off a GPU
     cases = {  # (precision, lora) -> (weights dtype, Trainer autocast)
-        ("32-true", False): (torch.float32, False), ("bf16-true", False): (torch.bfloat16, False),
+        ("32-true", False): (torch.float32, False),
+        ("bf16-true", False): (torch.bfloat16, False),
         ("bf16-mixed", False): (torch.float32, True),
         ("bf16-mixed", True): (torch.bfloat16, False),  # frozen bfloat16 base, float32 adapters (peft)
-        ("bf16-true", True): (torch.bfloat16, False), ("32-true", True): (torch.float32, False),
+        ("bf16-true", True): (torch.bfloat16, False),
+        ("32-true", True): (torch.float32, False),
     }
     for (precision, lora), (dtype, autocast) in cases.items():
         cfg = config(precision=precision, lora=lora)
@@ -131,9 +145,21 @@ def test_the_baselines_train_a_bf16_mixed_student_as_the_methods_do(method, tiny
         return model, tokenizer
 
     monkeypatch.setattr(B.BaselineConfig, "load_student", watching)
-    cfg = B.BaselineConfig(method=method, teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=8,
-                           eval_prompts=4, eval_samples=1, steps=3, batch_size=4, lr=PAPER_LR, n=2,
-                           precision="bf16-mixed", output_dir=str(tmp_path), progress=False)
+    cfg = B.BaselineConfig(
+        method=method,
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=8,
+        eval_prompts=4,
+        eval_samples=1,
+        steps=3,
+        batch_size=4,
+        lr=PAPER_LR,
+        n=2,
+        precision="bf16-mixed",
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     assert cfg.autocast_overrides() == {"bf16": True}
     result = B.run_baseline(cfg)
     watched[0].remove()

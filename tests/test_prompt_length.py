@@ -15,9 +15,12 @@ LONG = "sort " + " ".join(["3 1 2"] * 8_400)  # 50,000 characters, ~25,000 gym t
 def test_a_prompt_longer_than_the_context_is_refused_with_count_and_row(tiny_models):
     model, tok = tiny_models["student"]
     assert len(LONG) >= 50_000
-    with pytest.raises(PromptTooLong, match=r"1 of 3 prompts are longer than the 248 tokens the model's context "
-                                            r"allows \(256 positions − max_new_tokens=8\): rows 1 \(\d+ tokens\).*"
-                                            r"max_prompt_tokens") as raised:
+    with pytest.raises(
+        PromptTooLong,
+        match=r"1 of 3 prompts are longer than the 248 tokens the model's context "
+        r"allows \(256 positions − max_new_tokens=8\): rows 1 \(\d+ tokens\).*"
+        r"max_prompt_tokens",
+    ) as raised:
         sample_responses(model, tok, ["sort 2 1", LONG, "reverse 1 2 3"], n=2, max_new_tokens=8, progress=False)
     assert raised.value.rows == [1] and raised.value.lengths[0] > 10_000
 
@@ -27,8 +30,16 @@ def test_max_prompt_tokens_cuts_the_long_prompts_only_and_says_so(tiny_models, c
 
     model, tok = tiny_models["student"]
     with caplog.at_level(logging.WARNING, logger="workbench.sampling"):
-        out = sample_responses(model, tok, ["sort 2 1", LONG], n=2, max_new_tokens=8, max_prompt_tokens=64,
-                               progress=False, cache=StageCache(tmp_path))
+        out = sample_responses(
+            model,
+            tok,
+            ["sort 2 1", LONG],
+            n=2,
+            max_new_tokens=8,
+            max_prompt_tokens=64,
+            progress=False,
+            cache=StageCache(tmp_path),
+        )
     assert "cut 1 of 2 prompts to max_prompt_tokens=64" in caplog.text and "rows 1 (" in caplog.text
     prompts = out["prompt"]
     assert prompts[0] == [{"role": "user", "content": "sort 2 1"}]

@@ -41,8 +41,13 @@ def header(path: Path) -> dict:
 def notebook_parameters(path: Path) -> set[str]:
     nb = nbformat.read(path, as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    return {t.id for node in ast.parse(cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    return {
+        t.id
+        for node in ast.parse(cell.source).body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
 
 
 def method_config_fields(notebook: Path) -> set[str] | None:
@@ -50,8 +55,10 @@ def method_config_fields(notebook: Path) -> set[str] | None:
     import dataclasses
     import importlib
 
-    module, config = {"06": ("workbench.methods.adpa", "AdpaConfig"),
-                      "07": ("workbench.methods.plad", "PladConfig")}.get(notebook.name[:2], (None, None))
+    module, config = {
+        "06": ("workbench.methods.adpa", "AdpaConfig"),
+        "07": ("workbench.methods.plad", "PladConfig"),
+    }.get(notebook.name[:2], (None, None))
     try:
         cls = getattr(importlib.import_module(module), config) if module else None
     except (ImportError, AttributeError):
@@ -67,11 +74,18 @@ def load(path: Path) -> dict:
 
 def test_there_are_pad_adpa_and_plad_recipes_each_with_a_qlora_variant():
     names = {p.stem for p in RECIPES}
-    assert {"pad_gemma2_9b_to_2b", "pad_llama3_8b_to_3b", "adpa_llama3_8b_to_1b", "adpa_plus_llama3_8b_to_1b",
-            "plad_llama2_13b_to_7b"} <= names
+    assert {
+        "pad_gemma2_9b_to_2b",
+        "pad_llama3_8b_to_3b",
+        "adpa_llama3_8b_to_1b",
+        "adpa_plus_llama3_8b_to_1b",
+        "plad_llama2_13b_to_7b",
+    } <= names
     plad = load(ROOT / "recipes" / "plad_llama2_13b_to_7b.yaml")
-    assert plad["lora"] is True and header(ROOT / "recipes" / "plad_llama2_13b_to_7b.yaml")["estimate"] \
-        .get("world_size", 1) == 1
+    assert (
+        plad["lora"] is True
+        and header(ROOT / "recipes" / "plad_llama2_13b_to_7b.yaml")["estimate"].get("world_size", 1) == 1
+    )
     for name in names - {n for n in names if n.endswith("_qlora")}:
         assert f"{name}_qlora" in names, f"{name} has no QLoRA single-GPU variant"
         qlora = load(ROOT / "recipes" / f"{name}_qlora.yaml")
@@ -123,15 +137,21 @@ def teacher_64(tmp_path_factory, tiny_gym):
     folder = tmp_path_factory.mktemp("teacher64")
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(ModelShape(hidden=64, layers=1, heads=2, intermediate=128).llama_config(tokenizer)) \
-        .save_pretrained(folder)
+    LlamaForCausalLM(
+        ModelShape(hidden=64, layers=1, heads=2, intermediate=128).llama_config(tokenizer)
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
 
 # a recipe's dataset → a synthetic fixture in that dataset's native schema (tests/fixtures/README.md)
-DATASET_FIXTURES = {"dpo-mix-7k": "dpo_mix_7k.jsonl", "helpsteer2": "helpsteer2.jsonl", "hh-helpful": "hh_rlhf.jsonl",
-                    "ultrafeedback": "ultrafeedback.jsonl", "ultrafeedback-cleaned": "ultrafeedback_cleaned.jsonl"}
+DATASET_FIXTURES = {
+    "dpo-mix-7k": "dpo_mix_7k.jsonl",
+    "helpsteer2": "helpsteer2.jsonl",
+    "hh-helpful": "hh_rlhf.jsonl",
+    "ultrafeedback": "ultrafeedback.jsonl",
+    "ultrafeedback-cleaned": "ultrafeedback_cleaned.jsonl",
+}
 KEEP_FROM_RECIPE = set(MODEL_KEYS) | {"method", "loss"}  # what a recipe runs; the tiny values only shrink sizes
 
 
@@ -142,7 +162,6 @@ def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_
     needs 64-wide layers), so the NF4 teacher path runs on CPU as well.
     """
     import papermill
-
     from test_notebooks import TINY
 
     info = header(path)
@@ -150,8 +169,12 @@ def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_
         pytest.skip(f"{info['notebook'].name} is not written yet (recipe kept valid for it)")
     params = load(path)
     tiny = dict(TINY.get(info["notebook"].name, {}))
-    swap = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "teacher_dpo": "gym-tiny-teacher-dpo",
-            "teacher_ref": "gym-tiny-teacher-ref"}
+    swap = {
+        "teacher": "gym-tiny-teacher-dpo",
+        "student": "gym-tiny-student",
+        "teacher_dpo": "gym-tiny-teacher-dpo",
+        "teacher_ref": "gym-tiny-teacher-ref",
+    }
     if params.get("quantization"):
         swap.update(teacher=teacher_64, teacher_dpo=teacher_64, teacher_ref=teacher_64)
     params.update({k: v for k, v in swap.items() if k in params})
@@ -159,8 +182,14 @@ def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_
     params.update(train_prompts=8, eval_prompts=4, eval_samples=1, steps=2, output_dir=str(tmp_path / "run"))
     params.update(swap_data)
     monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path / "figures"))
-    nb = papermill.execute_notebook(str(info["notebook"]), str(tmp_path / "out.ipynb"), parameters=params,
-                                    kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    nb = papermill.execute_notebook(
+        str(info["notebook"]),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
     assert list((tmp_path / "run").glob("*.json")), "the recipe's run wrote no metrics"
     assert list((tmp_path / "figures").glob("*.png")), "the recipe's run saved no figure"
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
@@ -189,8 +218,9 @@ def test_recipe_runs_end_to_end_on_a_fixture_of_its_dataset(path, tmp_path, tiny
         assert -1 <= metrics["ranking"]["tau_student_teacher"]["mean"] <= 1
     elif adpa:
         assert metrics["method"] == params["method"] and 0 <= metrics["reward_accuracy"] <= 1
-        assert [s["stage"] for s in metrics["stages"]] == (["dckd", "adpa"] if params["method"] == "adpa+"
-                                                            else [params["method"]])
+        assert [s["stage"] for s in metrics["stages"]] == (
+            ["dckd", "adpa"] if params["method"] == "adpa+" else [params["method"]]
+        )
     else:
         assert metrics["pairs"]["n_pairs"] >= 1 and metrics["pairs"]["gold_statistics"].startswith("skipped")
 
@@ -205,16 +235,26 @@ def test_recipe_trains_through_the_script_on_a_fixture_of_its_dataset(path, tmp_
 
     pipeline = recipe_pipeline(path)
     params = load(path)
-    swap = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "teacher_dpo": "gym-tiny-teacher-dpo",
-            "teacher_ref": "gym-tiny-teacher-ref"}
+    swap = {
+        "teacher": "gym-tiny-teacher-dpo",
+        "student": "gym-tiny-student",
+        "teacher_dpo": "gym-tiny-teacher-dpo",
+        "teacher_ref": "gym-tiny-teacher-ref",
+    }
     if params.get("quantization"):
         swap.update(teacher=teacher_64, teacher_dpo=teacher_64, teacher_ref=teacher_64)
     params.update({k: v for k, v in swap.items() if k in params})
     tiny = TINY.get(f"{PIPELINES[pipeline].notebook}.ipynb", {})
     params.update({k: v for k, v in tiny.items() if k not in KEEP_FROM_RECIPE})
     fixture = ROOT / "tests" / "fixtures" / DATASET_FIXTURES[params["dataset"]]
-    params.update(dataset=str(fixture), dataset_schema=params["dataset"], train_prompts=8, steps=2, progress=False,
-                  output_dir=str(tmp_path))
+    params.update(
+        dataset=str(fixture),
+        dataset_schema=params["dataset"],
+        train_prompts=8,
+        steps=2,
+        progress=False,
+        output_dir=str(tmp_path),
+    )
     cfg = method_config(pipeline, params)
     history = train(pipeline, cfg, save_model=False, save_rows=True)
     assert sum("loss" in e and "train_runtime" not in e for e in history) >= 2
@@ -226,6 +266,7 @@ def test_recipe_trains_through_the_script_on_a_fixture_of_its_dataset(path, tmp_
 
 
 # --- bench/bench_recipe_gpu.py: the device check of the recipes, its code path run here at toy widths ---
+
 
 def _recipe_bench():
     import importlib.util
@@ -286,8 +327,14 @@ def test_the_recipe_bench_runs_a_bf16_mixed_student_as_the_trainer_does(tmp_path
         return train(self, objective, inputs, sequences)
 
     bench.Bench.train = watched
-    out = bench.run(str(ROOT / "recipes" / "pad_gemma2_9b_to_2b.yaml"), device="cpu", shrink=True, steps=1,
-                    workdir=str(tmp_path), precision="bf16-mixed")
+    out = bench.run(
+        str(ROOT / "recipes" / "pad_gemma2_9b_to_2b.yaml"),
+        device="cpu",
+        shrink=True,
+        steps=1,
+        workdir=str(tmp_path),
+        precision="bf16-mixed",
+    )
     assert out["assumptions"]["precision"] == "bf16-mixed" and not out["assumptions"]["lora"]
     assert seen == [({torch.float32}, "autocast")]
     assert all(math.isfinite(v) for v in out["phases"]["training"]["losses"])

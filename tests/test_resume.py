@@ -45,8 +45,9 @@ def _reference_then_interrupted(config_class, train_run, common: dict, owner, ca
 
 
 def _curve(history: list[dict]) -> list[tuple]:
-    return [(entry.get("stage", entry.get("round")), entry["step"], entry["loss"]) for entry in history
-            if "loss" in entry]
+    return [
+        (entry.get("stage", entry.get("round")), entry["step"], entry["loss"]) for entry in history if "loss" in entry
+    ]
 
 
 def _max_weight_difference(a, b) -> float:
@@ -57,8 +58,11 @@ def _max_weight_difference(a, b) -> float:
 # stages in pieces
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("start, stop, first_batch, batch_size, chunk", [(0, 10, 0, 3, 6), (6, 16, 2, 3, 4),
-                                                                          (0, 7, 0, 2, 1), (4, 8, 1, 4, 100)])
+
+@pytest.mark.parametrize(
+    "start, stop, first_batch, batch_size, chunk",
+    [(0, 10, 0, 3, 6), (6, 16, 2, 3, 4), (0, 7, 0, 2, 1), (4, 8, 1, 4, 100)],
+)
 def test_pieces_are_whole_batches_that_tile_the_shard(start, stop, first_batch, batch_size, chunk):
     pieces = shard_pieces(Shard(start, stop, first_batch), batch_size, chunk)
     assert [i for p in pieces for i in range(p.start, p.stop)] == list(range(start, stop))
@@ -120,9 +124,20 @@ def test_adpa_loads_each_teacher_once_for_all_pieces_of_its_top_k_pass(tiny_gym,
     real_load = models.load
     monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
     monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "4")
-    cfg = adpa.AdpaConfig(method="adpa+", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                          student="gym-tiny-student", steps=2, train_prompts=12, batch_size=4, k=8,
-                          sampling_batch_size=2, scoring_batch_size=2, output_dir=str(tmp_path), progress=False)
+    cfg = adpa.AdpaConfig(
+        method="adpa+",
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        steps=2,
+        train_prompts=12,
+        batch_size=4,
+        k=8,
+        sampling_batch_size=2,
+        scoring_batch_size=2,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     adpa.train_run(cfg)
     # 3 pieces per pass; passes: the DPO teacher on y_w and on y_l (DCKD), then both teachers on ŷ (ADPA): one load
     # per pass, not one per piece
@@ -133,8 +148,18 @@ def test_adpa_loads_each_teacher_once_for_all_pieces_of_its_top_k_pass(tiny_gym,
 # training checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
-PAD_RUN = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=4, m=2, steps=6, batch_size=4,
-               train_prompts=8, max_new_tokens=6, lr=1e-3, progress=False)
+PAD_RUN = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    n=4,
+    m=2,
+    steps=6,
+    batch_size=4,
+    train_prompts=8,
+    max_new_tokens=6,
+    lr=1e-3,
+    progress=False,
+)
 
 
 def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(tiny_gym, tmp_path, monkeypatch):
@@ -142,14 +167,18 @@ def test_an_interrupted_pad_run_resumes_to_the_uninterrupted_curve_and_weights(t
     scheduler, data position and the decomposition's generator) and ends where the uninterrupted run ends."""
     from workbench.methods import pad
 
-    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
-                                                 tmp_path, monkeypatch)
+    reference, cfg = _reference_then_interrupted(
+        pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5, tmp_path, monkeypatch
+    )
     folder = tmp_path / "run" / "checkpoints" / "round0"
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-4"]  # the newest kept, step 2's rotated away
     steps_run = []
     real_call = pad.ListwiseObjective.__call__
-    monkeypatch.setattr(pad.ListwiseObjective, "__call__",
-                        lambda self, model, inputs: steps_run.append(1) or real_call(self, model, inputs))
+    monkeypatch.setattr(
+        pad.ListwiseObjective,
+        "__call__",
+        lambda self, model, inputs: steps_run.append(1) or real_call(self, model, inputs),
+    )
     resumed = pad.train_run(cfg)
     assert len(steps_run) == 2  # steps 5 and 6 only
     assert _curve(resumed.history) == _curve(reference.history) and len(_curve(reference.history)) == 6
@@ -161,8 +190,9 @@ def test_a_resumed_run_reports_the_train_loss_of_the_whole_run(tiny_gym, tmp_pat
     from workbench.methods import pad
     from workbench.methods.common import training_summary
 
-    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
-                                                 tmp_path, monkeypatch)
+    reference, cfg = _reference_then_interrupted(
+        pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5, tmp_path, monkeypatch
+    )
     resumed = pad.train_run(cfg)
     whole = training_summary(reference.history)["train"]["train_loss"]
     logged = [entry["loss"] for entry in reference.history if "loss" in entry]
@@ -177,17 +207,24 @@ def test_a_run_that_ran_out_of_memory_resumes_with_the_memory_knobs_on(tiny_gym,
 
     from workbench.methods import pad
 
-    reference, cfg = _reference_then_interrupted(pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5,
-                                                 tmp_path, monkeypatch)
+    reference, cfg = _reference_then_interrupted(
+        pad.PadConfig, pad.train_run, PAD_RUN, pad.ListwiseObjective, 5, tmp_path, monkeypatch
+    )
     steps_run = []
     real_call = pad.ListwiseObjective.__call__
-    monkeypatch.setattr(pad.ListwiseObjective, "__call__",
-                        lambda self, model, inputs: steps_run.append(self.logits_chunk) or real_call(self, model,
-                                                                                                   inputs))
+    monkeypatch.setattr(
+        pad.ListwiseObjective,
+        "__call__",
+        lambda self, model, inputs: steps_run.append(self.logits_chunk) or real_call(self, model, inputs),
+    )
     resumed = pad.train_run(replace(cfg, gradient_checkpointing=True, logits_chunk=3))
     assert steps_run == [3, 3]  # steps 5 and 6 only, through the chunked head
-    torch.testing.assert_close(torch.tensor([loss for *_, loss in _curve(resumed.history)]),
-                               torch.tensor([loss for *_, loss in _curve(reference.history)]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([loss for *_, loss in _curve(resumed.history)]),
+        torch.tensor([loss for *_, loss in _curve(reference.history)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert _max_weight_difference(resumed.model, reference.model) < 1e-5
 
 
@@ -239,8 +276,11 @@ def test_a_checkpoint_whose_objective_state_is_corrupt_is_skipped_and_nothing_is
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         (folder / "trainer_state.json").write_text("{}")
-        write_verified(folder / OBJECTIVE_STATE, {"generator": torch.Generator().manual_seed(step).get_state()},
-                       key=OBJECTIVE_STATE)
+        write_verified(
+            folder / OBJECTIVE_STATE,
+            {"generator": torch.Generator().manual_seed(step).get_state()},
+            key=OBJECTIVE_STATE,
+        )
     newest = tmp_path / "checkpoint-4" / OBJECTIVE_STATE
     newest.write_bytes(newest.read_bytes()[:-5])  # cut short on disk
     with caplog.at_level(logging.WARNING, logger="workbench.trainers"):
@@ -255,16 +295,28 @@ def test_adpa_plus_interrupted_in_its_second_stage_resumes_through_the_first(tin
     step repeated; the same ŷ from the cache), resumes ADPA from its checkpoint and matches the uninterrupted run."""
     from workbench.methods import adpa
 
-    common = dict(method="adpa+", teacher_dpo="gym-tiny-teacher-dpo", teacher_ref="gym-tiny-teacher-ref",
-                  student="gym-tiny-student", steps=4, train_prompts=12, batch_size=4, k=8, progress=False)
-    reference, cfg = _reference_then_interrupted(adpa.AdpaConfig, adpa.train_run, common, adpa.OnPolicyObjective, 3,
-                                                 tmp_path, monkeypatch)
+    common = dict(
+        method="adpa+",
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        steps=4,
+        train_prompts=12,
+        batch_size=4,
+        k=8,
+        progress=False,
+    )
+    reference, cfg = _reference_then_interrupted(
+        adpa.AdpaConfig, adpa.train_run, common, adpa.OnPolicyObjective, 3, tmp_path, monkeypatch
+    )
     calls = []
     for name in ("DckdObjective", "OnPolicyObjective"):
         real = getattr(adpa, name).__call__
-        monkeypatch.setattr(getattr(adpa, name), "__call__",
-                            lambda self, model, inputs, real=real, name=name: calls.append(name)
-                            or real(self, model, inputs))
+        monkeypatch.setattr(
+            getattr(adpa, name),
+            "__call__",
+            lambda self, model, inputs, real=real, name=name: calls.append(name) or real(self, model, inputs),
+        )
     resumed = adpa.train_run(cfg)
     assert calls == ["OnPolicyObjective"] * 2  # DCKD finished before; ADPA resumes at step 2 of 4
     assert _curve(resumed.history) == _curve(reference.history)
@@ -277,10 +329,19 @@ def test_plad_resumes_its_training(lora, tiny_gym, tmp_path, monkeypatch):
     """With LoRA (PLaD's own setting) the checkpoints hold the adapter, and the resumed run still ends equal."""
     from workbench.methods import plad
 
-    common = dict(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=24, steps=4,
-                  batch_size=4, lora=lora, lr=1e-2 if lora else None, progress=False)
-    reference, cfg = _reference_then_interrupted(plad.PladConfig, plad.train_run, common, plad.PladObjective, 4,
-                                                 tmp_path, monkeypatch)
+    common = dict(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=24,
+        steps=4,
+        batch_size=4,
+        lora=lora,
+        lr=1e-2 if lora else None,
+        progress=False,
+    )
+    reference, cfg = _reference_then_interrupted(
+        plad.PladConfig, plad.train_run, common, plad.PladObjective, 4, tmp_path, monkeypatch
+    )
     if lora:
         saved = {p.name for p in (tmp_path / "run" / "checkpoints" / "train").glob("checkpoint-*/*")}
         assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
@@ -298,20 +359,34 @@ def test_a_killed_training_script_resumes_when_run_again(tiny_gym, tmp_path, pre
     import subprocess
     import sys
 
-    params = {"teacher": "gym-tiny-teacher-dpo", "student": "gym-tiny-student", "n": 2, "steps": 200,
-              "batch_size": 4, "train_prompts": 16, "max_new_tokens": 6, "lr": 1e-3, "progress": False}
+    params = {
+        "teacher": "gym-tiny-teacher-dpo",
+        "student": "gym-tiny-student",
+        "n": 2,
+        "steps": 200,
+        "batch_size": 4,
+        "train_prompts": 16,
+        "max_new_tokens": 6,
+        "lr": 1e-3,
+        "progress": False,
+    }
 
     def command(out, save_steps):
         pairs = {**params, "save_steps": save_steps, "output_dir": str(out), "save_model": False}
-        return [sys.executable, "-m", "workbench.train", "--pipeline", "pad",
-                *[a for k, v in pairs.items() for a in ("-p", k, str(v))]]
+        return [
+            sys.executable,
+            "-m",
+            "workbench.train",
+            "--pipeline",
+            "pad",
+            *[a for k, v in pairs.items() for a in ("-p", k, str(v))],
+        ]
 
     env = dict(os.environ, WORKBENCH_THREADS="1", OMP_NUM_THREADS="1")
     for name in ("WORKBENCH_TRAINING_ARGS", "WORKBENCH_LOGITS_CHUNK", "WORKBENCH_STAGE_CHUNK"):
         env.pop(name, None)
     subprocess.run(command(tmp_path / "reference", 5), env=env, check=True, capture_output=True)
-    job = subprocess.Popen(command(tmp_path / "run", 5), env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(command(tmp_path / "run", 5), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     preempt(job, tmp_path / "run" / "checkpoints" / "round0", params["steps"], job.kill)
     again = subprocess.run(command(tmp_path / "run", 5), env=env, check=True, capture_output=True, text=True)
     assert "resuming from" in again.stderr

@@ -50,25 +50,39 @@ def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm
 
     model, tok = tiny_models["student"]
     hf = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, cache=OFF, progress=False)
-    out = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, temperature=0.7,
-                           top_p=0.9, backend="vllm", cache=OFF, progress=False)
+    out = sample_responses(
+        model,
+        tok,
+        PROMPTS,
+        n=2,
+        batch_size=3,
+        seed=7,
+        max_new_tokens=5,
+        temperature=0.7,
+        top_p=0.9,
+        backend="vllm",
+        cache=OFF,
+        progress=False,
+    )
     assert out.column_names == hf.column_names and len(out) == len(hf)
     assert out["prompt_id"] == hf["prompt_id"] and out["sample_id"] == hf["sample_id"]
     # one engine, built from the loaded model's name_or_path with the seed
     (engine,) = stand_in_vllm.engines
     assert engine.kwargs == {"model": model.name_or_path, "seed": 7}
-    (requests, params), = stand_in_vllm.calls
+    ((requests, params),) = stand_in_vllm.calls
     assert [r["prompt_token_ids"] for r in requests] == [encode_prompt(tok, p) for p in PROMPTS]
     # batch b of 3 prompts is seeded seed + b, as the HF backend; vLLM seeds each prompt: prompt i of batch b gets
     # prompt_seed(seed + b, i), so prompts of a batch draw different random numbers
-    assert [p.seed for p in params] == [prompt_seed(7 + b, i) for b, i in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1),
-                                                                             (1, 2), (2, 0))]
+    assert [p.seed for p in params] == [
+        prompt_seed(7 + b, i) for b, i in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0))
+    ]
     assert len({p.seed for p in params}) == len(params)
     assert {(p.n, p.temperature, p.top_p, p.max_tokens) for p in params} == {(2, 0.7, 0.9, 5)}
     assert all(len(ids) == 2 for ids in out["response_ids"])  # cut at eos
     # the same model path again reuses the engine; greedy asks for one answer and repeats it n times
-    greedy = sample_responses(model.name_or_path, tok, PROMPTS[:2], n=3, temperature=0.0, backend="vllm", cache=OFF,
-                              progress=False)
+    greedy = sample_responses(
+        model.name_or_path, tok, PROMPTS[:2], n=3, temperature=0.0, backend="vllm", cache=OFF, progress=False
+    )
     assert len(stand_in_vllm.engines) == 1
     assert {p.n for p in stand_in_vllm.calls[-1][1]} == {1}
     assert greedy["response"][:3] == [greedy["response"][0]] * 3
@@ -115,8 +129,9 @@ def test_pad_round_samples_through_vllm_from_the_current_student(tiny_models, st
 
     student, tok = tiny_models["student"]
     teacher, teacher_tok = tiny_models["teacher-dpo"]
-    cfg = PadConfig(n=2, sampling_backend="vllm", sampling_batch_size=2, max_new_tokens=6, output_dir=str(tmp_path),
-                    progress=False)
+    cfg = PadConfig(
+        n=2, sampling_backend="vllm", sampling_batch_size=2, max_new_tokens=6, output_dir=str(tmp_path), progress=False
+    )
     first = sample_and_score(cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 0)
     assert stand_in_vllm.engines[0].kwargs["model"] == student.name_or_path
     assert {p.max_tokens for p in stand_in_vllm.calls[0][1]} == {6}
@@ -127,16 +142,23 @@ def test_pad_round_samples_through_vllm_from_the_current_student(tiny_models, st
     assert (tmp_path / "vllm_student_round1" / "config.json").exists()
 
 
-def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_across_rounds(tiny_models,
-                                                                                             stand_in_vllm, tmp_path):
+def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_across_rounds(
+    tiny_models, stand_in_vllm, tmp_path
+):
     """``scoring_backend='vllm'``: the teacher is never loaded (folder + tokenizer only), its rewards equal the HF
     teacher's, and a new round's student engine replaces the old student engine only."""
     from workbench import sampling
     from workbench.methods.pad import PadConfig, load_teacher, sample_and_score
 
     student, tok = tiny_models["student"]
-    common = dict(teacher="gym-tiny-teacher-dpo", n=2, sampling_batch_size=2, max_new_tokens=6,
-                  output_dir=str(tmp_path), progress=False)
+    common = dict(
+        teacher="gym-tiny-teacher-dpo",
+        n=2,
+        sampling_batch_size=2,
+        max_new_tokens=6,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     hf_cfg = PadConfig(**common)
     vllm_cfg = PadConfig(**common, scoring_backend="vllm", sampling_backend="vllm", vllm_gpu_memory=0.3)
     teacher, teacher_tok = load_teacher(vllm_cfg)
@@ -157,8 +179,9 @@ def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_ac
         PadConfig(scoring_backend="tgi")
 
 
-def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teacher(tiny_models, stand_in_vllm,
-                                                                                    tmp_path, monkeypatch):
+def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teacher(
+    tiny_models, stand_in_vllm, tmp_path, monkeypatch
+):
     """``PladConfig(sampling_backend='vllm')``: the teacher (used black-box, for its samples only) is served by
     vLLM from its folder and never loaded; the student's pre-training samples come from its folder too."""
     from workbench import models, sampling
@@ -167,9 +190,19 @@ def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teach
     loaded = []
     real_load = models.load
     monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
-    cfg = plad.PladConfig(teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", train_prompts=6,
-                          eval_prompts=2, eval_samples=1, steps=1, batch_size=2, sampling_backend="vllm",
-                          vllm_gpu_memory=0.4, output_dir=str(tmp_path), progress=False)
+    cfg = plad.PladConfig(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        train_prompts=6,
+        eval_prompts=2,
+        eval_samples=1,
+        steps=1,
+        batch_size=2,
+        sampling_backend="vllm",
+        vllm_gpu_memory=0.4,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     result = plad.run_plad(cfg)
     assert loaded == ["gym-tiny-student"]  # the teacher was never loaded
     sources = [e.kwargs["model"] for e in stand_in_vllm.engines]
@@ -192,6 +225,8 @@ def test_a_cpu_vllm_engine_prefills_prompts_whole_unless_told_otherwise(tiny_mod
     sampling.vllm_engine("cpu-model", 0)
     sampling.vllm_engine("cpu-model-chunked", 0, enable_chunked_prefill=True)
     kwargs = [e.kwargs for e in stand_in_vllm.engines]
-    assert kwargs == [{"model": "gpu-model", "seed": 0, "max_model_len": 64},
-                      {"model": "cpu-model", "seed": 0, "enable_chunked_prefill": False},
-                      {"model": "cpu-model-chunked", "seed": 0, "enable_chunked_prefill": True}]
+    assert kwargs == [
+        {"model": "gpu-model", "seed": 0, "max_model_len": 64},
+        {"model": "cpu-model", "seed": 0, "enable_chunked_prefill": False},
+        {"model": "cpu-model-chunked", "seed": 0, "enable_chunked_prefill": True},
+    ]

@@ -15,9 +15,9 @@ def test_response_mask_covers_exactly_the_response_and_its_eos(tiny_models):
     tokens = [tok.convert_ids_to_tokens(ids[m]) for ids, m in zip(batch["input_ids"], batch["response_mask"])]
     assert tokens == [["1", "2", "3", "</s>"], ["9", "</s>"]]
     assert (batch["labels"][~batch["response_mask"]] == -100).all()
-    assert batch["attention_mask"].sum().item() == sum(len(a) + len(b) for a, b in
-                                                       (encode_example(tok, p, r) for p, r in
-                                                        [("sort 3 1 2", "1 2 3"), ("max 4 9", "9")]))
+    assert batch["attention_mask"].sum().item() == sum(
+        len(a) + len(b) for a, b in (encode_example(tok, p, r) for p, r in [("sort 3 1 2", "1 2 3"), ("max 4 9", "9")])
+    )
 
 
 def test_token_logps_match_a_direct_forward_and_ignore_padding(tiny_models):
@@ -73,8 +73,15 @@ def test_mcq_selection_is_a_distribution_over_the_options(tiny_models, order):
 
     model, tok = tiny_models["teacher-dpo"]
     groups = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "8", "sure here is the answer 9"]]
-    log_sel = mcq_selection_logprobs(model, tok, ["sort 3 1 2", "max 4 9"], groups, template=GYM_MCQ_TEMPLATE,
-                                     order=order, cache=StageCache(enabled=False))
+    log_sel = mcq_selection_logprobs(
+        model,
+        tok,
+        ["sort 3 1 2", "max 4 9"],
+        groups,
+        template=GYM_MCQ_TEMPLATE,
+        order=order,
+        cache=StageCache(enabled=False),
+    )
     assert log_sel.shape == (2, 3)
     assert torch.allclose(log_sel.exp().sum(-1), torch.ones(2), atol=1e-5)
 
@@ -92,8 +99,10 @@ def test_cyclic_order_makes_selection_equivariant_to_the_response_order(tiny_mod
     assert torch.allclose(torch.roll(a, -1), b, atol=1e-5)
 
 
-@pytest.mark.parametrize(("n", "capacity", "sizes"), [(8, 4, [4, 4]), (6, 4, [3, 3]), (5, 4, [3, 2]),
-                                                     (9, 4, [3, 3, 3]), (4, 4, [4]), (3, 8, [3])])
+@pytest.mark.parametrize(
+    ("n", "capacity", "sizes"),
+    [(8, 4, [4, 4]), (6, 4, [3, 3]), (5, 4, [3, 2]), (9, 4, [3, 3, 3]), (4, 4, [4]), (3, 8, [3])],
+)
 def test_option_slices_are_balanced_and_cover_every_option(n, capacity, sizes):
     from workbench.scoring import option_slices
 
@@ -114,14 +123,16 @@ def test_a_group_larger_than_the_judges_letters_is_judged_in_slices(tiny_models)
     kwargs = dict(cache=StageCache(enabled=False))
     with pytest.raises(ValueError, match="only 4 letters"):
         four.render("sort 3 1 2", group)
-    sliced = mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [group], template=four, order="identity",
-                                    **kwargs)[0]
-    halves = [mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [half], template=four, order="identity",
-                                     **kwargs)[0] for half in (group[:4], group[4:])]
+    sliced = mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [group], template=four, order="identity", **kwargs)[0]
+    halves = [
+        mcq_selection_logprobs(model, tok, ["sort 3 1 2"], [half], template=four, order="identity", **kwargs)[0]
+        for half in (group[:4], group[4:])
+    ]
     assert torch.allclose(sliced, torch.cat(halves), atol=1e-5)  # identity order: the two halves, each its own MCQ
     for order in ("random", "cyclic"):
-        log_sel = mcq_selection_logprobs(model, tok, ["sort 3 1 2"] * 2, [group, group[::-1]], template=four,
-                                         order=order, **kwargs)
+        log_sel = mcq_selection_logprobs(
+            model, tok, ["sort 3 1 2"] * 2, [group, group[::-1]], template=four, order=order, **kwargs
+        )
         assert log_sel.shape == (2, 8) and torch.isfinite(log_sel).all()
         if order == "random":  # one random partition: the probabilities of each slice of 4 sum to one
             assert torch.allclose(log_sel.exp().sum(-1), torch.full((2,), 2.0), atol=1e-5)
@@ -215,10 +226,20 @@ def random_gemma2(tokenizer, softcap: float = 2.0):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=16, intermediate_size=128, final_logit_softcapping=softcap,
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, initializer_range=0.5)
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        final_logit_softcapping=softcap,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.5,
+    )
     return Gemma2ForCausalLM(config).eval()
 
 
@@ -230,8 +251,10 @@ def lora_teacher(tiny_models):
 
     model, tok = tiny_models["teacher-dpo"]
     torch.manual_seed(0)
-    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                              init_lora_weights=False, task_type="CAUSAL_LM"))
+    wrapped = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
     return wrapped.eval(), tok
 
 
@@ -252,8 +275,11 @@ class HeadInputs:
         from workbench.trainers import _unwrapped
 
         self.shapes = []
-        self.handle = _unwrapped(model).get_output_embeddings().register_forward_hook(
-            lambda module, args, out: self.shapes.append(tuple(args[0].shape)))
+        self.handle = (
+            _unwrapped(model)
+            .get_output_embeddings()
+            .register_forward_hook(lambda module, args, out: self.shapes.append(tuple(args[0].shape)))
+        )
 
     def __enter__(self):
         return self
@@ -272,8 +298,15 @@ def test_chunked_hidden_state_token_logps_equal_the_full_logits(tiny_models, nam
     expected = full_logits_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES)
     batch_size = 2
     with HeadInputs(model) as head:
-        token_logps, mask = response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, batch_size=batch_size,
-                                                 logits_chunk=chunk, cache=StageCache(enabled=False))
+        token_logps, mask = response_token_logps(
+            model,
+            tok,
+            PARITY_PROMPTS,
+            PARITY_RESPONSES,
+            batch_size=batch_size,
+            logits_chunk=chunk,
+            cache=StageCache(enabled=False),
+        )
     for i, row in enumerate(expected):
         assert int(mask[i].sum()) == len(row)
         torch.testing.assert_close(token_logps[i, mask[i]], row, rtol=0, atol=1e-5)
@@ -336,8 +369,10 @@ def test_the_softcap_and_lora_parity_models_are_sensitive(tiny_models):
     lora, _ = parity_model("lora", tiny_models)
     base, _ = tiny_models["teacher-dpo"]
     with torch.no_grad():
-        assert (lora(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
-                - base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits).abs().max() > 1e-2
+        assert (
+            lora(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+            - base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ).abs().max() > 1e-2
 
 
 def test_scoring_chunk_reads_the_environment_and_refuses_nonsense(monkeypatch):
@@ -366,16 +401,25 @@ def test_vllm_scoring_equals_hf_scoring_through_a_stand_in_engine(tiny_models, s
     responses = ["1 2 3", "sure here is the answer 9", "4 4 4 4 4 4"]
     for max_length in (None, 12):  # 12 cuts the long rows' prompts from the left, as the HF collator does
         hf = response_token_logps(model, tok, prompts, responses, max_length=max_length, cache=off)
-        vllm = response_token_logps(model, tok, prompts, responses, max_length=max_length, cache=off,
-                                    backend="vllm", engine_options={"dtype": "float32"})
+        vllm = response_token_logps(
+            model,
+            tok,
+            prompts,
+            responses,
+            max_length=max_length,
+            cache=off,
+            backend="vllm",
+            engine_options={"dtype": "float32"},
+        )
         assert torch.equal(vllm[1], hf[1])
         torch.testing.assert_close(vllm[0], hf[0], atol=1e-5, rtol=1e-5)
     assert stand_in_vllm.engines[0].kwargs == {"model": model.name_or_path, "seed": 0, "dtype": "float32"}
     groups = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "1", "sure 9"], ["4", "5", "22"]]
     for order in ("random", "cyclic"):
         hf = mcq_selection_logprobs(model, tok, prompts, groups, template=GYM_MCQ_TEMPLATE, order=order, cache=off)
-        vllm = mcq_selection_logprobs(model.name_or_path, tok, prompts, groups, template=GYM_MCQ_TEMPLATE,
-                                      order=order, cache=off, backend="vllm")
+        vllm = mcq_selection_logprobs(
+            model.name_or_path, tok, prompts, groups, template=GYM_MCQ_TEMPLATE, order=order, cache=off, backend="vllm"
+        )
         torch.testing.assert_close(vllm, hf, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend='tgi'"):
         response_token_logps(model, tok, prompts, responses, backend="tgi", cache=off)
@@ -399,6 +443,12 @@ def test_rows_cut_to_max_length_are_counted_in_the_log(tiny_models, caplog):
 
     model, tok = tiny_models["teacher-dpo"]
     with caplog.at_level("WARNING", logger="workbench.scoring"):
-        response_token_logps(model, tok, ["sort 3 1 2", "add 2 2"], ["1 2 3", "4 4 4 4 4 4"], max_length=12,
-                             cache=StageCache(enabled=False))
+        response_token_logps(
+            model,
+            tok,
+            ["sort 3 1 2", "add 2 2"],
+            ["1 2 3", "4 4 4 4 4 4"],
+            max_length=12,
+            cache=StageCache(enabled=False),
+        )
     assert "1 of 2 scored rows lost prompt tokens" in caplog.text

@@ -51,8 +51,9 @@ def test_cached_arrays_equal_a_direct_forward(teacher, student_tok, tmp_path, k,
     """Equal to top-k of the model's own full logits, also when the head runs one position per row at a time."""
     model, tok = teacher
     k = min(k, len(student_tok))
-    cache = teacher_topk(model, tok, student_tok, PROMPTS, RESPONSES, k=k, batch_size=2, cache=StageCache(tmp_path),
-                         logits_chunk=chunk)
+    cache = teacher_topk(
+        model, tok, student_tok, PROMPTS, RESPONSES, k=k, batch_size=2, cache=StageCache(tmp_path), logits_chunk=chunk
+    )
     assert len(cache) == 3 and cache.k == k
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         ids, logps = _direct_topk(model, tok, prompt, response, k)
@@ -63,8 +64,9 @@ def test_cached_arrays_equal_a_direct_forward(teacher, student_tok, tmp_path, k,
         assert (torch.from_numpy(cache.ids[i]).long() == ids).float().mean() > 0.99
         # the tail as a probability mass: where top-k holds almost all of it (k = 60 here) the log of a ~1e-7 mass
         # moves by O(1) with the batched forward's float32 rounding, the mass itself does not
-        torch.testing.assert_close(torch.from_numpy(cache.tail_logps[i]).exp(), tail_logmass(logps).exp(),
-                                   atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(
+            torch.from_numpy(cache.tail_logps[i]).exp(), tail_logmass(logps).exp(), atol=1e-6, rtol=1e-4
+        )
     # the empty response still has one position: the eos token
     assert cache.lengths[2] == 1
 
@@ -142,8 +144,9 @@ def test_teacher_is_released_after_caching(teacher, student_tok, tmp_path, monke
         return copy, tok
 
     monkeypatch.setattr(workbench.models, "load", fake_load)
-    cache = teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=3,
-                                 cache=StageCache(tmp_path))
+    cache = teacher_topk_by_name(
+        "gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=3, cache=StageCache(tmp_path)
+    )
     gc.collect()
     assert len(cache) == 3 and refs and refs[0]() is None
 
@@ -158,8 +161,16 @@ def test_vllm_topk_cache_equals_the_hf_cache_through_a_stand_in_engine(teacher, 
     off = StageCache(enabled=False)
     k = 30  # above vLLM's default max_logprobs (20)
     hf = teacher_topk(model, tok, student_tok, PROMPTS, RESPONSES, k=k, cache=off)
-    vllm = teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=k, cache=off,
-                                backend="vllm", engine_options={"gpu_memory_utilization": 0.5})
+    vllm = teacher_topk_by_name(
+        "gym-tiny-teacher-dpo",
+        student_tok,
+        PROMPTS,
+        RESPONSES,
+        k=k,
+        cache=off,
+        backend="vllm",
+        engine_options={"gpu_memory_utilization": 0.5},
+    )
     (engine,) = stand_in_vllm.engines
     assert engine.kwargs["model"] == resolve("gym-tiny-teacher-dpo") and engine.kwargs["max_logprobs"] == k
     assert sampling._VLLM_ENGINES == {}  # released after caching, as the HF teacher is freed

@@ -39,8 +39,9 @@ def test_every_recipe_names_its_pipeline_and_builds_its_config(recipe):
     assert type(cfg).__name__ == PIPELINES[pipeline].config
     for name, value in params.items():  # every recipe value reaches the config ("" / 0 for off: None)
         if name not in PIPELINES[pipeline].notebook_only:
-            assert getattr(cfg, name) == (value if value not in ("", 0) or name not in ("quantization", "m")
-                                          else None), name
+            assert getattr(cfg, name) == (
+                value if value not in ("", 0) or name not in ("quantization", "m") else None
+            ), name
 
 
 def test_method_config_sets_notebook_sections_aside_and_refuses_unknown_parameters(caplog):
@@ -69,9 +70,20 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     from workbench.models import load
 
     out = tmp_path / "run"
-    args = {"teacher_dpo": "gym-tiny-teacher-dpo", "teacher_ref": "gym-tiny-teacher-ref",
-            "student": "gym-tiny-student", "method": "adpa", "k": 8, "train_prompts": 8, "steps": 2,
-            "batch_size": 4, "progress": False, "save_rows": True, "sweep": True, "output_dir": str(out)}
+    args = {
+        "teacher_dpo": "gym-tiny-teacher-dpo",
+        "teacher_ref": "gym-tiny-teacher-ref",
+        "student": "gym-tiny-student",
+        "method": "adpa",
+        "k": 8,
+        "train_prompts": 8,
+        "steps": 2,
+        "batch_size": 4,
+        "progress": False,
+        "save_rows": True,
+        "sweep": True,
+        "output_dir": str(out),
+    }
     monkeypatch.setattr(sys, "argv", ["workbench.train"])
     main(["--pipeline", "adpa", *[a for k, v in args.items() for a in ("-p", k, str(v))]])
     config = json.loads((out / "config.json").read_text())
@@ -86,8 +98,7 @@ def test_the_script_trains_adpa_in_one_process_and_writes_its_outputs(tiny_gym, 
     assert model.config.model_type == "llama"
 
 
-def test_fsdp_refuses_up_front_a_lora_run_that_samples_its_trained_student_or_the_chunked_head_under_fsdp1(
-        monkeypatch):
+def test_fsdp_refuses_up_front_a_lora_run_that_samples_its_trained_student_or_the_chunked_head_under_fsdp1(monkeypatch):
     from types import SimpleNamespace
 
     from workbench.train import check_strategy
@@ -116,11 +127,17 @@ def test_fsdp_refuses_up_front_a_lora_run_that_samples_its_trained_student_or_th
         check_strategy(pipeline, chunked, ddp)
 
 
-@pytest.mark.parametrize("distributed_type, asks_fsdp, name", [
-    ("DistributedType.MULTI_GPU", "true", "FSDP"), ("DistributedType.MULTI_GPU", None, "MULTI_GPU"),
-    ("DistributedType.MULTI_CPU", "true", "MULTI_CPU"), ("DistributedType.NO", "true", "NO"),
-    ("DistributedType.FSDP", None, "FSDP"), ("DistributedType.MULTI_XPU", "TRUE", "FSDP"),
-])
+@pytest.mark.parametrize(
+    "distributed_type, asks_fsdp, name",
+    [
+        ("DistributedType.MULTI_GPU", "true", "FSDP"),
+        ("DistributedType.MULTI_GPU", None, "MULTI_GPU"),
+        ("DistributedType.MULTI_CPU", "true", "MULTI_CPU"),
+        ("DistributedType.NO", "true", "NO"),
+        ("DistributedType.FSDP", None, "FSDP"),
+        ("DistributedType.MULTI_XPU", "TRUE", "FSDP"),
+    ],
+)
 def test_strategy_name_says_fsdp_where_accelerate_will(monkeypatch, distributed_type, asks_fsdp, name):
     """accelerate's PartialState says MULTI_GPU under an FSDP launch (only the Trainer's AcceleratorState says FSDP);
     the run's checks and records must see FSDP before training, and only where accelerate will shard (not on CPU)."""
@@ -172,10 +189,12 @@ def test_script_exit_skips_the_teardown_only_for_a_distributed_member(distribute
     abort a finished process), its logs and output flushed and its exit status 0; a single process exits normally."""
     import subprocess
 
-    code = ("import atexit, logging, sys; from workbench.train import script_exit; "
-            "atexit.register(lambda: print('teardown ran')); logging.basicConfig(level=logging.INFO); "
-            f"print('work done', end=''); logging.getLogger('x').info('logged'); script_exit({distributed}); "
-            "print(' after')")
+    code = (
+        "import atexit, logging, sys; from workbench.train import script_exit; "
+        "atexit.register(lambda: print('teardown ran')); logging.basicConfig(level=logging.INFO); "
+        f"print('work done', end=''); logging.getLogger('x').info('logged'); script_exit({distributed}); "
+        "print(' after')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("work done") and "INFO:x:logged" in out.stderr
     assert ("teardown ran" in out.stdout) is not distributed and ("after" in out.stdout) is not distributed

@@ -38,8 +38,9 @@ def main() -> None:
     python = folder / "bin" / "python"
     if not python.exists():
         venv.create(folder, with_pip=True)
-    purelib = subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                      text=True).strip()
+    purelib = subprocess.check_output(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip()
     # this interpreter's packages, after the environment's own (so its transformers pin wins)
     lines = [f"import site; site.addsitedir({path!r})" for path in site.getsitepackages()]
     (Path(purelib) / "_workbench_base_env.pth").write_text("\n".join(lines) + "\n")

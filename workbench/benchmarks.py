@@ -20,8 +20,8 @@ import argparse
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import datasets
 import numpy as np
@@ -35,8 +35,9 @@ GSM8K_CONFIG = "main"
 # the eval set's file in its hub repo, read directly: the repo's loading script is not supported by datasets >= 4
 ALPACA_EVAL_HUB = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
 # the question, then the answer format the extraction reads first; "{question}" alone suits the gym
-GSM8K_INSTRUCTION = ("{question}\nSolve the problem step by step. On the last line write the final answer as "
-                     "\"#### <number>\".")
+GSM8K_INSTRUCTION = (
+    '{question}\nSolve the problem step by step. On the last line write the final answer as "#### <number>".'
+)
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
 _MARKED = re.compile(r"####\s*(" + _NUMBER + ")")
@@ -73,8 +74,10 @@ def reference_answer(answer: str, row: int | None = None) -> str:
     value = normalize_number(found[-1]) if found else None
     if value is None:
         where = f"row {row}: " if row is not None else ""
-        raise ValueError(f"{where}GSM8K answer {answer[-80:]!r} has no final '#### <number>'; each reference "
-                         f"solution must end with it (the dataset's format)")
+        raise ValueError(
+            f"{where}GSM8K answer {answer[-80:]!r} has no final '#### <number>'; each reference "
+            f"solution must end with it (the dataset's format)"
+        )
     return value
 
 
@@ -114,9 +117,18 @@ def load_gsm8k(source: str | Path = GSM8K_HUB, *, split: str = "test", max_rows:
     return ds.add_column("reference", references)
 
 
-def gsm8k_accuracy(model, tokenizer, problems: datasets.Dataset, *, instruction: str = GSM8K_INSTRUCTION,
-                   max_new_tokens: int = 512, batch_size: int = 32, backend: str = "hf",
-                   engine_options: dict | None = None, progress: bool = False) -> dict:
+def gsm8k_accuracy(
+    model,
+    tokenizer,
+    problems: datasets.Dataset,
+    *,
+    instruction: str = GSM8K_INSTRUCTION,
+    max_new_tokens: int = 512,
+    batch_size: int = 32,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+    progress: bool = False,
+) -> dict:
     """Exact-match accuracy of greedy answers on ``problems`` (:func:`load_gsm8k`): accuracy (mean ± 95% CI over
     problems), and per problem the response, its extracted answer and whether it equals the reference.
     ``backend="vllm"``: ``model`` is a folder / hub id (or a loaded model's ``name_or_path``) a vLLM engine serves,
@@ -126,15 +138,30 @@ def gsm8k_accuracy(model, tokenizer, problems: datasets.Dataset, *, instruction:
     if "{question}" not in instruction:
         raise ValueError(f"instruction {instruction!r} must contain '{{question}}' where each problem goes")
     prompts = [instruction.format(question=q) for q in problems["question"]]
-    samples = sample_responses(model, tokenizer, prompts, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, backend=backend, engine_options=engine_options,
-                               progress=progress)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        n=1,
+        temperature=0.0,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        backend=backend,
+        engine_options=engine_options,
+        progress=progress,
+    )
     responses = list(samples["response"])
     predicted = [extract_answer(r) for r in responses]
     correct = [p is not None and p == ref for p, ref in zip(predicted, problems["reference"])]
-    return {"measurement": "exact-match", "problems": len(correct), "accuracy": mean_ci(np.asarray(correct, float)),
-            "no_answer": int(sum(p is None for p in predicted)), "correct": correct, "predicted": predicted,
-            "responses": responses}
+    return {
+        "measurement": "exact-match",
+        "problems": len(correct),
+        "accuracy": mean_ci(np.asarray(correct, float)),
+        "no_answer": int(sum(p is None for p in predicted)),
+        "correct": correct,
+        "predicted": predicted,
+        "responses": responses,
+    }
 
 
 def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
@@ -146,8 +173,9 @@ def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> d
     return {**mean_ci(a - b), "only_a": int(((a == 1) & (b == 0)).sum()), "only_b": int(((a == 0) & (b == 1)).sum())}
 
 
-def load_alpaca_eval(source: str | Path = ALPACA_EVAL_HUB, *, split: str = "eval",
-                     max_rows: int | None = None) -> list[str]:
+def load_alpaca_eval(
+    source: str | Path = ALPACA_EVAL_HUB, *, split: str = "eval", max_rows: int | None = None
+) -> list[str]:
     """AlpacaEval's instructions (the hub file: 805), or a local file's ``instruction`` column."""
     ds = _first_rows(_load(source, hub_config=None, split=split), max_rows)
     if "instruction" not in ds.column_names:
@@ -158,17 +186,37 @@ def load_alpaca_eval(source: str | Path = ALPACA_EVAL_HUB, *, split: str = "eval
     return list(ds["instruction"])
 
 
-def alpaca_eval_outputs(model, tokenizer, instructions: Sequence[str], generator: str, path, *,
-                        max_new_tokens: int = 1024, temperature: float = 0.0, batch_size: int = 16,
-                        backend: str = "hf", engine_options: dict | None = None, progress: bool = False) -> Path:
+def alpaca_eval_outputs(
+    model,
+    tokenizer,
+    instructions: Sequence[str],
+    generator: str,
+    path,
+    *,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    batch_size: int = 16,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+    progress: bool = False,
+) -> Path:
     """Answer each instruction (greedy by default) and write AlpacaEval's ``model_outputs`` file; judge it with
     ``alpaca_eval evaluate --model_outputs <path>`` (:func:`workbench.evaluate.alpaca_eval_command`)."""
     from workbench.evaluate import write_alpaca_eval_outputs
     from workbench.sampling import sample_responses
 
-    samples = sample_responses(model, tokenizer, list(instructions), n=1, temperature=temperature,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
-                               engine_options=engine_options, progress=progress)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        list(instructions),
+        n=1,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        backend=backend,
+        engine_options=engine_options,
+        progress=progress,
+    )
     return write_alpaca_eval_outputs(list(instructions), list(samples["response"]), generator, path)
 
 
@@ -194,11 +242,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--quantization", default=None, choices=[None, "4bit", "8bit"])
         p.add_argument("--max-rows", type=int, default=None)
         p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
-                       help="vllm: the model is served by a vLLM engine and never loaded here")
-        p.add_argument("--vllm-options", type=json.loads, default={},
-                       help='JSON object of vllm.LLM options, e.g. \'{"max_model_len": 4096}\' (on a CPU: '
-                            '\'{"kv_cache_memory_bytes": 1073741824}\')')
+        p.add_argument(
+            "--backend",
+            default="hf",
+            choices=["hf", "vllm"],
+            help="vllm: the model is served by a vLLM engine and never loaded here",
+        )
+        p.add_argument(
+            "--vllm-options",
+            type=json.loads,
+            default={},
+            help="JSON object of vllm.LLM options, e.g. '{\"max_model_len\": 4096}' (on a CPU: "
+            "'{\"kv_cache_memory_bytes\": 1073741824}')",
+        )
         p.add_argument("--out", default=None, help="write the JSON result (gsm8k) or the outputs file (alpaca-eval)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -220,34 +276,78 @@ def main(argv: Sequence[str] | None = None) -> None:
         instructions = load_alpaca_eval(args.source, split=args.split, max_rows=args.max_rows)
         model, tokenizer = model_for(args.model[0])
         out = args.out or f"{Path(args.model[0]).name}_alpaca_eval_outputs.json"
-        path = alpaca_eval_outputs(model, tokenizer, instructions, args.generator or args.model[0], out,
-                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                   backend=args.backend, engine_options=engine_options, progress=True)
-        print(json.dumps({"outputs": str(path), "instructions": len(instructions),
-                          "judge_with": " ".join(alpaca_eval_command(path))}, indent=1))
+        path = alpaca_eval_outputs(
+            model,
+            tokenizer,
+            instructions,
+            args.generator or args.model[0],
+            out,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            backend=args.backend,
+            engine_options=engine_options,
+            progress=True,
+        )
+        print(
+            json.dumps(
+                {
+                    "outputs": str(path),
+                    "instructions": len(instructions),
+                    "judge_with": " ".join(alpaca_eval_command(path)),
+                },
+                indent=1,
+            )
+        )
         return
 
     problems = load_gsm8k(args.source, split=args.split, max_rows=args.max_rows)
     results = {}
     for name in args.model:
         model, tokenizer = model_for(name)
-        results[name] = gsm8k_accuracy(model, tokenizer, problems, instruction=args.instruction,
-                                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                       backend=args.backend, engine_options=engine_options, progress=True)
+        results[name] = gsm8k_accuracy(
+            model,
+            tokenizer,
+            problems,
+            instruction=args.instruction,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            backend=args.backend,
+            engine_options=engine_options,
+            progress=True,
+        )
         if args.backend == "vllm":  # one engine at a time: the next model's engine needs its memory
             release_vllm_engines(model)
         del model
     first = args.model[0]
-    summary = {"benchmark": "gsm8k", "source": str(args.source), "split": args.split, "problems": len(problems),
-               "models": {name: {k: r[k] for k in ("accuracy", "no_answer")} for name, r in results.items()},
-               "paired_vs_first": {name: paired_difference(r["correct"], results[first]["correct"])
-                                   for name, r in results.items() if name != first}}
+    summary = {
+        "benchmark": "gsm8k",
+        "source": str(args.source),
+        "split": args.split,
+        "problems": len(problems),
+        "models": {name: {k: r[k] for k in ("accuracy", "no_answer")} for name, r in results.items()},
+        "paired_vs_first": {
+            name: paired_difference(r["correct"], results[first]["correct"])
+            for name, r in results.items()
+            if name != first
+        },
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**summary, "per_problem": {
-            name: [{"predicted": p, "correct": c, "response": t}
-                   for p, c, t in zip(r["predicted"], r["correct"], r["responses"])] for name, r in results.items()}},
-            indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    **summary,
+                    "per_problem": {
+                        name: [
+                            {"predicted": p, "correct": c, "response": t}
+                            for p, c, t in zip(r["predicted"], r["correct"], r["responses"])
+                        ]
+                        for name, r in results.items()
+                    },
+                },
+                indent=1,
+            )
+        )
     print(json.dumps(summary, indent=1))
 
 

@@ -18,10 +18,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 logger = logging.getLogger("workbench.cache")
 
@@ -90,8 +90,10 @@ def model_fingerprint(model) -> str:
     import torch
 
     with torch.no_grad():
-        probe = (sum(p._version for p in model.parameters()),
-                 float(sum(p.detach().float().sum() for p in model.parameters())))
+        probe = (
+            sum(p._version for p in model.parameters()),
+            float(sum(p.detach().float().sum() for p in model.parameters())),
+        )
     cached = getattr(model, "_workbench_fingerprint", None)
     if cached is not None and cached[0] == probe:
         return cached[1]
@@ -141,8 +143,13 @@ class StageCache:
             try:
                 value = read_verified(path, key)
             except CorruptFile as error:
-                logger.warning("corrupt stage-cache entry %s (%s): removed, recomputing it (python -m workbench.cache "
-                               "--clear %s empties the stage)", path, error.reason, stage)
+                logger.warning(
+                    "corrupt stage-cache entry %s (%s): removed, recomputing it (python -m workbench.cache "
+                    "--clear %s empties the stage)",
+                    path,
+                    error.reason,
+                    stage,
+                )
                 path.unlink(missing_ok=True)
             else:
                 self.hits += 1
@@ -193,9 +200,12 @@ def cache_usage(root: str | Path | None = None) -> dict[str, dict]:
     usage = {}
     for stage, files in _entries(root).items():
         stats = [f.stat() for f in files]
-        usage[stage] = {"entries": len(files), "bytes": sum(st.st_size for st in stats),
-                        "oldest": min((st.st_mtime for st in stats), default=None),
-                        "newest": max((st.st_mtime for st in stats), default=None)}
+        usage[stage] = {
+            "entries": len(files),
+            "bytes": sum(st.st_size for st in stats),
+            "oldest": min((st.st_mtime for st in stats), default=None),
+            "newest": max((st.st_mtime for st in stats), default=None),
+        }
     return usage
 
 
@@ -224,8 +234,10 @@ def main(argv=None) -> None:
     if args.clear is not None:
         out["deleted"] = clear_stages(args.clear or None, root, args.older_than)
     stamp = lambda t: None if t is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))  # noqa: E731
-    out["stages"] = {stage: {**u, "oldest": stamp(u["oldest"]), "newest": stamp(u["newest"])}
-                     for stage, u in cache_usage(root).items()}
+    out["stages"] = {
+        stage: {**u, "oldest": stamp(u["oldest"]), "newest": stamp(u["newest"])}
+        for stage, u in cache_usage(root).items()
+    }
     out["total_bytes"] = sum(v["bytes"] for v in out["stages"].values())
     print(json.dumps(out, indent=1))
 

@@ -29,30 +29,44 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from workbench.evaluate import (evaluate_policy, length_bucket_gains, mean_ci, prompt_lengths, win_rate)
+from workbench.evaluate import evaluate_policy, length_bucket_gains, mean_ci, prompt_lengths, win_rate
 from workbench.methods.common import GYM_LR, HELD_OUT_SEED, RunResult, gym_prompts
 
 logger = logging.getLogger("workbench.compare")
 
 DEFAULT_RUNS_DIR = "results/compare"  # committed: figures regenerate from it on a fresh checkout
 DEFAULT_SEEDS = tuple(range(10))  # the committed comparison's seeds (5-9 added at stop 16: claims at 5 seeds moved)
-TABLE_METRICS = ("gold", "win_rate_vs_initial", "win_rate_vs_teacher", "reward_accuracy", "tau_student_teacher",
-                 "tau_student_gold", "length", "seconds")
+TABLE_METRICS = (
+    "gold",
+    "win_rate_vs_initial",
+    "win_rate_vs_teacher",
+    "reward_accuracy",
+    "tau_student_teacher",
+    "tau_student_gold",
+    "length",
+    "seconds",
+)
 REFERENCE_ROWS = ("student (initial)", "teacher")
 
 
 # --- the registry of methods ---
 
 # the ADPA family's gym-tuned loss weights (AdpaConfig's defaults) that each method's objective uses
-ADPA_TUNED_FIELDS = {"dckd": ("alpha",), "adpa": ("gamma",), "adpa+": ("alpha", "gamma"), "adpa_no_ref": ("gamma",),
-                     "q_argmax": ("gamma",), "q_softmax": ("gamma",)}
+ADPA_TUNED_FIELDS = {
+    "dckd": ("alpha",),
+    "adpa": ("gamma",),
+    "adpa+": ("alpha", "gamma"),
+    "adpa_no_ref": ("gamma",),
+    "q_argmax": ("gamma",),
+    "q_softmax": ("gamma",),
+}
 
 
 def method_defaults(name: str) -> dict:
@@ -73,9 +87,15 @@ def setting_of(name: str, param: str):
     harness = method_defaults(name)
     if param in harness:
         return harness[param]
-    module, config = (("pad", "PadConfig") if name.startswith("pad-") else ("plad", "PladConfig")
-                      if name.startswith("plad") else ("adpa", "AdpaConfig") if name in ADPA_METHODS
-                      else ("baselines", "BaselineConfig"))
+    module, config = (
+        ("pad", "PadConfig")
+        if name.startswith("pad-")
+        else ("plad", "PladConfig")
+        if name.startswith("plad")
+        else ("adpa", "AdpaConfig")
+        if name in ADPA_METHODS
+        else ("baselines", "BaselineConfig")
+    )
     cls = getattr(importlib.import_module(f"workbench.methods.{module}"), config)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     if param not in by_name:
@@ -92,8 +112,18 @@ def _pad(name: str, loss: str, sft_weight: float = 0.0):
     def run(seed: int, overrides: dict) -> RunResult:
         from workbench.methods.pad import PadConfig, run_pad
 
-        return run_pad(PadConfig(**{"loss": loss, "sft_weight": sft_weight, "seed": seed, "progress": False,
-                                    **_with_defaults(name, overrides)}))
+        return run_pad(
+            PadConfig(
+                **{
+                    "loss": loss,
+                    "sft_weight": sft_weight,
+                    "seed": seed,
+                    "progress": False,
+                    **_with_defaults(name, overrides),
+                }
+            )
+        )
+
     return run
 
 
@@ -101,8 +131,10 @@ def _plad(name: str, sft_weight: float = 0.0):
     def run(seed: int, overrides: dict) -> RunResult:
         from workbench.methods.plad import PladConfig, run_plad
 
-        return run_plad(PladConfig(**{"sft_weight": sft_weight, "seed": seed, "progress": False,
-                                      **_with_defaults(name, overrides)}))
+        return run_plad(
+            PladConfig(**{"sft_weight": sft_weight, "seed": seed, "progress": False, **_with_defaults(name, overrides)})
+        )
+
     return run
 
 
@@ -110,8 +142,10 @@ def _baseline(method: str):
     def run(seed: int, overrides: dict) -> RunResult:
         from workbench.methods.baselines import BaselineConfig, run_baseline
 
-        return run_baseline(BaselineConfig(**{"method": method, "seed": seed, "progress": False,
-                                              **_with_defaults(method, overrides)}))
+        return run_baseline(
+            BaselineConfig(**{"method": method, "seed": seed, "progress": False, **_with_defaults(method, overrides)})
+        )
+
     return run
 
 
@@ -132,6 +166,7 @@ def _adpa(method: str):
         # the harness's plumbing keys are optional for a config; everything else must be a real field
         kwargs = {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
         return run_adpa(AdpaConfig(**{"method": method, "seed": seed, **kwargs}))
+
     return run
 
 
@@ -210,12 +245,15 @@ def suite(name: str) -> list[Variant]:
     if name == "full":
         return suite("table") + suite("ledger")
     if name == "plad-fig2":
-        return [Variant(m, {"real_ratio": r}) for m in ("plad", "plad+sft") for r in (0.25, 0.5, 0.75, 1.0)] + \
-            [Variant("plad"), Variant("plad+sft")]
+        return [Variant(m, {"real_ratio": r}) for m in ("plad", "plad+sft") for r in (0.25, 0.5, 0.75, 1.0)] + [
+            Variant("plad"),
+            Variant("plad+sft"),
+        ]
     if name == "plad-fig4":
         methods = ("plad", "plad+sft", "seqkd", "kd")
-        return [Variant(m, {"data_fraction": f}) for m in methods for f in (0.1, 0.25, 0.5)] + \
-            [Variant(m) for m in methods]
+        return [Variant(m, {"data_fraction": f}) for m in methods for f in (0.1, 0.25, 0.5)] + [
+            Variant(m) for m in methods
+        ]
     raise ValueError(f"unknown suite {name!r}; use table, ledger, full, plad-fig2 or plad-fig4")
 
 
@@ -244,8 +282,11 @@ class EvalConfig:
         """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
         from workbench.models import model_identity
 
-        return {"teacher": model_identity(self.teacher), "student": model_identity(self.student),
-                **({"split": self.split} if self.split != "test" else {})}
+        return {
+            "teacher": model_identity(self.teacher),
+            "student": model_identity(self.student),
+            **({"split": self.split} if self.split != "test" else {}),
+        }
 
     def weights(self) -> dict[str, str | None]:
         """The teacher's and student's weights as built here (:func:`workbench.models.weights_fingerprint`; None
@@ -288,8 +329,12 @@ def reward_accuracy(model, tokenizer, pairs: Sequence[dict]) -> float:
 
 
 def _evaluation_summary(evaluation: dict) -> dict:
-    return {"gold": evaluation["gold"], "per_prompt": evaluation["per_prompt"], "length": evaluation["length"],
-            "prompt_lengths": prompt_lengths(evaluation).tolist()}
+    return {
+        "gold": evaluation["gold"],
+        "per_prompt": evaluation["per_prompt"],
+        "length": evaluation["length"],
+        "prompt_lengths": prompt_lengths(evaluation).tolist(),
+    }
 
 
 def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
@@ -302,8 +347,9 @@ def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dic
     out = {}
     for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
         model, tokenizer = load(name)
-        evaluation = evaluate_policy(model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed,
-                                     max_new_tokens=eval_cfg.max_new_tokens)
+        evaluation = evaluate_policy(
+            model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+        )
         out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
     return out
 
@@ -316,12 +362,21 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
     started = time.perf_counter()
     held_out = eval_cfg.held_out()
     model, tokenizer = result.model, result.tokenizer
-    after = evaluate_policy(model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed,
-                            max_new_tokens=eval_cfg.max_new_tokens)
+    after = evaluate_policy(
+        model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+    )
     initial, teacher_eval = references["student"], references["teacher"]
     teacher, teacher_tok = load(eval_cfg.teacher)
-    ranking = ranking_agreement(model, tokenizer, teacher, teacher_tok, after["samples"],
-                                alpha=eval_cfg.alpha, mcq_order=eval_cfg.mcq_order, seed=seed)
+    ranking = ranking_agreement(
+        model,
+        tokenizer,
+        teacher,
+        teacher_tok,
+        after["samples"],
+        alpha=eval_cfg.alpha,
+        mcq_order=eval_cfg.mcq_order,
+        seed=seed,
+    )
     return {
         **_evaluation_summary(after),
         "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),
@@ -329,8 +384,9 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
         "reward_accuracy": reward_accuracy(model, tokenizer, heldout_preference_pairs(held_out)),
         "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
         "tau_student_gold": ranking["tau_student_gold"]["mean"],
-        "length_buckets": length_bucket_gains(after["per_prompt"], initial["per_prompt"],
-                                              initial["prompt_lengths"], eval_cfg.length_edges),
+        "length_buckets": length_bucket_gains(
+            after["per_prompt"], initial["per_prompt"], initial["prompt_lengths"], eval_cfg.length_edges
+        ),
         "eval_seconds": time.perf_counter() - started,
     }
 
@@ -361,8 +417,15 @@ def _run_dir(runs_dir: str | Path, label: str, seed: int) -> Path:
     return Path(runs_dir) / safe / f"seed{seed}"
 
 
-def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict, overrides: dict | None = None,
-            eval_cfg: EvalConfig = EvalConfig(), concurrent_runs: int = 1) -> dict:
+def run_one(
+    variant: Variant,
+    seed: int,
+    runs_dir: str | Path,
+    references: dict,
+    overrides: dict | None = None,
+    eval_cfg: EvalConfig = EvalConfig(),
+    concurrent_runs: int = 1,
+) -> dict:
     """Train one (variant, seed), evaluate it with :func:`evaluate_run`, save and return its record
     (``concurrent_runs``: how many runs shared the machine meanwhile, recorded beside its wall time)."""
     if variant.method not in METHODS:
@@ -377,12 +440,22 @@ def run_one(variant: Variant, seed: int, runs_dir: str | Path, references: dict,
     result.save(folder)
     harness = evaluate_run(result, references, seed, eval_cfg)
     metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}
-    record = _json_ready({
-        "label": variant.label, "method": variant.method, "seed": seed, "overrides": variant.overrides,
-        "cold_cache": variant.cold_cache, "train_seconds": train_seconds, "concurrent_runs": concurrent_runs,
-        "metrics": metrics, "harness": harness,
-        "models": eval_cfg.models(), "weights": eval_cfg.weights(), "method_defaults": method_defaults(variant.method),
-    })
+    record = _json_ready(
+        {
+            "label": variant.label,
+            "method": variant.method,
+            "seed": seed,
+            "overrides": variant.overrides,
+            "cold_cache": variant.cold_cache,
+            "train_seconds": train_seconds,
+            "concurrent_runs": concurrent_runs,
+            "metrics": metrics,
+            "harness": harness,
+            "models": eval_cfg.models(),
+            "weights": eval_cfg.weights(),
+            "method_defaults": method_defaults(variant.method),
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "record.json").write_text(json.dumps(record, indent=1))
     return record
@@ -395,8 +468,10 @@ def load_records(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict]:
 
 def load_references(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict[int, dict]:
     """Saved reference evaluations (initial student, teacher) per seed."""
-    return {int(p.stem.removeprefix("seed")): json.loads(p.read_text())
-            for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))}
+    return {
+        int(p.stem.removeprefix("seed")): json.loads(p.read_text())
+        for p in sorted(Path(runs_dir, "_references").glob("seed*.json"))
+    }
 
 
 def _resumable(path: Path, models: dict, defaults: dict | None = None, weights: dict | None = None) -> dict | None:
@@ -415,8 +490,13 @@ def _resumable(path: Path, models: dict, defaults: dict | None = None, weights: 
         logger.info("%s was made with %s, not %s: re-running it", path, saved.get("method_defaults"), defaults)
         return None
     if weights is not None and saved.get("weights") is not None and saved["weights"] != weights:
-        logger.info("%s was made on other weights of these models (%s, not %s: the gym trained under other library "
-                    "versions): re-running it", path, saved["weights"], weights)
+        logger.info(
+            "%s was made on other weights of these models (%s, not %s: the gym trained under other library "
+            "versions): re-running it",
+            path,
+            saved["weights"],
+            weights,
+        )
         return None
     return saved
 
@@ -430,8 +510,10 @@ def mixed_builds(records: Sequence[dict], references: dict[int, dict] | None = N
     if len(made_on) <= 1:
         return None
     counts = ", ".join(f"{n} on {'unnoted weights' if key == 'null' else key}" for key, n in made_on.most_common())
-    return (f"these records were made on {len(made_on)} builds of the models' weights ({counts}): a table or claim "
-            "across them mixes builds; --no-resume (or another --runs-dir) re-runs them on this machine's build")
+    return (
+        f"these records were made on {len(made_on)} builds of the models' weights ({counts}): a table or claim "
+        "across them mixes builds; --no-resume (or another --runs-dir) re-runs them on this machine's build"
+    )
 
 
 def _pool_start(threads: int) -> None:
@@ -460,9 +542,17 @@ def _run_concurrently(jobs: list[tuple], workers: int) -> list:
         return [future.exception() or future.result() for future in futures]
 
 
-def compare(methods: Iterable = None, seeds: Sequence[int] = DEFAULT_SEEDS, overrides: dict | None = None, *,
-            runs_dir: str | Path = DEFAULT_RUNS_DIR, resume: bool = True,
-            eval_cfg: EvalConfig = EvalConfig(), on_error: str = "raise", jobs: int = 1) -> pd.DataFrame:
+def compare(
+    methods: Iterable = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    overrides: dict | None = None,
+    *,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    resume: bool = True,
+    eval_cfg: EvalConfig = EvalConfig(),
+    on_error: str = "raise",
+    jobs: int = 1,
+) -> pd.DataFrame:
     """Train and evaluate ``methods`` × ``seeds`` and return the summary table (mean ± 95% CI over seeds).
 
     Args:
@@ -546,10 +636,26 @@ def runs_frame(records: Sequence[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         h = r["harness"]
-        rows.append({"label": r["label"], "method": r["method"], "seed": r["seed"], "gold": h["gold"]["mean"],
-                     **{k: h[k] for k in ("win_rate_vs_initial", "win_rate_vs_teacher", "reward_accuracy",
-                                          "tau_student_teacher", "tau_student_gold")},
-                     "length": h["length"], "seconds": r["metrics"].get("seconds", r["train_seconds"])})
+        rows.append(
+            {
+                "label": r["label"],
+                "method": r["method"],
+                "seed": r["seed"],
+                "gold": h["gold"]["mean"],
+                **{
+                    k: h[k]
+                    for k in (
+                        "win_rate_vs_initial",
+                        "win_rate_vs_teacher",
+                        "reward_accuracy",
+                        "tau_student_teacher",
+                        "tau_student_gold",
+                    )
+                },
+                "length": h["length"],
+                "seconds": r["metrics"].get("seconds", r["train_seconds"]),
+            }
+        )
     return pd.DataFrame(rows, columns=["label", "method", "seed", *TABLE_METRICS])
 
 
@@ -558,17 +664,28 @@ def reference_frame(references: dict[int, dict]) -> pd.DataFrame:
     rows = []
     for seed, ref in references.items():
         student, teacher = ref["student"], ref["teacher"]
-        for label, mine, other in (("student (initial)", student, teacher), ("teacher", teacher, student)):
-            rows.append({"label": label, "method": label, "seed": seed, "gold": mine["gold"]["mean"],
-                         "win_rate_vs_initial": win_rate(mine["per_prompt"], student["per_prompt"]),
-                         "win_rate_vs_teacher": win_rate(mine["per_prompt"], teacher["per_prompt"]),
-                         "reward_accuracy": mine["reward_accuracy"], "tau_student_teacher": np.nan,
-                         "tau_student_gold": np.nan, "length": mine["length"], "seconds": np.nan})
+        for label, mine in (("student (initial)", student), ("teacher", teacher)):
+            rows.append(
+                {
+                    "label": label,
+                    "method": label,
+                    "seed": seed,
+                    "gold": mine["gold"]["mean"],
+                    "win_rate_vs_initial": win_rate(mine["per_prompt"], student["per_prompt"]),
+                    "win_rate_vs_teacher": win_rate(mine["per_prompt"], teacher["per_prompt"]),
+                    "reward_accuracy": mine["reward_accuracy"],
+                    "tau_student_teacher": np.nan,
+                    "tau_student_gold": np.nan,
+                    "length": mine["length"],
+                    "seconds": np.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=["label", "method", "seed", *TABLE_METRICS])
 
 
-def summarize(records: Sequence[dict], references: dict[int, dict] | None = None,
-              seeds: Sequence[int] | None = None) -> pd.DataFrame:
+def summarize(
+    records: Sequence[dict], references: dict[int, dict] | None = None, seeds: Sequence[int] | None = None
+) -> pd.DataFrame:
     """Mean and 95% CI half-width over seeds of each metric, one row per label (``method`` column = label, so the
     rows plot with ``plots.plot_method_bars``); reference rows first when ``references`` are given."""
     frame = runs_frame(records)
@@ -628,31 +745,65 @@ class Claim:
 
 CLAIMS = (
     Claim("pad-ppd>vpd", "PAD §5.2, Table 1", "PPD beats VPD", "pad-ppd", "pad-vpd"),
-    Claim("pad-alpha0.8>0", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 0 (likelihood only)",
-          "pad-ppd", "pad-ppd[alpha=0.0]"),
+    Claim(
+        "pad-alpha0.8>0", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 0 (likelihood only)", "pad-ppd", "pad-ppd[alpha=0.0]"
+    ),
     Claim("pad-alpha0.8>1", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 1 (MCQ only)", "pad-ppd", "pad-ppd[alpha=1.0]"),
-    Claim("pad-2x4~1x8", "PAD §5.4, Table 2", "2 iterations × 4 samples ≈ 1 × 8 in quality",
-          "pad-ppd[iterations=2]", "pad-ppd[n=8]", kind="equivalent"),
-    Claim("pad-2x4-cheaper", "PAD §5.4, Table 2", "2 × 4 costs less than 1 × 8 (cold-cache wall time, s)",
-          "pad-ppd[iterations=2]", "pad-ppd[n=8]", kind="less", metric="seconds"),
+    Claim(
+        "pad-2x4~1x8",
+        "PAD §5.4, Table 2",
+        "2 iterations × 4 samples ≈ 1 × 8 in quality",
+        "pad-ppd[iterations=2]",
+        "pad-ppd[n=8]",
+        kind="equivalent",
+    ),
+    Claim(
+        "pad-2x4-cheaper",
+        "PAD §5.4, Table 2",
+        "2 × 4 costs less than 1 × 8 (cold-cache wall time, s)",
+        "pad-ppd[iterations=2]",
+        "pad-ppd[n=8]",
+        kind="less",
+        metric="seconds",
+    ),
     Claim("adpa>dckd", "ADPA Table 1", "ADPA beats DCKD", "adpa", "dckd"),
     Claim("dckd>sft", "ADPA Table 1", "DCKD beats SFT", "dckd", "sft"),
     Claim("adpa>no-ref", "ADPA ablation", "ADPA without the reference teacher is worse", "adpa", "adpa_no_ref"),
-    Claim("student>teacher", "PAD §5.2 / PLaD §5.2", "a distilled student can surpass the teacher (best method)",
-          "@best", "teacher"),
+    Claim(
+        "student>teacher",
+        "PAD §5.2 / PLaD §5.2",
+        "a distilled student can surpass the teacher (best method)",
+        "@best",
+        "teacher",
+    ),
     Claim("plad>seqkd", "PLaD §5.2, Table 1", "PLaD beats SeqKD", "plad", "seqkd"),
-    Claim("real-pairs-add-little", "PLaD §5.3, Fig. 2", "real (gold-ordered) pairs add little over pseudo pairs",
-          "plad[real_ratio=1.0]", "plad", kind="at_most"),
+    Claim(
+        "real-pairs-add-little",
+        "PLaD §5.3, Fig. 2",
+        "real (gold-ordered) pairs add little over pseudo pairs",
+        "plad[real_ratio=1.0]",
+        "plad",
+        kind="at_most",
+    ),
     # the same two PLaD claims for the anchored variant (beyond the paper), where training moves the student
     # beyond the papers: PAD asks the judge once, in a random option order (§4.2); averaging over the n cyclic orders
     # removes the judge's preference for a letter position (n times the MCQ passes)
-    Claim("pad-cyclic>random", "PAD §4.2 (beyond: option order)",
-          "the MCQ judgement averaged over cyclic option orders beats one random order", "pad-ppd[mcq_order=cyclic]",
-          "pad-ppd"),
+    Claim(
+        "pad-cyclic>random",
+        "PAD §4.2 (beyond: option order)",
+        "the MCQ judgement averaged over cyclic option orders beats one random order",
+        "pad-ppd[mcq_order=cyclic]",
+        "pad-ppd",
+    ),
     Claim("plad+sft>seqkd", "PLaD §5.2 (+SFT anchor)", "PLaD (+ SFT anchor) beats SeqKD", "plad+sft", "seqkd"),
-    Claim("real-pairs-add-little+sft", "PLaD §5.3 (+SFT anchor)",
-          "real pairs add little over pseudo pairs (PLaD + SFT anchor)", "plad+sft[real_ratio=1.0]", "plad+sft",
-          kind="at_most"),
+    Claim(
+        "real-pairs-add-little+sft",
+        "PLaD §5.3 (+SFT anchor)",
+        "real pairs add little over pseudo pairs (PLaD + SFT anchor)",
+        "plad+sft[real_ratio=1.0]",
+        "plad+sft",
+        kind="at_most",
+    ),
 )
 
 
@@ -690,8 +841,9 @@ def verdict(kind: str, low: float, high: float, margin: float) -> str:
     raise ValueError(f"unknown claim kind {kind!r}")
 
 
-def claims_ledger(records: Sequence[dict], references: dict[int, dict] | None = None,
-                  claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+def claims_ledger(
+    records: Sequence[dict], references: dict[int, dict] | None = None, claims: Sequence[Claim] = CLAIMS
+) -> pd.DataFrame:
     """Each claim → paired per-seed effect a − b of its metric, mean ± 95% CI over seeds, and the verdict.
 
     The effect is paired by seed (both runs share the seed's distillation prompts and samples). "holds" needs the
@@ -711,21 +863,48 @@ def claims_ledger(records: Sequence[dict], references: dict[int, dict] | None = 
             a = str(means.idxmax()) if len(means) else a
         by_seed = {label: frame[frame["label"] == label].set_index("seed")[claim.metric] for label in (a, claim.b)}
         seeds = sorted(set(by_seed[a].index) & set(by_seed[claim.b].index))
-        row = {"claim": claim.claim_id, "paper": claim.paper, "statement": claim.statement, "a": a, "b": claim.b,
-               "metric": claim.metric, "kind": claim.kind, "margin": claim.margin, "n_seeds": len(seeds)}
+        row = {
+            "claim": claim.claim_id,
+            "paper": claim.paper,
+            "statement": claim.statement,
+            "a": a,
+            "b": claim.b,
+            "metric": claim.metric,
+            "kind": claim.kind,
+            "margin": claim.margin,
+            "n_seeds": len(seeds),
+        }
         if not seeds:
             missing = [x for x in (a, claim.b) if by_seed[x].empty]
-            rows.append({**row, "a_mean": np.nan, "b_mean": np.nan, "effect": np.nan, "ci95": np.nan,
-                         "low": np.nan, "high": np.nan, "verdict": f"not measured (no runs of {', '.join(missing)})"})
+            rows.append(
+                {
+                    **row,
+                    "a_mean": np.nan,
+                    "b_mean": np.nan,
+                    "effect": np.nan,
+                    "ci95": np.nan,
+                    "low": np.nan,
+                    "high": np.nan,
+                    "verdict": f"not measured (no runs of {', '.join(missing)})",
+                }
+            )
             continue
         diffs = np.array([by_seed[a][s] - by_seed[claim.b][s] for s in seeds], dtype=float)
         stats = mean_ci(diffs)
         half = stats["ci95"]
         low, high = (stats["mean"] - half, stats["mean"] + half) if not np.isnan(half) else (np.nan, np.nan)
-        rows.append({**row, "a_mean": float(np.mean([by_seed[a][s] for s in seeds])),
-                     "b_mean": float(np.mean([by_seed[claim.b][s] for s in seeds])), "effect": stats["mean"],
-                     "ci95": half, "low": low, "high": high,
-                     "verdict": verdict(claim.kind, low, high, claim.margin)})
+        rows.append(
+            {
+                **row,
+                "a_mean": float(np.mean([by_seed[a][s] for s in seeds])),
+                "b_mean": float(np.mean([by_seed[claim.b][s] for s in seeds])),
+                "effect": stats["mean"],
+                "ci95": half,
+                "low": low,
+                "high": high,
+                "verdict": verdict(claim.kind, low, high, claim.margin),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -763,8 +942,9 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
     frame = runs_frame(records)
     frame = frame[~frame["label"].str.contains(r"\[", regex=True)]
     if frame.empty:
-        return pd.DataFrame(columns=["method", "n_seeds", f"{metric}_mean", "diff", "ci95", "verdict", "seconds",
-                                     "needs"])
+        return pd.DataFrame(
+            columns=["method", "n_seeds", f"{metric}_mean", "diff", "ci95", "verdict", "seconds", "needs"]
+        )
     means = frame.groupby("label")[metric].mean()
     best = str(means.idxmax())
     best_by_seed = frame[frame["label"] == best].set_index("seed")[metric]
@@ -774,23 +954,46 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
         seeds = sorted(set(mine.index) & set(best_by_seed.index))
         stats = mean_ci(np.array([mine[metric][s] - best_by_seed[s] for s in seeds], dtype=float))
         high = stats["mean"] + stats["ci95"] if not np.isnan(stats["ci95"]) else np.nan
-        verdict_ = ("best" if label == best else "one seed: no CI" if np.isnan(high)
-                    else "below the best" if high < 0 else "tied with the best")
-        rows.append({"method": label, "n_seeds": len(seeds), f"{metric}_mean": float(means[label]),
-                     "diff": stats["mean"], "ci95": stats["ci95"], "verdict": verdict_,
-                     "seconds": float(mine["seconds"].mean()), "needs": METHOD_NEEDS.get(label, "")})
+        verdict_ = (
+            "best"
+            if label == best
+            else "one seed: no CI"
+            if np.isnan(high)
+            else "below the best"
+            if high < 0
+            else "tied with the best"
+        )
+        rows.append(
+            {
+                "method": label,
+                "n_seeds": len(seeds),
+                f"{metric}_mean": float(means[label]),
+                "diff": stats["mean"],
+                "ci95": stats["ci95"],
+                "verdict": verdict_,
+                "seconds": float(mine["seconds"].mean()),
+                "needs": METHOD_NEEDS.get(label, ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
     """A markdown table of :func:`against_best`."""
-    lines = [f"| method | {metric} | vs the best (paired, 95% CI) | verdict | seconds | needs |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| method | {metric} | vs the best (paired, 95% CI) | verdict | seconds | needs |",
+        "|---|---|---|---|---|---|",
+    ]
     for _, r in table.iterrows():
-        diff = "—" if r["verdict"] == "best" else (
-            f"{r['diff']:+.3f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.3f}"))
-        lines.append(f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {r['verdict']} | {r['seconds']:.1f} | "
-                     f"{r['needs']} |")
+        diff = (
+            "—"
+            if r["verdict"] == "best"
+            else (f"{r['diff']:+.3f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.3f}"))
+        )
+        lines.append(
+            f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {r['verdict']} | {r['seconds']:.1f} | "
+            f"{r['needs']} |"
+        )
     return "\n".join(lines)
 
 
@@ -806,16 +1009,24 @@ def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
     ``across`` — "holds in every world", "does not hold in any world", "depends on the world" (it holds in one and
     fails in another), "undecided (holds / does not hold where decided)" (the other worlds inconclusive or not
     measured), "undecided (inconclusive where measured)" or "not measured"."""
-    ledgers = {world: claims_ledger(load_records(path), load_references(path)).set_index("claim")
-               for world, path in runs_dirs.items()}
+    ledgers = {
+        world: claims_ledger(load_records(path), load_references(path)).set_index("claim")
+        for world, path in runs_dirs.items()
+    }
     rows = []
     for claim in CLAIMS:
         row = {"claim": claim.claim_id, "statement": claim.statement, "metric": claim.metric}
         verdicts = []
         for world, ledger in ledgers.items():
             r = ledger.loc[claim.claim_id]
-            row.update({f"{world}_effect": r["effect"], f"{world}_ci95": r["ci95"], f"{world}_verdict": r["verdict"],
-                        f"{world}_seeds": r["n_seeds"]})
+            row.update(
+                {
+                    f"{world}_effect": r["effect"],
+                    f"{world}_ci95": r["ci95"],
+                    f"{world}_verdict": r["verdict"],
+                    f"{world}_seeds": r["n_seeds"],
+                }
+            )
             verdicts.append(r["verdict"])
         decided = {v for v in verdicts if v in ("holds", "does not hold")}
         if all(v == "holds" for v in verdicts):
@@ -842,8 +1053,11 @@ def format_ledger_across(table: pd.DataFrame, worlds: Sequence[str]) -> str:
         cells = []
         for w in worlds:
             effect = r[f"{w}_effect"]
-            cells.append("—" if np.isnan(effect) else f"{effect:+.{d}f} ± {r[f'{w}_ci95']:.{d}f} "
-                         f"({r[f'{w}_verdict']}, {r[f'{w}_seeds']} seeds)")
+            cells.append(
+                "—"
+                if np.isnan(effect)
+                else f"{effect:+.{d}f} ± {r[f'{w}_ci95']:.{d}f} ({r[f'{w}_verdict']}, {r[f'{w}_seeds']} seeds)"
+            )
         lines.append(f"| {r['statement']} | " + " | ".join(cells) + f" | {r['across']} |")
     return "\n".join(lines)
 
@@ -853,8 +1067,13 @@ def format_ledger(ledger: pd.DataFrame) -> str:
     lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
     for _, r in ledger.iterrows():
         d = 1 if r["metric"] == "seconds" else 3
-        effect = "—" if np.isnan(r["effect"]) else (
-            f"{r['effect']:+.{d}f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.{d}f}") + f" ({r['metric']})")
+        effect = (
+            "—"
+            if np.isnan(r["effect"])
+            else (
+                f"{r['effect']:+.{d}f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.{d}f}") + f" ({r['metric']})"
+            )
+        )
         lines.append(f"| {r['statement']} | {r['paper']} | {r['a']} vs {r['b']} | {effect} | {r['verdict']} |")
     return "\n".join(lines)
 
@@ -867,31 +1086,51 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
     committed records (a test keeps them equal), so a number quoted from them can be traced to its records."""
     records, references = load_records(runs_dir), load_references(runs_dir)
     if not records:
-        raise FileNotFoundError(f"no run records under {runs_dir} (<label>/seed<k>/record.json): run "
-                                f"python -m workbench.compare --runs-dir {runs_dir} first")
+        raise FileNotFoundError(
+            f"no run records under {runs_dir} (<label>/seed<k>/record.json): run "
+            f"python -m workbench.compare --runs-dir {runs_dir} first"
+        )
     seeds = sorted({r["seed"] for r in records})
     builds = sorted({json.dumps(r.get("models"), sort_keys=True) for r in records})
     weights = sorted({json.dumps(r.get("weights"), sort_keys=True) for r in [*records, *references.values()]})
     concurrent = sorted({r.get("concurrent_runs") or 1 for r in records})
     name = name or Path(runs_dir).as_posix()
-    lines = [f"# The saved comparison in `{name}`", "",
-             f"{len(records)} runs of {len({r['label'] for r in records})} labels, seeds "
-             f"{', '.join(map(str, seeds))}; mean ± 95% CI over seeds (t interval). Generated by "
-             f"`python -m workbench.compare --report --runs-dir {name}` from the records alone.",
-             "", "Models (gym builds): " + "; ".join(f"`{b}`" for b in builds),
-             "", "Weights (`workbench.models.weights_fingerprint`): " + "; ".join(
-                 "not noted (records made before records noted them)" if w == "null" else f"`{w}`" for w in weights),
-             ""]
+    lines = [
+        f"# The saved comparison in `{name}`",
+        "",
+        f"{len(records)} runs of {len({r['label'] for r in records})} labels, seeds "
+        f"{', '.join(map(str, seeds))}; mean ± 95% CI over seeds (t interval). Generated by "
+        f"`python -m workbench.compare --report --runs-dir {name}` from the records alone.",
+        "",
+        "Models (gym builds): " + "; ".join(f"`{b}`" for b in builds),
+        "",
+        "Weights (`workbench.models.weights_fingerprint`): "
+        + "; ".join("not noted (records made before records noted them)" if w == "null" else f"`{w}`" for w in weights),
+        "",
+    ]
     warning = mixed_builds(records, references)
     if warning:
         lines += [f"**Warning**: {warning}.", ""]
     if concurrent != [1]:
-        lines += [f"Runs at a time (`concurrent_runs`): {', '.join(map(str, concurrent))}; a run timed beside "
-                  "another is slower than alone (the cold-cache runs of the cost claims always run alone).", ""]
-    lines += ["## Every label", "", format_table(summarize(records, references)), "",
-              "## The claims ledger (paired by seed)", "", format_ledger(claims_ledger(records, references)), "",
-              "## Against the best mean (table methods, paired by seed)", "",
-              format_against_best(against_best(records)), ""]
+        lines += [
+            f"Runs at a time (`concurrent_runs`): {', '.join(map(str, concurrent))}; a run timed beside "
+            "another is slower than alone (the cold-cache runs of the cost claims always run alone).",
+            "",
+        ]
+    lines += [
+        "## Every label",
+        "",
+        format_table(summarize(records, references)),
+        "",
+        "## The claims ledger (paired by seed)",
+        "",
+        format_ledger(claims_ledger(records, references)),
+        "",
+        "## Against the best mean (table methods, paired by seed)",
+        "",
+        format_against_best(against_best(records)),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -902,18 +1141,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     parser.add_argument("--no-resume", action="store_true")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time, each in its own process (the cold-cache timing runs still run alone)")
-    parser.add_argument("--across", nargs="+", metavar="WORLD=DIR", default=None,
-                        help="print the claims ledger of several runs folders side by side and stop, e.g. "
-                             "default=results/compare world1=results/compare_world1")
-    parser.add_argument("--report", action="store_true",
-                        help="print the saved runs of --runs-dir as markdown (table, ledger, against the best) and "
-                             "stop: nothing is trained")
-    parser.add_argument("--gym", default=None, metavar="SIZE",
-                        help="another gym build's presets, e.g. world1 (the default recipe built with seed 1): teacher "
-                             "gym-SIZE-teacher-dpo, student gym-SIZE-student; records in <runs-dir>_SIZE unless "
-                             "--runs-dir is given")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process (the cold-cache timing runs still run alone)",
+    )
+    parser.add_argument(
+        "--across",
+        nargs="+",
+        metavar="WORLD=DIR",
+        default=None,
+        help="print the claims ledger of several runs folders side by side and stop, e.g. "
+        "default=results/compare world1=results/compare_world1",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the saved runs of --runs-dir as markdown (table, ledger, against the best) and "
+        "stop: nothing is trained",
+    )
+    parser.add_argument(
+        "--gym",
+        default=None,
+        metavar="SIZE",
+        help="another gym build's presets, e.g. world1 (the default recipe built with seed 1): teacher "
+        "gym-SIZE-teacher-dpo, student gym-SIZE-student; records in <runs-dir>_SIZE unless "
+        "--runs-dir is given",
+    )
     args = parser.parse_args(argv)
     if args.across:
         worlds = parse_worlds(args.across)
@@ -934,15 +1189,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     variants = [Variant(m) for m in args.methods] if args.methods else suite(args.suite)
-    summary = compare(variants, args.seeds, overrides, runs_dir=args.runs_dir, resume=not args.no_resume,
-                      on_error="skip", jobs=args.jobs)
+    summary = compare(
+        variants,
+        args.seeds,
+        overrides,
+        runs_dir=args.runs_dir,
+        resume=not args.no_resume,
+        on_error="skip",
+        jobs=args.jobs,
+    )
     records = load_records(args.runs_dir)
     ledger = claims_ledger(records, load_references(args.runs_dir))
     print(format_table(summary[~summary["method"].str.contains(r"\[", regex=True)]))
     shared = sorted({r.get("concurrent_runs", 1) for r in records if r["seed"] in args.seeds} - {1})
     if shared:
-        print(f"(seconds: some runs were timed {' or '.join(map(str, shared))} at a time (--jobs), so they are "
-              f"longer than alone; the cold-cache runs of the cost claims always run alone)")
+        print(
+            f"(seconds: some runs were timed {' or '.join(map(str, shared))} at a time (--jobs), so they are "
+            f"longer than alone; the cold-cache runs of the cost claims always run alone)"
+        )
     print()
     print(format_ledger(ledger))
     print()

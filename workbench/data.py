@@ -546,9 +546,7 @@ def _map_rows(
     row_fn: Callable[[dict[str, Any]], dict[str, Any]], features: datasets.Features
 ) -> Callable[[Dataset], Dataset]:
     def convert(ds: Dataset) -> Dataset:
-        return ds.map(
-            row_fn, remove_columns=ds.column_names, features=features, desc=f"convert {row_fn.__name__}"
-        )
+        return ds.map(row_fn, remove_columns=ds.column_names, features=features, desc=f"convert {row_fn.__name__}")
 
     convert.__name__ = f"convert{row_fn.__name__}"
     convert.__doc__ = row_fn.__doc__
@@ -745,9 +743,7 @@ def _resolve_schema(name: str) -> Callable[[Dataset], Dataset]:
         return SCHEMAS[name]
     if name in PRESETS:
         return PRESETS[name].convert
-    raise ValueError(
-        f"unknown schema {name!r}; known schemas: {sorted(SCHEMAS)} (or a preset: {sorted(PRESETS)})"
-    )
+    raise ValueError(f"unknown schema {name!r}; known schemas: {sorted(SCHEMAS)} (or a preset: {sorted(PRESETS)})")
 
 
 def _unknown_source(source: str, presets: Mapping[str, DatasetPreset]) -> ValueError:
@@ -838,9 +834,7 @@ def load_preference_data(
         ``datasets.Dataset`` in TRL's conversational preference format.
     """
     raw, preset = _load_raw(source, split, PRESETS, load_kwargs, on_invalid)
-    convert = (
-        _resolve_schema(schema) if schema is not None else (preset.convert if preset else convert_standard)
-    )
+    convert = _resolve_schema(schema) if schema is not None else (preset.convert if preset else convert_standard)
     ds = convert(raw)
     ds = validate_preference_rows(
         ds,
@@ -892,11 +886,7 @@ def load_sft_data(
     if schema is None and (preset.schema == "messages" if preset else "messages" in raw.column_names):
         ds = convert_messages(raw)
     else:
-        convert = (
-            _resolve_schema(schema)
-            if schema is not None
-            else (preset.convert if preset else convert_standard)
-        )
+        convert = _resolve_schema(schema) if schema is not None else (preset.convert if preset else convert_standard)
         ds = to_messages(convert(raw))
     ds = validate_sft_rows(
         ds,

@@ -21,8 +21,10 @@ from workbench.data import DataValidationError
 
 logger = logging.getLogger("workbench.data")
 
-FIX = ("fix or delete the line (each line of a .jsonl file is one JSON object, UTF-8 encoded), or pass "
-       "on_invalid='filter' to skip bad lines")
+FIX = (
+    "fix or delete the line (each line of a .jsonl file is one JSON object, UTF-8 encoded), or pass "
+    "on_invalid='filter' to skip bad lines"
+)
 
 
 class DataFileError(DataValidationError):
@@ -70,8 +72,12 @@ def _read_lines(path: Path, on_invalid: str) -> tuple[list[bytes], int]:
         logger.warning("skipped %d unreadable line(s) of %s (first: line %d %s)", len(bad), path, number, problem)
     if not kept:
         why = "holds no rows" if not bad else f"holds no readable rows ({len(bad)} bad line(s) skipped)"
-        raise DataFileError(f"{path} {why}; a .jsonl file needs one JSON object per line, e.g. "
-                            '{"prompt": ..., "chosen": ..., "rejected": ...}', path=path, reason="empty")
+        raise DataFileError(
+            f"{path} {why}; a .jsonl file needs one JSON object per line, e.g. "
+            '{"prompt": ..., "chosen": ..., "rejected": ...}',
+            path=path,
+            reason="empty",
+        )
     return kept, len(bad)
 
 
@@ -81,8 +87,11 @@ def _from_json(path: Path) -> Dataset:
         return Dataset.from_json(str(path))
     except Exception as error:  # datasets wraps the reader's error; its cause says more
         cause = error.__cause__ or error
-        raise DataFileError(f"{path}: datasets could not read the rows ({type(cause).__name__}: {cause}); check that "
-                            f"every row has the same fields with the same types", path=path) from error
+        raise DataFileError(
+            f"{path}: datasets could not read the rows ({type(cause).__name__}: {cause}); check that "
+            f"every row has the same fields with the same types",
+            path=path,
+        ) from error
 
 
 def load_json_file(path: str | os.PathLike, on_invalid: str = "raise") -> Dataset:
@@ -96,14 +105,17 @@ def load_json_file(path: str | os.PathLike, on_invalid: str = "raise") -> Datase
         try:
             rows = json.loads(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as error:
-            raise DataFileError(f"{path} is not UTF-8 (byte offset {error.start}); re-save the file as UTF-8",
-                                path=path) from None
+            raise DataFileError(
+                f"{path} is not UTF-8 (byte offset {error.start}); re-save the file as UTF-8", path=path
+            ) from None
         except json.JSONDecodeError as error:
-            raise DataFileError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}); fix the file",
-                                path=path, line=error.lineno) from None
+            raise DataFileError(
+                f"{path}, line {error.lineno}: not valid JSON ({error.msg}); fix the file", path=path, line=error.lineno
+            ) from None
         if not rows:
-            raise DataFileError(f"{path} holds an empty JSON array; it needs one object per row", path=path,
-                                reason="empty")
+            raise DataFileError(
+                f"{path} holds an empty JSON array; it needs one object per row", path=path, reason="empty"
+            )
         return _from_json(path)
     lines, skipped = _read_lines(path, on_invalid)
     if not skipped:

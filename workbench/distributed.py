@@ -112,8 +112,10 @@ def shard_pieces(shard: Shard, batch_size: int, chunk_items: int) -> list[Shard]
     """``shard`` cut into consecutive pieces of whole batches, each at most ``max(1, chunk_items // batch_size)``
     batches (at least one batch per piece); every piece names its own first global batch."""
     per_piece = max(1, chunk_items // batch_size) * batch_size
-    return [Shard(start, min(shard.stop, start + per_piece), shard.first_batch + (start - shard.start) // batch_size)
-            for start in range(shard.start, shard.stop, per_piece)]
+    return [
+        Shard(start, min(shard.stop, start + per_piece), shard.first_batch + (start - shard.start) // batch_size)
+        for start in range(shard.start, shard.stop, per_piece)
+    ]
 
 
 def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_items: int | None = None) -> list[Any]:
@@ -128,21 +130,45 @@ def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_i
     """
     shard = batch_shard(len(items), batch_size, state)
     if is_distributed(state):
-        logger.info("process %d of %d: items [%d, %d) of %d (from batch %d)", state.process_index,
-                    state.num_processes, shard.start, shard.stop, len(items), shard.first_batch)
+        logger.info(
+            "process %d of %d: items [%d, %d) of %d (from batch %d)",
+            state.process_index,
+            state.num_processes,
+            shard.start,
+            shard.stop,
+            len(items),
+            shard.first_batch,
+        )
     pieces = shard_pieces(shard, batch_size, chunk_items or stage_chunk_items()) if len(shard) else []
     rows: list[Any] = []
     for number, piece in enumerate(pieces):
         rows += list(compute(list(items[piece.start : piece.stop]), piece.first_batch))
         if len(pieces) > 1:
-            logger.info("items [%d, %d) of %d done (piece %d of %d, cached: a rerun resumes after it)",
-                        piece.start, piece.stop, len(items), number + 1, len(pieces))
+            logger.info(
+                "items [%d, %d) of %d done (piece %d of %d, cached: a rerun resumes after it)",
+                piece.start,
+                piece.stop,
+                len(items),
+                number + 1,
+                len(pieces),
+            )
     return gather_in_order(rows, shard, state)
 
 
 # what torchrun / accelerate launch tell a worker about its launch (a process started without them runs alone)
-LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-              "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 LAUNCH_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "FSDP_", "PET_")
 
 
@@ -171,8 +197,7 @@ def full_state_dict(model, *, on_every_process: bool = False) -> dict:
     to the main process's CPU (the others get an empty dict); ``on_every_process``: on every process's device."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=not on_every_process))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not on_every_process))
 
 
 @contextmanager

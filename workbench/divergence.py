@@ -25,23 +25,40 @@ class TrainingDiverged(RuntimeError):
     ``last_finite_loss`` and its step, ``history``: the training call's log so far, the diverged step last.
     """
 
-    def __init__(self, step: int, quantity: str, value: float, last_finite: tuple[int, float] | None,
-                 history: list[dict], lr: float | None):
+    def __init__(
+        self,
+        step: int,
+        quantity: str,
+        value: float,
+        last_finite: tuple[int, float] | None,
+        history: list[dict],
+        lr: float | None,
+    ):
         self.step, self.quantity, self.value = step, quantity, value
         self.last_finite_step, self.last_finite_loss = last_finite if last_finite else (None, None)
         self.history = history
-        where = (f"the last finite loss was {self.last_finite_loss:.6g} at step {self.last_finite_step}"
-                 if last_finite else "no step had a finite loss")
+        where = (
+            f"the last finite loss was {self.last_finite_loss:.6g} at step {self.last_finite_step}"
+            if last_finite
+            else "no step had a finite loss"
+        )
         lower = f"lr={lr:g}, try {lr / 10:g}" if lr else "a lower lr"
-        super().__init__(f"training diverged at step {step}: the {quantity} is {value} ({where}); the step was not "
-                         f"applied and no checkpoint of it saved. Try a lower learning rate ({lower}) or float32 "
-                         f"training (precision='32-true'), and check the data of that step")
+        super().__init__(
+            f"training diverged at step {step}: the {quantity} is {value} ({where}); the step was not "
+            f"applied and no checkpoint of it saved. Try a lower learning rate ({lower}) or float32 "
+            f"training (precision='32-true'), and check the data of that step"
+        )
 
     def summary(self) -> dict:
         """The facts of the divergence, JSON-ready (non-finite values as text)."""
-        return {"step": self.step, "quantity": self.quantity, "value": str(self.value),
-                "last_finite_loss": self.last_finite_loss, "last_finite_step": self.last_finite_step,
-                "message": str(self)}
+        return {
+            "step": self.step,
+            "quantity": self.quantity,
+            "value": str(self.value),
+            "last_finite_loss": self.last_finite_loss,
+            "last_finite_step": self.last_finite_step,
+            "message": str(self),
+        }
 
     def save(self, output_dir: str | Path, history: list[dict] | None = None, **facts) -> Path:
         """Write ``metrics.json`` (``facts`` and ``diverged``: :meth:`summary`) and ``history.json`` (``history``,
@@ -75,8 +92,9 @@ class DivergenceGuard:
     def _get_grad_norm(self, model, grad_norm=None):
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         value = float(norm) if norm is not None else 0.0
-        bad = torch.tensor([float(self._nonfinite_loss is not None or not math.isfinite(value))],
-                           device=self.args.device)
+        bad = torch.tensor(
+            [float(self._nonfinite_loss is not None or not math.isfinite(value))], device=self.args.device
+        )
         if self.args.world_size > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bad.item():
@@ -85,12 +103,16 @@ class DivergenceGuard:
 
     def _diverged(self, grad_norm: float) -> None:
         step = self.state.global_step + 1
-        quantity, value = (("loss", self._nonfinite_loss) if self._nonfinite_loss is not None
-                           else ("gradient norm", grad_norm))
-        entry = {"step": step, "loss": self._nonfinite_loss if self._nonfinite_loss is not None else float("nan"),
-                 "grad_norm": grad_norm, "diverged": True}
+        quantity, value = (
+            ("loss", self._nonfinite_loss) if self._nonfinite_loss is not None else ("gradient norm", grad_norm)
+        )
+        entry = {
+            "step": step,
+            "loss": self._nonfinite_loss if self._nonfinite_loss is not None else float("nan"),
+            "grad_norm": grad_norm,
+            "diverged": True,
+        }
         history = [*self.state.log_history, entry]
         error = TrainingDiverged(step, quantity, value, self._last_finite, history, self.args.learning_rate)
         logger.error("%s", error)
         raise error
-

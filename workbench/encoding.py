@@ -8,12 +8,12 @@ cache and every trainer encode through here, so "which tokens are the response" 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence, Union
 
 Messages = list[dict]
-PromptLike = Union[str, Messages]
+PromptLike = str | Messages
 
 
 def as_messages(prompt: PromptLike) -> Messages:
@@ -39,24 +39,23 @@ def encode_example(tokenizer, prompt: PromptLike, response: str) -> tuple[list[i
     """(prompt ids, response ids): the response ends with the first eos token the template emits."""
     messages = as_messages(prompt)
     head = prompt_text(tokenizer, messages)
-    full = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": response}], tokenize=False
-    )
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(head):
         raise ValueError(
             "the chat template renders the prompt differently with and without the answer, so the response "
             "tokens cannot be located; pass a tokenizer whose template extends the generation prompt"
         )
     prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     if eos in response_ids:
         response_ids = response_ids[: response_ids.index(eos) + 1]
     return prompt_ids, response_ids
 
 
-def encode_within(tokenizer, prompt: PromptLike, response: str,
-                  max_length: int | None) -> tuple[list[int], list[int], bool]:
+def encode_within(
+    tokenizer, prompt: PromptLike, response: str, max_length: int | None
+) -> tuple[list[int], list[int], bool]:
     """:func:`encode_example` cut to ``max_length`` tokens: an over-long row keeps its response and loses prompt
     tokens from the left (at least one prompt token stays). Returns (prompt ids, response ids, whether cut)."""
     prompt_ids, response_ids = encode_example(tokenizer, prompt, response)
@@ -81,8 +80,10 @@ def collate_examples(
     """
     import torch
 
-    rows = [encode_within(tokenizer, prompt, response, max_length)
-            for prompt, response in zip(prompts, responses, strict=True)]
+    rows = [
+        encode_within(tokenizer, prompt, response, max_length)
+        for prompt, response in zip(prompts, responses, strict=True)
+    ]
     truncated = sum(cut for _, _, cut in rows)
     rows = [(prompt_ids, response_ids) for prompt_ids, response_ids, _ in rows]
     width = max(len(p) + len(r) for p, r in rows)

@@ -7,10 +7,11 @@ judge (:func:`judge_win_rate`), a different and weaker measurement, labelled as 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr, t as student_t
+from scipy.stats import kendalltau, spearmanr
+from scipy.stats import t as student_t
 
 from workbench.gym.world import Prompt, gold_reward
 
@@ -62,8 +63,17 @@ def mean_spearman(scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
     return _mean_per_set(spearmanr, scores_a, scores_b)
 
 
-def evaluate_policy(model, tokenizer, prompts: Sequence[Prompt], *, n: int = 4, temperature: float = 0.8,
-                    seed: int = 0, max_new_tokens: int = 32, progress: bool = False) -> dict:
+def evaluate_policy(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    *,
+    n: int = 4,
+    temperature: float = 0.8,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    progress: bool = False,
+) -> dict:
     """Sample ``n`` answers per held-out gym prompt and score them with the gold reward.
 
     Returns ``gold`` (mean ± CI over prompts of the per-prompt mean), the per-prompt means
@@ -71,8 +81,16 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[Prompt], *, n: int = 4, 
     """
     from workbench.sampling import sample_responses
 
-    samples = sample_responses(model, tokenizer, [p.text for p in prompts], n=n, temperature=temperature,
-                               seed=seed, max_new_tokens=max_new_tokens, progress=progress)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        n=n,
+        temperature=temperature,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
     golds = gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"]).reshape(len(prompts), n)
     per_prompt = golds.mean(axis=1)
     return {
@@ -83,8 +101,16 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[Prompt], *, n: int = 4, 
     }
 
 
-def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequence[str],
-                   responses_b: Sequence[str], *, template=None, seed: int = 0) -> dict:
+def judge_win_rate(
+    judge,
+    tokenizer,
+    prompts: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    *,
+    template=None,
+    seed: int = 0,
+) -> dict:
     """Win rate of A over B by a local judge model's MCQ selection (both orders averaged).
 
     The judge is asked in ``template``, else in the wording saved beside it (``mcq_template.json``), else in the
@@ -96,15 +122,20 @@ def judge_win_rate(judge, tokenizer, prompts: Sequence[str], responses_a: Sequen
 
     template = template or saved_mcq_template(tokenizer) or DEFAULT_MCQ_TEMPLATE
     pairs = [[a, b] for a, b in zip(responses_a, responses_b)]
-    log_sel = mcq_selection_logprobs(judge, tokenizer, list(prompts), pairs, template=template, order="cyclic",
-                                     seed=seed)
+    log_sel = mcq_selection_logprobs(
+        judge, tokenizer, list(prompts), pairs, template=template, order="cyclic", seed=seed
+    )
     p_a = log_sel[:, 0].exp().numpy()
-    return {"measurement": "judge", "win_rate": float(np.mean(p_a > 0.5) + 0.5 * np.mean(p_a == 0.5)),
-            "mean_p_a": float(p_a.mean())}
+    return {
+        "measurement": "judge",
+        "win_rate": float(np.mean(p_a > 0.5) + 0.5 * np.mean(p_a == 0.5)),
+        "mean_p_a": float(p_a.mean()),
+    }
 
 
-def length_bucket_gains(after: Sequence[float], before: Sequence[float], lengths: Sequence[float],
-                        edges: Sequence[float]) -> list[dict]:
+def length_bucket_gains(
+    after: Sequence[float], before: Sequence[float], lengths: Sequence[float], edges: Sequence[float]
+) -> list[dict]:
     """Win rate of ``after`` over ``before`` per bucket of generation length (PLaD Fig. 3).
 
     ``after``/``before`` are paired per-prompt gold rewards, ``lengths`` the per-prompt length (words) that
@@ -120,9 +151,16 @@ def length_bucket_gains(after: Sequence[float], before: Sequence[float], lengths
         inside = (lengths > low) & (lengths <= high) | ((lengths == low) & (k == 0))
         count = int(inside.sum())
         rate = win_rate(after[inside], before[inside]) if count else float("nan")
-        rows.append({"low": float(low), "high": float(high), "prompts": count, "win_rate": rate,
-                     "delta_win_rate": rate - 0.5 if count else float("nan"),
-                     "gold_gain": float((after[inside] - before[inside]).mean()) if count else float("nan")})
+        rows.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "prompts": count,
+                "win_rate": rate,
+                "delta_win_rate": rate - 0.5 if count else float("nan"),
+                "gold_gain": float((after[inside] - before[inside]).mean()) if count else float("nan"),
+            }
+        )
     return rows
 
 
@@ -146,8 +184,9 @@ def before_after_metrics(before: dict, after: dict, length_edges: Sequence[float
         "length_after": after["length"],
         "per_prompt_before": before["per_prompt"],
         "per_prompt_after": after["per_prompt"],
-        "length_buckets": length_bucket_gains(after["per_prompt"], before["per_prompt"], prompt_lengths(before),
-                                              length_edges),
+        "length_buckets": length_bucket_gains(
+            after["per_prompt"], before["per_prompt"], prompt_lengths(before), length_edges
+        ),
     }
 
 
@@ -161,16 +200,19 @@ def write_alpaca_eval_outputs(instructions, outputs, generator: str, path):
 
     if len(instructions) != len(outputs):
         raise ValueError(f"{len(instructions)} instructions but {len(outputs)} outputs; pass one output each")
-    rows = [{"instruction": i, "output": o, "generator": generator, "dataset": "workbench"}
-            for i, o in zip(instructions, outputs)]
+    rows = [
+        {"instruction": i, "output": o, "generator": generator, "dataset": "workbench"}
+        for i, o in zip(instructions, outputs)
+    ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     return path
 
 
-def alpaca_eval_command(model_outputs, reference_outputs=None, annotators_config: str | None = None,
-                        output_path=None) -> list[str]:
+def alpaca_eval_command(
+    model_outputs, reference_outputs=None, annotators_config: str | None = None, output_path=None
+) -> list[str]:
     """The ``alpaca_eval evaluate`` command line for saved outputs (judge per ``annotators_config``)."""
     command = ["alpaca_eval", "evaluate", "--model_outputs", str(model_outputs)]
     if reference_outputs is not None:
@@ -189,6 +231,8 @@ def run_alpaca_eval(model_outputs, **kwargs) -> int:
     import subprocess
 
     if shutil.which("alpaca_eval") is None:
-        raise RuntimeError("AlpacaEval is not installed: pip install alpaca-eval (and configure its judge); "
-                           "write outputs with write_alpaca_eval_outputs() to evaluate them elsewhere")
+        raise RuntimeError(
+            "AlpacaEval is not installed: pip install alpaca-eval (and configure its judge); "
+            "write outputs with write_alpaca_eval_outputs() to evaluate them elsewhere"
+        )
     return subprocess.run(alpaca_eval_command(model_outputs, **kwargs), check=False).returncode

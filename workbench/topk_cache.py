@@ -26,8 +26,8 @@ import contextlib
 import gc
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,9 @@ class VocabularyMismatchError(ValueError):
     """Teacher and student tokenizers do not share one vocabulary, so token-level distillation is undefined."""
 
 
-def check_shared_vocabulary(teacher_tokenizer, student_tokenizer, teacher_name: str = "teacher",
-                            student_name: str = "student") -> None:
+def check_shared_vocabulary(
+    teacher_tokenizer, student_tokenizer, teacher_name: str = "teacher", student_name: str = "student"
+) -> None:
     """Fail unless both tokenizers map the same strings to the same ids (``get_vocab()`` equal).
 
     Token-level methods (DCKD's KL, ADPA's advantage) compare the two models' distributions id by id; with
@@ -98,8 +99,10 @@ class TopkCache:
         for b, i in enumerate(indices):
             positions = mask[b].nonzero().squeeze(-1)
             if len(positions) != len(self.ids[i]):
-                raise ValueError(f"row {b} has {len(positions)} response positions but cache entry {i} has "
-                                 f"{len(self.ids[i])}; the cache was built for other texts or another tokenizer")
+                raise ValueError(
+                    f"row {b} has {len(positions)} response positions but cache entry {i} has "
+                    f"{len(self.ids[i])}; the cache was built for other texts or another tokenizer"
+                )
             ids[b, positions] = torch.from_numpy(self.ids[i]).long()
             logps[b, positions] = torch.from_numpy(self.logps[i])
         return ids, logps
@@ -143,8 +146,9 @@ def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
     device = teacher.device
     target = batch["response_mask"][:, 1:].to(device)  # (B, L-1): position p predicts a response token
     ids, logps = [], []
-    for logits, _ in response_logit_chunks(teacher, batch["input_ids"].to(device),
-                                           batch["attention_mask"].to(device), target, chunk):
+    for logits, _ in response_logit_chunks(
+        teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device), target, chunk
+    ):
         # $\log \pi_t(\cdot \mid s_t)$ over the full teacher softmax
         top_logps, top_ids = torch.topk(torch.log_softmax(logits, dim=-1)[:, :vocab_size], k, dim=-1)  # (m, k)
         ids.append(top_ids.to(torch.int32).cpu())
@@ -153,8 +157,10 @@ def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
     # $\log(1 - \sum_{i \le k} p_i)$
     tails = tail_logmass(logps)
     sizes = target.sum(-1).tolist()
-    return [(i.numpy(), lp.numpy().astype(np.float32), t.numpy().astype(np.float32))
-            for i, lp, t in zip(ids.split(sizes), logps.split(sizes), tails.split(sizes))]
+    return [
+        (i.numpy(), lp.numpy().astype(np.float32), t.numpy().astype(np.float32))
+        for i, lp, t in zip(ids.split(sizes), logps.split(sizes), tails.split(sizes))
+    ]
 
 
 def _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k: int) -> int:
@@ -168,10 +174,19 @@ def _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses,
     return vocab_size
 
 
-def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts: Sequence[PromptLike],
-                      responses: Sequence[str], *, k: int = TOPK_DEFAULT, max_length: int | None = None,
-                      engine_options: dict | None = None, cache: StageCache | None = None,
-                      progress: bool = False) -> TopkCache:
+def vllm_teacher_topk(
+    source: str,
+    teacher_tokenizer,
+    student_tokenizer,
+    prompts: Sequence[PromptLike],
+    responses: Sequence[str],
+    *,
+    k: int = TOPK_DEFAULT,
+    max_length: int | None = None,
+    engine_options: dict | None = None,
+    cache: StageCache | None = None,
+    progress: bool = False,
+) -> TopkCache:
     """:func:`teacher_topk` from a vLLM engine serving the teacher at ``source`` (folder / hub id): the top-k of its
     prompt log-probs at each response position (``prompt_logprobs=k``; the engine is built with ``max_logprobs``
     ≥ k). Ids at or past the student's vocabulary size are dropped as in the HF path (their mass stays in the tail).
@@ -182,14 +197,18 @@ def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts
 
     vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
     cache = cache or default_cache()
-    key = {**topk_cache_key(source_fingerprint(source), student_tokenizer, prompts, responses, k, max_length),
-           "backend": "vllm", "engine": vllm_cache_identity(engine_options)}
+    key = {
+        **topk_cache_key(source_fingerprint(source), student_tokenizer, prompts, responses, k, max_length),
+        "backend": "vllm",
+        "engine": vllm_cache_identity(engine_options),
+    }
 
     def compute():
         encoded = [encode_within(student_tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
         options = {**(engine_options or {}), "max_logprobs": max(k, (engine_options or {}).get("max_logprobs", 20))}
-        entries = vllm_prompt_logprob_entries(source, [p + r for p, r, _ in encoded], top=k, engine_options=options,
-                                              progress=progress)
+        entries = vllm_prompt_logprob_entries(
+            source, [p + r for p, r, _ in encoded], top=k, engine_options=options, progress=progress
+        )
         ids, logps, tails = [], [], []
         for (prompt_ids, response_ids, _), row in zip(encoded, entries):
             start = len(prompt_ids)  # token t is scored at t: the response's tokens
@@ -198,8 +217,10 @@ def vllm_teacher_topk(source: str, teacher_tokenizer, student_tokenizer, prompts
             for j, entry in enumerate(row[start : start + len(response_ids)]):
                 ranked = sorted(((lp.logprob, i) for i, lp in entry.items() if i < vocab_size), reverse=True)[:k]
                 if len(ranked) < k:
-                    raise ValueError(f"the vLLM engine returned {len(ranked)} usable log-probs at a position, "
-                                     f"fewer than k={k}; lower k")
+                    raise ValueError(
+                        f"the vLLM engine returned {len(ranked)} usable log-probs at a position, "
+                        f"fewer than k={k}; lower k"
+                    )
                 top_logps[j], top_ids[j] = zip(*ranked)
             ids.append(top_ids)
             logps.append(top_logps)
@@ -251,8 +272,12 @@ def teacher_topk(
         teacher.eval()
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="teacher top-k", disable=not progress, leave=False):
-            batch = collate_examples(student_tokenizer, prompts[start:start + batch_size],
-                                     responses[start:start + batch_size], max_length)
+            batch = collate_examples(
+                student_tokenizer,
+                prompts[start : start + batch_size],
+                responses[start : start + batch_size],
+                max_length,
+            )
             with torch.no_grad():
                 rows = _response_topk(teacher, batch, k, vocab_size, chunk)
             for row_ids, row_logps, row_tail in rows:
@@ -311,10 +336,29 @@ def topk_teacher(
                 held.append(load(teacher_name, quantization=quantization, device=device))
         teacher, teacher_tokenizer = held[0]
         if backend == "vllm":
-            return vllm_teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
-                                     engine_options=engine_options, cache=cache, progress=progress)
-        return teacher_topk(teacher, teacher_tokenizer, student_tokenizer, prompts, responses, k=k,
-                            batch_size=batch_size, cache=cache, progress=progress, logits_chunk=logits_chunk)
+            return vllm_teacher_topk(
+                teacher,
+                teacher_tokenizer,
+                student_tokenizer,
+                prompts,
+                responses,
+                k=k,
+                engine_options=engine_options,
+                cache=cache,
+                progress=progress,
+            )
+        return teacher_topk(
+            teacher,
+            teacher_tokenizer,
+            student_tokenizer,
+            prompts,
+            responses,
+            k=k,
+            batch_size=batch_size,
+            cache=cache,
+            progress=progress,
+            logits_chunk=logits_chunk,
+        )
 
     try:
         yield topk

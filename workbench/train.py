@@ -75,10 +75,15 @@ class Pipeline:
 
 PIPELINES = {
     "pad": Pipeline("03_pad_train", "pad", "PadConfig", zero_is_none=frozenset({"m"})),
-    "adpa": Pipeline("06_adpa_train", "adpa", "AdpaConfig",
-                     notebook_only=frozenset({"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps"})),
-    "plad": Pipeline("07_plad_train", "plad", "PladConfig",
-                     notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds"})),
+    "adpa": Pipeline(
+        "06_adpa_train",
+        "adpa",
+        "AdpaConfig",
+        notebook_only=frozenset({"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps"}),
+    ),
+    "plad": Pipeline(
+        "07_plad_train", "plad", "PladConfig", notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds"})
+    ),
 }
 
 
@@ -95,8 +100,10 @@ def recipe_pipeline(recipe: str | Path) -> str:
     match = re.search(r"^# notebook: .*?([0-9]{2}_\w+)\.ipynb", Path(recipe).read_text(), re.MULTILINE)
     by_notebook = {p.notebook: name for name, p in PIPELINES.items()}
     if not match or match.group(1) not in by_notebook:
-        raise ValueError(f"{recipe}: no '# notebook: notebooks/<name>.ipynb' line naming one of "
-                         f"{sorted(by_notebook)}; pass --pipeline {'|'.join(PIPELINES)}")
+        raise ValueError(
+            f"{recipe}: no '# notebook: notebooks/<name>.ipynb' line naming one of "
+            f"{sorted(by_notebook)}; pass --pipeline {'|'.join(PIPELINES)}"
+        )
     return by_notebook[match.group(1)]
 
 
@@ -166,16 +173,20 @@ def check_strategy(pipeline: str, cfg, state) -> None:
     if strategy_name(state) != "FSDP":
         return
     if getattr(cfg, "logits_chunk", 0) and fsdp_version() < 2:
-        raise ValueError(f"logits_chunk={cfg.logits_chunk}: the chunked head calls the student's output layer outside "
-                         f"its forward, where FSDP version 1 holds that layer's weights sharded: launch with "
-                         f"fsdp_version: 2 (accelerate/fsdp.yaml), or add -p logits_chunk 0 (and unset "
-                         f"$WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits)")
+        raise ValueError(
+            f"logits_chunk={cfg.logits_chunk}: the chunked head calls the student's output layer outside "
+            f"its forward, where FSDP version 1 holds that layer's weights sharded: launch with "
+            f"fsdp_version: 2 (accelerate/fsdp.yaml), or add -p logits_chunk 0 (and unset "
+            f"$WORKBENCH_LOGITS_CHUNK; the memory estimate then counts the full logits)"
+        )
     if samples_a_trained_student(pipeline, cfg) and getattr(cfg, "lora", False):
-        raise ValueError(f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its LoRA student after "
-                         f"training it, which FSDP has sharded across the processes (a whole copy to sample from is "
-                         f"built for full fine-tuning only): launch LoRA runs with accelerate/ddp.yaml, or split the "
-                         f"run (PAD: one iteration per run from the last run's output_dir/student; ADPA+: method dckd, "
-                         f"then method adpa from its student)")
+        raise ValueError(
+            f"{pipeline.upper()} {getattr(cfg, 'method', '')} samples from its LoRA student after "
+            f"training it, which FSDP has sharded across the processes (a whole copy to sample from is "
+            f"built for full fine-tuning only): launch LoRA runs with accelerate/ddp.yaml, or split the "
+            f"run (PAD: one iteration per run from the last run's output_dir/student; ADPA+: method dckd, "
+            f"then method adpa from its student)"
+        )
 
 
 def save_rows_jsonl(path: Path, rows: list[dict]) -> None:
@@ -198,25 +209,30 @@ def launch_memory_estimate(cfg, state, capacity=None):
         logger.warning("no memory estimate for this run (%s); training without the up-front check", error)
         return None
     if state.is_main_process:
-        logger.info("estimated peak memory per process (%s, %d process(es)): %.1f GiB in phase '%s' "
-                    "(python -m workbench.memory for the breakdown)", launch["strategy"], launch["world_size"],
-                    estimate.peak_bytes / memory.GIB, estimate.peak_phase)
+        logger.info(
+            "estimated peak memory per process (%s, %d process(es)): %.1f GiB in phase '%s' "
+            "(python -m workbench.memory for the breakdown)",
+            launch["strategy"],
+            launch["world_size"],
+            estimate.peak_bytes / memory.GIB,
+            estimate.peak_phase,
+        )
     if capacity is not None:
         memory.check_fits(estimate, capacity)
     return estimate
 
 
-def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False,
-          memory_check: bool = True) -> list[dict]:
+def train(
+    pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False, memory_check: bool = True
+) -> list[dict]:
     """Train ``cfg`` with ``pipeline``'s ``train_run`` in this process (one of several under ``accelerate launch``),
     write the outputs from the main process and return the training log."""
-    from accelerate import PartialState
+    import torch
 
+    from accelerate import PartialState
     from workbench.distributed import full_state_dict, is_sharded
     from workbench.methods.common import save_student, training_summary
     from workbench.trainers import set_threads
-
-    import torch
 
     set_threads()
     # cpu=True lets processes launched by accelerate/torchrun on a machine without CUDA join a gloo group
@@ -227,8 +243,11 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
         launch_memory_estimate(cfg, state, device if device.startswith("cuda") else None)
     strategy = strategy_name(state)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and strategy != "FSDP":
-        logger.warning("the accelerate config asks for FSDP, but these processes run %s (no CUDA): data parallel, "
-                       "every process holds the whole student", strategy)
+        logger.warning(
+            "the accelerate config asks for FSDP, but these processes run %s (no CUDA): data parallel, "
+            "every process holds the whole student",
+            strategy,
+        )
     cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
     started = time.perf_counter()
     run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
@@ -239,21 +258,43 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(run.history, indent=2, default=float))
-        (out / "config.json").write_text(json.dumps(
-            {**asdict(cfg), "pipeline": pipeline, "processes": state.num_processes,
-             "distributed_type": strategy, "sharded_parameters": sharded,
-             "student_precision": cfg.student_precision(device), "mixed_precision": trained_mixed_precision(),
-             "seconds": time.perf_counter() - started, "training": training, **run.info}, indent=2, default=str))
+        (out / "config.json").write_text(
+            json.dumps(
+                {
+                    **asdict(cfg),
+                    "pipeline": pipeline,
+                    "processes": state.num_processes,
+                    "distributed_type": strategy,
+                    "sharded_parameters": sharded,
+                    "student_precision": cfg.student_precision(device),
+                    "mixed_precision": trained_mixed_precision(),
+                    "seconds": time.perf_counter() - started,
+                    "training": training,
+                    **run.info,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         if save_rows:
             for name, rows in run.rows.items():
                 save_rows_jsonl(out / f"rows_{name}.jsonl", rows)
         if save_model:
             save_student(run.model, run.tokenizer, out / "student", state_dict=weights)
-        stages = "; ".join(f"{stage}: {t['logged_steps']} logged steps, loss {t['loss_first']:.4g} -> "
-                           f"{t['loss_last']:.4g}" if "loss_first" in t else f"{stage}: no loss logged"
-                           for stage, t in training.items())
-        logger.info("%s trained in %d process(es), %.0f s (%s); outputs in %s", pipeline, state.num_processes,
-                    time.perf_counter() - started, stages, out)
+        stages = "; ".join(
+            f"{stage}: {t['logged_steps']} logged steps, loss {t['loss_first']:.4g} -> {t['loss_last']:.4g}"
+            if "loss_first" in t
+            else f"{stage}: no loss logged"
+            for stage, t in training.items()
+        )
+        logger.info(
+            "%s trained in %d process(es), %.0f s (%s); outputs in %s",
+            pipeline,
+            state.num_processes,
+            time.perf_counter() - started,
+            stages,
+            out,
+        )
     state.wait_for_everyone()
     return run.history
 
@@ -261,15 +302,26 @@ def train(pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = Fals
 def main(argv=None, pipeline: str | None = None) -> bool:
     """Train from the command line; returns whether this process was a member of a distributed group (closed at the
     end), for :func:`script_exit`."""
-    description = __doc__.split("\n\n")[0] if pipeline is None else \
-        f"{pipeline.upper()} training as a script: python -m workbench.train --pipeline {pipeline}"
+    description = (
+        __doc__.split("\n\n")[0]
+        if pipeline is None
+        else f"{pipeline.upper()} training as a script: python -m workbench.train --pipeline {pipeline}"
+    )
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", help="a papermill parameters file (recipes/*.yaml)")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override one parameter, as papermill's -p")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override one parameter, as papermill's -p",
+    )
     if pipeline is None:
-        parser.add_argument("--pipeline", choices=sorted(PIPELINES),
-                            help="the method family (default: the recipe's '# notebook:' line)")
+        parser.add_argument(
+            "--pipeline", choices=sorted(PIPELINES), help="the method family (default: the recipe's '# notebook:' line)"
+        )
     args = parser.parse_args(argv)
     pipeline = pipeline or args.pipeline or (recipe_pipeline(args.recipe) if args.recipe else None)
     if pipeline is None:
@@ -283,8 +335,13 @@ def main(argv=None, pipeline: str | None = None) -> bool:
     logging.basicConfig(level=logging.INFO)
     cfg = method_config(pipeline, params)
     try:
-        train(pipeline, cfg, save_model=bool(params.get("save_model", True)),
-              save_rows=bool(params.get("save_rows", False)), memory_check=bool(params.get("memory_check", True)))
+        train(
+            pipeline,
+            cfg,
+            save_model=bool(params.get("save_model", True)),
+            save_rows=bool(params.get("save_rows", False)),
+            memory_check=bool(params.get("memory_check", True)),
+        )
     finally:
         # a gloo group left to the interpreter's exit can abort a process after its work is done ("terminate called
         # without an active exception", pytorch/pytorch#190489); the script owns the group, so it closes it

@@ -41,11 +41,13 @@ class ResponseCollator:
     fields: tuple[str, ...] = ("input_ids", "attention_mask", "labels")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate_examples(self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                                 self.max_length)
+        batch = collate_examples(
+            self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], self.max_length
+        )
         if int(batch["truncated"]):
-            logger.warning("%d of %d rows truncated to max_length=%s", int(batch["truncated"]), len(rows),
-                           self.max_length)
+            logger.warning(
+                "%d of %d rows truncated to max_length=%s", int(batch["truncated"]), len(rows), self.max_length
+            )
         return {k: batch[k] for k in self.fields}
 
 
@@ -166,7 +168,7 @@ def train_sft(
     max_length: int | None = None,
     progress: bool = True,
     collator=None,
-    checkpoints: "Checkpoints | None" = None,
+    checkpoints: Checkpoints | None = None,
     logits_chunk: int | None = None,
     tracking_dir: str | None = None,
     **overrides,
@@ -181,13 +183,21 @@ def train_sft(
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
     chunk = logits_chunk if logits_chunk is not None else logits_chunk_setting()
-    args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                              **(checkpoints.arguments() if checkpoints else {}), **overrides)
+    args = training_arguments(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        **(checkpoints.arguments() if checkpoints else {}),
+        **overrides,
+    )
     collator = collator or ResponseCollator(tokenizer, max_length)
     with tracked(tracking_dir):
         if chunk:  # the same loss through the chunked head: no (B, T, V) logits
-            trainer = DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                                     objective=ChunkedSftObjective(chunk))
+            trainer = DistillTrainer(
+                model=model, args=args, train_dataset=rows, data_collator=collator, objective=ChunkedSftObjective(chunk)
+            )
         else:
             trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     return fit(quiet_logs(trainer, progress), checkpoints)
@@ -225,8 +235,9 @@ class ChunkedSftObjective:
     def __call__(self, model, inputs, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]
         mask = labels != -100
-        logps = chunked_logps_at(model, inputs["input_ids"], inputs["attention_mask"],
-                                 labels.clamp(min=0)[..., None], self.chunk)[..., 0]
+        logps = chunked_logps_at(
+            model, inputs["input_ids"], inputs["attention_mask"], labels.clamp(min=0)[..., None], self.chunk
+        )[..., 0]
         nll = -(logps * mask).sum()
         items = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
         return nll / items, {}
@@ -247,27 +258,35 @@ class Checkpoints:
         if self.every < 1:
             raise ValueError(f"save_steps={self.every}; checkpoints need a positive number of optimizer steps")
 
-    def stage(self, name: str) -> "Checkpoints":
+    def stage(self, name: str) -> Checkpoints:
         return replace(self, folder=Path(self.folder) / name)
 
     def arguments(self) -> dict:
         """``TrainingArguments`` that save here: every ``every`` steps and at the last, keeping the newest only
         (the older one is deleted only after the newer is written)."""
-        return {"output_dir": str(self.folder), "save_strategy": "steps", "save_steps": self.every,
-                "save_total_limit": 1}
+        return {
+            "output_dir": str(self.folder),
+            "save_strategy": "steps",
+            "save_steps": self.every,
+            "save_total_limit": 1,
+        }
 
     def latest(self) -> str | None:
         """The newest complete checkpoint folder (``Trainer`` writes ``trainer_state.json`` last, the objective's
         state after it), or None; a folder cut short by a crash mid-save is skipped with a warning."""
-        steps = {int(p.name.removeprefix("checkpoint-")): p for p in Path(self.folder).glob("checkpoint-*")
-                 if p.name.removeprefix("checkpoint-").isdigit()}
+        steps = {
+            int(p.name.removeprefix("checkpoint-")): p
+            for p in Path(self.folder).glob("checkpoint-*")
+            if p.name.removeprefix("checkpoint-").isdigit()
+        }
         for candidate in (steps[step] for step in sorted(steps, reverse=True)):
             if (candidate / "trainer_state.json").exists() and (candidate / OBJECTIVE_STATE).exists():
                 try:
                     read_objective_state(candidate)
                 except CorruptFile as error:
-                    logger.warning("skipping checkpoint %s: its objective state is corrupt (%s)", candidate,
-                                   error.reason)
+                    logger.warning(
+                        "skipping checkpoint %s: its objective state is corrupt (%s)", candidate, error.reason
+                    )
                     continue
                 return str(candidate)
             logger.warning("skipping incomplete checkpoint %s (cut short while saving)", candidate)
@@ -337,8 +356,11 @@ def whole_run_train_loss(history: list[dict], resumed_at: int) -> None:
             total += entry["loss"] * (entry["step"] - last)
             last = entry["step"]
     if last != resumed_at:
-        logger.warning("the log before the resume covers %d of its %d steps: train_loss averages the steps after "
-                       "the resume only", last, resumed_at)
+        logger.warning(
+            "the log before the resume covers %d of its %d steps: train_loss averages the steps after the resume only",
+            last,
+            resumed_at,
+        )
         return
     steps = final["step"]
     final["train_loss"] = (total + final["train_loss"] * (steps - resumed_at)) / steps
@@ -419,9 +441,11 @@ def _head_function(head: torch.nn.Module):
         return head
     weight, bias = head.weight, getattr(head, "bias", None)
     if type(weight).__name__ == "DTensor":
-        raise RuntimeError("the FSDP-sharded output layer is resharded after the model's forward, so the chunked head "
-                           "cannot read it: keep the output layer unsharded after forward (accelerate's FSDP2 does "
-                           "for its final-norm/output group), or train with logits_chunk 0")
+        raise RuntimeError(
+            "the FSDP-sharded output layer is resharded after the model's forward, so the chunked head "
+            "cannot read it: keep the output layer unsharded after forward (accelerate's FSDP2 does "
+            "for its final-norm/output group), or train with logits_chunk 0"
+        )
     return partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
@@ -433,8 +457,15 @@ def output_vocab_size(model) -> int:
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else int(inner.config.vocab_size)
 
 
-def chunked_logps_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ids: torch.Tensor, chunk: int,
-                     *, output_hidden_states: bool = False):
+def chunked_logps_at(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    ids: torch.Tensor,
+    chunk: int,
+    *,
+    output_hidden_states: bool = False,
+):
     """The student's log-probs at ``ids`` through the output head ``chunk`` positions at a time, each chunk
     recomputed in backward.
 
@@ -452,16 +483,23 @@ def chunked_logps_at(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """
     from torch.utils.checkpoint import checkpoint
 
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False
+    )
     final = out.hidden_states[-1]  # (B, L, H), after the final norm
     hidden = final[:, :-1]
     inner = _unwrapped(model)
     head = _head_function(inner.get_output_embeddings())
     softcap = getattr(inner.config, "final_logit_softcapping", None)
     parts = [
-        checkpoint(_head_logps_at, hidden[:, start : start + chunk], ids[:, start : start + chunk], head, softcap,
-                   use_reentrant=False)
+        checkpoint(
+            _head_logps_at,
+            hidden[:, start : start + chunk],
+            ids[:, start : start + chunk],
+            head,
+            softcap,
+            use_reentrant=False,
+        )
         for start in range(0, hidden.shape[1], chunk)
     ]
     logps = torch.cat(parts, dim=1)
@@ -541,14 +579,35 @@ class DistillTrainer(DivergenceGuard, Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def train_distill(model, rows: datasets.Dataset, collator, objective, *, steps: int, lr: float,
-                  batch_size: int, seed: int = 0, progress: bool = True, checkpoints: Checkpoints | None = None,
-                  tracking_dir: str | None = None, **overrides) -> list[dict]:
+def train_distill(
+    model,
+    rows: datasets.Dataset,
+    collator,
+    objective,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoints: Checkpoints | None = None,
+    tracking_dir: str | None = None,
+    **overrides,
+) -> list[dict]:
     """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history. ``checkpoints`` makes the
     call resumable (:class:`Checkpoints`); ``tracking_dir`` is where a ``report_to`` TensorBoard writes."""
-    args = training_arguments(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                              **(checkpoints.arguments() if checkpoints else {}), **overrides)
+    args = training_arguments(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        **(checkpoints.arguments() if checkpoints else {}),
+        **overrides,
+    )
     with tracked(tracking_dir):
-        trainer = quiet_logs(DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator,
-                                            objective=objective), progress)
+        trainer = quiet_logs(
+            DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, objective=objective),
+            progress,
+        )
     return fit(trainer, checkpoints, objective)

@@ -70,12 +70,22 @@ class ModelShape:
 # answer mixes (candidate kind -> weight)
 TEACHER_MIX = {"correct": 0.55, "frequent_filler": 0.45}
 STUDENT_MIX = {
-    "correct": 0.3, "frequent_filler": 0.1, "other_filler": 0.1, "near_miss": 0.2,
-    "copy_input": 0.1, "wrong": 0.1, "harmful": 0.1,
+    "correct": 0.3,
+    "frequent_filler": 0.1,
+    "other_filler": 0.1,
+    "near_miss": 0.2,
+    "copy_input": 0.1,
+    "wrong": 0.1,
+    "harmful": 0.1,
 }
 JUDGE_MIX = {
-    "correct": 0.2, "frequent_filler": 0.15, "other_filler": 0.1, "near_miss": 0.2,
-    "copy_input": 0.1, "wrong": 0.1, "harmful": 0.15,
+    "correct": 0.2,
+    "frequent_filler": 0.15,
+    "other_filler": 0.1,
+    "near_miss": 0.2,
+    "copy_input": 0.1,
+    "wrong": 0.1,
+    "harmful": 0.15,
 }
 
 
@@ -117,19 +127,27 @@ class GymConfig:
         if self.judge_layout not in MCQ_LAYOUTS:
             raise ValueError(f"judge_layout={self.judge_layout!r}; use one of {sorted(MCQ_LAYOUTS)}")
         if self.judge_verdicts and not self.mcq_template.letter_closes_option:
-            raise ValueError(f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
-                             f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
-                             "'after', 'restate' or 'bracket'")
+            raise ValueError(
+                f"judge_verdicts=True needs a layout whose letter closes each option (the letter's "
+                f"position predicts the verdict); judge_layout={self.judge_layout!r} puts it first: use "
+                "'after', 'restate' or 'bracket'"
+            )
         low, high = self.mcq_options
         if not 1 <= low <= high <= len(MCQ_LAYOUTS[self.judge_layout].letters):
-            raise ValueError(f"mcq_options={self.mcq_options}: judging rows show low..high options with 1 ≤ low ≤ "
-                             f"high ≤ {len(MCQ_LAYOUTS[self.judge_layout].letters)} (one letter each)")
+            raise ValueError(
+                f"mcq_options={self.mcq_options}: judging rows show low..high options with 1 ≤ low ≤ "
+                f"high ≤ {len(MCQ_LAYOUTS[self.judge_layout].letters)} (one letter each)"
+            )
         if not 1 <= self.judge_verdict_scale <= len(NUMBERS) - 1:
-            raise ValueError(f"judge_verdict_scale={self.judge_verdict_scale}: a verdict must be one number word, so "
-                             f"the scale is 1..{len(NUMBERS) - 1}")
+            raise ValueError(
+                f"judge_verdict_scale={self.judge_verdict_scale}: a verdict must be one number word, so "
+                f"the scale is 1..{len(NUMBERS) - 1}"
+            )
         if self.judge_running_best and not self.mcq_template.option.endswith(" best"):
-            raise ValueError(f"judge_running_best=True needs a layout that closes each option with 'best' (where the "
-                             f"best option so far is asked); judge_layout={self.judge_layout!r}: use 'running'")
+            raise ValueError(
+                f"judge_running_best=True needs a layout that closes each option with 'best' (where the "
+                f"best option so far is asked); judge_layout={self.judge_layout!r}: use 'running'"
+            )
 
     @property
     def mcq_template(self):
@@ -146,8 +164,12 @@ class GymConfig:
         return content_hash({"version": GYM_VERSION, **fields}, length=12)
 
 
-FIELDS_SINCE_V1 = {"judge_layout": "before", "judge_verdicts": False, "judge_running_best": False,
-                   "judge_verdict_scale": 9}
+FIELDS_SINCE_V1 = {
+    "judge_layout": "before",
+    "judge_verdicts": False,
+    "judge_running_best": False,
+    "judge_verdict_scale": 9,
+}
 
 
 # the default gym until stop 12: its judge lists the options after their letter and learns only the answer letter;
@@ -157,10 +179,20 @@ DEFAULT_V1 = GymConfig(
     size="default",
     teacher=ModelShape(hidden=128, layers=4, heads=4, intermediate=256),
     student=ModelShape(hidden=48, layers=2, heads=2, intermediate=96),
-    teacher_sft_rows=24000, teacher_mcq_rows=12000, teacher_steps=900, teacher_lr=2e-3,
-    student_rows=6000, student_steps=250, student_lr=3e-3,
-    dpo_prompts=1024, dpo_samples=4, dpo_steps=60, dpo_beta=0.1, dpo_lr=1e-4,
-    dpo_loss=("sigmoid", "sft"), dpo_min_chosen_gold=0.5,
+    teacher_sft_rows=24000,
+    teacher_mcq_rows=12000,
+    teacher_steps=900,
+    teacher_lr=2e-3,
+    student_rows=6000,
+    student_steps=250,
+    student_lr=3e-3,
+    dpo_prompts=1024,
+    dpo_samples=4,
+    dpo_steps=60,
+    dpo_beta=0.1,
+    dpo_lr=1e-4,
+    dpo_loss=("sigmoid", "sft"),
+    dpo_min_chosen_gold=0.5,
 )
 # the default gym since stop 12 (issue 2; ``experiments/gym_world.py`` variant ``judge`` at 1500 teacher steps): a
 # world whose student errs in style (filler, harmful words) more than in the numbers, and a judge that restates the
@@ -168,20 +200,35 @@ DEFAULT_V1 = GymConfig(
 # option's closing "best", the best option so far — so its MCQ in the paper's random order ranks better than its
 # likelihood. It is trained on 1-4 options; larger groups are judged in slices of at most 4.
 JUDGE_WORLD = dict(
-    student=ModelShape(hidden=64, layers=2, heads=2, intermediate=128), student_steps=1500,
+    student=ModelShape(hidden=64, layers=2, heads=2, intermediate=128),
+    student_steps=1500,
     student_mix={"correct": 0.2, "frequent_filler": 0.45, "other_filler": 0.15, "harmful": 0.2},
-    teacher_mcq_rows=20000, teacher_steps=1500, mcq_options=(1, 4),
+    teacher_mcq_rows=20000,
+    teacher_steps=1500,
+    mcq_options=(1, 4),
     judge_mix={"correct": 0.25, "frequent_filler": 0.35, "other_filler": 0.15, "near_miss": 0.05, "harmful": 0.2},
-    judge_layout="running", judge_verdicts=True, judge_running_best=True, judge_verdict_scale=19,
+    judge_layout="running",
+    judge_verdicts=True,
+    judge_running_best=True,
+    judge_verdict_scale=19,
 )
 SIZES: dict[str, GymConfig] = {
     "tiny": GymConfig(
         size="tiny",
         teacher=ModelShape(hidden=32, layers=2, heads=2, intermediate=64),
         student=ModelShape(hidden=16, layers=1, heads=2, intermediate=32),
-        teacher_sft_rows=512, teacher_mcq_rows=256, teacher_steps=30, teacher_lr=3e-3,
-        student_rows=512, student_steps=20, student_lr=3e-3,
-        dpo_prompts=32, dpo_samples=4, dpo_steps=5, dpo_beta=0.1, dpo_lr=1e-3,
+        teacher_sft_rows=512,
+        teacher_mcq_rows=256,
+        teacher_steps=30,
+        teacher_lr=3e-3,
+        student_rows=512,
+        student_steps=20,
+        student_lr=3e-3,
+        dpo_prompts=32,
+        dpo_samples=4,
+        dpo_steps=5,
+        dpo_beta=0.1,
+        dpo_lr=1e-3,
     ),
     "default": replace(DEFAULT_V1, **JUDGE_WORLD),
     # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
@@ -234,8 +281,12 @@ def mcq_rows(prompts: list[Prompt], cfg: GymConfig, rng: random.Random) -> dict[
     ``cfg.judge_running_best`` it carries, for each option, the letter of the best option so far (``running``,
     drawn like the answer from the options up to it; the last is the answer)."""
     template = cfg.mcq_template
-    rows = {"prompt": [], "response": [], **({"verdicts": []} if cfg.judge_verdicts else {}),
-            **({"running": []} if cfg.judge_running_best else {})}
+    rows = {
+        "prompt": [],
+        "response": [],
+        **({"verdicts": []} if cfg.judge_verdicts else {}),
+        **({"running": []} if cfg.judge_running_best else {}),
+    }
     low, high = cfg.mcq_options
     for prompt in prompts:
         k = rng.randint(low, high)
@@ -269,8 +320,9 @@ class VerdictCollator:
     def __call__(self, rows: list[dict]) -> dict:
         from workbench.encoding import collate_examples
 
-        batch = collate_examples(self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                                 self.max_length)
+        batch = collate_examples(
+            self.tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows], self.max_length
+        )
         labels = batch["labels"]
         for b, row in enumerate(rows):
             verdicts, running = row.get("verdicts") or [], row.get("running") or []
@@ -281,8 +333,10 @@ class VerdictCollator:
             if running:
                 closes = [t for t in range(answer_at) if ids[t] == self.best_id]
                 if len(closes) != len(running):
-                    raise ValueError(f"row {b}: {len(running)} running-best letters but {len(closes)} 'best' tokens "
-                                     f"in its prompt {row['prompt']!r}")
+                    raise ValueError(
+                        f"row {b}: {len(running)} running-best letters but {len(closes)} 'best' tokens "
+                        f"in its prompt {row['prompt']!r}"
+                    )
                 for t, letter in zip(closes, running):
                     labels[b, t + 1] = self.tokenizer.convert_tokens_to_ids(letter)
             if not verdicts:
@@ -290,8 +344,10 @@ class VerdictCollator:
             last = {ids[t]: t for t in range(answer_at) if ids[t] in self.letter_ids}  # a letter's closing position
             letters = sorted(last.values())
             if len(letters) != len(verdicts):
-                raise ValueError(f"row {b}: {len(verdicts)} verdicts but {len(letters)} option letters in its prompt "
-                                 f"{row['prompt']!r}; an option's text must not contain a letter token")
+                raise ValueError(
+                    f"row {b}: {len(verdicts)} verdicts but {len(letters)} option letters in its prompt "
+                    f"{row['prompt']!r}; an option's text must not contain a letter token"
+                )
             for t, verdict in zip(letters, verdicts):
                 labels[b, t + 1] = self.digit_ids[verdict]
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
@@ -313,9 +369,16 @@ def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool):
     from workbench.sampling import group_responses, sample_responses
 
     prompts = make_prompts(cfg.dpo_prompts, "train", seed=cfg.seed + 17)
-    samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=cfg.dpo_samples,
-                               temperature=1.0, seed=cfg.seed, cache=StageCache(enabled=False),
-                               progress=progress)
+    samples = sample_responses(
+        teacher,
+        tokenizer,
+        [p.text for p in prompts],
+        n=cfg.dpo_samples,
+        temperature=1.0,
+        seed=cfg.seed,
+        cache=StageCache(enabled=False),
+        progress=progress,
+    )
     _, groups = group_responses(samples)
     rows = {"prompt": [], "chosen": [], "rejected": []}
     ties = weak = 0
@@ -333,10 +396,19 @@ def _dpo_pairs(teacher, tokenizer, cfg: GymConfig, progress: bool):
         rows["rejected"].append([{"role": "assistant", "content": group[worst]}])
     if not rows["prompt"]:
         raise RuntimeError(f"no DPO pairs: all {ties} prompts' samples tied on gold; raise dpo_prompts or dpo_samples")
-    logger.info("DPO pairs: %d kept; skipped %d prompts whose samples all tied on gold and %d whose best sample "
-                "scored below %.2f", len(rows["prompt"]), ties, weak, cfg.dpo_min_chosen_gold)
-    return datasets.Dataset.from_dict(rows), {"pairs": len(rows["prompt"]), "skipped_ties": ties,
-                                              "skipped_weak_chosen": weak}
+    logger.info(
+        "DPO pairs: %d kept; skipped %d prompts whose samples all tied on gold and %d whose best sample "
+        "scored below %.2f",
+        len(rows["prompt"]),
+        ties,
+        weak,
+        cfg.dpo_min_chosen_gold,
+    )
+    return datasets.Dataset.from_dict(rows), {
+        "pairs": len(rows["prompt"]),
+        "skipped_ties": ties,
+        "skipped_weak_chosen": weak,
+    }
 
 
 def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
@@ -370,8 +442,7 @@ def _train_dpo(ref_dir: Path, tokenizer, pairs, cfg: GymConfig, progress: bool):
         bf16=True,
         **{checkpointing_argument(): False},
     )
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs,
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
     shutil.rmtree(ref_dir.parent / "dpo-run", ignore_errors=True)
     return trainer.model.eval(), trainer.state.log_history
@@ -386,8 +457,9 @@ def _save(model, tokenizer, folder: Path, config: GymConfig) -> None:
     save_mcq_template(config.mcq_template, folder)
 
 
-def build_gym(size: str = "default", *, force: bool = False, progress: bool = True,
-              config: GymConfig | None = None) -> GymBuild:
+def build_gym(
+    size: str = "default", *, force: bool = False, progress: bool = True, config: GymConfig | None = None
+) -> GymBuild:
     """Train the gym of ``size`` (or ``config``) into the cache, or find it built there; returns the folders of its
     three models. Loading a preset does not come here (:func:`workbench.gym.store.find_gym`)."""
     if config is None:
@@ -405,8 +477,10 @@ def build_gym(size: str = "default", *, force: bool = False, progress: bool = Tr
         # by its SIZES name: v1 and the worlds keep size "default" in their configs (and so their cache folders)
         name = size_name(config)
         if name is None:
-            raise ValueError(f"gym {config.size!r} with a changed config is not built yet, and this process is one "
-                             f"of a distributed launch: build it in one process first (build_gym(config=...))")
+            raise ValueError(
+                f"gym {config.size!r} with a changed config is not built yet, and this process is one "
+                f"of a distributed launch: build it in one process first (build_gym(config=...))"
+            )
         with cache_lock(root):
             if not is_built(root):
                 _build_in_own_process(name)
@@ -434,11 +508,16 @@ def _build_in_own_process(size: str) -> None:
     import sys
 
     logger.info("building gym %s in a process of its own (once for the launch)", size)
-    out = subprocess.run([sys.executable, "-m", "workbench.gym", "build", "--size", size],
-                         env={**single_process_env(), LOCK_HELD_ENV: "1"}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench.gym", "build", "--size", size],
+        env={**single_process_env(), LOCK_HELD_ENV: "1"},
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
-        raise RuntimeError(f"building gym {size} failed (python -m workbench.gym build --size {size}):\n"
-                           f"{out.stderr[-3000:]}")
+        raise RuntimeError(
+            f"building gym {size} failed (python -m workbench.gym build --size {size}):\n{out.stderr[-3000:]}"
+        )
 
 
 def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
@@ -462,14 +541,24 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
     for extra in ("verdicts", "running"):
         if extra in judging:
             answers[extra] = [[] for _ in answers["prompt"]]
-    teacher_rows = datasets.Dataset.from_dict(
-        {k: answers[k] + judging[k] for k in answers}).shuffle(seed=config.seed)
+    teacher_rows = datasets.Dataset.from_dict({k: answers[k] + judging[k] for k in answers}).shuffle(seed=config.seed)
     teacher = _new_model(config.teacher, tokenizer, config.seed)
-    collator = (VerdictCollator(tokenizer, config.mcq_template.letters)
-                if config.judge_verdicts or config.judge_running_best else None)
-    logs["teacher-ref"] = train_sft(teacher, tokenizer, teacher_rows, steps=config.teacher_steps,
-                                    lr=config.teacher_lr, batch_size=config.batch_size, seed=config.seed,
-                                    progress=progress, collator=collator)
+    collator = (
+        VerdictCollator(tokenizer, config.mcq_template.letters)
+        if config.judge_verdicts or config.judge_running_best
+        else None
+    )
+    logs["teacher-ref"] = train_sft(
+        teacher,
+        tokenizer,
+        teacher_rows,
+        steps=config.teacher_steps,
+        lr=config.teacher_lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=progress,
+        collator=collator,
+    )
     _save(teacher, tokenizer, tmp / "teacher-ref", config)
     timings["teacher-ref"] = time.perf_counter() - t0
 
@@ -483,11 +572,19 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
     # (3) student: smaller, SFT on a noisy mix
     t0 = time.perf_counter()
     student_rows = datasets.Dataset.from_dict(
-        sft_rows(make_prompts(config.student_rows, "train", config.seed + 2), config.student_mix, rng))
+        sft_rows(make_prompts(config.student_rows, "train", config.seed + 2), config.student_mix, rng)
+    )
     student = _new_model(config.student, tokenizer, config.seed + 3)
-    logs["student"] = train_sft(student, tokenizer, student_rows, steps=config.student_steps,
-                                lr=config.student_lr, batch_size=config.batch_size, seed=config.seed,
-                                progress=progress)
+    logs["student"] = train_sft(
+        student,
+        tokenizer,
+        student_rows,
+        steps=config.student_steps,
+        lr=config.student_lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=progress,
+    )
     _save(student, tokenizer, tmp / "student", config)
     timings["student"] = time.perf_counter() - t0
 
@@ -502,8 +599,9 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
         "parameters": {"teacher": teacher.num_parameters(), "student": student.num_parameters()},
         "dpo_pairs": pair_stats,
         "seconds": {**timings, "total": time.perf_counter() - started},
-        "final_train_loss": {k: next((r["train_loss"] for r in reversed(v) if "train_loss" in r), None)
-                             for k, v in logs.items()},
+        "final_train_loss": {
+            k: next((r["train_loss"] for r in reversed(v) if "train_loss" in r), None) for k, v in logs.items()
+        },
     }
     (tmp / "build.json").write_text(json.dumps(info, indent=2))
     logger.info("gym %s built in %.1f s", config.size, info["seconds"]["total"])

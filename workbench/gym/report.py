@@ -14,7 +14,6 @@ import numpy as np
 from workbench.evaluate import gold_rewards, mean_ci, mean_spearman
 from workbench.gym.world import gold_reward, make_prompts
 
-
 PAD_ALPHA = 0.8  # PAD §5.1
 
 
@@ -23,8 +22,14 @@ def _gold(prompts, samples) -> np.ndarray:
     return gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"])
 
 
-def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 4, seed: int = 0,
-               progress: bool = False, config=None) -> dict:
+def gym_report(
+    size: str = "default",
+    n_prompts: int = 256,
+    n_candidates: int = 4,
+    seed: int = 0,
+    progress: bool = False,
+    config=None,
+) -> dict:
     """Measured properties of the gym of ``size`` (or of the build of ``config``, a ``GymConfig``; see the module
     docstring), as a JSON-ready dict. The judge is asked in the MCQ wording saved with the build."""
     from workbench.losses.pad import calibrated_reward
@@ -59,8 +64,9 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
 
     # calibration premise: on 4-candidate sets of student samples (PAD §4.1), which teacher signal ranks like gold?
     student, student_tok = models["student"]
-    candidates = sample_responses(student, student_tok, texts, n=n_candidates, temperature=0.8, seed=seed + 1,
-                                  progress=progress)
+    candidates = sample_responses(
+        student, student_tok, texts, n=n_candidates, temperature=0.8, seed=seed + 1, progress=progress
+    )
     _, groups = group_responses(candidates)
     golds = np.array([[gold_reward(p, r) for r in g] for p, g in zip(prompts, groups)])
     flat_prompts = [t for t in texts for _ in range(n_candidates)]
@@ -70,17 +76,18 @@ def gym_report(size: str = "default", n_prompts: int = 256, n_candidates: int = 
         model, tokenizer = models[role]
         template = mcq_template_for(tokenizer)
         likelihood = avg_logp_rewards(model, tokenizer, flat_prompts, flat_responses).view(-1, n_candidates)
-        mcq = mcq_selection_logprobs(model, tokenizer, texts, groups, template=template, order="random",
-                                     seed=seed)
-        mcq_cyclic = mcq_selection_logprobs(model, tokenizer, texts, groups, template=template,
-                                            order="cyclic", seed=seed)
+        mcq = mcq_selection_logprobs(model, tokenizer, texts, groups, template=template, order="random", seed=seed)
+        mcq_cyclic = mcq_selection_logprobs(
+            model, tokenizer, texts, groups, template=template, order="cyclic", seed=seed
+        )
         entry = {
             "avg_loglik_spearman": mean_spearman(likelihood.numpy(), golds),
             "mcq_spearman": mean_spearman(mcq.numpy(), golds),
             "mcq_cyclic_spearman": mean_spearman(mcq_cyclic.numpy(), golds),
             # what PAD ranks by: the calibrated reward (Eq. 9) at the paper's alpha, random option order
             f"calibrated_alpha{PAD_ALPHA}_spearman": mean_spearman(
-                calibrated_reward(likelihood, mcq, PAD_ALPHA).numpy(), golds),
+                calibrated_reward(likelihood, mcq, PAD_ALPHA).numpy(), golds
+            ),
         }
         # the judge's position bias: mean p_sel of each letter when every option is the same answer (uniform: 1/n);
         # the single random order of the paper passes this bias on to the ranking, cyclic orders average it out

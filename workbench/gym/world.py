@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from workbench.encoding import McqTemplate
 
@@ -91,7 +91,7 @@ class Prompt:
         return " ".join(map(str, self.answer))
 
     @classmethod
-    def parse(cls, text: str) -> "Prompt":
+    def parse(cls, text: str) -> Prompt:
         words = text.split()
         if not words or words[0] not in TASKS:
             raise ValueError(f"not a gym prompt: {text!r}; it must start with one of {sorted(TASKS)}")
@@ -221,11 +221,13 @@ MCQ_LAYOUTS = {
     # the question restated before each option, so each option reads like the conversation it came from
     "restate": McqTemplate(header="judge options", option=" {prompt} options {response} {letter}", footer=" best"),
     # restated, and the letter on both sides, so no letter sits between two options it does not belong to
-    "bracket": McqTemplate(header="judge options", option=" {letter} {prompt} options {response} {letter}",
-                           footer=" best"),
+    "bracket": McqTemplate(
+        header="judge options", option=" {letter} {prompt} options {response} {letter}", footer=" best"
+    ),
     # bracketed, and each option closed by "best": the place to ask for the best option so far (judge_running_best)
-    "running": McqTemplate(header="judge options", option=" {letter} {prompt} options {response} {letter} best",
-                           footer=""),
+    "running": McqTemplate(
+        header="judge options", option=" {letter} {prompt} options {response} {letter} best", footer=""
+    ),
 }
 GYM_MCQ_TEMPLATE = MCQ_LAYOUTS["before"]
 

@@ -18,8 +18,8 @@ Equation numbers refer to the ADPA paper (``papers/adpa.md`` maps each equation 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -49,6 +49,7 @@ ADVANTAGE_CLAMP_RANGE = (1e-8, 1.0 - 1e-8)  # released code's `prob_stabilize` c
 # ---------------------------------------------------------------------------------------------------------------
 # validation and small masked reductions (plumbing: annotated lightly)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _shape(x: Tensor) -> str:
     return "(" + ", ".join(str(d) for d in x.shape) + ")"
@@ -90,8 +91,10 @@ class GatheredLogps:
         missing = ~match.any(-1) & mask.bool()[..., None]  # (B, T, k)
         if bool(missing.any()):
             b, t, j = (int(i) for i in missing.nonzero()[0])
-            raise ValueError(f"id {int(ids[b, t, j])} at row {b}, position {t} was not gathered: build the "
-                             f"GatheredLogps with every id the loss reads (teacher top-k ids, labels)")
+            raise ValueError(
+                f"id {int(ids[b, t, j])} at row {b}, position {t} was not gathered: build the "
+                f"GatheredLogps with every id the loss reads (teacher top-k ids, labels)"
+            )
         slot = match.to(torch.uint8).argmax(-1)  # (B, T, k): first gathered copy
         return torch.gather(self.logps, -1, slot)
 
@@ -106,24 +109,40 @@ def _logps_at(student: Tensor | GatheredLogps, mask: Tensor, ids: Tensor) -> Ten
 def _check_logits_mask(logits: Tensor | GatheredLogps, mask: Tensor, logits_name: str, mask_name: str) -> None:
     if isinstance(logits, GatheredLogps):
         if logits.logps.dim() != 3 or tuple(logits.ids.shape) != tuple(logits.logps.shape):
-            raise ValueError(f"{logits_name}: GatheredLogps ids {_shape(logits.ids)} and logps "
-                             f"{_shape(logits.logps)} must be the same (B, T, J) shape")
+            raise ValueError(
+                f"{logits_name}: GatheredLogps ids {_shape(logits.ids)} and logps "
+                f"{_shape(logits.logps)} must be the same (B, T, J) shape"
+            )
     elif not isinstance(logits, Tensor) or logits.dim() != 3:
-        raise ValueError(f"{logits_name} must be a (B, T, V) tensor, got shape "
-                         f"{_shape(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
+        raise ValueError(
+            f"{logits_name} must be a (B, T, V) tensor, got shape "
+            f"{_shape(logits) if isinstance(logits, Tensor) else type(logits).__name__}"
+        )
     if not logits.is_floating_point():
         raise ValueError(f"{logits_name} must be floating point, got {logits.dtype}")
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(logits.shape[:2]):
         got = _shape(mask) if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(f"{mask_name} must have shape (B, T) = {tuple(logits.shape[:2])} matching "
-                         f"{logits_name} {_shape(logits)}, got {got}")
+        raise ValueError(
+            f"{mask_name} must have shape (B, T) = {tuple(logits.shape[:2])} matching "
+            f"{logits_name} {_shape(logits)}, got {got}"
+        )
 
 
-def _check_topk(ids: Tensor, logps: Tensor, ids_name: str, logps_name: str, *, leading: tuple | None = None,
-                vocab_size: int | None = None, mask: Tensor | None = None) -> None:
+def _check_topk(
+    ids: Tensor,
+    logps: Tensor,
+    ids_name: str,
+    logps_name: str,
+    *,
+    leading: tuple | None = None,
+    vocab_size: int | None = None,
+    mask: Tensor | None = None,
+) -> None:
     if not isinstance(ids, Tensor) or ids.dim() != 3:
-        raise ValueError(f"{ids_name} must be a (B, T, k) tensor, got "
-                         f"{_shape(ids) if isinstance(ids, Tensor) else type(ids).__name__}")
+        raise ValueError(
+            f"{ids_name} must be a (B, T, k) tensor, got "
+            f"{_shape(ids) if isinstance(ids, Tensor) else type(ids).__name__}"
+        )
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise ValueError(f"{ids_name} must be an integer tensor, got {ids.dtype}")
     if not isinstance(logps, Tensor) or tuple(logps.shape) != tuple(ids.shape):
@@ -132,8 +151,9 @@ def _check_topk(ids: Tensor, logps: Tensor, ids_name: str, logps_name: str, *, l
     if not logps.is_floating_point():
         raise ValueError(f"{logps_name} must be floating point, got {logps.dtype}")
     if leading is not None and tuple(ids.shape[:2]) != tuple(leading):
-        raise ValueError(f"{ids_name} has leading shape {tuple(ids.shape[:2])} but the student's (B, T) is "
-                         f"{tuple(leading)}")
+        raise ValueError(
+            f"{ids_name} has leading shape {tuple(ids.shape[:2])} but the student's (B, T) is {tuple(leading)}"
+        )
     if vocab_size is not None:
         if ids.shape[-1] > vocab_size:
             raise ValueError(f"{ids_name} has k = {ids.shape[-1]} > vocabulary size V = {vocab_size}")
@@ -207,6 +227,7 @@ def _safe_logps(logps: Tensor, mask: Tensor) -> Tensor:
 # top-k cache quantities
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def tail_logmass(topk_logps: Tensor, min_tail: float | None = None) -> Tensor:
     """Log of the probability mass outside the top-k: log(1 - sum_k p_k), floored at `min_tail` for stability.
 
@@ -272,8 +293,15 @@ def topk_forward_kl(
         (B,) mean per-token KL over each sequence's response tokens (0 for a sequence with none).
     """
     _check_logits_mask(student_logits, mask, "student_logits", "mask")
-    _check_topk(teacher_topk_ids, teacher_topk_logps, "teacher_topk_ids", "teacher_topk_logps",
-                leading=student_logits.shape[:2], vocab_size=student_logits.shape[-1], mask=mask)
+    _check_topk(
+        teacher_topk_ids,
+        teacher_topk_logps,
+        "teacher_topk_ids",
+        "teacher_topk_logps",
+        leading=student_logits.shape[:2],
+        vocab_size=student_logits.shape[-1],
+        mask=mask,
+    )
     ids = _safe_ids(teacher_topk_ids, mask)  # (B, T, k)
     # $\log \pi_\theta(a)$ for $a \in K_t$
     student_topk = _logps_at(student_logits, mask, ids)  # (B, T, k)
@@ -285,8 +313,9 @@ def topk_forward_kl(
     student_buckets = torch.cat([student_topk, student_tail[..., None]], dim=-1)  # (B, T, k+1)
     # $\sum_j p_j (\log p_j - \log q_j)$, with $0 \log 0 = 0$
     teacher_probs = teacher_buckets.exp()  # (B, T, k+1)
-    per_bucket = torch.where(teacher_probs > 0, teacher_probs * (teacher_buckets - student_buckets),
-                             torch.zeros_like(teacher_probs))  # (B, T, k+1)
+    per_bucket = torch.where(
+        teacher_probs > 0, teacher_probs * (teacher_buckets - student_buckets), torch.zeros_like(teacher_probs)
+    )  # (B, T, k+1)
     per_token = per_bucket.sum(-1).clamp(min=0.0)  # (B, T)
     return _masked_mean(per_token, mask)
 
@@ -371,19 +400,27 @@ def dckd_loss(
     # $\mathcal{L}_{\text{KLD-}w}$, Eq. (5)
     kl = topk_forward_kl(chosen_teacher_topk_ids, chosen_teacher_topk_logps, chosen_student_logits, chosen_mask)
     if use_rejected:
-        missing = [name for name, value in (("rejected_student_logits", rejected_student_logits),
-                                            ("rejected_mask", rejected_mask),
-                                            ("rejected_teacher_topk_ids", rejected_teacher_topk_ids),
-                                            ("rejected_teacher_topk_logps", rejected_teacher_topk_logps))
-                   if value is None]
+        missing = [
+            name
+            for name, value in (
+                ("rejected_student_logits", rejected_student_logits),
+                ("rejected_mask", rejected_mask),
+                ("rejected_teacher_topk_ids", rejected_teacher_topk_ids),
+                ("rejected_teacher_topk_logps", rejected_teacher_topk_logps),
+            )
+            if value is None
+        ]
         if missing:
             raise ValueError(f"use_rejected=True needs {', '.join(missing)}")
         if rejected_student_logits.shape[0] != chosen_student_logits.shape[0]:
-            raise ValueError(f"rejected_student_logits has batch size {rejected_student_logits.shape[0]} but "
-                             f"chosen_student_logits has {chosen_student_logits.shape[0]}")
+            raise ValueError(
+                f"rejected_student_logits has batch size {rejected_student_logits.shape[0]} but "
+                f"chosen_student_logits has {chosen_student_logits.shape[0]}"
+            )
         # $\mathcal{L}_{\text{KLD-}l}$, Eq. (6)
-        kl = kl + topk_forward_kl(rejected_teacher_topk_ids, rejected_teacher_topk_logps,
-                                  rejected_student_logits, rejected_mask)
+        kl = kl + topk_forward_kl(
+            rejected_teacher_topk_ids, rejected_teacher_topk_logps, rejected_student_logits, rejected_mask
+        )
     # $\mathcal{L}_{\text{SFT}} + \alpha(\mathcal{L}_{\text{KLD-}w} + \mathcal{L}_{\text{KLD-}l})$
     return reduce(per_sequence + alpha * kl)
 
@@ -391,6 +428,7 @@ def dckd_loss(
 # ---------------------------------------------------------------------------------------------------------------
 # advantage from two teacher caches
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _missing_logp_tail_uniform(topk_logps: Tensor, vocab_size: int | None) -> Tensor:
     """Missing token's log-prob if the tail mass were spread evenly: log m_tail - log(V - k). Needs vocab_size."""
@@ -498,12 +536,25 @@ def advantage_from_topk(
 # losses on student-generated responses y_hat
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check_advantage_inputs(student_logits_hat: Tensor, mask_hat: Tensor, advantage_ids: Tensor,
-                            advantages: Tensor, ids_name: str = "advantage_ids",
-                            values_name: str = "advantages") -> None:
+
+def _check_advantage_inputs(
+    student_logits_hat: Tensor,
+    mask_hat: Tensor,
+    advantage_ids: Tensor,
+    advantages: Tensor,
+    ids_name: str = "advantage_ids",
+    values_name: str = "advantages",
+) -> None:
     _check_logits_mask(student_logits_hat, mask_hat, "student_logits_hat", "mask_hat")
-    _check_topk(advantage_ids, advantages, ids_name, values_name, leading=student_logits_hat.shape[:2],
-                vocab_size=student_logits_hat.shape[-1], mask=mask_hat)
+    _check_topk(
+        advantage_ids,
+        advantages,
+        ids_name,
+        values_name,
+        leading=student_logits_hat.shape[:2],
+        vocab_size=student_logits_hat.shape[-1],
+        mask=mask_hat,
+    )
 
 
 def _student_topk(student_logits_hat: Tensor | GatheredLogps, mask_hat: Tensor, ids: Tensor) -> Tensor:
@@ -753,8 +804,14 @@ def reverse_ce_dpo_only_loss(
         scalar, or (B,) with ``reduction="none"``.
     """
     reduce = _check_reduction(reduction)
-    _check_advantage_inputs(student_logits_hat, mask_hat, dpo_topk_ids, dpo_topk_logps,
-                            ids_name="dpo_topk_ids", values_name="dpo_topk_logps")
+    _check_advantage_inputs(
+        student_logits_hat,
+        mask_hat,
+        dpo_topk_ids,
+        dpo_topk_logps,
+        ids_name="dpo_topk_ids",
+        values_name="dpo_topk_logps",
+    )
     try:
         fill_rule = MISSING_LOGP_RULES[missing_rule]
     except KeyError:

@@ -16,7 +16,7 @@ Conventions (shared with ``workbench.losses.adpa``):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ PRO_SFT_WEIGHT = 0.05  # released PRO scripts (`--sft_weight 0.05`), multiplied 
 # validation (plumbing)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _check_batch_vectors(**named: Tensor) -> None:
     """Every argument is a floating (B,) tensor, all with the same B."""
     shape = None
@@ -75,8 +76,10 @@ def _check_teacher_student(teacher_logits: Tensor, student_logits: Tensor, mask:
     _check_logits_mask(student_logits, mask, "student_logits", "mask")
     _check_logits_mask(teacher_logits, mask, "teacher_logits", "mask")
     if tuple(teacher_logits.shape) != tuple(student_logits.shape):
-        raise ValueError(f"teacher_logits {_shape(teacher_logits)} and student_logits {_shape(student_logits)} must "
-                         f"have the same shape (same vocabulary)")
+        raise ValueError(
+            f"teacher_logits {_shape(teacher_logits)} and student_logits {_shape(student_logits)} must "
+            f"have the same shape (same vocabulary)"
+        )
 
 
 def _conservative_logistic(logits: Tensor, label_smoothing: float) -> Tensor:
@@ -89,6 +92,7 @@ def _conservative_logistic(logits: Tensor, label_smoothing: float) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # preference optimisation on teacher-annotated pairs / rankings
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def dpo_loss(
     policy_chosen_logps: Tensor,
@@ -127,8 +131,12 @@ def dpo_loss(
         shape (B,).
     """
     reduce = _check_reduction(reduction)
-    _check_batch_vectors(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                         ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    _check_batch_vectors(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
     ref_chosen_logps, ref_rejected_logps = ref_chosen_logps.detach(), ref_rejected_logps.detach()
     # $\log\frac{\pi_\theta(y_w)}{\pi_\theta(y_l)} - \log\frac{\pi_{\text{ref}}(y_w)}{\pi_{\text{ref}}(y_l)}$
     logits = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)  # (B,)
@@ -179,8 +187,9 @@ def simpo_loss(
     if gamma is None:
         gamma = beta * (SIMPO_GAMMA_BETA_RATIO if gamma_beta_ratio is None else gamma_beta_ratio)
     reduce = _check_reduction(reduction)
-    _check_batch_vectors(policy_chosen_logps_avg=policy_chosen_logps_avg,
-                         policy_rejected_logps_avg=policy_rejected_logps_avg)
+    _check_batch_vectors(
+        policy_chosen_logps_avg=policy_chosen_logps_avg, policy_rejected_logps_avg=policy_rejected_logps_avg
+    )
     # $r(x, y) = \frac{\beta}{|y|}\log\pi_\theta(y|x)$
     chosen_rewards = beta * policy_chosen_logps_avg  # (B,)
     rejected_rewards = beta * policy_rejected_logps_avg  # (B,)
@@ -232,8 +241,12 @@ def pro_loss(
         scalar, or (B,) with ``reduction="none"``.
     """
     reduce = _check_reduction(reduction)
-    if not isinstance(rewards_by_rank, Tensor) or rewards_by_rank.dim() != 2 or rewards_by_rank.shape[1] < 2 \
-            or not rewards_by_rank.is_floating_point():
+    if (
+        not isinstance(rewards_by_rank, Tensor)
+        or rewards_by_rank.dim() != 2
+        or rewards_by_rank.shape[1] < 2
+        or not rewards_by_rank.is_floating_point()
+    ):
         got = _shape(rewards_by_rank) if isinstance(rewards_by_rank, Tensor) else type(rewards_by_rank).__name__
         raise ValueError(f"rewards_by_rank must be a floating (B, n) tensor with n >= 2, got {got}")
     n = rewards_by_rank.shape[1]
@@ -241,8 +254,9 @@ def pro_loss(
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         # $1/\mathcal{T}_k^i = 1/T$ for every k, i
-        inverse_temperature = torch.full((1, n, n), 1.0 / temperature, dtype=rewards_by_rank.dtype,
-                                         device=rewards_by_rank.device)  # (1, n, n) indexed [., k, i]
+        inverse_temperature = torch.full(
+            (1, n, n), 1.0 / temperature, dtype=rewards_by_rank.dtype, device=rewards_by_rank.device
+        )  # (1, n, n) indexed [., k, i]
     else:
         if not isinstance(rank_scores, Tensor) or tuple(rank_scores.shape) != tuple(rewards_by_rank.shape):
             got = _shape(rank_scores) if isinstance(rank_scores, Tensor) else type(rank_scores).__name__
@@ -273,6 +287,7 @@ def pro_loss(
 # ---------------------------------------------------------------------------------------------------------------
 # logit-level distillation
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def forward_kl_kd_loss(
     teacher_logits: Tensor,
@@ -313,7 +328,7 @@ def forward_kl_kd_loss(
     student_logps = _log_softmax(student_logits / temperature)  # (B, T, V)
     # $\sum_a p_T(a)(\log p_T(a) - \log q_T(a))$; F.kl_div handles p = 0
     per_token = F.kl_div(student_logps, teacher_logps, reduction="none", log_target=True).sum(-1)  # (B, T)
-    return reduce(temperature ** 2 * _masked_mean(per_token, mask))
+    return reduce(temperature**2 * _masked_mean(per_token, mask))
 
 
 def topk_kd_loss(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ _CHUNK_ELEMENTS = 1 << 18  # rankings x batch processed per step of the exact JS
 # validation (plumbing)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _shape(x) -> str:
     return "(" + ", ".join(str(d) for d in x.shape) + ")" if isinstance(x, Tensor) else type(x).__name__
 
@@ -80,8 +81,10 @@ def _check_rewards(student_rewards: Tensor, teacher_rewards: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"{name} must be a floating (B, n) tensor, got {_shape(x)}")
     if student_rewards.shape != teacher_rewards.shape:
-        raise ValueError(f"student_rewards {_shape(student_rewards)} and teacher_rewards "
-                         f"{_shape(teacher_rewards)} must have the same (B, n) shape")
+        raise ValueError(
+            f"student_rewards {_shape(student_rewards)} and teacher_rewards "
+            f"{_shape(teacher_rewards)} must have the same (B, n) shape"
+        )
     if student_rewards.shape[1] < 1:
         raise ValueError("need at least one response per prompt (n >= 1)")
 
@@ -93,14 +96,17 @@ def _check_beta(beta: float) -> None:
 
 def _check_exact_n(n: int) -> None:
     if n > MAX_EXACT_N:
-        raise ValueError(f"the exact distribution over all n! rankings is limited to n <= {MAX_EXACT_N} "
-                         f"(n = {n} gives {math.factorial(n):,} rankings per prompt); use ppd_loss_mc "
-                         f"(Monte-Carlo JSD) or decomposed_loss (PAD §4.4) for larger n")
+        raise ValueError(
+            f"the exact distribution over all n! rankings is limited to n <= {MAX_EXACT_N} "
+            f"(n = {n} gives {math.factorial(n):,} rankings per prompt); use ppd_loss_mc "
+            f"(Monte-Carlo JSD) or decomposed_loss (PAD §4.4) for larger n"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # §3: language models as reward functions
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def avg_logp_reward(token_logps: Tensor, mask: Tensor) -> Tensor:
     """Reward = mean log-probability of the response tokens (length-normalised log-likelihood).
@@ -168,8 +174,10 @@ def irl_token_rewards(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         (B, T) token rewards, 0 at masked-out positions.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
-        raise ValueError(f"expected logits (B, T, V) with labels and mask (B, T); got logits {_shape(logits)}, "
-                         f"labels {_shape(labels)}, mask {_shape(mask)}")
+        raise ValueError(
+            f"expected logits (B, T, V) with labels and mask (B, T); got logits {_shape(logits)}, "
+            f"labels {_shape(labels)}, mask {_shape(mask)}"
+        )
     mask = mask.bool()
     safe_labels = labels.masked_fill(~mask, 0)  # (B, T) pad ids never reach gather
     # $f_t = f_\pi(y_t \mid y_{<t}, x)$
@@ -189,6 +197,7 @@ def irl_token_rewards(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # §4.2: reward calibration
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def calibrated_reward(rewards: Tensor | None, log_p_sel: Tensor, alpha: float) -> Tensor:
     """Calibrated reward = (1 - alpha) x likelihood reward + alpha x log MCQ selection probability.
@@ -229,6 +238,7 @@ def calibrated_reward(rewards: Tensor | None, log_p_sel: Tensor, alpha: float) -
 # §2: Plackett-Luce rankings
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def plackett_luce_logprob(scores: Tensor, rankings: Tensor) -> Tensor:
     """Log-probability of a ranking: sum over positions of the chosen score minus logsumexp of the remaining ones.
 
@@ -253,7 +263,7 @@ def plackett_luce_logprob(scores: Tensor, rankings: Tensor) -> Tensor:
     return (ranked - tail).sum(-1)  # (...)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_rankings_cpu(n: int) -> Tensor:
     return torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long).view(-1, n)
 
@@ -276,7 +286,7 @@ def all_rankings(n: int) -> Tensor:
     return _all_rankings_cpu(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pl_structure(n: int, m: int):
     """Index tensors for :func:`_pl_factors` (pure combinatorics of n items; CPU, cached per (n, m)).
 
@@ -290,8 +300,7 @@ def _pl_structure(n: int, m: int):
       prefix_order_by_remaining (N_r,): a stable sort of the prefixes by their remaining set.
     """
     r = n - m
-    subset_masks = torch.tensor([[(bits >> i) & 1 for i in range(n)] for bits in range(1, 1 << n)],
-                                dtype=torch.bool)
+    subset_masks = torch.tensor([[(bits >> i) & 1 for i in range(n)] for bits in range(1, 1 << n)], dtype=torch.bool)
     prefixes: list[tuple[int, ...]] = [()]
     prefix_levels = []
     for i in range(r):
@@ -304,8 +313,7 @@ def _pl_structure(n: int, m: int):
         prefixes = [prefix + (j,) for prefix in prefixes for j in range(n) if j not in prefix]
     combos = {k: list(itertools.combinations(range(n), k)) for k in range(1, m + 1)}
     position = {k: {subset: idx for idx, subset in enumerate(combos[k])} for k in combos}
-    remaining_index = torch.tensor([position[m][tuple(j for j in range(n) if j not in prefix)]
-                                    for prefix in prefixes])
+    remaining_index = torch.tensor([position[m][tuple(j for j in range(n) if j not in prefix)] for prefix in prefixes])
     suffix_levels = []
     for k in range(2, m + 1):
         members = [j for subset in combos[k] for j in subset]
@@ -344,15 +352,18 @@ def _pl_factors(scores: Tensor, m: int):
     for children, complement, width in prefix_levels:
         children, complement = children.to(scores.device), complement.to(scores.device)
         # $s_j - \mathrm{LSE}(s_{[n] \setminus P})$ for each unused item j of each prefix P
-        step = scores_t.index_select(0, children).view(-1, width, batch) \
-            - subset_lse.index_select(0, complement)[:, None, :]  # (N_{i-1}, width, B)
+        step = (
+            scores_t.index_select(0, children).view(-1, width, batch)
+            - subset_lse.index_select(0, complement)[:, None, :]
+        )  # (N_{i-1}, width, B)
         prefix = (prefix[:, None, :] + step).view(-1, batch)  # (N_i, B)
     suffix = scores_t.new_zeros(n, 1, batch)  # (n, 1!, B): a single item has one ordering, log-prob 0
     for members, child, bits, n_subsets, k in suffix_levels:
         members, child, bits = members.to(scores.device), child.to(scores.device), bits.to(scores.device)
         # $s_j - \mathrm{LSE}(s_R)$ for each first item j of each size-k subset R
-        first = scores_t.index_select(0, members).view(n_subsets, k, batch) \
-            - subset_lse.index_select(0, bits)[:, None, :]  # (C(n,k), k, B)
+        first = (
+            scores_t.index_select(0, members).view(n_subsets, k, batch) - subset_lse.index_select(0, bits)[:, None, :]
+        )  # (C(n,k), k, B)
         # $S_R(j, \sigma') = s_j - \mathrm{LSE}(s_R) + S_{R \setminus j}(\sigma')$
         rest = suffix.reshape(suffix.shape[0], -1).index_select(0, child).view(n_subsets, k, -1, batch)
         suffix = (rest + first[:, :, None, :]).view(n_subsets, -1, batch)  # (C(n,k), k!, B)
@@ -422,8 +433,10 @@ def sample_rankings(scores: Tensor, num_samples: int, generator: torch.Generator
 # §4.3: vanilla preference distillation
 # ---------------------------------------------------------------------------------------------------------------
 
-def vpd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD_BETA,
-             reduction: str = "mean") -> Tensor:
+
+def vpd_loss(
+    student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD_BETA, reduction: str = "mean"
+) -> Tensor:
     """Negative log-likelihood of the teacher's ranking under the student's Plackett-Luce model at scale beta.
 
     PAD Eq. (10). The paper prints Eq. (10) without the minus sign; the text calls it an NLL loss to *maximise*
@@ -455,6 +468,7 @@ def vpd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD
 # ---------------------------------------------------------------------------------------------------------------
 # §4.3: probabilistic preference distillation (exact)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 class _FactorisedJSD(torch.autograd.Function):
     """Per-example JSD between two PL distributions given as (prefix, suffix) factors, without materialising n!.
@@ -497,12 +511,18 @@ class _FactorisedJSD(torch.autograd.Function):
     def backward(ctx, grad_jsd):
         grad_prefix, grad_suffix = ctx.saved_tensors
         half = 0.5 * grad_jsd  # (B,)
-        return (None, None, None if grad_prefix is None else grad_prefix * half,
-                None if grad_suffix is None else grad_suffix * half, None)
+        return (
+            None,
+            None,
+            None if grad_prefix is None else grad_prefix * half,
+            None if grad_suffix is None else grad_suffix * half,
+            None,
+        )
 
 
-def ppd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD_BETA,
-             reduction: str = "mean") -> Tensor:
+def ppd_loss(
+    student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD_BETA, reduction: str = "mean"
+) -> Tensor:
     """Jensen-Shannon divergence between the teacher's and the student's Plackett-Luce distributions over all n!
     rankings, per prompt.
 
@@ -540,7 +560,8 @@ def ppd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD
     m = min(n, _SUFFIX_SIZE)
     with torch.no_grad():
         teacher_prefix, teacher_suffix, structure = _pl_factors(
-            beta * teacher_rewards.detach().to(student_rewards.dtype), m)
+            beta * teacher_rewards.detach().to(student_rewards.dtype), m
+        )
     student_prefix, student_suffix, _ = _pl_factors(beta * student_rewards, m)
     order = structure[4].to(student_rewards.device)
     n_groups, suffix_len = teacher_suffix.shape[:2]
@@ -548,8 +569,7 @@ def ppd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD
     teacher_prefix = teacher_prefix.index_select(0, order).view(n_groups, -1, batch)
     student_prefix = student_prefix.index_select(0, order).view(n_groups, -1, batch)
     groups_per_chunk = max(1, _CHUNK_ELEMENTS // (teacher_prefix.shape[1] * suffix_len * batch))
-    jsd = _FactorisedJSD.apply(teacher_prefix, teacher_suffix, student_prefix, student_suffix,
-                               groups_per_chunk)  # (B,)
+    jsd = _FactorisedJSD.apply(teacher_prefix, teacher_suffix, student_prefix, student_suffix, groups_per_chunk)  # (B,)
     return reduce(jsd)
 
 
@@ -560,9 +580,15 @@ def ppd_loss(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD
 _MC_ESTIMATORS = ("mixture", "split")
 
 
-def ppd_loss_mc(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = PAD_BETA, num_samples: int = 256,
-                generator: torch.Generator | None = None, reduction: str = "mean",
-                estimator: str = "mixture") -> Tensor:
+def ppd_loss_mc(
+    student_rewards: Tensor,
+    teacher_rewards: Tensor,
+    beta: float = PAD_BETA,
+    num_samples: int = 256,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+    estimator: str = "mixture",
+) -> Tensor:
     """Monte-Carlo Jensen-Shannon divergence between teacher and student Plackett-Luce distributions, from K
     rankings sampled from each (Gumbel-perturbed sorting) and exact PL log-probabilities of those rankings.
 
@@ -622,8 +648,9 @@ def ppd_loss_mc(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = 
     teacher_scores = beta * teacher_rewards.detach().to(student_rewards.dtype)  # (B, n)
     student_scores = beta * student_rewards  # (B, n)
     # $\tau^p_k \sim P$, $\tau^q_k \sim Q$ by Gumbel-perturbed sorting
-    rankings = torch.cat([sample_rankings(teacher_scores, k, generator),
-                          sample_rankings(student_scores.detach(), k, generator)], dim=1)  # (B, 2K, n)
+    rankings = torch.cat(
+        [sample_rankings(teacher_scores, k, generator), sample_rankings(student_scores.detach(), k, generator)], dim=1
+    )  # (B, 2K, n)
     log_p = plackett_luce_logprob(teacher_scores[:, None, :], rankings)  # (B, 2K)
     log_q = plackett_luce_logprob(student_scores[:, None, :], rankings)  # (B, 2K) differentiable
     with torch.no_grad():
@@ -648,8 +675,9 @@ def ppd_loss_mc(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = 
             score = log_q - log_m  # (B, 2K) $= \log 2(1 - t)$
             pair_weighted = 0.5 * (one_minus_t * score)[:, :k] + 0.5 * (one_minus_t * score)[:, k:]  # (B, K)
             pair_mass = 0.5 * one_minus_t[:, :k] + 0.5 * one_minus_t[:, k:]  # (B, K)
-            baseline = (pair_weighted.sum(-1, keepdim=True) - pair_weighted) \
-                / (pair_mass.sum(-1, keepdim=True) - pair_mass).clamp_min(torch.finfo(log_q.dtype).tiny)
+            baseline = (pair_weighted.sum(-1, keepdim=True) - pair_weighted) / (
+                pair_mass.sum(-1, keepdim=True) - pair_mass
+            ).clamp_min(torch.finfo(log_q.dtype).tiny)
             weight = one_minus_t * (score - torch.cat([baseline, baseline], dim=1))  # (B, 2K)
             scale = 1.0 / (2 * k)
     # surrogate whose gradient is the score-function estimate of $\nabla \mathrm{JSD}$
@@ -660,6 +688,7 @@ def ppd_loss_mc(student_rewards: Tensor, teacher_rewards: Tensor, beta: float = 
 # ---------------------------------------------------------------------------------------------------------------
 # §4.4 / App. A: preference decomposition
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def decompose_groups(n: int, m: int, generator: torch.Generator | None = None) -> Tensor:
     """Partition of the n responses into k = n / m groups of m (random if a generator is given, else contiguous).
@@ -677,14 +706,17 @@ def decompose_groups(n: int, m: int, generator: torch.Generator | None = None) -
         (k, m) long index tensor; row i lists the responses of group i.
     """
     if m < 1 or n < 1 or n % m != 0:
-        raise ValueError(f"group size m = {m} must be a positive divisor of n = {n} (PAD §4.4 splits n responses "
-                         f"into k = n / m groups)")
+        raise ValueError(
+            f"group size m = {m} must be a positive divisor of n = {n} (PAD §4.4 splits n responses "
+            f"into k = n / m groups)"
+        )
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     return order.view(n // m, m)
 
 
-def decomposed_loss(loss_fn: Callable[..., Tensor], student_rewards: Tensor, teacher_rewards: Tensor,
-                    groups: Tensor, **kw) -> Tensor:
+def decomposed_loss(
+    loss_fn: Callable[..., Tensor], student_rewards: Tensor, teacher_rewards: Tensor, groups: Tensor, **kw
+) -> Tensor:
     """Sum over groups of the loss on each group's sub-list of responses.
 
     PAD Eqs. (13)-(14) and App. A.

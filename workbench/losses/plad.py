@@ -18,7 +18,8 @@ Equation numbers refer to the PLaD paper (``papers/plad.md`` maps each equation 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ PLAD_SAMPLING_TEMPERATURE = 0.7  # tau (PLaD App. A.6), read as the sampling tem
 # ---------------------------------------------------------------------------------------------------------------
 # calibration losses (PLaD §4.3)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def ranking_calibration_loss(
     chosen_logps: Tensor,
@@ -118,8 +120,12 @@ def margin_calibration_loss(
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     reduce = _check_reduction(reduction)
-    _check_batch_vectors(chosen_logps=chosen_logps, rejected_logps=rejected_logps,
-                         chosen_scores=chosen_scores, rejected_scores=rejected_scores)
+    _check_batch_vectors(
+        chosen_logps=chosen_logps,
+        rejected_logps=rejected_logps,
+        chosen_scores=chosen_scores,
+        rejected_scores=rejected_scores,
+    )
     if detach_scores:
         chosen_scores, rejected_scores = chosen_scores.detach(), rejected_scores.detach()
     # $\beta\,(s(y;\hat y_+;x) - s(y;\hat y_-;x))$: a per-pair margin
@@ -132,6 +138,7 @@ def margin_calibration_loss(
 # ---------------------------------------------------------------------------------------------------------------
 # score function (PLaD App. A.7)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _check_hidden(hidden: Tensor, mask: Tensor, name: str, mask_name: str) -> None:
     if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
@@ -188,10 +195,14 @@ def ngram_f_score(
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     _check_hidden(hidden_states_cand, mask_cand, "hidden_states_cand", "mask_cand")
     _check_hidden(hidden_states_ref, mask_ref, "hidden_states_ref", "mask_ref")
-    if hidden_states_cand.shape[0] != hidden_states_ref.shape[0] or \
-            hidden_states_cand.shape[-1] != hidden_states_ref.shape[-1]:
-        raise ValueError(f"hidden_states_cand {_shape(hidden_states_cand)} and hidden_states_ref "
-                         f"{_shape(hidden_states_ref)} must agree in batch size and hidden size")
+    if (
+        hidden_states_cand.shape[0] != hidden_states_ref.shape[0]
+        or hidden_states_cand.shape[-1] != hidden_states_ref.shape[-1]
+    ):
+        raise ValueError(
+            f"hidden_states_cand {_shape(hidden_states_cand)} and hidden_states_ref "
+            f"{_shape(hidden_states_ref)} must agree in batch size and hidden size"
+        )
     batch, len_cand, len_ref = hidden_states_cand.shape[0], hidden_states_cand.shape[1], hidden_states_ref.shape[1]
     dtype = torch.promote_types(hidden_states_cand.dtype, torch.float32)
     if len_cand < n or len_ref < n:
@@ -206,7 +217,7 @@ def ngram_f_score(
         token_cos = cand @ ref.transpose(-1, -2)  # (B, T_c, T_r)
     # $g_{ij} = \frac1n \sum_m \cos(e_{i+m}, e'_{j+m})$ over n-gram start positions
     n_cand, n_ref = len_cand - n + 1, len_ref - n + 1
-    ngram_cos = sum(token_cos[:, m:m + n_cand, m:m + n_ref] for m in range(n)) / n  # (B, I, J)
+    ngram_cos = sum(token_cos[:, m : m + n_cand, m : m + n_ref] for m in range(n)) / n  # (B, I, J)
     valid_cand = _ngram_valid(mask_cand, n)  # (B, I)
     valid_ref = _ngram_valid(mask_ref, n)  # (B, J)
     pair_valid = valid_cand[:, :, None] & valid_ref[:, None, :]  # (B, I, J)
@@ -267,6 +278,7 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 # pseudo-preference pairs (PLaD §4.2, Eq. 3; real-pair mixing of §5.3 / Fig. 2) — plain python, no tensors
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _is_empty(response: Any) -> bool:
     return response is None or (isinstance(response, str) and not response.strip())
 
@@ -321,8 +333,10 @@ def make_pseudo_pairs(
     """
     n_input = len(prompts)
     if len(teacher_responses) != n_input or len(student_responses) != n_input:
-        raise ValueError(f"prompts, teacher_responses and student_responses must have the same length, got "
-                         f"{n_input}, {len(teacher_responses)}, {len(student_responses)}")
+        raise ValueError(
+            f"prompts, teacher_responses and student_responses must have the same length, got "
+            f"{n_input}, {len(teacher_responses)}, {len(student_responses)}"
+        )
     if not 0.0 <= real_ratio <= 1.0:
         raise ValueError(f"real_ratio must be in [0, 1], got {real_ratio}")
     if real_ratio > 0 and real_pairs is None:
@@ -330,8 +344,15 @@ def make_pseudo_pairs(
     if real_pairs is not None and len(real_pairs) != n_input:
         raise ValueError(f"real_pairs must be aligned with prompts (length {n_input}), got length {len(real_pairs)}")
 
-    counts = {"n_input": n_input, "n_pairs": 0, "n_pseudo": 0, "n_real": 0, "n_real_flipped": 0,
-              "skipped_identical": 0, "skipped_empty": 0}
+    counts = {
+        "n_input": n_input,
+        "n_pairs": 0,
+        "n_pseudo": 0,
+        "n_real": 0,
+        "n_real_flipped": 0,
+        "skipped_identical": 0,
+        "skipped_empty": 0,
+    }
     rows: list[dict[str, Any]] = []
     kept_index: list[int] = []  # prompt index of each row
     for i, (prompt, teacher, student) in enumerate(zip(prompts, teacher_responses, student_responses)):
@@ -362,13 +383,19 @@ def make_pseudo_pairs(
                 continue
             usable.append(row_number)
         if len(usable) < n_real:
-            raise ValueError(f"real_ratio={real_ratio} asks for {n_real} real pairs of {n_pairs}, but only "
-                             f"{len(usable)} kept prompts have a usable real pair")
+            raise ValueError(
+                f"real_ratio={real_ratio} asks for {n_real} real pairs of {n_pairs}, but only "
+                f"{len(usable)} kept prompts have a usable real pair"
+            )
         for row_number in sorted(random.Random(seed).sample(usable, n_real)):
             i = kept_index[row_number]
             real = real_pairs[i]
-            rows[row_number] = {"prompt": real["prompt"], "chosen": real["chosen"], "rejected": real["rejected"],
-                                "source": "real"}
+            rows[row_number] = {
+                "prompt": real["prompt"],
+                "chosen": real["chosen"],
+                "rejected": real["rejected"],
+                "source": "real",
+            }
             if _same(real["chosen"], student_responses[i]):
                 counts["n_real_flipped"] += 1
     counts.update(n_pairs=n_pairs, n_real=n_real, n_pseudo=n_pairs - n_real)

@@ -30,8 +30,8 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import datasets
 import numpy as np
@@ -50,16 +50,40 @@ from workbench.losses.adpa import (
     sft_loss,
 )
 from workbench.methods.checks import check_run_sizes
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
-                                     check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
-                                     held_out_evaluation, knob, loaded_once, metrics_kept_on_divergence,
-                                     no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
-                                     training_summary, TrainingKnobs, vllm_engine_options)
+from workbench.methods.common import (
+    HELD_OUT_SEED,
+    SAVE_STEPS_HELP,
+    VLLM_OPTIONS_HELP,
+    RunResult,
+    TrainedRun,
+    TrainingKnobs,
+    check_dataset_options,
+    check_save_steps,
+    check_vllm_options,
+    gold_of,
+    gym_prompts,
+    held_out_evaluation,
+    knob,
+    loaded_once,
+    metrics_kept_on_divergence,
+    no_gold_evaluation,
+    preference_splits,
+    resolve_lr,
+    run_checkpoints,
+    training_summary,
+    vllm_engine_options,
+)
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
-from workbench.trainers import (chunked_logps_at, logits_chunk_setting, output_vocab_size, set_threads, train_distill,
-                                train_sft)
+from workbench.trainers import (
+    chunked_logps_at,
+    logits_chunk_setting,
+    output_vocab_size,
+    set_threads,
+    train_distill,
+    train_sft,
+)
 
 logger = logging.getLogger("workbench.adpa")
 
@@ -70,6 +94,7 @@ PAIR_MIX = JUDGE_MIX
 # ---------------------------------------------------------------------------------------------------------------
 # data: gym preference pairs and reward accuracy
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def gym_preference_pairs(prompts, seed: int, mix: dict | None = None, max_tries: int = 50) -> datasets.Dataset:
     """(x, y_w, y_l) per gym prompt: two answers from ``mix`` with different gold rewards, the better one chosen.
@@ -97,7 +122,7 @@ def gym_preference_pairs(prompts, seed: int, mix: dict | None = None, max_tries:
     return datasets.Dataset.from_dict(rows)
 
 
-def preference_pairs(cfg: "AdpaConfig") -> tuple[datasets.Dataset, datasets.Dataset]:
+def preference_pairs(cfg: AdpaConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, held-out) pairs of a run: gold-ranked gym pairs (train prompts per seed, fixed test prompts), or the
     dataset's pairs (:func:`workbench.methods.common.preference_splits`; responses as text, no gold columns)."""
     if cfg.dataset == "gym":
@@ -138,52 +163,95 @@ class AdpaConfig(TrainingKnobs):
 
     Paper values are quoted in ``help``; the gym's students are tiny, so learning rates and steps differ.
     """
+
     teacher_dpo: str = field(default="gym-teacher-dpo", metadata={"help": "DPO teacher π_dpo (id/path/preset)"})
-    teacher_ref: str = field(default="gym-teacher-ref", metadata={
-        "help": "reference teacher π_ref: the SFT teacher π_dpo was trained from (Fig. 2)"})
+    teacher_ref: str = field(
+        default="gym-teacher-ref",
+        metadata={"help": "reference teacher π_ref: the SFT teacher π_dpo was trained from (Fig. 2)"},
+    )
     student: str = field(default="gym-student", metadata={"help": "SFT student π'_θ (id/path/preset)"})
-    dataset: str = field(default="gym", metadata={
-        "help": "'gym' (gold-ranked pairs, see module docstring) or a preference dataset for workbench.data "
-                "(preset e.g. 'dpo-mix-7k' / 'helpsteer2' (§4.1), hub id, or local file): its (x, y_w, y_l) pairs"})
-    dataset_schema: str = field(default="", metadata={
-        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-                "preset's, else TRL's standard format)"})
-    judge: str = field(default="", metadata={
-        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-                "student on held-out prompts ('' = none: reward accuracy and training metrics only)"})
+    dataset: str = field(
+        default="gym",
+        metadata={
+            "help": "'gym' (gold-ranked pairs, see module docstring) or a preference dataset for workbench.data "
+            "(preset e.g. 'dpo-mix-7k' / 'helpsteer2' (§4.1), hub id, or local file): its (x, y_w, y_l) pairs"
+        },
+    )
+    dataset_schema: str = field(
+        default="",
+        metadata={
+            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+            "preset's, else TRL's standard format)"
+        },
+    )
+    judge: str = field(
+        default="",
+        metadata={
+            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+            "student on held-out prompts ('' = none: reward accuracy and training metrics only)"
+        },
+    )
     method: str = field(default="adpa", metadata={"help": f"one of {sorted(METHOD_STAGES)}"})
-    alpha: float = field(default=5.0, metadata={
-        "help": "DCKD KL weight (Eq. 7; paper grid {0.1,...,5}, best 0.2 in Fig. 5 = DCKD_ALPHA; released recipe "
-                "0.1; gym-tuned 5, the grid's end: DCKD validation gold at 0.2 / 0.5 / 1 / 2 / 5 / 10 = 0.833 / "
-                "0.845 / 0.849 / 0.858 / 0.868 / 0.871, seeds 0-1, experiments/gym_tune.py; ADPA+ 0.860 at 1, 0.863 "
-                "at 5)"})
-    gamma: float = field(default=3.0, metadata={
-        "help": "weight of the advantage / Q-KD term (Eq. 10, 30, 31; paper grid {0.5,...,5}, released recipe 1.6; "
-                "gym-tuned 3 with beta = 0.1: ADPA validation gold at 0.5 / 1 / 2 / 3 / 5 = 0.842 / 0.853 / 0.859 / "
-                "0.859 / 0.845, seeds 0-1 (ADPA w/o reference: 0.874 / 0.884 / 0.891 / 0.894 / 0.896))"})
-    beta: float = field(default=0.1, metadata={
-        "help": "β in A = β log(π_dpo/π_ref) (Eq. 8): the DPO teacher's β (gym: 0.1; paper 0.05; released 0.01)"})
+    alpha: float = field(
+        default=5.0,
+        metadata={
+            "help": "DCKD KL weight (Eq. 7; paper grid {0.1,...,5}, best 0.2 in Fig. 5 = DCKD_ALPHA; released recipe "
+            "0.1; gym-tuned 5, the grid's end: DCKD validation gold at 0.2 / 0.5 / 1 / 2 / 5 / 10 = 0.833 / "
+            "0.845 / 0.849 / 0.858 / 0.868 / 0.871, seeds 0-1, experiments/gym_tune.py; ADPA+ 0.860 at 1, 0.863 "
+            "at 5)"
+        },
+    )
+    gamma: float = field(
+        default=3.0,
+        metadata={
+            "help": "weight of the advantage / Q-KD term (Eq. 10, 30, 31; paper grid {0.5,...,5}, released recipe 1.6; "
+            "gym-tuned 3 with beta = 0.1: ADPA validation gold at 0.5 / 1 / 2 / 3 / 5 = 0.842 / 0.853 / 0.859 / "
+            "0.859 / 0.845, seeds 0-1 (ADPA w/o reference: 0.874 / 0.884 / 0.891 / 0.894 / 0.896))"
+        },
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "β in A = β log(π_dpo/π_ref) (Eq. 8): the DPO teacher's β (gym: 0.1; paper 0.05; released 0.01)"
+        },
+    )
     k: int = field(default=TOPK_DEFAULT, metadata={"help": "teacher top-k cached per position (§4.1: 50)"})
-    state_source: str = field(default="student", metadata={
-        "help": "where ŷ comes from (App. E): 'student' (default), 'preferred', 'dispreferred', 'teacher'"})
+    state_source: str = field(
+        default="student",
+        metadata={"help": "where ŷ comes from (App. E): 'student' (default), 'preferred', 'dispreferred', 'teacher'"},
+    )
     use_rejected: bool = field(default=True, metadata={"help": "DCKD's KL on y_l (False: Table 2 ablation)"})
-    missing_rule: str = field(default="tail_max", metadata={
-        "help": "log π_ref of a DPO top-k token missing from the reference top-k (MISSING_LOGP_RULES)"})
-    advantage_clamp: bool = field(default=False, metadata={
-        "help": "clamp A into [1e-8, 1-1e-8] as the released code does (False: the paper's raw log-ratio)"})
-    length_normalize: bool = field(default=False, metadata={
-        "help": "ADPA term as a per-token mean (released code) instead of the sum over t (Eq. 10)"})
+    missing_rule: str = field(
+        default="tail_max",
+        metadata={"help": "log π_ref of a DPO top-k token missing from the reference top-k (MISSING_LOGP_RULES)"},
+    )
+    advantage_clamp: bool = field(
+        default=False,
+        metadata={"help": "clamp A into [1e-8, 1-1e-8] as the released code does (False: the paper's raw log-ratio)"},
+    )
+    length_normalize: bool = field(
+        default=False,
+        metadata={"help": "ADPA term as a per-token mean (released code) instead of the sum over t (Eq. 10)"},
+    )
     q_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of Q-softmax KD (Eq. 31: 1)"})
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature of ŷ and of evaluation"})
     max_new_tokens: int = 24
-    lr: float | None = field(default=None, metadata={
-        "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method]; "
-                "paper: 5e-7 released, max 1e-5 App. F)"})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method]; "
+            "paper: 5e-7 released, max 1e-5 App. F)"
+        },
+    )
     steps: int = field(default=400, metadata={"help": "optimizer steps per stage"})
     dckd_steps: int | None = field(default=None, metadata={"help": "steps of ADPA+'s DCKD stage (None: steps)"})
-    dckd_lr: float | None = field(default=None, metadata={
-        "help": "learning rate of ADPA+'s DCKD stage (None: lr; on the gym ADPA+'s own rate beat DCKD's, 0.863 vs "
-                "0.845 at 1e-4 vs 1e-3, validation, seeds 0-1)"})
+    dckd_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate of ADPA+'s DCKD stage (None: lr; on the gym ADPA+'s own rate beat DCKD's, 0.863 vs "
+            "0.845 at 1e-4 vs 1e-3, validation, seeds 0-1)"
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "pairs per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "App. F: 0.1"})
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
@@ -192,20 +260,30 @@ class AdpaConfig(TrainingKnobs):
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})
-    eval_prompts: int = field(default=128, metadata={
-        "help": "held-out prompts (gold reward or judge, and reward accuracy on their pairs)"})
+    eval_prompts: int = field(
+        default=128, metadata={"help": "held-out prompts (gold reward or judge, and reward accuracy on their pairs)"}
+    )
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt"})
     seed: int = 0
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter on the student"})
     quantization: str | None = field(default=None, metadata={"help": "None or '4bit' / '8bit' for the teachers"})
-    sampling_batch_size: int = field(default=32, metadata={
-        "help": "prompts per sampling batch of ŷ (batch b seeded seed + b; the unit a process's shard is made of)"})
+    sampling_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "prompts per sampling batch of ŷ (batch b seeded seed + b; the unit a process's shard is made of)"
+        },
+    )
     scoring_batch_size: int = field(default=32, metadata={"help": "(x, y) sequences per teacher top-k batch"})
-    scoring_backend: str = field(default="hf", metadata={
-        "help": "'hf' (each teacher loaded for its top-k cache, then freed) or 'vllm' (optional: pip install vllm; "
-                "each teacher served by a vLLM engine for its cache, released afterwards)"})
-    vllm_gpu_memory: float = field(default=0.0, metadata={
-        "help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"})
+    scoring_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "'hf' (each teacher loaded for its top-k cache, then freed) or 'vllm' (optional: pip install vllm; "
+            "each teacher served by a vLLM engine for its cache, released afterwards)"
+        },
+    )
+    vllm_gpu_memory: float = field(
+        default=0.0, metadata={"help": "share of GPU memory the vLLM engine reserves (0 = vLLM's default, 0.9)"}
+    )
     vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/adpa"
@@ -225,8 +303,10 @@ class AdpaConfig(TrainingKnobs):
         if not self.beta > 0 or not self.q_temperature > 0:
             raise ValueError(f"beta={self.beta}, q_temperature={self.q_temperature}; both must be > 0")
         if self.sampling_batch_size < 1 or self.scoring_batch_size < 1:
-            raise ValueError(f"sampling_batch_size={self.sampling_batch_size}, scoring_batch_size="
-                             f"{self.scoring_batch_size}; both must be ≥ 1")
+            raise ValueError(
+                f"sampling_batch_size={self.sampling_batch_size}, scoring_batch_size="
+                f"{self.scoring_batch_size}; both must be ≥ 1"
+            )
         if self.k < 1:
             raise ValueError(f"k={self.k}; cache at least one token per position")
         if self.steps < 1 or (self.dckd_steps is not None and self.dckd_steps < 1):
@@ -245,6 +325,7 @@ class AdpaConfig(TrainingKnobs):
 # ---------------------------------------------------------------------------------------------------------------
 # batches and objectives
 # ---------------------------------------------------------------------------------------------------------------
+
 
 class MemoizedTokenizer:
     """A tokenizer proxy that memoizes chat rendering and tokenization (same outputs, each text encoded once).
@@ -345,50 +426,76 @@ class DckdObjective:
     logits_chunk: int | None = None  # the chunked head (None: $WORKBENCH_LOGITS_CHUNK, off)
 
     def __call__(self, model, inputs):
-        chosen = student_logps(model, inputs, "chosen", (inputs["chosen_labels"], inputs["chosen_dpo_ids"]),
-                               self.logits_chunk)  # (B, Lw-1, V)
+        chosen = student_logps(
+            model, inputs, "chosen", (inputs["chosen_labels"], inputs["chosen_dpo_ids"]), self.logits_chunk
+        )  # (B, Lw-1, V)
         rejected = {}
         if self.use_rejected:
-            rejected = dict(rejected_student_logits=student_logps(model, inputs, "rejected",
-                                                                  (inputs["rejected_dpo_ids"],), self.logits_chunk),
-                            rejected_mask=inputs["rejected_mask"],
-                            rejected_teacher_topk_ids=inputs["rejected_dpo_ids"],
-                            rejected_teacher_topk_logps=inputs["rejected_dpo_logps"])
+            rejected = dict(
+                rejected_student_logits=student_logps(
+                    model, inputs, "rejected", (inputs["rejected_dpo_ids"],), self.logits_chunk
+                ),
+                rejected_mask=inputs["rejected_mask"],
+                rejected_teacher_topk_ids=inputs["rejected_dpo_ids"],
+                rejected_teacher_topk_logps=inputs["rejected_dpo_logps"],
+            )
         # $\mathcal{L}_{\text{SFT}} + \alpha(\mathcal{L}_{\text{KLD-}w} + \mathcal{L}_{\text{KLD-}l})$, Eq. (7)
-        loss = dckd_loss(chosen, inputs["chosen_labels"], inputs["chosen_mask"], inputs["chosen_dpo_ids"],
-                         inputs["chosen_dpo_logps"], alpha=self.alpha, use_rejected=self.use_rejected, **rejected)
+        loss = dckd_loss(
+            chosen,
+            inputs["chosen_labels"],
+            inputs["chosen_mask"],
+            inputs["chosen_dpo_ids"],
+            inputs["chosen_dpo_logps"],
+            alpha=self.alpha,
+            use_rejected=self.use_rejected,
+            **rejected,
+        )
         with torch.no_grad():
             sft = sft_loss(chosen, inputs["chosen_labels"], inputs["chosen_mask"]).mean()
         return loss, {"sft_loss": sft}
 
 
-def _advantage_targets(objective: "OnPolicyObjective", inputs: dict, vocab_size: int):
+def _advantage_targets(objective: OnPolicyObjective, inputs: dict, vocab_size: int):
     # $A(\hat s_t, a) = \beta \log \pi_{\text{dpo}}(a|\hat s_t) - \beta \log \pi_{\text{ref}}(a|\hat s_t)$, Eq. (8)
-    return advantage_from_topk(inputs["hat_dpo_ids"], inputs["hat_dpo_logps"], inputs["hat_ref_ids"],
-                               inputs["hat_ref_logps"], objective.beta, objective.missing_rule,
-                               vocab_size=vocab_size, advantage_clamp=objective.advantage_clamp)
+    return advantage_from_topk(
+        inputs["hat_dpo_ids"],
+        inputs["hat_dpo_logps"],
+        inputs["hat_ref_ids"],
+        inputs["hat_ref_logps"],
+        objective.beta,
+        objective.missing_rule,
+        vocab_size=vocab_size,
+        advantage_clamp=objective.advantage_clamp,
+    )
 
 
-def _dpo_targets(objective: "OnPolicyObjective", inputs: dict, vocab_size: int):
+def _dpo_targets(objective: OnPolicyObjective, inputs: dict, vocab_size: int):
     return inputs["hat_dpo_ids"], inputs["hat_dpo_logps"]
 
 
 @dataclass(frozen=True)
 class OnPolicyLoss:
     """How a loss on ŷ gets its targets and extra arguments from the cached teachers."""
+
     teachers: tuple[str, ...]  # caches needed on ŷ
     targets: Callable  # (objective, inputs, V) -> (ids (B,T,k), values (B,T,k))
     kwargs: Callable  # (objective, V) -> extra keyword arguments of the loss
 
 
 ON_POLICY_LOSSES: dict[str, OnPolicyLoss] = {
-    "adpa": OnPolicyLoss(("dpo", "ref"), _advantage_targets,
-                         lambda o, V: {"length_normalize": o.length_normalize}),
+    "adpa": OnPolicyLoss(("dpo", "ref"), _advantage_targets, lambda o, V: {"length_normalize": o.length_normalize}),
     "q_argmax": OnPolicyLoss(("dpo", "ref"), _advantage_targets, lambda o, V: {}),
     "q_softmax": OnPolicyLoss(("dpo", "ref"), _advantage_targets, lambda o, V: {"temperature": o.q_temperature}),
-    "adpa_no_ref": OnPolicyLoss(("dpo",), _dpo_targets,
-                                lambda o, V: {"beta": o.beta, "missing_rule": o.missing_rule, "vocab_size": V,
-                                              "length_normalize": o.length_normalize}),
+    "adpa_no_ref": OnPolicyLoss(
+        ("dpo",),
+        _dpo_targets,
+        lambda o, V: {
+            "beta": o.beta,
+            "missing_rule": o.missing_rule,
+            "vocab_size": V,
+            "length_normalize": o.length_normalize,
+        },
+    ),
 }
 
 
@@ -416,14 +523,16 @@ class OnPolicyObjective:
         vocab_size = output_vocab_size(model)
         ids, values = self.spec.targets(self, inputs, vocab_size)  # (B, L-1, k) each
         hat = student_logps(model, inputs, "hat", (ids,), self.logits_chunk)  # (B, L-1, V)
-        loss = self.loss_fn(hat, inputs["hat_mask"], ids, values, self.gamma, sft_term=sft,
-                            **self.spec.kwargs(self, vocab_size))
+        loss = self.loss_fn(
+            hat, inputs["hat_mask"], ids, values, self.gamma, sft_term=sft, **self.spec.kwargs(self, vocab_size)
+        )
         return loss, {"sft_loss": sft.detach().mean(), "distill_term": loss.detach() - sft.detach().mean()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # state sources (App. E) and stages
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RunContext:
@@ -455,9 +564,17 @@ def _sampled_states(ctx: RunContext, stage: int, model_of: Callable[[], tuple]) 
 
         def sample(prompts, first_batch):
             model, tokenizer = model_and_tokenizer()
-            return sample_responses(model, tokenizer, prompts, n=1, temperature=cfg.temperature,
-                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
-                                    seed=cfg.seed * 1000 + stage + first_batch, progress=cfg.progress)["response"]
+            return sample_responses(
+                model,
+                tokenizer,
+                prompts,
+                n=1,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.sampling_batch_size,
+                seed=cfg.seed * 1000 + stage + first_batch,
+                progress=cfg.progress,
+            )["response"]
 
         return map_in_shards(sample, list(ctx.pairs["prompt"]), cfg.sampling_batch_size, ctx.state)
 
@@ -473,8 +590,9 @@ def _teacher_states(ctx: RunContext, stage: int) -> list[str]:
     """ŷ ~ π_dpo(·|x): teacher-generated states (App. E, Table 7 row 3); the teacher is freed afterwards."""
     from workbench.models import load
 
-    return _sampled_states(ctx, stage, lambda: load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization,
-                                                    device=ctx.device))
+    return _sampled_states(
+        ctx, stage, lambda: load(ctx.cfg.teacher_dpo, quantization=ctx.cfg.quantization, device=ctx.device)
+    )
 
 
 STATE_SOURCES: dict[str, Callable[[RunContext, int], list[str]]] = {
@@ -485,13 +603,24 @@ STATE_SOURCES: dict[str, Callable[[RunContext, int], list[str]]] = {
 }
 
 
-def _train(ctx: RunContext, rows, collator, objective, steps: int, stage: int, name: str,
-           lr: float | None = None) -> None:
+def _train(
+    ctx: RunContext, rows, collator, objective, steps: int, stage: int, name: str, lr: float | None = None
+) -> None:
     cfg = ctx.cfg
-    log = train_distill(ctx.student, rows, collator, objective, steps=steps, lr=lr or cfg.lr,
-                        batch_size=cfg.batch_size, seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio,
-                        progress=cfg.progress, checkpoints=ctx.stage_checkpoints(stage, name),
-                        **cfg.training_overrides(f"stage{stage}-{name}"))
+    log = train_distill(
+        ctx.student,
+        rows,
+        collator,
+        objective,
+        steps=steps,
+        lr=lr or cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + stage,
+        warmup_ratio=cfg.warmup_ratio,
+        progress=cfg.progress,
+        checkpoints=ctx.stage_checkpoints(stage, name),
+        **cfg.training_overrides(f"stage{stage}-{name}"),
+    )
     ctx.history += [{**entry, "stage": name} for entry in log]
 
 
@@ -508,29 +637,51 @@ def _cache(ctx: RunContext, teacher: str, responses: Sequence[str]) -> TopkCache
     cfg = ctx.cfg
     name = {"dpo": cfg.teacher_dpo, "ref": cfg.teacher_ref}[teacher]
 
-    with topk_teacher(name, ctx.tokenizer, k=cfg.k, quantization=cfg.quantization,
-                      batch_size=cfg.scoring_batch_size, progress=cfg.progress, backend=cfg.scoring_backend,
-                      engine_options=vllm_engine_options(cfg), device=ctx.device) as teacher_topk:
+    with topk_teacher(
+        name,
+        ctx.tokenizer,
+        k=cfg.k,
+        quantization=cfg.quantization,
+        batch_size=cfg.scoring_batch_size,
+        progress=cfg.progress,
+        backend=cfg.scoring_backend,
+        engine_options=vllm_engine_options(cfg),
+        device=ctx.device,
+    ) as teacher_topk:
 
         def topk(items, first_batch):
             prompts, texts = zip(*items)
             cache = teacher_topk(list(prompts), list(texts))
             return [(cache.ids[i], cache.logps[i], cache.tail_logps[i], cache.teacher) for i in range(len(cache))]
 
-        entries = map_in_shards(topk, list(zip(ctx.pairs["prompt"], responses)), cfg.scoring_batch_size,
-                                ctx.state)
-    return TopkCache([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries], k=cfg.k,
-                     teacher=entries[0][3] if entries else "")
+        entries = map_in_shards(topk, list(zip(ctx.pairs["prompt"], responses)), cfg.scoring_batch_size, ctx.state)
+    return TopkCache(
+        [e[0] for e in entries],
+        [e[1] for e in entries],
+        [e[2] for e in entries],
+        k=cfg.k,
+        teacher=entries[0][3] if entries else "",
+    )
 
 
 def _stage_sft(ctx: RunContext, stage: int) -> dict:
     """L_SFT(y_w) alone on the same pairs: the α = γ = 0 baseline."""
     cfg = ctx.cfg
     rows = datasets.Dataset.from_dict({"prompt": ctx.pairs["prompt"], "response": ctx.pairs["chosen"]})
-    log = train_sft(ctx.student, ctx.tokenizer, rows, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                    seed=cfg.seed + stage, warmup_ratio=cfg.warmup_ratio, progress=cfg.progress,
-                    checkpoints=ctx.stage_checkpoints(stage, "sft"), logits_chunk=cfg.logits_chunk,
-                    **cfg.training_overrides(f"stage{stage}-sft"))
+    log = train_sft(
+        ctx.student,
+        ctx.tokenizer,
+        rows,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + stage,
+        warmup_ratio=cfg.warmup_ratio,
+        progress=cfg.progress,
+        checkpoints=ctx.stage_checkpoints(stage, "sft"),
+        logits_chunk=cfg.logits_chunk,
+        **cfg.training_overrides(f"stage{stage}-sft"),
+    )
     ctx.history += [{**entry, "stage": "sft"} for entry in log]
     return {"stage": "sft"}
 
@@ -543,9 +694,16 @@ def _stage_dckd(ctx: RunContext, stage: int) -> dict:
     collator = TopkPairCollator(ctx.tokenizer, fields, caches)
     first_of_two = cfg.method == "adpa+"  # ADPA+'s DCKD stage has its own steps and rate
     steps = cfg.dckd_steps if (cfg.dckd_steps and first_of_two) else cfg.steps
-    _train(ctx, _indexed(ctx.pairs), collator, DckdObjective(cfg.alpha, cfg.use_rejected, cfg.logits_chunk), steps,
-           stage, "dckd",
-           lr=cfg.dckd_lr if first_of_two else cfg.lr)
+    _train(
+        ctx,
+        _indexed(ctx.pairs),
+        collator,
+        DckdObjective(cfg.alpha, cfg.use_rejected, cfg.logits_chunk),
+        steps,
+        stage,
+        "dckd",
+        lr=cfg.dckd_lr if first_of_two else cfg.lr,
+    )
     return {"stage": "dckd", "teacher_tail_mass_chosen": _mean_tail(caches["chosen_dpo"])}
 
 
@@ -558,11 +716,22 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
         spec = ON_POLICY_LOSSES[loss]
         caches = {f"hat_{teacher}": _cache(ctx, teacher, hats) for teacher in spec.teachers}
         collator = TopkPairCollator(ctx.tokenizer, ("chosen", "hat"), caches)
-        objective = OnPolicyObjective(loss, cfg.gamma, cfg.beta, cfg.missing_rule, cfg.advantage_clamp,
-                                      cfg.length_normalize, cfg.q_temperature, cfg.logits_chunk)
+        objective = OnPolicyObjective(
+            loss,
+            cfg.gamma,
+            cfg.beta,
+            cfg.missing_rule,
+            cfg.advantage_clamp,
+            cfg.length_normalize,
+            cfg.q_temperature,
+            cfg.logits_chunk,
+        )
         _train(ctx, _indexed(ctx.pairs, hat=hats), collator, objective, cfg.steps, stage, loss)
-        info = {"stage": loss, "state_source": cfg.state_source,
-                "state_length": float(np.mean([len(y.split()) for y in hats]))}
+        info = {
+            "stage": loss,
+            "state_source": cfg.state_source,
+            "state_length": float(np.mean([len(y.split()) for y in hats])),
+        }
         if cfg.dataset == "gym":
             info["state_gold"] = float(np.mean([gold_of(p, y) for p, y in zip(ctx.pairs["prompt"], hats)]))
         if "ref" in spec.teachers:
@@ -588,20 +757,29 @@ def advantage_summary(dpo: TopkCache, ref: TopkCache, beta: float, missing_rule:
     the π_dpo-mass on tokens with A > 0, and the teacher's tail mass outside its top-k."""
     expected, positive = [], []
     for i in range(len(dpo)):
-        _, adv = advantage_from_topk(torch.from_numpy(dpo.ids[i]).long()[None], torch.from_numpy(dpo.logps[i])[None],
-                                     torch.from_numpy(ref.ids[i]).long()[None], torch.from_numpy(ref.logps[i])[None],
-                                     beta, missing_rule)
+        _, adv = advantage_from_topk(
+            torch.from_numpy(dpo.ids[i]).long()[None],
+            torch.from_numpy(dpo.logps[i])[None],
+            torch.from_numpy(ref.ids[i]).long()[None],
+            torch.from_numpy(ref.logps[i])[None],
+            beta,
+            missing_rule,
+        )
         probs = torch.from_numpy(dpo.logps[i]).exp()[None]  # (1, T, k)
         # $\sum_a \pi_{\text{dpo}}(a) A(a)$ and $\sum_a \pi_{\text{dpo}}(a) \mathbf{1}[A(a) > 0]$, mean over t
         expected.append(float((probs * adv).sum(-1).mean()))
         positive.append(float((probs * (adv > 0)).sum(-1).mean()))
-    return {"dpo_expected_advantage": float(np.mean(expected)),
-            "dpo_mass_on_positive_advantage": float(np.mean(positive)), "teacher_tail_mass": _mean_tail(dpo)}
+    return {
+        "dpo_expected_advantage": float(np.mean(expected)),
+        "dpo_mass_on_positive_advantage": float(np.mean(positive)),
+        "teacher_tail_mass": _mean_tail(dpo),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the pipeline
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def train_stages(ctx: RunContext) -> None:
     """Train ``ctx.student`` through the stages of ``ctx.cfg.method`` (``METHOD_STAGES``), appending the training
@@ -620,11 +798,14 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
     pairs, _ = preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
-    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], state=state, device=device,
-                     checkpoints=run_checkpoints(cfg, state))
+    ctx = RunContext(
+        cfg, student, tokenizer, pairs, [], [], state=state, device=device, checkpoints=run_checkpoints(cfg, state)
+    )
     train_stages(ctx)
-    rows = {f"states_{name}": [{"prompt": p, "state": y} for p, y in zip(pairs["prompt"], hats)]
-            for name, hats in ctx.states.items()}
+    rows = {
+        f"states_{name}": [{"prompt": p, "state": y} for p, y in zip(pairs["prompt"], hats)]
+        for name, hats in ctx.states.items()
+    }
     return TrainedRun(ctx.history, student, tokenizer, rows, {"train_pairs": len(pairs), "stages": ctx.stages})
 
 
@@ -652,8 +833,9 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
         return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gym, temperature=cfg.temperature), accuracy
 
     before, accuracy_before = evaluate()
-    with metrics_kept_on_divergence(cfg, cfg.method, ctx.history, stages=ctx.stages,
-                                    gold_before=before["gold"] if gym else None):
+    with metrics_kept_on_divergence(
+        cfg, cfg.method, ctx.history, stages=ctx.stages, gold_before=before["gold"] if gym else None
+    ):
         train_stages(ctx)
     after, accuracy_after = evaluate()
     if gym:
@@ -666,8 +848,11 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
             "length_before": before["length"],
             "length_after": after["length"],
         }
-        train_pairs = {"count": len(pairs), "chosen_gold": float(np.mean(pairs["chosen_gold"])),
-                       "rejected_gold": float(np.mean(pairs["rejected_gold"]))}
+        train_pairs = {
+            "count": len(pairs),
+            "chosen_gold": float(np.mean(pairs["chosen_gold"])),
+            "rejected_gold": float(np.mean(pairs["rejected_gold"])),
+        }
     else:
         evaluation = no_gold_evaluation(cfg, held_out, before, after)
         train_pairs = {"count": len(pairs), "held_out": len(held_out_pairs)}
@@ -712,13 +897,26 @@ def hyperparameter_sweep(cfg: AdpaConfig, name: str, values: Sequence[float]) ->
     for value in values:
         run = replace(cfg, **{name: value, "output_dir": f"{cfg.output_dir}/{cfg.method}-{name}={value:g}"})
         metrics = run_adpa(run).metrics
-        rows.append({name: float(value), **{key: metrics.get(key) for key in (  # gold fields: None off the gym
-            "gold_after", "reward_accuracy", "win_rate_vs_initial", "length_after")}})
+        rows.append(
+            {
+                name: float(value),
+                **{
+                    key: metrics.get(key)
+                    for key in (  # gold fields: None off the gym
+                        "gold_after",
+                        "reward_accuracy",
+                        "win_rate_vs_initial",
+                        "length_after",
+                    )
+                },
+            }
+        )
     return rows
 
 
-def method_table(methods: Sequence[str], seeds: Sequence[int], output_dir: str = "runs/adpa_table",
-                 **overrides) -> dict:
+def method_table(
+    methods: Sequence[str], seeds: Sequence[int], output_dir: str = "runs/adpa_table", **overrides
+) -> dict:
     """Every method × seed with the same defaults (plus ``overrides``); per-method mean ± 95% CI over seeds.
 
     Returns ``{"rows": [summarize_runs(...) per method], "initial": gold of the SFT-init student, "runs": {...}}``
@@ -731,20 +929,31 @@ def method_table(methods: Sequence[str], seeds: Sequence[int], output_dir: str =
     for method in methods:
         runs[method] = []
         for seed in seeds:
-            cfg = AdpaConfig(method=method, seed=seed, output_dir=f"{output_dir}/{method}/seed={seed}",
-                             **{"progress": False, **overrides})
+            cfg = AdpaConfig(
+                method=method,
+                seed=seed,
+                output_dir=f"{output_dir}/{method}/seed={seed}",
+                **{"progress": False, **overrides},
+            )
             metrics = run_adpa(cfg).metrics
             runs[method].append({k: v for k, v in metrics.items() if k != "config"})
             logger.info("%s seed %d: gold %.3f", method, seed, metrics["gold_after"]["mean"])
     first = next(iter(runs.values()))
     table = {
         "rows": [summarize_runs(r) for r in runs.values()],
-        "initial": {"gold": mean_ci([r["gold_before"]["mean"] for r in first]),
-                    "reward_accuracy": mean_ci([r["reward_accuracy_before"] for r in first]),
-                    "length": mean_ci([r["length_before"] for r in first])},
-        "win_rate_vs_adpa": ({m: mean_ci([win_rate(a["per_prompt_after"], b["per_prompt_after"])
-                                          for a, b in zip(r, runs["adpa"])]) for m, r in runs.items()}
-                             if "adpa" in runs else {}),
+        "initial": {
+            "gold": mean_ci([r["gold_before"]["mean"] for r in first]),
+            "reward_accuracy": mean_ci([r["reward_accuracy_before"] for r in first]),
+            "length": mean_ci([r["length_before"] for r in first]),
+        },
+        "win_rate_vs_adpa": (
+            {
+                m: mean_ci([win_rate(a["per_prompt_after"], b["per_prompt_after"]) for a, b in zip(r, runs["adpa"])])
+                for m, r in runs.items()
+            }
+            if "adpa" in runs
+            else {}
+        ),
         "seeds": list(seeds),
         "overrides": overrides,
         "runs": runs,
@@ -756,18 +965,24 @@ def method_table(methods: Sequence[str], seeds: Sequence[int], output_dir: str =
 
 def format_table(table: dict) -> str:
     """The method table as Markdown: gold after, win rate vs the initial student and vs ADPA, reward accuracy."""
+
     def cell(stat):
         return f"{stat['mean']:.3f} ± {stat['ci95']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
-    lines = ["| method | gold reward after | win rate vs initial student | win rate vs ADPA | reward accuracy | "
-             "length (words) |", "|---|---|---|---|---|---|",
-             f"| initial student (SFT init) | {cell(table['initial']['gold'])} | – | – | "
-             f"{cell(table['initial']['reward_accuracy'])} | {table['initial']['length']['mean']:.2f} |"]
+    lines = [
+        "| method | gold reward after | win rate vs initial student | win rate vs ADPA | reward accuracy | "
+        "length (words) |",
+        "|---|---|---|---|---|---|",
+        f"| initial student (SFT init) | {cell(table['initial']['gold'])} | – | – | "
+        f"{cell(table['initial']['reward_accuracy'])} | {table['initial']['length']['mean']:.2f} |",
+    ]
     for row in table["rows"]:
         versus = table["win_rate_vs_adpa"].get(row["method"])
-        lines.append(f"| {row['method']} | {cell(row['gold_after'])} | {cell(row['win_rate_vs_initial'])} | "
-                     f"{cell(versus) if versus else '–'} | {cell(row['reward_accuracy'])} | "
-                     f"{row['length_after']['mean']:.2f} |")
+        lines.append(
+            f"| {row['method']} | {cell(row['gold_after'])} | {cell(row['win_rate_vs_initial'])} | "
+            f"{cell(versus) if versus else '–'} | {cell(row['reward_accuracy'])} | "
+            f"{row['length_after']['mean']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -790,12 +1005,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHOD_STAGES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--output-dir", default="runs/adpa_table")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override an AdpaConfig field for every run, e.g. --set state_source=teacher")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override an AdpaConfig field for every run, e.g. --set state_source=teacher",
+    )
     args = parser.parse_args(argv)
     overrides = dict(_parse_override(item) for item in args.set)
-    table = method_table(args.methods.split(","), [int(s) for s in args.seeds.split(",")], args.output_dir,
-                         **overrides)
+    table = method_table(args.methods.split(","), [int(s) for s in args.seeds.split(",")], args.output_dir, **overrides)
     print(format_table(table))
 
 

@@ -50,14 +50,30 @@ from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
 from workbench.methods.checks import check_run_sizes, check_sampling_temperature
-from workbench.methods.common import (HELD_OUT_SEED, RunResult, StudentPrecision, finish_run, gold_of, gym_prompts,
-                                     knob, metrics_kept_on_divergence, resolve_lr)
+from workbench.methods.common import (
+    HELD_OUT_SEED,
+    RunResult,
+    StudentPrecision,
+    finish_run,
+    gold_of,
+    gym_prompts,
+    knob,
+    metrics_kept_on_divergence,
+    resolve_lr,
+)
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
-from workbench.trainers import (ListwiseCollator, ResponseCollator, quiet_logs, set_threads, student_token_logps,
-                                train_distill, train_sft)
+from workbench.trainers import (
+    ListwiseCollator,
+    ResponseCollator,
+    quiet_logs,
+    set_threads,
+    student_token_logps,
+    train_distill,
+    train_sft,
+)
 
 logger = logging.getLogger("workbench.baselines")
 
@@ -80,25 +96,36 @@ class BaselineConfig(StudentPrecision):
     eval_samples: int = 4
     n: int = field(default=4, metadata={"help": "student samples per prompt (PAD §4.1 / App. B.3: 4)"})
     temperature: float = field(default=0.8, metadata={"help": "student sampling temperature (PAD §4.1: 0.8)"})
-    teacher_temperature: float = field(default=0.7, metadata={
-        "help": "temperature of SeqKD's teacher samples (PLaD's τ = 0.7, so SeqKD sees PLaD's ŷ+)"})
-    score: str = field(default="calibrated", metadata={
-        "help": "teacher annotation: 'calibrated' (PAD's r̂, Eq. 9), 'mcq' (log p_sel alone, PAD App. B.3 literally) "
-                "or 'likelihood'"})
+    teacher_temperature: float = field(
+        default=0.7,
+        metadata={"help": "temperature of SeqKD's teacher samples (PLaD's τ = 0.7, so SeqKD sees PLaD's ŷ+)"},
+    )
+    score: str = field(
+        default="calibrated",
+        metadata={
+            "help": "teacher annotation: 'calibrated' (PAD's r̂, Eq. 9), 'mcq' (log p_sel alone, PAD App. B.3 "
+            "literally) or 'likelihood'"
+        },
+    )
     alpha: float = field(default=0.8, metadata={"help": "calibration ratio for score='calibrated' (PAD Eq. 9)"})
     mcq_order: str = field(default="random", metadata={"help": "'random' (PAD) or 'cyclic'"})
     kd_targets: str = field(default="gold", metadata={"help": "KD sequences: 'gold' answers or 'teacher' samples"})
     kd_temperature: float = field(default=1.0, metadata={"help": "KD softmax temperature (Hinton et al.)"})
     beta: float | None = field(default=None, metadata={"help": "DPO β (default 0.1) / SimPO β (default 2.0)"})
     simpo_gamma_beta_ratio: float = field(default=SIMPO_GAMMA_BETA_RATIO, metadata={"help": "SimPO γ/β (0.5)"})
-    pro_dynamic_temperature: bool = field(default=True, metadata={
-        "help": "PRO's temperature from teacher-score gaps (released code) instead of T = 1"})
+    pro_dynamic_temperature: bool = field(
+        default=True, metadata={"help": "PRO's temperature from teacher-score gaps (released code) instead of T = 1"}
+    )
     pro_sft_weight: float | None = field(default=None, metadata={"help": "PRO SFT weight (default 0.05 (n-1)^2)"})
     backend: str = field(default="trl", metadata={"help": "dpo/simpo trainer: 'trl' (DPO/CPOTrainer) or 'workbench'"})
     iterations: int = field(default=1, metadata={"help": "rounds of re-sampling the student (student-sample methods)"})
     max_new_tokens: int = 24
-    lr: float | None = field(default=None, metadata={
-        "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method])"})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate (None: the method's validation-chosen rate on the default gym, GYM_LR[method])"
+        },
+    )
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts / pairs / sequences per step"})
     warmup_ratio: float = 0.1
@@ -159,8 +186,9 @@ class TeacherLogitObjective:
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
         student_logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]  # (B, L-1, V)
         with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=ids.to(self.teacher.device),
-                                          attention_mask=attention.to(self.teacher.device)).logits[:, :-1]
+            teacher_logits = self.teacher(
+                input_ids=ids.to(self.teacher.device), attention_mask=attention.to(self.teacher.device)
+            ).logits[:, :-1]
         teacher_logits = teacher_logits.to(student_logits.device)
         mask = inputs["response_mask"][:, 1:]  # position t scores token t+1
         kwargs = {"temperature": self.temperature} if self.loss == "kd" else {}
@@ -187,14 +215,18 @@ class PairPreferenceObjective:
             # $\log\pi_\theta(y|x) = \sum_t \log\pi_\theta(y_t|y_{<t},x)$
             chosen, rejected = (token_logps * mask).sum(-1).chunk(2)
             loss, chosen_rewards, rejected_rewards = self.loss_fn(
-                chosen, rejected, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], beta=self.beta)
+                chosen, rejected, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], beta=self.beta
+            )
         else:
             # $\frac{1}{|y|}\log\pi_\theta(y|x)$
             chosen, rejected = avg_logp_reward(token_logps, mask).chunk(2)
-            loss, chosen_rewards, rejected_rewards = self.loss_fn(chosen, rejected, beta=self.beta,
-                                                                  gamma_beta_ratio=self.gamma_beta_ratio)
-        return loss, {"reward_margin": (chosen_rewards - rejected_rewards).mean(),
-                      "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean()}
+            loss, chosen_rewards, rejected_rewards = self.loss_fn(
+                chosen, rejected, beta=self.beta, gamma_beta_ratio=self.gamma_beta_ratio
+            )
+        return loss, {
+            "reward_margin": (chosen_rewards - rejected_rewards).mean(),
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+        }
 
 
 @dataclass
@@ -215,8 +247,12 @@ class ProObjective:
         rewards = avg_logp_reward(token_logps, mask).view(scores.shape)
         # $\mathcal{L}_{SFT} = -\log\pi_\theta(y_1|x)$ (token sum) of the best response
         nll_best = -(token_logps * mask).sum(-1).view(scores.shape)[:, 0]
-        loss = self.loss_fn(rewards, rank_scores=scores if self.dynamic_temperature else None,
-                            sft_term=nll_best, sft_weight=self.sft_weight)
+        loss = self.loss_fn(
+            rewards,
+            rank_scores=scores if self.dynamic_temperature else None,
+            sft_term=nll_best,
+            sft_weight=self.sft_weight,
+        )
         return loss, {"sft_nll": nll_best.mean().detach()}
 
 
@@ -225,9 +261,16 @@ class ProObjective:
 
 def student_groups(student, tokenizer, prompts, cfg, round_: int = 0) -> tuple[list, list[list[str]]]:
     """n student samples per prompt, drawn exactly as PAD draws them (same seeds, so the cache is shared)."""
-    samples = sample_responses(student, tokenizer, [p.text for p in prompts], n=cfg.n, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1000 + round_,
-                               progress=cfg.progress)
+    samples = sample_responses(
+        student,
+        tokenizer,
+        [p.text for p in prompts],
+        n=cfg.n,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed * 1000 + round_,
+        progress=cfg.progress,
+    )
     return group_responses(samples)
 
 
@@ -235,8 +278,9 @@ def teacher_scores(teacher, tokenizer, chat_prompts, groups, cfg, round_: int = 
     """The teacher's annotation of each sample, (P, n): MCQ log p_sel, calibrated r̂ or avg log-lik (PAD Eq. 7-9)."""
     from workbench.methods.pad import teacher_rewards
 
-    signals = teacher_rewards(teacher, tokenizer, chat_prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                              seed=cfg.seed + round_)
+    signals = teacher_rewards(
+        teacher, tokenizer, chat_prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order, seed=cfg.seed + round_
+    )
     return signals[{"mcq": "log_p_sel", "calibrated": "calibrated", "likelihood": "likelihood"}[cfg.score]]
 
 
@@ -258,8 +302,12 @@ def annotated_pairs(chat_prompts, groups, scores: torch.Tensor) -> tuple[list[di
         rows.append({"prompt": prompt, "chosen": group[best], "rejected": group[worst]})
         gold_best, gold_worst = gold_of(prompt, group[best]), gold_of(prompt, group[worst])
         agree.append(1.0 if gold_best > gold_worst else 0.5 if gold_best == gold_worst else 0.0)
-    return rows, {"pairs": len(rows), "skipped_ties": ties, "skipped_identical_or_empty": identical,
-                  "gold_accuracy": float(np.mean(agree)) if agree else float("nan")}
+    return rows, {
+        "pairs": len(rows),
+        "skipped_ties": ties,
+        "skipped_identical_or_empty": identical,
+        "gold_accuracy": float(np.mean(agree)) if agree else float("nan"),
+    }
 
 
 def ranked_lists(chat_prompts, groups, scores: torch.Tensor, score: str) -> list[dict]:
@@ -269,15 +317,18 @@ def ranked_lists(chat_prompts, groups, scores: torch.Tensor, score: str) -> list
     rows = []
     for prompt, group, row in zip(chat_prompts, groups, values.tolist()):
         order = sorted(range(len(group)), key=lambda i: -row[i])
-        rows.append({"prompt": prompt, "responses": [group[i] for i in order],
-                     "teacher_rewards": [row[i] for i in order]})
+        rows.append(
+            {"prompt": prompt, "responses": [group[i] for i in order], "teacher_rewards": [row[i] for i in order]}
+        )
     return rows
 
 
 def _check_shared_vocabulary(teacher_tok, student_tok, method: str) -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise ValueError(f"{method} compares next-token distributions, so teacher and student must share a "
-                         f"vocabulary; these tokenizers differ (use seqkd, dpo, simpo, pro or PLaD instead)")
+        raise ValueError(
+            f"{method} compares next-token distributions, so teacher and student must share a "
+            f"vocabulary; these tokenizers differ (use seqkd, dpo, simpo, pro or PLaD instead)"
+        )
 
 
 # --- trainers ---
@@ -289,22 +340,36 @@ def _trl_common(cfg, output_dir: str) -> dict:
     without checkpointing, as the workbench backend and every method do, unless ``$WORKBENCH_TRAINING_ARGS`` asks."""
     from workbench.trainers import checkpointing_argument, env_training_overrides
 
-    args = dict(output_dir=output_dir, learning_rate=cfg.lr, max_steps=cfg.steps,
-                per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
-                warmup_steps=max(0, round(cfg.warmup_ratio * cfg.steps)), logging_steps=max(1, min(10, cfg.steps // 4)),
-                save_strategy="no", report_to=[], seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=not cfg.progress,
-                use_cpu=not torch.cuda.is_available(), bf16=cfg.autocasts(), fp16=False,
-                **{checkpointing_argument(): False})
+    args = dict(
+        output_dir=output_dir,
+        learning_rate=cfg.lr,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(0, round(cfg.warmup_ratio * cfg.steps)),
+        logging_steps=max(1, min(10, cfg.steps // 4)),
+        save_strategy="no",
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=not cfg.progress,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.autocasts(),
+        fp16=False,
+        **{checkpointing_argument(): False},
+    )
     args.update(env_training_overrides())
     return args
 
 
 def _conversational(rows: list[dict]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({
-        "prompt": [r["prompt"] for r in rows],
-        "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
-        "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in rows],
+            "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
+            "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
+        }
+    )
 
 
 def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
@@ -318,16 +383,28 @@ def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
             is_peft = hasattr(student, "peft_config")
             reference = None if is_peft else copy.deepcopy(student).eval()  # peft: adapters off = reference
             args = DPOConfig(beta=cfg.beta, loss_type=["sigmoid"], **_trl_common(cfg, output_dir))
-            trainer = DPOTrainer(model=student, ref_model=reference, args=args, train_dataset=_conversational(rows),
-                                 processing_class=tokenizer)
+            trainer = DPOTrainer(
+                model=student,
+                ref_model=reference,
+                args=args,
+                train_dataset=_conversational(rows),
+                processing_class=tokenizer,
+            )
         else:
             from trl.experimental.cpo import CPOConfig, CPOTrainer
 
             # its pair collator reads the raw columns: say so (TRL otherwise sets it and logs a warning per run)
-            args = CPOConfig(beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0, remove_unused_columns=False,
-                             simpo_gamma=cfg.beta * cfg.simpo_gamma_beta_ratio, **_trl_common(cfg, output_dir))
-            trainer = CPOTrainer(model=student, args=args, train_dataset=_conversational(rows),
-                                 processing_class=tokenizer)
+            args = CPOConfig(
+                beta=cfg.beta,
+                loss_type="simpo",
+                cpo_alpha=0.0,
+                remove_unused_columns=False,
+                simpo_gamma=cfg.beta * cfg.simpo_gamma_beta_ratio,
+                **_trl_common(cfg, output_dir),
+            )
+            trainer = CPOTrainer(
+                model=student, args=args, train_dataset=_conversational(rows), processing_class=tokenizer
+            )
         with quiet_checkpointing_renames():  # DPOTrainer asks the model is_gradient_checkpointing every step
             quiet_logs(trainer, cfg.progress).train()
     finally:
@@ -344,52 +421,81 @@ def train_workbench_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dic
         # $\log\pi_{ref}(y|x)$ of the student before this round (constants, cached)
         ref_chosen = sequence_logps(student, tokenizer, prompts, [r["chosen"] for r in rows])
         ref_rejected = sequence_logps(student, tokenizer, prompts, [r["rejected"] for r in rows])
-        rows = [{**r, "ref_chosen_logps": float(c), "ref_rejected_logps": float(j)}
-                for r, c, j in zip(rows, ref_chosen, ref_rejected)]
+        rows = [
+            {**r, "ref_chosen_logps": float(c), "ref_rejected_logps": float(j)}
+            for r, c, j in zip(rows, ref_chosen, ref_rejected)
+        ]
         float_columns = ("ref_chosen_logps", "ref_rejected_logps")
     objective = PairPreferenceObjective(cfg.method, cfg.beta, cfg.simpo_gamma_beta_ratio)
-    return train_distill(student, datasets.Dataset.from_list(rows),
-                         PairCollator(tokenizer, float_columns=float_columns), objective, steps=cfg.steps,
-                         lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                         warmup_ratio=cfg.warmup_ratio, **cfg.autocast_overrides())
+    return train_distill(
+        student,
+        datasets.Dataset.from_list(rows),
+        PairCollator(tokenizer, float_columns=float_columns),
+        objective,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        warmup_ratio=cfg.warmup_ratio,
+        **cfg.autocast_overrides(),
+    )
 
 
 def _train_round(cfg, teacher, teacher_tok, student, student_tok, prompts, round_: int) -> tuple[list[dict], dict]:
     """One round of a baseline's training on its data; returns (log history, data statistics)."""
     chat = [[{"role": "user", "content": p.text}] for p in prompts]
-    common = dict(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + round_,
-                  progress=cfg.progress, warmup_ratio=cfg.warmup_ratio, **cfg.autocast_overrides())
+    common = dict(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + round_,
+        progress=cfg.progress,
+        warmup_ratio=cfg.warmup_ratio,
+        **cfg.autocast_overrides(),
+    )
     if cfg.method in ("kd", "seqkd"):
         if cfg.method == "kd" and cfg.kd_targets == "gold":
             responses = [p.answer_text for p in prompts]
         else:
-            responses = teacher_samples(teacher, teacher_tok, prompts, temperature=cfg.teacher_temperature,
-                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress)
+            responses = teacher_samples(
+                teacher,
+                teacher_tok,
+                prompts,
+                temperature=cfg.teacher_temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed,
+                progress=cfg.progress,
+            )
         rows = [{"prompt": c, "response": y} for c, y in zip(chat, responses) if y.strip()]
-        stats = {"sequences": len(rows), "skipped_empty": len(chat) - len(rows),
-                 "target_gold": float(np.mean([gold_of(r["prompt"], r["response"]) for r in rows]))}
+        stats = {
+            "sequences": len(rows),
+            "skipped_empty": len(chat) - len(rows),
+            "target_gold": float(np.mean([gold_of(r["prompt"], r["response"]) for r in rows])),
+        }
         if cfg.method == "seqkd":
             # $-\frac{1}{|y^T|}\log q_\theta(y^T|x)$ on the teacher's samples (Kim & Rush 2016)
             return train_sft(student, student_tok, datasets.Dataset.from_list(rows), **common), stats
         objective = TeacherLogitObjective(teacher, "kd", cfg.kd_temperature)
         collator = ResponseCollator(student_tok, fields=SEQUENCE_FIELDS)
-        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective,
-                             **common), stats
+        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, **common), stats
     chat, groups = student_groups(student, student_tok, prompts, cfg, round_)
     if cfg.method == "reverse-kl":
         rows = [{"prompt": c, "response": y} for c, g in zip(chat, groups) for y in g if y.strip()]
-        stats = {"sequences": len(rows), "sample_gold": float(np.mean([gold_of(r["prompt"], r["response"])
-                                                                       for r in rows]))}
+        stats = {
+            "sequences": len(rows),
+            "sample_gold": float(np.mean([gold_of(r["prompt"], r["response"]) for r in rows])),
+        }
         objective = TeacherLogitObjective(teacher, "reverse_kl")
         collator = ResponseCollator(student_tok, fields=SEQUENCE_FIELDS)
-        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective,
-                             **common), stats
+        return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, **common), stats
     scores = teacher_scores(teacher, teacher_tok, chat, groups, cfg, round_)
     if cfg.method == "pro":
         rows = ranked_lists(chat, groups, scores, cfg.score)
         objective = ProObjective(cfg.pro_dynamic_temperature, cfg.pro_sft_weight)
-        return train_distill(student, datasets.Dataset.from_list(rows), ListwiseCollator(student_tok), objective,
-                             **common), {"lists": len(rows)}
+        return train_distill(
+            student, datasets.Dataset.from_list(rows), ListwiseCollator(student_tok), objective, **common
+        ), {"lists": len(rows)}
     rows, stats = annotated_pairs(chat, groups, scores)
     if not rows:
         raise RuntimeError(f"no teacher-annotated pairs ({stats}); raise train_prompts or n")
@@ -411,8 +517,9 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
         _check_shared_vocabulary(teacher_tok, student_tok, cfg.method)
     prompts = distillation_prompts(cfg)
     held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    before = evaluate_policy(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                             max_new_tokens=cfg.max_new_tokens)
+    before = evaluate_policy(
+        student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens
+    )
     rounds = cfg.iterations if cfg.method in ON_STUDENT_SAMPLES else 1
     history, data = [], []
     with metrics_kept_on_divergence(cfg, cfg.method, history, data=data, gold_before=before["gold"]):

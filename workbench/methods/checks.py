@@ -24,8 +24,10 @@ def check_sampling_temperature(cfg, n: int) -> None:
     if cfg.temperature < 0:
         raise ValueError(f"temperature={cfg.temperature}; use a positive sampling temperature (0 = greedy)")
     if cfg.temperature == 0 and n > 1:
-        raise ValueError(f"temperature=0 samples greedily: the n={n} responses per prompt would be identical and "
-                         f"their ranking would teach nothing; use temperature > 0 (PAD §4.1: 0.8)")
+        raise ValueError(
+            f"temperature=0 samples greedily: the n={n} responses per prompt would be identical and "
+            f"their ranking would teach nothing; use temperature > 0 (PAD §4.1: 0.8)"
+        )
 
 
 def check_ranking_loss(loss: str, beta: float, group_size: int) -> None:
@@ -36,9 +38,12 @@ def check_ranking_loss(loss: str, beta: float, group_size: int) -> None:
     from workbench.losses.pad import MAX_EXACT_N
 
     if not (beta > 0 and math.isfinite(beta)):
-        raise ValueError(f"beta={beta}; the Plackett-Luce reward scale must be a positive finite number "
-                         f"(PAD Eq. 10-11; paper: 10)")
+        raise ValueError(
+            f"beta={beta}; the Plackett-Luce reward scale must be a positive finite number (PAD Eq. 10-11; paper: 10)"
+        )
     if loss == "ppd" and group_size > MAX_EXACT_N:
-        raise ValueError(f"loss='ppd' with groups of {group_size} responses sums over {math.factorial(group_size):,} "
-                         f"rankings per prompt (limit n ≤ {MAX_EXACT_N}); use loss='ppd_mc' (Monte-Carlo JSD) or "
-                         f"decompose into groups with m ≤ {MAX_EXACT_N} (PAD §4.4)")
+        raise ValueError(
+            f"loss='ppd' with groups of {group_size} responses sums over {math.factorial(group_size):,} "
+            f"rankings per prompt (limit n ≤ {MAX_EXACT_N}); use loss='ppd_mc' (Monte-Carlo JSD) or "
+            f"decompose into groups with m ≤ {MAX_EXACT_N} (PAD §4.4)"
+        )

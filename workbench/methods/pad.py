@@ -26,14 +26,33 @@ from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.losses import get_loss
 from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
+from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
+from workbench.methods.common import (
+    HELD_OUT_SEED,
+    SAVE_STEPS_HELP,
+    VLLM_OPTIONS_HELP,
+    RunResult,
+    TrainedRun,
+    TrainingKnobs,
+    check_dataset_options,
+    check_save_steps,
+    check_vllm_options,
+    gold_of,
+    gym_prompts,
+    held_out_evaluation,
+    knob,
+    load_frozen_teacher,
+    metrics_kept_on_divergence,
+    no_gold_evaluation,
+    preference_splits,
+    resolve_lr,
+    run_checkpoints,
+    training_summary,
+    user_text,
+    vllm_engine_options,
+)
 from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
 from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
-                                     check_dataset_options, check_save_steps, check_vllm_options, gold_of, gym_prompts,
-                                     held_out_evaluation, load_frozen_teacher, metrics_kept_on_divergence,
-                                     no_gold_evaluation, preference_splits, resolve_lr, run_checkpoints,
-                                     training_summary, TrainingKnobs, knob, user_text, vllm_engine_options)
 from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.pad")
@@ -42,17 +61,30 @@ logger = logging.getLogger("workbench.pad")
 @dataclass
 class PadConfig(TrainingKnobs):
     """Parameters of a PAD run; defaults run the gym on CPU in minutes, paper values quoted in ``help``."""
+
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(default="gym", metadata={
-        "help": "'gym' or a preference dataset for workbench.data (preset e.g. 'ultrafeedback-cleaned', hub id, or "
-                "local file): PAD uses its prompts only and samples its own responses"})
-    dataset_schema: str = field(default="", metadata={
-        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-                "preset's, else TRL's standard format)"})
-    judge: str = field(default="", metadata={
-        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-                "student on held-out prompts ('' = none: teacher agreement and training metrics only)"})
+    dataset: str = field(
+        default="gym",
+        metadata={
+            "help": "'gym' or a preference dataset for workbench.data (preset e.g. 'ultrafeedback-cleaned', hub id, or "
+            "local file): PAD uses its prompts only and samples its own responses"
+        },
+    )
+    dataset_schema: str = field(
+        default="",
+        metadata={
+            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+            "preset's, else TRL's standard format)"
+        },
+    )
+    judge: str = field(
+        default="",
+        metadata={
+            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+            "student on held-out prompts ('' = none: teacher agreement and training metrics only)"
+        },
+    )
     train_prompts: int = field(default=1024, metadata={"help": "prompts sampled per round"})
     eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold evaluation"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt per round (PAD §4.1: 4)"})
@@ -61,31 +93,54 @@ class PadConfig(TrainingKnobs):
     alpha: float = field(default=0.8, metadata={"help": "reward calibration ratio (Eq. 9; paper: 0.8)"})
     beta: float = field(default=10.0, metadata={"help": "PL reward scale (Eq. 10-11; paper: 10)"})
     loss: str = field(default="ppd", metadata={"help": "'vpd', 'ppd' or 'ppd_mc'"})
-    sft_weight: float = field(default=0.0, metadata={
-        "help": "weight of an NLL anchor on the teacher's top response (beyond the paper; 0 = as published)"})
+    sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of an NLL anchor on the teacher's top response (beyond the paper; 0 = as published)"},
+    )
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (PAD §4.1: 0.8)"})
-    max_new_tokens: int = field(default=24, metadata={
-        "help": "longest sampled response in tokens (gym: 24; real data: 512)"})
-    max_prompt_tokens: int | None = field(default=None, metadata={
-        "help": "cut longer prompts to this many tokens, logged with a count (None: a prompt longer than the "
-                "student's context minus max_new_tokens is an error naming its row)"})
-    sampling_batch_size: int = field(default=32, metadata={
-        "help": "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"})
-    scoring_batch_size: int = field(default=32, metadata={
-        "help": "sequences per teacher forward pass (likelihood and MCQ scoring)"})
-    sampling_backend: str = field(default="hf", metadata={
-        "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm)"})
-    scoring_backend: str = field(default="hf", metadata={
-        "help": "'hf' (the loaded teacher) or 'vllm' (optional: pip install vllm; the teacher's weights are served by "
-                "a vLLM engine and never loaded into the training process)"})
-    vllm_gpu_memory: float = field(default=0.0, metadata={
-        "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
-                "the student trains on the same GPU)"})
+    max_new_tokens: int = field(
+        default=24, metadata={"help": "longest sampled response in tokens (gym: 24; real data: 512)"}
+    )
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "cut longer prompts to this many tokens, logged with a count (None: a prompt longer than the "
+            "student's context minus max_new_tokens is an error naming its row)"
+        },
+    )
+    sampling_batch_size: int = field(
+        default=32,
+        metadata={"help": "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"},
+    )
+    scoring_batch_size: int = field(
+        default=32, metadata={"help": "sequences per teacher forward pass (likelihood and MCQ scoring)"}
+    )
+    sampling_backend: str = field(
+        default="hf", metadata={"help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm)"}
+    )
+    scoring_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "'hf' (the loaded teacher) or 'vllm' (optional: pip install vllm; the teacher's weights are served "
+            "by a vLLM engine and never loaded into the training process)"
+        },
+    )
+    vllm_gpu_memory: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9; lower it, e.g. 0.3, when "
+            "the student trains on the same GPU)"
+        },
+    )
     vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
     mcq_order: str = field(default="random", metadata={"help": "'random' (paper), 'cyclic' (debiased)"})
-    lr: float | None = field(default=None, metadata={
-        "help": "learning rate (None: the default gym's validation-chosen rate of this loss, GYM_LR[gym_method]; "
-                "paper: 8e-7 / 1e-6 on 2B-3B models)"})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate (None: the default gym's validation-chosen rate of this loss, GYM_LR[gym_method]; "
+            "paper: 8e-7 / 1e-6 on 2B-3B models)"
+        },
+    )
     steps: int = field(default=300, metadata={"help": "optimizer steps per round"})
     batch_size: int = field(default=16, metadata={"help": "prompts per step (paper: 128)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "paper: 0.1"})
@@ -120,8 +175,10 @@ class PadConfig(TrainingKnobs):
         check_vllm_options(self)
         check_save_steps(self)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens}; a positive number of tokens, or None to "
-                             "refuse prompts longer than the student's context minus max_new_tokens")
+            raise ValueError(
+                f"max_prompt_tokens={self.max_prompt_tokens}; a positive number of tokens, or None to "
+                "refuse prompts longer than the student's context minus max_new_tokens"
+            )
         for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
@@ -164,9 +221,21 @@ def shard_option_orders(n: int, seed: int, first_group: int, groups: int) -> lis
     return [_orders(n, "random", rng)[0] for _ in range(groups)]
 
 
-def teacher_rewards(teacher, tokenizer, prompts, groups, *, alpha: float, order: str = "random", seed: int = 0,
-                    first_group: int = 0, batch_size: int = 32, progress: bool = False, backend: str = "hf",
-                    engine_options: dict | None = None) -> dict[str, torch.Tensor]:
+def teacher_rewards(
+    teacher,
+    tokenizer,
+    prompts,
+    groups,
+    *,
+    alpha: float,
+    order: str = "random",
+    seed: int = 0,
+    first_group: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+) -> dict[str, torch.Tensor]:
     """Teacher rewards per response group (PAD §4.2): avg log-lik r, MCQ log p_sel and calibrated r̂, each (P, n).
 
     ``first_group`` > 0 scores a shard: ``groups`` are groups [first_group, first_group + P) of a longer list
@@ -187,17 +256,22 @@ def teacher_rewards(teacher, tokenizer, prompts, groups, *, alpha: float, order:
         # present each group in the order the whole list's draw gives it, then map letters back to responses
         orders = shard_option_orders(n, seed, first_group, len(groups))
         shown = [[group[i] for i in o] for group, o in zip(groups, orders)]
-        by_letter = mcq_selection_logprobs(teacher, tokenizer, questions, shown, template=template,
-                                           order="identity", **where)
+        by_letter = mcq_selection_logprobs(
+            teacher, tokenizer, questions, shown, template=template, order="identity", **where
+        )
         log_p_sel = torch.empty_like(by_letter)
         for g, o in enumerate(orders):
             log_p_sel[g, torch.tensor(o)] = by_letter[g]
     else:  # 'cyclic' and 'identity' orders do not depend on a group's position
-        log_p_sel = mcq_selection_logprobs(teacher, tokenizer, questions, groups, template=template, order=order,
-                                           seed=seed, **where)
+        log_p_sel = mcq_selection_logprobs(
+            teacher, tokenizer, questions, groups, template=template, order=order, seed=seed, **where
+        )
     # $\hat r = (1-\alpha) r + \alpha \log p_{sel}$ (Eq. 9)
-    return {"likelihood": likelihood, "log_p_sel": log_p_sel,
-            "calibrated": calibrated_reward(likelihood, log_p_sel, alpha)}
+    return {
+        "likelihood": likelihood,
+        "log_p_sel": log_p_sel,
+        "calibrated": calibrated_reward(likelihood, log_p_sel, alpha),
+    }
 
 
 @dataclass
@@ -285,8 +359,12 @@ def save_in_compute_dtype(model, folder) -> None:
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.save_pretrained(folder, state_dict=weights)
     config = Path(folder) / "config.json"  # save_pretrained writes the parameters' dtype there
-    config.write_text(json.dumps({**json.loads(config.read_text()), "dtype": str(dtype).removeprefix("torch.")},
-                                 indent=2, sort_keys=True) + "\n")
+    config.write_text(
+        json.dumps(
+            {**json.loads(config.read_text()), "dtype": str(dtype).removeprefix("torch.")}, indent=2, sort_keys=True
+        )
+        + "\n"
+    )
 
 
 def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state=None):
@@ -309,8 +387,18 @@ def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state
     return str(folder)
 
 
-def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
-                     state=None, progress: bool = False) -> RoundSamples:
+def sample_and_score(
+    cfg: PadConfig,
+    student,
+    student_tok,
+    teacher,
+    teacher_tok,
+    prompt_texts,
+    round_: int,
+    *,
+    state=None,
+    progress: bool = False,
+) -> RoundSamples:
     """n samples per prompt from the student (§4.1) and their teacher rewards (Eq. 7-9), sharded over processes.
 
     With several processes (``state``: accelerate's ``PartialState``) each samples and scores only its shard of
@@ -320,42 +408,86 @@ def sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok,
     its own shard (race-free on a shared filesystem).
     """
     with unsharded(student) as whole:  # an FSDP-sharded student (round 2 on) samples through a whole copy
-        return _sample_and_score(cfg, whole, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state,
-                                 progress=progress)
+        return _sample_and_score(
+            cfg, whole, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state, progress=progress
+        )
 
 
-def _sample_and_score(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
-                      state=None, progress: bool = False) -> RoundSamples:
+def _sample_and_score(
+    cfg: PadConfig,
+    student,
+    student_tok,
+    teacher,
+    teacher_tok,
+    prompt_texts,
+    round_: int,
+    *,
+    state=None,
+    progress: bool = False,
+) -> RoundSamples:
     source = student
     if cfg.sampling_backend == "vllm":  # every process: the round's weights are saved once, behind a barrier
         source = vllm_student_source(cfg, student, student_tok, round_, state)
 
     def sample_and_score_shard(shard_prompts, first_batch):
         # batch b of the whole list is seeded seed + b; this shard starts at batch first_batch
-        samples = sample_responses(source, student_tok, shard_prompts, n=cfg.n, temperature=cfg.temperature,
-                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
-                                   seed=cfg.seed * 1000 + round_ + first_batch, backend=cfg.sampling_backend,
-                                   engine_options=vllm_engine_options(cfg), progress=progress,
-                                   max_prompt_tokens=cfg.max_prompt_tokens)
+        samples = sample_responses(
+            source,
+            student_tok,
+            shard_prompts,
+            n=cfg.n,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.sampling_batch_size,
+            seed=cfg.seed * 1000 + round_ + first_batch,
+            backend=cfg.sampling_backend,
+            engine_options=vllm_engine_options(cfg),
+            progress=progress,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
         prompts, groups = group_responses(samples)
-        rewards = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order,
-                                  seed=cfg.seed + round_, first_group=first_batch * cfg.sampling_batch_size,
-                                  batch_size=cfg.scoring_batch_size, backend=cfg.scoring_backend,
-                                  engine_options=vllm_engine_options(cfg))
+        rewards = teacher_rewards(
+            teacher,
+            teacher_tok,
+            prompts,
+            groups,
+            alpha=cfg.alpha,
+            order=cfg.mcq_order,
+            seed=cfg.seed + round_,
+            first_group=first_batch * cfg.sampling_batch_size,
+            batch_size=cfg.scoring_batch_size,
+            backend=cfg.scoring_backend,
+            engine_options=vllm_engine_options(cfg),
+        )
         signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
-        return [(prompt, group, *(signal[i] for signal in signals))
-                for i, (prompt, group) in enumerate(zip(prompts, groups))]
+        return [
+            (prompt, group, *(signal[i] for signal in signals))
+            for i, (prompt, group) in enumerate(zip(prompts, groups))
+        ]
 
     merged = map_in_shards(sample_and_score_shard, prompt_texts, cfg.sampling_batch_size, state)
     prompts = [record[0] for record in merged]
     groups = [record[1] for record in merged]
-    rewards = {name: torch.tensor([record[2 + k] for record in merged], dtype=torch.float32)
-               for k, name in enumerate(REWARD_SIGNALS)}
+    rewards = {
+        name: torch.tensor([record[2 + k] for record in merged], dtype=torch.float32)
+        for k, name in enumerate(REWARD_SIGNALS)
+    }
     return RoundSamples(prompts, groups, rewards)
 
 
-def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, prompt_texts, round_: int, *,
-                  state=None, progress: bool | None = None, checkpoints=None) -> RoundResult:
+def distill_round(
+    cfg: PadConfig,
+    student,
+    student_tok,
+    teacher,
+    teacher_tok,
+    prompt_texts,
+    round_: int,
+    *,
+    state=None,
+    progress: bool | None = None,
+    checkpoints=None,
+) -> RoundResult:
     """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
 
     ``state`` (accelerate's ``PartialState`` under ``accelerate launch``) shards sampling and scoring over the
@@ -364,24 +496,42 @@ def distill_round(cfg: PadConfig, student, student_tok, teacher, teacher_tok, pr
     :func:`~workbench.methods.common.run_checkpoints`) makes the round's training resumable, in ``round<k>/``.
     """
     progress = cfg.progress if progress is None else progress
-    samples = sample_and_score(cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state,
-                               progress=progress)
-    rows = datasets.Dataset.from_dict({"prompt": samples.prompts, "responses": samples.groups,
-                                       "teacher_rewards": samples.rewards["calibrated"].tolist()})
-    objective = ListwiseObjective(cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight,
-                                  logits_chunk=cfg.logits_chunk)
-    log = train_distill(student, rows, ListwiseCollator(student_tok), objective, steps=cfg.steps, lr=cfg.lr,
-                        batch_size=cfg.batch_size, seed=cfg.seed + round_, warmup_ratio=cfg.warmup_ratio,
-                        progress=progress, checkpoints=checkpoints and checkpoints.stage(f"round{round_}"),
-                        **cfg.training_overrides(f"round{round_}"))
+    samples = sample_and_score(
+        cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state, progress=progress
+    )
+    rows = datasets.Dataset.from_dict(
+        {
+            "prompt": samples.prompts,
+            "responses": samples.groups,
+            "teacher_rewards": samples.rewards["calibrated"].tolist(),
+        }
+    )
+    objective = ListwiseObjective(
+        cfg.loss, cfg.beta, cfg.m, seed=cfg.seed, sft_weight=cfg.sft_weight, logits_chunk=cfg.logits_chunk
+    )
+    log = train_distill(
+        student,
+        rows,
+        ListwiseCollator(student_tok),
+        objective,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + round_,
+        warmup_ratio=cfg.warmup_ratio,
+        progress=progress,
+        checkpoints=checkpoints and checkpoints.stage(f"round{round_}"),
+        **cfg.training_overrides(f"round{round_}"),
+    )
     return RoundResult([{**entry, "round": round_} for entry in log], samples)
 
 
 def load_teacher(cfg: PadConfig, device: str | None = None):
     """(teacher, tokenizer) of a run: loaded, or served by vLLM with ``scoring_backend='vllm'``
     (``methods.common.load_frozen_teacher``)."""
-    return load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
-                               served_by_vllm=cfg.scoring_backend == "vllm", device=device)
+    return load_frozen_teacher(
+        cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.scoring_backend == "vllm", device=device
+    )
 
 
 def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
@@ -393,18 +543,23 @@ def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
     carve disjoint from the training rows), prompts as messages.
     """
     if cfg.dataset == "gym":
-        return ([p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)],
-                gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED))
-    train_rows, held_rows = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts,
-                                              cfg.seed)
+        return (
+            [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)],
+            gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED),
+        )
+    train_rows, held_rows = preference_splits(
+        cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed
+    )
     return list(train_rows["prompt"]), list(held_rows["prompt"])
 
 
 def round_rows(samples: RoundSamples) -> list[dict]:
     """One row per prompt: prompt, responses and each teacher reward signal (floats as computed)."""
     signals = {name: values.tolist() for name, values in samples.rewards.items()}
-    return [{"prompt": prompt, "responses": group, **{name: values[i] for name, values in signals.items()}}
-            for i, (prompt, group) in enumerate(zip(samples.prompts, samples.groups))]
+    return [
+        {"prompt": prompt, "responses": group, **{name: values[i] for name, values in signals.items()}}
+        for i, (prompt, group) in enumerate(zip(samples.prompts, samples.groups))
+    ]
 
 
 def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> TrainedRun:
@@ -418,8 +573,9 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     history: list[dict] = []
     rows: dict[str, list[dict]] = {}
     for round_ in range(cfg.iterations):
-        log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_,
-                                     state=state, checkpoints=checkpoints)
+        log, samples = distill_round(
+            cfg, student, student_tok, teacher, teacher_tok, prompts_text, round_, state=state, checkpoints=checkpoints
+        )
         history += log
         rows[f"round{round_}"] = round_rows(samples)
     return TrainedRun(history, student, student_tok, rows, {"prompts": len(prompts_text)})
@@ -442,35 +598,59 @@ def run_pad(cfg: PadConfig) -> RunResult:
     checkpoints = run_checkpoints(cfg)
     history: list[dict] = []
     rounds = []
-    with metrics_kept_on_divergence(cfg, f"pad-{cfg.loss}", history, rounds=rounds,
-                                    gold_before=before["gold"] if gold else None):
+    with metrics_kept_on_divergence(
+        cfg, f"pad-{cfg.loss}", history, rounds=rounds, gold_before=before["gold"] if gold else None
+    ):
         for round_ in range(cfg.iterations):
-            log, samples = distill_round(cfg, student, student_tok, teacher, teacher_tok, train, round_,
-                                         checkpoints=checkpoints)
+            log, samples = distill_round(
+                cfg, student, student_tok, teacher, teacher_tok, train, round_, checkpoints=checkpoints
+            )
             history += log
             entry = {"round": round_, "prompts": len(samples.prompts)}
             if gold:
-                entry["train_sample_gold"] = float(np.mean(
-                    [gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g]))
+                entry["train_sample_gold"] = float(
+                    np.mean([gold_of(p, y) for p, g in zip(samples.prompts, samples.groups) for y in g])
+                )
             rounds.append(entry)
     after = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     if gold:
-        evaluation = {"gold_before": before["gold"], "gold_after": after["gold"],
-                      "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
-                      "length_before": before["length"], "length_after": after["length"]}
+        evaluation = {
+            "gold_before": before["gold"],
+            "gold_after": after["gold"],
+            "win_rate_vs_initial": win_rate(after["per_prompt"], before["per_prompt"]),
+            "length_before": before["length"],
+            "length_after": after["length"],
+        }
         held_samples = after["samples"]
     else:
         evaluation = no_gold_evaluation(cfg, held_out, before, after)
-        held_samples = sample_responses(student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed,
-                                        max_new_tokens=cfg.max_new_tokens, progress=False)
+        held_samples = sample_responses(
+            student,
+            student_tok,
+            held_out,
+            n=cfg.eval_samples,
+            seed=cfg.seed,
+            max_new_tokens=cfg.max_new_tokens,
+            progress=False,
+        )
     metrics = {
         "method": f"pad-{cfg.loss}",
         "dataset": cfg.dataset,
         "config": asdict(cfg),
         **evaluation,
-        "ranking": ranking_agreement(student, student_tok, teacher, teacher_tok, held_samples, alpha=cfg.alpha,
-                                     mcq_order=cfg.mcq_order, seed=cfg.seed, gold=gold, backend=cfg.scoring_backend,
-                                     engine_options=vllm_engine_options(cfg)),
+        "ranking": ranking_agreement(
+            student,
+            student_tok,
+            teacher,
+            teacher_tok,
+            held_samples,
+            alpha=cfg.alpha,
+            mcq_order=cfg.mcq_order,
+            seed=cfg.seed,
+            gold=gold,
+            backend=cfg.scoring_backend,
+            engine_options=vllm_engine_options(cfg),
+        ),
         "rounds": rounds,
         "training": training_summary(history),
         "seconds": time.perf_counter() - started,
@@ -493,8 +673,20 @@ def release_run_engines(cfg: PadConfig, student, teacher) -> None:
         release_vllm_engines(*sources)
 
 
-def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, *, alpha: float, mcq_order: str, seed: int,
-                      gold: bool = True, backend: str = "hf", engine_options: dict | None = None) -> dict:
+def ranking_agreement(
+    student,
+    student_tok,
+    teacher,
+    teacher_tok,
+    samples,
+    *,
+    alpha: float,
+    mcq_order: str,
+    seed: int,
+    gold: bool = True,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+) -> dict:
     """Kendall τ of the student's avg-log-lik ranking of its held-out samples with the teacher's calibrated
     ranking, and (gym only) of each with gold."""
     prompts, groups = group_responses(samples)
@@ -502,18 +694,39 @@ def ranking_agreement(student, student_tok, teacher, teacher_tok, samples, *, al
     flat_prompts = [p for p in prompts for _ in range(n)]
     flat = [y for g in groups for y in g]
     student_scores = avg_logp_rewards(student, student_tok, flat_prompts, flat).view(-1, n).numpy()
-    teacher_scores = teacher_rewards(teacher, teacher_tok, prompts, groups, alpha=alpha, order=mcq_order, seed=seed,
-                                     backend=backend, engine_options=engine_options)["calibrated"].numpy()
+    teacher_scores = teacher_rewards(
+        teacher,
+        teacher_tok,
+        prompts,
+        groups,
+        alpha=alpha,
+        order=mcq_order,
+        seed=seed,
+        backend=backend,
+        engine_options=engine_options,
+    )["calibrated"].numpy()
     out = {"tau_student_teacher": mean_kendall_tau(student_scores, teacher_scores)}
     if gold:
         gold_scores = np.array([[gold_of(p, y) for y in g] for p, g in zip(prompts, groups)])
-        out.update(tau_student_gold=mean_kendall_tau(student_scores, gold_scores),
-                   tau_teacher_gold=mean_kendall_tau(teacher_scores, gold_scores))
+        out.update(
+            tau_student_gold=mean_kendall_tau(student_scores, gold_scores),
+            tau_teacher_gold=mean_kendall_tau(teacher_scores, gold_scores),
+        )
     return out
 
 
-def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, prompts: int = 256, seed: int = 0,
-                mcq_order: str = "random", temperature: float = 0.8, max_new_tokens: int = 24) -> dict:
+def alpha_sweep(
+    teacher_name: str,
+    student_name: str,
+    alphas,
+    *,
+    n: int = 4,
+    prompts: int = 256,
+    seed: int = 0,
+    mcq_order: str = "random",
+    temperature: float = 0.8,
+    max_new_tokens: int = 24,
+) -> dict:
     """Rank agreement with gold of the calibrated teacher reward r̂ for each α (PAD Eq. 9, Fig. 5's premise).
 
     The student's samples and the teacher's two signals are computed once (and cached); each α only mixes
@@ -527,17 +740,32 @@ def alpha_sweep(teacher_name: str, student_name: str, alphas, *, n: int = 4, pro
     teacher, teacher_tok = load(teacher_name)
     student, student_tok = load(student_name)
     held_out = gym_prompts("validation", prompts, seed + 7)
-    samples = sample_responses(student, student_tok, [p.text for p in held_out], n=n, temperature=temperature,
-                               max_new_tokens=max_new_tokens, seed=seed, progress=False)
+    samples = sample_responses(
+        student,
+        student_tok,
+        [p.text for p in held_out],
+        n=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        progress=False,
+    )
     groups_prompts, groups = group_responses(samples)
     gold = np.array([[gold_of(p, y) for y in g] for p, g in zip(groups_prompts, groups)])
     rows = []
     for i, alpha in enumerate(alphas):
         start = time.perf_counter()
-        signals = teacher_rewards(teacher, teacher_tok, groups_prompts, groups, alpha=float(alpha), order=mcq_order,
-                                  seed=seed)
+        signals = teacher_rewards(
+            teacher, teacher_tok, groups_prompts, groups, alpha=float(alpha), order=mcq_order, seed=seed
+        )
         scores = signals["calibrated"].numpy()
         spearman = mean_spearman(scores, gold)
-        rows.append({"alpha": float(alpha), "spearman": spearman, "kendall": mean_kendall_tau(scores, gold),
-                     "seconds": time.perf_counter() - start + (start - t0 if i == 0 else 0.0)})
+        rows.append(
+            {
+                "alpha": float(alpha),
+                "spearman": spearman,
+                "kendall": mean_kendall_tau(scores, gold),
+                "seconds": time.perf_counter() - start + (start - t0 if i == 0 else 0.0),
+            }
+        )
     return {"rows": rows, "n": n, "prompts": prompts, "valid_sets": len(gold) - spearman["skipped_sets"]}

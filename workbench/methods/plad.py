@@ -45,16 +45,34 @@ from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
 from workbench.methods.checks import check_run_sizes
-from workbench.methods.common import (HELD_OUT_SEED, SAVE_STEPS_HELP, VLLM_OPTIONS_HELP, RunResult, TrainedRun,
-                                     check_dataset_options, check_save_steps, check_vllm_options, finish_run, gold_of,
-                                     gym_prompts, held_out_evaluation, knob, load_frozen_teacher,
-                                     metrics_kept_on_divergence, no_gold_evaluation, preference_splits, resolve_lr,
-                                     run_checkpoints, training_summary, TrainingKnobs, vllm_engine_options)
+from workbench.methods.common import (
+    HELD_OUT_SEED,
+    SAVE_STEPS_HELP,
+    VLLM_OPTIONS_HELP,
+    RunResult,
+    TrainedRun,
+    TrainingKnobs,
+    check_dataset_options,
+    check_save_steps,
+    check_vllm_options,
+    finish_run,
+    gold_of,
+    gym_prompts,
+    held_out_evaluation,
+    knob,
+    load_frozen_teacher,
+    metrics_kept_on_divergence,
+    no_gold_evaluation,
+    preference_splits,
+    resolve_lr,
+    run_checkpoints,
+    training_summary,
+    vllm_engine_options,
+)
 from workbench.sampling import release_vllm_engines, sample_responses
 from workbench.scoring import gather_token_logps
 from workbench.topk_cache import release_memory
-from workbench.trainers import (chunked_logps_at, logits_chunk_setting, set_threads, student_token_logps,
-                                train_distill)
+from workbench.trainers import chunked_logps_at, logits_chunk_setting, set_threads, student_token_logps, train_distill
 
 logger = logging.getLogger("workbench.plad")
 
@@ -64,49 +82,94 @@ DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1
 @dataclass
 class PladConfig(TrainingKnobs):
     """Parameters of a PLaD run; defaults run the gym on CPU in well under a minute, paper values in ``help``."""
+
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(default="gym", metadata={
-        "help": "'gym' (gold references and gold evaluation) or a preference dataset for workbench.data (preset "
-                "e.g. 'hh-helpful' (§5.1), hub id, or local file): its prompts form D"})
-    dataset_schema: str = field(default="", metadata={
-        "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-                "preset's, else TRL's standard format)"})
-    judge: str = field(default="", metadata={
-        "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-                "student on held-out prompts ('' = none: training metrics only)"})
+    dataset: str = field(
+        default="gym",
+        metadata={
+            "help": "'gym' (gold references and gold evaluation) or a preference dataset for workbench.data (preset "
+            "e.g. 'hh-helpful' (§5.1), hub id, or local file): its prompts form D"
+        },
+    )
+    dataset_schema: str = field(
+        default="",
+        metadata={
+            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+            "preset's, else TRL's standard format)"
+        },
+    )
+    judge: str = field(
+        default="",
+        metadata={
+            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+            "student on held-out prompts ('' = none: training metrics only)"
+        },
+    )
     train_prompts: int = field(default=1024, metadata={"help": "size of the distillation set D (prompts only)"})
-    data_fraction: float = field(default=1.0, metadata={
-        "help": "fraction of D used (PLaD Fig. 4: 5%..100%); a seeded prefix, so smaller sets nest in larger"})
+    data_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "fraction of D used (PLaD Fig. 4: 5%..100%); a seeded prefix, so smaller sets nest in larger"
+        },
+    )
     eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold (or judge) evaluation"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})
-    loss: str = field(default="plad_ranking", metadata={
-        "help": "'plad_ranking' (Eq. 4) or 'plad_margin' (Eq. 5); paper picks by validation"})
+    loss: str = field(
+        default="plad_ranking",
+        metadata={"help": "'plad_ranking' (Eq. 4) or 'plad_margin' (Eq. 5); paper picks by validation"},
+    )
     beta: float = field(default=PLAD_BETA, metadata={"help": "hinge margin β (PLaD App. A.6: 1.0)"})
-    length_normalize: bool = field(default=True, metadata={
-        "help": "per-token mean log-lik in Eq. 4/5 (True) or the literal sum (False); papers/plad.md ambiguity 1"})
-    score_ngram_orders: tuple[int, ...] = field(default=(1,), metadata={
-        "help": "n-gram orders summed in the margin score s (App. A.7 Eq. 6; unstated, default F1 only)"})
-    temperature: float = field(default=PLAD_SAMPLING_TEMPERATURE, metadata={
-        "help": "sampling temperature of both teacher and student (App. A.6: τ = 0.7)"})
-    sft_weight: float = field(default=0.0, metadata={
-        "help": "weight of a per-token NLL on the teacher's sample ŷ+ (SLiC's regulariser; beyond PLaD, which "
-                "uses L_cal alone: 0 = as published)"})
-    real_ratio: float = field(default=0.0, metadata={
-        "help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"})
+    length_normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "per-token mean log-lik in Eq. 4/5 (True) or the literal sum (False); papers/plad.md ambiguity 1"
+        },
+    )
+    score_ngram_orders: tuple[int, ...] = field(
+        default=(1,),
+        metadata={"help": "n-gram orders summed in the margin score s (App. A.7 Eq. 6; unstated, default F1 only)"},
+    )
+    temperature: float = field(
+        default=PLAD_SAMPLING_TEMPERATURE,
+        metadata={"help": "sampling temperature of both teacher and student (App. A.6: τ = 0.7)"},
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a per-token NLL on the teacher's sample ŷ+ (SLiC's regulariser; beyond PLaD, which "
+            "uses L_cal alone: 0 = as published)"
+        },
+    )
+    real_ratio: float = field(
+        default=0.0, metadata={"help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"}
+    )
     max_new_tokens: int = 24
-    sampling_batch_size: int = field(default=32, metadata={
-        "help": "prompts per sampling batch of teacher and student (batch b seeded seed + b; the unit a process's "
-                "shard is made of)"})
-    sampling_backend: str = field(default="hf", metadata={
-        "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm; the teacher is then served by vLLM "
-                "and never loaded into the training process)"})
-    vllm_gpu_memory: float = field(default=0.0, metadata={
-        "help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"})
+    sampling_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "prompts per sampling batch of teacher and student (batch b seeded seed + b; the unit a process's "
+            "shard is made of)"
+        },
+    )
+    sampling_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "'hf' (model.generate) or 'vllm' (optional: pip install vllm; the teacher is then served by vLLM "
+            "and never loaded into the training process)"
+        },
+    )
+    vllm_gpu_memory: float = field(
+        default=0.0, metadata={"help": "share of GPU memory each vLLM engine reserves (0 = vLLM's default, 0.9)"}
+    )
     vllm_options: dict = field(default_factory=dict, metadata={"help": VLLM_OPTIONS_HELP})
-    lr: float | None = field(default=None, metadata={
-        "help": "learning rate (None: the default gym's validation-chosen rate, GYM_LR['plad'] or "
-                "['plad+sft'] with sft_weight > 0; paper: 1e-4 with LoRA on 7B students)"})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning rate (None: the default gym's validation-chosen rate, GYM_LR['plad'] or "
+            "['plad+sft'] with sft_weight > 0; paper: 1e-4 with LoRA on 7B students)"
+        },
+    )
     steps: int = field(default=300, metadata={"help": "optimizer steps (a fixed budget across data fractions)"})
     batch_size: int = field(default=8, metadata={"help": "pairs per step (paper: 8 per device)"})
     lr_scheduler: str = field(default="linear", metadata={"help": "paper: linear"})
@@ -120,11 +183,17 @@ class PladConfig(TrainingKnobs):
     lora_r: int = field(default=8, metadata={"help": "PLaD §5.1: 8"})
     lora_alpha: int = field(default=32, metadata={"help": "PLaD §5.1: 32"})
     lora_dropout: float = field(default=0.1, metadata={"help": "PLaD §5.1: 0.1"})
-    length_edges: tuple[float, ...] = field(default=DEFAULT_LENGTH_EDGES, metadata={
-        "help": "word-count bucket edges of the initial student's answers (PLaD Fig. 3)"})
+    length_edges: tuple[float, ...] = field(
+        default=DEFAULT_LENGTH_EDGES,
+        metadata={"help": "word-count bucket edges of the initial student's answers (PLaD Fig. 3)"},
+    )
     seed: int = 0
-    quantization: str | None = field(default=None, metadata={
-        "help": "None or '4bit' / '8bit' for the teacher (and the judge): NF4 is the QLoRA single-GPU setting"})
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "None or '4bit' / '8bit' for the teacher (and the judge): NF4 is the QLoRA single-GPU setting"
+        },
+    )
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/plad"
     progress: bool = True
@@ -137,8 +206,10 @@ class PladConfig(TrainingKnobs):
         if self.sampling_batch_size < 1:
             raise ValueError(f"sampling_batch_size={self.sampling_batch_size}; sample at least 1 prompt per batch")
         if self.dataset != "gym" and self.real_ratio:
-            raise ValueError(f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
-                             f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0")
+            raise ValueError(
+                f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
+                f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0"
+            )
         check_run_sizes(self)
         check_dataset_options(self)
         check_vllm_options(self)
@@ -146,15 +217,17 @@ class PladConfig(TrainingKnobs):
         check_save_steps(self)
         self.lr = resolve_lr(self.lr, "plad+sft" if self.sft_weight > 0 else "plad")
         if self.loss not in ("plad_ranking", "plad_margin"):
-            raise ValueError(f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and "
-                             f"'plad_margin' (Eq. 5)")
+            raise ValueError(
+                f"loss={self.loss!r}; PLaD's calibration losses are 'plad_ranking' (Eq. 4) and 'plad_margin' (Eq. 5)"
+            )
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"data_fraction={self.data_fraction}; must be in (0, 1] (PLaD Fig. 4)")
         if not 0.0 <= self.real_ratio <= 1.0:
             raise ValueError(f"real_ratio={self.real_ratio}; must be in [0, 1] (PLaD Fig. 2)")
         if self.beta < 0 or self.temperature <= 0 or self.steps < 1:
-            raise ValueError(f"beta={self.beta} must be ≥ 0, temperature={self.temperature} > 0, "
-                             f"steps={self.steps} ≥ 1")
+            raise ValueError(
+                f"beta={self.beta} must be ≥ 0, temperature={self.temperature} > 0, steps={self.steps} ≥ 1"
+            )
         self.score_ngram_orders = tuple(int(n) for n in self.score_ngram_orders)
         self.length_edges = tuple(float(e) for e in self.length_edges)
         if list(self.length_edges) != sorted(self.length_edges) or len(self.length_edges) < 2:
@@ -188,8 +261,12 @@ class PairCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         prompts = [r["prompt"] for r in rows]
-        batch = collate_examples(self.tokenizer, prompts + prompts, [r["chosen"] for r in rows] +
-                                 [r["rejected"] for r in rows], self.max_length)
+        batch = collate_examples(
+            self.tokenizer,
+            prompts + prompts,
+            [r["chosen"] for r in rows] + [r["rejected"] for r in rows],
+            self.max_length,
+        )
         batch.pop("truncated")
         if self.with_reference:
             ref = collate_examples(self.tokenizer, prompts, [r["reference"] for r in rows], self.max_length)
@@ -243,13 +320,19 @@ class PladObjective:
         chunk = self.logits_chunk if self.logits_chunk is not None else logits_chunk_setting()
         mask = inputs["response_mask"][:, 1:]
         if margin and chunk:  # Eq. 5 also reads the student's last-layer states; the chunked head keeps no logits
-            token_logps, final_states = chunked_logps_at(model, inputs["input_ids"], inputs["attention_mask"],
-                                                         inputs["input_ids"][:, 1:, None], chunk,
-                                                         output_hidden_states=True)
+            token_logps, final_states = chunked_logps_at(
+                model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["input_ids"][:, 1:, None],
+                chunk,
+                output_hidden_states=True,
+            )
             token_logps = token_logps[..., 0]  # (2B, L-1)
         elif margin:
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        output_hidden_states=True)
+            out = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_hidden_states=True
+            )
             token_logps = gather_token_logps(out.logits[:, :-1], inputs["input_ids"][:, 1:])  # (2B, L-1)
             final_states = out.hidden_states[-1]
         else:  # through the chunked head when logits_chunk is set: no (2B, L, V) logits kept for backward
@@ -260,8 +343,11 @@ class PladObjective:
             # $s(y; \hat y; x) = \sum_n F_n(e(\hat y, x), e(y, x))$ on the student's last-layer states (App. A.7)
             states, states_mask = response_states(final_states, inputs["response_mask"])
             with torch.no_grad():
-                ref = model(input_ids=inputs["reference_input_ids"],
-                            attention_mask=inputs["reference_attention_mask"], output_hidden_states=True)
+                ref = model(
+                    input_ids=inputs["reference_input_ids"],
+                    attention_mask=inputs["reference_attention_mask"],
+                    output_hidden_states=True,
+                )
             ref_states, ref_mask = response_states(ref.hidden_states[-1], inputs["reference_response_mask"])
             ref_states, ref_mask = torch.cat([ref_states, ref_states]), torch.cat([ref_mask, ref_mask])
             scores = calibration_score(states, ref_states, states_mask, ref_mask, ns=self.score_ngram_orders)
@@ -274,8 +360,12 @@ class PladObjective:
             loss = self.loss_fn(chosen_logps, rejected_logps, beta=self.beta)
             extra = {}
         gap = (chosen_logps - rejected_logps).detach()
-        metrics = {"calibration_loss": loss.detach(), "logp_gap": gap.mean(),
-                   "hinge_active": (gap < self.beta).float().mean(), **extra}
+        metrics = {
+            "calibration_loss": loss.detach(),
+            "logp_gap": gap.mean(),
+            "hinge_active": (gap < self.beta).float().mean(),
+            **extra,
+        }
         if self.sft_weight:
             # $-\frac{1}{|\hat y_+|}\log P_\theta(\hat y_+|x)$ (per token, whatever ``length_normalize`` says)
             sft = -avg_logp_reward(token_logps[: len(chosen_logps)], mask[: len(chosen_logps)]).mean()
@@ -328,15 +418,35 @@ def held_out_prompts(cfg) -> list:
     return _dataset_prompts(cfg, held_out=True)
 
 
-def teacher_samples(teacher, tokenizer, prompts, *, temperature: float, max_new_tokens: int, seed: int,
-                    progress: bool = False, backend: str = "hf", engine_options: dict | None = None,
-                    batch_size: int = 32, first_batch: int = 0) -> list[str]:
+def teacher_samples(
+    teacher,
+    tokenizer,
+    prompts,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    progress: bool = False,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+    batch_size: int = 32,
+    first_batch: int = 0,
+) -> list[str]:
     """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+.
     ``first_batch``: the global index of the first prompt's sampling batch when ``prompts`` is a process's shard."""
-    samples = sample_responses(teacher, tokenizer, [p.text for p in prompts], n=1, temperature=temperature,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               seed=seed * 1000 + 7 + first_batch, progress=progress, backend=backend,
-                               engine_options=engine_options)
+    samples = sample_responses(
+        teacher,
+        tokenizer,
+        [p.text for p in prompts],
+        n=1,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed * 1000 + 7 + first_batch,
+        progress=progress,
+        backend=backend,
+        engine_options=engine_options,
+    )
     return list(samples["response"])
 
 
@@ -352,13 +462,31 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, s
     backend = {"backend": cfg.sampling_backend, "engine_options": vllm_engine_options(cfg)}
 
     def sample_pair(shard, first_batch):
-        y_t = teacher_samples(teacher, teacher_tok, shard, temperature=cfg.temperature,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress,
-                              batch_size=cfg.sampling_batch_size, first_batch=first_batch, **backend)
+        y_t = teacher_samples(
+            teacher,
+            teacher_tok,
+            shard,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            batch_size=cfg.sampling_batch_size,
+            first_batch=first_batch,
+            **backend,
+        )
         # vLLM samples the student from its folder: before training, the loaded weights
-        y_s = sample_responses(student, student_tok, [p.text for p in shard], n=1, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, batch_size=cfg.sampling_batch_size,
-                               seed=cfg.seed * 1000 + 8 + first_batch, progress=cfg.progress, **backend)["response"]
+        y_s = sample_responses(
+            student,
+            student_tok,
+            [p.text for p in shard],
+            n=1,
+            temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.sampling_batch_size,
+            seed=cfg.seed * 1000 + 8 + first_batch,
+            progress=cfg.progress,
+            **backend,
+        )["response"]
         return list(zip(y_t, y_s))
 
     samples = map_in_shards(sample_pair, prompts, cfg.sampling_batch_size, state)
@@ -367,57 +495,77 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, s
         release_vllm_engines(teacher, student)
     gym = getattr(cfg, "dataset", "gym") == "gym"
     real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)] if gym else None
-    rows, counts = make_pseudo_pairs(chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio,
-                                     seed=cfg.seed)
+    rows, counts = make_pseudo_pairs(
+        chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio, seed=cfg.seed
+    )
     answers = {json.dumps(c, sort_keys=True): p.answer_text for c, p in zip(chat, prompts)}
     for row in rows:
         # y for Eq. 5 (ambiguity 3): the gym's gold answer, or the dataset's chosen response
         row["reference"] = answers[json.dumps(row["prompt"], sort_keys=True)]
     if not gym:
-        return rows, {**counts, "gold_statistics": "skipped: no gold reward on this dataset",
-                      "teacher_sample_length": float(np.mean([len(y.split()) for y in y_teacher])),
-                      "student_sample_length": float(np.mean([len(y.split()) for y in y_student]))}
+        return rows, {
+            **counts,
+            "gold_statistics": "skipped: no gold reward on this dataset",
+            "teacher_sample_length": float(np.mean([len(y.split()) for y in y_teacher])),
+            "student_sample_length": float(np.mean([len(y.split()) for y in y_student])),
+        }
     # T-S WR (PLaD Table 1): gold win rate of the teacher's sample over the student's, ties excluded
     gold_t = np.array([gold_of(c, y) for c, y in zip(chat, y_teacher)])
     gold_s = np.array([gold_of(c, y) for c, y in zip(chat, y_student)])
     decided = gold_t != gold_s
     # how often a training pair's order agrees with gold (ties count as agreeing: the reward has no preference)
     agrees = [gold_of(r["prompt"], r["chosen"]) >= gold_of(r["prompt"], r["rejected"]) for r in rows]
-    stats = {**counts,
-             "teacher_student_win_rate": float((gold_t > gold_s)[decided].mean()) if decided.any() else float("nan"),
-             "pair_order_gold_agreement": float(np.mean(agrees)) if rows else float("nan"),
-             "teacher_sample_gold": float(gold_t.mean()), "student_sample_gold": float(gold_s.mean())}
+    stats = {
+        **counts,
+        "teacher_student_win_rate": float((gold_t > gold_s)[decided].mean()) if decided.any() else float("nan"),
+        "pair_order_gold_agreement": float(np.mean(agrees)) if rows else float("nan"),
+        "teacher_sample_gold": float(gold_t.mean()),
+        "student_sample_gold": float(gold_s.mean()),
+    }
     return rows, stats
 
 
 # --- the pipeline ---
 
 
-def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair_stats: dict,
-                   state=None) -> list[dict]:
+def train_on_pairs(cfg: PladConfig, student, student_tok, rows: list[dict], pair_stats: dict, state=None) -> list[dict]:
     """Train the student with the calibration loss (Eq. 4 / 5) on the pseudo-pair rows; returns the training log.
     Notebook 07 (``run_plad``) and ``python -m workbench.train`` (also under ``accelerate launch``) both call it;
     with ``cfg.save_steps`` the training resumes from ``output_dir/checkpoints/train``."""
     if not rows:
         raise RuntimeError(f"no pseudo-preference pairs survived ({pair_stats}); raise train_prompts")
     checkpoints = run_checkpoints(cfg, state)
-    objective = PladObjective(cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight,
-                              cfg.logits_chunk)
+    objective = PladObjective(
+        cfg.loss, cfg.beta, cfg.length_normalize, cfg.score_ngram_orders, cfg.sft_weight, cfg.logits_chunk
+    )
     collator = PairCollator(student_tok, with_reference=cfg.loss == "plad_margin")
-    return train_distill(student, datasets.Dataset.from_list(rows), collator, objective, steps=cfg.steps,
-                         lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress,
-                         warmup_ratio=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
-                         checkpoints=checkpoints and checkpoints.stage("train"), **cfg.training_overrides("train"))
+    return train_distill(
+        student,
+        datasets.Dataset.from_list(rows),
+        collator,
+        objective,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler,
+        checkpoints=checkpoints and checkpoints.stage("train"),
+        **cfg.training_overrides("train"),
+    )
 
 
 def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): pseudo pairs from teacher and student samples (sharded over ``state``'s
     processes), the teacher released, then the calibration loss; rows: the pseudo pairs."""
-    teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
-                                               served_by_vllm=cfg.sampling_backend == "vllm", device=device)
+    teacher, teacher_tok = load_frozen_teacher(
+        cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.sampling_backend == "vllm", device=device
+    )
     student, student_tok = cfg.load_student(device)
-    rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg,
-                                        state=state)
+    rows, pair_stats = pseudo_pair_rows(
+        teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg, state=state
+    )
     del teacher
     release_memory()
     history = train_on_pairs(cfg, student, student_tok, rows, pair_stats, state=state)
@@ -429,8 +577,9 @@ def run_plad(cfg: PladConfig) -> RunResult:
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    teacher, teacher_tok = load_frozen_teacher(cfg.teacher, quantization=cfg.quantization,
-                                               served_by_vllm=cfg.sampling_backend == "vllm")
+    teacher, teacher_tok = load_frozen_teacher(
+        cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.sampling_backend == "vllm"
+    )
     student, student_tok = cfg.load_student()
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
     if not gym:  # no gold reward: plain prompts, for a judge
@@ -440,16 +589,32 @@ def run_plad(cfg: PladConfig) -> RunResult:
     del teacher  # black box: only its samples are needed from here on
     release_memory()
     history: list[dict] = []
-    with metrics_kept_on_divergence(cfg, cfg.method, history, pairs=pair_stats,
-                                    gold_before=before["gold"] if gym else None):
+    with metrics_kept_on_divergence(
+        cfg, cfg.method, history, pairs=pair_stats, gold_before=before["gold"] if gym else None
+    ):
         history += train_on_pairs(cfg, student, student_tok, rows, pair_stats)
     if gym:
-        return finish_run(cfg, student, student_tok, held_out, before, history, started, pairs=pair_stats,
-                          training=training_summary(history))
+        return finish_run(
+            cfg,
+            student,
+            student_tok,
+            held_out,
+            before,
+            history,
+            started,
+            pairs=pair_stats,
+            training=training_summary(history),
+        )
     after = held_out_evaluation(cfg, student, student_tok, held_out, gold=False)
-    metrics = {"method": cfg.method, "dataset": cfg.dataset, "config": asdict(cfg),
-               **no_gold_evaluation(cfg, held_out, before, after), "pairs": pair_stats,
-               "training": training_summary(history), "seconds": time.perf_counter() - started}
+    metrics = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "config": asdict(cfg),
+        **no_gold_evaluation(cfg, held_out, before, after),
+        "pairs": pair_stats,
+        "training": training_summary(history),
+        "seconds": time.perf_counter() - started,
+    }
     result = RunResult(metrics, history, student, student_tok)
     result.save(cfg.output_dir)
     return result
