@@ -18,7 +18,7 @@ PAD (``run_pad`` keeps teacher and student loaded through every phase):
   sampling            ``generate`` (the recipe's temperature) of n responses per prompt for ``sampling_batch_size``
                       prompts, forced to ``max_new_tokens``;
   teacher_likelihood  the teacher's no-grad response log-probs of ``scoring_batch_size`` sequences, head chunked
-                      (``workbench.scoring.batch_response_token_logps``);
+                      (``workbench.logprobs.batch_response_token_logps``);
   teacher_mcq         the teacher's next-token logits after ``scoring_batch_size`` MCQ prompts
                       (``workbench.scoring.last_position_logits``);
   training            the listwise step (``ListwiseObjective``, the recipe's loss) on ``batch_size`` prompts × n
@@ -229,7 +229,7 @@ class Bench:
         model.eval()
         prompt_len, new = self.shape["prompt_tokens"], self.shape["max_new_tokens"]
         prompts = self.ids(self.sampling_batch_size, prompt_len)
-        from workbench.models import autocast_of
+        from workbench.precision import autocast_of
 
         with torch.no_grad(), autocast_of(model), Phase(self.device) as phase:
             generated = model.generate(
@@ -253,7 +253,7 @@ class Bench:
 
     def teacher_likelihood(self, teacher, **extra) -> None:
         """The teacher's no-grad log-probs of the response positions of ``scoring_batch_size`` sequences."""
-        from workbench.scoring import batch_response_token_logps, scoring_chunk
+        from workbench.logprobs import batch_response_token_logps, scoring_chunk
 
         rows, seq_len = self.scoring_batch_size, self.shape["train_seq_len"]
         seqs = self.ids(rows, seq_len)
@@ -273,7 +273,7 @@ class Bench:
         student) with a fresh AdamW on the trainable parameters: ``steps`` timed steps after one warm-up step."""
         self.student.train()
         cuda = self.device.startswith("cuda")
-        from workbench.models import autocast_of
+        from workbench.precision import autocast_of
 
         trainable = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=cuda)
@@ -395,8 +395,8 @@ def topk_pair_inputs(bench: Bench, fields: tuple[str, ...], caches: tuple[str, .
 
 
 def adpa_phases(bench: Bench) -> None:
+    from workbench.logprobs import scoring_chunk
     from workbench.methods.adpa import METHOD_STAGES
-    from workbench.scoring import scoring_chunk
     from workbench.topk_cache import _response_topk, release_memory
 
     cfg, shape = bench.cfg, bench.shape
@@ -516,7 +516,7 @@ def run(
     import yaml
 
     from workbench import memory
-    from workbench.models import mark_autocast
+    from workbench.precision import mark_autocast
     from workbench.train import method_config, recipe_pipeline
 
     pipeline = recipe_pipeline(path)

@@ -57,12 +57,14 @@ def main() -> None:
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     logging.disable(logging.WARNING)
 
+    from workbench.backends.vllm import model_source, vllm_engine
     from workbench.cache import StageCache
     from workbench.encoding import collate_examples, prompt_text
-    from workbench.methods.common import gym_prompts, user_text
+    from workbench.methods.common import gym_prompts
+    from workbench.rewards import user_text
     from workbench.methods.pad import mcq_template_for
     from workbench.models import load
-    from workbench.sampling import group_responses, model_source, sample_responses, vllm_engine
+    from workbench.sampling import group_responses, sample_responses
     from workbench.scoring import mcq_selection_logprobs, response_token_logps
     from workbench.trainers import set_threads
 

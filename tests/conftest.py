@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.backends import vllm as vllm_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["WORKBENCH_CACHE"] = os.environ.get("WORKBENCH_TEST_CACHE", str(ROOT / ".cache" / "test"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -124,7 +126,7 @@ def stand_in_vllm(tiny_models, monkeypatch):
 
     fake = StandInVllm(tiny_models["student"][1])
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
-    monkeypatch.setattr(sampling, "_VLLM_ENGINES", {})
+    monkeypatch.setattr(vllm_backend, "_VLLM_ENGINES", {})
     for module in (sampling, scoring, topk_cache):  # a stand-in's samples and scores are never cached
         monkeypatch.setattr(module, "default_cache", lambda: StageCache(enabled=False))
     return fake

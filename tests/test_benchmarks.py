@@ -7,6 +7,7 @@ import datasets
 import pytest
 
 from workbench import benchmarks as B
+from workbench.backends import vllm as vllm_backend
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gsm8k.jsonl"
 
@@ -162,7 +163,7 @@ def test_cli_gsm8k_through_vllm_serves_each_model_without_loading_it(
 ):
     """``--backend vllm``: each model is served by an engine built with ``--vllm-options`` from its folder, never
     loaded into the process (its GPU memory is the engine's), and released before the next model's engine."""
-    from workbench import models, sampling
+    from workbench import models
 
     loaded = []
     monkeypatch.setattr(models, "load", lambda name, **kw: loaded.append(name))
@@ -191,7 +192,7 @@ def test_cli_gsm8k_through_vllm_serves_each_model_without_loading_it(
         {"model": models.resolve(name), "seed": 0, "max_model_len": 512}
         for name in ("gym-tiny-student", "gym-tiny-teacher-dpo")
     ]
-    assert sampling._VLLM_ENGINES == {}
+    assert vllm_backend._VLLM_ENGINES == {}
     with pytest.raises(SystemExit):
         B.main(
             [

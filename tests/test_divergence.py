@@ -19,8 +19,8 @@ class LossTurnsNan:
         self.at, self.calls = at, 0
 
     def __call__(self, model, inputs):
+        from workbench.logprobs import student_token_logps
         from workbench.losses.pad import avg_logp_reward
-        from workbench.trainers import student_token_logps
 
         self.calls += 1
         token_logps, mask = student_token_logps(model, inputs)

@@ -360,8 +360,8 @@ def test_a_build_saves_its_judge_wording_and_pad_and_the_report_ask_in_it(tmp_pa
     from workbench.encoding import load_mcq_template
     from workbench.gym.build import build_gym, with_overrides
     from workbench.gym.report import gym_report
-    from workbench.methods.pad import mcq_template_for
     from workbench.models import load
+    from workbench.rewards import mcq_template_for
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     cfg = with_overrides(

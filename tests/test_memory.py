@@ -1001,14 +1001,14 @@ def test_the_cli_takes_a_measured_decode_step_time(capsys):
     assert sampling["0.103"] == round(hours["stages"]["sampling"], 1) > 10 * sampling["0"]
 
 
-# --- the chunked log-prob head (trainers.student_token_logps) ---
+# --- the chunked log-prob head (logprobs.student_token_logps) ---
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma2"])
 def test_chunked_token_logps_equal_the_full_computation(kind):
     from transformers import AutoModelForCausalLM
 
-    from workbench.trainers import student_token_logps
+    from workbench.logprobs import student_token_logps
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(small_config(kind, layers=1, kv_heads=4, vocab=300))
@@ -1032,8 +1032,8 @@ def test_qlora_student_trains_with_chunked_logps_and_checkpointing(tiny_gym):
     """The 4-bit (NF4) + LoRA student path on CPU: bitsandbytes forward/backward, gradients reach the adapters."""
     import warnings
 
+    from workbench.logprobs import student_token_logps
     from workbench.models import load
-    from workbench.trainers import student_token_logps
 
     model, tokenizer = load(
         "gym-tiny-student", quantization="4bit", lora=True, gradient_checkpointing=True, device="cpu"

@@ -12,6 +12,7 @@ import torch
 from scipy.stats import binom
 
 from workbench import sample_complexity as S
+from workbench.backends import vllm as vllm_backend
 from workbench.cache import StageCache
 from workbench.methods import adpa as M
 from workbench.topk_cache import teacher_topk
@@ -408,13 +409,12 @@ def test_sample_complexity_experiment_on_the_tiny_gym(tiny_gym, tiny_models):
 def test_adpa_plus_with_teachers_served_by_vllm_trains_like_the_hf_teachers(tiny_gym, stand_in_vllm, tmp_path):
     """``scoring_backend='vllm'``: both teachers' top-k caches come from vLLM engines (one per teacher, released
     after its cache); with engine log-probs equal to the HF models' the loss curve equals the HF run's."""
-    from workbench import sampling
     from workbench.models import resolve
 
     hf = M.run_adpa(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path / "hf"), **TINY))
     served = M.run_adpa(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path / "vllm"), scoring_backend="vllm", **TINY))
     models = {e.kwargs["model"] for e in stand_in_vllm.engines}
-    assert models == {resolve(TINY["teacher_dpo"]), resolve(TINY["teacher_ref"])} and sampling._VLLM_ENGINES == {}
+    assert models == {resolve(TINY["teacher_dpo"]), resolve(TINY["teacher_ref"])} and vllm_backend._VLLM_ENGINES == {}
     curve = lambda result: [(h["stage"], h["loss"]) for h in result.history if "loss" in h]
     assert [s for s, _ in curve(served)] == [s for s, _ in curve(hf)] and len(curve(hf)) >= 2
     torch.testing.assert_close(

@@ -149,11 +149,11 @@ def test_run_pad_trains_a_lora_adapter_only(tiny_gym, tmp_path):
 def test_teacher_rewards_of_shards_merge_into_the_whole_lists_rewards(tiny_models, order, letters, monkeypatch):
     from dataclasses import replace
 
+    from workbench import rewards
     from workbench.gym.world import GYM_MCQ_TEMPLATE
-    from workbench.methods import pad
-    from workbench.methods.pad import teacher_rewards
+    from workbench.rewards import teacher_rewards
 
-    monkeypatch.setattr(pad, "mcq_template_for", lambda tok: replace(GYM_MCQ_TEMPLATE, letters=tuple(letters)))
+    monkeypatch.setattr(rewards, "mcq_template_for", lambda tok: replace(GYM_MCQ_TEMPLATE, letters=tuple(letters)))
     teacher, tok = tiny_models["teacher-dpo"]
     prompts = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
     groups = [[f"{k} {i}", f"{i}", f"{i} {k} {i}"] for k, _ in enumerate(prompts) for i in (k + 1,)]

@@ -316,7 +316,7 @@ def test_the_recipe_bench_runs_every_estimated_phase_at_toy_widths_on_cpu(recipe
 def test_the_recipe_bench_runs_a_bf16_mixed_student_as_the_trainer_does(tmp_path):
     """bf16-mixed (the GPU default of a fully trained student): float32 weights, bfloat16 autocast in training and
     sampling, here on the CPU's autocast."""
-    from workbench.models import autocast_of
+    from workbench.precision import autocast_of
 
     bench = _recipe_bench()
     seen = []

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench.backends import vllm as vllm_backend
 from workbench.cache import StageCache
 
 OFF = StageCache(enabled=False)
@@ -45,8 +46,9 @@ def test_vllm_backend_without_vllm_names_the_install_command(tiny_models, monkey
 
 
 def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm):
+    from workbench.backends.vllm import prompt_seed
     from workbench.encoding import encode_prompt
-    from workbench.sampling import prompt_seed, sample_responses
+    from workbench.sampling import sample_responses
 
     model, tok = tiny_models["student"]
     hf = sample_responses(model, tok, PROMPTS, n=2, batch_size=3, seed=7, max_new_tokens=5, cache=OFF, progress=False)
@@ -91,7 +93,7 @@ def test_vllm_backend_plumbing_with_a_stand_in_engine(tiny_models, stand_in_vllm
 def test_prompt_seeds_lie_further_apart_than_any_n():
     """vLLM seeds sample k of a request with seed + k: request seeds of different prompts (any batch seed, any
     position) must not lie within n of each other."""
-    from workbench.sampling import prompt_seed
+    from workbench.backends.vllm import prompt_seed
 
     seeds = sorted(prompt_seed(s, i) for s in range(60) for i in range(50))
     assert min(b - a for a, b in zip(seeds, seeds[1:])) > 10**6
@@ -147,7 +149,6 @@ def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_ac
 ):
     """``scoring_backend='vllm'``: the teacher is never loaded (folder + tokenizer only), its rewards equal the HF
     teacher's, and a new round's student engine replaces the old student engine only."""
-    from workbench import sampling
     from workbench.methods.pad import PadConfig, load_teacher, sample_and_score
 
     student, tok = tiny_models["student"]
@@ -166,7 +167,7 @@ def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_ac
     by_vllm = sample_and_score(vllm_cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 0)
     # the same samples scored by the loaded teacher
     hf_teacher, hf_tok = load_teacher(hf_cfg)
-    from workbench.methods.pad import teacher_rewards
+    from workbench.rewards import teacher_rewards
 
     by_hf = teacher_rewards(hf_teacher, hf_tok, by_vllm.prompts, by_vllm.groups, alpha=hf_cfg.alpha, seed=0)
     for name, values in by_hf.items():
@@ -174,7 +175,7 @@ def test_pad_scores_through_vllm_like_the_loaded_teacher_and_keeps_its_engine_ac
     assert {e.kwargs["model"] for e in stand_in_vllm.engines} == {student.name_or_path, teacher}
     assert all(e.kwargs["gpu_memory_utilization"] == 0.3 for e in stand_in_vllm.engines)
     sample_and_score(vllm_cfg, student, tok, teacher, teacher_tok, PROMPTS[:3], 1)
-    assert set(sampling._VLLM_ENGINES) == {teacher, str(tmp_path / "vllm_student_round1")}
+    assert set(vllm_backend._VLLM_ENGINES) == {teacher, str(tmp_path / "vllm_student_round1")}
     with pytest.raises(ValueError, match="scoring_backend='tgi'"):
         PadConfig(scoring_backend="tgi")
 
@@ -184,7 +185,7 @@ def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teach
 ):
     """``PladConfig(sampling_backend='vllm')``: the teacher (used black-box, for its samples only) is served by
     vLLM from its folder and never loaded; the student's pre-training samples come from its folder too."""
-    from workbench import models, sampling
+    from workbench import models
     from workbench.methods import plad
 
     loaded = []
@@ -209,7 +210,7 @@ def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teach
     assert sources == [models.resolve("gym-tiny-teacher-dpo"), models.resolve("gym-tiny-student")]
     assert all(e.kwargs["gpu_memory_utilization"] == 0.4 for e in stand_in_vllm.engines)
     assert [len(requests) for requests, _ in stand_in_vllm.calls] == [6, 6]  # one teacher and one student sample each
-    assert sampling._VLLM_ENGINES == {}  # released before training
+    assert vllm_backend._VLLM_ENGINES == {}  # released before training
     assert result.metrics["pairs"]["n_pairs"] >= 1 and result.metrics["pairs"]["n_input"] == 6
     with pytest.raises(ValueError, match="sampling_backend='tgi'"):
         plad.PladConfig(sampling_backend="tgi")
@@ -218,12 +219,11 @@ def test_plad_samples_teacher_and_student_through_vllm_without_loading_the_teach
 def test_a_cpu_vllm_engine_prefills_prompts_whole_unless_told_otherwise(tiny_models, stand_in_vllm, monkeypatch):
     """vLLM's CPU build crashes on seeded requests prefilled in chunks: on its CPU platform an engine is built with
     ``enable_chunked_prefill=False`` unless the options say otherwise; elsewhere nothing is added."""
-    from workbench import sampling
 
-    sampling.vllm_engine("gpu-model", 0, max_model_len=64)
-    monkeypatch.setattr(sampling, "_runs_on_cpu", lambda: True)
-    sampling.vllm_engine("cpu-model", 0)
-    sampling.vllm_engine("cpu-model-chunked", 0, enable_chunked_prefill=True)
+    vllm_backend.vllm_engine("gpu-model", 0, max_model_len=64)
+    monkeypatch.setattr(vllm_backend, "_runs_on_cpu", lambda: True)
+    vllm_backend.vllm_engine("cpu-model", 0)
+    vllm_backend.vllm_engine("cpu-model-chunked", 0, enable_chunked_prefill=True)
     kwargs = [e.kwargs for e in stand_in_vllm.engines]
     assert kwargs == [
         {"model": "gpu-model", "seed": 0, "max_model_len": 64},

@@ -272,11 +272,11 @@ class HeadInputs:
     """Records the shape of every input the output head receives (the logits it makes are (*shape[:-1], V))."""
 
     def __init__(self, model):
-        from workbench.trainers import _unwrapped
+        from workbench.logprobs import unwrapped
 
         self.shapes = []
         self.handle = (
-            _unwrapped(model)
+            unwrapped(model)
             .get_output_embeddings()
             .register_forward_hook(lambda module, args, out: self.shapes.append(tuple(args[0].shape)))
         )
@@ -338,7 +338,7 @@ def test_mcq_head_at_the_last_position_equals_the_full_logits(tiny_models, name)
 def test_scorers_equal_their_full_logits_fallback(tiny_models, name, monkeypatch, caplog):
     """End to end, both scorers give the numbers of the plain-forward path (``model(...).logits``), which they
     fall back to, with a logged reason, for a model without a separate decoder and head."""
-    from workbench import scoring
+    from workbench import logprobs, scoring
     from workbench.cache import StageCache
 
     model, tok = parity_model(name, tiny_models)
@@ -346,8 +346,8 @@ def test_scorers_equal_their_full_logits_fallback(tiny_models, name, monkeypatch
     kwargs = dict(template=GYM_MCQ_TEMPLATE, order="cyclic", cache=off)
     chunked = scoring.response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, logits_chunk=2, cache=off)
     mcq = scoring.mcq_selection_logprobs(model, tok, ["sort 3 1 2", "max 4 9"], PARITY_GROUPS, **kwargs)
-    monkeypatch.setattr(scoring, "hidden_state_head", lambda model: "no separate head (test)")
-    monkeypatch.setattr(scoring, "_warned", set())
+    monkeypatch.setattr(logprobs, "hidden_state_head", lambda model: "no separate head (test)")
+    monkeypatch.setattr(logprobs, "_warned", set())
     with caplog.at_level("WARNING", logger="workbench.scoring"):
         full = scoring.response_token_logps(model, tok, PARITY_PROMPTS, PARITY_RESPONSES, cache=off)
         mcq_full = scoring.mcq_selection_logprobs(model, tok, ["sort 3 1 2", "max 4 9"], PARITY_GROUPS, **kwargs)
@@ -377,7 +377,7 @@ def test_the_softcap_and_lora_parity_models_are_sensitive(tiny_models):
 
 def test_scoring_chunk_reads_the_environment_and_refuses_nonsense(monkeypatch):
     from workbench import memory
-    from workbench.scoring import DEFAULT_LOGITS_CHUNK, scoring_chunk
+    from workbench.logprobs import DEFAULT_LOGITS_CHUNK, scoring_chunk
 
     assert DEFAULT_LOGITS_CHUNK == memory.SCORING_CHUNK  # the estimator models the scorer's default
     monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from topk_checks import assert_same_topk
 
+from workbench.backends import vllm as vllm_backend
 from workbench.cache import StageCache
 from workbench.encoding import collate_examples
 from workbench.losses.adpa import tail_logmass, topk_forward_kl
@@ -154,7 +155,6 @@ def test_teacher_is_released_after_caching(teacher, student_tok, tmp_path, monke
 def test_vllm_topk_cache_equals_the_hf_cache_through_a_stand_in_engine(teacher, student_tok, stand_in_vllm):
     """ADPA's teacher top-k from a vLLM engine's prompt log-probs (``prompt_logprobs=k``, the engine built with
     ``max_logprobs`` ≥ k) equals the HF cache when the engine's log-probs are the same model's."""
-    from workbench import sampling
     from workbench.models import resolve
 
     model, tok = teacher
@@ -173,7 +173,7 @@ def test_vllm_topk_cache_equals_the_hf_cache_through_a_stand_in_engine(teacher, 
     )
     (engine,) = stand_in_vllm.engines
     assert engine.kwargs["model"] == resolve("gym-tiny-teacher-dpo") and engine.kwargs["max_logprobs"] == k
-    assert sampling._VLLM_ENGINES == {}  # released after caching, as the HF teacher is freed
+    assert vllm_backend._VLLM_ENGINES == {}  # released after caching, as the HF teacher is freed
     assert_same_topk(vllm, hf, atol=1e-5)
     with pytest.raises(ValueError, match="backend='tgi'"):
         teacher_topk_by_name("gym-tiny-teacher-dpo", student_tok, PROMPTS, RESPONSES, k=k, cache=off, backend="tgi")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from topk_checks import assert_same_topk
 
+from workbench.backends import vllm as vllm_backend
 from workbench.cache import StageCache
 
 pytestmark = pytest.mark.vllm
@@ -30,7 +31,7 @@ ENGINE = {
 }
 # the student's sampling engine: a 64-token step budget makes it prefill a batch of prompts over many steps, where
 # vLLM's CPU build crashed on seeded requests prefilled in chunks ("CPU Generator does not use offset";
-# ``sampling.vllm_engine`` turns chunked prefill off on a CPU)
+# ``vllm_backend.vllm_engine`` turns chunked prefill off on a CPU)
 STUDENT_ENGINE = {**ENGINE, "max_num_batched_tokens": 64, "max_model_len": 64}
 PROMPTS = ["sort 3 1 2", "max 1 9", "reverse 4 5", "add 2 2", "copy 7", "sort 9 8", "max 4 4"]
 
@@ -60,11 +61,10 @@ def no_stage_cache(monkeypatch):
 @pytest.fixture(scope="module", autouse=True)
 def engines():
     """The module's vLLM engines (kept between tests: one start each), shut down at its end."""
-    from workbench import sampling
 
-    sampling.release_vllm_engines()
-    yield sampling._VLLM_ENGINES
-    sampling.release_vllm_engines()
+    vllm_backend.release_vllm_engines()
+    yield vllm_backend._VLLM_ENGINES
+    vllm_backend.release_vllm_engines()
 
 
 def _load(folder):
@@ -106,7 +106,6 @@ def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
     """Same student, same temperature, different random numbers: the mean gold reward and length of 800 samples
     per backend agree within sampling error (4 standard errors); a temperature ignored by either would not. The
     engine prefills these prompts over many steps (``STUDENT_ENGINE``), and its samples reproduce."""
-    from workbench import sampling
     from workbench.gym.world import gold_reward, make_prompts
     from workbench.sampling import sample_responses
 
@@ -145,7 +144,7 @@ def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
         cache=OFF,
         progress=False,
     )
-    engine = sampling._VLLM_ENGINES[gym32["student"]]
+    engine = vllm_backend._VLLM_ENGINES[gym32["student"]]
     assert not engine.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill  # set on a CPU
     assert again["response_ids"] == stats["vllm", 2.0][2]
 
@@ -165,7 +164,6 @@ def test_sampled_responses_follow_the_hf_backends_distribution(gym32):
 def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32, monkeypatch):
     """MCQ letters are read from one request per prompt (``logprob_token_ids``, vLLM ≥ 0.32) and, as with an older
     vLLM, from prompt log-probs of prompt + each letter: both equal the HF scores."""
-    from workbench import sampling
     from workbench.gym.world import GYM_MCQ_TEMPLATE
     from workbench.scoring import mcq_selection_logprobs, response_token_logps
 
@@ -179,9 +177,9 @@ def test_likelihood_and_mcq_scores_equal_the_hf_backend(gym32, monkeypatch):
         assert torch.equal(vllm[1], hf[1])
         torch.testing.assert_close(vllm[0], hf[0], atol=2e-5, rtol=1e-5)
     groups = [["1 2 3", "3 2 1", "hate 1 2 3"], ["9", "1", "sure 9"], ["4", "5", "22"]]
-    assert sampling._takes_logprob_token_ids(sampling.import_vllm())
+    assert vllm_backend._takes_logprob_token_ids(vllm_backend.import_vllm())
     for order, one_request_per_prompt in (("random", True), ("cyclic", True), ("random", False)):
-        monkeypatch.setattr(sampling, "_takes_logprob_token_ids", lambda vllm: one_request_per_prompt)
+        monkeypatch.setattr(vllm_backend, "_takes_logprob_token_ids", lambda vllm: one_request_per_prompt)
         hf = mcq_selection_logprobs(model, tok, prompts, groups, template=GYM_MCQ_TEMPLATE, order=order, cache=OFF)
         vllm = mcq_selection_logprobs(
             model.name_or_path,
@@ -214,7 +212,6 @@ def test_gsm8k_answers_through_vllm_equal_the_hf_answers(gym32):
 
 
 def test_adpa_topk_cache_equals_the_hf_cache(gym32):
-    from workbench import sampling
     from workbench.topk_cache import teacher_topk, teacher_topk_by_name
 
     model, tok = _load(gym32["teacher-dpo"])
@@ -225,14 +222,13 @@ def test_adpa_topk_cache_equals_the_hf_cache(gym32):
     vllm = teacher_topk_by_name(
         gym32["teacher-dpo"], student_tok, prompts, responses, k=k, cache=OFF, backend="vllm", engine_options=ENGINE
     )
-    assert gym32["teacher-dpo"] not in sampling._VLLM_ENGINES  # released after caching, as the HF teacher is freed
+    assert gym32["teacher-dpo"] not in vllm_backend._VLLM_ENGINES  # released after caching, as the HF teacher is freed
     assert_same_topk(vllm, hf, atol=2e-5)
 
 
 def test_pad_with_a_vllm_teacher_trains_like_the_hf_teacher_and_resamples_through_vllm(gym32, tmp_path, monkeypatch):
     """PAD with the teacher served by vLLM gives the HF teacher's loss curve on the same (HF) samples; with both
     backends on vLLM and 2 iterations, round 2 samples the trained student saved to disk."""
-    from workbench import sampling
     from workbench.methods.pad import PadConfig, run_pad
 
     common = dict(
@@ -255,9 +251,9 @@ def test_pad_with_a_vllm_teacher_trains_like_the_hf_teacher_and_resamples_throug
     torch.testing.assert_close(torch.tensor(curve(served)), torch.tensor(curve(hf)), atol=1e-4, rtol=1e-4)
 
     started = []
-    real_engine = sampling.vllm_engine
+    real_engine = vllm_backend.vllm_engine
     monkeypatch.setattr(
-        sampling, "vllm_engine", lambda source, *a, **kw: started.append(source) or real_engine(source, *a, **kw)
+        vllm_backend, "vllm_engine", lambda source, *a, **kw: started.append(source) or real_engine(source, *a, **kw)
     )
     both = run_pad(
         PadConfig(
@@ -270,11 +266,11 @@ def test_pad_with_a_vllm_teacher_trains_like_the_hf_teacher_and_resamples_throug
     assert (tmp_path / "both" / "vllm_student_round1" / "model.safetensors").exists()
     # round 0 samples the student's folder, round 1 the trained student saved to disk; the teacher's engine scores
     assert set(started) == {gym32["student"], gym32["teacher-dpo"], str(tmp_path / "both" / "vllm_student_round1")}
-    assert sampling._VLLM_ENGINES == {}  # the run shut its engines down at its end
+    assert vllm_backend._VLLM_ENGINES == {}  # the run shut its engines down at its end
 
 
 def test_plad_samples_its_pairs_through_vllm_without_loading_the_teacher(gym32, tmp_path, monkeypatch):
-    from workbench import models, sampling
+    from workbench import models
     from workbench.methods import plad
 
     loaded = []
@@ -295,6 +291,6 @@ def test_plad_samples_its_pairs_through_vllm_without_loading_the_teacher(gym32, 
     )
     result = plad.run_plad(cfg)
     assert loaded == [gym32["student"]]  # the teacher was never loaded
-    assert sampling._VLLM_ENGINES == {}  # released before training
+    assert vllm_backend._VLLM_ENGINES == {}  # released before training
     assert result.metrics["pairs"]["n_input"] == 16 and result.metrics["pairs"]["n_pairs"] >= 1
     assert all(np.isfinite(h["loss"]) for h in result.history if "loss" in h)

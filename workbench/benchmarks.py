@@ -87,11 +87,11 @@ def _load(source: str | Path, *, hub_config: str | None, split: str) -> datasets
     if str(source).startswith("hf://"):
         kind = "parquet" if str(source).endswith(".parquet") else "json"
         return datasets.load_dataset(kind, data_files=str(source), split="train")
-    from workbench.data import LOCAL_SUFFIXES, _load_local
+    from workbench.data import LOCAL_SUFFIXES, load_local
 
     path = Path(source)
     if path.suffix in LOCAL_SUFFIXES or path.exists():
-        return _load_local(path)
+        return load_local(path)
     return datasets.load_dataset(str(source), hub_config, split=split)
 
 
@@ -221,9 +221,9 @@ def alpaca_eval_outputs(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from workbench.backends.vllm import release_vllm_engines
     from workbench.evaluate import alpaca_eval_command
     from workbench.models import load, load_tokenizer, resolve
-    from workbench.sampling import release_vllm_engines
 
     parser = argparse.ArgumentParser(prog="python -m workbench.benchmarks", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)

@@ -150,9 +150,9 @@ def _mask_kinds(layer_types, alternating_sliding: bool) -> int:
 
 
 def _gym_dims(name: str) -> ModelDims | None:
-    from workbench.models import _gym_preset
+    from workbench.models import gym_preset
 
-    preset = _gym_preset(name)
+    preset = gym_preset(name)
     if preset is None:
         return None
     from workbench.gym.build import SIZES
@@ -610,7 +610,8 @@ class RunShape:
     model_configs: Any = None
 
     def __post_init__(self):
-        from workbench.trainers import checkpointing_argument, env_training_overrides, logits_chunk_setting
+        from workbench.logprobs import logits_chunk_setting
+        from workbench.trainers import checkpointing_argument, env_training_overrides
 
         if self.device is None:
             import torch
@@ -671,10 +672,10 @@ def _gym_judge_letters(teacher: str | None) -> int | None:
     if not teacher or not teacher.startswith("gym-"):
         return None
     from workbench.gym.build import SIZES
-    from workbench.models import _gym_preset
+    from workbench.models import gym_preset
 
     try:
-        found = _gym_preset(teacher)
+        found = gym_preset(teacher)
     except ValueError:
         return None
     return SIZES[found[0]].mcq_options[1] if found else None
@@ -834,7 +835,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         "dequantize": dequant_transient_bytes(student, shape.student_quantization, sb),
     }
     if autocast:
-        # a bf16-mixed student samples under autocast (workbench.models.autocast_of): one bfloat16 copy of its
+        # a bf16-mixed student samples under autocast (workbench.precision.autocast_of): one bfloat16 copy of its
         # weights for the call; its keys stay float32 after RoPE (the residual stream's dtype), values bfloat16
         phases["sampling"].update(
             autocast_weight_copies=autocast_weight_bytes(student, 2, layers=student.layers, head=True),

@@ -165,7 +165,7 @@ def _converted_folder(name: str, write: Callable[[Path], None]) -> Path:
     return folder
 
 
-def _gym_preset(name: str) -> tuple[str, str] | None:
+def gym_preset(name: str) -> tuple[str, str] | None:
     """'gym-tiny-student' -> ('tiny', 'student'); 'gym-student' -> ('default', 'student'); else None."""
     if not name.startswith("gym-"):
         return None
@@ -196,7 +196,7 @@ def preset_names() -> list[str]:
 def model_identity(name_or_path: str) -> str:
     """What a name stands for, without loading or building it: a gym preset names its build (``gym-student`` →
     ``gym-student@default-<config hash>``), so records made on another gym build tell themselves apart."""
-    gym = _gym_preset(name_or_path)
+    gym = gym_preset(name_or_path)
     if gym is None:
         return name_or_path
     from workbench.gym.build import SIZES
@@ -209,14 +209,14 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     """A hash of a gym preset's weights (:func:`workbench.weights.folder_weights_hash`); None for other models.
     :func:`model_identity` names the build's recipe; records of a comparison note this too, so records made on a
     rebuild (other weights of the same recipe) are told apart (``workbench.compare``)."""
-    if _gym_preset(name_or_path) is None:
+    if gym_preset(name_or_path) is None:
         return None
     return folder_weights_hash(Path(resolve(name_or_path)))
 
 
 def resolve(name_or_path: str) -> str:
     """The local folder or hub id that ``name_or_path`` loads from (builds or converts presets on demand)."""
-    gym = _gym_preset(name_or_path)
+    gym = gym_preset(name_or_path)
     if gym is not None:
         from workbench.gym.store import find_gym
 
@@ -335,33 +335,6 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype = t
     raise ValueError(f"quantization={quantization!r}; use None, '4bit' (NF4, QLoRA) or '8bit'")
 
 
-AUTOCAST_ATTRIBUTE = "workbench_autocast"  # set on a bf16-mixed student: its float32 weights compute in this dtype
-
-
-def mark_autocast(model, dtype: torch.dtype | None):
-    """Record that ``model`` (float32 weights) trains under ``dtype`` autocast, so its sampling runs so too."""
-    setattr(model, AUTOCAST_ATTRIBUTE, dtype)
-    return model
-
-
-def autocast_dtype(model) -> torch.dtype | None:
-    """The dtype ``model`` (or the model inside its DDP / accelerate wrapper) computes in under autocast
-    (:func:`mark_autocast`), or None."""
-    from workbench.trainers import _unwrapped
-
-    return getattr(_unwrapped(model), AUTOCAST_ATTRIBUTE, None)
-
-
-def autocast_of(model):
-    """The autocast context ``model`` computes in: bfloat16 for a bf16-mixed student (:func:`mark_autocast`), else
-    none. ``workbench.sampling`` generates under it, so a float32 student samples at bfloat16 speed: autocast keeps
-    one bfloat16 copy of its weights for the whole call."""
-    dtype = autocast_dtype(model)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
-
-
 def lora_config(lora):
     """``lora`` as a peft ``LoraConfig``: pass one, a dict of its fields, or True for r=8 on all linear layers."""
     from peft import LoraConfig
@@ -451,7 +424,7 @@ def load(
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": device})
     # a gym model loads in milliseconds: no "Loading weights" bar per load (notebooks load them dozens of times)
-    with _quiet_progress(_gym_preset(name_or_path) is not None):
+    with _quiet_progress(gym_preset(name_or_path) is not None):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)

@@ -226,7 +226,7 @@ def continuation_logps(
     model, sequences: torch.Tensor, start: int, mask: torch.Tensor, batch_size: int = 512
 ) -> torch.Tensor:
     """Σ log π(y_j | y_<j) over positions ``start ..`` where ``mask`` is set: (N, L) ids → (N,)."""
-    from workbench.scoring import gather_token_logps
+    from workbench.logprobs import gather_token_logps
 
     out = []
     for i in range(0, len(sequences), batch_size):

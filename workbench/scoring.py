@@ -12,142 +12,20 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from workbench.cache import StageCache, content_hash, default_cache, model_fingerprint, tokenizer_fingerprint
 from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate, PromptLike, as_messages, collate_examples, prompt_text
+from workbench.logprobs import (
+    batch_response_token_logps,
+    last_position_logits,
+    scoring_chunk,
+)
 
 logger = logging.getLogger("workbench.scoring")
-
-DEFAULT_LOGITS_CHUNK = 256  # positions per row per head chunk when $WORKBENCH_LOGITS_CHUNK is off (memory.py too)
-# config fields whose model forward rescales the head's logits in a way head_logits does not (Cohere, Granite)
-UNMODELLED_LOGIT_SCALES = ("logit_scale", "logits_scaling")
-_warned: set[str] = set()
-
-
-def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """log softmax(logits)[label] per position, computed ``chunk`` positions at a time.
-
-    Args:
-        logits: (B, T, V), ``logits[:, t]`` predicts ``labels[:, t]``.
-        labels: (B, T) token ids (any value where masked; clamped to a valid id).
-    Returns:
-        token_logps: (B, T).
-    """
-    out = []
-    for start in range(0, logits.shape[1], chunk):
-        part = logits[:, start : start + chunk].float()  # (B, c, V)
-        ids = labels[:, start : start + chunk].clamp(min=0).unsqueeze(-1)
-        # $\log p(y_t) = f_t - \log Z_t$
-        out.append(part.gather(-1, ids).squeeze(-1) - torch.logsumexp(part, dim=-1))
-    return torch.cat(out, dim=1)
-
-
-def scoring_chunk(logits_chunk: int | None = None) -> int:
-    """Positions per row per head chunk: ``logits_chunk``, else ``$WORKBENCH_LOGITS_CHUNK``, else 256."""
-    from workbench.trainers import logits_chunk_setting
-
-    chunk = logits_chunk if logits_chunk is not None else (logits_chunk_setting() or DEFAULT_LOGITS_CHUNK)
-    if int(chunk) < 1:
-        raise ValueError(f"logits_chunk={logits_chunk!r}; use a positive number of positions such as 128")
-    return int(chunk)
-
-
-def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
-    """The output head on final hidden states, as the model's forward computes its logits, in float32 (no grad).
-
-    Gemma-2 soft-caps the final logits: $f \\leftarrow c \\tanh(f / c)$, here in place (one (·, V) buffer, not
-    three as the autograd-safe ``trainers._head_logps_at`` needs).
-
-    Args:
-        hidden: (..., H) after the decoder's final norm.
-    Returns:
-        logits: (..., V) float32.
-    """
-    logits = head(hidden).float()
-    if softcap:
-        logits.div_(softcap).tanh_().mul_(softcap)
-    return logits
-
-
-def hidden_state_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | str:
-    """``(decoder, head_fn)`` of a causal LM (unwrapped from DDP / peft), or the reason the logits cannot be
-    recomputed from the decoder's hidden states (the caller then runs the plain forward).
-
-    ``decoder(input_ids=, attention_mask=, use_cache=False).last_hidden_state`` is (B, T, H) after the final norm;
-    ``head_fn(hidden (..., H)) -> (..., V)`` float32 logits equal to the forward's (Gemma-2/3 soft-capping included).
-    """
-    from workbench.trainers import _unwrapped
-
-    inner = _unwrapped(model)
-    peft_config = getattr(inner, "active_peft_config", None)
-    if getattr(peft_config, "is_prompt_learning", False):
-        return "a prompt-learning adapter adds virtual tokens in the peft wrapper's forward"
-    get_decoder, get_head = getattr(inner, "get_decoder", None), getattr(inner, "get_output_embeddings", None)
-    if not callable(get_decoder) or not callable(get_head):
-        return f"{type(inner).__name__} has no get_decoder() / get_output_embeddings()"
-    decoder, head = get_decoder(), get_head()
-    if decoder is None or decoder is inner or head is None:
-        return f"{type(inner).__name__} exposes no separate decoder and output head"
-    config = getattr(inner, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in UNMODELLED_LOGIT_SCALES:
-        if getattr(text_config, name, None) not in (None, 1, 1.0):
-            return f"its config sets {name}={getattr(text_config, name)!r}, which its forward applies to the logits"
-    softcap = getattr(text_config, "final_logit_softcapping", None)
-    return decoder, lambda hidden: head_logits(hidden, head, softcap)
-
-
-def _fallback(model, reason: str) -> None:
-    key = f"{type(model).__name__}: {reason}"
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning("scoring %s with full (B, T, V) logits (model(...).logits): %s", type(model).__name__, reason)
-
-
-def response_logit_chunks(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor, chunk: int
-):
-    """Float32 logits at the target positions of one batch, flat in row-major order, a chunk at a time (no grad).
-
-    The decoder runs once; the head is applied to the target positions only, ``chunk`` positions per row
-    (B·chunk rows) at a time, so at most (B, chunk, V) float32 logits exist while a consumer reduces each chunk.
-
-    Args:
-        input_ids, attention_mask: (B, L) on the model's device.
-        target_mask: (B, L-1) bool, True where position t's distribution (which scores token t+1) is wanted.
-    Yields:
-        (logits (m, V), start) for consecutive slices ``[start, start + m)`` of the M = target_mask.sum() targets,
-        in the order of ``target_mask.nonzero()``.
-    """
-    step = chunk * input_ids.shape[0]
-    found = hidden_state_head(model)
-    if isinstance(found, str):
-        _fallback(model, found)
-        rows = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target_mask]  # (M, V)
-        head_fn = torch.Tensor.float
-    else:
-        decoder, head_fn = found
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = hidden[:, :-1][target_mask]  # (M, H): the head never sees prompt or padding positions
-        del hidden  # (B, L, H) freed before any logits exist
-    for start in range(0, len(rows), step):
-        yield head_fn(rows[start : start + step]), start
-
-
-def batch_response_token_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor, chunk: int
-) -> torch.Tensor:
-    """log p(y_t | y_<t, x) at the target positions of one batch (see :func:`response_logit_chunks`): (M,)."""
-    labels = input_ids[:, 1:][target_mask]  # (M,)
-    parts = [
-        gather_token_logps(logits[None], labels[None, start : start + len(logits)], chunk=len(logits))[0]
-        for logits, start in response_logit_chunks(model, input_ids, attention_mask, target_mask, chunk)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0, device=input_ids.device)
 
 
 SCORING_BACKENDS = ("hf", "vllm")
@@ -160,7 +38,7 @@ def check_scoring_backend(backend: str, name: str = "backend") -> None:
 
 
 def _score_key(model, tokenizer, prompts, responses, backend: str = "hf", engine_options: dict | None = None, **params):
-    from workbench.sampling import model_source, source_fingerprint, vllm_cache_identity
+    from workbench.backends.vllm import model_source, source_fingerprint, vllm_cache_identity
 
     key = {
         # vLLM reads the weights from the model's folder / hub id, so that is what identifies them
@@ -241,8 +119,8 @@ def response_token_logps(
     )
 
     def compute_vllm():
+        from workbench.backends.vllm import vllm_prompt_logprobs
         from workbench.encoding import encode_within
-        from workbench.sampling import vllm_prompt_logprobs
 
         encoded = [encode_within(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
         _log_truncated(sum(cut for _, _, cut in encoded), len(encoded), max_length)
@@ -315,28 +193,6 @@ def response_logits(model, tokenizer, prompt: PromptLike, response: str) -> dict
 # --- multiple-choice selection probability (PAD Eq. 8) ---
 
 
-def last_position_logits(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: torch.Tensor
-) -> torch.Tensor:
-    """Float32 logits of the next token after each row's last real position (no grad): the decoder's
-    hidden states (b, T, H), then the head on the b rows ``hidden[i, last[i]]`` only, never (b, T, V).
-
-    Args:
-        input_ids, attention_mask: (b, T), right-padded.
-        last: (b,) index of each row's last real token.
-    Returns:
-        next_logits: (b, V).
-    """
-    rows = torch.arange(len(last), device=last.device)
-    found = hidden_state_head(model)
-    if isinstance(found, str):
-        _fallback(model, found)
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, last].float()
-    decoder, head_fn = found
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return head_fn(hidden[rows, last])  # (b, H) -> (b, V)
-
-
 def option_letter_ids(tokenizer, context: str, letters: Sequence[str]) -> list[list[int]]:
     """Token ids that spell each option letter right after ``context`` (the rendered MCQ prompt).
 
@@ -365,7 +221,7 @@ def option_letter_ids(tokenizer, context: str, letters: Sequence[str]) -> list[l
     return result
 
 
-def _orders(n: int, order: str, rng: random.Random) -> list[list[int]]:
+def option_orders(n: int, order: str, rng: random.Random) -> list[list[int]]:
     """Option orders to present: the response at position j of order o is ``responses[o[j]]``."""
     if order == "identity":
         return [list(range(n))]
@@ -414,9 +270,9 @@ def _vllm_letter_logits(
     model, encoded: list[list[int]], letter_ids: list[list[int]], engine_options: dict | None, progress: bool
 ) -> torch.Tensor:
     """As :func:`_hf_letter_logits` from a vLLM engine: log p(spelling | prompt) of each letter spelling
-    (:func:`workbench.sampling.vllm_next_token_logprobs`; = its logit up to the prompt's log-normaliser, which the
+    (:func:`workbench.backends.vllm.vllm_next_token_logprobs`; = its logit up to the prompt's log-normaliser, which the
     renormalisation over letters cancels)."""
-    from workbench.sampling import vllm_next_token_logprobs
+    from workbench.backends.vllm import vllm_next_token_logprobs
 
     spellings = [i for ids in letter_ids for i in ids]
     last = torch.tensor(
@@ -496,7 +352,7 @@ def mcq_selection_logprobs(
         jobs = []  # (group index, the responses shown, in letter order) per rendered MCQ prompt
         texts = []
         for g, (prompt, group) in enumerate(zip(prompts, response_groups)):
-            for o in _orders(n, order, rng):
+            for o in option_orders(n, order, rng):
                 for part in slices:
                     shown = [o[j] for j in part]
                     jobs.append((g, shown))

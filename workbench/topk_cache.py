@@ -140,8 +140,8 @@ def _response_topk(teacher, batch: dict, k: int, vocab_size: int, chunk: int):
     Returns:
         per row: (ids (T_b, k) int32, logps (T_b, k) float32, tail (T_b,) float32).
     """
+    from workbench.logprobs import response_logit_chunks
     from workbench.losses.adpa import tail_logmass
-    from workbench.scoring import response_logit_chunks
 
     device = teacher.device
     target = batch["response_mask"][:, 1:].to(device)  # (B, L-1): position p predicts a response token
@@ -191,9 +191,9 @@ def vllm_teacher_topk(
     prompt log-probs at each response position (``prompt_logprobs=k``; the engine is built with ``max_logprobs``
     ≥ k). Ids at or past the student's vocabulary size are dropped as in the HF path (their mass stays in the tail).
     """
+    from workbench.backends.vllm import source_fingerprint, vllm_cache_identity, vllm_prompt_logprob_entries
     from workbench.encoding import encode_within
     from workbench.losses.adpa import tail_logmass
-    from workbench.sampling import source_fingerprint, vllm_cache_identity, vllm_prompt_logprob_entries
 
     vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
     cache = cache or default_cache()
@@ -255,12 +255,12 @@ def teacher_topk(
         prompts, responses: N pairs.
         k: entries per position (ADPA §4.1: 50); at most the vocabulary size.
         logits_chunk: response positions per row through the head at a time (default as in
-            :func:`workbench.scoring.scoring_chunk`); changes memory, not the result.
+            :func:`workbench.logprobs.scoring_chunk`); changes memory, not the result.
     Returns:
         :class:`TopkCache` with N entries.
     """
     vocab_size = _check_topk_inputs(teacher_tokenizer, student_tokenizer, prompts, responses, k)
-    from workbench.scoring import scoring_chunk
+    from workbench.logprobs import scoring_chunk
 
     chunk = scoring_chunk(logits_chunk)
     cache = cache or default_cache()
@@ -320,8 +320,8 @@ def topk_teacher(
     with one teacher in memory throughout; nothing is loaded when the block never calls it. ``backend="vllm"``: a
     vLLM engine serves the teacher instead (:func:`vllm_teacher_topk`) and is released when the block ends.
     """
+    from workbench.backends.vllm import release_vllm_engines
     from workbench.models import load, load_tokenizer, resolve
-    from workbench.sampling import release_vllm_engines
     from workbench.scoring import check_scoring_backend
 
     check_scoring_backend(backend)

@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import datasets
@@ -23,6 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from workbench.divergence import DivergenceGuard
 from workbench.encoding import collate_examples
+from workbench.logprobs import chunked_logps_at, logits_chunk_setting
 from workbench.stored import CorruptFile, read_verified, write_verified
 
 logger = logging.getLogger("workbench.trainers")
@@ -95,7 +95,6 @@ def training_arguments(
 
 
 TRAINING_ARGS_ENV = "WORKBENCH_TRAINING_ARGS"
-LOGITS_CHUNK_ENV = "WORKBENCH_LOGITS_CHUNK"
 
 
 def env_training_overrides() -> dict:
@@ -140,20 +139,6 @@ def checkpointing_arguments(kwargs: dict | None = None) -> dict:
     default, non-reentrant (which works with frozen inputs — LoRA — without ``enable_input_require_grads``)."""
     name = checkpointing_argument()
     return {name: True, f"{name}_kwargs": kwargs or {"use_reentrant": False}}
-
-
-def logits_chunk_setting() -> int | None:
-    """Positions per chunk for :func:`student_token_logps` from ``$WORKBENCH_LOGITS_CHUNK`` (unset or 0: off)."""
-    raw = os.environ.get(LOGITS_CHUNK_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        chunk = int(raw)
-    except ValueError:
-        raise ValueError(f"${LOGITS_CHUNK_ENV}={raw!r}; use a number of positions such as 128, or 0 for off") from None
-    if chunk < 0:
-        raise ValueError(f"${LOGITS_CHUNK_ENV}={chunk}; use a positive number of positions, or 0 for off")
-    return chunk or None
 
 
 def train_sft(
@@ -386,129 +371,6 @@ def set_threads() -> None:
 
 
 # --- distillation: one Trainer subclass, the method supplies the objective ---
-
-
-def student_token_logps(model, batch: dict, *, logits_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the batch's response tokens under ``model`` (with gradient).
-
-    ``logits_chunk`` (default ``$WORKBENCH_LOGITS_CHUNK``, off) computes them ``logits_chunk`` positions at a time
-    from the final hidden states (:func:`chunked_token_logps`) so no (B, L, V) logits tensor is kept for backward.
-
-    Returns ``token_logps (B, L-1)`` and ``mask (B, L-1)`` where position t scores token t+1.
-    """
-    from workbench.scoring import gather_token_logps
-
-    chunk = logits_chunk if logits_chunk is not None else logits_chunk_setting()
-    if chunk:
-        token_logps = chunked_token_logps(model, batch["input_ids"], batch["attention_mask"], chunk)
-        return token_logps, batch["response_mask"][:, 1:]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    token_logps = gather_token_logps(logits[:, :-1], batch["input_ids"][:, 1:])
-    return token_logps, batch["response_mask"][:, 1:]
-
-
-def _unwrapped(model):
-    """The causal LM inside DDP / accelerate wrappers (a peft model forwards attribute access to its base)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
-def _head_logps_at(hidden: torch.Tensor, ids: torch.Tensor, head, softcap: float | None) -> torch.Tensor:
-    """log softmax(head(hidden)) at ``ids`` for one chunk: hidden (B, c, H), ids (B, c, J) -> (B, c, J)."""
-    logits = head(hidden).float()  # (B, c, V)
-    if softcap:  # Gemma-2 final-logit soft-capping, as its forward applies it
-        logits = torch.tanh(logits / softcap) * softcap
-    # $\log p(a) = f_a - \log Z$
-    return logits.gather(-1, ids.clamp(min=0)) - torch.logsumexp(logits, dim=-1, keepdim=True)
-
-
-def _head_function(head: torch.nn.Module):
-    """The output head as a function of hidden states, for calls outside the model's forward.
-
-    A head that FSDP2 shards in a group of its own (accelerate's FSDP2 puts the final norm, the output layer and tied
-    input embeddings in one group that stays unsharded after forward) is applied through its weight: calling the
-    module would run that group's hooks once per chunk, and the first chunk's post-backward would reshard (free) the
-    weight the other chunks still read (a segfault on CPU, found by tests/test_accelerate.py). Its weight is the
-    unsharded tensor from the end of forward until the group's own post-backward, which runs after every chunk's
-    backward (the chunks read the final hidden states, the group's output), so the gradients land where FSDP
-    reduce-scatters them."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch without FSDP2
-        return head
-    if not isinstance(head, FSDPModule):
-        return head
-    weight, bias = head.weight, getattr(head, "bias", None)
-    if type(weight).__name__ == "DTensor":
-        raise RuntimeError(
-            "the FSDP-sharded output layer is resharded after the model's forward, so the chunked head "
-            "cannot read it: keep the output layer unsharded after forward (accelerate's FSDP2 does "
-            "for its final-norm/output group), or train with logits_chunk 0"
-        )
-    return partial(torch.nn.functional.linear, weight=weight, bias=bias)
-
-
-def output_vocab_size(model) -> int:
-    """V of the model's output head (its logits' last dimension)."""
-    inner = _unwrapped(model)
-    head = inner.get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else int(inner.config.vocab_size)
-
-
-def chunked_logps_at(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    ids: torch.Tensor,
-    chunk: int,
-    *,
-    output_hidden_states: bool = False,
-):
-    """The student's log-probs at ``ids`` through the output head ``chunk`` positions at a time, each chunk
-    recomputed in backward.
-
-    The model runs once with ``output_hidden_states`` and ``logits_to_keep=1`` (so its own forward, and any DDP
-    wrapper's hooks, still run); the head is applied to the final (normed) hidden states per chunk under
-    activation checkpointing, so at most (B, chunk, V) logits exist at a time, in forward and in backward.
-    Equal to the full computation up to float rounding (tested), also under FSDP2 (:func:`_head_function`).
-
-    Args:
-        input_ids, attention_mask: (B, L).
-        ids: (B, L-1, J) token ids per position; position t is the distribution over token t+1.
-        output_hidden_states: also return the final hidden states (B, L, H) (PLaD's margin score reads them).
-    Returns:
-        logps (B, L-1, J), and the hidden states with ``output_hidden_states``.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False
-    )
-    final = out.hidden_states[-1]  # (B, L, H), after the final norm
-    hidden = final[:, :-1]
-    inner = _unwrapped(model)
-    head = _head_function(inner.get_output_embeddings())
-    softcap = getattr(inner.config, "final_logit_softcapping", None)
-    parts = [
-        checkpoint(
-            _head_logps_at,
-            hidden[:, start : start + chunk],
-            ids[:, start : start + chunk],
-            head,
-            softcap,
-            use_reentrant=False,
-        )
-        for start in range(0, hidden.shape[1], chunk)
-    ]
-    logps = torch.cat(parts, dim=1)
-    return (logps, final) if output_hidden_states else logps
-
-
-def chunked_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Token log-probs (B, L-1) through the chunked head (:func:`chunked_logps_at`); position t scores token t+1."""
-    return chunked_logps_at(model, input_ids, attention_mask, input_ids[:, 1:, None], chunk)[..., 0]
 
 
 @dataclass

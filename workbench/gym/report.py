@@ -33,8 +33,8 @@ def gym_report(
     """Measured properties of the gym of ``size`` (or of the build of ``config``, a ``GymConfig``; see the module
     docstring), as a JSON-ready dict. The judge is asked in the MCQ wording saved with the build."""
     from workbench.losses.pad import calibrated_reward
-    from workbench.methods.pad import mcq_template_for
     from workbench.models import load
+    from workbench.rewards import mcq_template_for
     from workbench.sampling import group_responses, sample_responses
     from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
     from workbench.trainers import set_threads

@@ -19,10 +19,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from workbench.losses.tensors import (
+    GatheredLogps,
+    add_sft_term,
+    check_logits_mask,
+    check_reduction,
+    check_topk,
+    live_values,
+    logps_at,
+    masked_mean,
+    masked_sum,
+    safe_ids,
+    safe_logps,
+    shape_text,
+)
 
 __all__ = [
     "DCKD_ALPHA",
@@ -44,183 +58,6 @@ __all__ = [
 
 DCKD_ALPHA = 0.2  # best FsfairX score in the alpha sweep (ADPA §4.5, Fig. 5); released recipe uses 0.1
 ADVANTAGE_CLAMP_RANGE = (1e-8, 1.0 - 1e-8)  # released code's `prob_stabilize` clamp, applied to advantage targets
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# validation and small masked reductions (plumbing: annotated lightly)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _shape(x: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in x.shape) + ")"
-
-
-@dataclass(frozen=True)
-class GatheredLogps:
-    """The student's log-probs at a few token ids per position, standing in for its ``(B, T, V)`` logits.
-
-    ``logps[b, t, j] = log softmax(student_logits[b, t])[ids[b, t, j]]``; built by a chunked output head
-    (:func:`workbench.methods.adpa.student_logps`) so no ``(B, T, V)`` tensor is kept for backward. A loss reads the
-    ids it needs with :meth:`at`; asking at a response position for an id that was not gathered is an error.
-
-    Attributes:
-        ids: (B, T, J) int64 gathered ids (any order, repeats allowed).
-        logps: (B, T, J) float log-probs at ``ids`` (with gradient).
-        vocab_size: V of the student's head.
-    """
-
-    ids: Tensor
-    logps: Tensor
-    vocab_size: int
-
-    @property
-    def shape(self) -> torch.Size:
-        """(B, T, V), the shape of the logits this stands in for."""
-        return torch.Size((*self.logps.shape[:2], self.vocab_size))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.logps.dtype
-
-    def is_floating_point(self) -> bool:
-        return self.logps.is_floating_point()
-
-    def at(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Log-probs at ``ids (B, T, k)``: (B, T, k). Positions off ``mask`` take any gathered value."""
-        match = ids[..., :, None] == self.ids[..., None, :]  # (B, T, k, J)
-        missing = ~match.any(-1) & mask.bool()[..., None]  # (B, T, k)
-        if bool(missing.any()):
-            b, t, j = (int(i) for i in missing.nonzero()[0])
-            raise ValueError(
-                f"id {int(ids[b, t, j])} at row {b}, position {t} was not gathered: build the "
-                f"GatheredLogps with every id the loss reads (teacher top-k ids, labels)"
-            )
-        slot = match.to(torch.uint8).argmax(-1)  # (B, T, k): first gathered copy
-        return torch.gather(self.logps, -1, slot)
-
-
-def _logps_at(student: Tensor | GatheredLogps, mask: Tensor, ids: Tensor) -> Tensor:
-    """log softmax(student logits) at ``ids (B, T, k)``: (B, T, k), from full logits or a :class:`GatheredLogps`."""
-    if isinstance(student, GatheredLogps):
-        return student.at(ids, mask)
-    return torch.gather(_log_softmax(student), -1, ids)
-
-
-def _check_logits_mask(logits: Tensor | GatheredLogps, mask: Tensor, logits_name: str, mask_name: str) -> None:
-    if isinstance(logits, GatheredLogps):
-        if logits.logps.dim() != 3 or tuple(logits.ids.shape) != tuple(logits.logps.shape):
-            raise ValueError(
-                f"{logits_name}: GatheredLogps ids {_shape(logits.ids)} and logps "
-                f"{_shape(logits.logps)} must be the same (B, T, J) shape"
-            )
-    elif not isinstance(logits, Tensor) or logits.dim() != 3:
-        raise ValueError(
-            f"{logits_name} must be a (B, T, V) tensor, got shape "
-            f"{_shape(logits) if isinstance(logits, Tensor) else type(logits).__name__}"
-        )
-    if not logits.is_floating_point():
-        raise ValueError(f"{logits_name} must be floating point, got {logits.dtype}")
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(logits.shape[:2]):
-        got = _shape(mask) if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(
-            f"{mask_name} must have shape (B, T) = {tuple(logits.shape[:2])} matching "
-            f"{logits_name} {_shape(logits)}, got {got}"
-        )
-
-
-def _check_topk(
-    ids: Tensor,
-    logps: Tensor,
-    ids_name: str,
-    logps_name: str,
-    *,
-    leading: tuple | None = None,
-    vocab_size: int | None = None,
-    mask: Tensor | None = None,
-) -> None:
-    if not isinstance(ids, Tensor) or ids.dim() != 3:
-        raise ValueError(
-            f"{ids_name} must be a (B, T, k) tensor, got "
-            f"{_shape(ids) if isinstance(ids, Tensor) else type(ids).__name__}"
-        )
-    if ids.is_floating_point() or ids.dtype == torch.bool:
-        raise ValueError(f"{ids_name} must be an integer tensor, got {ids.dtype}")
-    if not isinstance(logps, Tensor) or tuple(logps.shape) != tuple(ids.shape):
-        got = _shape(logps) if isinstance(logps, Tensor) else type(logps).__name__
-        raise ValueError(f"{logps_name} must have the same shape as {ids_name} {_shape(ids)}, got {got}")
-    if not logps.is_floating_point():
-        raise ValueError(f"{logps_name} must be floating point, got {logps.dtype}")
-    if leading is not None and tuple(ids.shape[:2]) != tuple(leading):
-        raise ValueError(
-            f"{ids_name} has leading shape {tuple(ids.shape[:2])} but the student's (B, T) is {tuple(leading)}"
-        )
-    if vocab_size is not None:
-        if ids.shape[-1] > vocab_size:
-            raise ValueError(f"{ids_name} has k = {ids.shape[-1]} > vocabulary size V = {vocab_size}")
-        live = ids if mask is None else ids[mask.bool()]
-        if live.numel() and (int(live.min()) < 0 or int(live.max()) >= vocab_size):
-            raise ValueError(f"{ids_name} holds ids outside [0, {vocab_size}) on unmasked positions")
-
-
-def _check_reduction(reduction: str) -> Callable[[Tensor], Tensor]:
-    try:
-        return _REDUCTIONS[reduction]
-    except KeyError:
-        raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}, got {reduction!r}") from None
-
-
-_REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "mean": lambda per_sequence: per_sequence.mean(),
-    "sum": lambda per_sequence: per_sequence.sum(),
-    "none": lambda per_sequence: per_sequence,
-}
-
-
-def _add_sft_term(per_sequence: Tensor, sft_term: Tensor | float | None) -> Tensor:
-    if sft_term is None:
-        return per_sequence
-    sft = torch.as_tensor(sft_term, dtype=per_sequence.dtype, device=per_sequence.device)
-    if sft.dim() > 1 or (sft.dim() == 1 and sft.shape[0] != per_sequence.shape[0]):
-        raise ValueError(f"sft_term must be a scalar or shape ({per_sequence.shape[0]},), got {_shape(sft)}")
-    return per_sequence + sft
-
-
-def _log_softmax(logits: Tensor) -> Tensor:
-    # half-precision logits are upcast: log-softmax over a large V loses too much in bf16
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return torch.log_softmax(logits, dim=-1)
-
-
-def _masked_sum(per_token: Tensor, mask: Tensor) -> Tensor:
-    """Sum over T of (B, T) values where mask is set; `where` (not a product) so NaN at padding cannot leak."""
-    return torch.where(mask.bool(), per_token, torch.zeros_like(per_token)).sum(-1)
-
-
-def _masked_mean(per_token: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the response tokens of each sequence; a sequence with no response token gives 0."""
-    n_tokens = mask.bool().sum(-1).clamp(min=1).to(per_token.dtype)  # (B,)
-    return _masked_sum(per_token, mask) / n_tokens
-
-
-def _safe_ids(ids: Tensor, mask: Tensor) -> Tensor:
-    """Ids at masked-out positions replaced by 0 so `gather` never sees a pad id such as -100."""
-    return ids.masked_fill(~mask.bool()[..., None], 0)
-
-
-def _live_values(values: Tensor, mask: Tensor) -> Tensor:
-    """Detached (B, T, k) targets with masked-out positions set to 0 (garbage such as NaN there cannot leak)."""
-    values = values.detach()
-    return torch.where(mask.bool()[..., None], values, torch.zeros_like(values))
-
-
-def _safe_logps(logps: Tensor, mask: Tensor) -> Tensor:
-    """Log-probs at masked-out positions replaced by a valid sub-distribution (each log(1/(2k)), total mass 1/2).
-
-    Garbage there (NaN, 0 for every slot) would otherwise give NaN gradients through `where` in backward.
-    """
-    fill = -math.log(2 * logps.shape[-1])
-    return torch.where(mask.bool()[..., None], logps, torch.full_like(logps, fill))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,8 +129,8 @@ def topk_forward_kl(
     Returns:
         (B,) mean per-token KL over each sequence's response tokens (0 for a sequence with none).
     """
-    _check_logits_mask(student_logits, mask, "student_logits", "mask")
-    _check_topk(
+    check_logits_mask(student_logits, mask, "student_logits", "mask")
+    check_topk(
         teacher_topk_ids,
         teacher_topk_logps,
         "teacher_topk_ids",
@@ -302,10 +139,10 @@ def topk_forward_kl(
         vocab_size=student_logits.shape[-1],
         mask=mask,
     )
-    ids = _safe_ids(teacher_topk_ids, mask)  # (B, T, k)
+    ids = safe_ids(teacher_topk_ids, mask)  # (B, T, k)
     # $\log \pi_\theta(a)$ for $a \in K_t$
-    student_topk = _logps_at(student_logits, mask, ids)  # (B, T, k)
-    teacher_topk = _safe_logps(teacher_topk_logps, mask).to(student_topk.dtype)  # (B, T, k)
+    student_topk = logps_at(student_logits, mask, ids)  # (B, T, k)
+    teacher_topk = safe_logps(teacher_topk_logps, mask).to(student_topk.dtype)  # (B, T, k)
     # $\log m_t$, $\log m_\theta$: mass outside the same $K_t$
     teacher_tail = tail_logmass(teacher_topk)  # (B, T)
     student_tail = tail_logmass(student_topk)  # (B, T)
@@ -317,7 +154,7 @@ def topk_forward_kl(
         teacher_probs > 0, teacher_probs * (teacher_buckets - student_buckets), torch.zeros_like(teacher_probs)
     )  # (B, T, k+1)
     per_token = per_bucket.sum(-1).clamp(min=0.0)  # (B, T)
-    return _masked_mean(per_token, mask)
+    return masked_mean(per_token, mask)
 
 
 def sft_loss(student_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -335,9 +172,9 @@ def sft_loss(student_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     Returns:
         (B,) mean token NLL per sequence (0 for a sequence with no response token).
     """
-    _check_logits_mask(student_logits, mask, "student_logits", "mask")
+    check_logits_mask(student_logits, mask, "student_logits", "mask")
     if not isinstance(labels, Tensor) or tuple(labels.shape) != tuple(mask.shape):
-        got = _shape(labels) if isinstance(labels, Tensor) else type(labels).__name__
+        got = shape_text(labels) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must have shape (B, T) = {tuple(mask.shape)}, got {got}")
     if labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
@@ -346,8 +183,8 @@ def sft_loss(student_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     if live.numel() and (int(live.min()) < 0 or int(live.max()) >= student_logits.shape[-1]):
         raise ValueError(f"labels holds ids outside [0, {student_logits.shape[-1]}) on unmasked positions")
     # $\log \pi_\theta(y_t \mid x, y_{<t})$
-    token_logps = _logps_at(student_logits, mask, safe_labels[..., None]).squeeze(-1)  # (B, T)
-    return _masked_mean(-token_logps, mask)
+    token_logps = logps_at(student_logits, mask, safe_labels[..., None]).squeeze(-1)  # (B, T)
+    return masked_mean(-token_logps, mask)
 
 
 def dckd_loss(
@@ -394,7 +231,7 @@ def dckd_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     # $\mathcal{L}_{\text{SFT}}(y_w)$
     per_sequence = sft_loss(chosen_student_logits, chosen_labels, chosen_mask)  # (B,)
     # $\mathcal{L}_{\text{KLD-}w}$, Eq. (5)
@@ -508,8 +345,8 @@ def advantage_from_topk(
     Returns:
         (advantage_ids (B, T, k), advantages (B, T, k)): ids are ``dpo_topk_ids``; advantages carry no gradient.
     """
-    _check_topk(dpo_topk_ids, dpo_topk_logps, "dpo_topk_ids", "dpo_topk_logps")
-    _check_topk(ref_topk_ids, ref_topk_logps, "ref_topk_ids", "ref_topk_logps", leading=dpo_topk_ids.shape[:2])
+    check_topk(dpo_topk_ids, dpo_topk_logps, "dpo_topk_ids", "dpo_topk_logps")
+    check_topk(ref_topk_ids, ref_topk_logps, "ref_topk_ids", "ref_topk_logps", leading=dpo_topk_ids.shape[:2])
     try:
         fill_rule = MISSING_LOGP_RULES[missing_rule]
     except KeyError:
@@ -545,8 +382,8 @@ def _check_advantage_inputs(
     ids_name: str = "advantage_ids",
     values_name: str = "advantages",
 ) -> None:
-    _check_logits_mask(student_logits_hat, mask_hat, "student_logits_hat", "mask_hat")
-    _check_topk(
+    check_logits_mask(student_logits_hat, mask_hat, "student_logits_hat", "mask_hat")
+    check_topk(
         advantage_ids,
         advantages,
         ids_name,
@@ -559,12 +396,12 @@ def _check_advantage_inputs(
 
 def _student_topk(student_logits_hat: Tensor | GatheredLogps, mask_hat: Tensor, ids: Tensor) -> Tensor:
     """Student log-probs at the cached ids: (B, T, k)."""
-    return _logps_at(student_logits_hat, mask_hat, _safe_ids(ids, mask_hat))
+    return logps_at(student_logits_hat, mask_hat, safe_ids(ids, mask_hat))
 
 
 def _time_reduce(per_token: Tensor, mask: Tensor, length_normalize: bool) -> Tensor:
     """Sum over response tokens (Eq. 10), or the per-sequence mean (Eq. 30/31, released code) if length_normalize."""
-    return _masked_mean(per_token, mask) if length_normalize else _masked_sum(per_token, mask)
+    return masked_mean(per_token, mask) if length_normalize else masked_sum(per_token, mask)
 
 
 def adpa_loss(
@@ -608,15 +445,15 @@ def adpa_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
     student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
-    advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
+    advantage = live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\sum_{a} \pi_\theta(a \mid \hat s_t) A(\hat s_t, a)$
     expected_advantage = (student_topk.exp() * advantage).sum(-1)  # (B, T)
     # $-\gamma \sum_t \mathbb{E}_{\pi_\theta}[A]$
     per_sequence = -gamma * _time_reduce(expected_advantage, mask_hat, length_normalize)  # (B,)
-    return reduce(_add_sft_term(per_sequence, sft_term))
+    return reduce(add_sft_term(per_sequence, sft_term))
 
 
 def adpa_policy_gradient_surrogate(
@@ -654,10 +491,10 @@ def adpa_policy_gradient_surrogate(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
     student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
-    advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
+    advantage = live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\sum_a \operatorname{sg}[\pi_\theta(a)] \log \pi_\theta(a) A(a)$
     weighted_loglik = (student_topk.exp().detach() * student_topk * advantage).sum(-1)  # (B, T)
     per_sequence = -gamma * _time_reduce(weighted_loglik, mask_hat, length_normalize)  # (B,)
@@ -697,16 +534,16 @@ def q_argmax_kd_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
     student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
-    advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
+    advantage = live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $a^*_t = \arg\max_a A(\hat s_t, a)$ (slot in the cache)
     best_slot = advantage.argmax(dim=-1, keepdim=True)  # (B, T, 1)
     # $\operatorname{CE}(\mathbf{1}\{a^*_t\}, \pi_\theta) = -\log \pi_\theta(a^*_t \mid \hat s_t)$
     cross_entropy = -torch.gather(student_topk, -1, best_slot).squeeze(-1)  # (B, T)
-    per_sequence = gamma * _masked_mean(cross_entropy, mask_hat)  # (B,)
-    return reduce(_add_sft_term(per_sequence, sft_term))
+    per_sequence = gamma * masked_mean(cross_entropy, mask_hat)  # (B,)
+    return reduce(add_sft_term(per_sequence, sft_term))
 
 
 def q_softmax_kd_loss(
@@ -748,16 +585,16 @@ def q_softmax_kd_loss(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_advantage_inputs(student_logits_hat, mask_hat, advantage_ids, advantages)
     student_topk = _student_topk(student_logits_hat, mask_hat, advantage_ids)  # (B, T, k)
-    advantage = _live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
+    advantage = live_values(advantages, mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\log q(a) = \log \operatorname{softmax}(A/\tau)_a$ over the cached ids
     target_logps = torch.log_softmax(advantage / temperature, dim=-1)  # (B, T, k)
     # $D_{\text{KL}}(q \,\|\, \pi_\theta) = \sum_a q(a)(\log q(a) - \log \pi_\theta(a))$
     kl = (target_logps.exp() * (target_logps - student_topk)).sum(-1)  # (B, T)
-    per_sequence = gamma * _masked_mean(kl, mask_hat)  # (B,)
-    return reduce(_add_sft_term(per_sequence, sft_term))
+    per_sequence = gamma * masked_mean(kl, mask_hat)  # (B,)
+    return reduce(add_sft_term(per_sequence, sft_term))
 
 
 def reverse_ce_dpo_only_loss(
@@ -803,7 +640,7 @@ def reverse_ce_dpo_only_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_advantage_inputs(
         student_logits_hat,
         mask_hat,
@@ -817,14 +654,14 @@ def reverse_ce_dpo_only_loss(
     except KeyError:
         raise ValueError(f"missing_rule must be one of {sorted(MISSING_LOGP_RULES)}, got {missing_rule!r}") from None
     student_topk = _student_topk(student_logits_hat, mask_hat, dpo_topk_ids)  # (B, T, k)
-    dpo_logps = _safe_logps(dpo_topk_logps.detach(), mask_hat).to(student_topk.dtype)  # (B, T, k)
+    dpo_logps = safe_logps(dpo_topk_logps.detach(), mask_hat).to(student_topk.dtype)  # (B, T, k)
     # $\log \hat\pi_{\text{dpo}}(a)$ for uncached $a$, and the student's mass there
     dpo_uncached = fill_rule(dpo_logps, vocab_size)  # (B, T)
     student_tail = tail_logmass(student_topk).exp()  # (B, T)
     # $\sum_a \pi_\theta(a)\log\pi_{\text{dpo}}(a)$ = cached ids + tail bucket
     expected_dpo_logp = (student_topk.exp() * dpo_logps).sum(-1) + student_tail * dpo_uncached  # (B, T)
     per_sequence = -gamma * beta * _time_reduce(expected_dpo_logp, mask_hat, length_normalize)  # (B,)
-    return reduce(_add_sft_term(per_sequence, sft_term))
+    return reduce(add_sft_term(per_sequence, sft_term))
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.losses.adpa import (
-    _add_sft_term,
-    _check_logits_mask,
-    _check_reduction,
-    _log_softmax,
-    _masked_mean,
-    _shape,
-    sft_loss,
-    topk_forward_kl,
+from workbench.losses.adpa import sft_loss, topk_forward_kl
+from workbench.losses.tensors import (
+    add_sft_term,
+    check_batch_vectors,
+    check_logits_mask,
+    check_reduction,
+    log_softmax,
+    masked_mean,
+    shape_text,
 )
 
 __all__ = [
@@ -59,25 +59,12 @@ PRO_SFT_WEIGHT = 0.05  # released PRO scripts (`--sft_weight 0.05`), multiplied 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_batch_vectors(**named: Tensor) -> None:
-    """Every argument is a floating (B,) tensor, all with the same B."""
-    shape = None
-    for name, value in named.items():
-        if not isinstance(value, Tensor) or value.dim() != 1 or not value.is_floating_point():
-            got = _shape(value) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"{name} must be a floating (B,) tensor, got {got}")
-        if shape is None:
-            shape, first = tuple(value.shape), name
-        elif tuple(value.shape) != shape:
-            raise ValueError(f"{name} has shape {_shape(value)} but {first} has {shape}")
-
-
 def _check_teacher_student(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor) -> None:
-    _check_logits_mask(student_logits, mask, "student_logits", "mask")
-    _check_logits_mask(teacher_logits, mask, "teacher_logits", "mask")
+    check_logits_mask(student_logits, mask, "student_logits", "mask")
+    check_logits_mask(teacher_logits, mask, "teacher_logits", "mask")
     if tuple(teacher_logits.shape) != tuple(student_logits.shape):
         raise ValueError(
-            f"teacher_logits {_shape(teacher_logits)} and student_logits {_shape(student_logits)} must "
+            f"teacher_logits {shape_text(teacher_logits)} and student_logits {shape_text(student_logits)} must "
             f"have the same shape (same vocabulary)"
         )
 
@@ -130,8 +117,8 @@ def dpo_loss(
         ``(loss, chosen_rewards, rejected_rewards)``; rewards are ``beta * (log pi_theta - log pi_ref)``, detached,
         shape (B,).
     """
-    reduce = _check_reduction(reduction)
-    _check_batch_vectors(
+    reduce = check_reduction(reduction)
+    check_batch_vectors(
         policy_chosen_logps=policy_chosen_logps,
         policy_rejected_logps=policy_rejected_logps,
         ref_chosen_logps=ref_chosen_logps,
@@ -186,8 +173,8 @@ def simpo_loss(
         raise ValueError("give either gamma or gamma_beta_ratio, not both")
     if gamma is None:
         gamma = beta * (SIMPO_GAMMA_BETA_RATIO if gamma_beta_ratio is None else gamma_beta_ratio)
-    reduce = _check_reduction(reduction)
-    _check_batch_vectors(
+    reduce = check_reduction(reduction)
+    check_batch_vectors(
         policy_chosen_logps_avg=policy_chosen_logps_avg, policy_rejected_logps_avg=policy_rejected_logps_avg
     )
     # $r(x, y) = \frac{\beta}{|y|}\log\pi_\theta(y|x)$
@@ -240,14 +227,14 @@ def pro_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     if (
         not isinstance(rewards_by_rank, Tensor)
         or rewards_by_rank.dim() != 2
         or rewards_by_rank.shape[1] < 2
         or not rewards_by_rank.is_floating_point()
     ):
-        got = _shape(rewards_by_rank) if isinstance(rewards_by_rank, Tensor) else type(rewards_by_rank).__name__
+        got = shape_text(rewards_by_rank) if isinstance(rewards_by_rank, Tensor) else type(rewards_by_rank).__name__
         raise ValueError(f"rewards_by_rank must be a floating (B, n) tensor with n >= 2, got {got}")
     n = rewards_by_rank.shape[1]
     if rank_scores is None:
@@ -259,8 +246,10 @@ def pro_loss(
         )  # (1, n, n) indexed [., k, i]
     else:
         if not isinstance(rank_scores, Tensor) or tuple(rank_scores.shape) != tuple(rewards_by_rank.shape):
-            got = _shape(rank_scores) if isinstance(rank_scores, Tensor) else type(rank_scores).__name__
-            raise ValueError(f"rank_scores must have the shape of rewards_by_rank {_shape(rewards_by_rank)}, got {got}")
+            got = shape_text(rank_scores) if isinstance(rank_scores, Tensor) else type(rank_scores).__name__
+            raise ValueError(
+                f"rank_scores must have the shape of rewards_by_rank {shape_text(rewards_by_rank)}, got {got}"
+            )
         scores = rank_scores.detach().to(rewards_by_rank.dtype)  # (B, n)
         if bool((scores[:, 1:] > scores[:, :-1]).any()):
             raise ValueError("rank_scores must be non-increasing along n (responses sorted best-first)")
@@ -280,7 +269,7 @@ def pro_loss(
     per_sequence = per_rank[:, :-1].sum(-1)  # (B,)
     if sft_term is not None:
         weight = PRO_SFT_WEIGHT * (n - 1) ** 2 if sft_weight is None else sft_weight
-        per_sequence = _add_sft_term(per_sequence, weight * torch.as_tensor(sft_term))
+        per_sequence = add_sft_term(per_sequence, weight * torch.as_tensor(sft_term))
     return reduce(per_sequence)
 
 
@@ -321,14 +310,14 @@ def forward_kl_kd_loss(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_teacher_student(teacher_logits, student_logits, mask)
     # $\log p_T$, $\log q_T$
-    teacher_logps = _log_softmax(teacher_logits.detach() / temperature)  # (B, T, V)
-    student_logps = _log_softmax(student_logits / temperature)  # (B, T, V)
+    teacher_logps = log_softmax(teacher_logits.detach() / temperature)  # (B, T, V)
+    student_logps = log_softmax(student_logits / temperature)  # (B, T, V)
     # $\sum_a p_T(a)(\log p_T(a) - \log q_T(a))$; F.kl_div handles p = 0
     per_token = F.kl_div(student_logps, teacher_logps, reduction="none", log_target=True).sum(-1)  # (B, T)
-    return reduce(temperature**2 * _masked_mean(per_token, mask))
+    return reduce(temperature**2 * masked_mean(per_token, mask))
 
 
 def topk_kd_loss(
@@ -355,7 +344,7 @@ def topk_kd_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     return reduce(topk_forward_kl(teacher_topk_ids, teacher_topk_logps, student_logits, mask))
 
 
@@ -389,13 +378,13 @@ def reverse_kl_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``; >= 0, and 0 iff the distributions agree on every response token.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     _check_teacher_student(teacher_logits, student_logits, mask)
-    teacher_logps = _log_softmax(teacher_logits.detach())  # (B, T, V)
-    student_logps = _log_softmax(student_logits)  # (B, T, V)
+    teacher_logps = log_softmax(teacher_logits.detach())  # (B, T, V)
+    student_logps = log_softmax(student_logits)  # (B, T, V)
     # $\sum_a q_\theta(a)(\log q_\theta(a) - \log p(a))$
     per_token = F.kl_div(teacher_logps, student_logps, reduction="none", log_target=True).sum(-1)  # (B, T)
-    return reduce(_masked_mean(per_token.clamp(min=0.0), mask))
+    return reduce(masked_mean(per_token.clamp(min=0.0), mask))
 
 
 def seqkd_loss(
@@ -421,7 +410,7 @@ def seqkd_loss(
     Returns:
         scalar, or (B,) with ``reduction="none"``.
     """
-    reduce = _check_reduction(reduction)
+    reduce = check_reduction(reduction)
     return reduce(sft_loss(student_logits, labels, mask))
 
 

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench.losses.adpa import _check_reduction, _shape
-from workbench.losses.baselines import _check_batch_vectors
+from workbench.losses.tensors import check_batch_vectors, check_reduction, shape_text
 
 __all__ = [
     "PLAD_BETA",
@@ -74,8 +73,8 @@ def ranking_calibration_loss(
     """
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    reduce = _check_reduction(reduction)
-    _check_batch_vectors(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
+    reduce = check_reduction(reduction)
+    check_batch_vectors(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
     # $\log P_\theta(\hat y_+|x) - \log P_\theta(\hat y_-|x)$
     logp_gap = chosen_logps - rejected_logps  # (B,)
     # $\max(0, \beta - \text{gap})$
@@ -119,8 +118,8 @@ def margin_calibration_loss(
     """
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    reduce = _check_reduction(reduction)
-    _check_batch_vectors(
+    reduce = check_reduction(reduction)
+    check_batch_vectors(
         chosen_logps=chosen_logps,
         rejected_logps=rejected_logps,
         chosen_scores=chosen_scores,
@@ -142,10 +141,10 @@ def margin_calibration_loss(
 
 def _check_hidden(hidden: Tensor, mask: Tensor, name: str, mask_name: str) -> None:
     if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
-        got = _shape(hidden) if isinstance(hidden, Tensor) else type(hidden).__name__
+        got = shape_text(hidden) if isinstance(hidden, Tensor) else type(hidden).__name__
         raise ValueError(f"{name} must be a floating (B, T, D) tensor, got {got}")
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
-        got = _shape(mask) if isinstance(mask, Tensor) else type(mask).__name__
+        got = shape_text(mask) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"{mask_name} must have shape (B, T) = {tuple(hidden.shape[:2])}, got {got}")
 
 
@@ -200,8 +199,8 @@ def ngram_f_score(
         or hidden_states_cand.shape[-1] != hidden_states_ref.shape[-1]
     ):
         raise ValueError(
-            f"hidden_states_cand {_shape(hidden_states_cand)} and hidden_states_ref "
-            f"{_shape(hidden_states_ref)} must agree in batch size and hidden size"
+            f"hidden_states_cand {shape_text(hidden_states_cand)} and hidden_states_ref "
+            f"{shape_text(hidden_states_ref)} must agree in batch size and hidden size"
         )
     batch, len_cand, len_ref = hidden_states_cand.shape[0], hidden_states_cand.shape[1], hidden_states_ref.shape[1]
     dtype = torch.promote_types(hidden_states_cand.dtype, torch.float32)

@@ -41,6 +41,7 @@ from workbench.distributed import map_in_shards, unsharded
 from workbench.encoding import collate_examples
 from workbench.evaluate import mean_ci, win_rate
 from workbench.gym.build import JUDGE_MIX
+from workbench.logprobs import chunked_logps_at, logits_chunk_setting, output_vocab_size
 from workbench.losses import get_loss
 from workbench.losses.adpa import (
     MISSING_LOGP_RULES,
@@ -77,9 +78,6 @@ from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TOPK_DEFAULT, TopkCache, topk_teacher
 from workbench.trainers import (
-    chunked_logps_at,
-    logits_chunk_setting,
-    output_vocab_size,
     set_threads,
     train_distill,
     train_sft,

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from workbench.evaluate import evaluate_policy
+from workbench.logprobs import student_token_logps
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
@@ -70,7 +71,6 @@ from workbench.trainers import (
     ResponseCollator,
     quiet_logs,
     set_threads,
-    student_token_logps,
     train_distill,
     train_sft,
 )
@@ -276,7 +276,7 @@ def student_groups(student, tokenizer, prompts, cfg, round_: int = 0) -> tuple[l
 
 def teacher_scores(teacher, tokenizer, chat_prompts, groups, cfg, round_: int = 0) -> torch.Tensor:
     """The teacher's annotation of each sample, (P, n): MCQ log p_sel, calibrated r̂ or avg log-lik (PAD Eq. 7-9)."""
-    from workbench.methods.pad import teacher_rewards
+    from workbench.rewards import teacher_rewards
 
     signals = teacher_rewards(
         teacher, tokenizer, chat_prompts, groups, alpha=cfg.alpha, order=cfg.mcq_order, seed=cfg.seed + round_

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.encoding import as_messages
+from workbench.rewards import user_text
 
 logger = logging.getLogger("workbench.methods")
 
@@ -165,10 +166,11 @@ class StudentPrecision:
     def load_student(self, device: str | None = None):
         """``(model, tokenizer)``: ``cfg.student`` loaded for training in the ``precision`` knob's dtype, with LoRA
         when ``cfg.lora`` (PLaD passes its own LoRA settings through ``lora_config``); a bf16-mixed student is marked
-        to sample under bfloat16 autocast too (``workbench.models.autocast_of``)."""
+        to sample under bfloat16 autocast too (``workbench.precision.autocast_of``)."""
         import torch
 
-        from workbench.models import load, mark_autocast
+        from workbench.models import load
+        from workbench.precision import mark_autocast
 
         lora_config = getattr(self, "lora_config", None)
         lora = lora_config() if callable(lora_config) else (True if self.lora else None)
@@ -203,12 +205,8 @@ class TrainingKnobs(StudentPrecision):
     def apply_env_overrides(self) -> None:
         """Launch-time overrides: ``$WORKBENCH_TRAINING_ARGS`` (JSON) and ``$WORKBENCH_LOGITS_CHUNK`` win over the
         fields, so the config (and the memory estimate read from it) says what the trainer will do."""
-        from workbench.trainers import (
-            LOGITS_CHUNK_ENV,
-            checkpointing_argument,
-            env_training_overrides,
-            logits_chunk_setting,
-        )
+        from workbench.logprobs import LOGITS_CHUNK_ENV, logits_chunk_setting
+        from workbench.trainers import checkpointing_argument, env_training_overrides
 
         env = env_training_overrides()  # checkpointing under this transformers' name, however it was spelled
         for name, value in (
@@ -376,11 +374,6 @@ def run_checkpoints(cfg, state=None):
         tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
         tmp.replace(record)
     return Checkpoints(folder, cfg.save_steps)
-
-
-def user_text(prompt) -> str:
-    """The last user message of a prompt (what the gold reward and MCQ templates read)."""
-    return as_messages(prompt)[-1]["content"]
 
 
 def gym_prompts(split: str, count: int, seed: int):

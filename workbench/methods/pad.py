@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,12 +19,12 @@ import datasets
 import numpy as np
 import torch
 
-from workbench.cache import tokenizer_fingerprint
+from workbench.backends.vllm import model_source, release_vllm_engines
 from workbench.distributed import is_distributed, map_in_shards, unsharded
-from workbench.encoding import DEFAULT_MCQ_TEMPLATE, McqTemplate
 from workbench.evaluate import mean_kendall_tau, win_rate
+from workbench.logprobs import student_token_logps
 from workbench.losses import get_loss
-from workbench.losses.pad import calibrated_reward, decompose_groups, decomposed_loss
+from workbench.losses.pad import decompose_groups, decomposed_loss
 from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
     HELD_OUT_SEED,
@@ -48,12 +47,12 @@ from workbench.methods.common import (
     resolve_lr,
     run_checkpoints,
     training_summary,
-    user_text,
     vllm_engine_options,
 )
-from workbench.sampling import group_responses, model_source, release_vllm_engines, sample_responses
-from workbench.scoring import avg_logp_rewards, mcq_selection_logprobs
-from workbench.trainers import ListwiseCollator, set_threads, student_token_logps, train_distill
+from workbench.rewards import teacher_rewards
+from workbench.sampling import group_responses, sample_responses
+from workbench.scoring import avg_logp_rewards
+from workbench.trainers import ListwiseCollator, set_threads, train_distill
 
 logger = logging.getLogger("workbench.pad")
 
@@ -192,88 +191,6 @@ class PadConfig(TrainingKnobs):
         return "pad-ppd+sft" if self.sft_weight > 0 else "pad-ppd"
 
 
-def mcq_template_for(tokenizer) -> McqTemplate:
-    """The MCQ wording saved beside the model (``mcq_template.json``, e.g. by a gym build), else the gym's own
-    wording for gym models and the general wording for everything else."""
-    from workbench.encoding import saved_mcq_template
-    from workbench.gym.tokenizer import build_tokenizer
-    from workbench.gym.world import GYM_MCQ_TEMPLATE
-
-    saved = saved_mcq_template(tokenizer)
-    if saved is not None:
-        return saved
-    gym = tokenizer_fingerprint(build_tokenizer())
-    return GYM_MCQ_TEMPLATE if tokenizer_fingerprint(tokenizer) == gym else DEFAULT_MCQ_TEMPLATE
-
-
-def shard_option_orders(n: int, seed: int, first_group: int, groups: int) -> list[list[int]]:
-    """The random option order (PAD §4.2) that ``mcq_selection_logprobs(order="random", seed=seed)`` gives each of
-    groups [first_group, first_group + groups) of a longer list: its generator replayed past the earlier groups.
-
-    Returns one order per group; option j of group g shows response ``orders[g][j]``.
-    """
-    # the scorer's own draw, so a shard follows whatever it does
-    from workbench.scoring import _orders
-
-    rng = random.Random(seed)
-    for _ in range(first_group):
-        _orders(n, "random", rng)
-    return [_orders(n, "random", rng)[0] for _ in range(groups)]
-
-
-def teacher_rewards(
-    teacher,
-    tokenizer,
-    prompts,
-    groups,
-    *,
-    alpha: float,
-    order: str = "random",
-    seed: int = 0,
-    first_group: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
-    backend: str = "hf",
-    engine_options: dict | None = None,
-) -> dict[str, torch.Tensor]:
-    """Teacher rewards per response group (PAD §4.2): avg log-lik r, MCQ log p_sel and calibrated r̂, each (P, n).
-
-    ``first_group`` > 0 scores a shard: ``groups`` are groups [first_group, first_group + P) of a longer list
-    scored with the same ``seed``, and get the option orders the whole list would show them, so the shards'
-    rewards merge into the single-process rewards. ``backend="vllm"`` scores with a vLLM engine on the weights at
-    ``teacher`` (a folder / hub id, or a loaded model's ``name_or_path``).
-    """
-    n = len(groups[0])
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    flat = [y for g in groups for y in g]
-    questions = [user_text(p) for p in prompts]
-    template = mcq_template_for(tokenizer)
-    where = dict(batch_size=batch_size, progress=progress, backend=backend, engine_options=engine_options)
-    # $r^{tch}(y) = \frac{1}{|y|}\log p(y|x)$ (Eq. 7)
-    likelihood = avg_logp_rewards(teacher, tokenizer, flat_prompts, flat, **where).view(-1, n)
-    # $\log p_{sel}(y_i) = \log p(c_i | Y_n, C_n, x)$ (Eq. 8)
-    if order == "random" and first_group:
-        # present each group in the order the whole list's draw gives it, then map letters back to responses
-        orders = shard_option_orders(n, seed, first_group, len(groups))
-        shown = [[group[i] for i in o] for group, o in zip(groups, orders)]
-        by_letter = mcq_selection_logprobs(
-            teacher, tokenizer, questions, shown, template=template, order="identity", **where
-        )
-        log_p_sel = torch.empty_like(by_letter)
-        for g, o in enumerate(orders):
-            log_p_sel[g, torch.tensor(o)] = by_letter[g]
-    else:  # 'cyclic' and 'identity' orders do not depend on a group's position
-        log_p_sel = mcq_selection_logprobs(
-            teacher, tokenizer, questions, groups, template=template, order=order, seed=seed, **where
-        )
-    # $\hat r = (1-\alpha) r + \alpha \log p_{sel}$ (Eq. 9)
-    return {
-        "likelihood": likelihood,
-        "log_p_sel": log_p_sel,
-        "calibrated": calibrated_reward(likelihood, log_p_sel, alpha),
-    }
-
-
 @dataclass
 class ListwiseObjective:
     """Student avg-log-lik rewards of the n responses (Eq. 7) fed to a listwise loss (VPD/PPD/PRO...).
@@ -350,7 +267,7 @@ def save_in_compute_dtype(model, folder) -> None:
     """``model.save_pretrained(folder)``; a bf16-mixed student (float32 weights under bfloat16 autocast) is saved in
     bfloat16, config included, so vLLM serves it in the dtype it computes in (vLLM's dtype 'auto' would serve float32
     weights in float16)."""
-    from workbench.models import autocast_dtype
+    from workbench.precision import autocast_dtype
 
     dtype = autocast_dtype(model)
     if dtype is None:

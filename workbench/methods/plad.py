@@ -39,8 +39,10 @@ import datasets
 import numpy as np
 import torch
 
+from workbench.backends.vllm import release_vllm_engines
 from workbench.distributed import map_in_shards
 from workbench.encoding import as_messages, collate_examples
+from workbench.logprobs import chunked_logps_at, gather_token_logps, logits_chunk_setting, student_token_logps
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
@@ -69,10 +71,9 @@ from workbench.methods.common import (
     training_summary,
     vllm_engine_options,
 )
-from workbench.sampling import release_vllm_engines, sample_responses
-from workbench.scoring import gather_token_logps
+from workbench.sampling import sample_responses
 from workbench.topk_cache import release_memory
-from workbench.trainers import chunked_logps_at, logits_chunk_setting, set_threads, student_token_logps, train_distill
+from workbench.trainers import set_threads, train_distill
 
 logger = logging.getLogger("workbench.plad")
 

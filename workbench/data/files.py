@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 
-from workbench.data import DataValidationError
+from workbench.data.columns import DataValidationError
 
 logger = logging.getLogger("workbench.data")
 
@@ -124,3 +126,19 @@ def load_json_file(path: str | os.PathLike, on_invalid: str = "raise") -> Datase
         kept = Path(folder) / path.name
         kept.write_bytes(b"\n".join(lines) + b"\n")
         return _from_json(kept)
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]] | Dataset, path: str | os.PathLike) -> Path:
+    """Write rows (dicts or a Dataset) as JSON lines (UTF-8, one object per line); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read JSON lines into a list of dicts (blank lines skipped). For datasets use ``Dataset.from_json``."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

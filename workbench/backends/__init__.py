@@ -1,0 +1,1 @@
+"""Optional inference engines behind the sampling and scoring stages."""
