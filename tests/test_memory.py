@@ -599,7 +599,7 @@ def predicted_training_bytes(spec: dict, seq_len: int) -> int:
         "tie_word_embeddings": False,
     }
     method = (
-        dict(teacher_dpo="probe", teacher_ref="probe", method="dckd")
+        dict(memory_shape="topk-pairs", teacher_dpo="probe", teacher_ref="probe", method="dckd")
         if spec.get("objective") == "dckd"
         else dict(n=N_RESPONSES)
     )  # DCKD: chosen and rejected of each pair (n = 2)
@@ -851,6 +851,7 @@ def test_each_lever_lowers_the_peak_it_should():
     rounds = memory.estimate(pad_recipe(world_size=4, strategy="fsdp", iterations=2), model_configs=CONFIGS)
     assert rounds.phases["sampling"]["fsdp_student_shards"] == fsdp.phases["training"]["student_weights"]
     adpa = dict(
+        memory_shape="topk-pairs",
         teacher_dpo="meta-llama/Llama-3.1-8B-Instruct",
         teacher_ref="meta-llama/Llama-3.1-8B",
         student="meta-llama/Llama-3.2-1B",
@@ -922,10 +923,19 @@ def test_run_shape_reads_pad_adpa_and_plad_parameters(monkeypatch):
 
     shape = memory.run_shape(PadConfig(teacher="gym-teacher-dpo", student="gym-student", lora=True, n=6))
     assert (shape.n, shape.lora, shape.mcq, shape.teacher_in_training, shape.prompt_tokens) == (6, True, True, True, 24)
-    adpa = memory.run_shape(dict(teacher_dpo="a", teacher_ref="b", student="c", method="adpa", dataset="dpo-mix-7k"))
+    adpa = memory.run_shape(
+        dict(
+            memory_shape="topk-pairs",
+            teacher_dpo="a",
+            teacher_ref="b",
+            student="c",
+            method="adpa",
+            dataset="dpo-mix-7k",
+        )
+    )
     assert (adpa.teacher, adpa.teacher_ref, adpa.n, adpa.mcq, adpa.teacher_in_training) == ("a", "b", 2, False, False)
     assert adpa.prompt_tokens == 512 and adpa.forwards_per_step == 2  # y_w, then y_l or ŷ: one forward each
-    plad = memory.run_shape(dict(teacher="a", student="c", loss="plad_ranking"))
+    plad = memory.run_shape(dict(memory_shape="pseudo-pairs", teacher="a", student="c", loss="plad_ranking"))
     assert (plad.n, plad.teacher_generates, plad.forwards_per_step) == (2, True, 1)  # both samples in one forward
     monkeypatch.setenv("WORKBENCH_TRAINING_ARGS", '{"gradient_checkpointing": true}')
     monkeypatch.setenv("WORKBENCH_LOGITS_CHUNK", "128")
@@ -991,7 +1001,7 @@ def test_time_estimate_is_on_the_scale_of_pads_reported_gpu_hours():
 
 
 def test_the_cli_takes_a_measured_decode_step_time(capsys):
-    recipe = str(Path(memory.__file__).resolve().parents[1] / "recipes" / "adpa_plus_llama3_8b_to_1b_qlora.yaml")
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "adpa_plus_llama3_8b_to_1b_qlora.yaml")
     configs = str(Path(__file__).parent / "fixtures" / "model_configs")
     sampling = {}
     for step in ("0", "0.103"):
@@ -1181,6 +1191,7 @@ def test_plad_sampling_through_vllm_keeps_the_teacher_out_of_the_training_proces
     plad = dict(
         teacher="meta-llama/Llama-2-13b-hf",
         student="meta-llama/Llama-2-7b-hf",
+        memory_shape="pseudo-pairs",
         loss="plad_ranking",
         batch_size=1,
         prompt_tokens=512,
@@ -1209,6 +1220,7 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
         batch_size=2,
     )
     adpa = dict(
+        memory_shape="topk-pairs",
         teacher_dpo="meta-llama/Llama-3.1-8B-Instruct",
         teacher_ref="meta-llama/Llama-3.1-8B",
         student="meta-llama/Llama-3.2-1B",
@@ -1229,6 +1241,7 @@ def test_adpa_and_plad_phases_hold_what_their_runs_hold():
     plad = dict(
         teacher="meta-llama/Llama-2-13b-hf",
         student="meta-llama/Llama-2-7b-hf",
+        memory_shape="pseudo-pairs",
         loss="plad_ranking",
         dataset="hh-helpful",
         lora=True,

@@ -1,9 +1,9 @@
 """Comparison harness: train methods × seeds on the gym, evaluate every run the same way, and tabulate mean ± 95% CI
 over seeds; then check the three papers' qualitative claims against the saved runs (the claims ledger).
 
-* ``METHODS``: name → ``runner(seed, overrides) -> RunResult`` (PAD, PLaD, the baselines, and the ADPA family,
-  imported lazily so the harness works before ``workbench.methods.adpa`` exists), each at its gym learning rate
-  (``workbench.methods.common.GYM_LR``, chosen on the validation split; the method configs' default too).
+* ``METHODS`` (the registry, :mod:`workbench.methods`): name → family, config fields and gym learning rate;
+  :func:`run_method` trains one at its gym rate (``GYM_LR``, chosen on the validation split; the configs' default
+  too).
   ``pad-ppd+sft`` and ``plad+sft`` are the published objectives plus an NLL anchor on the teacher's preferred answer —
   beyond the papers, labelled as such.
 * :func:`compare` runs ``Variant``s × seeds, each saved to ``<runs_dir>/<label>/seed<k>/record.json`` (plus the
@@ -31,13 +31,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from workbench.evaluate import evaluate_policy, length_bucket_gains, mean_ci, prompt_lengths, win_rate
-from workbench.methods.common import GYM_LR, HELD_OUT_SEED, RunResult, gym_prompts
+from workbench.methods import GYM_LR, methods_of
+from workbench.methods import METHODS as REGISTERED
+from workbench.methods.common import HELD_OUT_SEED, RunResult, gym_prompts
 
 logger = logging.getLogger("workbench.compare")
 
@@ -58,139 +61,55 @@ REFERENCE_ROWS = ("student (initial)", "teacher")
 
 # --- the registry of methods ---
 
-# the ADPA family's gym-tuned loss weights (AdpaConfig's defaults) that each method's objective uses
-ADPA_TUNED_FIELDS = {
-    "dckd": ("alpha",),
-    "adpa": ("gamma",),
-    "adpa+": ("alpha", "gamma"),
-    "adpa_no_ref": ("gamma",),
-    "q_argmax": ("gamma",),
-    "q_softmax": ("gamma",),
-}
-
 
 def method_defaults(name: str) -> dict:
-    """The harness's own settings for a method, under any variant's overrides: its gym learning rate and, for the
-    ADPA family, the tuned loss weights it uses — so a saved run made under other settings is re-run."""
+    """The harness's own settings for a method, under any variant's overrides: its gym learning rate and the tuned
+    loss weights it uses (its config's defaults) — so a saved run made under other settings is re-run."""
     out = {"lr": GYM_LR[name]} if name in GYM_LR else {}
-    if name in ADPA_TUNED_FIELDS and adpa_available():
-        from workbench.methods.adpa import AdpaConfig
-
-        defaults = {f.name: f.default for f in dataclasses.fields(AdpaConfig)}
-        out.update({k: defaults[k] for k in ADPA_TUNED_FIELDS[name]})
+    tuned = REGISTERED[name].tuned_fields if name in REGISTERED else ()
+    if tuned:
+        defaults = {f.name: f.default for f in dataclasses.fields(REGISTERED[name].spec.config_class())}
+        out.update({k: defaults[k] for k in tuned})
     return out
 
 
 def setting_of(name: str, param: str):
     """The value of config field ``param`` that the harness runs method ``name`` with: its harness setting
-    (:func:`method_defaults`), else the default of the method's config class (PAD, PLaD, the baselines or ADPA)."""
+    (:func:`method_defaults`), else the default of the method's config class."""
     harness = method_defaults(name)
     if param in harness:
         return harness[param]
-    module, config = (
-        ("pad", "PadConfig")
-        if name.startswith("pad-")
-        else ("plad", "PladConfig")
-        if name.startswith("plad")
-        else ("adpa", "AdpaConfig")
-        if name in ADPA_METHODS
-        else ("baselines", "BaselineConfig")
-    )
-    cls = getattr(importlib.import_module(f"workbench.methods.{module}"), config)
+    cls = REGISTERED[name].spec.config_class()
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     if param not in by_name:
-        raise KeyError(f"{config} of method {name!r} has no field {param!r}")
+        raise KeyError(f"{cls.__name__} of method {name!r} has no field {param!r}")
     f = by_name[param]
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _with_defaults(name: str, overrides: dict) -> dict:
-    return {**method_defaults(name), **overrides}
+def run_method(name: str, seed: int, overrides: dict) -> RunResult:
+    """Train and evaluate registered method ``name`` at ``seed``: its config built from the method's fields, the
+    harness defaults and ``overrides`` (through the family's ``harness_kwargs`` adapter where it has one)."""
+    method = REGISTERED[name]
+    family = method.spec
+    kwargs = {**method.fields, "seed": seed, "progress": False, **method_defaults(name), **overrides}
+    if family.harness_kwargs:
+        kwargs = getattr(family.load(), family.harness_kwargs)(kwargs)
+    return family.run_function()(family.config_class()(**kwargs))
 
 
-def _pad(name: str, loss: str, sft_weight: float = 0.0):
-    def run(seed: int, overrides: dict) -> RunResult:
-        from workbench.methods.pad import PadConfig, run_pad
-
-        return run_pad(
-            PadConfig(
-                **{
-                    "loss": loss,
-                    "sft_weight": sft_weight,
-                    "seed": seed,
-                    "progress": False,
-                    **_with_defaults(name, overrides),
-                }
-            )
-        )
-
-    return run
-
-
-def _plad(name: str, sft_weight: float = 0.0):
-    def run(seed: int, overrides: dict) -> RunResult:
-        from workbench.methods.plad import PladConfig, run_plad
-
-        return run_plad(
-            PladConfig(**{"sft_weight": sft_weight, "seed": seed, "progress": False, **_with_defaults(name, overrides)})
-        )
-
-    return run
-
-
-def _baseline(method: str):
-    def run(seed: int, overrides: dict) -> RunResult:
-        from workbench.methods.baselines import BaselineConfig, run_baseline
-
-        return run_baseline(
-            BaselineConfig(**{"method": method, "seed": seed, "progress": False, **_with_defaults(method, overrides)})
-        )
-
-    return run
-
-
-def _adpa(method: str):
-    def run(seed: int, overrides: dict) -> RunResult:
-        import dataclasses
-
-        from workbench.methods.adpa import AdpaConfig, run_adpa  # written separately; imported on use
-
-        known = {f.name for f in dataclasses.fields(AdpaConfig)}
-        kwargs = {"progress": False, **_with_defaults(method, overrides)}
-        if "teacher" in kwargs and "teacher" not in known:
-            # ADPA names its teachers teacher_dpo / teacher_ref; a gym preset's reference teacher is its sibling
-            teacher = kwargs.pop("teacher")
-            kwargs.setdefault("teacher_dpo", teacher)
-            if teacher.startswith("gym-") and teacher.endswith("teacher-dpo"):
-                kwargs.setdefault("teacher_ref", teacher.replace("teacher-dpo", "teacher-ref"))
-        # the harness's plumbing keys are optional for a config; everything else must be a real field
-        kwargs = {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
-        return run_adpa(AdpaConfig(**{"method": method, "seed": seed, **kwargs}))
-
-    return run
-
-
-ADPA_METHODS = ("sft", "dckd", "adpa", "adpa+", "adpa_no_ref", "q_argmax", "q_softmax")
-
-METHODS: dict[str, Callable[[int, dict], RunResult]] = {
-    "pad-vpd": _pad("pad-vpd", "vpd"),
-    "pad-ppd": _pad("pad-ppd", "ppd"),
-    "plad": _plad("plad"),
-    **{name: _baseline(name) for name in ("kd", "seqkd", "reverse-kl", "dpo", "simpo", "pro")},
-    # beyond the papers: the same objectives plus an NLL anchor on the teacher's preferred answer (sft_weight = 1)
-    "pad-ppd+sft": _pad("pad-ppd+sft", "ppd", sft_weight=1.0),
-    "plad+sft": _plad("plad+sft", sft_weight=1.0),
-    **{name: _adpa(name) for name in ADPA_METHODS},
-}
+# name -> runner(seed, overrides) -> RunResult, in the registry's (the table's) order
+METHODS: dict[str, Callable[[int, dict], RunResult]] = {name: partial(run_method, name) for name in REGISTERED}
+ADPA_METHODS = methods_of("adpa")
 
 
 def adpa_available() -> bool:
-    """Whether ``workbench.methods.adpa`` can be imported (the ADPA family is registered lazily)."""
+    """Whether ``workbench.methods.adpa`` can be imported."""
     return importlib.util.find_spec("workbench.methods.adpa") is not None
 
 
 def available_methods() -> list[str]:
-    """Registered methods whose module exists."""
+    """Registered methods whose module exists, in table order."""
     return [m for m in METHODS if m not in ADPA_METHODS or adpa_available()]
 
 

@@ -46,9 +46,10 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
-from importlib import import_module
+from dataclasses import asdict, fields
 from pathlib import Path
+
+from workbench.methods import FAMILIES
 
 logger = logging.getLogger("workbench.train")
 
@@ -56,35 +57,8 @@ SCRIPT_OPTIONS = {"save_model", "save_rows", "memory_check"}  # parameters of th
 LAUNCH_STRATEGIES = {"FSDP": "fsdp", "MULTI_GPU": "ddp", "MULTI_CPU": "ddp"}  # accelerate's type -> memory.RunShape
 
 
-@dataclass(frozen=True)
-class Pipeline:
-    """A method family's training as the script runs it: its notebook, config class and ``train_run``."""
-
-    notebook: str  # the notebook stem whose parameters the recipe holds
-    module: str  # workbench.methods.<module> defines the config class and train_run
-    config: str
-    notebook_only: frozenset = frozenset()  # notebook parameters that steer its extra sections only
-    zero_is_none: frozenset = frozenset()  # parameters whose 0 means "off" (None in the config)
-
-    def config_class(self):
-        return getattr(import_module(f"workbench.methods.{self.module}"), self.config)
-
-    def train_run(self):
-        return import_module(f"workbench.methods.{self.module}").train_run
-
-
-PIPELINES = {
-    "pad": Pipeline("03_pad_train", "pad", "PadConfig", zero_is_none=frozenset({"m"})),
-    "adpa": Pipeline(
-        "06_adpa_train",
-        "adpa",
-        "AdpaConfig",
-        notebook_only=frozenset({"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps"}),
-    ),
-    "plad": Pipeline(
-        "07_plad_train", "plad", "PladConfig", notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds"})
-    ),
-}
+# the method families a recipe trains (the registry's families with a notebook of their own)
+PIPELINES = {name: family for name, family in FAMILIES.items() if family.notebook}
 
 
 def parse_value(text: str):
@@ -129,16 +103,10 @@ def method_config(pipeline: str, params: dict):
 
 
 def samples_a_trained_student(pipeline: str, cfg) -> bool:
-    """True when the run samples from its student after training it: PAD with ``iterations`` > 1, ADPA+ (ŷ from
-    the DCKD student). Under FSDP that student is sharded: it samples through a whole copy
+    """True when the run samples from its student after training it (PAD with ``iterations`` > 1, ADPA+: ŷ from the
+    DCKD student). Under FSDP that student is sharded: it samples through a whole copy
     (:func:`workbench.distributed.unsharded`), built for full fine-tuning only."""
-    if pipeline == "pad":
-        return cfg.iterations > 1
-    if pipeline == "adpa":
-        from workbench.methods.adpa import METHOD_STAGES
-
-        return cfg.state_source == "student" and len(METHOD_STAGES[cfg.method]) > 1
-    return False
+    return cfg.samples_a_trained_student()
 
 
 def trained_mixed_precision() -> str | None:

@@ -31,7 +31,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import datasets
 import numpy as np
@@ -50,6 +51,7 @@ from workbench.losses.adpa import (
     dckd_loss,
     sft_loss,
 )
+from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (
     HELD_OUT_SEED,
@@ -161,6 +163,8 @@ class AdpaConfig(TrainingKnobs):
 
     Paper values are quoted in ``help``; the gym's students are tiny, so learning rates and steps differ.
     """
+
+    memory_shape: ClassVar[str] = FAMILIES["adpa"].memory_shape  # workbench.memory.MEMORY_SHAPES
 
     teacher_dpo: str = field(default="gym-teacher-dpo", metadata={"help": "DPO teacher π_dpo (id/path/preset)"})
     teacher_ref: str = field(
@@ -286,6 +290,10 @@ class AdpaConfig(TrainingKnobs):
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/adpa"
     progress: bool = True
+
+    def samples_a_trained_student(self) -> bool:
+        """Whether ŷ is sampled from a student trained by an earlier stage (ADPA+ from the DCKD student)."""
+        return self.state_source == "student" and len(METHOD_STAGES[self.method]) > 1
 
     def __post_init__(self):
         if self.quantization == "":
@@ -805,6 +813,20 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
         for name, hats in ctx.states.items()
     }
     return TrainedRun(ctx.history, student, tokenizer, rows, {"train_pairs": len(pairs), "stages": ctx.stages})
+
+
+def harness_kwargs(kwargs: dict) -> dict:
+    """The comparison's shared overrides as AdpaConfig fields: ``teacher`` becomes ``teacher_dpo`` (and a gym
+    preset's reference teacher, its sibling, ``teacher_ref``); harness plumbing the config lacks is dropped."""
+    known = {f.name for f in fields(AdpaConfig)}
+    kwargs = dict(kwargs)
+    if "teacher" in kwargs and "teacher" not in known:
+        teacher = kwargs.pop("teacher")
+        kwargs.setdefault("teacher_dpo", teacher)
+        if teacher.startswith("gym-") and teacher.endswith("teacher-dpo"):
+            kwargs.setdefault("teacher_ref", teacher.replace("teacher-dpo", "teacher-ref"))
+    # the harness's plumbing keys are optional for a config; everything else must be a real field
+    return {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
 
 
 def run_adpa(cfg: AdpaConfig) -> RunResult:

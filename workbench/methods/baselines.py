@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import datasets
 import numpy as np
@@ -50,6 +51,7 @@ from workbench.logprobs import student_token_logps
 from workbench.losses import get_loss
 from workbench.losses.baselines import DPO_BETA, SIMPO_BETA, SIMPO_GAMMA_BETA_RATIO
 from workbench.losses.pad import avg_logp_reward
+from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
     HELD_OUT_SEED,
@@ -85,6 +87,8 @@ DEFAULT_BETA = {"dpo": DPO_BETA, "simpo": SIMPO_BETA}
 @dataclass
 class BaselineConfig(StudentPrecision):
     """Parameters of a baseline run; defaults share PAD's gym budget and samples (see module docstring)."""
+
+    memory_shape: ClassVar[str] = FAMILIES["baselines"].memory_shape  # workbench.memory.MEMORY_SHAPES
 
     method: str = field(default="seqkd", metadata={"help": f"one of {BASELINES}"})
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})

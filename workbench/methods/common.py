@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.encoding import as_messages
+from workbench.methods import GYM_LR
 from workbench.rewards import user_text
 
 logger = logging.getLogger("workbench.methods")
@@ -384,47 +385,6 @@ def gym_prompts(split: str, count: int, seed: int):
 
 
 HELD_OUT_SEED = 1000  # every method evaluates on the same held-out prompts
-
-
-# Learning rate per method on the default gym, chosen on its *validation* split by ``experiments/gym_tune.py`` (seed
-# 0, 128 prompts × 4 samples; grid {1e-4, 3e-4, 1e-3, 3e-3}, one step past a winning end), everything else at the
-# method's defaults. Validation mean gold at 1e-4 / 3e-4 / 1e-3 / 3e-3 (initial student ≈ 0.67 on test): dpo 0.798 /
-# 0.789 / 0.640 / 0.014 (3e-5: 0.808); kd 0.890 / 0.884 / 0.877 / 0.862 (3e-5: 0.849); pad-ppd 0.882 / 0.873 / 0.747 /
-# 0.110 (3e-5: 0.827); pad-ppd+sft 0.873 / 0.876 / 0.859 / 0.857; pad-vpd 0.866 / 0.871 / 0.722 / 0.056; plad 0.879 /
-# 0.828 / 0.481 / 0.046 (3e-5: 0.836); plad+sft 0.904 / 0.899 / 0.891 / 0.872 (3e-5: 0.841); pro 0.845 / 0.834 / 0.842
-# / 0.819 (3e-5: 0.811); reverse-kl 0.892 / 0.897 / 0.883 / 0.863; seqkd 0.902 / 0.906 / 0.902 / 0.894; simpo 0.832 /
-# 0.805 / 0.771 / 0.245 (3e-5: 0.851); the ADPA family (α = 1, γ = 3, as tuned on the v1 gym, whose lr was 3e-3): sft
-# 0.799 / 0.816 / 0.810 / 0.823 (1e-2: 0.769); dckd 0.855 / 0.866 / 0.866 / 0.860, then at α = 5 (the gym-tuned
-# ``AdpaConfig.alpha``, seeds 0-1) 0.858 at 3e-4, 0.868 at 1e-3, 0.872 at 3e-3, 0.860 at 1e-2; adpa 0.864 / 0.857 /
-# 0.850 / 0.842 (3e-5: 0.858); adpa+ 0.877 / 0.857 / 0.841 / 0.831 (3e-5: 0.867); adpa_no_ref 0.906 / 0.899 / 0.888 /
-# 0.889 (3e-5: 0.891); q_argmax 0.556 / 0.590 / 0.592 / 0.602 (1e-2: 0.576); q_softmax 0.205 / 0.266 / 0.291 / 0.320
-# (1e-2: 0.302). Differences under ~0.01 are within one seed's noise. Re-checked at stop 14 on validation seeds 0-2
-# (``python experiments/gym_tune.py --seeds 0 1 2 --methods <the 16 table methods>``;
-# results/gym_tune/lr_seeds_0-2.json):
-# 8 of 16 methods have the same best rate; for the other 8 the 3-seed best leads the current rate by less than the seed
-# noise (paired by seed, 95% CI of the difference reaching 0; largest sft +0.021 ± 0.058 at 3e-4, dpo +0.014 ± 0.052
-# at 1e-4), so no rate changed. (On the v1 gym the rates were 1e-4 to 3e-3 higher for the baselines: its student was
-# weak enough that larger steps helped.)
-GYM_LR = {
-    "kd": 1e-4,
-    "seqkd": 3e-4,
-    "reverse-kl": 3e-4,
-    "pro": 1e-4,
-    "dpo": 3e-5,
-    "simpo": 3e-5,
-    "plad": 1e-4,
-    "plad+sft": 1e-4,
-    "pad-vpd": 3e-4,
-    "pad-ppd": 1e-4,
-    "pad-ppd+sft": 3e-4,
-    "sft": 3e-3,
-    "dckd": 3e-3,
-    "adpa": 1e-4,
-    "adpa+": 1e-4,
-    "adpa_no_ref": 1e-4,
-    "q_argmax": 3e-3,
-    "q_softmax": 3e-3,
-}
 
 
 def resolve_lr(lr: float | None, method: str) -> float:

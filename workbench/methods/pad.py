@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import datasets
 import numpy as np
@@ -25,6 +25,7 @@ from workbench.evaluate import mean_kendall_tau, win_rate
 from workbench.logprobs import student_token_logps
 from workbench.losses import get_loss
 from workbench.losses.pad import decompose_groups, decomposed_loss
+from workbench.methods import FAMILIES
 from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
     HELD_OUT_SEED,
@@ -60,6 +61,8 @@ logger = logging.getLogger("workbench.pad")
 @dataclass
 class PadConfig(TrainingKnobs):
     """Parameters of a PAD run; defaults run the gym on CPU in minutes, paper values quoted in ``help``."""
+
+    memory_shape: ClassVar[str] = FAMILIES["pad"].memory_shape  # workbench.memory.MEMORY_SHAPES
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
@@ -182,6 +185,10 @@ class PadConfig(TrainingKnobs):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
         self.check_training_knobs()
+
+    def samples_a_trained_student(self) -> bool:
+        """Whether a later round samples from the student trained by an earlier one."""
+        return self.iterations > 1
 
     @property
     def gym_method(self) -> str:

@@ -34,6 +34,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import datasets
 import numpy as np
@@ -46,6 +47,7 @@ from workbench.logprobs import chunked_logps_at, gather_token_logps, logits_chun
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
 from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibration_score, make_pseudo_pairs
+from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (
     HELD_OUT_SEED,
@@ -83,6 +85,8 @@ DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1
 @dataclass
 class PladConfig(TrainingKnobs):
     """Parameters of a PLaD run; defaults run the gym on CPU in well under a minute, paper values in ``help``."""
+
+    memory_shape: ClassVar[str] = FAMILIES["plad"].memory_shape  # workbench.memory.MEMORY_SHAPES
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
@@ -198,6 +202,10 @@ class PladConfig(TrainingKnobs):
     save_steps: int = field(default=0, metadata={"help": SAVE_STEPS_HELP})
     output_dir: str = "runs/plad"
     progress: bool = True
+
+    def samples_a_trained_student(self) -> bool:
+        """PLaD samples once, before training."""
+        return False
 
     def __post_init__(self):
         if self.quantization == "":
