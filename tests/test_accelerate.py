@@ -112,7 +112,9 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
         [
             sys.executable,
             "-m",
-            "workbench.train_pad",
+            "workbench.train",
+            "--pipeline",
+            "pad",
             *_pad_args({**PARAMS, "batch_size": 4, "output_dir": tmp_path / "one"}),
         ],
         env,
@@ -130,7 +132,9 @@ def test_two_process_ddp_shards_sampling_and_equals_one_process(tiny_gym, tmp_pa
             "--main_process_port",
             "29517",
             "-m",
-            "workbench.train_pad",
+            "workbench.train",
+            "--pipeline",
+            "pad",
             *_pad_args({**PARAMS, "batch_size": 2, "output_dir": tmp_path / "two", "report_to": "tensorboard"}),
         ],
         env,
@@ -270,7 +274,9 @@ def test_the_fsdp_config_on_cpu_says_it_runs_data_parallel_and_trains_as_one_pro
         [
             sys.executable,
             "-m",
-            "workbench.train_pad",
+            "workbench.train",
+            "--pipeline",
+            "pad",
             *_pad_args({**params, "batch_size": 4, "output_dir": tmp_path / "one"}),
         ],
         env,
@@ -431,10 +437,12 @@ def test_fsdp_launch_refuses_a_lora_run_that_samples_its_trained_student_before_
     assert not (tmp_path / "two").exists()
 
 
-def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):
-    from workbench.train_pad import pad_config, parse_value
+def test_the_pad_script_reads_recipe_parameters_like_the_notebook(tmp_path):
+    from workbench.train import method_config, parse_value
 
-    cfg = pad_config({"teacher": "t", "student": "s", "m": 0, "quantization": "", "lr": 1e-6, "max_new_tokens": 512})
+    cfg = method_config(
+        "pad", {"teacher": "t", "student": "s", "m": 0, "quantization": "", "lr": 1e-6, "max_new_tokens": 512}
+    )
     assert cfg.m is None and cfg.quantization is None and cfg.max_new_tokens == 512
     assert (parse_value("4bit"), parse_value("1e-6"), parse_value("True"), parse_value("false")) == (
         "4bit",
@@ -443,7 +451,7 @@ def test_train_pad_reads_recipe_parameters_like_the_notebook(tmp_path):
         False,
     )
     with pytest.raises(ValueError, match="unknown PAD parameters"):
-        pad_config({"teacher": "t", "studnet": "s"})
+        method_config("pad", {"teacher": "t", "studnet": "s"})
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -492,7 +500,9 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_curve(tiny_gym, t
                 "--main_process_port",
                 str(port),
                 "-m",
-                "workbench.train_pad",
+                "workbench.train",
+                "--pipeline",
+                "pad",
             ]
         )
         return [*command, *_pad_args({**params, "output_dir": out})]

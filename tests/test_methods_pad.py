@@ -262,10 +262,10 @@ def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_mo
 
 
 def test_the_accelerate_script_trains_on_the_notebooks_prompts_and_never_on_held_out_ones(tiny_gym, tmp_path):
-    """``workbench.train_pad`` (the ``accelerate launch`` script) and ``run_pad`` (notebook 03) share
+    """``workbench.train`` (the ``accelerate launch`` script) and ``run_pad`` (notebook 03) share
     ``pad_prompts``: on a local file both train on the same rows, disjoint from the held-out carve."""
     from workbench.methods.pad import pad_prompts
-    from workbench.train_pad import train_pad
+    from workbench.train import train as train_script
 
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
     cfg = PadConfig(
@@ -284,7 +284,7 @@ def test_the_accelerate_script_trains_on_the_notebooks_prompts_and_never_on_held
     )
     train, held_out = pad_prompts(cfg)
     assert len(held_out) == 2 and train and not {json.dumps(p) for p in train} & {json.dumps(p) for p in held_out}
-    train_pad(cfg, save_model=False, save_rows=True)
+    train_script("pad", cfg, save_model=False, save_rows=True)
     rows = [json.loads(line) for line in (tmp_path / "rows_round0.jsonl").read_text().splitlines()]
     assert [row["prompt"] for row in rows] == train
 
