@@ -335,7 +335,7 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
         compare(["plad"], seeds=[0], overrides=TINY, runs_dir=tmp_path)
     assert ran == [0, 0, 0]
     stale.write_text(json.dumps({k: v for k, v in saved.items() if k != "weights"}))
-    with caplog.at_level("WARNING", logger=compare_module.logger.name):
+    with caplog.at_level("WARNING", logger="workbench.compare"):
         compare(["plad", ("seqkd", {"lr": 3e-3})], seeds=[0], overrides=TINY, runs_dir=tmp_path)  # loaded
     assert ran == [0, 0, 0]
     assert "made on 2 builds of the models' weights (2 on " in caplog.text and "1 on unnoted weights" in caplog.text
@@ -429,7 +429,7 @@ def test_the_committed_comparison_is_complete_and_current():
     the gym, GYM_LR or the ADPA weights without re-running the comparison fails here, not silently in a figure."""
     from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
 
-    runs = Path(compare_module.__file__).resolve().parents[1] / DEFAULT_RUNS_DIR
+    runs = Path(__file__).resolve().parents[1] / DEFAULT_RUNS_DIR
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
     models, weights = EvalConfig().models(), EvalConfig().weights()
     for name in ("full", "plad-fig2", "plad-fig4"):
@@ -462,6 +462,7 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
     """--report: the table, ledger and against-the-best of a runs folder from its records alone; it names the builds
     and warns of a mix; an empty folder is refused with the command that fills it."""
     from workbench import compare as C
+    from workbench.compare import cli as compare_cli
 
     for seed, (plad, seqkd) in enumerate(((0.5, 0.4), (0.6, 0.4), (0.7, 0.5))):
         for label, gold in (("plad", plad), ("seqkd", seqkd)):
@@ -469,7 +470,7 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
             path = tmp_path / label / f"seed{seed}" / "record.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(record))
-    monkeypatch.setattr(C, "compare", lambda *a, **k: pytest.fail("--report must not train"))
+    monkeypatch.setattr(compare_cli, "compare", lambda *a, **k: pytest.fail("--report must not train"))
     C.main(["--report", "--runs-dir", str(tmp_path)])
     page = capsys.readouterr().out
     assert page == C.report(tmp_path)
@@ -490,7 +491,7 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     records today: re-running or adding records without regenerating it (make figures) fails here."""
     from workbench.compare import report
 
-    runs = Path(compare_module.__file__).resolve().parents[1] / "results" / folder
+    runs = Path(__file__).resolve().parents[1] / "results" / folder
     assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), (
         f"results/{folder}/REPORT.md is stale: python -m workbench.compare --report --runs-dir results/{folder}"
     )
@@ -500,7 +501,7 @@ def test_the_readme_quotes_the_committed_ledger_across_worlds():
     """The README's table of claims across gym worlds is what the committed records give today, verbatim."""
     from workbench.compare import format_ledger_across, ledger_across_worlds
 
-    root = Path(compare_module.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     worlds = {
         "default": root / "results/compare",
         "world1": root / "results/compare_world1",
@@ -517,6 +518,7 @@ def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path,
     """--gym world1: every run starts from that build's teacher and student (another seed of the default recipe, a
     model identity of its own), and its records go to a folder of their own."""
     from workbench import compare as C
+    from workbench.compare import cli as compare_cli
     from workbench.models import model_identity
 
     assert SIZES["world1"].seed == 1 and SIZES["world1"].key() != SIZES["default"].key()
@@ -527,7 +529,7 @@ def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path,
         calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], seeds=seeds)
         raise SystemExit(0)  # stop before the table: nothing was trained
 
-    monkeypatch.setattr(C, "compare", fake_compare)
+    monkeypatch.setattr(compare_cli, "compare", fake_compare)
     with pytest.raises(SystemExit):
         C.main(["--gym", "world1", "--methods", "seqkd", "--seeds", "0"])
     assert calls == {
@@ -583,7 +585,7 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
     made on that world's builds at today's harness settings."""
     from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
 
-    runs = Path(compare_module.__file__).resolve().parents[1] / f"{DEFAULT_RUNS_DIR}_{gym}"
+    runs = Path(__file__).resolve().parents[1] / f"{DEFAULT_RUNS_DIR}_{gym}"
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
     eval_cfg = EvalConfig(teacher=f"gym-{gym}-teacher-dpo", student=f"gym-{gym}-student")
     models, weights = eval_cfg.models(), eval_cfg.weights()

@@ -1,0 +1,285 @@
+"""The claims ledger: each paper claim as a paired per-seed effect with its 95% CI and a verdict, per world."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench.compare.harness import load_records, load_references
+from workbench.compare.runs import ADPA_METHODS, LEDGER_VARIANTS, REFERENCE_ROWS, Variant, adpa_available
+from workbench.compare.tables import reference_frame, runs_frame
+from workbench.evaluate import mean_ci
+
+logger = logging.getLogger("workbench.compare")
+
+# --- the claims ledger ---
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A qualitative claim as a paired comparison of two run labels over seeds.
+
+    ``kind``: ``"greater"`` (a > b), ``"less"`` (a < b), ``"equivalent"`` (|a − b| < margin) or ``"at_most"``
+    (a − b < margin: "adds little"). ``a = "@best"`` picks the table method with the highest mean ``metric``;
+    ``b = "teacher"`` / ``"student (initial)"`` use the reference evaluations.
+    """
+
+    claim_id: str
+    paper: str
+    statement: str
+    a: str
+    b: str
+    kind: str = "greater"
+    metric: str = "gold"
+    margin: float = 0.03
+
+
+CLAIMS = (
+    Claim("pad-ppd>vpd", "PAD §5.2, Table 1", "PPD beats VPD", "pad-ppd", "pad-vpd"),
+    Claim(
+        "pad-alpha0.8>0", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 0 (likelihood only)", "pad-ppd", "pad-ppd[alpha=0.0]"
+    ),
+    Claim("pad-alpha0.8>1", "PAD §5.3, Fig. 5", "α = 0.8 beats α = 1 (MCQ only)", "pad-ppd", "pad-ppd[alpha=1.0]"),
+    Claim(
+        "pad-2x4~1x8",
+        "PAD §5.4, Table 2",
+        "2 iterations × 4 samples ≈ 1 × 8 in quality",
+        "pad-ppd[iterations=2]",
+        "pad-ppd[n=8]",
+        kind="equivalent",
+    ),
+    Claim(
+        "pad-2x4-cheaper",
+        "PAD §5.4, Table 2",
+        "2 × 4 costs less than 1 × 8 (cold-cache wall time, s)",
+        "pad-ppd[iterations=2]",
+        "pad-ppd[n=8]",
+        kind="less",
+        metric="seconds",
+    ),
+    Claim("adpa>dckd", "ADPA Table 1", "ADPA beats DCKD", "adpa", "dckd"),
+    Claim("dckd>sft", "ADPA Table 1", "DCKD beats SFT", "dckd", "sft"),
+    Claim("adpa>no-ref", "ADPA ablation", "ADPA without the reference teacher is worse", "adpa", "adpa_no_ref"),
+    Claim(
+        "student>teacher",
+        "PAD §5.2 / PLaD §5.2",
+        "a distilled student can surpass the teacher (best method)",
+        "@best",
+        "teacher",
+    ),
+    Claim("plad>seqkd", "PLaD §5.2, Table 1", "PLaD beats SeqKD", "plad", "seqkd"),
+    Claim(
+        "real-pairs-add-little",
+        "PLaD §5.3, Fig. 2",
+        "real (gold-ordered) pairs add little over pseudo pairs",
+        "plad[real_ratio=1.0]",
+        "plad",
+        kind="at_most",
+    ),
+    # the same two PLaD claims for the anchored variant (beyond the paper), where training moves the student
+    # beyond the papers: PAD asks the judge once, in a random option order (§4.2); averaging over the n cyclic orders
+    # removes the judge's preference for a letter position (n times the MCQ passes)
+    Claim(
+        "pad-cyclic>random",
+        "PAD §4.2 (beyond: option order)",
+        "the MCQ judgement averaged over cyclic option orders beats one random order",
+        "pad-ppd[mcq_order=cyclic]",
+        "pad-ppd",
+    ),
+    Claim("plad+sft>seqkd", "PLaD §5.2 (+SFT anchor)", "PLaD (+ SFT anchor) beats SeqKD", "plad+sft", "seqkd"),
+    Claim(
+        "real-pairs-add-little+sft",
+        "PLaD §5.3 (+SFT anchor)",
+        "real pairs add little over pseudo pairs (PLaD + SFT anchor)",
+        "plad+sft[real_ratio=1.0]",
+        "plad+sft",
+        kind="at_most",
+    ),
+)
+
+
+def claim_variants(claims: Sequence[Claim] = CLAIMS) -> list[Variant]:
+    """The runs the given claims compare (``@best`` needs the whole table: run suite ``table`` for it); ADPA-family
+    runs only when ``workbench.methods.adpa`` exists."""
+    known = {v.label: v for v in LEDGER_VARIANTS}
+    out: list[Variant] = []
+    for claim in claims:
+        for label in (claim.a, claim.b):
+            if label in ("@best", *REFERENCE_ROWS):
+                continue
+            variant = known.get(label, Variant(label))
+            if variant.method in ADPA_METHODS and not adpa_available():
+                continue
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
+def verdict(kind: str, low: float, high: float, margin: float) -> str:
+    """holds / does not hold / inconclusive from a CI [low, high] of the effect a − b."""
+    if np.isnan(low) or np.isnan(high):
+        return "inconclusive"
+    if kind == "greater":
+        return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+    if kind == "less":
+        return "holds" if high < 0 else "does not hold" if low > 0 else "inconclusive"
+    if kind == "equivalent":
+        if -margin < low and high < margin:
+            return "holds"
+        return "does not hold" if low > margin or high < -margin else "inconclusive"
+    if kind == "at_most":
+        return "holds" if high < margin else "does not hold" if low > margin else "inconclusive"
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def claims_ledger(
+    records: Sequence[dict], references: dict[int, dict] | None = None, claims: Sequence[Claim] = CLAIMS
+) -> pd.DataFrame:
+    """Each claim → paired per-seed effect a − b of its metric, mean ± 95% CI over seeds, and the verdict.
+
+    The effect is paired by seed (both runs share the seed's distillation prompts and samples). "holds" needs the
+    CI on the claimed side of 0 (or inside ±margin for "equivalent", below +margin for "at_most"); "does not hold"
+    needs it wholly on the other side; anything else is "inconclusive". The t quantile is 4.3 at 3 seeds and 2.78 at 5,
+    so only large effects are decided.
+    """
+    frame = runs_frame(records)
+    if references:
+        frame = pd.concat([reference_frame(references), frame], ignore_index=True)
+    table_labels = set(frame.loc[~frame["label"].str.contains(r"\[", regex=True), "label"]) - set(REFERENCE_ROWS)
+    rows = []
+    for claim in claims:
+        a = claim.a
+        if a == "@best":
+            means = frame[frame["label"].isin(table_labels)].groupby("label")[claim.metric].mean()
+            a = str(means.idxmax()) if len(means) else a
+        by_seed = {label: frame[frame["label"] == label].set_index("seed")[claim.metric] for label in (a, claim.b)}
+        seeds = sorted(set(by_seed[a].index) & set(by_seed[claim.b].index))
+        row = {
+            "claim": claim.claim_id,
+            "paper": claim.paper,
+            "statement": claim.statement,
+            "a": a,
+            "b": claim.b,
+            "metric": claim.metric,
+            "kind": claim.kind,
+            "margin": claim.margin,
+            "n_seeds": len(seeds),
+        }
+        if not seeds:
+            missing = [x for x in (a, claim.b) if by_seed[x].empty]
+            rows.append(
+                {
+                    **row,
+                    "a_mean": np.nan,
+                    "b_mean": np.nan,
+                    "effect": np.nan,
+                    "ci95": np.nan,
+                    "low": np.nan,
+                    "high": np.nan,
+                    "verdict": f"not measured (no runs of {', '.join(missing)})",
+                }
+            )
+            continue
+        diffs = np.array([by_seed[a][s] - by_seed[claim.b][s] for s in seeds], dtype=float)
+        stats = mean_ci(diffs)
+        half = stats["ci95"]
+        low, high = (stats["mean"] - half, stats["mean"] + half) if not np.isnan(half) else (np.nan, np.nan)
+        rows.append(
+            {
+                **row,
+                "a_mean": float(np.mean([by_seed[a][s] for s in seeds])),
+                "b_mean": float(np.mean([by_seed[claim.b][s] for s in seeds])),
+                "effect": stats["mean"],
+                "ci95": half,
+                "low": low,
+                "high": high,
+                "verdict": verdict(claim.kind, low, high, claim.margin),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def parse_worlds(items: Sequence[str]) -> dict[str, str]:
+    """``["default=results/compare", "results/compare_world1"]`` → ``{world: runs folder}`` (a bare folder is named
+    by its last part), the ``--across`` arguments of ``workbench.compare`` and ``workbench.figures``."""
+    return dict(item.split("=", 1) if "=" in item else (Path(item).name, item) for item in items)
+
+
+def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
+    """The claims ledger of each runs folder (one gym world each, e.g. ``results/compare`` and
+    ``results/compare_world1``) side by side: one row per claim, per world its effect ± CI and verdict, and
+    ``across`` — "holds in every world", "does not hold in any world", "depends on the world" (it holds in one and
+    fails in another), "undecided (holds / does not hold where decided)" (the other worlds inconclusive or not
+    measured), "undecided (inconclusive where measured)" or "not measured"."""
+    ledgers = {
+        world: claims_ledger(load_records(path), load_references(path)).set_index("claim")
+        for world, path in runs_dirs.items()
+    }
+    rows = []
+    for claim in CLAIMS:
+        row = {"claim": claim.claim_id, "statement": claim.statement, "metric": claim.metric}
+        verdicts = []
+        for world, ledger in ledgers.items():
+            r = ledger.loc[claim.claim_id]
+            row.update(
+                {
+                    f"{world}_effect": r["effect"],
+                    f"{world}_ci95": r["ci95"],
+                    f"{world}_verdict": r["verdict"],
+                    f"{world}_seeds": r["n_seeds"],
+                }
+            )
+            verdicts.append(r["verdict"])
+        decided = {v for v in verdicts if v in ("holds", "does not hold")}
+        if all(v == "holds" for v in verdicts):
+            row["across"] = "holds in every world"
+        elif all(v == "does not hold" for v in verdicts):
+            row["across"] = "does not hold in any world"
+        elif len(decided) == 2:
+            row["across"] = "depends on the world"
+        elif decided:
+            row["across"] = f"undecided ({decided.pop()} where decided)"
+        elif all(v.startswith("not measured") for v in verdicts):
+            row["across"] = "not measured"
+        else:
+            row["across"] = "undecided (inconclusive where measured)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_ledger_across(table: pd.DataFrame, worlds: Sequence[str]) -> str:
+    """A markdown table of :func:`ledger_across_worlds`: per world the effect ± CI and verdict, then ``across``."""
+    lines = ["| claim | " + " | ".join(worlds) + " | across worlds |", "|---" * (len(worlds) + 2) + "|"]
+    for _, r in table.iterrows():
+        d = 1 if r["metric"] == "seconds" else 3
+        cells = []
+        for w in worlds:
+            effect = r[f"{w}_effect"]
+            cells.append(
+                "—"
+                if np.isnan(effect)
+                else f"{effect:+.{d}f} ± {r[f'{w}_ci95']:.{d}f} ({r[f'{w}_verdict']}, {r[f'{w}_seeds']} seeds)"
+            )
+        lines.append(f"| {r['statement']} | " + " | ".join(cells) + f" | {r['across']} |")
+    return "\n".join(lines)
+
+
+def format_ledger(ledger: pd.DataFrame) -> str:
+    """A markdown table of the ledger."""
+    lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
+    for _, r in ledger.iterrows():
+        d = 1 if r["metric"] == "seconds" else 3
+        effect = (
+            "—"
+            if np.isnan(r["effect"])
+            else (
+                f"{r['effect']:+.{d}f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.{d}f}") + f" ({r['metric']})"
+            )
+        )
+        lines.append(f"| {r['statement']} | {r['paper']} | {r['a']} vs {r['b']} | {effect} | {r['verdict']} |")
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""One evaluation for every run: held-out prompts and samples, gold, win rates, reward accuracy, ranking agreement."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workbench.evaluate import evaluate_policy, length_bucket_gains, prompt_lengths, win_rate
+from workbench.methods.common import HELD_OUT_SEED, RunResult, gym_prompts
+
+logger = logging.getLogger("workbench.compare")
+
+# --- one evaluation for every run ---
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every run is evaluated on (the defaults equal the method pipelines' own evaluation, so the samples of
+    the trained student come from the stage cache)."""
+
+    teacher: str = "gym-teacher-dpo"
+    student: str = "gym-student"
+    eval_prompts: int = 128
+    eval_samples: int = 4
+    max_new_tokens: int = 24
+    alpha: float = 0.8  # the teacher ranking for Kendall τ is PAD's calibrated r̂ (Eq. 9)
+    mcq_order: str = "random"
+    length_edges: tuple[float, ...] = (0, 2, 4, 6, 8, float("inf"))
+    split: str = "test"  # the gym split evaluated on: "test" for the table, "validation" for choosing settings
+
+    def held_out(self):
+        return gym_prompts(self.split, self.eval_prompts, HELD_OUT_SEED)
+
+    def models(self) -> dict[str, str]:
+        """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
+        from workbench.models import model_identity
+
+        return {
+            "teacher": model_identity(self.teacher),
+            "student": model_identity(self.student),
+            **({"split": self.split} if self.split != "test" else {}),
+        }
+
+    def weights(self) -> dict[str, str | None]:
+        """The teacher's and student's weights as built here (:func:`workbench.models.weights_fingerprint`; None
+        for a model that is not a gym preset): the same :meth:`models` built under other libraries differ here."""
+        from workbench.models import weights_fingerprint
+
+        return {"teacher": weights_fingerprint(self.teacher), "student": weights_fingerprint(self.student)}
+
+
+EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
+
+
+def heldout_preference_pairs(prompts, seed: int = HELD_OUT_SEED) -> list[dict]:
+    """One gold-ranked pair per held-out prompt, from the gym's candidate kinds (the judge mix): a fixed,
+    model-independent test set for reward accuracy (DESIGN: chosen avg-log-lik > rejected)."""
+    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.world import gold_reward, sample_candidate
+
+    rng = random.Random(seed)
+    pairs = []
+    for prompt in prompts:
+        for _ in range(100):
+            a, b = sample_candidate(prompt, JUDGE_MIX, rng), sample_candidate(prompt, JUDGE_MIX, rng)
+            gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
+            if gold_a != gold_b:
+                chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
+                pairs.append({"prompt": prompt.text, "chosen": chosen, "rejected": rejected})
+                break
+    return pairs
+
+
+def reward_accuracy(model, tokenizer, pairs: Sequence[dict]) -> float:
+    """Fraction of pairs whose chosen answer has the higher per-token log-likelihood (PAD Eq. 7), ties ½."""
+    from workbench.scoring import avg_logp_rewards
+
+    prompts = [p["prompt"] for p in pairs]
+    chosen = avg_logp_rewards(model, tokenizer, prompts, [p["chosen"] for p in pairs]).numpy()
+    rejected = avg_logp_rewards(model, tokenizer, prompts, [p["rejected"] for p in pairs]).numpy()
+    return win_rate(chosen, rejected)
+
+
+def _evaluation_summary(evaluation: dict) -> dict:
+    return {
+        "gold": evaluation["gold"],
+        "per_prompt": evaluation["per_prompt"],
+        "length": evaluation["length"],
+        "prompt_lengths": prompt_lengths(evaluation).tolist(),
+    }
+
+
+def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
+    """The initial student and the teacher on the held-out prompts (seeded like every run), with their reward
+    accuracy on the held-out pairs."""
+    from workbench.models import load
+
+    held_out = eval_cfg.held_out()
+    pairs = heldout_preference_pairs(held_out)
+    out = {}
+    for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
+        model, tokenizer = load(name)
+        evaluation = evaluate_policy(
+            model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+        )
+        out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
+    return out
+
+
+def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
+    """The harness's uniform evaluation of a trained student (module docstring); JSON-ready."""
+    from workbench.methods.pad import ranking_agreement
+    from workbench.models import load
+
+    started = time.perf_counter()
+    held_out = eval_cfg.held_out()
+    model, tokenizer = result.model, result.tokenizer
+    after = evaluate_policy(
+        model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+    )
+    initial, teacher_eval = references["student"], references["teacher"]
+    teacher, teacher_tok = load(eval_cfg.teacher)
+    ranking = ranking_agreement(
+        model,
+        tokenizer,
+        teacher,
+        teacher_tok,
+        after["samples"],
+        alpha=eval_cfg.alpha,
+        mcq_order=eval_cfg.mcq_order,
+        seed=seed,
+    )
+    return {
+        **_evaluation_summary(after),
+        "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),
+        "win_rate_vs_teacher": win_rate(after["per_prompt"], teacher_eval["per_prompt"]),
+        "reward_accuracy": reward_accuracy(model, tokenizer, heldout_preference_pairs(held_out)),
+        "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
+        "tau_student_gold": ranking["tau_student_gold"]["mean"],
+        "length_buckets": length_bucket_gains(
+            after["per_prompt"], initial["per_prompt"], initial["prompt_lengths"], eval_cfg.length_edges
+        ),
+        "eval_seconds": time.perf_counter() - started,
+    }
+
+
+@contextlib.contextmanager
+def fresh_stage_cache():
+    """Run with an empty, temporary stage cache (samples and scores recomputed), e.g. to time a method cold."""
+    import workbench.cache as cache_module
+
+    saved = cache_module._DEFAULT_CACHE
+    with tempfile.TemporaryDirectory(prefix="workbench-cold-") as root:
+        cache_module._DEFAULT_CACHE = cache_module.StageCache(root)
+        try:
+            yield
+        finally:
+            cache_module._DEFAULT_CACHE = saved
