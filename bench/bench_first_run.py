@@ -3,7 +3,8 @@
 Clones this repository's HEAD into a temporary folder, optionally sets it up in a fresh virtualenv (``--fresh-venv``:
 ``python -m venv`` + ``make setup``, timed), then runs the quick start's notebook command ``--runs`` times, each with
 an empty workbench cache (``WORKBENCH_CACHE`` pointed at a new folder) and a fresh output folder, and prints one JSON
-object: every run's wall seconds, their median, and the gold reward before/after and win rate each run measured.
+object: every run's wall seconds, their median, the gold reward before/after and win rate each run measured, and
+the seconds each shipped gym preset's first load takes in a fresh process (imports excluded).
 
     python bench/bench_first_run.py                        # 3 runs of papermill ... -p n 8 in this environment
     python bench/bench_first_run.py --fresh-venv           # + a fresh virtualenv set up by make setup (~1-2 min more)
@@ -23,6 +24,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# each shipped preset's first load in a fresh process (weights checked against build.json), imports excluded
+PRESET_LOADS = """
+import json, time
+from workbench.models import load
+import transformers
+seconds = {}
+for name in ("gym-teacher-dpo", "gym-teacher-ref", "gym-student", "gym-tiny-student", "gym-world1-student"):
+    started = time.perf_counter()
+    load(name, device="cpu")
+    seconds[name] = round(time.perf_counter() - started, 3)
+print(json.dumps(seconds))
+"""
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:
@@ -53,6 +68,9 @@ def main(argv=None) -> int:
         python = str(work / "venv" / "bin" / "python")
         out["make_setup_seconds"] = timed(["make", "setup", f"PYTHON={python}"], clone, env)
         env["PATH"] = f"{work / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
+    out["preset_load_seconds"] = json.loads(subprocess.run(
+        [python, "-c", PRESET_LOADS], cwd=clone, env={**env, "WORKBENCH_CACHE": str(work / "cache-load")},
+        capture_output=True, text=True, check=True).stdout)
     runs = []
     for run in range(args.runs):
         cache, output = work / f"cache{run}", work / f"out{run}"
