@@ -15,6 +15,7 @@ from workbench import sample_complexity as S
 from workbench.backends import vllm as vllm_backend
 from workbench.cache import StageCache
 from workbench.methods import adpa as M
+from workbench.methods import adpa_sweeps as sweeps
 from workbench.topk_cache import teacher_topk
 
 TINY = dict(
@@ -297,11 +298,11 @@ def test_state_sources(source, tiny_gym, tmp_path):
 
 def test_method_table_and_markdown(tiny_gym, tmp_path):
     overrides = {k: v for k, v in TINY.items() if k != "progress"}
-    table = M.method_table(["sft", "adpa"], [0], output_dir=str(tmp_path), **overrides)
+    table = sweeps.method_table(["sft", "adpa"], [0], output_dir=str(tmp_path), **overrides)
     assert [row["method"] for row in table["rows"]] == ["sft", "adpa"]
     assert table["win_rate_vs_adpa"]["adpa"]["mean"] == 0.5
     assert (tmp_path / "table.json").exists() and (tmp_path / "adpa" / "seed=0" / "metrics.json").exists()
-    text = M.format_table(table)
+    text = sweeps.format_table(table)
     assert text.count("\n") == 4 and "| adpa | " in text and "initial student" in text
 
 
@@ -317,7 +318,7 @@ def test_summarize_runs_gives_mean_and_ci():
         }
         for g, w in [(0.5, 0.6), (0.7, 0.8), (0.6, 0.7)]
     ]
-    table = M.summarize_runs(runs)
+    table = sweeps.summarize_runs(runs)
     assert table["gold_after"]["mean"] == pytest.approx(0.6) and table["seeds"] == 3
     assert table["gold_after"]["ci95"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-4)
 
