@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 
-def shape_text(x: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in x.shape) + ")"
+def shape_text(x) -> str:
+    """A tensor's shape as ``(B, T, V)`` text, or the type name of anything else."""
+    return "(" + ", ".join(str(d) for d in x.shape) + ")" if isinstance(x, Tensor) else type(x).__name__
 
 
 @dataclass(frozen=True)
