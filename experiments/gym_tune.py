@@ -1,6 +1,6 @@
 """Experiment: choose the gym settings of the comparison harness on the gym's *validation* split.
 
-By default it chooses each method's learning rate (``workbench.methods.common.GYM_LR``): every method is trained at
+By default it chooses each method's learning rate (``workbench.methods.GYM_LR``): every method is trained at
 each rate of the grid (the harness's defaults otherwise) and evaluated by the harness on validation prompts
 (``EvalConfig(split="validation")``, never the table's test prompts); a method whose best rate is at an end of the grid
 is also tried one step further. ``changed`` lists a method only when its best value beats the current one by more than
@@ -110,7 +110,7 @@ def _value(text: str):
 
 def main(argv=None) -> None:
     from workbench.compare import METHODS, setting_of
-    from workbench.methods.common import GYM_LR
+    from workbench.methods import GYM_LR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

@@ -237,9 +237,10 @@ def test_registry_covers_every_method_and_adpa_lazily():
 
 
 def test_method_configs_default_to_the_harness_gym_rates_and_refuse_a_bad_one():
+    from workbench.methods import GYM_LR
     from workbench.methods.adpa import METHOD_STAGES, AdpaConfig
     from workbench.methods.baselines import BASELINES, BaselineConfig
-    from workbench.methods.common import GYM_LR, resolve_lr
+    from workbench.methods.config import resolve_lr
     from workbench.methods.pad import PadConfig
     from workbench.methods.plad import PladConfig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.methods.common import GYM_LR
+from workbench.methods import GYM_LR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = dict(

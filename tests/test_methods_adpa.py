@@ -235,7 +235,7 @@ def test_every_method_runs_end_to_end(method, tiny_gym, tmp_path):
 
 
 def test_adpa_plus_trains_its_dckd_stage_at_dckd_lr_and_its_adpa_stage_at_lr(tiny_gym, tmp_path, monkeypatch):
-    from workbench.methods.common import GYM_LR
+    from workbench.methods import GYM_LR
 
     rates = []
     train = M.train_distill

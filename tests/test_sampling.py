@@ -105,7 +105,7 @@ def test_vllm_options_are_checked_and_reach_the_engine_options(tmp_path):
     """``vllm_options`` go to every engine beside the GPU share; options the run sets itself, a GPU share given
     twice, and two engines that would each reserve vLLM's default 0.9 are refused with the fix."""
     from workbench.methods.adpa import AdpaConfig
-    from workbench.methods.common import vllm_engine_options
+    from workbench.methods.config import vllm_engine_options
     from workbench.methods.pad import PadConfig
     from workbench.methods.plad import PladConfig
 

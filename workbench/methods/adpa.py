@@ -57,8 +57,8 @@ from workbench.methods.common import (
     preference_splits,
     run_checkpoints,
     training_summary,
-    vllm_engine_options,
 )
+from workbench.methods.config import vllm_engine_options
 from workbench.sampling import sample_responses
 from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TopkCache, topk_teacher

@@ -11,7 +11,7 @@ from workbench.losses.adpa import (
 )
 from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes
-from workbench.methods.common import (
+from workbench.methods.config import (
     SAVE_STEPS_HELP,
     VLLM_OPTIONS_HELP,
     TrainingKnobs,

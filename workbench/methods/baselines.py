@@ -28,7 +28,7 @@ Simplifications, stated plainly:
   for the teacher's likelihood); on today's default gym the MCQ ranks better than the likelihood (README), so
   ``score="mcq"`` is a fair choice there too.
 * Gym defaults: full fine-tuning, 300 steps of 16 (prompts, pairs or sequences) — the same budget as PAD's gym
-  run — at each method's validation-chosen rate (``lr=None``: ``workbench.methods.common.GYM_LR``), the rate the
+  run — at each method's validation-chosen rate (``lr=None``: ``workbench.methods.GYM_LR``), the rate the
   comparison harness uses too.
 """
 
@@ -56,14 +56,12 @@ from workbench.methods.checks import check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
     HELD_OUT_SEED,
     RunResult,
-    StudentPrecision,
     finish_run,
     gold_of,
     gym_prompts,
-    knob,
     metrics_kept_on_divergence,
-    resolve_lr,
 )
+from workbench.methods.config import StudentPrecision, knob, resolve_lr
 from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses

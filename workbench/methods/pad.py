@@ -29,25 +29,27 @@ from workbench.methods import FAMILIES
 from workbench.methods.checks import check_ranking_loss, check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
     HELD_OUT_SEED,
-    SAVE_STEPS_HELP,
-    VLLM_OPTIONS_HELP,
     RunResult,
     TrainedRun,
-    TrainingKnobs,
-    check_dataset_options,
-    check_save_steps,
-    check_vllm_options,
     gold_of,
     gym_prompts,
     held_out_evaluation,
-    knob,
     load_frozen_teacher,
     metrics_kept_on_divergence,
     no_gold_evaluation,
     preference_splits,
-    resolve_lr,
     run_checkpoints,
     training_summary,
+)
+from workbench.methods.config import (
+    SAVE_STEPS_HELP,
+    VLLM_OPTIONS_HELP,
+    TrainingKnobs,
+    check_dataset_options,
+    check_save_steps,
+    check_vllm_options,
+    knob,
+    resolve_lr,
     vllm_engine_options,
 )
 from workbench.rewards import teacher_rewards
