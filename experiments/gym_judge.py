@@ -1,4 +1,4 @@
-"""Experiment (issue 2): can the gym teacher learn an MCQ judge that ranks student samples better than its likelihood?
+"""Experiment: can the gym teacher learn an MCQ judge that ranks student samples better than its likelihood?
 
 Continues training a built gym teacher on multiple-choice judging rows only, in a chosen layout, then measures on
 held-out (test-split) prompts the per-set Spearman correlation with gold and the top-1 accuracy of its MCQ selection
@@ -21,12 +21,12 @@ step alone (bare digits as options, the answer is the largest one's letter).
 
     python experiments/gym_judge.py --layout restate --verdicts --options 4 4 --steps 3000   # ~8 min, 1 thread
 
-Measured (default gym, stop 10; the built teacher's likelihood on student sets: 0.49), MCQ ρ on judge-mix / student
+Measured (the v1 default gym; the built teacher's likelihood on student sets: 0.49), MCQ ρ on judge-mix / student
 sets: before or after, 600 steps: ≈ 0 / ≈ 0 (the letter loss stays at chance); after + verdicts, 3000 steps:
 0.45 / 0.14; restate + verdicts, 3000 steps: 0.60–0.66 / 0.29–0.34 (two data draws) — this command printed
 0.605 / 0.292 with top-1 accuracy 0.75 / 0.62 in 498 s, and judging-only training cut the teacher's own likelihood
 ρ on student sets to 0.18.
-Stop 11 (1 thread, 1000 or 600 steps, judge-mix / student sets): ``--layout after --verdicts --reference`` 0.14 /
+Further (1 thread, 1000 or 600 steps, judge-mix / student sets): ``--layout after --verdicts --reference`` 0.14 /
 −0.04, ``--layout before --reference`` 0.13 / −0.03 (1000 steps: a reference does not break the plateau);
 ``--layout restate --verdicts --options 1 4`` 0.14 / 0.08; ``+ --random-letters`` 0.08 / 0.04; ``+ --argmax-fraction
 1`` 0.16 / 0.07 (600 steps). The selection step alone is easy: on argmax rows only the same teacher picks the largest
@@ -61,7 +61,8 @@ def judge_rows(
 ):
     """MCQ rows over judge-mix candidates: the label letter ~ softmax(gold / T) (as the gym build), plus each
     option's gold reward as a digit 0..9 (``verdicts``)."""
-    from workbench.gym.build import JUDGE_MIX, label_weights
+    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.rows import label_weights
     from workbench.gym.world import gold_reward, sample_candidate
 
     rows = {"prompt": [], "response": [], "verdicts": []}
@@ -130,7 +131,8 @@ def run(
 
     from workbench.cache import StageCache
     from workbench.evaluate import mean_spearman
-    from workbench.gym.build import JUDGE_MIX, VerdictCollator
+    from workbench.gym.build import JUDGE_MIX
+    from workbench.gym.rows import VerdictCollator
     from workbench.gym.world import gold_reward, make_prompts, sample_candidate
     from workbench.models import load
     from workbench.sampling import group_responses, sample_responses

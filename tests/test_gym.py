@@ -255,7 +255,7 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
     tiny = SIZES["tiny"]
     v1_fields = {k: v for k, v in asdict(tiny).items() if k not in FIELDS_SINCE_V1}
     assert tiny.key() == content_hash({"version": 1, **v1_fields}, length=12)  # earlier builds keep their folders
-    assert DEFAULT_V1.key() == "3d7097d9cbb6"  # the default gym's folder until stop 12 (README numbers before it)
+    assert DEFAULT_V1.key() == "3d7097d9cbb6"  # the earlier default gym's (v1) folder
     from workbench.models import model_identity
 
     # presets gym-v1-* rebuild (or find) exactly that folder; gym-* name today's default
@@ -282,7 +282,8 @@ def test_judge_options_key_the_cache_only_when_set_and_refuse_a_letter_first_lay
 def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
     import random
 
-    from workbench.gym.build import VerdictCollator, mcq_rows, with_overrides
+    from workbench.gym.build import with_overrides
+    from workbench.gym.rows import VerdictCollator, mcq_rows
     from workbench.trainers import ResponseCollator
 
     tok = build_tokenizer()

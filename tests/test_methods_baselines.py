@@ -25,9 +25,8 @@ from workbench.methods.baselines import (
     train_trl_pairs,
     train_workbench_pairs,
 )
-from workbench.methods.plad import PairCollator
 from workbench.scoring import avg_logp_rewards, sequence_logps
-from workbench.trainers import ListwiseCollator, ResponseCollator
+from workbench.trainers import ListwiseCollator, PairCollator, ResponseCollator
 
 CHAT = [
     [{"role": "user", "content": "sort 3 1 2"}],

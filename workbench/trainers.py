@@ -473,3 +473,31 @@ def train_distill(
             progress,
         )
     return fit(trainer, checkpoints, objective)
+
+
+@dataclass
+class PairCollator:
+    """Rows with ``prompt``, ``chosen``, ``rejected`` (and ``reference`` when ``with_reference``) -> one batch of
+    2B sequences (chosen rows first, then rejected), plus a separate B-row ``reference_*`` batch and, for each
+    name in ``float_columns``, a (B,) float tensor of that column (e.g. DPO's reference log-likelihoods)."""
+
+    tokenizer: object
+    with_reference: bool = False
+    max_length: int | None = None
+    float_columns: tuple[str, ...] = ()
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [r["prompt"] for r in rows]
+        batch = collate_examples(
+            self.tokenizer,
+            prompts + prompts,
+            [r["chosen"] for r in rows] + [r["rejected"] for r in rows],
+            self.max_length,
+        )
+        batch.pop("truncated")
+        if self.with_reference:
+            ref = collate_examples(self.tokenizer, prompts, [r["reference"] for r in rows], self.max_length)
+            batch.update({f"reference_{k}": ref[k] for k in ("input_ids", "attention_mask", "response_mask")})
+        for name in self.float_columns:
+            batch[name] = torch.tensor([r[name] for r in rows], dtype=torch.float32)
+        return batch

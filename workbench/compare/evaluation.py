@@ -114,7 +114,7 @@ def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dic
 
 def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dict:
     """The harness's uniform evaluation of a trained student (module docstring); JSON-ready."""
-    from workbench.methods.pad import ranking_agreement
+    from workbench.methods.pad_ranking import ranking_agreement
     from workbench.models import load
 
     started = time.perf_counter()

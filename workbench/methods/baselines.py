@@ -54,20 +54,23 @@ from workbench.losses.pad import avg_logp_reward
 from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes, check_sampling_temperature
 from workbench.methods.common import (
+    DEFAULT_LENGTH_EDGES,
     HELD_OUT_SEED,
     RunResult,
+    distillation_prompts,
     finish_run,
     gold_of,
     gym_prompts,
     metrics_kept_on_divergence,
+    teacher_samples,
 )
 from workbench.methods.config import StudentPrecision, knob, resolve_lr
-from workbench.methods.plad import DEFAULT_LENGTH_EDGES, PairCollator, distillation_prompts, teacher_samples
 from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
 from workbench.trainers import (
     ListwiseCollator,
+    PairCollator,
     ResponseCollator,
     quiet_logs,
     set_threads,

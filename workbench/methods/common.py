@@ -337,3 +337,72 @@ def training_summary(history: list[dict]) -> dict:
         if "train_loss" in entry:
             stage["train_loss"] = float(entry["train_loss"])
     return stages
+
+
+DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1-9 words (paper: (20, 30] peak)
+
+
+@dataclass(frozen=True)
+class DatasetPrompt:
+    """A prompt of a preference dataset shaped like a gym prompt: ``text`` (chat messages) and ``answer_text``
+    (the dataset's chosen response: the reference y of Eq. 5)."""
+
+    text: list
+    answer_text: str
+
+
+def dataset_prompts(cfg, held_out: bool) -> list[DatasetPrompt]:
+    train, test = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
+    rows = test if held_out else train
+    return [DatasetPrompt(p, y) for p, y in zip(rows["prompt"], rows["chosen"])]
+
+
+def distillation_prompts(cfg) -> list:
+    """The distillation set D (gym train prompts per seed, or the dataset's train prompts), cut to
+    ``data_fraction`` as a prefix (Fig. 4)."""
+    if getattr(cfg, "dataset", "gym") == "gym":
+        prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
+    else:
+        prompts = dataset_prompts(cfg, held_out=False)
+    return prompts[: max(1, round(cfg.data_fraction * len(prompts)))]
+
+
+def held_out_prompts(cfg) -> list:
+    """The evaluation prompts: fixed gym test prompts, or the dataset's held-out rows (``preference_splits``)."""
+    if cfg.dataset == "gym":
+        return gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    return dataset_prompts(cfg, held_out=True)
+
+
+def teacher_samples(
+    teacher,
+    tokenizer,
+    prompts,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    progress: bool = False,
+    backend: str = "hf",
+    engine_options: dict | None = None,
+    batch_size: int = 32,
+    first_batch: int = 0,
+) -> list[str]:
+    """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+.
+    ``first_batch``: the global index of the first prompt's sampling batch when ``prompts`` is a process's shard."""
+    from workbench.sampling import sample_responses
+
+    samples = sample_responses(
+        teacher,
+        tokenizer,
+        [p.text for p in prompts],
+        n=1,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed * 1000 + 7 + first_batch,
+        progress=progress,
+        backend=backend,
+        engine_options=engine_options,
+    )
+    return list(samples["response"])

@@ -42,7 +42,7 @@ import torch
 
 from workbench.backends.vllm import release_vllm_engines
 from workbench.distributed import map_in_shards
-from workbench.encoding import as_messages, collate_examples
+from workbench.encoding import as_messages
 from workbench.logprobs import chunked_logps_at, gather_token_logps, logits_chunk_setting, student_token_logps
 from workbench.losses import get_loss
 from workbench.losses.pad import avg_logp_reward
@@ -50,18 +50,19 @@ from workbench.losses.plad import PLAD_BETA, PLAD_SAMPLING_TEMPERATURE, calibrat
 from workbench.methods import FAMILIES
 from workbench.methods.checks import check_run_sizes
 from workbench.methods.common import (
-    HELD_OUT_SEED,
+    DEFAULT_LENGTH_EDGES,
     RunResult,
     TrainedRun,
+    distillation_prompts,
     finish_run,
     gold_of,
-    gym_prompts,
     held_out_evaluation,
+    held_out_prompts,
     load_frozen_teacher,
     metrics_kept_on_divergence,
     no_gold_evaluation,
-    preference_splits,
     run_checkpoints,
+    teacher_samples,
     training_summary,
 )
 from workbench.methods.config import (
@@ -77,11 +78,9 @@ from workbench.methods.config import (
 )
 from workbench.sampling import sample_responses
 from workbench.topk_cache import release_memory
-from workbench.trainers import set_threads, train_distill
+from workbench.trainers import PairCollator, set_threads, train_distill
 
 logger = logging.getLogger("workbench.plad")
-
-DEFAULT_LENGTH_EDGES = (0, 2, 4, 6, 8, float("inf"))  # words; gym answers are 1-9 words (paper: (20, 30] peak)
 
 
 @dataclass
@@ -256,35 +255,7 @@ class PladConfig(TrainingKnobs):
         return dict(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout)
 
 
-# --- the batch and the objective ---
-
-
-@dataclass
-class PairCollator:
-    """Rows with ``prompt``, ``chosen``, ``rejected`` (and ``reference`` when ``with_reference``) -> one batch of
-    2B sequences (chosen rows first, then rejected), plus a separate B-row ``reference_*`` batch and, for each
-    name in ``float_columns``, a (B,) float tensor of that column (e.g. DPO's reference log-likelihoods)."""
-
-    tokenizer: object
-    with_reference: bool = False
-    max_length: int | None = None
-    float_columns: tuple[str, ...] = ()
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        prompts = [r["prompt"] for r in rows]
-        batch = collate_examples(
-            self.tokenizer,
-            prompts + prompts,
-            [r["chosen"] for r in rows] + [r["rejected"] for r in rows],
-            self.max_length,
-        )
-        batch.pop("truncated")
-        if self.with_reference:
-            ref = collate_examples(self.tokenizer, prompts, [r["reference"] for r in rows], self.max_length)
-            batch.update({f"reference_{k}": ref[k] for k in ("input_ids", "attention_mask", "response_mask")})
-        for name in self.float_columns:
-            batch[name] = torch.tensor([r[name] for r in rows], dtype=torch.float32)
-        return batch
+# --- the objective ---
 
 
 def response_states(hidden_states: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,70 +366,6 @@ def gold_ranked_pair(prompt, teacher_response: str, student_response: str) -> di
     if gold_of(prompt, student_response) > gold_of(prompt, teacher_response):
         return {"prompt": prompt, "chosen": student_response, "rejected": teacher_response}
     return {"prompt": prompt, "chosen": teacher_response, "rejected": student_response}
-
-
-@dataclass(frozen=True)
-class DatasetPrompt:
-    """A prompt of a preference dataset shaped like a gym prompt: ``text`` (chat messages) and ``answer_text``
-    (the dataset's chosen response: the reference y of Eq. 5)."""
-
-    text: list
-    answer_text: str
-
-
-def _dataset_prompts(cfg, held_out: bool) -> list[DatasetPrompt]:
-    train, test = preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
-    rows = test if held_out else train
-    return [DatasetPrompt(p, y) for p, y in zip(rows["prompt"], rows["chosen"])]
-
-
-def distillation_prompts(cfg) -> list:
-    """The distillation set D (gym train prompts per seed, or the dataset's train prompts), cut to
-    ``data_fraction`` as a prefix (Fig. 4)."""
-    if getattr(cfg, "dataset", "gym") == "gym":
-        prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
-    else:
-        prompts = _dataset_prompts(cfg, held_out=False)
-    return prompts[: max(1, round(cfg.data_fraction * len(prompts)))]
-
-
-def held_out_prompts(cfg) -> list:
-    """The evaluation prompts: fixed gym test prompts, or the dataset's held-out rows (``preference_splits``)."""
-    if cfg.dataset == "gym":
-        return gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
-    return _dataset_prompts(cfg, held_out=True)
-
-
-def teacher_samples(
-    teacher,
-    tokenizer,
-    prompts,
-    *,
-    temperature: float,
-    max_new_tokens: int,
-    seed: int,
-    progress: bool = False,
-    backend: str = "hf",
-    engine_options: dict | None = None,
-    batch_size: int = 32,
-    first_batch: int = 0,
-) -> list[str]:
-    """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+.
-    ``first_batch``: the global index of the first prompt's sampling batch when ``prompts`` is a process's shard."""
-    samples = sample_responses(
-        teacher,
-        tokenizer,
-        [p.text for p in prompts],
-        n=1,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed * 1000 + 7 + first_batch,
-        progress=progress,
-        backend=backend,
-        engine_options=engine_options,
-    )
-    return list(samples["response"])
 
 
 def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, state=None) -> tuple[list[dict], dict]:
