@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU checks in one run on a lent device machine (see the device tool's README; one H200, no network):
+# The GPU checks in one run on a GPU machine (one H200, no network):
 # the gpu-marked test, then bench/bench_recipe_gpu.py on a QLoRA recipe of each method family — PAD, ADPA+, PLaD —
 # and the Gemma-2 PAD recipe (random weights of the real architectures, measured peak memory beside
 # workbench.memory's estimate, phase times, MFU), then bench/bench_chunked_head.py at LLaMA-3's vocabulary on what
@@ -55,7 +55,7 @@ if [ "${TESTS:-1}" = 1 ]; then
     | tail -3
 fi
 BUDGET=${BUDGET:-540}
-# the recipes first (what issue 6 asks measured); 8B/13B random checkpoints are built, saved and loaded per recipe:
+# the recipes first (the measurements the GPU checks are for); 8B/13B random checkpoints are built, saved and loaded per recipe:
 # that and the sampling phases (512 decode steps each), not the training steps, are most of the time; 2 timed steps
 # do. Each phase is logged as it is measured, so a recipe stopped by its cap still leaves its phases in its log
 # (logs.tgz)

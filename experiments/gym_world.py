@@ -1,10 +1,10 @@
-"""Experiment (issue 2): whole gym builds with another judge design or world, measured by the gym's own report.
+"""Experiment: whole gym builds with another judge design or world, measured by the gym's own report.
 
 ``experiments/gym_judge.py`` continues training one built teacher on judging rows; this script builds a whole
 variant gym (reference teacher, DPO teacher, student) under its own cache key with the real builder and prints
-``gym_report`` for it, so a variant is judged by exactly the checks issue 2 names. Variants:
+``gym_report`` for it, so a variant is judged by exactly the gym report's checks. Variants:
 
-* ``v1``: the default gym until stop 12 (``build.DEFAULT_V1``: judge options listed after their letter); every variant
+* ``v1``: the earlier default gym (``build.DEFAULT_V1``: judge options listed after their letter); every variant
   changes that gym, so its numbers below rebuild as measured;
 * ``restate``: the judge is trained on the restated layout with per-option verdict supervision
   (``judge_layout="restate"``, ``judge_verdicts=True``), 1500 teacher steps with 20k judging rows of 1–4 options;
@@ -16,14 +16,14 @@ variant gym (reference teacher, DPO teacher, student) under its own cache key wi
   learns the letter of the best option so far (``judge_running_best``): the selection is supervised at every option;
 * ``judge``: ``running`` with finer verdicts (round(19 · gold)), 2000 teacher steps and judging rows drawn like the
   student's answers — the first variant whose MCQ in the paper's single random order ranks better than the likelihood.
-  With 1500 teacher steps it is the default gym since stop 12 (``build.JUDGE_WORLD``; ``judge --set
+  With 1500 teacher steps it is the default gym (``build.JUDGE_WORLD``; ``judge --set
   teacher_steps=1500`` has the default's cache key).
 
 ``--set name=value`` overrides any ``GymConfig`` field (the value is JSON: ``--set seed=1 --set teacher_steps=900``).
 
     WORKBENCH_THREADS=2 python experiments/gym_world.py lexical-gap      # ~4 min build + ~1 min report, 2 cores
 
-Measured (stop 11, this script, WORKBENCH_THREADS=1 with two builds side by side; 256 held-out prompts, 4-candidate
+Measured (this script, WORKBENCH_THREADS=1 with two builds side by side; 256 held-out prompts, 4-candidate
 student sets; per-set Spearman with gold of the DPO teacher's likelihood / MCQ in random order (the paper) / MCQ
 averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold of DPO teacher / student):
 
@@ -53,10 +53,10 @@ averaged over cyclic orders / PAD's calibrated reward at α = 0.8; greedy gold o
   build takes 289 s (teacher 263 s). Trained on at most 4 options the judge cannot judge 8 (8-candidate sets, seed 2 at
   2000 steps: MCQ 0.018 vs likelihood 0.605 when shown all 8 letters).
 
-Stop 12 (same report): judge at 1600 teacher steps, seed 1: 0.597 / 0.550 / 0.759 / 0.518 — the judge loses on one
+Then (same report): judge at 1600 teacher steps, seed 1: 0.597 / 0.550 / 0.759 / 0.518 — the judge loses on one
 seed of three; at **1500 teacher steps** it wins on all three: seed 0 0.614 / **0.714** / 0.777 / 0.608 (gold 0.948 /
 0.921 / 0.743; build 164 s alone on 2 cores), seed 1 0.594 / **0.740** / 0.817 / 0.625, seed 2 0.580 / **0.664** /
-0.786 / 0.572 — the default gym since stop 12 (``build.JUDGE_WORLD``). A judge that knows 4 letters judges 8
+0.786 / 0.572 — the default gym (``build.JUDGE_WORLD``). A judge that knows 4 letters judges 8
 candidates in two slices of 4 (``scoring.option_slices``): seed 0 at 1600 steps 0.607 / 0.647 / 0.753 / 0.565, at
 1500 steps 0.568 / 0.669 / 0.772 / 0.557 (``--candidates 8``). Batches grouped by length (Trainer's ``group_by_length``
 sampler, so answers and judging rows fall in separate batches; 107 s build) ruin the teacher (greedy gold 0.26): it
@@ -106,7 +106,7 @@ VARIANTS: dict[str, dict] = {
     },
 }
 VARIANTS["running"] = {**VARIANTS["lexical-gap"], "judge_layout": "running", "judge_running_best": True}
-# the first variant whose single-order judge beats the likelihood (stop 11): finer verdicts, longer teacher training,
+# the first variant whose single-order judge beats the likelihood: finer verdicts, longer teacher training,
 # and judging rows drawn like the student's answers
 VARIANTS["judge"] = {
     **VARIANTS["running"],

@@ -1,4 +1,4 @@
-"""experiments/gym_judge.py (issue 2's judge experiment) runs on the tiny gym, and its rows are what its flags say."""
+"""experiments/gym_judge.py (the gym's judge experiment) runs on the tiny gym, and its rows are what its flags say."""
 
 import importlib.util
 import json
