@@ -40,6 +40,58 @@ def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
+def gold_ranked_pairs(prompts, mix: dict, rng, max_tries: int) -> list[dict]:
+    """(x, y_w, y_l) per gym prompt: two answers drawn from ``mix`` until their gold rewards differ, the better one
+    chosen; a prompt whose draws tie ``max_tries`` times is skipped. Rows: ``prompt`` (text), ``chosen``,
+    ``rejected``, ``chosen_gold``, ``rejected_gold``."""
+    from workbench.gym.world import sample_candidate
+
+    rows = []
+    for prompt in prompts:
+        for _ in range(max_tries):
+            a, b = sample_candidate(prompt, mix, rng), sample_candidate(prompt, mix, rng)
+            gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
+            if gold_a != gold_b:
+                break
+        else:
+            continue
+        if gold_a < gold_b:
+            a, b, gold_a, gold_b = b, a, gold_b, gold_a
+        rows.append({"prompt": prompt.text, "chosen": a, "rejected": b, "chosen_gold": gold_a, "rejected_gold": gold_b})
+    return rows
+
+
+# how a pair whose two answers score the same counts in reward accuracy
+TIE_CREDITS = {"half": 0.5, "none": 0.0}
+
+
+def reward_accuracy(model, tokenizer, pairs, *, ties: str) -> float:
+    """Fraction of pairs whose chosen answer has the higher per-token log-likelihood (PAD Eq. 7; ADPA §4.5).
+
+    .. math:: \\mathrm{RA} = \\Pr\\Bigl[\\tfrac{1}{|y_w|}\\log\\pi_\\theta(y_w|x)
+              > \\tfrac{1}{|y_l|}\\log\\pi_\\theta(y_l|x)\\Bigr]
+
+    Args:
+        pairs: rows with ``prompt``, ``chosen``, ``rejected`` (a list of dicts or a ``datasets.Dataset``).
+        ties: ``"half"`` counts a tie as half a win (the comparison table, as :func:`win_rate`); ``"none"`` counts it
+            as a loss (strictly higher, as the ADPA runs report it).
+    """
+    from workbench.scoring import avg_logp_rewards
+
+    if ties not in TIE_CREDITS:
+        raise ValueError(f"ties={ties!r}; use one of {sorted(TIE_CREDITS)}")
+    columns = (
+        pairs
+        if hasattr(pairs, "column_names")
+        else {k: [p[k] for p in pairs] for k in ("prompt", "chosen", "rejected")}
+    )
+    chosen = avg_logp_rewards(model, tokenizer, columns["prompt"], columns["chosen"])  # (N,)
+    rejected = avg_logp_rewards(model, tokenizer, columns["prompt"], columns["rejected"])  # (N,)
+    if ties == "half":
+        return win_rate(chosen.numpy(), rejected.numpy())
+    return float((chosen > rejected).float().mean())
+
+
 def _mean_per_set(correlation, scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
     """Mean ± CI of ``correlation(a, b).statistic`` over response sets; constant sets are skipped (counted)."""
     values = []

@@ -10,7 +10,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workbench.evaluate import evaluate_policy, length_bucket_gains, prompt_lengths, win_rate
+from workbench.evaluate import evaluate_policy, gold_ranked_pairs, length_bucket_gains, prompt_lengths, win_rate
+from workbench.evaluate import reward_accuracy as pair_accuracy
 from workbench.methods.common import HELD_OUT_SEED, RunResult, gym_prompts
 
 logger = logging.getLogger("workbench.compare")
@@ -61,29 +62,15 @@ def heldout_preference_pairs(prompts, seed: int = HELD_OUT_SEED) -> list[dict]:
     """One gold-ranked pair per held-out prompt, from the gym's candidate kinds (the judge mix): a fixed,
     model-independent test set for reward accuracy (DESIGN: chosen avg-log-lik > rejected)."""
     from workbench.gym.build import JUDGE_MIX
-    from workbench.gym.world import gold_reward, sample_candidate
 
-    rng = random.Random(seed)
-    pairs = []
-    for prompt in prompts:
-        for _ in range(100):
-            a, b = sample_candidate(prompt, JUDGE_MIX, rng), sample_candidate(prompt, JUDGE_MIX, rng)
-            gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
-            if gold_a != gold_b:
-                chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
-                pairs.append({"prompt": prompt.text, "chosen": chosen, "rejected": rejected})
-                break
-    return pairs
+    rows = gold_ranked_pairs(prompts, JUDGE_MIX, random.Random(seed), max_tries=100)
+    return [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
 
 
 def reward_accuracy(model, tokenizer, pairs: Sequence[dict]) -> float:
-    """Fraction of pairs whose chosen answer has the higher per-token log-likelihood (PAD Eq. 7), ties ½."""
-    from workbench.scoring import avg_logp_rewards
-
-    prompts = [p["prompt"] for p in pairs]
-    chosen = avg_logp_rewards(model, tokenizer, prompts, [p["chosen"] for p in pairs]).numpy()
-    rejected = avg_logp_rewards(model, tokenizer, prompts, [p["rejected"] for p in pairs]).numpy()
-    return win_rate(chosen, rejected)
+    """Reward accuracy as the comparison table reports it: a tie counts one half
+    (:func:`workbench.evaluate.reward_accuracy`)."""
+    return pair_accuracy(model, tokenizer, pairs, ties="half")
 
 
 def _evaluation_summary(evaluation: dict) -> dict:

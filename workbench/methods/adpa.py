@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from workbench.distributed import map_in_shards, unsharded
-from workbench.evaluate import win_rate
+from workbench.evaluate import gold_ranked_pairs, win_rate
+from workbench.evaluate import reward_accuracy as pair_accuracy
 from workbench.gym.build import JUDGE_MIX
 from workbench.losses.adpa import (
     advantage_from_topk,
@@ -60,7 +61,6 @@ from workbench.methods.common import (
 )
 from workbench.methods.config import vllm_engine_options
 from workbench.sampling import sample_responses
-from workbench.scoring import avg_logp_rewards
 from workbench.topk_cache import TopkCache, topk_teacher
 from workbench.trainers import (
     set_threads,
@@ -80,29 +80,12 @@ PAIR_MIX = JUDGE_MIX
 
 
 def gym_preference_pairs(prompts, seed: int, mix: dict | None = None, max_tries: int = 50) -> datasets.Dataset:
-    """(x, y_w, y_l) per gym prompt: two answers from ``mix`` with different gold rewards, the better one chosen.
-
-    Returns columns ``prompt`` (text), ``chosen``, ``rejected``, ``chosen_gold``, ``rejected_gold``; a prompt
-    whose draws tie ``max_tries`` times is skipped (never seen on the gym: the mix has wrong answers).
-    """
-    from workbench.gym.world import gold_reward, sample_candidate
-
-    mix = mix or PAIR_MIX
-    rng = random.Random(f"pairs-{seed}")
-    rows = {"prompt": [], "chosen": [], "rejected": [], "chosen_gold": [], "rejected_gold": []}
-    for prompt in prompts:
-        for _ in range(max_tries):
-            a, b = sample_candidate(prompt, mix, rng), sample_candidate(prompt, mix, rng)
-            gold_a, gold_b = gold_reward(prompt, a), gold_reward(prompt, b)
-            if gold_a != gold_b:
-                break
-        else:
-            continue
-        if gold_a < gold_b:
-            a, b, gold_a, gold_b = b, a, gold_b, gold_a
-        for name, value in zip(rows, (prompt.text, a, b, gold_a, gold_b)):
-            rows[name].append(value)
-    return datasets.Dataset.from_dict(rows)
+    """(x, y_w, y_l) per gym prompt (:func:`workbench.evaluate.gold_ranked_pairs` from ``mix``), as a Dataset with
+    columns ``prompt`` (text), ``chosen``, ``rejected``, ``chosen_gold``, ``rejected_gold``; a prompt whose draws tie
+    ``max_tries`` times is skipped (never seen on the gym: the mix has wrong answers)."""
+    rows = gold_ranked_pairs(prompts, mix or PAIR_MIX, random.Random(f"pairs-{seed}"), max_tries)
+    columns = ("prompt", "chosen", "rejected", "chosen_gold", "rejected_gold")
+    return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in columns})
 
 
 def preference_pairs(cfg: AdpaConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -115,14 +98,9 @@ def preference_pairs(cfg: AdpaConfig) -> tuple[datasets.Dataset, datasets.Datase
 
 
 def reward_accuracy(model, tokenizer, pairs: datasets.Dataset) -> float:
-    """Fraction of pairs where the model's average log-likelihood of y_w exceeds that of y_l (ADPA §4.5).
-
-    .. math:: \\mathrm{RA} = \\Pr\\Bigl[\\tfrac{1}{|y_w|}\\log\\pi_\\theta(y_w|x)
-              > \\tfrac{1}{|y_l|}\\log\\pi_\\theta(y_l|x)\\Bigr]
-    """
-    chosen = avg_logp_rewards(model, tokenizer, pairs["prompt"], pairs["chosen"])  # (N,)
-    rejected = avg_logp_rewards(model, tokenizer, pairs["prompt"], pairs["rejected"])  # (N,)
-    return float((chosen > rejected).float().mean())
+    """Reward accuracy as the ADPA runs report it (ADPA §4.5): y_w strictly above y_l, a tie counts as a miss
+    (:func:`workbench.evaluate.reward_accuracy`)."""
+    return pair_accuracy(model, tokenizer, pairs, ties="none")
 
 
 # ---------------------------------------------------------------------------------------------------------------
