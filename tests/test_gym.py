@@ -326,7 +326,7 @@ def test_verdict_collator_labels_each_option_letter_with_its_gold_digit():
     rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
     judged, plain = VerdictCollator(tok, running.mcq_template.letters)(rows), ResponseCollator(tok)(rows)
     best = tok.convert_tokens_to_ids("best")
-    for b in range(len(rows)):
+    for b, row in enumerate(rows):
         ids = plain["input_ids"][b].tolist()
         changed = (judged["labels"][b] != plain["labels"][b]).nonzero().flatten().tolist()
         at_best = [t for t in changed if ids[t - 1] == best]
