@@ -9,19 +9,17 @@ import pytest
 import torch
 
 from workbench.losses.plad import calibration_score, margin_calibration_loss, ranking_calibration_loss
+from workbench.methods.common import DatasetPrompt, distillation_prompts, held_out_prompts
 from workbench.methods.plad import (
-    DatasetPrompt,
-    PairCollator,
     PladConfig,
     PladObjective,
-    distillation_prompts,
     gold_ranked_pair,
-    held_out_prompts,
     pseudo_pair_rows,
     response_states,
     run_plad,
 )
 from workbench.scoring import avg_logp_rewards, sequence_logps
+from workbench.trainers import PairCollator
 
 ROWS = [
     {
