@@ -59,29 +59,58 @@ def main(argv=None) -> int:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {**os.environ}
     env.pop("WORKBENCH_CACHE", None)
-    out: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
-                                          text=True).stdout.strip()}
+    out: dict = {
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
+        ).stdout.strip(),
+    }
     python = sys.executable
     if args.fresh_venv:
         subprocess.run([python, "-m", "venv", str(work / "venv")], check=True)
         python = str(work / "venv" / "bin" / "python")
         out["make_setup_seconds"] = timed(["make", "setup", f"PYTHON={python}"], clone, env)
         env["PATH"] = f"{work / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
-    out["preset_load_seconds"] = json.loads(subprocess.run(
-        [python, "-c", PRESET_LOADS], cwd=clone, env={**env, "WORKBENCH_CACHE": str(work / "cache-load")},
-        capture_output=True, text=True, check=True).stdout)
+    out["preset_load_seconds"] = json.loads(
+        subprocess.run(
+            [python, "-c", PRESET_LOADS],
+            cwd=clone,
+            env={**env, "WORKBENCH_CACHE": str(work / "cache-load")},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     runs = []
     for run in range(args.runs):
         cache, output = work / f"cache{run}", work / f"out{run}"
         run_env = {**env, "WORKBENCH_CACHE": str(cache)}
-        seconds = timed([python, "-m", "papermill", "--no-progress-bar", "notebooks/03_pad_train.ipynb",
-                         str(work / f"out{run}.ipynb"), *args.parameters, "-p", "output_dir", str(output)],
-                        clone, run_env)
+        seconds = timed(
+            [
+                python,
+                "-m",
+                "papermill",
+                "--no-progress-bar",
+                "notebooks/03_pad_train.ipynb",
+                str(work / f"out{run}.ipynb"),
+                *args.parameters,
+                "-p",
+                "output_dir",
+                str(output),
+            ],
+            clone,
+            run_env,
+        )
         summary = json.loads((output / "summary.json").read_text())
-        runs.append({"seconds": round(seconds, 1), "gold_before": summary["gold_before"]["mean"],
-                     "gold_after": summary["gold_after"]["mean"], "gold_after_ci95": summary["gold_after"]["ci95"],
-                     "win_rate_vs_initial": summary["win_rate_vs_initial"]})
+        runs.append(
+            {
+                "seconds": round(seconds, 1),
+                "gold_before": summary["gold_before"]["mean"],
+                "gold_after": summary["gold_after"]["mean"],
+                "gold_after_ci95": summary["gold_after"]["ci95"],
+                "win_rate_vs_initial": summary["win_rate_vs_initial"],
+            }
+        )
     out["command"] = "papermill notebooks/03_pad_train.ipynb out.ipynb " + " ".join(args.parameters)
     out["runs"] = runs
     out["median_seconds"] = statistics.median(r["seconds"] for r in runs)

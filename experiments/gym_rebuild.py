@@ -43,18 +43,25 @@ def compare_builds(size: str, prompts: int, seed: int, force: bool) -> dict:
         raise SystemExit(f"gym {size!r} has no shipped build of this recipe to compare with")
     rebuilt = build_gym(config=SIZES[size], force=force, progress=False)
     builds = {"shipped": shipped, "rebuilt": rebuilt}
-    reports = {"shipped": gym_report(size, n_prompts=prompts, seed=seed),
-               "rebuilt": gym_report(config=SIZES[size], n_prompts=prompts, seed=seed)}
+    reports = {
+        "shipped": gym_report(size, n_prompts=prompts, seed=seed),
+        "rebuilt": gym_report(config=SIZES[size], n_prompts=prompts, seed=seed),
+    }
     out: dict = {"size": size, "held_out_prompts": prompts}
     for name, build in builds.items():
         info = build.info
-        out[name] = {"root": str(build.root), "libraries": info.get("libraries"),
-                     "weights": {role: info["weights"][role]["sha256"] for role in GYM_ROLES},
-                     "build_seconds": info["seconds"]["total"], **headline(reports[name]),
-                     "checks": reports[name]["checks"]}
+        out[name] = {
+            "root": str(build.root),
+            "libraries": info.get("libraries"),
+            "weights": {role: info["weights"][role]["sha256"] for role in GYM_ROLES},
+            "build_seconds": info["seconds"]["total"],
+            **headline(reports[name]),
+            "checks": reports[name]["checks"],
+        }
     out["same_weights"] = out["shipped"]["weights"] == out["rebuilt"]["weights"]
-    out["rebuilt_minus_shipped"] = {key: out["rebuilt"][key] - out["shipped"][key]
-                                    for key in headline(reports["shipped"])}
+    out["rebuilt_minus_shipped"] = {
+        key: out["rebuilt"][key] - out["shipped"][key] for key in headline(reports["shipped"])
+    }
     return out
 
 

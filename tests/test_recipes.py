@@ -153,6 +153,14 @@ DATASET_FIXTURES = {
     "ultrafeedback-cleaned": "ultrafeedback_cleaned.jsonl",
 }
 KEEP_FROM_RECIPE = set(MODEL_KEYS) | {"method", "loss"}  # what a recipe runs; the tiny values only shrink sizes
+# the tiny gym's context is 256 positions: a recipe's response budget (512 tokens) would leave no room for a prompt,
+# which sampling refuses, so the swapped runs generate at most this many tokens
+TINY_MAX_NEW_TOKENS = 32
+
+
+def shrink_to_the_tiny_gym(params: dict) -> None:
+    if "max_new_tokens" in params:
+        params["max_new_tokens"] = min(params["max_new_tokens"], TINY_MAX_NEW_TOKENS)
 
 
 def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_data):
@@ -180,6 +188,7 @@ def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_
     params.update({k: v for k, v in swap.items() if k in params})
     params.update({k: v for k, v in tiny.items() if k not in KEEP_FROM_RECIPE})
     params.update(train_prompts=8, eval_prompts=4, eval_samples=1, steps=2, output_dir=str(tmp_path / "run"))
+    shrink_to_the_tiny_gym(params)
     params.update(swap_data)
     monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path / "figures"))
     nb = papermill.execute_notebook(
@@ -255,6 +264,7 @@ def test_recipe_trains_through_the_script_on_a_fixture_of_its_dataset(path, tmp_
         progress=False,
         output_dir=str(tmp_path),
     )
+    shrink_to_the_tiny_gym(params)
     cfg = method_config(pipeline, params)
     history = train(pipeline, cfg, save_model=False, save_rows=True)
     assert sum("loss" in e and "train_runtime" not in e for e in history) >= 2

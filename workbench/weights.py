@@ -48,8 +48,10 @@ def weights_record(folder: Path) -> dict:
     per_tensor = {}
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
-        parts = (f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode(),
-                 tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        parts = (
+            f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode(),
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes(),
+        )
         for part in parts:
             whole.update(part)
         per_tensor[name] = hashlib.sha256(b"".join(parts)).hexdigest()[:16]
@@ -64,8 +66,11 @@ def verify_weights(folder: Path, record: dict, fix: str) -> None:
     :func:`weights_record`) names; the message names the folder, the tensors that differ and ``fix``. A folder is
     hashed once per process while its files are unchanged."""
     folder = Path(folder)
-    stamp = (str(folder), record["sha256"], tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                                  for f in sorted(folder.glob("*.safetensors"))))
+    stamp = (
+        str(folder),
+        record["sha256"],
+        tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*.safetensors"))),
+    )
     if stamp in _VERIFIED:
         return
     try:
@@ -76,8 +81,11 @@ def verify_weights(folder: Path, record: dict, fix: str) -> None:
         _VERIFIED.add(stamp)
         return
     expected = record.get("tensors", {})
-    changed = sorted(name for name in expected.keys() | here["tensors"].keys()
-                     if expected.get(name) != here["tensors"].get(name))
+    changed = sorted(
+        name for name in expected.keys() | here["tensors"].keys() if expected.get(name) != here["tensors"].get(name)
+    )
     shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-    raise WeightsMismatchError(f"the weights in {folder} are not the ones recorded for it (hash {here['sha256']}, "
-                               f"recorded {record['sha256']}; tensors that differ: {shown or 'none named'}). {fix}")
+    raise WeightsMismatchError(
+        f"the weights in {folder} are not the ones recorded for it (hash {here['sha256']}, "
+        f"recorded {record['sha256']}; tensors that differ: {shown or 'none named'}). {fix}"
+    )

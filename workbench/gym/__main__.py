@@ -19,8 +19,11 @@ def main(argv=None) -> int:
     build = sub.add_parser("build", help="train the gym's teachers and student into the cache")
     build.add_argument("--size", default="default", choices=list(SIZES))
     build.add_argument("--force", action="store_true", help="re-train even if the cache holds this build")
-    build.add_argument("--ship", action="store_true",
-                       help="then replace the package's shipped build of this size with it (workbench/gym/shipped)")
+    build.add_argument(
+        "--ship",
+        action="store_true",
+        help="then replace the package's shipped build of this size with it (workbench/gym/shipped)",
+    )
     report = sub.add_parser("report", help="measure the gym's properties on held-out prompts (JSON)")
     report.add_argument("--size", default="default", choices=list(SIZES))
     report.add_argument("--prompts", type=int, default=256)

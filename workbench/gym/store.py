@@ -25,8 +25,13 @@ logger = logging.getLogger("workbench.gym")
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 SHIPPED_SIZES = ("default", "tiny")
-BUILD_MINUTES = {"tiny": "about 10 s", "default": "about 8 min", "world1": "about 8 min", "world2": "about 8 min",
-                 "v1": "about 5 min"}  # on 2 CPU cores
+BUILD_MINUTES = {
+    "tiny": "about 10 s",
+    "default": "about 8 min",
+    "world1": "about 8 min",
+    "world2": "about 8 min",
+    "v1": "about 5 min",
+}  # on 2 CPU cores
 
 
 class GymNotBuiltError(FileNotFoundError):
@@ -50,8 +55,13 @@ def find_gym(size: str = "default") -> GymBuild:
         if recorded == config.key():
             verify_build(shipped, fix=_restore_fix(size))
             return GymBuild(shipped, config)
-        logger.warning("the shipped gym %s was built from another recipe (key %s; the code's recipe is %s): looking "
-                       "for a build of the code's recipe in the cache", size, recorded, config.key())
+        logger.warning(
+            "the shipped gym %s was built from another recipe (key %s; the code's recipe is %s): looking "
+            "for a build of the code's recipe in the cache",
+            size,
+            recorded,
+            config.key(),
+        )
     cached = cached_build_root(config)
     if is_built(cached):
         verify_build(cached, fix=f"Rebuild it: python -m workbench.gym build --size {size} --force")
@@ -59,13 +69,16 @@ def find_gym(size: str = "default") -> GymBuild:
     where = "is not shipped with the package" if size not in SHIPPED_SIZES else "has no shipped build of this recipe"
     raise GymNotBuiltError(
         f"gym {size!r} {where} and is not built in the cache ({cached}); loading a preset never trains one. Build "
-        f"it once ({BUILD_MINUTES.get(size, 'minutes')} on 2 CPU cores): python -m workbench.gym build --size {size}")
+        f"it once ({BUILD_MINUTES.get(size, 'minutes')} on 2 CPU cores): python -m workbench.gym build --size {size}"
+    )
 
 
 def _restore_fix(size: str) -> str:
-    return (f"Restore the shipped files (git checkout -- workbench/gym/shipped/{size}, or pip install "
-            f"--force-reinstall prefdistill-workbench), or rebuild and ship them: "
-            f"python -m workbench.gym build --size {size} --force --ship")
+    return (
+        f"Restore the shipped files (git checkout -- workbench/gym/shipped/{size}, or pip install "
+        f"--force-reinstall prefdistill-workbench), or rebuild and ship them: "
+        f"python -m workbench.gym build --size {size} --force --ship"
+    )
 
 
 def verify_build(root: Path, fix: str) -> None:
@@ -81,8 +94,10 @@ def ship(size: str) -> Path:
     config = SIZES[size]
     source = cached_build_root(config)
     if not is_built(source):
-        raise GymNotBuiltError(f"no build of gym {size!r} in the cache to ship: python -m workbench.gym build "
-                               f"--size {size} --ship builds it first")
+        raise GymNotBuiltError(
+            f"no build of gym {size!r} in the cache to ship: python -m workbench.gym build "
+            f"--size {size} --ship builds it first"
+        )
     SHIPPED.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{size}-", dir=SHIPPED))
     try:
