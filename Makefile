@@ -15,7 +15,7 @@ LINT_PATHS ?= workbench tests experiments bench
 lint:
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)
-	lint-imports
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 
 # the suite in TEST_WORKERS processes (pytest-xdist), one test file per process at a time: tests of a file share
 # fixed launcher ports; 2 workers take the main run on 2 cores from ~22 to ~13 min (tests are mostly one-core work)

@@ -4,7 +4,8 @@ Clones this repository's HEAD into a temporary folder, optionally sets it up in 
 ``python -m venv`` + ``make setup``, timed), then runs the quick start's notebook command ``--runs`` times, each with
 an empty workbench cache (``WORKBENCH_CACHE`` pointed at a new folder) and a fresh output folder, and prints one JSON
 object: every run's wall seconds, their median, the gold reward before/after and win rate each run measured, and
-the seconds each shipped gym preset's first load takes in a fresh process (imports excluded).
+the seconds each shipped gym preset's first load takes in a fresh process (imports excluded), and for the first run
+each code cell's seconds and whether it printed progress.
 
     python bench/bench_first_run.py                        # 3 runs of papermill ... -p n 8 in this environment
     python bench/bench_first_run.py --fresh-venv           # + a fresh virtualenv set up by make setup (~1-2 min more)
@@ -38,6 +39,19 @@ for name in ("gym-teacher-dpo", "gym-teacher-ref", "gym-student", "gym-tiny-stud
     seconds[name] = round(time.perf_counter() - started, 3)
 print(json.dumps(seconds))
 """
+
+
+def cell_report(notebook: Path) -> list[dict]:
+    """Each code cell's seconds (papermill's record) and whether it printed progress (a tqdm bar) on the way."""
+    cells = json.loads(notebook.read_text())["cells"]
+    report = []
+    for index, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        printed = "".join("".join(o.get("text", "")) + json.dumps(o.get("data", {})) for o in cell.get("outputs", []))
+        seconds = cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+        report.append({"cell": index, "seconds": round(seconds, 1), "progress": "it/s" in printed or "s/it" in printed})
+    return report
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:
@@ -102,6 +116,8 @@ def main(argv=None) -> int:
             run_env,
         )
         summary = json.loads((output / "summary.json").read_text())
+        if run == 0:
+            out["cells"] = cell_report(work / "out0.ipynb")
         runs.append(
             {
                 "seconds": round(seconds, 1),

@@ -501,8 +501,8 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     )
 
 
-def test_the_readme_quotes_the_committed_ledger_across_worlds():
-    """The README's table of claims across gym worlds is what the committed records give today, verbatim."""
+def test_the_results_page_quotes_the_committed_ledger_across_worlds():
+    """results/README.md's table of claims across gym worlds is what the committed records give today, verbatim."""
     from workbench.compare import format_ledger_across, ledger_across_worlds
 
     root = Path(__file__).resolve().parents[1]
@@ -512,8 +512,9 @@ def test_the_readme_quotes_the_committed_ledger_across_worlds():
         "world2": root / "results/compare_world2",
     }
     table = format_ledger_across(ledger_across_worlds(worlds), list(worlds))
-    assert table in (root / "README.md").read_text(), (
-        "README's claims-across-worlds table is stale: python -m workbench.compare --across default=results/compare "
+    assert table in (root / "results" / "README.md").read_text(), (
+        "results/README.md's claims-across-worlds table is stale: python -m workbench.compare --across "
+        "default=results/compare "
         "world1=results/compare_world1 world2=results/compare_world2"
     )
 

@@ -735,7 +735,7 @@ DEVICE_RESULTS = sorted((ROOT / "results" / "device").glob("*/*_qlora.json"))
 
 @pytest.mark.parametrize("result", DEVICE_RESULTS, ids=[p.stem for p in DEVICE_RESULTS])
 def test_the_estimate_is_within_15_percent_of_each_phase_measured_on_a_gpu(result):
-    """The committed GPU measurements (``bench/bench_recipe_gpu.py`` on a lent H200, see the folder's README): each
+    """The committed GPU measurements (``bench/bench_recipe_gpu.py`` on an H200, see the folder's README): each
     recipe's estimate, recomputed by this code from the recipe file, within 15% of every phase's measured peak
     (``torch.cuda.max_memory_allocated`` + the assumed CUDA context) and of the run's peak."""
     measured = json.loads(result.read_text())
