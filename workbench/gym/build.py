@@ -427,6 +427,7 @@ def _build_in_own_process(size: str) -> None:
 def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
     """Train the gym's three models into ``tmp`` (build.json last)."""
     import datasets
+    import torch
 
     from workbench.gym.tokenizer import build_tokenizer
     from workbench.trainers import set_threads, train_sft
@@ -499,6 +500,7 @@ def _train_gym(config: GymConfig, tmp: Path, progress: bool) -> None:
         "key": config.key(),
         "gym_version": GYM_VERSION,
         "libraries": library_versions(),
+        "threads": torch.get_num_threads(),  # float sums, and so the weights, depend on it
         "weights": {role: weights_record(tmp / role) for role in GYM_ROLES},
         "parameters": {"teacher": teacher.num_parameters(), "student": student.num_parameters()},
         "dpo_pairs": pair_stats,

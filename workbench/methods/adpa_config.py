@@ -18,6 +18,9 @@ from workbench.methods.config import (
     check_dataset_options,
     check_save_steps,
     check_vllm_options,
+    dataset_field,
+    dataset_schema_field,
+    judge_field,
     knob,
     resolve_lr,
 )
@@ -55,27 +58,12 @@ class AdpaConfig(TrainingKnobs):
         metadata={"help": "reference teacher π_ref: the SFT teacher π_dpo was trained from (Fig. 2)"},
     )
     student: str = field(default="gym-student", metadata={"help": "SFT student π'_θ (id/path/preset)"})
-    dataset: str = field(
-        default="gym",
-        metadata={
-            "help": "'gym' (gold-ranked pairs, see module docstring) or a preference dataset for workbench.data "
-            "(preset e.g. 'dpo-mix-7k' / 'helpsteer2' (§4.1), hub id, or local file): its (x, y_w, y_l) pairs"
-        },
+    dataset: str = dataset_field(
+        "its (x, y_w, y_l) pairs (e.g. 'dpo-mix-7k', 'helpsteer2': §4.1); on the gym, gold-ranked pairs "
+        "(module docstring)"
     )
-    dataset_schema: str = field(
-        default="",
-        metadata={
-            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-            "preset's, else TRL's standard format)"
-        },
-    )
-    judge: str = field(
-        default="",
-        metadata={
-            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-            "student on held-out prompts ('' = none: reward accuracy and training metrics only)"
-        },
-    )
+    dataset_schema: str = dataset_schema_field()
+    judge: str = judge_field("reward accuracy and training metrics only")
     method: str = field(default="adpa", metadata={"help": f"one of {sorted(METHOD_STAGES)}"})
     alpha: float = field(
         default=5.0,

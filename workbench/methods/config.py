@@ -54,6 +54,37 @@ def knob(name: str):
     return field(default=default, metadata={"help": help_text})
 
 
+def dataset_field(use: str):
+    """The ``dataset`` field of every method that trains on real data too; ``use`` says what it takes from one."""
+    return field(
+        default="gym",
+        metadata={"help": f"'gym' or a preference dataset for workbench.data (a preset, hub id or local file): {use}"},
+    )
+
+
+def dataset_schema_field():
+    """The ``dataset_schema`` field that goes with :func:`dataset_field`."""
+    return field(
+        default="",
+        metadata={
+            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
+            "preset's, else TRL's standard format)"
+        },
+    )
+
+
+def judge_field(otherwise: str):
+    """The ``judge`` field: a model that compares the trained with the initial student off the gym; ``otherwise``
+    says what the run reports without one."""
+    return field(
+        default="",
+        metadata={
+            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
+            f"student on held-out prompts ('' = none: {otherwise})"
+        },
+    )
+
+
 class StudentPrecision:
     """The ``precision`` knob (:data:`TRAINING_KNOBS`) of a config with ``student``, ``lora``, ``seed`` and ``lr``:
     the dtype the student loads in and the Trainer's autocast (every method config, the baselines too)."""

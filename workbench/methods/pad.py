@@ -48,6 +48,9 @@ from workbench.methods.config import (
     check_dataset_options,
     check_save_steps,
     check_vllm_options,
+    dataset_field,
+    dataset_schema_field,
+    judge_field,
     knob,
     resolve_lr,
     vllm_engine_options,
@@ -68,27 +71,11 @@ class PadConfig(TrainingKnobs):
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(
-        default="gym",
-        metadata={
-            "help": "'gym' or a preference dataset for workbench.data (preset e.g. 'ultrafeedback-cleaned', hub id, or "
-            "local file): PAD uses its prompts only and samples its own responses"
-        },
+    dataset: str = dataset_field(
+        "PAD uses its prompts only and samples its own responses (e.g. 'ultrafeedback-cleaned')"
     )
-    dataset_schema: str = field(
-        default="",
-        metadata={
-            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-            "preset's, else TRL's standard format)"
-        },
-    )
-    judge: str = field(
-        default="",
-        metadata={
-            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-            "student on held-out prompts ('' = none: teacher agreement and training metrics only)"
-        },
-    )
+    dataset_schema: str = dataset_schema_field()
+    judge: str = judge_field("teacher agreement and training metrics only")
     train_prompts: int = field(default=1024, metadata={"help": "prompts sampled per round"})
     eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for gold evaluation"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt per round (PAD §4.1: 4)"})

@@ -72,6 +72,9 @@ from workbench.methods.config import (
     check_dataset_options,
     check_save_steps,
     check_vllm_options,
+    dataset_field,
+    dataset_schema_field,
+    judge_field,
     knob,
     resolve_lr,
     vllm_engine_options,
@@ -91,27 +94,11 @@ class PladConfig(TrainingKnobs):
 
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset (used black-box)"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(
-        default="gym",
-        metadata={
-            "help": "'gym' (gold references and gold evaluation) or a preference dataset for workbench.data (preset "
-            "e.g. 'hh-helpful' (§5.1), hub id, or local file): its prompts form D"
-        },
+    dataset: str = dataset_field(
+        "its prompts form D (e.g. 'hh-helpful': §5.1); on the gym, gold references and gold evaluation"
     )
-    dataset_schema: str = field(
-        default="",
-        metadata={
-            "help": "native schema of a local dataset file (a workbench.data.SCHEMAS key or preset name; '' = the "
-            "preset's, else TRL's standard format)"
-        },
-    )
-    judge: str = field(
-        default="",
-        metadata={
-            "help": "judge model (id/path/preset) for non-gym data: MCQ win rate of the trained over the initial "
-            "student on held-out prompts ('' = none: training metrics only)"
-        },
-    )
+    dataset_schema: str = dataset_schema_field()
+    judge: str = judge_field("training metrics only")
     train_prompts: int = field(default=1024, metadata={"help": "size of the distillation set D (prompts only)"})
     data_fraction: float = field(
         default=1.0,
