@@ -121,8 +121,8 @@ class AdpaConfig(TrainingKnobs):
     dckd_lr: float | None = field(
         default=None,
         metadata={
-            "help": "learning rate of ADPA+'s DCKD stage (None: lr; on the gym ADPA+'s own rate beat DCKD's, 0.863 vs "
-            "0.845 at 1e-4 vs 1e-3, validation, seeds 0-1)"
+            "help": "learning rate of ADPA+'s DCKD stage (None: lr, which on the gym's validation prompts beat DCKD's "
+            "own rate; results/gym_tune)"
         },
     )
     batch_size: int = field(default=32, metadata={"help": "pairs per step (paper: 128)"})
