@@ -33,7 +33,7 @@ import json, time
 from workbench.models import load
 import transformers
 seconds = {}
-for name in ("gym-teacher-dpo", "gym-teacher-ref", "gym-student", "gym-tiny-student", "gym-world1-student"):
+for name in ("gym-teacher-dpo", "gym-teacher-ref", "gym-student", "gym-tiny-student"):
     started = time.perf_counter()
     load(name, device="cpu")
     seconds[name] = round(time.perf_counter() - started, 3)
