@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # each shipped preset's first load in a fresh process (weights checked against build.json), imports excluded
 PRESET_LOADS = """
 import json, time
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from workbench.models import load
-import transformers
 seconds = {}
 for name in ("gym-teacher-dpo", "gym-teacher-ref", "gym-student", "gym-tiny-student"):
     started = time.perf_counter()
