@@ -166,7 +166,7 @@ def test_a_saved_lora_student_loads_back_with_its_adapter(tiny_gym, tmp_path):
 def test_a_local_path_that_does_not_exist_is_named_not_sent_to_the_hub():
     from workbench.models import load
 
-    for path in ("./runs/student", "/no/such/model", "~/models/none", "runs/pad/student"):
+    for path in ("./no-such-run/student", "/no/such/model", "~/no-such-models/none", "no-such-runs/pad/student"):
         with pytest.raises(FileNotFoundError, match=rf"no such folder: '{path}'"):
             load(path)
 
