@@ -101,3 +101,28 @@ def test_pad_at_a_huge_learning_rate_stops_with_its_metrics_and_no_nan_checkpoin
     assert saved, "no checkpoint before the divergence: lower save_steps"
     for path in saved:
         assert all(torch.isfinite(t).all() for t in load_file(path).values()), f"{path} holds non-finite weights"
+
+
+def test_the_training_script_writes_what_it_had_when_training_diverges(tiny_gym, tmp_path):
+    """``python -m workbench.train`` (any recipe, any launch): a diverged run stops with the named error and leaves
+    metrics.json (the config, the divergence, the training summary) and the log to the diverged step."""
+    from workbench.train import method_config, train
+
+    params = dict(
+        teacher="gym-tiny-teacher-dpo",
+        student="gym-tiny-student",
+        n=4,
+        steps=12,
+        batch_size=4,
+        train_prompts=16,
+        max_new_tokens=6,
+        lr=1e6,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+"):
+        train("pad", method_config("pad", params), save_model=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["pipeline"] == "pad" and metrics["config"]["lr"] == 1e6
+    assert metrics["diverged"]["step"] >= 1 and metrics["training"]
+    assert json.loads((tmp_path / "history.json").read_text())

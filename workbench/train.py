@@ -199,6 +199,7 @@ def train(
 
     from accelerate import PartialState
     from workbench.distributed import full_state_dict, is_sharded
+    from workbench.divergence import TrainingDiverged
     from workbench.methods.common import save_student, training_summary
     from workbench.trainers import set_threads
 
@@ -218,7 +219,12 @@ def train(
         )
     cfg.progress = cfg.progress and state.is_main_process  # one progress bar, not one per process
     started = time.perf_counter()
-    run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
+    try:
+        run = PIPELINES[pipeline].train_run()(cfg, state=state, device=device)
+    except TrainingDiverged as error:
+        if state.is_main_process:  # what the run had before it diverged: its config and the log to that step
+            error.save(cfg.output_dir, pipeline=pipeline, config=asdict(cfg), training=training_summary(error.history))
+        raise
     sharded = is_sharded(run.model)  # FSDP2 shards the student
     weights = full_state_dict(run.model) if save_model and sharded else None  # collective: every process
     if state.is_main_process:
