@@ -208,10 +208,17 @@ def model_identity(name_or_path: str) -> str:
 def weights_fingerprint(name_or_path: str) -> str | None:
     """A hash of a gym preset's weights (:func:`workbench.weights.folder_weights_hash`); None for other models.
     :func:`model_identity` names the build's recipe; records of a comparison note this too, so records made on a
-    rebuild (other weights of the same recipe) are told apart (``workbench.compare``)."""
-    if gym_preset(name_or_path) is None:
+    rebuild (other weights of the same recipe) are told apart (``workbench.compare``). A build whose ``build.json``
+    records its weights was checked against that record when found, so the record is the hash."""
+    gym = gym_preset(name_or_path)
+    if gym is None:
         return None
-    return folder_weights_hash(Path(resolve(name_or_path)))
+    from workbench.gym.store import find_gym
+
+    size, role = gym
+    build = find_gym(size)
+    recorded = build.info.get("weights")
+    return recorded[role]["sha256"] if recorded else folder_weights_hash(build.paths[role])
 
 
 def resolve(name_or_path: str) -> str:
