@@ -53,13 +53,13 @@ reports:
 NB_OUT ?= runs/notebooks
 notebook-figures:
 	mkdir -p $(NB_OUT)
-	$(PYTHON) -m papermill --no-progress-bar notebooks/01_irl_reward.ipynb $(NB_OUT)/01.ipynb
-	$(PYTHON) -m papermill --no-progress-bar notebooks/02_calibration_alpha_sweep.ipynb $(NB_OUT)/02.ipynb
-	$(PYTHON) -m papermill --no-progress-bar notebooks/03_pad_train.ipynb $(NB_OUT)/03.ipynb -p n 8
-	$(PYTHON) -m papermill --no-progress-bar notebooks/04_preference_distributions.ipynb $(NB_OUT)/04.ipynb
-	$(PYTHON) -m papermill --no-progress-bar notebooks/05_sample_complexity.ipynb $(NB_OUT)/05.ipynb
-	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p sweep True
-	$(PYTHON) -m papermill --no-progress-bar notebooks/07_plad_train.ipynb $(NB_OUT)/07.ipynb \
+	$(PYTHON) -m papermill --no-progress-bar notebooks/01_irl_reward.ipynb $(NB_OUT)/01.ipynb -p publish True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/02_calibration_alpha_sweep.ipynb $(NB_OUT)/02.ipynb -p publish True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/03_pad_train.ipynb $(NB_OUT)/03.ipynb -p publish True -p n 8
+	$(PYTHON) -m papermill --no-progress-bar notebooks/04_preference_distributions.ipynb $(NB_OUT)/04.ipynb -p publish True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/05_sample_complexity.ipynb $(NB_OUT)/05.ipynb -p publish True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p publish True -p sweep True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/07_plad_train.ipynb $(NB_OUT)/07.ipynb -p publish True \
 		-p real_ratios "" -p data_fractions ""
 
 bench:

@@ -125,3 +125,18 @@ def test_claims_across_worlds_draws_each_world_of_each_claim(tmp_path, capsys):
     assert (tmp_path / "figs" / "claims_across_worlds.png").stat().st_size > 10_000
     assert "claims_across_worlds: " in capsys.readouterr().out
     assert figures.figure_claims_across_worlds({"empty": tmp_path / "none"}) is None
+
+
+def test_a_notebook_runs_figure_goes_to_its_output_folder_and_to_figures_only_when_published(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from workbench import plots
+
+    monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path / "published"))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert plots.save_run_figure(fig, "curve", tmp_path / "run") == [tmp_path / "run" / "figures" / "curve.png"]
+    assert not (tmp_path / "published").exists()
+    paths = plots.save_run_figure(fig, "curve", tmp_path / "run", publish=True)
+    assert paths[1] == tmp_path / "published" / "curve.png" and all(p.stat().st_size > 0 for p in paths)
+    plt.close(fig)

@@ -147,7 +147,8 @@ def test_notebook_runs_with_tiny_parameters(name, tmp_path, tiny_gym, monkeypatc
     assert metrics, f"{name} wrote no metrics JSON to output_dir"
     for path in metrics:
         json.loads(path.read_text())
-    assert list((tmp_path / "figures").glob("*.png")), f"{name} saved no figure"
+    assert list((tmp_path / "run" / "figures").glob("*.png")), f"{name} saved no figure to output_dir/figures"
+    assert not (tmp_path / "figures").exists(), f"{name} wrote figures/ without -p publish True"
     if name in ("03_pad_train.ipynb", "06_adpa_train.ipynb", "07_plad_train.ipynb"):  # save_model = True
         from workbench.models import load
 

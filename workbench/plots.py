@@ -1,5 +1,6 @@
 """Figure functions: ``plot_x(ax, data) -> ax`` draws (never shows or saves); ``save_figure(fig, fig_id)`` writes
-``figures/<fig_id>.png``. Each figure id names the paper figure it mirrors. Plot functions read saved run
+``figures/<fig_id>.png`` (``make figures``); a notebook run writes its figures to its own output folder with
+:func:`save_run_figure`, and to ``figures/`` only when published. Each figure id names the paper figure it mirrors. Plot functions read saved run
 metrics, so figures regenerate without re-training (``python -m workbench.figures``).
 """
 
@@ -32,6 +33,16 @@ def save_figure(fig, fig_id: str, directory: str | Path | None = None) -> Path:
     path = folder / f"{fig_id}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
     return path
+
+
+def save_run_figure(fig, fig_id: str, output_dir: str | Path, publish: bool = False) -> list[Path]:
+    """A notebook run's figure: ``<output_dir>/figures/<fig_id>.png``, and ``figures/<fig_id>.png`` too when
+    ``publish`` (``make notebook-figures`` runs the notebooks with ``-p publish True``), so a run with other models
+    or settings never overwrites the committed figures. Returns the paths written."""
+    paths = [save_figure(fig, fig_id, Path(output_dir) / "figures")]
+    if publish:
+        paths.append(save_figure(fig, fig_id))
+    return paths
 
 
 def plot_training_curve(ax, history: Sequence[dict], key: str = "loss", label: str | None = None):
