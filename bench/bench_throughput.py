@@ -61,7 +61,7 @@ def main() -> None:
     from workbench.cache import StageCache
     from workbench.encoding import collate_examples, prompt_text
     from workbench.methods.common import gym_prompts
-    from workbench.methods.pad import mcq_template_for
+    from workbench.rewards import mcq_template_for
     from workbench.models import load
     from workbench.rewards import user_text
     from workbench.sampling import group_responses, sample_responses

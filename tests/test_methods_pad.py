@@ -214,24 +214,24 @@ def test_distill_round_passes_the_knobs_to_sampling_scoring_and_training(tiny_mo
     from copy import deepcopy
 
     from workbench import trainers
-    from workbench.methods import pad
+    from workbench.methods import pad, pad_rounds
 
     checkpointing = trainers.checkpointing_argument()
     monkeypatch.delenv("WORKBENCH_TRAINING_ARGS", raising=False)
     monkeypatch.delenv("WORKBENCH_LOGITS_CHUNK", raising=False)
     calls = {}
 
-    def spy(name):
-        real = getattr(pad, name)
+    def spy(module, name):
+        real = getattr(module, name)
 
         def wrapper(*args, **kwargs):
             calls[name] = {**dict(enumerate(args)), **kwargs}
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(pad, name, wrapper)
+        monkeypatch.setattr(module, name, wrapper)
 
-    for name in ("sample_responses", "teacher_rewards", "train_distill"):
-        spy(name)
+    for module, name in ((pad_rounds, "sample_responses"), (pad_rounds, "teacher_rewards"), (pad, "train_distill")):
+        spy(module, name)
     student, tok = tiny_models["student"]
     teacher, teacher_tok = tiny_models["teacher-dpo"]
     cfg = PadConfig(
@@ -300,3 +300,87 @@ def test_a_quiet_run_prints_no_log_lines_but_keeps_its_history(tiny_gym, capsys)
     history = train_sft(student, tok, rows, steps=4, lr=1e-4, batch_size=4, progress=False)
     assert any("loss" in entry for entry in history)  # the curve is still recorded
     assert "'loss'" not in capsys.readouterr().out  # but not printed as {'loss': ...} dicts
+
+
+def _staged_cfg(tmp_path, **overrides):
+    return PadConfig(
+        **{
+            "teacher": "gym-tiny-teacher-dpo",
+            "student": "gym-tiny-student",
+            "n": 3,
+            "steps": 2,
+            "train_prompts": 8,
+            "eval_prompts": 4,
+            "eval_samples": 2,
+            "batch_size": 4,
+            "sampling_batch_size": 4,
+            "output_dir": str(tmp_path),
+            "progress": False,
+            **overrides,
+        }
+    )
+
+
+def test_the_staged_path_trains_on_the_stages_it_is_given_and_matches_the_one_call_path(tiny_gym, tmp_path):
+    """sample_round → score_round (notebook 03's stages) give what sample_and_score gives; run_pad trains on them as
+    given (a round whose rewards were edited trains differently) and, unedited, measures what run_pad(cfg) does."""
+    from workbench.methods.pad import load_models, pad_prompts, sample_and_score, sample_round, score_round
+    from workbench.methods.pad_rounds import RoundSamples
+
+    cfg = _staged_cfg(tmp_path / "one-call")
+    one_call = run_pad(cfg).metrics
+    staged_cfg = _staged_cfg(tmp_path / "staged")
+    models = load_models(staged_cfg)
+    train, _ = pad_prompts(staged_cfg)
+    prompts, groups = sample_round(staged_cfg, models.student, models.student_tok, train)
+    rewards = score_round(staged_cfg, models.teacher, models.teacher_tok, prompts, groups)
+    whole = sample_and_score(
+        staged_cfg, models.student, models.student_tok, models.teacher, models.teacher_tok, train, 0
+    )
+    assert whole.groups == groups and whole.prompts == prompts
+    for name in whole.rewards:
+        torch.testing.assert_close(whole.rewards[name], rewards[name])
+    staged = run_pad(staged_cfg, models=models, first_round=RoundSamples(prompts, groups, rewards)).metrics
+    assert staged["gold_after"] == one_call["gold_after"] and staged["gold_before"] == one_call["gold_before"]
+    assert models.student.training is not None and staged["training"] == one_call["training"]
+
+    reversed_cfg = _staged_cfg(tmp_path / "reversed")
+    reversed_models = load_models(reversed_cfg)
+    flipped = {name: -value for name, value in rewards.items()}  # the teacher's order reversed, still (1-α)r + α log p
+    other = run_pad(reversed_cfg, models=reversed_models, first_round=RoundSamples(prompts, groups, flipped)).metrics
+    assert other["training"] != one_call["training"]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda s: s._replace(groups=[g[:2] for g in s.groups]), "groups of"),
+        (lambda s: s._replace(prompts=s.prompts[:-1], groups=s.groups[:-1]), "the run trains on"),
+        (lambda s: s._replace(prompts=["sort 9 9 9"] + s.prompts[1:]), "not the run's"),
+        (lambda s: s._replace(rewards={**s.rewards, "calibrated": s.rewards["likelihood"]}), "alpha=0.8"),
+        (lambda s: s._replace(rewards={k: v for k, v in s.rewards.items() if k != "log_p_sel"}), "log_p_sel"),
+        (
+            lambda s: s._replace(
+                rewards={k: v.clone().index_fill_(1, torch.tensor([0]), float("nan")) for k, v in s.rewards.items()}
+            ),
+            "non-finite",
+        ),
+    ],
+)
+def test_a_given_round_that_is_not_a_round_of_the_config_is_refused_before_training(edit, match, tmp_path):
+    from workbench.methods.pad import check_round_samples, pad_prompts
+    from workbench.methods.pad_rounds import RoundSamples
+
+    cfg = _staged_cfg(tmp_path)
+    train, _ = pad_prompts(cfg)
+    likelihood = -torch.rand(len(train), cfg.n)
+    log_p_sel = torch.log_softmax(torch.randn(len(train), cfg.n), -1)
+    rewards = {
+        "likelihood": likelihood,
+        "log_p_sel": log_p_sel,
+        "calibrated": 0.2 * likelihood + 0.8 * log_p_sel,
+    }
+    good = RoundSamples(list(train), [[f"{i} {j}" for j in range(cfg.n)] for i in range(len(train))], rewards)
+    check_round_samples(cfg, good, train)
+    with pytest.raises(ValueError, match=match):
+        check_round_samples(cfg, edit(good), train)

@@ -88,7 +88,7 @@ def test_an_interrupted_pad_stage_resumes_from_its_last_finished_piece(tiny_mode
     """PAD's sample → teacher-reward stage over 8 prompts in 4 pieces, killed while scoring the third: the rerun
     loads the two finished pieces and the third's samples from the cache, computes only the rest (no work is done
     twice) and returns the samples of an uninterrupted one-piece run exactly, its rewards to float rounding."""
-    from workbench.methods import pad
+    from workbench.methods import pad, pad_rounds
 
     student, tok = tiny_models["student"]
     teacher, teacher_tok = tiny_models["teacher-dpo"]
@@ -103,7 +103,7 @@ def test_an_interrupted_pad_stage_resumes_from_its_last_finished_piece(tiny_mode
     monkeypatch.setattr(cache_module, "_DEFAULT_CACHE", pieces)
     monkeypatch.setenv("WORKBENCH_STAGE_CHUNK", "2")  # one sampling batch of 2 prompts per piece
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, pad, "teacher_rewards", 3)
+        _interrupt_at(patch, pad_rounds, "teacher_rewards", 3)
         with pytest.raises(Preempted):
             pad.sample_and_score(cfg, student, tok, teacher, teacher_tok, prompts, 0)
     done_before = pieces.misses

@@ -7,20 +7,16 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses`, :mod:
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import datasets
 import numpy as np
 import torch
 
-from workbench.backends.vllm import model_source, release_vllm_engines
-from workbench.distributed import is_distributed, map_in_shards, unsharded
+from workbench.backends.vllm import release_vllm_engines
 from workbench.evaluate import win_rate
 from workbench.logprobs import student_token_logps
 from workbench.losses import get_loss
@@ -56,8 +52,17 @@ from workbench.methods.config import (
     vllm_engine_options,
 )
 from workbench.methods.pad_ranking import ranking_agreement
-from workbench.rewards import teacher_rewards
-from workbench.sampling import group_responses, sample_responses
+from workbench.methods.pad_rounds import (  # noqa: F401  (the round's stages, importable from here too)
+    REWARD_SIGNALS,
+    RoundSamples,
+    check_round_samples,
+    round_rows,
+    sample_and_score,
+    sample_round,
+    score_round,
+    vllm_student_folder,
+)
+from workbench.sampling import sample_responses
 from workbench.trainers import ListwiseCollator, set_threads, train_distill
 
 logger = logging.getLogger("workbench.pad")
@@ -236,156 +241,11 @@ class ListwiseObjective:
         return loss, metrics
 
 
-REWARD_SIGNALS = ("likelihood", "log_p_sel", "calibrated")
-
-
-class RoundSamples(NamedTuple):
-    """One round's student samples and teacher rewards: P prompts (chat messages), P groups of n responses, and
-    each of ``REWARD_SIGNALS`` as a (P, n) tensor."""
-
-    prompts: list
-    groups: list[list[str]]
-    rewards: dict[str, torch.Tensor]
-
-
 class RoundResult(NamedTuple):
     """One PAD round: its training log (entries tagged with the round) and the samples it trained on."""
 
     history: list[dict]
     samples: RoundSamples
-
-
-def _vllm_student_folder(cfg: PadConfig, round_: int) -> Path:
-    return Path(cfg.output_dir) / f"vllm_student_round{round_}"
-
-
-def save_in_compute_dtype(model, folder) -> None:
-    """``model.save_pretrained(folder)``; a bf16-mixed student (float32 weights under bfloat16 autocast) is saved in
-    bfloat16, config included, so vLLM serves it in the dtype it computes in (vLLM's dtype 'auto' would serve float32
-    weights in float16)."""
-    from workbench.precision import autocast_dtype
-
-    dtype = autocast_dtype(model)
-    if dtype is None:
-        model.save_pretrained(folder)
-        return
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.save_pretrained(folder, state_dict=weights)
-    config = Path(folder) / "config.json"  # save_pretrained writes the parameters' dtype there
-    config.write_text(
-        json.dumps(
-            {**json.loads(config.read_text()), "dtype": str(dtype).removeprefix("torch.")}, indent=2, sort_keys=True
-        )
-        + "\n"
-    )
-
-
-def vllm_student_source(cfg: PadConfig, student, student_tok, round_: int, state=None):
-    """What the vLLM backend samples from in a round: the student as loaded (its ``name_or_path``) in round 0;
-    later, its current weights saved to ``output_dir/vllm_student_round<k>`` (merged if LoRA), because vLLM reads
-    weights from disk, not from the trained model in memory."""
-    if round_ == 0:
-        return student
-    # the previous round's engine holds the previous weights (and GPU memory); a vLLM teacher's engine stays
-    release_vllm_engines(model_source(student) if round_ == 1 else str(_vllm_student_folder(cfg, round_ - 1)))
-    folder = _vllm_student_folder(cfg, round_)
-    if state is None or state.is_main_process:
-        model = student
-        if hasattr(student, "merge_and_unload"):  # a peft model: vLLM gets base + adapter merged
-            model = copy.deepcopy(student).merge_and_unload()
-        save_in_compute_dtype(model, folder)
-        student_tok.save_pretrained(folder)
-    if is_distributed(state):
-        state.wait_for_everyone()
-    return str(folder)
-
-
-def sample_and_score(
-    cfg: PadConfig,
-    student,
-    student_tok,
-    teacher,
-    teacher_tok,
-    prompt_texts,
-    round_: int,
-    *,
-    state=None,
-    progress: bool = False,
-) -> RoundSamples:
-    """n samples per prompt from the student (§4.1) and their teacher rewards (Eq. 7-9), sharded over processes.
-
-    With several processes (``state``: accelerate's ``PartialState``) each samples and scores only its shard of
-    whole sampling batches, batch b keeping its global seed, and the shards are merged by prompt index
-    (:mod:`workbench.distributed`): every process gets the rows one process computes — the same samples, and
-    the same rewards up to the float rounding of differently composed scoring batches. Each process caches only
-    its own shard (race-free on a shared filesystem).
-    """
-    with unsharded(student) as whole:  # an FSDP-sharded student (round 2 on) samples through a whole copy
-        return _sample_and_score(
-            cfg, whole, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state, progress=progress
-        )
-
-
-def _sample_and_score(
-    cfg: PadConfig,
-    student,
-    student_tok,
-    teacher,
-    teacher_tok,
-    prompt_texts,
-    round_: int,
-    *,
-    state=None,
-    progress: bool = False,
-) -> RoundSamples:
-    source = student
-    if cfg.sampling_backend == "vllm":  # every process: the round's weights are saved once, behind a barrier
-        source = vllm_student_source(cfg, student, student_tok, round_, state)
-
-    def sample_and_score_shard(shard_prompts, first_batch):
-        # batch b of the whole list is seeded seed + b; this shard starts at batch first_batch
-        samples = sample_responses(
-            source,
-            student_tok,
-            shard_prompts,
-            n=cfg.n,
-            temperature=cfg.temperature,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.sampling_batch_size,
-            seed=cfg.seed * 1000 + round_ + first_batch,
-            backend=cfg.sampling_backend,
-            engine_options=vllm_engine_options(cfg),
-            progress=progress,
-            max_prompt_tokens=cfg.max_prompt_tokens,
-        )
-        prompts, groups = group_responses(samples)
-        rewards = teacher_rewards(
-            teacher,
-            teacher_tok,
-            prompts,
-            groups,
-            alpha=cfg.alpha,
-            order=cfg.mcq_order,
-            seed=cfg.seed + round_,
-            first_group=first_batch * cfg.sampling_batch_size,
-            batch_size=cfg.scoring_batch_size,
-            backend=cfg.scoring_backend,
-            engine_options=vllm_engine_options(cfg),
-        )
-        signals = [rewards[name].tolist() for name in REWARD_SIGNALS]
-        return [
-            (prompt, group, *(signal[i] for signal in signals))
-            for i, (prompt, group) in enumerate(zip(prompts, groups))
-        ]
-
-    merged = map_in_shards(sample_and_score_shard, prompt_texts, cfg.sampling_batch_size, state)
-    prompts = [record[0] for record in merged]
-    groups = [record[1] for record in merged]
-    rewards = {
-        name: torch.tensor([record[2 + k] for record in merged], dtype=torch.float32)
-        for k, name in enumerate(REWARD_SIGNALS)
-    }
-    return RoundSamples(prompts, groups, rewards)
 
 
 def distill_round(
@@ -400,6 +260,7 @@ def distill_round(
     state=None,
     progress: bool | None = None,
     checkpoints=None,
+    samples: RoundSamples | None = None,
 ) -> RoundResult:
     """One PAD round (Fig. 3): sample n per prompt → teacher r̂ → listwise training of the student.
 
@@ -407,11 +268,16 @@ def distill_round(
     processes and merges the shards, so every process trains on identical rows (:func:`sample_and_score`); the
     ``Trainer``'s distributed sampler then splits the rows' batches. ``checkpoints`` (the run's
     :func:`~workbench.methods.common.run_checkpoints`) makes the round's training resumable, in ``round<k>/``.
+    ``samples``: the round's stages computed already (:func:`sample_round`, :func:`score_round`, as notebook 03
+    shows them), checked against ``cfg`` and trained on as given.
     """
     progress = cfg.progress if progress is None else progress
-    samples = sample_and_score(
-        cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state, progress=progress
-    )
+    if samples is None:
+        samples = sample_and_score(
+            cfg, student, student_tok, teacher, teacher_tok, prompt_texts, round_, state=state, progress=progress
+        )
+    else:
+        check_round_samples(cfg, samples, prompt_texts)
     rows = datasets.Dataset.from_dict(
         {
             "prompt": samples.prompts,
@@ -466,15 +332,6 @@ def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
     return list(train_rows["prompt"]), list(held_rows["prompt"])
 
 
-def round_rows(samples: RoundSamples) -> list[dict]:
-    """One row per prompt: prompt, responses and each teacher reward signal (floats as computed)."""
-    signals = {name: values.tolist() for name, values in samples.rewards.items()}
-    return [
-        {"prompt": prompt, "responses": group, **{name: values[i] for name, values in signals.items()}}
-        for i, (prompt, group) in enumerate(zip(samples.prompts, samples.groups))
-    ]
-
-
 def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> TrainedRun:
     """Train only (no evaluation): ``cfg.iterations`` rounds of sample → teacher r̂ → listwise training, sampling
     and scoring sharded over ``state``'s processes (:func:`sample_and_score`); rows: each round's samples and
@@ -494,19 +351,40 @@ def train_run(cfg: PadConfig, *, state=None, device: str | None = None) -> Train
     return TrainedRun(history, student, student_tok, rows, {"prompts": len(prompts_text)})
 
 
-def run_pad(cfg: PadConfig) -> RunResult:
+class PadModels(NamedTuple):
+    """A run's models: the frozen teacher and the student it trains, each with its tokenizer."""
+
+    teacher: object
+    teacher_tok: object
+    student: object
+    student_tok: object
+
+
+def load_models(cfg: PadConfig, device: str | None = None) -> PadModels:
+    """The teacher (frozen; served by vLLM with ``scoring_backend='vllm'``) and the student ``cfg`` names."""
+    teacher, teacher_tok = load_teacher(cfg, device=device)
+    student, student_tok = cfg.load_student(device)
+    return PadModels(teacher, teacher_tok, student, student_tok)
+
+
+def run_pad(cfg: PadConfig, *, models: PadModels | None = None, first_round: RoundSamples | None = None) -> RunResult:
     """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``.
 
     On the gym the held-out evaluation is the gold reward; on a preference dataset (no gold reward) the gold
     fields are None with the reason, the student's ranking agreement with the teacher is still measured, and a
     ``judge`` model, when named, compares the trained student's answers with the initial student's.
+
+    The staged path (notebook 03): ``models`` from :func:`load_models` (the student is trained in place) and
+    ``first_round``, round 0's samples and teacher rewards computed stage by stage (:func:`sample_round`,
+    :func:`score_round`) on ``pad_prompts(cfg)[0]``, checked against ``cfg`` and trained on as given.
     """
     set_threads()
     started = time.perf_counter()
-    teacher, teacher_tok = load_teacher(cfg)
-    student, student_tok = cfg.load_student()
+    teacher, teacher_tok, student, student_tok = models or load_models(cfg)
     gold = cfg.dataset == "gym"
     train, held_out = pad_prompts(cfg)
+    if first_round is not None:  # refused before any evaluation or training
+        check_round_samples(cfg, first_round, train)
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     checkpoints = run_checkpoints(cfg)
     history: list[dict] = []
@@ -516,7 +394,15 @@ def run_pad(cfg: PadConfig) -> RunResult:
     ):
         for round_ in range(cfg.iterations):
             log, samples = distill_round(
-                cfg, student, student_tok, teacher, teacher_tok, train, round_, checkpoints=checkpoints
+                cfg,
+                student,
+                student_tok,
+                teacher,
+                teacher_tok,
+                train,
+                round_,
+                checkpoints=checkpoints,
+                samples=first_round if round_ == 0 else None,
             )
             history += log
             entry = {"round": round_, "prompts": len(samples.prompts)}
@@ -579,7 +465,7 @@ def release_run_engines(cfg: PadConfig, student, teacher) -> None:
     student's of every round and the teacher's."""
     sources = []
     if cfg.sampling_backend == "vllm":
-        sources += [student, *(str(_vllm_student_folder(cfg, r)) for r in range(1, cfg.iterations))]
+        sources += [student, *(str(vllm_student_folder(cfg, r)) for r in range(1, cfg.iterations))]
     if cfg.scoring_backend == "vllm":
         sources.append(teacher)
     if sources:
