@@ -140,3 +140,22 @@ def test_a_notebook_runs_figure_goes_to_its_output_folder_and_to_figures_only_wh
     paths = plots.save_run_figure(fig, "curve", tmp_path / "run", publish=True)
     assert paths[1] == tmp_path / "published" / "curve.png" and all(p.stat().st_size > 0 for p in paths)
     plt.close(fig)
+
+
+def test_training_curves_put_rounds_end_to_end_on_optimizer_steps():
+    import matplotlib.pyplot as plt
+
+    from workbench import plots
+
+    history = [
+        {"loss": 1.0, "step": 5, "round": 0},
+        {"loss": 0.5, "step": 10, "round": 0},
+        {"train_runtime": 1.0, "step": 10, "round": 0},
+        {"loss": 0.9, "step": 5, "round": 1},
+        {"loss": 0.4, "step": 10, "round": 1},
+    ]
+    fig, ax = plt.subplots()
+    plots.plot_training_curve(ax, history)
+    assert list(ax.lines[0].get_xdata()) == [5, 10, 15, 20] and ax.get_xlabel() == "optimizer step"
+    assert [line.get_xdata()[0] for line in ax.lines[1:]] == [10]  # the round boundary
+    plt.close(fig)

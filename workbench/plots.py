@@ -46,13 +46,26 @@ def save_run_figure(fig, fig_id: str, output_dir: str | Path, publish: bool = Fa
 
 
 def plot_training_curve(ax, history: Sequence[dict], key: str = "loss", label: str | None = None):
-    """``key`` against optimizer step from a Trainer log history (rounds concatenated)."""
-    points = [(i, h[key]) for i, h in enumerate(h for h in history if key in h)]
+    """``key`` against optimizer step from a Trainer log history; rounds (entries tagged ``round``, each restarting
+    the Trainer's step count) follow one another on one axis, their boundaries marked by dashed lines."""
+    points, offset, last_step, current = [], 0, 0, None
+    boundaries = []
+    for i, entry in enumerate(history):
+        if entry.get("round", current) != current:
+            if current is not None:
+                offset += last_step
+                boundaries.append(offset)
+            current = entry.get("round")
+        last_step = entry.get("step", last_step)
+        if key in entry:
+            points.append((offset + entry["step"] if "step" in entry else i, entry[key]))
     if not points:
         raise ValueError(f"no '{key}' entries in the history; logged keys: {sorted({k for h in history for k in h})}")
     steps, values = zip(*points)
     ax.plot(steps, [float(v) for v in values], marker=".", label=label or key)
-    ax.set_xlabel("logging step")
+    for x in boundaries:
+        ax.axvline(x, color="#999999", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("optimizer step" if all("step" in h for h in history if key in h) else "logging step")
     ax.set_ylabel(key)
     return ax
 
