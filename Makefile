@@ -53,6 +53,7 @@ reports:
 NB_OUT ?= runs/notebooks
 notebook-figures:
 	mkdir -p $(NB_OUT)
+	$(PYTHON) -m papermill --no-progress-bar notebooks/00_gym.ipynb $(NB_OUT)/00.ipynb -p publish True
 	$(PYTHON) -m papermill --no-progress-bar notebooks/01_irl_reward.ipynb $(NB_OUT)/01.ipynb -p publish True
 	$(PYTHON) -m papermill --no-progress-bar notebooks/02_calibration_alpha_sweep.ipynb $(NB_OUT)/02.ipynb -p publish True
 	$(PYTHON) -m papermill --no-progress-bar notebooks/03_pad_train.ipynb $(NB_OUT)/03.ipynb -p publish True -p n 8

@@ -12,6 +12,14 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # tiny parameters per notebook: each must finish in well under a minute on 2 CPU cores
 TINY = {
+    "00_gym.ipynb": dict(
+        teacher_dpo="gym-tiny-teacher-dpo",
+        teacher_ref="gym-tiny-teacher-ref",
+        student="gym-tiny-student",
+        prompts_per_task=2,
+        samples=2,
+        max_new_tokens=12,
+    ),
     "07_plad_train.ipynb": dict(
         teacher="gym-tiny-teacher-dpo",
         student="gym-tiny-student",
