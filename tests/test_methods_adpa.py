@@ -423,3 +423,33 @@ def test_adpa_plus_with_teachers_served_by_vllm_trains_like_the_hf_teachers(tiny
     )
     with pytest.raises(ValueError, match="scoring_backend='tgi'"):
         M.AdpaConfig(scoring_backend="tgi")
+
+
+def test_the_staged_path_trains_on_the_states_it_is_given_and_matches_the_one_call_path(tiny_gym, tmp_path):
+    """Notebook 06's path: the student, the pairs and the first stage's ŷ computed beforehand give what run_adpa(cfg)
+    gives; other ŷ train differently (they are used as given)."""
+    cfg = M.AdpaConfig(method="adpa", output_dir=str(tmp_path / "one-call"), **TINY)
+    one_call = M.run_adpa(cfg).metrics
+    staged_cfg = M.AdpaConfig(method="adpa", output_dir=str(tmp_path / "staged"), **TINY)
+    student, tokenizer = staged_cfg.load_student()
+    pairs = M.preference_pairs(staged_cfg)
+    states = M.sample_states(staged_cfg, student, tokenizer, pairs[0])
+    staged = M.run_adpa(staged_cfg, student=(student, tokenizer), pairs=pairs, states=states).metrics
+    assert staged["gold_after"] == one_call["gold_after"] and staged["training"] == one_call["training"]
+    other_cfg = M.AdpaConfig(method="adpa", output_dir=str(tmp_path / "other"), **TINY)
+    other = M.run_adpa(other_cfg, pairs=pairs, states=list(pairs[0]["rejected"])).metrics
+    assert other["training"] != one_call["training"]
+
+
+def test_given_stages_that_cannot_be_the_runs_are_refused_before_anything_runs(tmp_path):
+    import datasets
+
+    cfg = M.AdpaConfig(method="adpa", output_dir=str(tmp_path), **TINY)
+    pairs = datasets.Dataset.from_dict({"prompt": ["sort 2 1"] * 3, "chosen": ["1 2"] * 3, "rejected": ["2 1"] * 3})
+    with pytest.raises(ValueError, match="3 ŷ for 2 training pairs|one string per pair"):
+        M.check_given_stages(cfg, (pairs.select(range(2)), pairs), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="lack \\['rejected'\\]"):
+        M.check_given_stages(cfg, (pairs.remove_columns("rejected"), pairs), None)
+    with pytest.raises(ValueError, match="ADPA\\+ samples its ŷ from the DCKD student"):
+        M.check_given_stages(M.AdpaConfig(method="adpa+", output_dir=str(tmp_path), **TINY), None, ["a"])
+    M.check_given_stages(cfg, (pairs, pairs), ["a", "b", "c"])

@@ -129,6 +129,7 @@ class RunContext:
     device: str | None = None
     states: dict[str, list[str]] = field(default_factory=dict)  # stage name → its ŷ, one per pair
     checkpoints: object = None  # the run's Checkpoints (save_steps > 0): each stage resumes in stage<i>-<name>/
+    given_states: list[str] | None = None  # ŷ of the first stage computed beforehand (notebook 06), used as given
 
     def stage_checkpoints(self, stage: int, name: str):
         return self.checkpoints and self.checkpoints.stage(f"stage{stage}-{name}")
@@ -292,7 +293,8 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
     def stage_fn(ctx: RunContext, stage: int) -> dict:
         """ŷ from the state source → teacher top-k on (x, ŷ) → L_SFT(y_w) + the registered loss on ŷ."""
         cfg = ctx.cfg
-        hats = STATE_SOURCES[cfg.state_source](ctx, stage)
+        given = ctx.given_states if stage == 0 else None
+        hats = given if given is not None else STATE_SOURCES[cfg.state_source](ctx, stage)
         ctx.states[loss] = hats
         spec = ON_POLICY_LOSSES[loss]
         caches = {f"hat_{teacher}": _cache(ctx, teacher, hats) for teacher in spec.teachers}
@@ -404,8 +406,46 @@ def harness_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
 
 
-def run_adpa(cfg: AdpaConfig) -> RunResult:
+def sample_states(cfg: AdpaConfig, student, tokenizer, pairs: datasets.Dataset, stage: int = 0) -> list[str]:
+    """The ŷ an on-policy stage ``stage`` trains on, one per training pair, from ``cfg.state_source`` (App. E):
+    sampled from ``student`` (batch b seeded ``seed·1000 + stage + b``), the pairs' own responses, or the DPO
+    teacher's samples. ``run_adpa(cfg, states=...)`` trains its first stage on them."""
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [])
+    return STATE_SOURCES[cfg.state_source](ctx, stage)
+
+
+def check_given_stages(cfg: AdpaConfig, pairs, states) -> None:
+    """Refuse stages computed beforehand that cannot be this run's: pairs without the columns the stages read or
+    with no rows, ŷ not one string per training pair, or ŷ for a method whose first stage does not train on ŷ."""
+    if pairs is not None:
+        train, held_out = pairs
+        missing = [c for c in ("prompt", "chosen", "rejected") if c not in train.column_names]
+        if missing or not len(train):
+            raise ValueError(
+                f"the given training pairs have {len(train)} rows and lack {missing}: make them with "
+                "preference_pairs(cfg)"
+            )
+        if not isinstance(held_out, datasets.Dataset):
+            raise ValueError("pairs=(training pairs, held-out pairs), both datasets.Dataset (preference_pairs(cfg))")
+    if states is None:
+        return
+    first = METHOD_STAGES[cfg.method][0]
+    if first not in ON_POLICY_LOSSES:
+        raise ValueError(
+            f"method={cfg.method!r} starts with a {first!r} stage, which trains on no ŷ"
+            + (": ADPA+ samples its ŷ from the DCKD student after its first stage" if first == "dckd" else "")
+        )
+    rows = len(pairs[0]) if pairs is not None else cfg.train_prompts
+    if len(states) != rows or not all(isinstance(y, str) for y in states):
+        raise ValueError(f"states: {len(states)} ŷ for {rows} training pairs; give one string per pair (sample_states)")
+
+
+def run_adpa(cfg: AdpaConfig, *, student=None, pairs=None, states: list[str] | None = None) -> RunResult:
     """Train the student with ``cfg.method`` (``METHOD_STAGES``) and evaluate it on held-out prompts.
+
+    The staged path (notebook 06) passes what it computed and showed: ``student`` = (model, tokenizer) from
+    ``cfg.load_student()`` (trained in place), ``pairs`` = ``preference_pairs(cfg)`` and ``states``, the first
+    stage's ŷ (:func:`sample_states`), each checked before anything runs and trained on as given.
 
     Returns a :class:`RunResult` whose metrics hold ``method``, ``dataset``, ``reward_accuracy`` (before / after,
     on held-out pairs), ``training`` (loss per stage), per-stage diagnostics and ``seconds``, and the evaluation:
@@ -416,12 +456,13 @@ def run_adpa(cfg: AdpaConfig) -> RunResult:
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    student, tokenizer = cfg.load_student()
-    pairs, held_out_pairs = preference_pairs(cfg)
+    check_given_stages(cfg, pairs, states)
+    student, tokenizer = student or cfg.load_student()
+    pairs, held_out_pairs = pairs or preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
     held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED) if gym else list(held_out_pairs["prompt"])
-    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], checkpoints=run_checkpoints(cfg))
+    ctx = RunContext(cfg, student, tokenizer, pairs, [], [], checkpoints=run_checkpoints(cfg), given_states=states)
 
     def evaluate() -> tuple[dict | list | None, float]:
         accuracy = reward_accuracy(student, tokenizer, held_out_pairs) if len(held_out_pairs) else float("nan")
