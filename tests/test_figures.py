@@ -159,3 +159,76 @@ def test_training_curves_put_rounds_end_to_end_on_optimizer_steps():
     assert list(ax.lines[0].get_xdata()) == [5, 10, 15, 20] and ax.get_xlabel() == "optimizer step"
     assert [line.get_xdata()[0] for line in ax.lines[1:]] == [10]  # the round boundary
     plt.close(fig)
+
+
+def test_candidate_rewards_and_success_at_budget_draw_one_bar_per_item():
+    import matplotlib.pyplot as plt
+
+    from workbench import plots
+
+    fig, axes = plt.subplots(1, 2)
+    rewards = {"r": [-0.3, -0.5, -3.3], "log p_sel": [-1.7, -2.1, -0.5], "r_hat": [-1.4, -1.8, -1.0]}
+    plots.plot_candidate_rewards(axes[0], rewards, ["A", "B", "C"], title="one set")
+    assert len(axes[0].patches) == 9 and [t.get_text() for t in axes[0].get_xticklabels()] == ["A", "B", "C"]
+    heights = [p.get_height() for p in axes[0].patches]
+    assert heights[:3] == rewards["r"] and heights[-3:] == rewards["r_hat"]
+    success = {"distribution": [1.0, 1.0, 1.0], "token": [0.25, 0.5, 1.0]}
+    plots.plot_success_at_budget(axes[1], success, 1, [1, 2, 4], ci={"token": [0.0, 0.1, 0.0]})
+    assert [p.get_width() for p in axes[1].patches] == [1.0, 0.5] and "budget 2" in axes[1].get_xlabel()
+    plt.close(fig)
+
+
+def _counting_draw(calls):
+    import matplotlib.pyplot as plt
+
+    def draw(**values):
+        calls.append(values)
+        fig, ax = plt.subplots()
+        ax.set_title(repr(sorted(values.items())))
+        return fig
+
+    return draw
+
+
+def test_an_explorer_without_a_widget_frontend_draws_once_at_the_values(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from workbench import plots
+
+    monkeypatch.delenv("WORKBENCH_WIDGETS", raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)  # what papermill and nbclient give a kernel
+    assert not plots.widget_frontend()
+    calls = []
+    fig = plots.explore(_counting_draw(calls), {"alpha": (0.0, 1.0, 0.05)}, {"alpha": 0.8, "example": 3})
+    assert calls == [{"alpha": 0.8, "example": 3}] and fig.axes[0].get_title() == "[('alpha', 0.8), ('example', 3)]"
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/02_calibration_alpha_sweep.ipynb")  # a JupyterLab kernel
+    assert plots.widget_frontend()
+    monkeypatch.setenv("WORKBENCH_WIDGETS", "0")
+    assert not plots.widget_frontend()
+    plt.close("all")
+
+
+def test_an_explorer_in_a_widget_frontend_redraws_when_a_control_moves(monkeypatch):
+    import ipywidgets
+    import matplotlib.pyplot as plt
+
+    from workbench import plots
+
+    monkeypatch.setenv("WORKBENCH_WIDGETS", "1")
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    calls = []
+    controls = {"alpha": (0.0, 1.0, 0.05), "example": (0, 9, 1), "budget": [1, 2, 4, 8], "scenario": ["a", "b"]}
+    values = {"alpha": 0.8, "example": 3, "budget": 4, "scenario": "b", "beta": 10.0}
+    fig = plots.explore(_counting_draw(calls), controls, values)
+    assert calls == [values] and fig is not None  # the first draw is at the values, as without a frontend
+    (widget,) = shown
+    controls_by_name = {w.description: w for w in widget.kwargs_widgets if isinstance(w, ipywidgets.ValueWidget)}
+    assert isinstance(controls_by_name["alpha"], ipywidgets.FloatSlider)
+    assert isinstance(controls_by_name["example"], ipywidgets.IntSlider)
+    assert isinstance(controls_by_name["budget"], ipywidgets.SelectionSlider)
+    assert isinstance(controls_by_name["scenario"], ipywidgets.Dropdown)
+    assert {name: w.value for name, w in controls_by_name.items()} == {k: v for k, v in values.items() if k in controls}
+    controls_by_name["budget"].value = 8
+    assert calls[-1] == {**values, "budget": 8} and len(calls) == 2  # beta stays fixed
+    plt.close("all")

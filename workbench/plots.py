@@ -313,3 +313,84 @@ def plot_claims_across_worlds(ax, table, worlds: Sequence[str]):
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # the long claim labels leave a narrow axis: no crowded ticks
     ax.legend(fontsize=7, loc="lower right", title="world (marker)")
     return ax
+
+
+def plot_candidate_rewards(ax, rewards_by_name: dict, labels: Sequence[str], title: str = ""):
+    """Grouped bars of several rewards of one candidate set (e.g. PAD Eq. 7-9: $r$, $\\log p_{sel}$, $\\hat r$).
+
+    ``rewards_by_name`` maps a legend name to ``rewards (n,)``; ``labels`` name the n responses.
+    """
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(rewards_by_name))
+    for k, (name, rewards) in enumerate(rewards_by_name.items()):
+        offset = (k - (len(rewards_by_name) - 1) / 2) * width
+        ax.bar(x + offset, np.asarray(rewards, dtype=float), width=width, label=name)
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("reward (nats)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_success_at_budget(ax, success: dict, budget_index: int, budgets: Sequence[int], ci: dict | None = None):
+    """Bars of P(identify a*) per reward granularity at one budget of the grid (ADPA §4.4; the explorer's cut
+    through :func:`plot_success_vs_budget`)."""
+    names = list(success)
+    values = [float(success[name][budget_index]) for name in names]
+    errors = [float(np.nan_to_num((ci or {}).get(name, [0.0] * len(budgets))[budget_index])) for name in names]
+    ax.barh(np.arange(len(names)), values, xerr=errors, capsize=3, color=[f"C{i}" for i in range(len(names))])
+    ax.set_yticks(np.arange(len(names)))
+    ax.set_yticklabels([name.replace(" (", "\n(") for name in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(f"P(identify a*) at budget {budgets[budget_index]}")
+    return ax
+
+
+def widget_frontend() -> bool:
+    """Whether ipywidgets controls can be drawn: ``$WORKBENCH_WIDGETS`` (``1`` / ``0``) when set, else whether a
+    Jupyter server started this kernel (JupyterLab and Notebook 7 set ``$JPY_SESSION_NAME``). papermill and
+    nbclient, which run a notebook without a frontend, set neither."""
+    if os.environ.get("WORKBENCH_WIDGETS"):
+        return os.environ["WORKBENCH_WIDGETS"] not in ("0", "false", "False")
+    return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def _control(name: str, spec, value):
+    """A widget for one explorer control: a list of options (numbers: a selection slider; else a dropdown) or a
+    ``(min, max, step)`` range (an integer or a float slider), starting at ``value``."""
+    import ipywidgets
+
+    common = dict(description=name, continuous_update=False, style={"description_width": "initial"})
+    if isinstance(spec, tuple) and len(spec) == 3:
+        low, high, step = spec
+        if all(isinstance(v, int) for v in (low, high, step, value)):
+            return ipywidgets.IntSlider(value=value, min=low, max=high, step=step, **common)
+        return ipywidgets.FloatSlider(value=value, min=low, max=high, step=step, readout_format=".2f", **common)
+    options = list(spec)
+    if all(isinstance(v, (int, float)) for v in options):
+        return ipywidgets.SelectionSlider(options=options, value=value, **common)
+    return ipywidgets.Dropdown(options=options, value=value, description=name)
+
+
+def explore(draw, controls: dict, values: dict):
+    """An explorer: ``draw(**values)`` draws one figure from objects already computed and returns it.
+
+    Without a widget frontend (:func:`widget_frontend`: papermill, the notebook tests) it is called once at
+    ``values`` — one static figure. In JupyterLab the controls are shown and ``ipywidgets.interactive`` redraws
+    on every change. ``controls`` maps a keyword of ``draw`` to a list of options or a ``(min, max, step)`` range;
+    keywords in ``values`` without a control stay fixed. Returns the figure at ``values``.
+    """
+    if not widget_frontend():
+        return draw(**values)
+    import ipywidgets
+    from IPython.display import display
+
+    kwargs = {name: _control(name, spec, values[name]) for name, spec in controls.items()}
+    kwargs.update({name: ipywidgets.fixed(value) for name, value in values.items() if name not in controls})
+    widget = ipywidgets.interactive(draw, **kwargs)
+    display(widget)
+    return widget.result
