@@ -284,3 +284,38 @@ def test_run_plad_on_a_dataset_file_reports_no_gold_and_a_judge_when_configured(
     else:
         assert metrics["judge"] is None and "no judge configured" in metrics["gold_evaluation"]
     assert any("loss" in h for h in result.history)
+
+
+def test_the_staged_path_trains_on_the_pairs_it_is_given_and_matches_the_one_call_path(tiny_gym, tmp_path):
+    """Notebook 07's path: the student and the pseudo pairs computed beforehand give what run_plad(cfg) gives, and
+    the pairs are trained on as given (the same pairs swapped train differently)."""
+    from workbench.methods.plad import distillation_prompts, pseudo_pair_rows, run_plad
+    from workbench.models import load
+
+    one_call = run_plad(PladConfig(**TINY, output_dir=str(tmp_path / "one-call"))).metrics
+    cfg = PladConfig(**TINY, output_dir=str(tmp_path / "staged"))
+    teacher, teacher_tok = load(cfg.teacher)
+    student, student_tok = cfg.load_student()
+    pairs = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, distillation_prompts(cfg), cfg)
+    staged = run_plad(cfg, student=(student, student_tok), pairs=pairs).metrics
+    assert staged["gold_after"] == one_call["gold_after"] and staged["training"] == one_call["training"]
+    assert staged["pairs"] == one_call["pairs"]
+    swapped = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in pairs[0]]
+    other = run_plad(PladConfig(**TINY, output_dir=str(tmp_path / "swapped")), pairs=(swapped, pairs[1])).metrics
+    assert other["training"] != one_call["training"]
+
+
+@pytest.mark.parametrize(
+    "pairs, match",
+    [
+        ([], "pseudo_pair_rows"),
+        (([], {}), "no rows"),
+        (([{"prompt": "p", "chosen": "a", "rejected": "b"}], {}), "lacks \\['reference'\\]"),
+        (([{"prompt": "p", "chosen": "a", "rejected": "a", "reference": "a"}], {}), "no preference"),
+    ],
+)
+def test_given_pseudo_pairs_that_cannot_be_trained_on_are_refused(pairs, match):
+    from workbench.methods.plad import check_given_pairs
+
+    with pytest.raises(ValueError, match=match):
+        check_given_pairs(PladConfig(**TINY), pairs)

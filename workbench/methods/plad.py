@@ -477,22 +477,46 @@ def train_run(cfg: PladConfig, *, state=None, device: str | None = None) -> Trai
     return TrainedRun(history, student, student_tok, {"pairs": rows}, {"pairs": pair_stats})
 
 
-def run_plad(cfg: PladConfig) -> RunResult:
-    """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``."""
+def check_given_pairs(cfg: PladConfig, pairs) -> None:
+    """Refuse pseudo pairs computed beforehand that cannot be a run's: not (rows, stats), no rows, a row without
+    the fields the losses read, or a pair with no preference (identical answers)."""
+    if not (isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[1], dict)):
+        raise ValueError("pairs=(rows, stats), as pseudo_pair_rows(...) returns them")
+    rows = pairs[0]
+    if not rows:
+        raise ValueError("the given pseudo pairs hold no rows: nothing to train on")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("prompt", "chosen", "rejected", "reference") if k not in row]
+        if missing:
+            raise ValueError(f"pseudo pair row {i} lacks {missing}: make the rows with pseudo_pair_rows")
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"pseudo pair row {i} has the same answer on both sides: it carries no preference")
+
+
+def run_plad(cfg: PladConfig, *, student=None, pairs: tuple[list[dict], dict] | None = None) -> RunResult:
+    """Run PLaD end to end (module docstring) and save metrics to ``cfg.output_dir``.
+
+    The staged path (notebook 07): ``student`` = (model, tokenizer) from ``cfg.load_student()`` (trained in place)
+    and ``pairs`` = (rows, stats) from :func:`pseudo_pair_rows` on ``distillation_prompts(cfg)``, checked, then
+    trained on as given (the teacher is then never loaded)."""
     set_threads()
     started = time.perf_counter()
     gym = cfg.dataset == "gym"
-    teacher, teacher_tok = load_frozen_teacher(
-        cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.sampling_backend == "vllm"
-    )
-    student, student_tok = cfg.load_student()
+    if pairs is not None:
+        check_given_pairs(cfg, pairs)
+    student, student_tok = student or cfg.load_student()
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
     if not gym:  # no gold reward: plain prompts, for a judge
         held_out = [p.text for p in held_out]
     before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gym)
-    rows, pair_stats = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
-    del teacher  # black box: only its samples are needed from here on
-    release_memory()
+    if pairs is None:
+        teacher, teacher_tok = load_frozen_teacher(
+            cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.sampling_backend == "vllm"
+        )
+        pairs = pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg)
+        del teacher  # black box: only its samples are needed from here on
+        release_memory()
+    rows, pair_stats = pairs
     history: list[dict] = []
     with metrics_kept_on_divergence(
         cfg, cfg.method, history, pairs=pair_stats, gold_before=before["gold"] if gym else None
