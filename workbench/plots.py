@@ -1,7 +1,7 @@
 """Figure functions: ``plot_x(ax, data) -> ax`` draws (never shows or saves); ``save_figure(fig, fig_id)`` writes
 ``figures/<fig_id>.png`` (``make figures``); a notebook run writes its figures to its own output folder with
-:func:`save_run_figure`, and to ``figures/`` only when published. Each figure id names the paper figure it mirrors. Plot functions read saved run
-metrics, so figures regenerate without re-training (``python -m workbench.figures``).
+:func:`save_run_figure`, and to ``figures/`` only when published. Each figure id names the paper figure it mirrors.
+Plot functions read saved run metrics, so figures regenerate without re-training (``python -m workbench.figures``).
 """
 
 from __future__ import annotations
@@ -158,6 +158,47 @@ def plot_token_rewards(ax, tokens: Sequence[str], rewards: Sequence[float], logp
     ax.set_xlabel("response token $y_t$")
     ax.set_ylabel("reward (nats)")
     ax.legend(fontsize=7)
+    return ax
+
+
+FAMILY_COLOURS = {"pad": "#1f77b4", "adpa": "#d62728", "plad": "#2ca02c", "baselines": "#7f7f7f"}
+
+
+def plot_method_dots(ax, rows, metric: str = "gold", family_of=None, references: dict | None = None, xlabel: str = ""):
+    """A sorted dot plot of a metric's mean ± 95% CI per method (one row each, best at the top), on an axis zoomed to
+    the methods' range; ``family_of(method)`` colours each dot by method family (legend), ``references`` ({name:
+    value}) draws vertical lines such as the teacher's and the initial student's level."""
+    rows = sorted(rows, key=lambda r: r[f"{metric}_mean"])
+    y = np.arange(len(rows))
+    for k, row in enumerate(rows):
+        family = family_of(row["method"]) if family_of else None
+        ci = row.get(f"{metric}_ci95", np.nan)
+        ax.errorbar(
+            row[f"{metric}_mean"],
+            k,
+            xerr=None if np.isnan(ci) else ci,
+            fmt="o",
+            color=FAMILY_COLOURS.get(family, "#333333"),
+            capsize=3,
+            ms=5,
+            label=family,
+        )
+    low = min(r[f"{metric}_mean"] - np.nan_to_num(r.get(f"{metric}_ci95", 0.0)) for r in rows)
+    high = max(r[f"{metric}_mean"] + np.nan_to_num(r.get(f"{metric}_ci95", 0.0)) for r in rows)
+    pad = 0.05 * (high - low or 1.0)
+    for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
+        if low - pad <= value <= high + pad:
+            ax.axvline(value, color="black", lw=0.8, ls=style, label=name)
+        else:  # a level far off the methods' range is named, not drawn: the axis stays zoomed on the methods
+            ax.plot([], [], " ", label=f"{name} (off the axis)")
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["method"] for r in rows], fontsize=8)
+    ax.set_xlabel(xlabel or metric)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = {label: h for h, label in zip(handles, labels) if label}
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.grid(axis="x", lw=0.3)
     return ax
 
 
