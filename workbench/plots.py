@@ -197,7 +197,8 @@ def plot_method_dots(ax, rows, metric: str = "gold", family_of=None, references:
     ax.set_xlabel(xlabel or metric)
     handles, labels = ax.get_legend_handles_labels()
     unique = {label: h for h, label in zip(handles, labels) if label}
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     ax.grid(axis="x", lw=0.3)
     return ax
 
@@ -275,11 +276,12 @@ def plot_length_buckets(ax, buckets_by_method: dict, key: str = "delta_win_rate"
     """Grouped bars of the win-rate gain over the initial student per generation-length bucket (PLaD Fig. 3).
 
     ``buckets_by_method`` maps a method to rows ``{"low", "high", key, optional key + "_ci95"}`` (from
-    ``evaluate.length_bucket_gains``, averaged over seeds); empty buckets are left blank.
+    ``evaluate.length_bucket_gains``, averaged over seeds, with the bucket's ``prompts`` count shown under its
+    label); empty buckets are left blank and a zero-width CI draws no error bar.
     """
     names = list(buckets_by_method)
     first = buckets_by_method[names[0]]
-    labels = [f"({b['low']:g}, {b['high']:g}]" for b in first]
+    labels = [f"({b['low']:g}, {b['high']:g}]" + (f"\n{b['prompts']} prompts" if "prompts" in b else "") for b in first]
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
@@ -291,7 +293,8 @@ def plot_length_buckets(ax, buckets_by_method: dict, key: str = "delta_win_rate"
             values,
             width=width,
             label=name,
-            yerr=np.where(np.isnan(errors), 0, errors),
+            # no bar for a CI of width 0 (every seed agrees, e.g. a bucket won outright) or an undefined one
+            yerr=np.where(np.isnan(errors) | (errors == 0), np.nan, errors),
             capsize=2,
         )
     ax.axhline(0.0, color="black", lw=0.5)
@@ -299,7 +302,7 @@ def plot_length_buckets(ax, buckets_by_method: dict, key: str = "delta_win_rate"
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_xlabel("initial student's answer length (words)")
     ax.set_ylabel("Δ win rate vs initial student" if key == "delta_win_rate" else key)
-    ax.legend(fontsize=7, ncol=min(len(names), 7), loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    ax.legend(fontsize=7, ncol=min(len(names), 7), loc="upper center", bbox_to_anchor=(0.5, -0.3))
     return ax
 
 
