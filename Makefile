@@ -74,7 +74,7 @@ notebook-figures:
 	$(PYTHON) -m papermill --no-progress-bar notebooks/03_pad_train.ipynb $(NB_OUT)/03.ipynb -p publish True -p n 8
 	$(PYTHON) -m papermill --no-progress-bar notebooks/04_preference_distributions.ipynb $(NB_OUT)/04.ipynb -p publish True
 	$(PYTHON) -m papermill --no-progress-bar notebooks/05_sample_complexity.ipynb $(NB_OUT)/05.ipynb -p publish True
-	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p publish True -p sweep True
+	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p publish True -p sweep True -p sweep_seeds 0,1,2
 	$(PYTHON) -m papermill --no-progress-bar notebooks/07_plad_train.ipynb $(NB_OUT)/07.ipynb -p publish True \
 		-p real_ratios "" -p data_fractions ""
 

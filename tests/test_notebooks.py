@@ -101,6 +101,7 @@ TINY = {
         alphas="1",
         gammas="3",
         sweep_steps=1,
+        sweep_seeds="0,1",
     ),
     "04_preference_distributions.ipynb": dict(
         teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, n_prompts=4, train_steps=2, batch_size=4

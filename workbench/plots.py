@@ -254,20 +254,28 @@ def plot_success_vs_budget(
     return ax
 
 
-def plot_hyperparameter_sweep(
-    ax, xs: Sequence[float], gold: Sequence[dict], reward_accuracy: Sequence[float], xlabel: str
-):
-    """Mean gold reward (± 95% CI, left axis) and reward accuracy (right axis) against a swept weight (ADPA Fig. 5).
+def plot_hyperparameter_sweep(ax, xs: Sequence[float], gold: Sequence[dict], reward_accuracy, xlabel: str, ci_over=""):
+    """Mean gold reward (± 95% CI, left axis) and reward accuracy (right axis; floats, or mean ± CI dicts over seeds)
+    against a swept weight (ADPA Fig. 5), with one legend for both axes. ``ci_over`` names what the CIs are over.
 
     Returns the left axis; the right one is ``ax.right_axis``.
     """
-    plot_metric_vs_param(ax, xs, gold, label="gold reward", xlabel=xlabel)
+    plot_metric_vs_param(
+        ax, xs, gold, label="gold reward" + (f" (± 95% CI over {ci_over})" if ci_over else ""), xlabel=xlabel
+    )
     right = ax.twinx()
-    right.plot(xs, reward_accuracy, marker="s", color="#d62728", label="reward accuracy")
-    right.set_ylabel("reward accuracy", color="#d62728")
+    if reward_accuracy and isinstance(reward_accuracy[0], dict):
+        means = [r["mean"] for r in reward_accuracy]
+        errors = [0 if np.isnan(r.get("ci95", np.nan)) else r["ci95"] for r in reward_accuracy]
+        right.errorbar(xs, means, yerr=errors, marker="s", capsize=3, color="#d62728", label="reward accuracy")
+    else:
+        right.plot(xs, reward_accuracy, marker="s", color="#d62728", label="reward accuracy")
+    right.set_ylabel("reward accuracy (held-out pairs)", color="#d62728")
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="lower right")
     ax.right_axis = right
     return ax
 

@@ -26,29 +26,40 @@ def summarize_runs(runs: Sequence[dict]) -> dict:
     }
 
 
-def hyperparameter_sweep(cfg: AdpaConfig, name: str, values: Sequence[float]) -> list[dict]:
-    """One run per value of ``name`` (e.g. α for DCKD, γ for ADPA: ADPA Fig. 5); the value goes into the output path.
+def hyperparameter_sweep(
+    cfg: AdpaConfig, name: str, values: Sequence[float], seeds: Sequence[int] | None = None
+) -> list[dict]:
+    """One run per value of ``name`` (e.g. α for DCKD, γ for ADPA: ADPA Fig. 5) and seed; the value and seed go into
+    the output path.
 
-    Returns rows ``{name: value, "gold_after", "reward_accuracy", "win_rate_vs_initial", "length_after"}``.
+    Returns rows ``{name: value, "seeds", "gold_after", "reward_accuracy", "win_rate_vs_initial", "length_after"}``.
+    With one seed (default ``cfg.seed``) each metric is that run's (``gold_after``: mean ± 95% CI over held-out
+    prompts); with several, ``gold_after`` and ``reward_accuracy`` are mean ± 95% CI over the seeds (``"ci_over"``
+    says which) and the rest means over seeds.
     """
     from dataclasses import replace
 
+    seeds = list(seeds) if seeds else [cfg.seed]
     rows = []
     for value in values:
-        run = replace(cfg, **{name: value, "output_dir": f"{cfg.output_dir}/{cfg.method}-{name}={value:g}"})
-        metrics = run_adpa(run).metrics
+        runs = []
+        for seed in seeds:
+            folder = f"{cfg.output_dir}/{cfg.method}-{name}={value:g}" + (f"/seed{seed}" if len(seeds) > 1 else "")
+            runs.append(run_adpa(replace(cfg, **{name: value, "seed": seed, "output_dir": folder})).metrics)
+        keys = ("gold_after", "reward_accuracy", "win_rate_vs_initial", "length_after")  # gold fields: None off the gym
+        if len(runs) == 1:
+            rows.append({name: float(value), "seeds": 1, "ci_over": "prompts", **{k: runs[0].get(k) for k in keys}})
+            continue
+        gold = [r["gold_after"]["mean"] for r in runs if r.get("gold_after")]
         rows.append(
             {
                 name: float(value),
-                **{
-                    key: metrics.get(key)
-                    for key in (  # gold fields: None off the gym
-                        "gold_after",
-                        "reward_accuracy",
-                        "win_rate_vs_initial",
-                        "length_after",
-                    )
-                },
+                "seeds": len(runs),
+                "ci_over": "seeds",
+                "gold_after": mean_ci(gold) if gold else None,
+                "reward_accuracy": mean_ci([r["reward_accuracy"] for r in runs]),
+                "win_rate_vs_initial": float(sum(r["win_rate_vs_initial"] for r in runs) / len(runs)) if gold else None,
+                "length_after": float(sum(r["length_after"] for r in runs) / len(runs)) if gold else None,
             }
         )
     return rows
