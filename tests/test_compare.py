@@ -159,7 +159,8 @@ def test_against_best_pairs_each_method_with_the_best_and_says_which_cannot_be_t
     one_seed = against_best([r for r in records if r["seed"] == 0]).set_index("method")
     assert one_seed.loc["seqkd", "verdict"] == "one seed: no CI"  # never "tied" for want of a CI
     markdown = compare_module.format_against_best(table)
-    assert "| seqkd | 0.913 | -0.007 ± " in markdown and "| kd | 0.920 | — | best |" in markdown
+    assert "| seqkd | 0.913 | -0.007 [" in markdown and "| kd | 0.920 | — | — | — | — | best | best |" in markdown
+    assert "2 comparisons" in markdown  # the family Holm adjusts over
 
 
 def test_equivalence_and_cost_claims_on_synthetic_runs():
@@ -169,10 +170,103 @@ def test_equivalence_and_cost_claims_on_synthetic_runs():
     one_by_eight = [
         _record("pad-ppd[n=8]", s, 0.5 + 0.001 * s, overrides={"n": 8}, seconds=50 + 2 * s) for s in (0, 1, 2)
     ]
-    ledger = claims_ledger(two_by_four + one_by_eight).set_index("claim")
+    assert claims_ledger(two_by_four + one_by_eight).set_index("claim").loc["pad-2x4~1x8", "verdict"] == (
+        "not measured (no teacher and initial-student evaluations)"  # its margin is a share of their gap
+    )
+    ledger = claims_ledger(two_by_four + one_by_eight, _references((0, 1, 2))).set_index("claim")
+    assert ledger.loc["pad-2x4~1x8", "margin"] == pytest.approx(compare_module.GAP_FRACTION * (0.8 - 0.3))
     assert ledger.loc["pad-2x4~1x8", "verdict"] == "holds"
     assert ledger.loc["pad-2x4-cheaper", "effect"] == pytest.approx(-21.0)
     assert ledger.loc["pad-2x4-cheaper", "verdict"] == "holds"
+
+
+def _per_prompt_records(label, golds):
+    """Records of ``label`` whose harness holds per-prompt gold, (seeds, prompts), and its mean."""
+    return [_record(label, s, float(np.mean(row)), per_prompt=list(row)) for s, row in enumerate(golds)]
+
+
+def test_ledger_with_per_prompt_scores_bootstraps_over_seeds_and_prompts(tmp_path):
+    from workbench.compare.stats import BOOTSTRAP, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    plad, seqkd = 0.6 + rng.normal(0, 0.1, (2, 4, 14))
+    records = _per_prompt_records("plad", plad + 0.05) + _per_prompt_records("seqkd", seqkd)
+    row = claims_ledger(records, claims=[c for c in CLAIMS if c.claim_id == "plad>seqkd"]).iloc[0]
+    expected = paired_bootstrap(plad + 0.05, seqkd)
+    assert row["interval"] == BOOTSTRAP and row["n_prompts"] == 14 and row["n_seeds"] == 4
+    assert (row["effect"], row["low"], row["high"]) == pytest.approx((expected.effect, expected.low, expected.high))
+    assert row["ci95"] == pytest.approx(expected.half_width)
+    best = against_best(records).set_index("method")
+    assert best.loc["seqkd", "interval"] == BOOTSTRAP and best.loc["seqkd", "low"] == pytest.approx(-expected.high)
+    # the report splits gold by gym task when the records hold per-prompt scores
+    for record in records:
+        path = tmp_path / record["label"] / f"seed{record['seed']}" / "record.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record))
+    page = compare_module.report(tmp_path)
+    tasks = compare_module.held_out_tasks(14)
+    assert "each scored on the same 14 held-out prompts" in page and "## Gold per gym task" in page
+    head = " | ".join(f"{t} ({tasks.count(t)})" for t in dict.fromkeys(tasks))
+    assert f"| method | seeds | {head} | all (14) |" in page
+
+
+def test_holm_over_the_ledger_leaves_a_claim_inconclusive_that_its_own_interval_decides():
+    steady = [0.1, 0.1, 0.1001]  # p ≈ 0
+    borderline = [0.1, 0.2, 0.2]  # t = 5 on 2 df: p = 0.038
+    records = []
+    for a, b, diffs in (("pad-ppd", "pad-vpd", steady), ("plad", "seqkd", borderline), ("dckd", "sft", borderline)):
+        records += [_record(a, s, 0.5 + d) for s, d in enumerate(diffs)] + [_record(b, s, 0.5) for s in range(3)]
+    ledger = claims_ledger(records).set_index("claim")
+    measured = ledger[ledger["p"].notna()]
+    assert len(measured) == 3 and measured["p_holm"].to_numpy() == pytest.approx(
+        compare_module.stats.holm(measured["p"].to_numpy())
+    )
+    for claim in ("plad>seqkd", "dckd>sft"):
+        assert ledger.loc[claim, "p"] == pytest.approx(0.0377, abs=1e-3) and ledger.loc[claim, "verdict"] == "holds"
+        assert ledger.loc[claim, "p_holm"] == pytest.approx(2 * ledger.loc[claim, "p"])
+        assert ledger.loc[claim, "after_holm"] == "inconclusive"
+    assert ledger.loc["pad-ppd>vpd", "after_holm"] == "holds"
+    assert ledger.loc["adpa>dckd", "after_holm"].startswith("not measured")
+
+
+def test_every_margin_is_fixed_in_one_place_with_its_reason():
+    needs_margin = {c.claim_id for c in CLAIMS if c.kind in ("equivalent", "at_most")}
+    assert set(compare_module.MARGINS) == needs_margin
+    assert all(m.reason and 0 < m.fraction < 1 for m in compare_module.MARGINS.values())
+    records = _per_prompt_records("plad", np.full((2, 3), 0.6)) + [
+        _record("plad[real_ratio=1.0]", s, 0.61, overrides={"real_ratio": 1.0}) for s in (0, 1)
+    ]
+    ledger = claims_ledger(records, _references((0, 1)))
+    table = compare_module.format_margins(ledger)
+    assert "| real (gold-ordered) pairs add little over pseudo pairs | at_most | 0.0500 | 0.1 × (teacher" in table
+
+
+def test_tau_sets_come_from_the_record_else_from_the_same_tau_of_the_method():
+    noted = _record("plad", 0, 0.5, tau_sets={"student_teacher": {"n": 30, "skipped_sets": 98}})
+    own = _record("plad", 1, 0.5)
+    own["metrics"]["ranking"] = {"tau_student_teacher": {"mean": 0.2, "n": 40, "skipped_sets": 88}}
+    other = _record("plad", 2, 0.5)  # the method's own τ of another ranking: not the table's τ
+    other["metrics"]["ranking"] = {"tau_student_teacher": {"mean": 0.25, "n": 50, "skipped_sets": 78}}
+    assert compare_module.tau_sets_of(noted, "student_teacher") == (30, 98)
+    assert compare_module.tau_sets_of(own, "student_teacher") == (40, 88)
+    assert compare_module.tau_sets_of(other, "student_teacher") is None
+    assert compare_module.tau_sets_of(noted, "student_gold") is None
+    row = compare_module.tau_sets([noted, own, other]).iloc[0]
+    assert row["student_teacher_used"] == 35 and row["student_teacher_noted"] == 2
+    markdown = compare_module.format_tau_sets(compare_module.tau_sets([noted, own, other]))
+    assert "| plad | 0.200 | 35.0 / 93.0 (2 of 3 seeds) | 0.300 | not noted |" in markdown
+
+
+def test_gold_per_task_averages_each_task_prompts_over_seeds():
+    from workbench.compare import EvalConfig
+
+    tasks = compare_module.held_out_tasks(14)
+    assert tasks == [p.text.split()[0] for p in EvalConfig(eval_prompts=14).held_out()]
+    golds = np.array([[1.0 if t == tasks[0] else 0.5 for t in tasks]] * 2)  # (seeds, prompts)
+    table = compare_module.gold_per_task(_per_prompt_records("kd", golds), None, tasks, ["kd", "absent"])
+    assert list(table["method"]) == ["kd"] and list(table.columns[2:-1]) == list(dict.fromkeys(tasks))
+    row = table.iloc[0]
+    assert row[tasks[0]] == 1.0 and row[tasks[1]] == 0.5 and row["all"] == pytest.approx(golds.mean())
 
 
 def test_summary_table_schema_order_and_reference_rows():
@@ -304,6 +398,8 @@ def test_tiny_compare_of_two_methods_and_two_seeds_saves_records_and_resumes(tin
     assert len(records) == 4 and {r["seed"] for r in records} == {0, 1}
     saved = json.loads((tmp_path / "plad" / "seed0" / "record.json").read_text())
     assert saved["harness"]["gold"]["n"] == TINY["eval_prompts"]
+    for counted in saved["harness"]["tau_sets"].values():  # τ notes how many sets it is over
+        assert counted["n"] + counted["skipped_sets"] == TINY["eval_prompts"]
     assert (tmp_path / "plad" / "seed0" / "metrics.json").exists()
     # a second call loads the saved runs instead of training
     monkeypatch.setitem(METHODS, "plad", lambda seed, overrides: pytest.fail("re-ran a saved run"))
@@ -478,10 +574,16 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
     C.main(["--report", "--runs-dir", str(tmp_path)])
     page = capsys.readouterr().out
     assert page == C.report(tmp_path)
-    assert "6 runs of 2 labels, seeds 0, 1, 2" in page and '`{"student": "abc"}`' in page
+    assert "6 runs of 2 labels, seeds 0, 1, 2." in page and '`{"student": "abc"}`' in page
+    assert "paired bootstrap over seeds and prompts (95% percentile interval, B = 10000, seed 0)" in page
     assert "| plad | 3 | 0.600 ± 0.248 |" in page  # mean of 0.5/0.6/0.7, t(2) × s/√3
-    assert "| PLaD beats SeqKD | PLaD §5.2, Table 1 | plad vs seqkd | +0.167 ± 0.143 (gold) | holds |" in page
-    assert "| seqkd | 0.433 | -0.167 ± 0.143 | below the best |" in page and "Warning" not in page
+    # no per-prompt scores in these records: the t interval over seeds, 0.167 ± 0.143; t = 5 on 2 df, p = 0.038
+    assert (
+        "| PLaD beats SeqKD | PLaD §5.2, Table 1 | plad vs seqkd | +0.167 [+0.023, +0.310] (gold) | seeds (t) | — | "
+        "0.038 | 0.038 | holds | holds |"
+    ) in page
+    assert "| seqkd | 0.433 | -0.167 [-0.310, -0.023] | seeds (t) | 0.038 | 0.038 | below the best |" in page
+    assert "Warning" not in page and "## Gold per gym task" not in page  # no per-prompt scores to split by task
     unnoted = tmp_path / "seqkd" / "seed0" / "record.json"
     unnoted.write_text(json.dumps({**json.loads(unnoted.read_text()), "weights": None}))
     assert "**Warning**: these records were made on 2 builds" in C.report(tmp_path)

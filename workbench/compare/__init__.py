@@ -13,18 +13,25 @@ over seeds; then check the three papers' qualitative claims against the saved ru
   gold reward, paired win rates against the initial student and against the teacher (gold judge), reward accuracy
   on a fixed gold-ranked held-out pair set, Kendall τ of the student's ranking of its own samples with the teacher's
   calibrated ranking and with gold, mean length, wall time.
-* :func:`claims_ledger`: each claim → the per-seed paired effect, its 95% CI over seeds, and a verdict.
+* :func:`claims_ledger`: each claim → the paired effect, its 95% interval (bootstrap over seeds and prompts,
+  :mod:`workbench.compare.stats`), the p-value of its test, Holm's adjustment over the ledger, and a verdict; the
+  margins of its "≈" and "adds little" claims are fixed in ``MARGINS`` with their reasons.
 
 ``python -m workbench.compare --suite full`` runs the full comparison (table + ledger variants) over ``DEFAULT_SEEDS``.
 """
 
+from workbench.compare import stats
 from workbench.compare.claims import (
     CLAIMS,
+    GAP_FRACTION,
+    MARGINS,
     Claim,
+    Margin,
     claim_variants,
     claims_ledger,
     format_ledger,
     format_ledger_across,
+    format_margins,
     ledger_across_worlds,
     parse_worlds,
     verdict,
@@ -35,6 +42,7 @@ from workbench.compare.evaluation import (
     EvalConfig,
     evaluate_run,
     fresh_stage_cache,
+    held_out_tasks,
     heldout_preference_pairs,
     reference_evaluations,
     reward_accuracy,
@@ -61,10 +69,17 @@ from workbench.compare.tables import (
     METHOD_NEEDS,
     against_best,
     format_against_best,
+    format_gold_per_task,
     format_table,
+    format_tau_sets,
+    gold_per_task,
+    paired_difference,
+    prompt_scores,
     reference_frame,
     runs_frame,
     summarize,
+    tau_sets,
+    tau_sets_of,
 )
 from workbench.methods import GYM_LR
 
@@ -88,6 +103,7 @@ __all__ = [
     "EvalConfig",
     "EVAL_OVERRIDES",
     "heldout_preference_pairs",
+    "held_out_tasks",
     "reward_accuracy",
     "reference_evaluations",
     "evaluate_run",
@@ -101,11 +117,22 @@ __all__ = [
     "reference_frame",
     "summarize",
     "format_table",
+    "prompt_scores",
+    "paired_difference",
     "against_best",
     "format_against_best",
+    "tau_sets_of",
+    "tau_sets",
+    "format_tau_sets",
+    "gold_per_task",
+    "format_gold_per_task",
     "METHOD_NEEDS",
     "Claim",
     "CLAIMS",
+    "GAP_FRACTION",
+    "Margin",
+    "MARGINS",
+    "format_margins",
     "claim_variants",
     "verdict",
     "claims_ledger",
@@ -115,4 +142,5 @@ __all__ = [
     "format_ledger",
     "report",
     "main",
+    "stats",
 ]

@@ -1,4 +1,6 @@
-"""The claims ledger: each paper claim as a paired per-seed effect with its 95% CI and a verdict, per world."""
+"""The claims ledger: each paper claim as a paired effect over seeds and prompts with its 95% interval, the p-value of
+its test, Holm's adjustment over the ledger, and a verdict, per world; the margins of the "≈" and "adds little"
+claims, fixed with their reasons."""
 
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import pandas as pd
 
 from workbench.compare.harness import load_records, load_references
 from workbench.compare.runs import ADPA_METHODS, LEDGER_VARIANTS, REFERENCE_ROWS, Variant, adpa_available
-from workbench.compare.tables import reference_frame, runs_frame
-from workbench.evaluate import mean_ci
+from workbench.compare.stats import claim_p_value, holm
+from workbench.compare.tables import (
+    format_interval,
+    format_p,
+    paired_difference,
+    prompt_scores,
+    reference_frame,
+    runs_frame,
+)
 
 logger = logging.getLogger("workbench.compare")
 
@@ -22,11 +31,11 @@ logger = logging.getLogger("workbench.compare")
 
 @dataclass(frozen=True)
 class Claim:
-    """A qualitative claim as a paired comparison of two run labels over seeds.
+    """A qualitative claim as a paired comparison of two run labels over seeds (and prompts).
 
     ``kind``: ``"greater"`` (a > b), ``"less"`` (a < b), ``"equivalent"`` (|a − b| < margin) or ``"at_most"``
-    (a − b < margin: "adds little"). ``a = "@best"`` picks the table method with the highest mean ``metric``;
-    ``b = "teacher"`` / ``"student (initial)"`` use the reference evaluations.
+    (a − b < margin: "adds little"), the margin from ``MARGINS[claim_id]``. ``a = "@best"`` picks the table method
+    with the highest mean ``metric``; ``b = "teacher"`` / ``"student (initial)"`` use the reference evaluations.
     """
 
     claim_id: str
@@ -36,7 +45,6 @@ class Claim:
     b: str
     kind: str = "greater"
     metric: str = "gold"
-    margin: float = 0.03
 
 
 CLAIMS = (
@@ -103,6 +111,34 @@ CLAIMS = (
 )
 
 
+GAP_FRACTION = 0.1  # a tenth of the teacher − initial-student gap in mean gold: "little" / "the same quality"
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The margin of an "equivalent" or "at_most" claim: ``fraction`` of the gap between the teacher's and the initial
+    student's mean gold over the claim's seeds (the gold that distillation is there to close, measured on the same
+    prompts and seeds), and why. The rule reads only the reference evaluations, never the runs the claim compares."""
+
+    fraction: float
+    reason: str
+
+
+MARGINS: dict[str, Margin] = {
+    "pad-2x4~1x8": Margin(
+        GAP_FRACTION,
+        "PAD Table 2 calls 2 × 4 and 1 × 8 comparable without a margin; the same quality is read as a difference "
+        "under a tenth of the teacher − initial-student gap",
+    ),
+    "real-pairs-add-little": Margin(
+        GAP_FRACTION,
+        "PLaD Fig. 2 reads real pairs as adding little over pseudo pairs; little is under a tenth of the "
+        "teacher − initial-student gap",
+    ),
+    "real-pairs-add-little+sft": Margin(GAP_FRACTION, "as for PLaD without the anchor"),
+}
+
+
 def claim_variants(claims: Sequence[Claim] = CLAIMS) -> list[Variant]:
     """The runs the given claims compare (``@best`` needs the whole table: run suite ``table`` for it); ADPA-family
     runs only when ``workbench.methods.adpa`` exists."""
@@ -140,17 +176,25 @@ def verdict(kind: str, low: float, high: float, margin: float) -> str:
 def claims_ledger(
     records: Sequence[dict], references: dict[int, dict] | None = None, claims: Sequence[Claim] = CLAIMS
 ) -> pd.DataFrame:
-    """Each claim → paired per-seed effect a − b of its metric, mean ± 95% CI over seeds, and the verdict.
+    """Each claim → the paired effect a − b of its metric, its 95% interval, the p-value of its test, Holm's p over
+    the measured claims, and the verdict before and after Holm.
 
-    The effect is paired by seed (both runs share the seed's distillation prompts and samples). "holds" needs the
-    CI on the claimed side of 0 (or inside ±margin for "equivalent", below +margin for "at_most"); "does not hold"
-    needs it wholly on the other side; anything else is "inconclusive". The t quantile is 4.3 at 3 seeds and 2.78 at 5,
-    so only large effects are decided.
+    The effect is paired by seed (both runs share the seed's distillation prompts and samples) and, for gold, by
+    held-out prompt: the interval is the bootstrap over seeds and prompts
+    (:func:`workbench.compare.tables.paired_difference`); wall time, one value per run, has the t interval over
+    seeds. "holds" needs the interval on the claimed side of 0 (or inside ±margin for "equivalent", below +margin
+    for "at_most"); "does not hold" needs it wholly on the other side; anything else is "inconclusive". ``p``
+    (:func:`workbench.compare.stats.claim_p_value`) is below 0.05 exactly where the interval decides the claim;
+    ``after_holm`` keeps a decided verdict only where Holm's p over the ledger's measured claims is below 0.05 too.
+    ``margin``: ``MARGINS``' fraction of the teacher − initial-student gap (nan without reference evaluations; then
+    the claim is not measured). ``ci95``: half the interval's width (symmetric error bars).
     """
     frame = runs_frame(records)
     if references:
         frame = pd.concat([reference_frame(references), frame], ignore_index=True)
+    scores = prompt_scores(records, references)
     table_labels = set(frame.loc[~frame["label"].str.contains(r"\[", regex=True), "label"]) - set(REFERENCE_ROWS)
+    student, teacher = (frame[frame["label"] == label].set_index("seed")["gold"] for label in REFERENCE_ROWS)
     rows = []
     for claim in claims:
         a = claim.a
@@ -159,6 +203,11 @@ def claims_ledger(
             a = str(means.idxmax()) if len(means) else a
         by_seed = {label: frame[frame["label"] == label].set_index("seed")[claim.metric] for label in (a, claim.b)}
         seeds = sorted(set(by_seed[a].index) & set(by_seed[claim.b].index))
+        margin = np.nan
+        if claim.claim_id in MARGINS:
+            gap_seeds = sorted(set(seeds) & set(teacher.index) & set(student.index))
+            gap = float(np.mean([teacher[s] - student[s] for s in gap_seeds])) if gap_seeds else np.nan
+            margin = MARGINS[claim.claim_id].fraction * gap
         row = {
             "claim": claim.claim_id,
             "paper": claim.paper,
@@ -167,41 +216,45 @@ def claims_ledger(
             "b": claim.b,
             "metric": claim.metric,
             "kind": claim.kind,
-            "margin": claim.margin,
+            "margin": margin,
             "n_seeds": len(seeds),
         }
-        if not seeds:
-            missing = [x for x in (a, claim.b) if by_seed[x].empty]
+        missing = [x for x in (a, claim.b) if by_seed[x].empty]
+        if not seeds or (claim.claim_id in MARGINS and np.isnan(margin)):
+            why = f"no runs of {', '.join(missing)}" if not seeds else "no teacher and initial-student evaluations"
             rows.append(
                 {
                     **row,
-                    "a_mean": np.nan,
-                    "b_mean": np.nan,
-                    "effect": np.nan,
-                    "ci95": np.nan,
-                    "low": np.nan,
-                    "high": np.nan,
-                    "verdict": f"not measured (no runs of {', '.join(missing)})",
+                    **dict.fromkeys(("a_mean", "b_mean", "effect", "ci95", "low", "high", "p"), np.nan),
+                    "interval": "",
+                    "n_prompts": 0,
+                    "verdict": f"not measured ({why})",
                 }
             )
             continue
-        diffs = np.array([by_seed[a][s] - by_seed[claim.b][s] for s in seeds], dtype=float)
-        stats = mean_ci(diffs)
-        half = stats["ci95"]
-        low, high = (stats["mean"] - half, stats["mean"] + half) if not np.isnan(half) else (np.nan, np.nan)
+        difference = paired_difference(frame, scores, a, claim.b, claim.metric)
         rows.append(
             {
                 **row,
                 "a_mean": float(np.mean([by_seed[a][s] for s in seeds])),
                 "b_mean": float(np.mean([by_seed[claim.b][s] for s in seeds])),
-                "effect": stats["mean"],
-                "ci95": half,
-                "low": low,
-                "high": high,
-                "verdict": verdict(claim.kind, low, high, claim.margin),
+                "effect": difference.effect,
+                "ci95": difference.half_width,
+                "low": difference.low,
+                "high": difference.high,
+                "interval": difference.interval,
+                "n_prompts": difference.n_prompts,
+                "p": claim_p_value(claim.kind, difference, margin),
+                "verdict": verdict(claim.kind, difference.low, difference.high, margin),
             }
         )
-    return pd.DataFrame(rows)
+    ledger = pd.DataFrame(rows)
+    ledger["p_holm"] = holm(ledger["p"].to_numpy(dtype=float)) if len(ledger) else []
+    ledger["after_holm"] = [
+        v if v not in ("holds", "does not hold") or q < 0.05 else "inconclusive"
+        for v, q in zip(ledger["verdict"], ledger["p_holm"])
+    ]
+    return ledger
 
 
 def parse_worlds(items: Sequence[str]) -> dict[str, str]:
@@ -212,7 +265,8 @@ def parse_worlds(items: Sequence[str]) -> dict[str, str]:
 
 def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
     """The claims ledger of each runs folder (one gym world each, e.g. ``results/compare`` and
-    ``results/compare_world1``) side by side: one row per claim, per world its effect ± CI and verdict, and
+    ``results/compare_world1``) side by side: one row per claim, per world its effect, the half-width of its 95%
+    interval (``_ci95``) and its verdict (before Holm: Holm's family is one world's ledger), and
     ``across`` — "holds in every world", "does not hold in any world", "depends on the world" (it holds in one and
     fails in another), "undecided (holds / does not hold where decided)" (the other worlds inconclusive or not
     measured), "undecided (inconclusive where measured)" or "not measured"."""
@@ -253,7 +307,8 @@ def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
 
 
 def format_ledger_across(table: pd.DataFrame, worlds: Sequence[str]) -> str:
-    """A markdown table of :func:`ledger_across_worlds`: per world the effect ± CI and verdict, then ``across``."""
+    """A markdown table of :func:`ledger_across_worlds`: per world the effect ± half its 95% interval's width (the
+    interval itself, asymmetric for the bootstrap, is in each world's report) and verdict, then ``across``."""
     lines = ["| claim | " + " | ".join(worlds) + " | across worlds |", "|---" * (len(worlds) + 2) + "|"]
     for _, r in table.iterrows():
         d = 1 if r["metric"] == "seconds" else 3
@@ -271,15 +326,30 @@ def format_ledger_across(table: pd.DataFrame, worlds: Sequence[str]) -> str:
 
 def format_ledger(ledger: pd.DataFrame) -> str:
     """A markdown table of the ledger."""
-    lines = ["| claim | paper | compared | effect (95% CI) | verdict |", "|---|---|---|---|---|"]
+    lines = [
+        "| claim | paper | compared | effect (95% interval) | interval | margin | p | Holm p | verdict | after Holm |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in ledger.iterrows():
         d = 1 if r["metric"] == "seconds" else 3
-        effect = (
-            "—"
-            if np.isnan(r["effect"])
-            else (
-                f"{r['effect']:+.{d}f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.{d}f}") + f" ({r['metric']})"
-            )
+        effect = format_interval(r["effect"], r["low"], r["high"], d)
+        effect += "" if np.isnan(r["effect"]) else f" ({r['metric']})"
+        margin = "—" if np.isnan(r["margin"]) else ("±" if r["kind"] == "equivalent" else "< ") + f"{r['margin']:.3f}"
+        lines.append(
+            f"| {r['statement']} | {r['paper']} | {r['a']} vs {r['b']} | {effect} | {r['interval'] or '—'} | "
+            f"{margin} | {format_p(r['p'])} | {format_p(r['p_holm'])} | {r['verdict']} | {r['after_holm']} |"
         )
-        lines.append(f"| {r['statement']} | {r['paper']} | {r['a']} vs {r['b']} | {effect} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def format_margins(ledger: pd.DataFrame) -> str:
+    """A markdown table of the ledger's margins (``MARGINS``): each claim's rule, value on these runs and reason."""
+    lines = ["| claim | kind | margin | rule | reason |", "|---|---|---|---|---|"]
+    for _, r in ledger[ledger["claim"].isin(list(MARGINS))].iterrows():
+        rule = MARGINS[r["claim"]]
+        value = "—" if np.isnan(r["margin"]) else f"{r['margin']:.4f}"
+        lines.append(
+            f"| {r['statement']} | {r['kind']} | {value} | {rule.fraction:g} × (teacher − initial student) mean gold "
+            f"| {rule.reason} |"
+        )
     return "\n".join(lines)

@@ -55,6 +55,12 @@ class EvalConfig:
         return {"teacher": weights_fingerprint(self.teacher), "student": weights_fingerprint(self.student)}
 
 
+def held_out_tasks(n_prompts: int, split: str = "test") -> list[str]:
+    """The gym task of each held-out prompt the records score, in their order (:meth:`EvalConfig.held_out`: the
+    same prompts in every world of the recipe)."""
+    return [p.task for p in EvalConfig(eval_prompts=n_prompts, split=split).held_out()]
+
+
 EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
 
 
@@ -129,6 +135,11 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
         "reward_accuracy": reward_accuracy(model, tokenizer, heldout_preference_pairs(held_out)),
         "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
         "tau_student_gold": ranking["tau_student_gold"]["mean"],
+        # τ skips a set whose samples one scoring cannot rank (all equal): how many sets each mean is over
+        "tau_sets": {
+            pair: {k: ranking[f"tau_{pair}"][k] for k in ("n", "skipped_sets")}
+            for pair in ("student_teacher", "student_gold")
+        },
         "length_buckets": length_bucket_gains(
             after["per_prompt"], initial["per_prompt"], initial["prompt_lengths"], eval_cfg.length_edges
         ),

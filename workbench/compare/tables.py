@@ -1,4 +1,5 @@
-"""Tables of saved records: per-run frames, mean ± 95% CI per method, the gap to the best method per seed."""
+"""Tables of saved records: per-run frames, mean ± 95% CI per method, every method against the best (paired over seeds
+and prompts), Kendall τ's sets, gold per gym task."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.compare.runs import METHODS, REFERENCE_ROWS, TABLE_METRICS
+from workbench.compare.stats import LEVEL, Difference, claim_p_value, holm, paired_bootstrap, seed_t_interval
 from workbench.evaluate import mean_ci, win_rate
 
 logger = logging.getLogger("workbench.compare")
@@ -106,69 +108,207 @@ def format_table(summary: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, 
     return "\n".join(lines)
 
 
+def prompt_scores(records: Sequence[dict], references: dict[int, dict] | None = None) -> dict[tuple, np.ndarray]:
+    """(label, seed) → the run's gold per held-out prompt (mean over its samples), (prompts,); the reference rows too
+    when ``references`` are given. Every run is evaluated on the same prompts, in the same order."""
+    scores = {(r["label"], r["seed"]): np.asarray(r["harness"].get("per_prompt", []), dtype=float) for r in records}
+    for seed, ref in (references or {}).items():
+        for label, role in zip(REFERENCE_ROWS, ("student", "teacher")):
+            scores[label, seed] = np.asarray(ref[role].get("per_prompt", []), dtype=float)
+    return {key: value for key, value in scores.items() if value.ndim == 1 and len(value)}
+
+
+def paired_difference(frame: pd.DataFrame, scores: dict[tuple, np.ndarray], a: str, b: str, metric: str) -> Difference:
+    """The paired difference a − b of ``metric`` over the seeds both labels ran: the bootstrap over seeds and prompts
+    (:func:`workbench.compare.stats.paired_bootstrap`) for gold, whose per-prompt scores the records hold; the t
+    interval over seeds (:func:`~workbench.compare.stats.seed_t_interval`) for a metric with one value per run, or
+    where a record lacks per-prompt scores."""
+    by_seed = {label: frame[frame["label"] == label].set_index("seed")[metric] for label in (a, b)}
+    seeds = sorted(set(by_seed[a].index) & set(by_seed[b].index))
+    if metric == "gold" and seeds:
+        rows = [scores.get((label, s)) for label in (a, b) for s in seeds]
+        if all(row is not None for row in rows) and len({len(row) for row in rows}) == 1:
+            per_prompt = np.array(rows).reshape(2, len(seeds), -1)  # (arm, seeds, prompts)
+            return paired_bootstrap(per_prompt[0], per_prompt[1])
+    return seed_t_interval([by_seed[a][s] for s in seeds], [by_seed[b][s] for s in seeds])
+
+
 def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
     """Every table method (labels without overrides) against the one with the best mean ``metric``: the paired
-    per-seed difference, its 95% CI over seeds, and whether the method can be told apart from the best.
+    difference over seeds and prompts (:func:`paired_difference`), its 95% interval, its two-sided p-value, Holm's
+    adjustment over the family of comparisons, and whether the method can be told apart from the best.
 
-    "tied with the best": the CI of the difference reaches 0, so at this many seeds it is not shown worse — choose
+    "tied with the best": the interval reaches 0, so at this many seeds and prompts it is not shown worse — choose
     among those by cost (``seconds``) and by what a method needs from its teacher (``needs``); "below the best":
-    the whole CI is under 0. Rows are sorted by mean ``metric``, best first. The best is picked on these same runs,
-    so its lead is optimistic (winner's curse): read "below the best" as "below the top group", not as a ranking."""
+    the whole interval is under 0. ``after_holm``: the same with the family of (methods − 1) comparisons accounted
+    for (below the best only where Holm's p < 0.05 too). Rows are sorted by mean ``metric``, best first. The best is
+    picked on these same runs, so its lead is optimistic (winner's curse): read "below the best" as "below the top
+    group", not as a ranking."""
     frame = runs_frame(records)
     frame = frame[~frame["label"].str.contains(r"\[", regex=True)]
+    columns = ["method", "n_seeds", f"{metric}_mean", "diff", "low", "high", "ci95", "interval", "p", "p_holm"]
     if frame.empty:
-        return pd.DataFrame(
-            columns=["method", "n_seeds", f"{metric}_mean", "diff", "ci95", "verdict", "seconds", "needs"]
-        )
+        return pd.DataFrame(columns=[*columns, "verdict", "after_holm", "seconds", "needs"])
+    scores = prompt_scores(records)
     means = frame.groupby("label")[metric].mean()
     best = str(means.idxmax())
-    best_by_seed = frame[frame["label"] == best].set_index("seed")[metric]
     rows = []
     for label in means.sort_values(ascending=False).index:
-        mine = frame[frame["label"] == label].set_index("seed")
-        seeds = sorted(set(mine.index) & set(best_by_seed.index))
-        stats = mean_ci(np.array([mine[metric][s] - best_by_seed[s] for s in seeds], dtype=float))
-        high = stats["mean"] + stats["ci95"] if not np.isnan(stats["ci95"]) else np.nan
+        difference = paired_difference(frame, scores, label, best, metric)
         verdict_ = (
             "best"
             if label == best
             else "one seed: no CI"
-            if np.isnan(high)
+            if np.isnan(difference.high)
             else "below the best"
-            if high < 0
+            if difference.high < 0
             else "tied with the best"
         )
         rows.append(
             {
                 "method": label,
-                "n_seeds": len(seeds),
+                "n_seeds": difference.n_seeds,
                 f"{metric}_mean": float(means[label]),
-                "diff": stats["mean"],
-                "ci95": stats["ci95"],
+                "diff": difference.effect,
+                "low": difference.low,
+                "high": difference.high,
+                "ci95": difference.half_width,
+                "interval": difference.interval,
+                "p": np.nan if label == best else claim_p_value("greater", difference),
                 "verdict": verdict_,
-                "seconds": float(mine["seconds"].mean()),
+                "seconds": float(frame.loc[frame["label"] == label, "seconds"].mean()),
                 "needs": METHOD_NEEDS.get(label, ""),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
+    table["after_holm"] = [
+        "below the best" if v == "below the best" and q < 0.05 else "tied with the best" if v == "below the best" else v
+        for v, q in zip(table["verdict"], table["p_holm"])
+    ]
+    return table[[*columns, "verdict", "after_holm", "seconds", "needs"]]
+
+
+def format_interval(effect: float, low: float, high: float, digits: int = 3) -> str:
+    """``+0.028 [+0.017, +0.041]``; the effect alone where there is no interval."""
+    if np.isnan(effect):
+        return "—"
+    if np.isnan(low):
+        return f"{effect:+.{digits}f}"
+    return f"{effect:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def format_p(p: float) -> str:
+    """A p-value to 3 decimals (``< 0.001`` below)."""
+    return "—" if np.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
-    """A markdown table of :func:`against_best`."""
+    """A markdown table of :func:`against_best`, with a line on the family of comparisons."""
+    family = int(table["p"].notna().sum())
     lines = [
-        f"| method | {metric} | vs the best (paired, 95% CI) | verdict | seconds | needs |",
-        "|---|---|---|---|---|---|",
+        f"{family} comparisons, each method against one best picked on these runs (so the best's lead is optimistic): "
+        f"p is the two-sided test of a zero paired difference, Holm p adjusts it over the {family}; after Holm, a "
+        "method is below the best where its interval is under 0 and Holm p < 0.05.",
+        "",
+        f"| method | {metric} | vs the best ({LEVEL:.0%} interval) | interval | p | Holm p | verdict | after Holm "
+        "| seconds | needs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
-        diff = (
-            "—"
-            if r["verdict"] == "best"
-            else (f"{r['diff']:+.3f}" + ("" if np.isnan(r["ci95"]) else f" ± {r['ci95']:.3f}"))
-        )
+        best = r["verdict"] == "best"
+        diff = "—" if best else format_interval(r["diff"], r["low"], r["high"])
         lines.append(
-            f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {r['verdict']} | {r['seconds']:.1f} | "
-            f"{r['needs']} |"
+            f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {'—' if best else r['interval']} | "
+            f"{format_p(r['p'])} | "
+            f"{format_p(r['p_holm'])} | {r['verdict']} | {r['after_holm']} | {r['seconds']:.1f} | {r['needs']} |"
         )
+    return "\n".join(lines)
+
+
+TAU_SETS = ("student_teacher", "student_gold")
+
+
+def tau_sets_of(record: dict, pair: str) -> tuple[int, int] | None:
+    """(sets τ used, sets skipped as constant) of a record's Kendall τ ``pair`` (``student_teacher`` or
+    ``student_gold``): noted by the harness (``harness.tau_sets``), else from the method's own evaluation where it
+    computed the same τ (``metrics.ranking``, equal to the last digit), else None (not noted)."""
+    noted = record["harness"].get("tau_sets", {}).get(pair)
+    if noted:
+        return int(noted["n"]), int(noted["skipped_sets"])
+    own = (record["metrics"].get("ranking") or {}).get(f"tau_{pair}")
+    if own and "skipped_sets" in own and own.get("mean") == record["harness"].get(f"tau_{pair}"):
+        return int(own["n"]), int(own["skipped_sets"])
+    return None
+
+
+def tau_sets(records: Sequence[dict]) -> pd.DataFrame:
+    """Per label and τ pair: the seeds whose records note τ's sets, and the mean per seed of the sets τ used and of
+    those it skipped because one ranking was constant (a set of identical samples, or one gold for all)."""
+    order = {name: i for i, name in enumerate(METHODS)}
+    labels = sorted({r["label"] for r in records}, key=lambda lab: (order.get(lab.split("[")[0], len(order)), lab))
+    rows = []
+    for label in labels:
+        mine = [r for r in records if r["label"] == label]
+        row = {"method": label, "n_seeds": len(mine)}
+        for pair in TAU_SETS:
+            counted = [c for c in (tau_sets_of(r, pair) for r in mine) if c is not None]
+            row[f"tau_{pair}_mean"] = float(np.nanmean([r["harness"][f"tau_{pair}"] for r in mine]))
+            row[f"{pair}_noted"] = len(counted)
+            row[f"{pair}_used"] = float(np.mean([c[0] for c in counted])) if counted else np.nan
+            row[f"{pair}_skipped"] = float(np.mean([c[1] for c in counted])) if counted else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_tau_sets(table: pd.DataFrame) -> str:
+    """A markdown table of :func:`tau_sets`."""
+    lines = [
+        "| method | τ student–teacher | sets used / skipped (mean per seed) | τ student–gold | sets used / skipped |",
+        "|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        cells = []
+        for pair in TAU_SETS:
+            used, noted = r[f"{pair}_used"], int(r[f"{pair}_noted"])
+            sets = "not noted" if np.isnan(used) else f"{used:.1f} / {r[f'{pair}_skipped']:.1f}"
+            if 0 < noted < r["n_seeds"]:
+                sets += f" ({noted} of {r['n_seeds']} seeds)"
+            cells += [f"{r[f'tau_{pair}_mean']:.3f}", sets]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gold_per_task(
+    records: Sequence[dict], references: dict[int, dict] | None, tasks: Sequence[str], labels: Sequence[str]
+) -> pd.DataFrame:
+    """Mean gold over seeds and a task's prompts, per label (rows, in ``labels``' order) and gym task (columns, in
+    the order the tasks first appear); ``tasks``: the task of each held-out prompt, (prompts,). ``all``: the mean
+    over every prompt (the table's gold)."""
+    scores = prompt_scores(records, references)
+    tasks = np.asarray(tasks)
+    names = list(dict.fromkeys(tasks.tolist()))
+    rows = []
+    for label in labels:
+        mine = np.array([v for (lab, _), v in sorted(scores.items(), key=lambda kv: kv[0][1]) if lab == label])
+        if not len(mine) or mine.shape[1] != len(tasks):
+            continue
+        rows.append(
+            {"method": label, "n_seeds": len(mine), **{t: float(mine[:, tasks == t].mean()) for t in names}}
+            | {"all": float(mine.mean())}
+        )
+    return pd.DataFrame(rows, columns=["method", "n_seeds", *names, "all"])
+
+
+def format_gold_per_task(table: pd.DataFrame, tasks: Sequence[str]) -> str:
+    """A markdown table of :func:`gold_per_task`, each task's column headed with its number of prompts."""
+    counts = pd.Series(list(tasks)).value_counts()
+    names = [c for c in table.columns if c not in ("method", "n_seeds", "all")]
+    head = ["method", "seeds", *[f"{t} ({counts[t]})" for t in names], f"all ({len(tasks)})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [str(r["method"]), str(r["n_seeds"]), *[f"{r[t]:.3f}" for t in [*names, "all"]]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
