@@ -61,9 +61,8 @@ def main() -> None:
     from workbench.cache import StageCache
     from workbench.encoding import collate_examples, prompt_text
     from workbench.methods.common import gym_prompts
-    from workbench.rewards import mcq_template_for
     from workbench.models import load
-    from workbench.rewards import user_text
+    from workbench.rewards import mcq_template_for, user_text
     from workbench.sampling import group_responses, sample_responses
     from workbench.scoring import mcq_selection_logprobs, response_token_logps
     from workbench.trainers import set_threads
