@@ -529,7 +529,7 @@ def test_the_committed_comparison_is_complete_and_current():
     runs = Path(__file__).resolve().parents[1] / DEFAULT_RUNS_DIR
     records = {(r["label"], r["seed"]): r for r in load_records(runs)}
     models, weights = EvalConfig().models(), EvalConfig().weights()
-    for name in ("full", "plad-fig2", "plad-fig4"):
+    for name in ("full", "plad-fig2", "plad-fig4", "pad-fig5"):
         for variant in suite(name):
             for seed in DEFAULT_SEEDS:
                 record = records.get((variant.label, seed))

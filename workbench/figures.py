@@ -11,7 +11,7 @@ needs are absent. Notebooks 07-09 call the same builders on their own runs.
 | ``plad_fig2_real_pairs`` | PLaD Fig. 2 | ``plad-fig2`` (or ``full``: ratios 0 and 1) |
 | ``plad_fig3_length_buckets`` | PLaD Fig. 3 | ``table`` |
 | ``plad_fig4_data_fraction`` | PLaD Fig. 4 | ``plad-fig4`` |
-| ``pad_fig5_alpha`` | PAD Fig. 5 | ``full`` (α = 0, 0.8, 1) |
+| ``pad_fig5_alpha`` | PAD Fig. 5 | ``pad-fig5`` (α = 0, 0.2, ..., 1; ``full`` has 0, 0.8, 1) |
 | ``pad_table2_decomposition`` | PAD Table 2 | ``full`` |
 | ``claims_ledger`` | the claims of all three papers | ``full`` |
 
@@ -170,12 +170,25 @@ def figure_plad_fig4(records, references):
 
 
 def figure_pad_fig5(records, references):
+    """PAD Fig. 5: PAD-PPD's gold over the calibration ratio α (``--suite pad-fig5``: 0, 0.2, ..., 1), mean ± 95% CI
+    over seeds, with the teacher's level as a line."""
     xs, points = sweep_points(records, "pad-ppd", "alpha")
     if len(xs) < 2:
         return None
-    fig, (ax,) = plots.new_figure(1)
+    fig, (ax,) = plots.new_figure(1, width=6.0)
     plots.plot_metric_vs_param(ax, xs, points, "PAD-PPD", r"calibration ratio $\alpha$ (Eq. 9)")
-    ax.set_title(r"student gold reward vs $\alpha$ (PAD Fig. 5)")
+    runs = [r for r in records if r["method"] == "pad-ppd" and set(r["overrides"]) <= {"alpha"}]
+    teacher = [r for r in summarize(runs, references).to_dict("records") if r["method"] == "teacher"]
+    if teacher:
+        ax.axhline(
+            teacher[0]["gold_mean"], color="black", lw=0.8, ls=":", label=f"teacher {teacher[0]['gold_mean']:.3f}"
+        )
+    seeds = sorted({p.get("n", 0) for p in points})
+    ax.legend(fontsize=7)
+    ax.set_title(
+        r"student gold reward vs $\alpha$ (PAD Fig. 5)"
+        + (f", {seeds[0]} seeds per point" if len(seeds) == 1 and seeds[0] else "")
+    )
     fig.tight_layout()
     return fig
 

@@ -19,7 +19,7 @@ from workbench.compare.claims import (
 )
 from workbench.compare.evaluation import held_out_tasks
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds
-from workbench.compare.runs import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, REFERENCE_ROWS, Variant, suite
+from workbench.compare.runs import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, REFERENCE_ROWS, SUITES, Variant, suite
 from workbench.compare.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL
 from workbench.compare.tables import (
     against_best,
@@ -138,7 +138,7 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the method comparison and the claims ledger on the gym")
-    parser.add_argument("--suite", default="full", help="table | ledger | full | plad-fig2 | plad-fig4")
+    parser.add_argument("--suite", default="full", help=" | ".join(SUITES))
     parser.add_argument("--methods", nargs="*", help="method names instead of a suite")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)

@@ -125,10 +125,13 @@ LEDGER_VARIANTS = (
 )
 
 
+SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5")
+
+
 def suite(name: str) -> list[Variant]:
     """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
     ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
-    SeqKD, KD)."""
+    SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5)."""
     if name == "table":
         return [Variant(m) for m in available_methods()]
     if name == "ledger":
@@ -145,4 +148,6 @@ def suite(name: str) -> list[Variant]:
         return [Variant(m, {"data_fraction": f}) for m in methods for f in (0.1, 0.25, 0.5)] + [
             Variant(m) for m in methods
         ]
-    raise ValueError(f"unknown suite {name!r}; use table, ledger, full, plad-fig2 or plad-fig4")
+    if name == "pad-fig5":
+        return [Variant("pad-ppd", {"alpha": a}) for a in (0.0, 0.2, 0.4, 0.6, 1.0)] + [Variant("pad-ppd")]
+    raise ValueError(f"unknown suite {name!r}; use {', '.join(SUITES)}")
