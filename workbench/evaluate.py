@@ -1,13 +1,15 @@
-"""Evaluation: gold reward on the gym, win rates, ranking agreement (Kendall τ), and seed statistics.
+"""Evaluation: gold reward on the gym (or another prompt set with one), win rates, ranking agreement (Kendall τ), and
+seed statistics.
 
-On the gym every number is *measured* with the exact gold reward. For real models without a gold reward use a
-judge (:func:`judge_win_rate`), a different and weaker measurement, labelled as such in its output.
+On the gym every number is *measured* with the exact gold reward; so on ``verifiable`` prompts, whose gold reward a
+program computes too (``workbench.data.PROMPT_PRESETS``: pass its ``gold_reward``). For real models without a gold
+reward use a judge (:func:`judge_win_rate`), a different and weaker measurement, labelled as such in its output.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
@@ -27,8 +29,14 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     return {"mean": mean, "ci95": half, "n": n}
 
 
-def gold_rewards(prompts: Sequence[Prompt | str], responses: Sequence[str]) -> np.ndarray:
-    """Gold reward of each (prompt, response) pair: (N,)."""
+GoldReward = Callable[[object, str], float]  # (prompt object or its text, response) -> gold in [0, 1]
+
+
+def gold_rewards(
+    prompts: Sequence[Prompt | str], responses: Sequence[str], gold_reward: GoldReward = gold_reward
+) -> np.ndarray:
+    """Gold reward of each (prompt, response) pair: (N,); ``gold_reward``: the prompts' set's (default: the gym's;
+    ``PROMPT_PRESETS[name].gold_reward`` for another set)."""
     return np.array([gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)])
 
 
@@ -125,8 +133,10 @@ def evaluate_policy(
     seed: int = 0,
     max_new_tokens: int = 32,
     progress: bool = False,
+    gold_reward: GoldReward = gold_reward,
 ) -> dict:
-    """Sample ``n`` answers per held-out gym prompt and score them with the gold reward.
+    """Sample ``n`` answers per held-out prompt and score them with the gold reward of the prompts' set
+    (``gold_reward``; default: the gym's).
 
     Returns ``gold`` (mean ± CI over prompts of the per-prompt mean), the per-prompt means
     (``per_prompt``, for paired win rates), the mean response length in words, and the raw samples.
@@ -143,7 +153,8 @@ def evaluate_policy(
         max_new_tokens=max_new_tokens,
         progress=progress,
     )
-    golds = gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"]).reshape(len(prompts), n)
+    golds = gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"], gold_reward)
+    golds = golds.reshape(len(prompts), n)
     per_prompt = golds.mean(axis=1)
     return {
         "gold": mean_ci(per_prompt),

@@ -14,6 +14,11 @@ their gold rewards differ; the higher-gold one is y_w, the other y_l. So y_w is 
 perfect answer: the teacher's signal has to. Held-out pairs built the same way on test prompts give the reward
 accuracy of ADPA §4.5.
 
+**Other prompt sets with a gold reward** (``dataset="verifiable"``: real English, no answer generator): the DPO
+teacher samples :data:`SAMPLED_PAIR_SAMPLES` answers per prompt and the one of highest gold is y_w, the one of lowest
+y_l (PAD App. B.3's max/min, with gold as the annotator); a prompt whose samples all score the same is skipped. The
+run is scored by that gold reward as on the gym.
+
 **Preference datasets** (``dataset`` = a ``workbench.data`` preset such as ``dpo-mix-7k`` / ``helpsteer2``, a hub
 id, or a local file read in ``dataset_schema``): training uses the dataset's (x, y_w, y_l) pairs as the paper does;
 held-out pairs come from the preset's test split or a fixed carve (:func:`workbench.methods.common.preference_splits`).
@@ -50,17 +55,20 @@ from workbench.methods.common import (
     RunResult,
     TrainedRun,
     gold_of,
+    gold_reward_of,
     gym_prompts,
+    has_gold,
     held_out_evaluation,
     loaded_once,
     metrics_kept_on_divergence,
     no_gold_evaluation,
     preference_splits,
+    preset_prompts,
     run_checkpoints,
     training_summary,
 )
 from workbench.methods.config import vllm_engine_options
-from workbench.sampling import sample_responses
+from workbench.sampling import group_responses, sample_responses
 from workbench.topk_cache import TopkCache, topk_teacher
 from workbench.trainers import (
     set_threads,
@@ -72,6 +80,10 @@ logger = logging.getLogger("workbench.adpa")
 
 # the gym's judge mix (answers of every quality), so best-of-two is a realistic, imperfect "chosen"
 PAIR_MIX = JUDGE_MIX
+
+# teacher samples per prompt whose best and worst by gold make a pair on a prompt set without an answer generator
+# (verifiable): with two, a reward in steps of 1/|C(x)| ties often and the prompt is lost
+SAMPLED_PAIR_SAMPLES = 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,12 +100,69 @@ def gym_preference_pairs(prompts, seed: int, mix: dict | None = None, max_tries:
     return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in columns})
 
 
-def preference_pairs(cfg: AdpaConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, held-out) pairs of a run: gold-ranked gym pairs (train prompts per seed, fixed test prompts), or the
-    dataset's pairs (:func:`workbench.methods.common.preference_splits`; responses as text, no gold columns)."""
+def gold_ranked_samples(prompts, groups: Sequence[Sequence[str]], gold_reward) -> datasets.Dataset:
+    """(x, y_w, y_l) per prompt from its sampled answers: y_w the first of highest gold, y_l the first of lowest; a
+    prompt whose answers all score the same is skipped. Columns as :func:`gym_preference_pairs`'."""
+    rows: dict[str, list] = {name: [] for name in ("prompt", "chosen", "rejected", "chosen_gold", "rejected_gold")}
+    for prompt, group in zip(prompts, groups):
+        golds = [gold_reward(prompt.text, y) for y in group]
+        best, worst = int(np.argmax(golds)), int(np.argmin(golds))
+        if golds[best] == golds[worst]:
+            continue
+        for name, value in zip(rows, (prompt.text, group[best], group[worst], golds[best], golds[worst])):
+            rows[name].append(value)
+    return datasets.Dataset.from_dict(rows)
+
+
+def sampled_preference_pairs(
+    cfg: AdpaConfig, state=None, device: str | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held-out) pairs on a prompt set with a gold reward but no answer generator (``verifiable``): the DPO
+    teacher's :data:`SAMPLED_PAIR_SAMPLES` samples per prompt (train prompts per seed, fixed test prompts) ranked by
+    gold (:func:`gold_ranked_samples`). Sampling is sharded over ``state``'s processes in whole batches (batch b
+    seeded ``seed·1000 + 11 + b`` however the prompts are sharded), so every process builds the pairs one builds;
+    the teacher is loaded at the first piece and let go after the last."""
+    from workbench.models import load
+
+    splits = (
+        (preset_prompts(cfg.dataset, "train", cfg.train_prompts, cfg.seed + 101), cfg.seed),
+        (preset_prompts(cfg.dataset, "test", cfg.eval_prompts, HELD_OUT_SEED), HELD_OUT_SEED),
+    )
+    pairs = []
+    with loaded_once(lambda: load(cfg.teacher_dpo, quantization=cfg.quantization, device=device)) as teacher:
+        for prompts, seed in splits:
+
+            def sample(texts, first_batch, seed=seed):
+                model, tokenizer = teacher()
+                samples = sample_responses(
+                    model,
+                    tokenizer,
+                    texts,
+                    n=SAMPLED_PAIR_SAMPLES,
+                    temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.sampling_batch_size,
+                    seed=seed * 1000 + 11 + first_batch,
+                    progress=cfg.progress,
+                )
+                return group_responses(samples)[1]
+
+            groups = map_in_shards(sample, [p.text for p in prompts], cfg.sampling_batch_size, state)
+            pairs.append(gold_ranked_samples(prompts, groups, gold_reward_of(cfg)))
+    return pairs[0], pairs[1]
+
+
+def preference_pairs(
+    cfg: AdpaConfig, state=None, device: str | None = None
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held-out) pairs of a run: gold-ranked gym pairs (train prompts per seed, fixed test prompts), gold-ranked
+    teacher samples on another prompt set with a gold reward (:func:`sampled_preference_pairs`), or the dataset's
+    pairs (:func:`workbench.methods.common.preference_splits`; responses as text, no gold columns)."""
     if cfg.dataset == "gym":
         train = gym_preference_pairs(gym_prompts("train", cfg.train_prompts, cfg.seed + 101), seed=cfg.seed)
         return train, gym_preference_pairs(gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED), seed=HELD_OUT_SEED)
+    if has_gold(cfg):
+        return sampled_preference_pairs(cfg, state, device)
     return preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
 
 
@@ -315,7 +384,7 @@ def _stage_on_policy(loss: str) -> Callable[[RunContext, int], dict]:
             "state_source": cfg.state_source,
             "state_length": float(np.mean([len(y.split()) for y in hats])),
         }
-        if cfg.dataset == "gym":
+        if has_gold(cfg):
             info["state_gold"] = float(np.mean([gold_of(p, y) for p, y in zip(ctx.pairs["prompt"], hats)]))
         if "ref" in spec.teachers:
             info.update(advantage_summary(caches["hat_dpo"], caches["hat_ref"], cfg.beta, cfg.missing_rule))
@@ -378,7 +447,7 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
     """Train only (no evaluation): the student through ``cfg.method``'s stages on the training pairs, sampling and
     top-k passes sharded over ``state``'s processes; rows: each on-policy stage's ŷ per pair."""
     student, tokenizer = cfg.load_student(device)
-    pairs, _ = preference_pairs(cfg)
+    pairs, _ = preference_pairs(cfg, state, device)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
     ctx = RunContext(
@@ -449,32 +518,35 @@ def run_adpa(cfg: AdpaConfig, *, student=None, pairs=None, states: list[str] | N
 
     Returns a :class:`RunResult` whose metrics hold ``method``, ``dataset``, ``reward_accuracy`` (before / after,
     on held-out pairs), ``training`` (loss per stage), per-stage diagnostics and ``seconds``, and the evaluation:
-    on the gym ``gold_before`` / ``gold_after`` (mean ± CI over held-out prompts), ``win_rate_vs_initial``,
-    ``per_prompt_*`` and ``length_*``; on other data those gold fields are None, ``gold_evaluation`` says why and
-    ``judge`` holds the judge's win rate when ``cfg.judge`` is set. They are saved to ``cfg.output_dir``.
+    on a prompt set with a gold reward (the gym, ``verifiable``) ``gold_before`` / ``gold_after`` (mean ± CI over
+    held-out prompts), ``win_rate_vs_initial``, ``per_prompt_*`` and ``length_*``; on other data those gold fields
+    are None, ``gold_evaluation`` says why and ``judge`` holds the judge's win rate when ``cfg.judge`` is set. They
+    are saved to ``cfg.output_dir``.
     """
     set_threads()
     started = time.perf_counter()
-    gym = cfg.dataset == "gym"
+    gold = has_gold(cfg)
     check_given_stages(cfg, pairs, states)
     student, tokenizer = student or cfg.load_student()
     pairs, held_out_pairs = pairs or preference_pairs(cfg)
     if not len(pairs):
         raise RuntimeError(f"no training pairs in {cfg.dataset!r} (train_prompts={cfg.train_prompts})")
-    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED) if gym else list(held_out_pairs["prompt"])
+    held_out = (
+        preset_prompts(cfg.dataset, "test", cfg.eval_prompts, HELD_OUT_SEED) if gold else list(held_out_pairs["prompt"])
+    )
     ctx = RunContext(cfg, student, tokenizer, pairs, [], [], checkpoints=run_checkpoints(cfg), given_states=states)
 
     def evaluate() -> tuple[dict | list | None, float]:
         accuracy = reward_accuracy(student, tokenizer, held_out_pairs) if len(held_out_pairs) else float("nan")
-        return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gym, temperature=cfg.temperature), accuracy
+        return held_out_evaluation(cfg, student, tokenizer, held_out, gold=gold, temperature=cfg.temperature), accuracy
 
     before, accuracy_before = evaluate()
     with metrics_kept_on_divergence(
-        cfg, cfg.method, ctx.history, stages=ctx.stages, gold_before=before["gold"] if gym else None
+        cfg, cfg.method, ctx.history, stages=ctx.stages, gold_before=before["gold"] if gold else None
     ):
         train_stages(ctx)
     after, accuracy_after = evaluate()
-    if gym:
+    if gold:
         evaluation = {
             "gold_before": before["gold"],
             "gold_after": after["gold"],

@@ -27,6 +27,9 @@ Simplifications, stated plainly:
   (measured: Kendall τ with gold ≈ 0.0, max/min pairs agree with gold 48 % of the time, against 69 % for r̂ and 75 %
   for the teacher's likelihood); on today's default gym the MCQ ranks better than the likelihood (README), so
   ``score="mcq"`` is a fair choice there too.
+* ``dataset``: the gym or another prompt set with a gold reward (``"verifiable"``, real English: real models, e.g.
+  SmolLM2, and ``max_new_tokens`` ≈ 128); ``kd`` there trains on teacher samples (``kd_targets="teacher"``), since
+  verifiable's ``answer_text`` is a witness built by program, not an answer to distil (``gold`` is refused).
 * Gym defaults: full fine-tuning, 300 steps of 16 (prompts, pairs or sequences) — the same budget as PAD's gym
   run — at each method's validation-chosen rate (``lr=None``: ``workbench.methods.GYM_LR``), the rate the
   comparison harness uses too.
@@ -60,11 +63,13 @@ from workbench.methods.common import (
     distillation_prompts,
     finish_run,
     gold_of,
-    gym_prompts,
+    gold_reward_of,
+    has_gold,
     metrics_kept_on_divergence,
+    preset_prompts,
     teacher_samples,
 )
-from workbench.methods.config import StudentPrecision, knob, resolve_lr
+from workbench.methods.config import StudentPrecision, check_dataset_options, knob, resolve_lr
 from workbench.models import quiet_checkpointing_renames
 from workbench.sampling import group_responses, sample_responses
 from workbench.scoring import sequence_logps
@@ -94,7 +99,13 @@ class BaselineConfig(StudentPrecision):
     method: str = field(default="seqkd", metadata={"help": f"one of {BASELINES}"})
     teacher: str = field(default="gym-teacher-dpo", metadata={"help": "teacher id/path/preset"})
     student: str = field(default="gym-student", metadata={"help": "student id/path/preset"})
-    dataset: str = field(default="gym", metadata={"help": "'gym'"})
+    dataset: str = field(
+        default="gym",
+        metadata={
+            "help": "a prompt set with a gold reward (workbench.data.PROMPT_PRESETS): 'gym', or 'verifiable' (real "
+            "English, docs/verifiable.md) with real models"
+        },
+    )
     train_prompts: int = field(default=1024, metadata={"help": "distillation prompts (same set as PAD / PLaD)"})
     data_fraction: float = field(default=1.0, metadata={"help": "fraction of the prompts used (PLaD Fig. 4)"})
     eval_prompts: int = 128
@@ -124,7 +135,9 @@ class BaselineConfig(StudentPrecision):
     pro_sft_weight: float | None = field(default=None, metadata={"help": "PRO SFT weight (default 0.05 (n-1)^2)"})
     backend: str = field(default="trl", metadata={"help": "dpo/simpo trainer: 'trl' (DPO/CPOTrainer) or 'workbench'"})
     iterations: int = field(default=1, metadata={"help": "rounds of re-sampling the student (student-sample methods)"})
-    max_new_tokens: int = 24
+    max_new_tokens: int = field(
+        default=24, metadata={"help": "longest sampled response in tokens (gym: 24; verifiable: 128)"}
+    )
     lr: float | None = field(
         default=None,
         metadata={
@@ -151,6 +164,17 @@ class BaselineConfig(StudentPrecision):
             raise ValueError(f"kd_targets={self.kd_targets!r}; use 'gold' or 'teacher'")
         if self.backend not in ("trl", "workbench"):
             raise ValueError(f"backend={self.backend!r}; use 'trl' or 'workbench'")
+        if not has_gold(self):
+            raise ValueError(
+                f"dataset={self.dataset!r}: the baselines run on a prompt set with a gold reward "
+                f"(workbench.data.PROMPT_PRESETS: 'gym', 'verifiable'); a preference dataset has none to evaluate them"
+            )
+        check_dataset_options(self)
+        if self.method == "kd" and self.kd_targets == "gold" and self.dataset != "gym":
+            raise ValueError(
+                f"kd_targets='gold' on dataset={self.dataset!r}: its answer_text is a witness built by program "
+                f"(docs/verifiable.md), not an answer to distil; use kd_targets='teacher'"
+            )
         if self.n < 2 and self.method in ("dpo", "simpo", "pro"):
             raise ValueError(f"n={self.n}; a teacher-annotated pair or ranking needs n ≥ 2 student samples")
         if not 0.0 < self.data_fraction <= 1.0:
@@ -514,16 +538,20 @@ def run_baseline(cfg: BaselineConfig) -> RunResult:
 
     set_threads()
     started = time.perf_counter()
-    if cfg.dataset != "gym":
-        raise NotImplementedError("non-gym datasets need a judge-based evaluation; see workbench.evaluate")
     teacher, teacher_tok = load(cfg.teacher, quantization=cfg.quantization)
     student, student_tok = cfg.load_student()
     if cfg.method in ("kd", "reverse-kl"):
         _check_shared_vocabulary(teacher_tok, student_tok, cfg.method)
     prompts = distillation_prompts(cfg)
-    held_out = gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    held_out = preset_prompts(cfg.dataset, "test", cfg.eval_prompts, HELD_OUT_SEED)
     before = evaluate_policy(
-        student, student_tok, held_out, n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens
+        student,
+        student_tok,
+        held_out,
+        n=cfg.eval_samples,
+        seed=cfg.seed,
+        max_new_tokens=cfg.max_new_tokens,
+        gold_reward=gold_reward_of(cfg),
     )
     rounds = cfg.iterations if cfg.method in ON_STUDENT_SAMPLES else 1
     history, data = [], []

@@ -1,6 +1,7 @@
-"""Pieces every method pipeline shares: the run result, gym prompt sets, gold scoring of chat prompts, and the
-non-gym path: preference data split into train / held-out rows, and evaluation without a gold reward (a judge
-when one is configured, otherwise none: the run reports training metrics)."""
+"""Pieces every method pipeline shares: the run result, the prompt sets with a gold reward (``PROMPT_PRESETS``: the
+gym, ``verifiable``) and gold scoring of chat prompts, and the path of preference data: train / held-out rows, and
+evaluation without a gold reward (a judge when one is configured, otherwise none: the run reports training
+metrics)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.encoding import as_messages
-from workbench.methods.config import RESUME_NEUTRAL
+from workbench.methods.config import RESUME_NEUTRAL, has_gold
 from workbench.rewards import user_text
 
 logger = logging.getLogger("workbench.methods")
@@ -133,11 +134,39 @@ def gym_prompts(split: str, count: int, seed: int):
 HELD_OUT_SEED = 1000  # every method evaluates on the same held-out prompts
 
 
-def gold_of(prompt, response: str) -> float:
-    """Gold reward of a response to a (chat or plain) gym prompt."""
-    from workbench.gym.world import gold_reward
+def preset_prompts(dataset: str, split: str, count: int, seed: int) -> list:
+    """``count`` prompts of ``split`` of the prompt set ``dataset`` (a ``PROMPT_PRESETS`` name: ``"gym"`` gives
+    :func:`gym_prompts`' prompts), each with ``text`` and ``answer_text``."""
+    from workbench.data.presets import PROMPT_PRESETS
 
-    return gold_reward(user_text(prompt), response)
+    return PROMPT_PRESETS[dataset].prompts(split, count, seed)
+
+
+def gold_reward_of(cfg):
+    """The gold reward ``(prompt, response) -> [0, 1]`` of the run's prompt set (``cfg.dataset``, a
+    ``PROMPT_PRESETS`` name), as ``workbench.evaluate.evaluate_policy`` takes it."""
+    from workbench.data.presets import PROMPT_PRESETS
+
+    return PROMPT_PRESETS[cfg.dataset].gold_reward
+
+
+def gold_of(prompt, response: str) -> float:
+    """Gold reward of a response to a (chat or plain) prompt of a set with a gold reward: the reward of the set whose
+    parser reads the prompt's user text (``PROMPT_PRESETS``; the sets' texts are disjoint: a gym prompt starts with
+    a task name, a verifiable one with an English question), so a prompt carries its own scorer."""
+    from workbench.data.presets import PROMPT_PRESETS
+
+    text = user_text(prompt)
+    for preset in PROMPT_PRESETS.values():
+        try:
+            parsed = preset.parse(text)
+        except ValueError:
+            continue
+        return preset.gold_reward(parsed, response)
+    raise ValueError(
+        f"no gold reward for the prompt {text[:80]!r}: it is none of the prompt sets with one "
+        f"({sorted(PROMPT_PRESETS)}; workbench.data.PROMPT_PRESETS)"
+    )
 
 
 def finish_run(
@@ -151,7 +180,13 @@ def finish_run(
     from workbench.evaluate import before_after_metrics, evaluate_policy
 
     after = evaluate_policy(
-        student, tokenizer, held_out, n=cfg.eval_samples, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens
+        student,
+        tokenizer,
+        held_out,
+        n=cfg.eval_samples,
+        seed=cfg.seed,
+        max_new_tokens=cfg.max_new_tokens,
+        gold_reward=gold_reward_of(cfg),
     )
     metrics = {
         "method": cfg.method,
@@ -165,7 +200,7 @@ def finish_run(
     return result
 
 
-# --- preference datasets other than the gym: no gold reward ---
+# --- preference datasets: no gold reward ---
 
 
 def response_text(messages) -> str:
@@ -221,7 +256,10 @@ def no_gold_evaluation(cfg, prompts, answers_before: list[str] | None, answers_a
 
     ``answers_*`` hold ``len(answers) / len(prompts)`` answers per prompt, prompt-major (None without a judge).
     """
-    reason = f"skipped: dataset {cfg.dataset!r} has no gold reward (only gym prompts have an exact scorer); "
+    reason = (
+        f"skipped: dataset {cfg.dataset!r} has no gold reward (only the prompt sets of "
+        "workbench.data.PROMPT_PRESETS, the gym and 'verifiable', have an exact scorer); "
+    )
     out = {"gold_before": None, "gold_after": None, "win_rate_vs_initial": None, "judge": None}
     if not cfg.judge or not len(prompts):
         why = "no judge configured (judge='')" if not cfg.judge else "no held-out prompts to judge"
@@ -266,8 +304,9 @@ def load_frozen_teacher(
 
 
 def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperature: float = 0.8):
-    """What a run measures on its held-out prompts, before and after training: the gym's gold evaluation
-    (``evaluate_policy``), else the answers a judge will compare (None when no judge is configured)."""
+    """What a run measures on its held-out prompts, before and after training: the gold evaluation of its prompt set
+    (``evaluate_policy`` with :func:`gold_reward_of`), else the answers a judge will compare (None when no judge is
+    configured)."""
     from workbench.evaluate import evaluate_policy
 
     sampling = {
@@ -277,7 +316,7 @@ def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperat
         "max_new_tokens": cfg.max_new_tokens,
     }
     if gold:
-        return evaluate_policy(model, tokenizer, held_out, **sampling)
+        return evaluate_policy(model, tokenizer, held_out, **sampling, gold_reward=gold_reward_of(cfg))
     return policy_answers(model, tokenizer, held_out, **sampling) if cfg.judge else None
 
 
@@ -358,19 +397,20 @@ def dataset_prompts(cfg, held_out: bool) -> list[DatasetPrompt]:
 
 
 def distillation_prompts(cfg) -> list:
-    """The distillation set D (gym train prompts per seed, or the dataset's train prompts), cut to
-    ``data_fraction`` as a prefix (Fig. 4)."""
-    if getattr(cfg, "dataset", "gym") == "gym":
-        prompts = gym_prompts("train", cfg.train_prompts, cfg.seed + 101)
+    """The distillation set D (train prompts of a prompt set with a gold reward, per seed, or the dataset's train
+    prompts), cut to ``data_fraction`` as a prefix (Fig. 4)."""
+    if has_gold(cfg):
+        prompts = preset_prompts(getattr(cfg, "dataset", "gym"), "train", cfg.train_prompts, cfg.seed + 101)
     else:
         prompts = dataset_prompts(cfg, held_out=False)
     return prompts[: max(1, round(cfg.data_fraction * len(prompts)))]
 
 
 def held_out_prompts(cfg) -> list:
-    """The evaluation prompts: fixed gym test prompts, or the dataset's held-out rows (``preference_splits``)."""
-    if cfg.dataset == "gym":
-        return gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED)
+    """The evaluation prompts: fixed test prompts of a prompt set with a gold reward (the gym, ``verifiable``), or the
+    dataset's held-out rows (``preference_splits``)."""
+    if has_gold(cfg):
+        return preset_prompts(cfg.dataset, "test", cfg.eval_prompts, HELD_OUT_SEED)
     return dataset_prompts(cfg, held_out=True)
 
 

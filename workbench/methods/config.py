@@ -58,8 +58,20 @@ def dataset_field(use: str):
     """The ``dataset`` field of every method that trains on real data too; ``use`` says what it takes from one."""
     return field(
         default="gym",
-        metadata={"help": f"'gym' or a preference dataset for workbench.data (a preset, hub id or local file): {use}"},
+        metadata={
+            "help": "'gym', another prompt set with a gold reward ('verifiable': real English, docs/verifiable.md; "
+            "workbench.data.PROMPT_PRESETS), or a preference dataset for workbench.data (a preset, hub id or local "
+            f"file): {use}"
+        },
     )
+
+
+def has_gold(cfg) -> bool:
+    """Whether the run's ``dataset`` is a prompt set with an exact gold reward (``workbench.data.PROMPT_PRESETS``:
+    the gym, ``verifiable``), so the run is scored by it; a preference dataset has none."""
+    from workbench.data.presets import PROMPT_PRESETS
+
+    return getattr(cfg, "dataset", "gym") in PROMPT_PRESETS
 
 
 def dataset_schema_field():
@@ -320,12 +332,52 @@ def resolve_lr(lr: float | None, method: str) -> float:
     return value
 
 
+# the model fields a method config may have (each must read the run's prompts), with the shipped real-text model
+# that fits each: SmolLM2 and its same-vocabulary 10-layer student (one model as DPO teacher and reference gives A = 0)
+REAL_TEXT_MODELS = {
+    "teacher": "smollm2-135m-instruct",
+    "teacher_dpo": "smollm2-135m-instruct",
+    "teacher_ref": "smollm2-135m-instruct",
+    "student": "smollm2-135m-instruct-10-layers",
+}
+
+# real text needs longer answers than the gym's 1-9 words: a fluent answer with "exactly 4 bullet points" and an end
+# phrase runs to about a hundred tokens, so fewer new tokens cut many answers before the constraints at their end
+REAL_TEXT_MAX_NEW_TOKENS = 128
+
+
 def check_dataset_options(cfg) -> None:
-    """``dataset_schema`` and ``judge`` describe a preference dataset; on the gym they are a mistake."""
-    if cfg.dataset == "gym" and (cfg.dataset_schema or cfg.judge):
+    """The dataset's options fit it: ``dataset_schema`` and ``judge`` describe a preference dataset (on a prompt set
+    with a gold reward they are a mistake); the gym's models read only the gym's prompts (their word-level tokenizer
+    knows the gym's words, not English), so a real-text prompt set (``verifiable``) needs real models; and a short
+    ``max_new_tokens`` on real text is worth a warning."""
+    from workbench.data.presets import PROMPT_PRESETS
+
+    schema, judge = getattr(cfg, "dataset_schema", ""), getattr(cfg, "judge", "")
+    if has_gold(cfg) and (schema or judge):
         raise ValueError(
-            f"dataset_schema={cfg.dataset_schema!r}, judge={cfg.judge!r} apply to preference datasets; "
-            f"the gym has its own data and a gold reward"
+            f"dataset_schema={schema!r}, judge={judge!r} apply to preference datasets; "
+            f"dataset={cfg.dataset!r} has its own prompts and a gold reward"
+        )
+    if cfg.dataset == "gym" or cfg.dataset not in PROMPT_PRESETS:
+        return
+    models = [name for name in REAL_TEXT_MODELS if hasattr(cfg, name)]
+    gym_models = [name for name in models if str(getattr(cfg, name) or "").startswith("gym-")]
+    if gym_models:
+        named = ", ".join(f"{name}={getattr(cfg, name)!r}" for name in gym_models)
+        real = ", ".join(f"{name}={REAL_TEXT_MODELS[name]!r}" for name in models)
+        raise ValueError(
+            f"dataset={cfg.dataset!r} is real English text, but {named}: the gym's models read only the gym's "
+            f"prompts (their word-level tokenizer has no English); pass real models, e.g. {real} "
+            f"(docs/verifiable.md)"
+        )
+    if getattr(cfg, "max_new_tokens", REAL_TEXT_MAX_NEW_TOKENS) < REAL_TEXT_MAX_NEW_TOKENS:
+        logger.warning(
+            "max_new_tokens=%d on dataset=%r: real-text answers that meet a prompt's constraints (bullet points, "
+            "an end phrase) take ~%d tokens; shorter samples are cut and lose those constraints' gold",
+            cfg.max_new_tokens,
+            cfg.dataset,
+            REAL_TEXT_MAX_NEW_TOKENS,
         )
 
 

@@ -28,12 +28,14 @@ from workbench.methods.common import (
     RunResult,
     TrainedRun,
     gold_of,
-    gym_prompts,
+    gym_prompts,  # noqa: F401  (importable from here too)
+    has_gold,
     held_out_evaluation,
     load_frozen_teacher,
     metrics_kept_on_divergence,
     no_gold_evaluation,
     preference_splits,
+    preset_prompts,
     run_checkpoints,
     training_summary,
 )
@@ -95,7 +97,8 @@ class PadConfig(TrainingKnobs):
     )
     temperature: float = field(default=0.8, metadata={"help": "sampling temperature (PAD §4.1: 0.8)"})
     max_new_tokens: int = field(
-        default=24, metadata={"help": "longest sampled response in tokens (gym: 24; real data: 512)"}
+        default=24,
+        metadata={"help": "longest sampled response in tokens (gym: 24; verifiable: 128; real data: 512)"},
     )
     max_prompt_tokens: int | None = field(
         default=None,
@@ -317,14 +320,15 @@ def pad_prompts(cfg: PadConfig) -> tuple[list, list]:
     """(training prompts, held-out prompts) of a run; ``run_pad`` (notebook 03) and ``workbench.train`` (the
     ``accelerate launch`` script) both use it, so they train on the same prompts.
 
-    On the gym: ``cfg.train_prompts`` train-split prompt texts and ``cfg.eval_prompts`` test-split ``Prompt`` s (gold
-    reward). On a preference dataset: ``methods.common.preference_splits`` (the preset's test split, else a fixed
-    carve disjoint from the training rows), prompts as messages.
+    On a prompt set with a gold reward (the gym, ``verifiable``): ``cfg.train_prompts`` train-split prompt texts and
+    ``cfg.eval_prompts`` test-split prompt objects (gold reward). On a preference dataset:
+    ``methods.common.preference_splits`` (the preset's test split, else a fixed carve disjoint from the training
+    rows), prompts as messages.
     """
-    if cfg.dataset == "gym":
+    if has_gold(cfg):
         return (
-            [p.text for p in gym_prompts("train", cfg.train_prompts, cfg.seed + 101)],
-            gym_prompts("test", cfg.eval_prompts, HELD_OUT_SEED),
+            [p.text for p in preset_prompts(cfg.dataset, "train", cfg.train_prompts, cfg.seed + 101)],
+            preset_prompts(cfg.dataset, "test", cfg.eval_prompts, HELD_OUT_SEED),
         )
     train_rows, held_rows = preference_splits(
         cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed
@@ -370,9 +374,10 @@ def load_models(cfg: PadConfig, device: str | None = None) -> PadModels:
 def run_pad(cfg: PadConfig, *, models: PadModels | None = None, first_round: RoundSamples | None = None) -> RunResult:
     """Run PAD end to end (see module docstring) and save metrics to ``cfg.output_dir``.
 
-    On the gym the held-out evaluation is the gold reward; on a preference dataset (no gold reward) the gold
-    fields are None with the reason, the student's ranking agreement with the teacher is still measured, and a
-    ``judge`` model, when named, compares the trained student's answers with the initial student's.
+    On a prompt set with a gold reward (the gym, ``verifiable``) the held-out evaluation is that reward; on a
+    preference dataset (no gold reward) the gold fields are None with the reason, the student's ranking agreement
+    with the teacher is still measured, and a ``judge`` model, when named, compares the trained student's answers
+    with the initial student's.
 
     The staged path (notebook 03): ``models`` from :func:`load_models` (the student is trained in place) and
     ``first_round``, round 0's samples and teacher rewards computed stage by stage (:func:`sample_round`,
@@ -381,7 +386,7 @@ def run_pad(cfg: PadConfig, *, models: PadModels | None = None, first_round: Rou
     set_threads()
     started = time.perf_counter()
     teacher, teacher_tok, student, student_tok = models or load_models(cfg)
-    gold = cfg.dataset == "gym"
+    gold = has_gold(cfg)
     train, held_out = pad_prompts(cfg)
     if first_round is not None:  # refused before any evaluation or training
         check_round_samples(cfg, first_round, train)

@@ -7,6 +7,11 @@ Everything it uses is shared: :func:`workbench.sampling.sample_responses` (the t
 only its samples), :func:`workbench.losses.plad.make_pseudo_pairs`, the loss registry and ``DistillTrainer``.
 ``run_plad(PladConfig(...))`` is what notebook 07 and the comparison harness call.
 
+**Other prompt sets with a gold reward** (``dataset="verifiable"``, real English: ``docs/verifiable.md``): as on the
+gym, scored by that set's gold reward (real pairs, T-S win rate, length buckets included). The reference y of Eq. 5
+(``plad_margin``) is the prompt's ``answer_text``: on ``verifiable`` a short answer built by program that meets every
+constraint (a witness, not fluent text), the only reference that set has; the ranking loss (Eq. 4) never reads it.
+
 **Preference datasets** (``dataset`` = a ``workbench.data`` preset such as ``hh-helpful``, a hub id, or a local
 file read in ``dataset_schema``): D is the dataset's prompts (the pairs' responses are not trained on; the chosen
 response is the reference y of Eq. 5), pseudo-pairs are teacher sample ≻ student sample as on the gym. There is no
@@ -56,6 +61,7 @@ from workbench.methods.common import (
     distillation_prompts,
     finish_run,
     gold_of,
+    has_gold,
     held_out_evaluation,
     held_out_prompts,
     load_frozen_teacher,
@@ -137,7 +143,9 @@ class PladConfig(TrainingKnobs):
     real_ratio: float = field(
         default=0.0, metadata={"help": "fraction of pairs re-ordered by the gold reward (PLaD §5.3 / Fig. 2)"}
     )
-    max_new_tokens: int = 24
+    max_new_tokens: int = field(
+        default=24, metadata={"help": "longest sampled response in tokens (gym: 24; verifiable: 128; real data: 512)"}
+    )
     sampling_batch_size: int = field(
         default=32,
         metadata={
@@ -202,10 +210,11 @@ class PladConfig(TrainingKnobs):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
         if self.sampling_batch_size < 1:
             raise ValueError(f"sampling_batch_size={self.sampling_batch_size}; sample at least 1 prompt per batch")
-        if self.dataset != "gym" and self.real_ratio:
+        if not has_gold(self) and self.real_ratio:
             raise ValueError(
-                f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the "
-                f"gym has one, dataset={self.dataset!r} does not: use real_ratio=0"
+                f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the prompt sets "
+                f"with a gold reward (the gym, 'verifiable') have one, dataset={self.dataset!r} does not: use "
+                f"real_ratio=0"
             )
         check_run_sizes(self)
         check_dataset_options(self)
@@ -347,9 +356,9 @@ class PladObjective:
 
 
 def gold_ranked_pair(prompt, teacher_response: str, student_response: str) -> dict:
-    """The (teacher, student) pair ordered by gold reward — PLaD §5.3's 'real' pair, with the gym's gold reward
-    standing in for the reward model. A gold tie keeps the pseudo order (the reward states no preference), so
-    every pair has a real version and ``real_ratio = 1`` is always possible."""
+    """The (teacher, student) pair ordered by gold reward — PLaD §5.3's 'real' pair, with the prompt set's gold reward
+    (:func:`~workbench.methods.common.gold_of`) standing in for the reward model. A gold tie keeps the pseudo order
+    (the reward states no preference), so every pair has a real version and ``real_ratio = 1`` is always possible."""
     if gold_of(prompt, student_response) > gold_of(prompt, teacher_response):
         return {"prompt": prompt, "chosen": student_response, "rejected": teacher_response}
     return {"prompt": prompt, "chosen": teacher_response, "rejected": student_response}
@@ -357,7 +366,7 @@ def gold_ranked_pair(prompt, teacher_response: str, student_response: str) -> di
 
 def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, state=None) -> tuple[list[dict], dict]:
     """Pseudo-preference rows (teacher ≻ student, Eq. 3) with ``real_ratio`` gold-ordered (Fig. 2), and stats
-    (gold statistics on the gym only; on other data only counts and sample lengths).
+    (gold statistics on a prompt set with a gold reward only; on other data only counts and sample lengths).
 
     With several processes (``state``: accelerate's ``PartialState``) each samples teacher and student on its shard
     of whole sampling batches (each batch keeps its single-process seed) and the samples are merged in prompt order,
@@ -398,16 +407,17 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, s
     y_teacher, y_student = [t for t, _ in samples], [s for _, s in samples]
     if cfg.sampling_backend == "vllm":  # PLaD samples once: the engines' GPU memory goes back before training
         release_vllm_engines(teacher, student)
-    gym = getattr(cfg, "dataset", "gym") == "gym"
-    real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)] if gym else None
+    gold = has_gold(cfg)
+    real = [gold_ranked_pair(c, t, s) for c, t, s in zip(chat, y_teacher, y_student)] if gold else None
     rows, counts = make_pseudo_pairs(
         chat, y_teacher, y_student, real_pairs=real, real_ratio=cfg.real_ratio, seed=cfg.seed
     )
     answers = {json.dumps(c, sort_keys=True): p.answer_text for c, p in zip(chat, prompts)}
     for row in rows:
-        # y for Eq. 5 (ambiguity 3): the gym's gold answer, or the dataset's chosen response
+        # y for Eq. 5 (ambiguity 3): the prompt set's answer (the gym's gold answer, verifiable's witness), or the
+        # dataset's chosen response
         row["reference"] = answers[json.dumps(row["prompt"], sort_keys=True)]
-    if not gym:
+    if not gold:
         return rows, {
             **counts,
             "gold_statistics": "skipped: no gold reward on this dataset",
@@ -501,14 +511,14 @@ def run_plad(cfg: PladConfig, *, student=None, pairs: tuple[list[dict], dict] | 
     trained on as given (the teacher is then never loaded)."""
     set_threads()
     started = time.perf_counter()
-    gym = cfg.dataset == "gym"
+    gold = has_gold(cfg)
     if pairs is not None:
         check_given_pairs(cfg, pairs)
     student, student_tok = student or cfg.load_student()
     prompts, held_out = distillation_prompts(cfg), held_out_prompts(cfg)
-    if not gym:  # no gold reward: plain prompts, for a judge
+    if not gold:  # no gold reward: plain prompts, for a judge
         held_out = [p.text for p in held_out]
-    before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gym)
+    before = held_out_evaluation(cfg, student, student_tok, held_out, gold=gold)
     if pairs is None:
         teacher, teacher_tok = load_frozen_teacher(
             cfg.teacher, quantization=cfg.quantization, served_by_vllm=cfg.sampling_backend == "vllm"
@@ -519,10 +529,10 @@ def run_plad(cfg: PladConfig, *, student=None, pairs: tuple[list[dict], dict] | 
     rows, pair_stats = pairs
     history: list[dict] = []
     with metrics_kept_on_divergence(
-        cfg, cfg.method, history, pairs=pair_stats, gold_before=before["gold"] if gym else None
+        cfg, cfg.method, history, pairs=pair_stats, gold_before=before["gold"] if gold else None
     ):
         history += train_on_pairs(cfg, student, student_tok, rows, pair_stats)
-    if gym:
+    if gold:
         return finish_run(
             cfg,
             student,
