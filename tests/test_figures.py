@@ -159,6 +159,15 @@ def test_training_curves_put_rounds_end_to_end_on_optimizer_steps():
     assert list(ax.lines[0].get_xdata()) == [5, 10, 15, 20] and ax.get_xlabel() == "optimizer step"
     assert [line.get_xdata()[0] for line in ax.lines[1:]] == [10]  # the round boundary
     plt.close(fig)
+    stages = [
+        {**{k: v for k, v in entry.items() if k != "round"}, "stage": "dckd" if entry["round"] == 0 else "adpa"}
+        for entry in history
+    ]
+    assert not any("round" in entry for entry in stages)
+    fig, ax = plt.subplots()
+    plots.plot_training_curve(ax, stages)
+    assert list(ax.lines[0].get_xdata()) == [5, 10, 15, 20]
+    plt.close(fig)
 
 
 def test_candidate_rewards_and_success_at_budget_draw_one_bar_per_item():

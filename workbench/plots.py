@@ -46,16 +46,18 @@ def save_run_figure(fig, fig_id: str, output_dir: str | Path, publish: bool = Fa
 
 
 def plot_training_curve(ax, history: Sequence[dict], key: str = "loss", label: str | None = None):
-    """``key`` against optimizer step from a Trainer log history; rounds (entries tagged ``round``, each restarting
-    the Trainer's step count) follow one another on one axis, their boundaries marked by dashed lines."""
+    """``key`` against optimizer step from a Trainer log history; rounds or stages (entries tagged ``round`` or
+    ``stage``, each restarting the Trainer's step count) follow one another on one axis, their boundaries marked by
+    dashed lines."""
     points, offset, last_step, current = [], 0, 0, None
     boundaries = []
     for i, entry in enumerate(history):
-        if entry.get("round", current) != current:
+        part = entry.get("round", entry.get("stage", current))  # PAD's rounds, the ADPA family's stages
+        if part != current:
             if current is not None:
                 offset += last_step
                 boundaries.append(offset)
-            current = entry.get("round")
+            current = part
         last_step = entry.get("step", last_step)
         if key in entry:
             points.append((offset + entry["step"] if "step" in entry else i, entry[key]))
