@@ -1,8 +1,8 @@
 """``python -m workbench.gym build [--size S] [--force] [--ship]`` and ``python -m workbench.gym report [--size S]``.
 
-Sizes: ``default`` (every notebook's gym), ``tiny`` (tests) and ``world1`` (the default recipe with seed 1) ship with
-the package; ``world2`` (seed 2) and ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) are built
-on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the shipped
+Sizes: ``default`` (every notebook's gym) and ``tiny`` (tests) ship with the package; ``world1`` / ``world2`` (the
+default recipe with seeds 1 and 2) and ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) are
+built on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the shipped
 build with it."""
 
 import argparse
