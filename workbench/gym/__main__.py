@@ -2,8 +2,8 @@
 
 Sizes: ``default`` (every notebook's gym) and ``tiny`` (tests) ship with the package; ``world1`` / ``world2`` (the
 default recipe with seeds 1 and 2) and ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) are
-built on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the shipped
-build with it."""
+built on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the
+shipped build with it."""
 
 import argparse
 import json
