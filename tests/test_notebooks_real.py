@@ -33,4 +33,4 @@ def test_irl_notebook_on_smollm2_satisfies_eq5(tmp_path, monkeypatch):
     assert metrics["model"] == "smollm2-135m-instruct"
     # $\sum_t u_t = \log p(y|x) + \log Z_1$ (PAD Eq. 5), up to float32 rounding
     assert metrics["eq5_max_abs_error"] < 1e-3, metrics["eq5_max_abs_error"]
-    assert (tmp_path / "figures" / "pad_eq4_token_rewards.png").exists()
+    assert (tmp_path / "run" / "figures" / "pad_eq4_token_rewards.png").exists()

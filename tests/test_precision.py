@@ -175,11 +175,12 @@ def test_a_bf16_mixed_student_goes_to_vllm_in_bfloat16(tiny_gym, tmp_path):
 
     from safetensors.torch import load_file
 
+    from workbench.methods.pad_rounds import vllm_student_source
     from workbench.models import load
 
     cfg = tiny_config("pad", tmp_path, precision="bf16-mixed")
     student, tokenizer = cfg.load_student("cpu")
-    folder = P.vllm_student_source(cfg, student, tokenizer, round_=1)
+    folder = vllm_student_source(cfg, student, tokenizer, round_=1)
     assert json.loads((tmp_path / "vllm_student_round1" / "config.json").read_text())["dtype"] == "bfloat16"
     saved = load_file(str(tmp_path / "vllm_student_round1" / "model.safetensors"))
     assert {v.dtype for v in saved.values()} == {torch.bfloat16}

@@ -200,7 +200,8 @@ def run_recipe(path: Path, tmp_path: Path, teacher_64: str, monkeypatch, **swap_
         progress_bar=False,
     )
     assert list((tmp_path / "run").glob("*.json")), "the recipe's run wrote no metrics"
-    assert list((tmp_path / "figures").glob("*.png")), "the recipe's run saved no figure"
+    assert list((tmp_path / "run").rglob("figures/*.png")), "the recipe's run saved no figure in its output folder"
+    assert not (tmp_path / "figures").exists(), "a recipe's run wrote figures/ without -p publish True"
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "estimated peak memory" in printed, "the notebook did not print its memory estimate"
     return params

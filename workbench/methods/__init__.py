@@ -42,14 +42,23 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "pad": Family("pad", "PadConfig", "run_pad", "03_pad_train", zero_is_none=frozenset({"m"})),
+    "pad": Family(
+        "pad",
+        "PadConfig",
+        "run_pad",
+        "03_pad_train",
+        zero_is_none=frozenset({"m"}),
+        notebook_only=frozenset({"show", "publish"}),
+    ),
     "adpa": Family(
         "adpa",
         "AdpaConfig",
         "run_adpa",
         "06_adpa_train",
         memory_shape="topk-pairs",
-        notebook_only=frozenset({"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps"}),
+        notebook_only=frozenset(
+            {"compare_to_adpa", "sweep", "alphas", "gammas", "sweep_steps", "sweep_seeds", "show", "publish"}
+        ),
         harness_kwargs="harness_kwargs",
     ),
     "plad": Family(
@@ -58,7 +67,7 @@ FAMILIES: dict[str, Family] = {
         "run_plad",
         "07_plad_train",
         memory_shape="pseudo-pairs",
-        notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds"}),
+        notebook_only=frozenset({"real_ratios", "data_fractions", "sweep_seeds", "show", "publish"}),
     ),
     "baselines": Family("baselines", "BaselineConfig", "run_baseline", None),
 }
