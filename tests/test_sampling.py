@@ -230,3 +230,261 @@ def test_a_cpu_vllm_engine_prefills_prompts_whole_unless_told_otherwise(tiny_mod
         {"model": "cpu-model", "seed": 0, "enable_chunked_prefill": False},
         {"model": "cpu-model-chunked", "seed": 0, "enable_chunked_prefill": True},
     ]
+
+
+# --- the HF backend's speed levers (workbench.sampling_levers) ---
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the samples of ``fixtures/sampling_gym.json`` were drawn."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fixture_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sampling_fixture", FIXTURES / "make_sampling_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ids(samples) -> list[list[int]]:
+    return [list(ids) for ids in samples["response_ids"]]
+
+
+def test_the_default_path_draws_the_gym_samples_drawn_before_the_levers(tiny_models):
+    """The default levers leave the gym students' samples bit-identical to the plain batched ``generate`` (the
+    committed comparison records and the quick start's numbers stand on them): ``fixtures/sampling_gym.json`` holds
+    samples drawn by ``sample_responses`` at the revision before the levers (its ``command`` made it)."""
+    import json
+
+    from workbench.models import load
+    from workbench.sampling import sample_responses
+    from workbench.sampling_levers import HfSampling
+
+    make = _fixture_module()
+    record = json.loads((FIXTURES / "sampling_gym.json").read_text())
+    models = {"gym-tiny-student": tiny_models["student"], "gym-student": load("gym-student", device="cpu")}
+    assert set(record["samples"]) == set(models) and set(record["samples"]["gym-student"]) == set(make.CASES)
+    for model, _ in models.values():
+        assert HfSampling().cache_identity(model) == {}  # so the cache keys are as before, too
+    assert make.draw(sample_responses, models) == record["samples"]
+    # prefill sharing and the static cache change no sample of theirs either; sorting does (off by default)
+    shared_static = make.draw(lambda *a, **k: sample_responses(*a, **k, hf_levers={"static_cache": True}), models)
+    assert shared_static == record["samples"]
+    by_length = make.draw(lambda *a, **k: sample_responses(*a, **k, hf_levers={"sort_by_length": True}), models)
+    assert by_length["gym-student"]["t0.8-n4"] != record["samples"]["gym-student"]["t0.8-n4"]
+
+
+LEVER_SETTINGS = {
+    "plain": dict(merge_lora=False, share_prefill=False),
+    "default": {},
+    "sorted": dict(sort_by_length=True),
+    "static": dict(static_cache=True),
+    "sorted-static-plain-prefill": dict(sort_by_length=True, static_cache=True, share_prefill=False),
+}
+
+
+@pytest.mark.parametrize("setting", list(LEVER_SETTINGS))
+def test_each_lever_draws_the_same_samples_again_under_a_fixed_seed(tiny_models, one_thread, setting):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    levers = LEVER_SETTINGS[setting]
+    common = dict(n=3, batch_size=3, seed=4, max_new_tokens=12, cache=OFF, progress=False, hf_levers=levers)
+    first = sample_responses(model, tok, PROMPTS, **common)
+    # a longer call in between: a static cache sized by earlier calls would change what the next call draws
+    sample_responses(model, tok, PROMPTS[:2], n=2, max_new_tokens=40, cache=OFF, progress=False, hf_levers=levers)
+    again = sample_responses(model, tok, PROMPTS, **common)
+    assert _ids(again) == _ids(first)
+    assert again["prompt"] == first["prompt"]
+    other_seed = sample_responses(model, tok, PROMPTS, **{**common, "seed": 5})
+    assert _ids(other_seed) != _ids(first)
+
+
+def test_a_shared_prefill_runs_each_prompt_once_and_draws_the_plain_samples(tiny_models, one_thread):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    rows = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    common = dict(n=4, batch_size=3, seed=1, max_new_tokens=6, temperature=1.0, cache=OFF, progress=False)
+    try:
+        plain = sample_responses(model, tok, PROMPTS[:3], hf_levers={"share_prefill": False}, **common)
+        prefills_plain = rows[0]
+        rows.clear()
+        shared = sample_responses(model, tok, PROMPTS[:3], **common)
+    finally:
+        handle.remove()
+    assert prefills_plain[0] == 3 * 4 and rows[0][0] == 3  # (B·n, T) before, (B, T) now
+    assert rows[1] == (3 * 4, 1)  # decoding runs on every sample's row
+    assert _ids(shared) == _ids(plain)
+    assert model._prefill.__func__ is type(model)._prefill  # the model's own prefill again
+
+
+def test_finished_rows_leave_the_decode_forwards_and_the_samples_stay_the_plain_ones(tiny_models, one_thread):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    fed = []  # the input ids each forward ran on
+    handle = model.register_forward_hook(
+        lambda module, args, kwargs, out: fed.append(kwargs["input_ids"].clone()), with_kwargs=True
+    )
+    common = dict(n=4, batch_size=8, seed=2, max_new_tokens=24, temperature=1.0, cache=OFF, progress=False)
+    try:
+        plain = sample_responses(model, tok, PROMPTS, hf_levers={"prune_finished": False}, **common)
+        plain_fed = list(fed)
+        fed.clear()
+        pruned = sample_responses(model, tok, PROMPTS, **common)
+    finally:
+        handle.remove()
+    assert _ids(pruned) == _ids(plain)
+    assert len(fed) == len(plain_fed)  # as many forwards (the batch ends when its longest row does)
+    # each decode step runs exactly the rows that have not been fed eos up to it (never none)
+    tokens = torch.cat([ids for ids in plain_fed[1:]], dim=1)  # (rows, steps): the tokens the plain decode fed
+    finished = (tokens == tok.eos_token_id).cummax(dim=1).values
+    expected = [max(int((~finished[:, k]).sum()), 1) for k in range(tokens.shape[1])]
+    assert [ids.shape[0] for ids in fed[1:]] == expected
+    assert expected[-1] < expected[0]  # rows finished at different steps: there was something to prune
+
+
+def test_length_sorting_batches_sorted_prompts_and_returns_them_in_prompt_order(tiny_models):
+    from workbench.encoding import encode_prompt
+    from workbench.sampling import sample_responses
+    from workbench.sampling_levers import length_order, restore_order
+
+    assert length_order([5, 3, 5, 1]) == [3, 1, 0, 2]  # stable: equal lengths keep their order
+    assert restore_order(["b0", "b1", "c0", "c1", "a0", "a1"], [1, 2, 0], 2) == ["a0", "a1", "b0", "b1", "c0", "c1"]
+    model, tok = tiny_models["student"]
+    prompts = PROMPTS + ["sort 5 4 3 2 1 9 8", "reverse 1 2 3 4 5 6"]
+    order = length_order([len(encode_prompt(tok, p)) for p in prompts])
+    assert order != list(range(len(prompts)))
+    common = dict(n=2, batch_size=3, seed=9, max_new_tokens=10, cache=OFF, progress=False)
+    by_length = sample_responses(model, tok, prompts, hf_levers={"sort_by_length": True}, **common)
+    # the same batches, seeds and samples as sampling the sorted list, put back in prompt order
+    presorted = sample_responses(model, tok, [prompts[i] for i in order], **common)
+    assert _ids(by_length) == restore_order(_ids(presorted), order, 2)
+    assert [p[-1]["content"] for p in by_length["prompt"][::2]] == prompts
+    assert by_length["prompt_id"] == [i for i in range(len(prompts)) for _ in range(2)]
+
+
+def _lora_student(seed: int = 0):
+    """The tiny gym student with a LoRA adapter trained two steps (a fresh adapter's B is zero: nothing to merge)."""
+    from workbench.models import load
+
+    model, tok = load("gym-tiny-student", device="cpu", lora=True, seed=seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(2):
+        _train_step(model, tok, optimizer, step)
+    return model, tok, optimizer
+
+
+def _train_step(model, tok, optimizer, seed: int) -> float:
+    batch = tok([f"{p} answer {p}" for p in PROMPTS], return_tensors="pt", padding=True)
+    model.train()
+    torch.manual_seed(seed)  # LoRA dropout
+    loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def test_lora_merge_samples_through_merged_weights_and_leaves_training_where_it_was(one_thread):
+    from workbench.sampling import sample_responses
+    from workbench.sampling_levers import HfSampling, mergeable_lora_layers, merged_lora
+
+    merged_model, tok, merged_optimizer = _lora_student()
+    plain_model, _, plain_optimizer = _lora_student()
+    layers = mergeable_lora_layers(merged_model)
+    assert layers and all(m.lora_B["default"].weight.abs().sum() > 0 for m in layers)
+    before = {name: p.detach().clone() for name, p in merged_model.named_parameters()}
+    objects = {name: p for name, p in merged_model.named_parameters()}
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    merged_model.eval()
+    with torch.no_grad():
+        adapter_logits = merged_model(**batch).logits
+        with merged_lora(merged_model) as count:
+            merged_logits = merged_model(**batch).logits
+    assert count == len(layers)
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-5)
+    # the key says the samples come from merged weights; merging off keeps the old key
+    assert HfSampling().cache_identity(merged_model) == {"lora": "merged"}
+    assert HfSampling(merge_lora=False).cache_identity(merged_model) == {}
+    common = dict(n=3, batch_size=4, seed=2, max_new_tokens=10, cache=OFF, progress=False)
+    first = sample_responses(merged_model, tok, PROMPTS, **common)
+    assert _ids(sample_responses(merged_model, tok, PROMPTS, **common)) == _ids(first)  # reproducible
+    sample_responses(plain_model, tok, PROMPTS, hf_levers={"merge_lora": False}, **common)
+    # afterwards: the same parameter objects, bit-identical, adapters unmerged, and training steps as before
+    assert {name: p for name, p in merged_model.named_parameters()} == objects
+    for name, p in merged_model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert not any(m.merged for m in layers) and merged_model.training is False
+    for step in (2, 3):
+        assert _train_step(merged_model, tok, merged_optimizer, step) == _train_step(
+            plain_model, tok, plain_optimizer, step
+        )
+    plain_parameters = dict(plain_model.named_parameters())
+    for name, p in merged_model.named_parameters():
+        assert torch.equal(p, plain_parameters[name]), name
+
+
+def test_lora_layers_that_do_not_merge_exactly_stay_unmerged():
+    """DoRA (a weight-normalised variant) is not W + BA: its layers keep the adapter path."""
+    from workbench.models import load
+    from workbench.sampling_levers import HfSampling, mergeable_lora_layers
+
+    model, _ = load("gym-tiny-student", device="cpu", lora={"use_dora": True})
+    assert mergeable_lora_layers(model) == []
+    assert HfSampling().cache_identity(model) == {}
+
+
+def test_lever_switches_are_checked_and_keyed():
+    from workbench.sampling_levers import HfSampling
+
+    with pytest.raises(ValueError, match="compile_decode=True needs static_cache=True"):
+        HfSampling(compile_decode=True)
+    model = torch.nn.Linear(2, 2)
+    assert HfSampling(sort_by_length=True, static_cache=True, compile_decode=True).cache_identity(model) == {
+        "sorted_by_length": True,
+        "cache_implementation": "static",
+        "compiled": True,
+    }
+
+
+def test_a_compile_failure_samples_the_same_batch_uncompiled(tiny_models, monkeypatch, one_thread):
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    generate = model.generate
+
+    def no_compiler(**kwargs):
+        if kwargs.get("compile_config") is not None:
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", no_compiler)
+    common = dict(n=2, batch_size=4, seed=3, max_new_tokens=8, cache=OFF, progress=False)
+    compiled = sample_responses(model, tok, PROMPTS, hf_levers={"static_cache": True, "compile_decode": True}, **common)
+    assert _ids(compiled) == _ids(sample_responses(model, tok, PROMPTS, hf_levers={"static_cache": True}, **common))
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_step_draws_the_same_samples_again(tiny_models, one_thread):
+    """torch.compile on CPU (inductor, a C++ compiler): compiled once per shape, reproducible."""
+    from workbench.sampling import sample_responses
+
+    model, tok = tiny_models["student"]
+    common = dict(n=2, batch_size=4, seed=3, max_new_tokens=8, cache=OFF, progress=False)
+    levers = {"static_cache": True, "compile_decode": True}
+    first = sample_responses(model, tok, PROMPTS, hf_levers=levers, **common)
+    assert _ids(sample_responses(model, tok, PROMPTS, hf_levers=levers, **common)) == _ids(first)

@@ -23,6 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from workbench.divergence import DivergenceGuard
 from workbench.encoding import collate_examples
 from workbench.logprobs import chunked_logps_at, logits_chunk_setting
+from workbench.packing import padding_free as packed_forwards
 from workbench.stored import CorruptFile, read_verified, write_verified
 
 logger = logging.getLogger("workbench.trainers")
@@ -156,6 +157,7 @@ def train_sft(
     checkpoints: Checkpoints | None = None,
     logits_chunk: int | None = None,
     tracking_dir: str | None = None,
+    padding_free: bool = False,
     **overrides,
 ) -> list[dict]:
     """Supervised fine-tuning on (prompt, response) rows through ``Trainer``; returns the log history.
@@ -163,7 +165,8 @@ def train_sft(
     ``collator`` replaces the response-only :class:`ResponseCollator` (e.g. one that adds labels of its own);
     ``checkpoints`` makes the call resumable (:class:`Checkpoints`); ``logits_chunk`` (default
     ``$WORKBENCH_LOGITS_CHUNK``, off) reads the same loss through the chunked head (:class:`ChunkedSftObjective`);
-    ``tracking_dir`` is where a ``report_to`` TensorBoard writes (:func:`tracked`)."""
+    ``tracking_dir`` is where a ``report_to`` TensorBoard writes (:func:`tracked`); ``padding_free`` trains on
+    packed rows (:func:`workbench.packing.padding_free`)."""
     missing = {"prompt", "response"} - set(rows.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns 'prompt' and 'response'; missing {sorted(missing)}")
@@ -185,7 +188,8 @@ def train_sft(
             )
         else:
             trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
-    return fit(quiet_logs(trainer, progress), checkpoints)
+    with packed_forwards(model, enabled=padding_free):
+        return fit(quiet_logs(trainer, progress), checkpoints)
 
 
 @contextlib.contextmanager
@@ -454,10 +458,12 @@ def train_distill(
     progress: bool = True,
     checkpoints: Checkpoints | None = None,
     tracking_dir: str | None = None,
+    padding_free: bool = False,
     **overrides,
 ) -> list[dict]:
     """Run ``DistillTrainer`` for ``steps`` optimizer steps; returns the log history. ``checkpoints`` makes the
-    call resumable (:class:`Checkpoints`); ``tracking_dir`` is where a ``report_to`` TensorBoard writes."""
+    call resumable (:class:`Checkpoints`); ``tracking_dir`` is where a ``report_to`` TensorBoard writes;
+    ``padding_free`` runs the student's forwards on packed rows (:func:`workbench.packing.padding_free`)."""
     args = training_arguments(
         steps=steps,
         lr=lr,
@@ -472,7 +478,8 @@ def train_distill(
             DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, objective=objective),
             progress,
         )
-    return fit(trainer, checkpoints, objective)
+    with packed_forwards(model, enabled=padding_free):
+        return fit(trainer, checkpoints, objective)
 
 
 @dataclass

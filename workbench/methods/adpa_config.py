@@ -130,6 +130,7 @@ class AdpaConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    padding_free: bool = knob("padding_free")
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})

@@ -9,6 +9,7 @@ from dataclasses import field
 from pathlib import Path
 
 from workbench.methods import GYM_LR
+from workbench.packing import check_padding_free
 
 logger = logging.getLogger("workbench.methods")
 
@@ -28,6 +29,11 @@ TRAINING_KNOBS = {
         "the training loss reads the student's log-probs through a checkpointed output head this "
         "many positions at a time, so no (B, T, V) logits are kept for backward (full-size "
         "vocabularies: 128; 0 = off); $WORKBENCH_LOGITS_CHUNK overrides it",
+    ),
+    "padding_free": (
+        False,
+        "the student trains on packed rows (its sequences end to end, no padding, a block-diagonal mask from "
+        "position ids): the same loss up to float rounding, fewer positions per step when lengths vary",
     ),
     "precision": (
         "auto",
@@ -158,7 +164,8 @@ class StudentPrecision:
 
 class TrainingKnobs(StudentPrecision):
     """What every method config (PAD, DCKD/ADPA/ADPA+, PLaD) does with its full-size training knobs — fields
-    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk``, ``report_to`` (:func:`knob`),
+    ``gradient_accumulation_steps``, ``gradient_checkpointing``, ``logits_chunk``, ``padding_free``, ``report_to``
+    (:func:`knob`),
     papermill parameters of notebooks 03, 06 and 07; ``$WORKBENCH_TRAINING_ARGS`` and ``$WORKBENCH_LOGITS_CHUNK``
     override them at launch."""
 
@@ -171,6 +178,7 @@ class TrainingKnobs(StudentPrecision):
                 f"logits_chunk={self.logits_chunk} ≥ 0 (0 = off)"
             )
         trackers(self.report_to)
+        check_padding_free(self.padding_free)
         self.check_precision()
 
     def apply_env_overrides(self) -> None:
@@ -204,7 +212,7 @@ class TrainingKnobs(StudentPrecision):
             overrides.update(
                 checkpointing_arguments(env_training_overrides().get(f"{checkpointing_argument()}_kwargs"))
             )
-        return {**overrides, **self.tracking(stage)}
+        return {**overrides, **self.tracking(stage), "padding_free": self.padding_free}
 
     def tracking(self, stage: str) -> dict:
         """``train_distill`` / ``train_sft`` arguments that send training stage ``stage``'s curves to the
@@ -303,6 +311,7 @@ RESUME_NEUTRAL = (
     "eval_samples",
     "gradient_checkpointing",
     "logits_chunk",
+    "padding_free",
     "report_to",
 )
 

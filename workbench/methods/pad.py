@@ -146,6 +146,7 @@ class PadConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    padding_free: bool = knob("padding_free")
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})

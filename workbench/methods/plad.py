@@ -178,6 +178,7 @@ class PladConfig(TrainingKnobs):
     gradient_accumulation_steps: int = knob("gradient_accumulation_steps")
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
+    padding_free: bool = knob("padding_free")
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
