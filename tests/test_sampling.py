@@ -488,3 +488,31 @@ def test_a_compiled_decode_step_draws_the_same_samples_again(tiny_models, one_th
     levers = {"static_cache": True, "compile_decode": True}
     first = sample_responses(model, tok, PROMPTS, hf_levers=levers, **common)
     assert _ids(sample_responses(model, tok, PROMPTS, hf_levers=levers, **common)) == _ids(first)
+
+
+def test_method_configs_check_their_sampling_levers_and_the_rounds_use_them(tiny_models, monkeypatch):
+    from workbench.methods import pad_rounds
+    from workbench.methods.adpa_config import AdpaConfig
+    from workbench.methods.config import hf_levers
+    from workbench.methods.pad import PadConfig
+    from workbench.methods.plad import PladConfig
+    from workbench.sampling_levers import HfSampling
+
+    for config in (PadConfig, AdpaConfig, PladConfig):
+        assert hf_levers(config()) == HfSampling()
+        with pytest.raises(ValueError, match="sampling_levers=.*'fast'"):
+            config(sampling_levers={"fast": True})
+        with pytest.raises(ValueError, match="sampling_levers=.*needs static_cache"):
+            config(sampling_levers={"compile_decode": True})
+    cfg = PadConfig(sampling_levers={"sort_by_length": True}, n=2, max_new_tokens=4)
+    seen = {}
+
+    def sample_responses(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pad_rounds, "sample_responses", sample_responses)
+    model, tok = tiny_models["student"]
+    with pytest.raises(RuntimeError, match="stop here"):
+        pad_rounds.sample_round(cfg, model, tok, PROMPTS[:2])
+    assert seen["hf_levers"] == HfSampling(sort_by_length=True)

@@ -67,7 +67,7 @@ from workbench.methods.common import (
     run_checkpoints,
     training_summary,
 )
-from workbench.methods.config import vllm_engine_options
+from workbench.methods.config import hf_levers, vllm_engine_options
 from workbench.sampling import group_responses, sample_responses
 from workbench.topk_cache import TopkCache, topk_teacher
 from workbench.trainers import (
@@ -144,6 +144,7 @@ def sampled_preference_pairs(
                     batch_size=cfg.sampling_batch_size,
                     seed=seed * 1000 + 11 + first_batch,
                     progress=cfg.progress,
+                    hf_levers=hf_levers(cfg),
                 )
                 return group_responses(samples)[1]
 
@@ -223,6 +224,7 @@ def _sampled_states(ctx: RunContext, stage: int, model_of: Callable[[], tuple]) 
                 batch_size=cfg.sampling_batch_size,
                 seed=cfg.seed * 1000 + stage + first_batch,
                 progress=cfg.progress,
+                hf_levers=hf_levers(cfg),
             )["response"]
 
         return map_in_shards(sample, list(ctx.pairs["prompt"]), cfg.sampling_batch_size, ctx.state)

@@ -23,6 +23,7 @@ from workbench.methods.config import (
     judge_field,
     knob,
     resolve_lr,
+    sampling_levers_field,
 )
 from workbench.topk_cache import TOPK_DEFAULT
 
@@ -131,6 +132,7 @@ class AdpaConfig(TrainingKnobs):
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
     padding_free: bool = knob("padding_free")
+    sampling_levers: dict = sampling_levers_field()
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     train_prompts: int = field(default=1024, metadata={"help": "preference pairs (gym prompts) for training"})

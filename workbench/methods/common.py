@@ -427,6 +427,7 @@ def teacher_samples(
     engine_options: dict | None = None,
     batch_size: int = 32,
     first_batch: int = 0,
+    hf_levers=None,
 ) -> list[str]:
     """One teacher sample per prompt (Alg. 1 line 6); the seed rule is fixed, so SeqKD trains on PLaD's ŷ+.
     ``first_batch``: the global index of the first prompt's sampling batch when ``prompts`` is a process's shard."""
@@ -444,5 +445,6 @@ def teacher_samples(
         progress=progress,
         backend=backend,
         engine_options=engine_options,
+        hf_levers=hf_levers,
     )
     return list(samples["response"])

@@ -54,6 +54,37 @@ TRAINING_KNOBS = {
 }
 
 
+def sampling_levers_field():
+    """The ``sampling_levers`` field of PAD, ADPA and PLaD: switches of the HF sampling backend's speed levers."""
+    return field(
+        default_factory=dict,
+        metadata={
+            "help": "switches of the HF sampling backend's speed levers (workbench.sampling_levers.HfSampling), e.g. "
+            "{'sort_by_length': True, 'static_cache': True}; {} = the defaults (merged LoRA, one prefill per "
+            "prompt, finished rows pruned: the plain path's samples)"
+        },
+    )
+
+
+def hf_levers(cfg):
+    """The run's :class:`~workbench.sampling_levers.HfSampling`, or a clear error naming ``sampling_levers``."""
+    from dataclasses import fields
+
+    from workbench.sampling_levers import HfSampling
+
+    levers = cfg.sampling_levers
+    known = {f.name for f in fields(HfSampling)}
+    if not isinstance(levers, dict) or set(levers) - known:
+        unknown = sorted(set(levers) - known) if isinstance(levers, dict) else levers
+        raise ValueError(
+            f"sampling_levers={levers!r}: unknown {unknown!r}; use a dict of {sorted(known)} to True/False"
+        )
+    try:
+        return HfSampling(**levers)
+    except ValueError as error:
+        raise ValueError(f"sampling_levers={levers!r}: {error}") from None
+
+
 def knob(name: str):
     """The dataclass field of training knob ``name`` (:data:`TRAINING_KNOBS`), declared in each method config."""
     default, help_text = TRAINING_KNOBS[name]
@@ -179,6 +210,7 @@ class TrainingKnobs(StudentPrecision):
             )
         trackers(self.report_to)
         check_padding_free(self.padding_free)
+        hf_levers(self)
         self.check_precision()
 
     def apply_env_overrides(self) -> None:

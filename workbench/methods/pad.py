@@ -51,6 +51,7 @@ from workbench.methods.config import (
     judge_field,
     knob,
     resolve_lr,
+    sampling_levers_field,
     vllm_engine_options,
 )
 from workbench.methods.pad_ranking import ranking_agreement
@@ -147,6 +148,7 @@ class PadConfig(TrainingKnobs):
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
     padding_free: bool = knob("padding_free")
+    sampling_levers: dict = sampling_levers_field()
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt for gold evaluation"})

@@ -15,7 +15,7 @@ import torch
 from workbench.backends.vllm import model_source, release_vllm_engines
 from workbench.distributed import is_distributed, map_in_shards, unsharded
 from workbench.losses.pad import calibrated_reward
-from workbench.methods.config import vllm_engine_options
+from workbench.methods.config import hf_levers, vllm_engine_options
 from workbench.rewards import teacher_rewards, user_text
 from workbench.sampling import group_responses, sample_responses
 
@@ -162,6 +162,7 @@ def sample_round(
         seed=cfg.seed * 1000 + round_ + first_batch,
         backend=cfg.sampling_backend,
         engine_options=vllm_engine_options(cfg),
+        hf_levers=hf_levers(cfg),
         progress=progress,
         max_prompt_tokens=cfg.max_prompt_tokens,
     )

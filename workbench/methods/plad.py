@@ -80,9 +80,11 @@ from workbench.methods.config import (
     check_vllm_options,
     dataset_field,
     dataset_schema_field,
+    hf_levers,
     judge_field,
     knob,
     resolve_lr,
+    sampling_levers_field,
     vllm_engine_options,
 )
 from workbench.sampling import sample_responses
@@ -179,6 +181,7 @@ class PladConfig(TrainingKnobs):
     gradient_checkpointing: bool = knob("gradient_checkpointing")
     logits_chunk: int = knob("logits_chunk")
     padding_free: bool = knob("padding_free")
+    sampling_levers: dict = sampling_levers_field()
     precision: str = knob("precision")
     report_to: str = knob("report_to")
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (the paper's setting) instead of all"})
@@ -374,7 +377,11 @@ def pseudo_pair_rows(teacher, teacher_tok, student, student_tok, prompts, cfg, s
     so every process builds the rows one process builds."""
     texts = [p.text for p in prompts]
     chat = [as_messages(t) for t in texts]
-    backend = {"backend": cfg.sampling_backend, "engine_options": vllm_engine_options(cfg)}
+    backend = {
+        "backend": cfg.sampling_backend,
+        "engine_options": vllm_engine_options(cfg),
+        "hf_levers": hf_levers(cfg),
+    }
 
     def sample_pair(shard, first_batch):
         y_t = teacher_samples(
