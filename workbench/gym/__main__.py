@@ -1,7 +1,7 @@
 """``python -m workbench.gym build [--size S] [--force] [--ship]`` and ``python -m workbench.gym report [--size S]``.
 
-Sizes: ``default`` (every notebook's gym) and ``tiny`` (tests) ship with the package; ``world1`` / ``world2`` (the
-default recipe with seeds 1 and 2) and ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) are
+Sizes: ``default`` (every notebook's gym), ``tiny`` (tests) and ``world1`` / ``world2`` (the default recipe with
+seeds 1 and 2) ship with the package; ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) is
 built on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the
 shipped build with it."""
 
