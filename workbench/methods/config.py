@@ -244,7 +244,8 @@ class TrainingKnobs(StudentPrecision):
             overrides.update(
                 checkpointing_arguments(env_training_overrides().get(f"{checkpointing_argument()}_kwargs"))
             )
-        return {**overrides, **self.tracking(stage), "padding_free": self.padding_free}
+        packing = {"padding_free": True} if self.padding_free else {}
+        return {**overrides, **self.tracking(stage), **packing}
 
     def tracking(self, stage: str) -> dict:
         """``train_distill`` / ``train_sft`` arguments that send training stage ``stage``'s curves to the
