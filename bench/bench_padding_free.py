@@ -18,12 +18,12 @@ import copy
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+from bench_sampling import machine_info  # bench/ is on sys.path when a benchmark runs as a script
 
 MODELS = {  # label -> (preset, LoRA, prompt set)
     "gym-student": ("gym-student", False, "gym"),
@@ -130,15 +130,9 @@ def main() -> None:
     from workbench.data.presets import PROMPT_PRESETS
     from workbench.models import load
 
-    started, load_start = time.time(), os.getloadavg()
+    started = time.time()
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "loadavg_start": [round(x, 2) for x in load_start],
-        },
+        "machine": machine_info(args.threads),
         "reps": args.reps,
         "models": {},
     }

@@ -91,6 +91,17 @@ def train_adapter_a_little(model, tokenizer, prompts) -> None:
     model.eval()
 
 
+def machine_info(threads: int) -> dict:
+    """The machine a benchmark ran on, with the 1-minute load average at its start (add ``loadavg_end`` at the end)."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def bench_config(
     models: dict, prompts: dict, steps: list, *, n: int, count: int, max_new_tokens: int, reps: int, batch_size: int
 ):
@@ -183,7 +194,7 @@ def main() -> None:
     from workbench.data.presets import PROMPT_PRESETS
     from workbench.models import load
 
-    load_start = os.getloadavg()
+    machine = machine_info(args.threads)
     started = time.time()
     models, prompts = {}, {}
     for label in args.models:
@@ -196,13 +207,7 @@ def main() -> None:
     configs = [("quick", 8, 4, 32)] if args.quick else [("target", args.prompts, args.n, args.max_new_tokens)]
     configs += [] if args.quick else [("quick", 8, 4, 32)]
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "loadavg_start": [round(x, 2) for x in load_start],
-        },
+        "machine": machine,
         "lora": LORA,
         "steps": {step: levers for step, levers in steps},
         "reps": args.reps,

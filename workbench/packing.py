@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from workbench.logprobs import unwrapped
+
 logger = logging.getLogger("workbench.trainers")
 
 
@@ -158,8 +160,7 @@ def padding_free(model, enabled: bool = True):
         yield None
         return
     check_padding_free(True)
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP / accelerate wrappers
-        model = model.module
+    model = unwrapped(model)  # hooks on the causal LM itself, inside DDP / accelerate wrappers
     stats = PackingStats()
     plans: list[PackPlan | None] = []
 

@@ -211,7 +211,7 @@ def sample_responses(
         raise ValueError(f"temperature={temperature}; use 0 for greedy or a positive value")
     check_sampling_backend(backend)
     generate = SAMPLING_BACKENDS[backend]
-    levers = HfSampling(**hf_levers) if isinstance(hf_levers, dict) else hf_levers or HfSampling()
+    levers = HfSampling.from_switches(hf_levers) if isinstance(hf_levers, dict) else hf_levers or HfSampling()
     messages = fit_prompts(
         tokenizer,
         [as_messages(p) for p in prompts],

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -73,6 +73,15 @@ class HfSampling:
     def __post_init__(self):
         if self.compile_decode and not self.static_cache:
             raise ValueError("compile_decode=True needs static_cache=True (generate compiles only a static cache)")
+
+    @classmethod
+    def from_switches(cls, switches: dict) -> HfSampling:
+        """The levers a dict of switches (field name -> bool) sets; an unknown name is a ``ValueError`` naming it."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(switches, dict) or set(switches) - known:
+            unknown = sorted(set(switches) - known) if isinstance(switches, dict) else switches
+            raise ValueError(f"unknown {unknown!r}; use a dict of {sorted(known)} to True/False")
+        return cls(**switches)
 
     def cache_identity(self, model) -> dict:
         """The entries of the sampling cache key for the levers that change ``model``'s samples; empty for the

@@ -68,21 +68,12 @@ def sampling_levers_field():
 
 def hf_levers(cfg):
     """The run's :class:`~workbench.sampling_levers.HfSampling`, or a clear error naming ``sampling_levers``."""
-    from dataclasses import fields
-
     from workbench.sampling_levers import HfSampling
 
-    levers = cfg.sampling_levers
-    known = {f.name for f in fields(HfSampling)}
-    if not isinstance(levers, dict) or set(levers) - known:
-        unknown = sorted(set(levers) - known) if isinstance(levers, dict) else levers
-        raise ValueError(
-            f"sampling_levers={levers!r}: unknown {unknown!r}; use a dict of {sorted(known)} to True/False"
-        )
     try:
-        return HfSampling(**levers)
+        return HfSampling.from_switches(cfg.sampling_levers)
     except ValueError as error:
-        raise ValueError(f"sampling_levers={levers!r}: {error}") from None
+        raise ValueError(f"sampling_levers={cfg.sampling_levers!r}: {error}") from None
 
 
 def knob(name: str):
