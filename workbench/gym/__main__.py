@@ -2,7 +2,8 @@
 
 Sizes: ``default`` (every notebook's gym), ``tiny`` (tests) and ``world1`` / ``world2`` (the default recipe with
 seeds 1 and 2) ship with the package; ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) is
-built on request. ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the
+built on request, as is ``small`` (the smallest recipe with the designed-in properties; the suite builds it from
+scratch). ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the
 shipped build with it."""
 
 import argparse
