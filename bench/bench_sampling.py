@@ -1,5 +1,6 @@
 """Benchmark: the HF sampling backend's speed levers (``workbench.sampling_levers.HfSampling``), cumulative, on
-SmolLM2-135M-Instruct with and without a LoRA adapter and on the gym student. Prints one JSON object.
+SmolLM2-135M-Instruct with and without a LoRA adapter and on the gym student (and, asked for with ``--models``, on
+SmolLM2 in bitsandbytes NF4 with a LoRA adapter: the QLoRA case). Prints one JSON object.
 
     python bench/bench_sampling.py           # 32 prompts x n = 4 x 64 new tokens in batches of 32 prompts, 2 threads,
                                              # then the quick configuration (8 x 4 x 32)
@@ -7,7 +8,8 @@ SmolLM2-135M-Instruct with and without a LoRA adapter and on the gym student. Pr
     python bench/bench_sampling.py --compile # also + torch.compile of the decode step (compiles per shape)
 
 Ladder (each step adds one lever to the one before): ``plain`` (batched ``generate`` with
-``num_return_sequences=n``, every lever off: the sampling path before the levers), ``+merge_lora``,
+``num_return_sequences=n``, every lever off: the sampling path before the levers), ``+dequantize_4bit`` (a 4-bit
+model only), ``+merge_lora``,
 ``+share_prefill``, ``+prune_finished`` (= the default levers), ``+sort_by_length``, ``+static_cache`` (and
 ``+compile_decode`` with ``--compile``); a model without LoRA skips ``+merge_lora`` (nothing to merge: the plain
 path). A batch is 32 prompts, the pipelines' ``sampling_batch_size`` (``--batch-size``); sorting needs more than one
@@ -36,21 +38,23 @@ import time
 
 import torch
 
-OFF = dict(merge_lora=False, share_prefill=False, prune_finished=False)
+OFF = dict(dequantize_4bit=False, merge_lora=False, share_prefill=False, prune_finished=False)
 LADDER = [  # (step, the HfSampling fields it sets, cumulative)
     ("plain", OFF),
-    ("+merge_lora", {**OFF, "merge_lora": True}),
-    ("+share_prefill", {**OFF, "merge_lora": True, "share_prefill": True}),
+    ("+dequantize_4bit", {**OFF, "dequantize_4bit": True}),
+    ("+merge_lora", {**OFF, "dequantize_4bit": True, "merge_lora": True}),
+    ("+share_prefill", {**OFF, "dequantize_4bit": True, "merge_lora": True, "share_prefill": True}),
     ("+prune_finished", {}),  # the default levers
     ("+sort_by_length", dict(sort_by_length=True)),
     ("+static_cache", dict(sort_by_length=True, static_cache=True)),
 ]
 COMPILE_STEP = ("+compile_decode", dict(sort_by_length=True, static_cache=True, compile_decode=True))
 DEFAULT_STEP = "+prune_finished"
-MODELS = {  # label -> (preset, LoRA, prompt set)
-    "smollm2-135m-instruct+lora": ("smollm2-135m-instruct", True, "verifiable"),
-    "smollm2-135m-instruct": ("smollm2-135m-instruct", False, "verifiable"),
-    "gym-student": ("gym-student", False, "gym"),
+MODELS = {  # label -> (preset, LoRA, prompt set, quantization)
+    "smollm2-135m-instruct+lora": ("smollm2-135m-instruct", True, "verifiable", None),
+    "smollm2-135m-instruct": ("smollm2-135m-instruct", False, "verifiable", None),
+    "gym-student": ("gym-student", False, "gym", None),
+    "smollm2-135m-instruct-4bit+lora": ("smollm2-135m-instruct", True, "verifiable", "4bit"),
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
@@ -108,11 +112,18 @@ def bench_config(
     """Every (model, step) timed ``reps`` times, interleaved; medians and the plain / default ratio per model."""
     from workbench.cache import StageCache
     from workbench.sampling import sample_responses
-    from workbench.sampling_levers import mergeable_lora_layers
+    from workbench.sampling_levers import four_bit_layers, mergeable_lora_layers
 
     off = StageCache(enabled=False)
+
+    def applies(step: str, model) -> bool:  # a step whose lever has nothing to act on is the step before it
+        quantized = bool(four_bit_layers(model))
+        if step == "+dequantize_4bit":
+            return quantized
+        return step != "+merge_lora" or bool(mergeable_lora_layers(model, dequantized=quantized))
+
     ladders = {
-        label: [(step, levers) for step, levers in steps if step != "+merge_lora" or mergeable_lora_layers(model)]
+        label: [(step, levers) for step, levers in steps if applies(step, model)]
         for label, (model, _) in models.items()
     }
     runs = {label: {step: [] for step, _ in ladders[label]} for label in models}
@@ -184,7 +195,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS)[:3], choices=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="only the quick configuration: 8 prompts x 4 x 32")
     parser.add_argument("--compile", action="store_true", help="add the +compile_decode step")
     args = parser.parse_args()
@@ -198,8 +209,8 @@ def main() -> None:
     started = time.time()
     models, prompts = {}, {}
     for label in args.models:
-        preset, lora, prompt_set = MODELS[label]
-        models[label] = load(preset, device="cpu", lora=LORA if lora else None)
+        preset, lora, prompt_set, quantization = MODELS[label]
+        models[label] = load(preset, device="cpu", lora=LORA if lora else None, quantization=quantization)
         prompts[label] = [p.text for p in PROMPT_PRESETS[prompt_set].prompts("train", args.prompts, seed=0)]
         if lora:
             train_adapter_a_little(*models[label], prompts[label])

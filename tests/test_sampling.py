@@ -516,3 +516,66 @@ def test_method_configs_check_their_sampling_levers_and_the_rounds_use_them(tiny
     with pytest.raises(RuntimeError, match="stop here"):
         pad_rounds.sample_round(cfg, model, tok, PROMPTS[:2])
     assert seen["hf_levers"] == HfSampling(sort_by_length=True)
+
+
+def test_a_4bit_lora_model_samples_through_its_dequantized_merged_weights_when_they_fit(one_thread):
+    """A QLoRA model (bitsandbytes NF4 base + LoRA) samples through plain linear layers holding W_deq + s·BA; the
+    4-bit layers come back as they were (bitsandbytes may have repacked them for its CPU kernel at the first
+    inference forward: the copy is unpacked from that layout). Without room for the copy the 4-bit path stays, and
+    the cache key says which path drew the samples."""
+    import bitsandbytes.functional as bnb_functional
+
+    from workbench.models import load
+    from workbench.sampling import sample_responses
+    from workbench.sampling_levers import (
+        HfSampling,
+        dequantized_4bit,
+        dequantized_bytes,
+        four_bit_layers,
+        mergeable_lora_layers,
+        merged_lora,
+    )
+
+    model, tok = load("gym-student", device="cpu", quantization="4bit", lora=True)
+    lora_layers = mergeable_lora_layers(model, dequantized=True)
+    assert lora_layers and mergeable_lora_layers(model) == []  # the 4-bit bases merge only once dequantized
+    reference = {  # dequantized from bitsandbytes' standard layout, before any forward
+        m: bnb_functional.dequantize_4bit(m.get_base_layer().weight.data, m.get_base_layer().weight.quant_state)
+        for m in lora_layers
+    }
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(2):
+        _train_step(model, tok, optimizer, step)
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    model.eval()
+    for inference_forward in (False, True):
+        with torch.no_grad():
+            if inference_forward:  # bitsandbytes' own (on some CPUs it repacks the weights, scales in bfloat16)
+                quantized_logits = model(**batch).logits
+            four_bit = [(layer, layer.weight, layer.weight.data.clone()) for _, _, layer in four_bit_layers(model)]
+            repacked = any(getattr(w.quant_state, "packing_format_for_cpu", False) for _, w, _ in four_bit)
+            tolerance = dict(atol=1e-6, rtol=1e-6) if not repacked else dict(atol=1e-3, rtol=2**-7)
+            with dequantized_4bit(model) as swapped, merged_lora(model) as merged:
+                assert swapped == len(four_bit) and merged == len(lora_layers)
+                for m in lora_layers:
+                    base = m.get_base_layer()
+                    assert type(base) is torch.nn.Linear and not base.weight.requires_grad
+                    torch.testing.assert_close(base.weight, reference[m] + m.get_delta_weight("default"), **tolerance)
+                if inference_forward:  # what bitsandbytes' forward computes, up to its bfloat16 arithmetic
+                    torch.testing.assert_close(model(**batch).logits, quantized_logits, atol=0.1, rtol=0.05)
+    assert [(layer, layer.weight) for _, _, layer in four_bit_layers(model)] == [(a, b) for a, b, _ in four_bit]
+    assert all(torch.equal(layer.weight.data, data) for layer, _, data in four_bit)
+    assert not any(m.merged for m in lora_layers)
+
+    need = dequantized_bytes(model)
+    assert need == sum(layer.in_features * layer.out_features * 4 for layer, _, _ in four_bit)  # float32 compute
+    assert HfSampling().fitted(model, free_bytes=2 * need).dequantize_4bit
+    kept = HfSampling().fitted(model, free_bytes=2 * need - 1)
+    assert not kept.dequantize_4bit
+    assert HfSampling().cache_identity(model) == {"weights": "dequantized", "lora": "merged"}
+    assert kept.cache_identity(model) == {}
+    common = dict(n=2, batch_size=4, seed=1, max_new_tokens=8, cache=OFF, progress=False)
+    first = sample_responses(model, tok, PROMPTS, **common)
+    assert _ids(sample_responses(model, tok, PROMPTS, **common)) == _ids(first)  # reproducible
+    quantized = sample_responses(model, tok, PROMPTS, hf_levers={"dequantize_4bit": False}, **common)
+    assert len(quantized) == len(first)

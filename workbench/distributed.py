@@ -128,6 +128,11 @@ def map_in_shards(compute, items: Sequence, batch_size: int, state=None, chunk_i
     interruption from its last finished piece. A process whose shard is empty does not call ``compute`` (so it
     loads no model) but still takes part in the gather.
     """
+    if batch_size < 1:
+        raise ValueError(
+            f"batch_size={batch_size}: a sampling_batch_size of 0 (auto) is chosen before the run, by "
+            "workbench.memory.resolve_sampling_batch(cfg, device) (workbench.train and notebooks 03, 06, 07 call it)"
+        )
     shard = batch_shard(len(items), batch_size, state)
     if is_distributed(state):
         logger.info(

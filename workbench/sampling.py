@@ -33,6 +33,7 @@ from workbench.precision import autocast_dtype, autocast_of
 from workbench.prompt_length import fit_prompts, model_context
 from workbench.sampling_levers import (
     HfSampling,
+    dequantized_4bit,
     length_order,
     merged_lora,
     pruned_decode,
@@ -106,12 +107,17 @@ def hf_generate(
     ``engine_options``: the speed levers, an :class:`~workbench.sampling_levers.HfSampling` (default: its
     defaults). A LoRA model samples through merged weights for the whole call (``merge_lora``), put back after.
     """
-    levers = engine_options if engine_options is not None else HfSampling()
+    levers = engine_options if engine_options is not None else HfSampling().fitted(model)
     was_training = model.training
     model.eval()
     ids: list[list[int]] = []
-    # a bf16-mixed student samples in bfloat16, as it trains
-    with autocast_of(model), merged_lora(model, enabled=levers.merge_lora):
+    # a bf16-mixed student samples in bfloat16, as it trains; a 4-bit model's weights are dequantized before a
+    # LoRA delta is merged into them
+    with (
+        autocast_of(model),
+        dequantized_4bit(model, enabled=levers.dequantize_4bit),
+        merged_lora(model, enabled=levers.merge_lora),
+    ):
         for messages, seed in tqdm(list(zip(batches, seeds)), desc="sampling", disable=not progress, leave=False):
             texts = [prompt_text(tokenizer, m) for m in messages]
             ids += _generate(model, tokenizer, texts, n, temperature, top_p, max_new_tokens, seed, levers)
@@ -212,6 +218,8 @@ def sample_responses(
     check_sampling_backend(backend)
     generate = SAMPLING_BACKENDS[backend]
     levers = HfSampling.from_switches(hf_levers) if isinstance(hf_levers, dict) else hf_levers or HfSampling()
+    if backend == "hf":  # decided once, so the cache key says what the samples were drawn with
+        levers = levers.fitted(model)
     messages = fit_prompts(
         tokenizer,
         [as_messages(p) for p in prompts],

@@ -7,6 +7,11 @@ Sampling n responses per prompt from the student is the dominant cost of PAD, AD
   The merged weight is a new tensor swapped in for the sampling call; the base weight and the adapter are never
   written, so training goes on from exactly the same parameters (the in-place ``merge``/``unmerge`` of peft
   returns W + ΔW − ΔW, not W, in floating point).
+* ``dequantize_4bit`` — a bitsandbytes 4-bit model (a QLoRA student, an NF4 teacher) samples through its weights
+  dequantized once to the compute dtype (and, with ``merge_lora``, its LoRA delta added), one plain matmul per layer
+  instead of a dequantization in every decode step. It applies only when the dequantized copy fits: at most
+  ``DEQUANTIZE_FREE_SHARE`` of the memory free on the model's device when sampling starts (checked, and logged
+  either way); the memory estimate counts the copy in the sampling phases (``workbench.memory``).
 * ``share_prefill`` — each prompt is prefilled once for its n samples: the prompt rows of ``generate``'s prefill
   are taken once each and the KV cache is expanded n-fold after it, instead of prefilling n copies of the prompt.
 * ``prune_finished`` — a row that has produced eos leaves the decode forwards: its KV cache rows are dropped and
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -46,6 +51,13 @@ class HfSampling:
         metadata={
             "help": "sample a peft LoRA model through merged weights (changes its samples by float rounding; "
             "holds one merged copy of each adapted weight while sampling; quantized layers stay unmerged)"
+        },
+    )
+    dequantize_4bit: bool = field(
+        default=True,
+        metadata={
+            "help": "sample a bitsandbytes 4-bit model through its weights dequantized once (plus a merged LoRA "
+            "delta) when that copy fits in half the free device memory (changes its samples by float rounding)"
         },
     )
     share_prefill: bool = field(
@@ -87,7 +99,10 @@ class HfSampling:
         """The entries of the sampling cache key for the levers that change ``model``'s samples; empty for the
         defaults on a model without LoRA, so such keys are what they were before the levers."""
         key = {}
-        if self.merge_lora and mergeable_lora_layers(model):
+        dequantized = self.dequantize_4bit and bool(four_bit_layers(model))
+        if dequantized:
+            key["weights"] = "dequantized"
+        if self.merge_lora and mergeable_lora_layers(model, dequantized=dequantized):
             key["lora"] = "merged"
         if self.sort_by_length:
             key["sorted_by_length"] = True
@@ -96,6 +111,14 @@ class HfSampling:
         if self.compile_decode:
             key["compiled"] = True
         return key
+
+    def fitted(self, model, free_bytes: int | None = None) -> HfSampling:
+        """These levers with ``dequantize_4bit`` turned off when ``model``'s dequantized weights do not fit
+        (:func:`dequantized_fits`; ``free_bytes`` defaults to what the device has free now). Decided once per
+        sampling call, so the cache key and the samples agree."""
+        if not self.dequantize_4bit or not four_bit_layers(model):
+            return self
+        return self if dequantized_fits(model, free_bytes) else replace(self, dequantize_4bit=False)
 
     def generate_kwargs(self, model, max_cache_len: int) -> dict:
         """Keyword arguments of ``model.generate`` for the cache levers: a static cache of ``max_cache_len``
@@ -123,22 +146,30 @@ class HfSampling:
 # --- merge_lora ---
 
 
-def mergeable_lora_layers(model) -> list:
+def mergeable_lora_layers(model, dequantized: bool = False) -> list:
     """``model``'s peft LoRA linear layers that merge exactly in floating point: a plain ``nn.Linear`` base with
-    float weights, adapters active and not merged, no LoRA variant (DoRA, aLoRA) on an active adapter."""
+    float weights (or, with ``dequantized``, a bitsandbytes 4-bit base that ``dequantized_4bit`` will make one),
+    adapters active and not merged, no LoRA variant (DoRA, aLoRA) on an active adapter."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # peft absent: nothing is a LoRA layer
         return []
+    kinds = {LoraLinear}
+    try:  # peft's LoRA layer over a bitsandbytes 4-bit base: mergeable once ``dequantized_4bit`` swapped the base
+        from peft.tuners.lora.bnb import Linear4bit as Lora4bit
+
+        kinds.add(Lora4bit)
+    except ImportError:
+        pass
     layers = []
     for module in model.modules():
-        if type(module) is not LoraLinear or module.merged or module.disable_adapters:
+        if type(module) not in kinds or module.merged or module.disable_adapters:
             continue
         base = module.get_base_layer()
         active = [a for a in module.active_adapters if a in module.lora_A]
+        plain = type(base) is torch.nn.Linear and base.weight.is_floating_point()
         if (
-            type(base) is torch.nn.Linear
-            and base.weight.is_floating_point()
+            (plain or (dequantized and _is_four_bit(base)))
             and active
             and not any(a in module.lora_variant for a in active)
         ):
@@ -163,7 +194,8 @@ def merged_lora(model, enabled: bool = True):
                     base = module.get_base_layer()
                     active = [a for a in module.active_adapters if a in module.lora_A]
                     weight = base._parameters["weight"]
-                    merged = weight.detach().clone()
+                    # a dequantized copy (dequantized_4bit) is this call's own tensor: add the delta in place
+                    merged = weight.detach() if getattr(weight, "sampling_copy", False) else weight.detach().clone()
                     for adapter in active:  # the order of peft's own merge
                         merged += module.get_delta_weight(adapter).to(merged.dtype)
                     swapped.append((module, base, weight, list(module.merged_adapters)))
@@ -174,6 +206,110 @@ def merged_lora(model, enabled: bool = True):
         for module, base, weight, merged_adapters in swapped:
             base._parameters["weight"] = weight
             module.merged_adapters = merged_adapters
+
+
+# --- dequantize_4bit ---
+
+DEQUANTIZE_FREE_SHARE = 0.5  # the dequantized copy may take this share of the free memory; the rest is for the cache
+
+
+def four_bit_layers(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """``(owner, attribute, layer)`` of each bitsandbytes 4-bit linear layer of ``model``: bare (an NF4 teacher) or
+    the base layer of a peft LoRA layer (a QLoRA student)."""
+    return [
+        (owner, name, child)
+        for owner in model.modules()
+        for name, child in owner.named_children()
+        if _is_four_bit(child)
+    ]
+
+
+def _is_four_bit(layer) -> bool:
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return False
+    return isinstance(layer, Linear4bit)
+
+
+def _compute_dtype(layer) -> torch.dtype:
+    return getattr(layer, "compute_dtype", None) or (torch.bfloat16 if layer.weight.is_cuda else torch.float32)
+
+
+def _dequantized_weight(layer) -> torch.Tensor:
+    """A 4-bit layer's weight dequantized (out, in), the layer left as it is. On CPU bitsandbytes repacks a layer's
+    weight for its bfloat16 kernel at the first inference forward (``packing_format_for_cpu``, block scales rounded
+    to bfloat16): that layout is unpacked from a copy of the quant state (bitsandbytes' inverse rewrites the state
+    it is given), keeping the scales the kernel computes with rather than quantizing them again."""
+    import copy
+
+    import bitsandbytes.functional as bnb_functional
+
+    data, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        state = copy.deepcopy(state)
+        state.original_nested = False
+        data, state = bnb_functional._convert_weight_packed_for_cpu_inverse(data, state)
+        state.absmax = state.absmax.T.reshape(-1).float()  # the packed layout's (blocks per row, rows) scales
+    return bnb_functional.dequantize_4bit(data, state)
+
+
+def dequantized_bytes(model) -> int:
+    """Bytes of ``model``'s 4-bit layers dequantized to their compute dtype (what ``dequantized_4bit`` adds)."""
+    total = 0
+    for _, _, layer in four_bit_layers(model):
+        total += layer.in_features * layer.out_features * _compute_dtype(layer).itemsize
+    return total
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free on ``device`` now: CUDA's free memory, else the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def dequantized_fits(model, free_bytes: int | None = None) -> bool:
+    """Whether ``model``'s dequantized 4-bit weights take at most ``DEQUANTIZE_FREE_SHARE`` of ``free_bytes``
+    (default: free on the model's device now); logs the decision and its numbers either way."""
+    need = dequantized_bytes(model)
+    free = free_memory_bytes(model.device) if free_bytes is None else free_bytes
+    fits = need <= DEQUANTIZE_FREE_SHARE * free
+    logger.info(
+        "4-bit weights dequantized for sampling: %.2f GiB, %.2f GiB free on %s: %s",
+        need / 2**30,
+        free / 2**30,
+        model.device,
+        "sampling from the dequantized copy" if fits else f"does not fit in {DEQUANTIZE_FREE_SHARE:.0%}; kept 4-bit",
+    )
+    return fits
+
+
+@contextmanager
+def dequantized_4bit(model, enabled: bool = True):
+    """Inside the block each bitsandbytes 4-bit linear layer of ``model`` is replaced by a plain ``nn.Linear`` whose
+    weight is its dequantized weight in the compute dtype (marked ``sampling_copy``, so ``merged_lora`` adds a LoRA
+    delta into it rather than copying it again); on exit the 4-bit layers are put back, never written."""
+    swapped = []
+    try:
+        if enabled:
+            with torch.no_grad():
+                for owner, name, layer in four_bit_layers(model):
+                    weight = _dequantized_weight(layer).to(_compute_dtype(layer))
+                    plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+                    plain.weight = torch.nn.Parameter(weight, requires_grad=False)
+                    plain.weight.sampling_copy = True
+                    if layer.bias is not None:
+                        plain.bias = torch.nn.Parameter(layer.bias.detach().to(weight.dtype), requires_grad=False)
+                    plain.train(layer.training)
+                    setattr(owner, name, plain)
+                    swapped.append((owner, name, layer))
+        yield len(swapped)
+    finally:
+        for owner, name, layer in swapped:
+            setattr(owner, name, layer)
 
 
 # --- share_prefill ---

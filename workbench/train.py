@@ -190,6 +190,23 @@ def launch_memory_estimate(cfg, state, capacity=None):
     return estimate
 
 
+def resolve_launch_sampling_batch(cfg, state, device: str) -> None:
+    """``sampling_batch_size`` 0 (auto) set from the memory estimate on this device; under a launch every process
+    takes the smallest choice, so all shard the same batches."""
+    from workbench import memory
+
+    if getattr(cfg, "sampling_batch_size", None) != 0:
+        return
+    batch, why = memory.fit_sampling_batch(cfg, device)
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        batch = min(gather_object([batch]))
+    cfg.sampling_batch_size = batch
+    if state.is_main_process:
+        logger.info("%s%s", why, f"; {batch} on every process" if state.num_processes > 1 else "")
+
+
 def train(
     pipeline: str, cfg, *, save_model: bool = True, save_rows: bool = False, memory_check: bool = True
 ) -> list[dict]:
@@ -208,6 +225,7 @@ def train(
     state = PartialState(cpu=not torch.cuda.is_available())
     device = "cpu" if state.device.type == "cpu" else str(state.device)
     check_strategy(pipeline, cfg, state)
+    resolve_launch_sampling_batch(cfg, state, device)
     if memory_check:  # on a GPU, refuse now rather than fail mid-run (the notebooks do the same)
         launch_memory_estimate(cfg, state, device if device.startswith("cuda") else None)
     strategy = strategy_name(state)

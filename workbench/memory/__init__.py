@@ -28,6 +28,7 @@ Model dimensions come from a ``transformers`` config: a gym preset (no build nee
 ``<org>--<name>/config.json`` files or a mapping name → folder/config — so recipes are sized without a download.
 """
 
+from workbench.memory.batch import AUTO_SAMPLING_BATCHES, fit_sampling_batch, resolve_sampling_batch
 from workbench.memory.dims import (
     CUDA_CONTEXT_BYTES,
     DTYPE_BYTES,
@@ -72,6 +73,9 @@ from workbench.memory.terms import (
 from workbench.memory.timing import GPUS, estimate_time
 
 __all__ = [
+    "AUTO_SAMPLING_BATCHES",
+    "fit_sampling_batch",
+    "resolve_sampling_batch",
     "GIB",
     "DTYPE_BYTES",
     "NF4_BYTES_PER_PARAM",

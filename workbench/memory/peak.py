@@ -21,6 +21,7 @@ from workbench.memory.terms import (
     layer_activation_bytes,
     logits_peak_bytes,
     lora_params,
+    sampling_dequant_bytes,
     scoring_bytes,
     weight_bytes,
 )
@@ -121,7 +122,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         "kv_cache": kv_cache_bytes(student, seqs, shape.train_seq_len, sb),
         "prefill_layer": forward_transient_bytes(student, seqs, shape.prompt_tokens, sb),
         "next_token_logits": seqs * student.vocab * (4 + sb),
-        "dequantize": dequant_transient_bytes(student, shape.student_quantization, sb),
+        **sampling_dequant_bytes(student, shape.student_quantization, sb, shape.dequantize_4bit),
     }
     if autocast:
         # a bf16-mixed student samples under autocast (workbench.precision.autocast_of): one bfloat16 copy of its
@@ -137,7 +138,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
             "kv_cache": kv_cache_bytes(teacher, shape.sampling_batch_size, shape.train_seq_len, b),
             "prefill_layer": forward_transient_bytes(teacher, shape.sampling_batch_size, shape.prompt_tokens, b),
             "next_token_logits": shape.sampling_batch_size * teacher.vocab * (4 + b),
-            "dequantize": dequant_transient_bytes(teacher, shape.quantization, b),
+            **sampling_dequant_bytes(teacher, shape.quantization, b, shape.dequantize_4bit),
         }
     # teacher scoring: likelihood pass (head on a chunk of response positions), then the longer MCQ pass (head on
     # the last position only); the scorers' chunk is $WORKBENCH_LOGITS_CHUNK as training's, else SCORING_CHUNK
@@ -300,6 +301,7 @@ def estimate(cfg_or_dict, *, model_configs=None, **overrides) -> MemoryEstimate:
         "max_new_tokens": shape.max_new_tokens,
         "teacher_quantization": shape.quantization,
         "student_quantization": shape.student_quantization,
+        "dequantize_4bit": shape.dequantize_4bit,
         "lora": shape.lora,
         "gradient_checkpointing": shape.gradient_checkpointing,
         "logits_chunk": shape.logits_chunk,
@@ -361,6 +363,11 @@ def suggestions(shape: dict) -> list[str]:
         tips.append("chunked log-probs (logits_chunk=128)")
     if not shape.get("teacher_cached") and shape.get("teacher"):
         tips.append("precomputed teacher scores (teacher_cached)")
+    if shape.get("dequantize_4bit") and "4bit" in (
+        shape.get("teacher_quantization"),
+        shape.get("student_quantization"),
+    ):
+        tips.append("sampling_levers={'dequantize_4bit': False} (sample 4-bit, no dequantized copy)")
     return tips
 
 

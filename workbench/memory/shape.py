@@ -43,6 +43,14 @@ class RunShape:
     max_new_tokens: int = 24
     quantization: str | None = field(default=None, metadata={"help": "teacher quantization ('4bit' = NF4)"})
     student_quantization: str | None = None
+    dequantize_4bit: bool = field(
+        default=True,
+        metadata={
+            "help": "the sampling lever (sampling_levers): a 4-bit model samples through a dequantized copy of its "
+            "linears. Counted whenever on; at run time the sampler keeps 4-bit when the copy would take more than "
+            "half the free memory (workbench.sampling_levers.dequantized_fits)"
+        },
+    )
     lora: bool = False
     lora_r: int = 8
     lora_dropout: float = 0.05
@@ -269,6 +277,9 @@ def run_shape(cfg_or_dict, **overrides) -> RunShape:
     if values.get("prompt_tokens") is None:  # gym prompts are short; real datasets: PAD filters long prompts
         values["prompt_tokens"] = 24 if str(values.get("dataset", "gym")) == "gym" else 512
     values.update(overrides)
+    levers = values.get("sampling_levers")
+    if isinstance(levers, Mapping) and "dequantize_4bit" in levers:  # the config's sampling lever switch
+        values.setdefault("dequantize_4bit", bool(levers["dequantize_4bit"]))
     if values.get("lora") and isinstance(values["lora"], Mapping):  # a LoRA config dict
         lora = values["lora"]
         values.update(lora_r=lora.get("r", 8), lora_dropout=lora.get("lora_dropout", 0.05), lora=True)

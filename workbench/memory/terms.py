@@ -260,6 +260,15 @@ def dequant_transient_bytes(dims: ModelDims, quantization: str | None, act_bytes
     return max(a * b for a, b in dims.linear_shapes().values()) * act_bytes
 
 
+def sampling_dequant_bytes(dims: ModelDims, quantization: str | None, act_bytes: int, dequantize_4bit: bool) -> dict:
+    """A quantized model's dequantization while it samples: with the ``dequantize_4bit`` lever a 4-bit model's
+    decoder linears are dequantized once for the call (every one in the compute dtype, ``dequantized_weights``),
+    else one layer at a time on the fly (``dequantize``)."""
+    if quantization == "4bit" and dequantize_4bit:
+        return {"dequantized_weights": dims.layers * dims.layer_linear_params * act_bytes}
+    return {"dequantize": dequant_transient_bytes(dims, quantization, act_bytes)}
+
+
 def scoring_bytes(
     dims: ModelDims, sequences: int, seq_len: int, act_bytes: int, *, head_positions: int
 ) -> dict[str, int]:

@@ -16,6 +16,7 @@ from workbench.methods.config import (
     VLLM_OPTIONS_HELP,
     TrainingKnobs,
     check_dataset_options,
+    check_sampling_batch_size,
     check_save_steps,
     check_vllm_options,
     dataset_field,
@@ -23,6 +24,7 @@ from workbench.methods.config import (
     judge_field,
     knob,
     resolve_lr,
+    sampling_batch_size_field,
     sampling_levers_field,
 )
 from workbench.topk_cache import TOPK_DEFAULT
@@ -143,11 +145,8 @@ class AdpaConfig(TrainingKnobs):
     seed: int = 0
     lora: bool = field(default=False, metadata={"help": "train a LoRA adapter on the student"})
     quantization: str | None = field(default=None, metadata={"help": "None or '4bit' / '8bit' for the teachers"})
-    sampling_batch_size: int = field(
-        default=32,
-        metadata={
-            "help": "prompts per sampling batch of ŷ (batch b seeded seed + b; the unit a process's shard is made of)"
-        },
+    sampling_batch_size: int = sampling_batch_size_field(
+        "prompts per sampling batch of ŷ (batch b seeded seed + b; the unit a process's shard is made of)"
     )
     scoring_batch_size: int = field(default=32, metadata={"help": "(x, y) sequences per teacher top-k batch"})
     scoring_backend: str = field(
@@ -184,11 +183,9 @@ class AdpaConfig(TrainingKnobs):
             raise ValueError(f"alpha={self.alpha}, gamma={self.gamma}; loss weights must be ≥ 0")
         if not self.beta > 0 or not self.q_temperature > 0:
             raise ValueError(f"beta={self.beta}, q_temperature={self.q_temperature}; both must be > 0")
-        if self.sampling_batch_size < 1 or self.scoring_batch_size < 1:
-            raise ValueError(
-                f"sampling_batch_size={self.sampling_batch_size}, scoring_batch_size="
-                f"{self.scoring_batch_size}; both must be ≥ 1"
-            )
+        if self.scoring_batch_size < 1:
+            raise ValueError(f"scoring_batch_size={self.scoring_batch_size}; must be ≥ 1")
+        check_sampling_batch_size(self.sampling_batch_size)
         if self.k < 1:
             raise ValueError(f"k={self.k}; cache at least one token per position")
         if self.steps < 1 or (self.dckd_steps is not None and self.dckd_steps < 1):

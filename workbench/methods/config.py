@@ -61,9 +61,28 @@ def sampling_levers_field():
         metadata={
             "help": "switches of the HF sampling backend's speed levers (workbench.sampling_levers.HfSampling), e.g. "
             "{'sort_by_length': True, 'static_cache': True}; {} = the defaults (merged LoRA, one prefill per "
-            "prompt, finished rows pruned: the plain path's samples)"
+            "prompt, finished rows pruned: the plain path's samples; a 4-bit model dequantized when it fits)"
         },
     )
+
+
+def sampling_batch_size_field(what: str):
+    """The ``sampling_batch_size`` field of PAD, ADPA and PLaD (``what``: its meaning there); 0 = auto."""
+    return field(
+        default=32,
+        metadata={
+            "help": f"{what}; 0: the largest batch the memory estimate fits on the device "
+            "(workbench.memory.fit_sampling_batch, applied by workbench.train and notebooks 03, 06 and 07)"
+        },
+    )
+
+
+def check_sampling_batch_size(value: int) -> None:
+    if value < 0:
+        raise ValueError(
+            f"sampling_batch_size={value}; prompts per sampling batch (≥ 1), or 0 for the largest batch the memory "
+            "estimate fits (workbench.memory.fit_sampling_batch)"
+        )
 
 
 def hf_levers(cfg):

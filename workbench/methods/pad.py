@@ -44,6 +44,7 @@ from workbench.methods.config import (
     VLLM_OPTIONS_HELP,
     TrainingKnobs,
     check_dataset_options,
+    check_sampling_batch_size,
     check_save_steps,
     check_vllm_options,
     dataset_field,
@@ -51,6 +52,7 @@ from workbench.methods.config import (
     judge_field,
     knob,
     resolve_lr,
+    sampling_batch_size_field,
     sampling_levers_field,
     vllm_engine_options,
 )
@@ -108,9 +110,8 @@ class PadConfig(TrainingKnobs):
             "student's context minus max_new_tokens is an error naming its row)"
         },
     )
-    sampling_batch_size: int = field(
-        default=32,
-        metadata={"help": "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"},
+    sampling_batch_size: int = sampling_batch_size_field(
+        "prompts per generate call; batch b is seeded seed + b (and shards across processes whole)"
     )
     scoring_batch_size: int = field(
         default=32, metadata={"help": "sequences per teacher forward pass (likelihood and MCQ scoring)"}
@@ -181,9 +182,10 @@ class PadConfig(TrainingKnobs):
                 f"max_prompt_tokens={self.max_prompt_tokens}; a positive number of tokens, or None to "
                 "refuse prompts longer than the student's context minus max_new_tokens"
             )
-        for name in ("max_new_tokens", "sampling_batch_size", "scoring_batch_size"):
+        for name in ("max_new_tokens", "scoring_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; must be ≥ 1")
+        check_sampling_batch_size(self.sampling_batch_size)
         self.check_training_knobs()
 
     def samples_a_trained_student(self) -> bool:

@@ -76,6 +76,7 @@ from workbench.methods.config import (
     VLLM_OPTIONS_HELP,
     TrainingKnobs,
     check_dataset_options,
+    check_sampling_batch_size,
     check_save_steps,
     check_vllm_options,
     dataset_field,
@@ -84,6 +85,7 @@ from workbench.methods.config import (
     judge_field,
     knob,
     resolve_lr,
+    sampling_batch_size_field,
     sampling_levers_field,
     vllm_engine_options,
 )
@@ -148,12 +150,9 @@ class PladConfig(TrainingKnobs):
     max_new_tokens: int = field(
         default=24, metadata={"help": "longest sampled response in tokens (gym: 24; verifiable: 128; real data: 512)"}
     )
-    sampling_batch_size: int = field(
-        default=32,
-        metadata={
-            "help": "prompts per sampling batch of teacher and student (batch b seeded seed + b; the unit a process's "
-            "shard is made of)"
-        },
+    sampling_batch_size: int = sampling_batch_size_field(
+        "prompts per sampling batch of teacher and student (batch b seeded seed + b; the unit a process's shard is "
+        "made of)"
     )
     sampling_backend: str = field(
         default="hf",
@@ -212,8 +211,7 @@ class PladConfig(TrainingKnobs):
             self.quantization = None
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization={self.quantization!r}; use None, '4bit' or '8bit'")
-        if self.sampling_batch_size < 1:
-            raise ValueError(f"sampling_batch_size={self.sampling_batch_size}; sample at least 1 prompt per batch")
+        check_sampling_batch_size(self.sampling_batch_size)
         if not has_gold(self) and self.real_ratio:
             raise ValueError(
                 f"real_ratio={self.real_ratio} needs a reward to order pairs (PLaD Fig. 2); only the prompt sets "
