@@ -1,6 +1,6 @@
 """Benchmark: the HF sampling backend's speed levers (``workbench.sampling_levers.HfSampling``), cumulative, on
-SmolLM2-135M-Instruct with and without a LoRA adapter and on the gym student (and, asked for with ``--models``, on
-SmolLM2 in bitsandbytes NF4 with a LoRA adapter: the QLoRA case). Prints one JSON object.
+SmolLM2-135M-Instruct with and without a LoRA adapter, on SmolLM2 in bitsandbytes NF4 with a LoRA adapter (the
+QLoRA case) and on the gym student (``--models`` picks some). Prints one JSON object.
 
     python bench/bench_sampling.py           # 32 prompts x n = 4 x 64 new tokens in batches of 32 prompts, 2 threads,
                                              # then the quick configuration (8 x 4 x 32)
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=list(MODELS)[:3], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--quick", action="store_true", help="only the quick configuration: 8 prompts x 4 x 32")
     parser.add_argument("--compile", action="store_true", help="add the +compile_decode step")
     args = parser.parse_args()
