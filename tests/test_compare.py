@@ -31,6 +31,7 @@ from workbench.compare import (
 )
 from workbench.evaluate import length_bucket_gains, mean_ci
 from workbench.gym.build import SIZES
+from workbench.methods import METHODS as REGISTERED
 from workbench.models import weights_fingerprint
 
 TINY = dict(
@@ -154,8 +155,9 @@ def test_against_best_pairs_each_method_with_the_best_and_says_which_cannot_be_t
     assert rows.loc["seqkd", "ci95"] == pytest.approx(mean_ci(diffs)["ci95"])
     assert rows.loc["seqkd", "verdict"] == "tied with the best"  # the CI reaches 0
     assert rows.loc["dpo", "verdict"] == "below the best" and rows.loc["dpo", "seconds"] == pytest.approx(4.0)
-    assert rows.loc["dpo", "needs"] == compare_module.METHOD_NEEDS["dpo"]
-    assert set(compare_module.METHOD_NEEDS) == set(METHODS)  # every registered method says what it needs
+    assert rows.loc["dpo", "needs"] == REGISTERED["dpo"].needs
+    assert all(m.needs for m in REGISTERED.values())  # every registered method says what it needs
+    assert rows.loc["dpo", "supervision"] == "teacher only" and rows.loc["kd", "supervision"] == "gold-supervised"
     one_seed = against_best([r for r in records if r["seed"] == 0]).set_index("method")
     assert one_seed.loc["seqkd", "verdict"] == "one seed: no CI"  # never "tied" for want of a CI
     markdown = compare_module.format_against_best(table)
@@ -706,3 +708,49 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
     # one build per world, its weights noted on every record and reference
     _assert_made_on(list(records.values()), load_references(runs), weights)
     assert set(load_references(runs)) >= set(DEFAULT_SEEDS)
+
+
+def test_cost_and_ceiling_groups_methods_by_supervision_and_counts_prompts_at_the_gold_ceiling():
+    """Every registered method is teacher-only or gold-supervised; the table counts a prompt at the ceiling only
+    when every sample scored 1, with a CI over seeds, and reads optimizer steps from the config (rounds, ADPA+'s
+    two stages)."""
+    from workbench.compare import cost_and_ceiling, format_cost_and_ceiling
+    from workbench.compare.tables import optimizer_steps
+
+    assert {m.supervision for m in REGISTERED.values()} == {"teacher", "gold"}
+    assert {name for name, m in REGISTERED.items() if m.supervision == "gold"} >= {"kd", "sft", "dckd", "adpa"}
+    assert {"pad-ppd", "plad", "seqkd", "dpo"} <= {n for n, m in REGISTERED.items() if m.supervision == "teacher"}
+    assert optimizer_steps({"steps": 300, "iterations": 2}) == 600
+    assert optimizer_steps({"method": "adpa+", "steps": 400, "dckd_steps": None}) == 800
+    assert optimizer_steps({"method": "adpa+", "steps": 400, "dckd_steps": 100}) == 500
+    per_prompt = {  # (label, seed) -> scores of 4 prompts; 1.0 = every sample at gold 1
+        ("kd", 0): [1.0, 1.0, 0.5, 0.0],
+        ("kd", 1): [1.0, 0.99, 1.0, 1.0],
+        ("plad", 0): [0.9, 1.0, 0.9, 0.9],
+        ("plad", 1): [1.0, 0.9, 0.9, 0.9],
+    }
+    records = [
+        _record(label, seed, float(np.mean(v)), seconds=2.0 + seed, per_prompt=v)
+        for (label, seed), v in per_prompt.items()
+    ]
+    for r in records:
+        r["metrics"]["config"].update(steps=300, batch_size=8, gradient_accumulation_steps=2)
+    references = {
+        s: {
+            "student": {"gold": {"mean": 0.5}, "per_prompt": [0.5, 0.5, 1.0, 0.5]},
+            "teacher": {"gold": {"mean": 1.0}, "per_prompt": [1.0, 1.0, 1.0, 1.0]},
+        }
+        for s in (0, 1)
+    }
+    table = cost_and_ceiling(records, references).set_index("method")
+    assert list(table.index) == ["teacher", "student (initial)", "plad", "kd"]  # references, teacher only, gold
+    assert table.loc["kd", "at_ceiling"] == pytest.approx(np.mean([0.5, 0.75]))
+    assert table.loc["kd", "at_ceiling_ci95"] == pytest.approx(mean_ci([0.5, 0.75])["ci95"])
+    assert table.loc["plad", "at_ceiling"] == pytest.approx(0.25) and table.loc["plad", "at_ceiling_ci95"] == 0
+    assert table.loc["teacher", "at_ceiling"] == 1.0 and table.loc["student (initial)", "at_ceiling"] == 0.25
+    assert table.loc["kd", "supervision"] == "gold-supervised" and table.loc["plad", "supervision"] == "teacher only"
+    assert table.loc["kd", "optimizer_steps"] == 300 and table.loc["kd", "examples_per_step"] == 16
+    assert table.loc["kd", "seconds"] == pytest.approx(2.5)
+    assert "| plad | teacher only | 2 | 0.925 | 0.250 ± 0.000 | 300 | 16 | 2.5 |" in format_cost_and_ceiling(
+        cost_and_ceiling(records, references)
+    )

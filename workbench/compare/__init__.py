@@ -66,9 +66,10 @@ from workbench.compare.runs import (
     suite,
 )
 from workbench.compare.tables import (
-    METHOD_NEEDS,
     against_best,
+    cost_and_ceiling,
     format_against_best,
+    format_cost_and_ceiling,
     format_gold_per_task,
     format_table,
     format_tau_sets,
@@ -125,8 +126,9 @@ __all__ = [
     "tau_sets",
     "format_tau_sets",
     "gold_per_task",
+    "format_cost_and_ceiling",
     "format_gold_per_task",
-    "METHOD_NEEDS",
+    "cost_and_ceiling",
     "Claim",
     "CLAIMS",
     "GAP_FRACTION",

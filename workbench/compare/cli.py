@@ -22,13 +22,17 @@ from workbench.compare.harness import compare, load_records, load_references, mi
 from workbench.compare.runs import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, REFERENCE_ROWS, SUITES, Variant, suite
 from workbench.compare.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL
 from workbench.compare.tables import (
+    SUPERVISION,
     against_best,
+    cost_and_ceiling,
     format_against_best,
+    format_cost_and_ceiling,
     format_gold_per_task,
     format_table,
     format_tau_sets,
     gold_per_task,
     summarize,
+    supervision_of,
     tau_sets,
 )
 
@@ -40,10 +44,11 @@ TASK_TABLE_METHODS = 5  # the per-task table's rows: the references and this man
 def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> str:
     """The saved runs of ``runs_dir`` as one markdown page, computed from the records alone (nothing is trained):
     the builds they were made on, the table of every label (variants too), the sets each Kendall τ is over, gold per
-    gym task for the references and the best few, the claims ledger with its margins and every method against the
-    best (``name``: the folder as the page names it, default ``runs_dir`` as given).
-    ``python -m workbench.compare --report`` prints it; ``results/compare*/REPORT.md`` are its output for the
-    committed records (a test keeps them equal), so a number quoted from them can be traced to its records."""
+    gym task for the references and the best few, the claims ledger with its margins, every method against the
+    best, and the supervision groups with their budgets, gold-ceiling shares and bests (``name``: the folder as the
+    page names it, default ``runs_dir`` as given). ``python -m workbench.compare --report`` prints it;
+    ``results/compare*/REPORT.md`` are its output for the committed records (a test keeps them equal), so a number
+    quoted from them can be traced to its records."""
     records, references = load_records(runs_dir), load_references(runs_dir)
     if not records:
         raise FileNotFoundError(
@@ -132,7 +137,27 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         "",
         format_against_best(best),
         "",
+        "## Supervision, budget and the gold ceiling",
+        "",
+        "Teacher only: the method learns from the teacher's samples, scores or logits alone. Gold-supervised: it also "
+        "trains on answers the gold reward chose or ranked (on the gym: gold-ranked preference pairs, gold answers "
+        "for KD) — a supervision the teacher-only methods never see, so the two groups are read apart. Budgets "
+        "differ too: optimizer steps (rounds and stages counted) and examples per step (prompts, pairs or "
+        "sequences: `batch_size` × `gradient_accumulation_steps`). At the ceiling: the share of held-out prompts "
+        f"whose every sample scored gold 1 (mean ± {LEVEL:.0%} CI over seeds), where a method can gain no more.",
+        "",
+        format_cost_and_ceiling(cost_and_ceiling(records, references)),
+        "",
     ]
+    for group in SUPERVISION.values():
+        members = [r for r in records if supervision_of(r["label"]) == group]
+        if len({r["label"] for r in members if "[" not in r["label"]}) > 1:
+            lines += [
+                f"### Against the best {group} method",
+                "",
+                format_against_best(against_best(members)),
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from workbench.compare.runs import METHODS, REFERENCE_ROWS, TABLE_METRICS
 from workbench.compare.stats import LEVEL, Difference, claim_p_value, holm, paired_bootstrap, seed_t_interval
 from workbench.evaluate import mean_ci, win_rate
+from workbench.methods import METHODS as REGISTERED
 
 logger = logging.getLogger("workbench.compare")
 
@@ -148,7 +149,7 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
     frame = frame[~frame["label"].str.contains(r"\[", regex=True)]
     columns = ["method", "n_seeds", f"{metric}_mean", "diff", "low", "high", "ci95", "interval", "p", "p_holm"]
     if frame.empty:
-        return pd.DataFrame(columns=[*columns, "verdict", "after_holm", "seconds", "needs"])
+        return pd.DataFrame(columns=[*columns, "verdict", "after_holm", "seconds", "supervision", "needs"])
     scores = prompt_scores(records)
     means = frame.groupby("label")[metric].mean()
     best = str(means.idxmax())
@@ -177,7 +178,8 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
                 "p": np.nan if label == best else claim_p_value("greater", difference),
                 "verdict": verdict_,
                 "seconds": float(frame.loc[frame["label"] == label, "seconds"].mean()),
-                "needs": METHOD_NEEDS.get(label, ""),
+                "supervision": supervision_of(label),
+                "needs": REGISTERED[label].needs if label in REGISTERED else "",
             }
         )
     table = pd.DataFrame(rows)
@@ -186,7 +188,7 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
         "below the best" if v == "below the best" and q < 0.05 else "tied with the best" if v == "below the best" else v
         for v, q in zip(table["verdict"], table["p_holm"])
     ]
-    return table[[*columns, "verdict", "after_holm", "seconds", "needs"]]
+    return table[[*columns, "verdict", "after_holm", "seconds", "supervision", "needs"]]
 
 
 def format_interval(effect: float, low: float, high: float, digits: int = 3) -> str:
@@ -212,8 +214,8 @@ def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
         "method is below the best where its interval is under 0 and Holm p < 0.05.",
         "",
         f"| method | {metric} | vs the best ({LEVEL:.0%} interval) | interval | p | Holm p | verdict | after Holm "
-        "| seconds | needs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| seconds | supervision | needs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
         best = r["verdict"] == "best"
@@ -221,7 +223,8 @@ def format_against_best(table: pd.DataFrame, metric: str = "gold") -> str:
         lines.append(
             f"| {r['method']} | {r[f'{metric}_mean']:.3f} | {diff} | {'—' if best else r['interval']} | "
             f"{format_p(r['p'])} | "
-            f"{format_p(r['p_holm'])} | {r['verdict']} | {r['after_holm']} | {r['seconds']:.1f} | {r['needs']} |"
+            f"{format_p(r['p_holm'])} | {r['verdict']} | {r['after_holm']} | {r['seconds']:.1f} | "
+            f"{r['supervision']} | {r['needs']} |"
         )
     return "\n".join(lines)
 
@@ -312,24 +315,83 @@ def format_gold_per_task(table: pd.DataFrame, tasks: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-# what each method asks of its teacher(s) — the other half of choosing among methods the gold reward cannot separate
-METHOD_NEEDS = {
-    "pad-vpd": "teacher log-likelihood + MCQ judgement of n student samples",
-    "pad-ppd": "teacher log-likelihood + MCQ judgement of n student samples",
-    "pad-ppd+sft": "teacher log-likelihood + MCQ judgement of n student samples",
-    "plad": "teacher samples (black-box teacher)",
-    "plad+sft": "teacher samples (black-box teacher)",
-    "kd": "teacher logits on reference answers (same vocabulary)",
-    "seqkd": "teacher samples (black-box teacher)",
-    "reverse-kl": "teacher logits on student samples (same vocabulary)",
-    "dpo": "teacher scores of n student samples",
-    "simpo": "teacher scores of n student samples",
-    "pro": "teacher scores of n student samples",
-    "sft": "preference pairs only",
-    "dckd": "preference pairs + DPO-teacher top-k logits (same vocabulary)",
-    "adpa": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
-    "adpa+": "preference pairs + DPO and reference teachers' top-k (same vocabulary); two stages",
-    "adpa_no_ref": "preference pairs + DPO-teacher top-k on student samples (same vocabulary)",
-    "q_argmax": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
-    "q_softmax": "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
-}
+# --- supervision groups, cost and the gold ceiling ---
+
+SUPERVISION = {"teacher": "teacher only", "gold": "gold-supervised"}
+CEILING = 1.0 - 1e-9  # a prompt at the gold ceiling: every sample of it scored gold 1
+
+
+def supervision_of(label: str) -> str:
+    """``teacher only`` or ``gold-supervised`` (the registry's ``supervision``) for a method label (variants too)."""
+    method = REGISTERED.get(label.split("[")[0])
+    return SUPERVISION[method.supervision] if method else ""
+
+
+def optimizer_steps(config: dict) -> int:
+    """Optimizer steps a run's config asks for: steps per round × rounds (``iterations``), plus ADPA+'s DCKD stage
+    (``dckd_steps``, default ``steps``)."""
+    steps = int(config.get("steps") or 0) * int(config.get("iterations") or 1)
+    if config.get("method") == "adpa+":
+        steps += int(config.get("dckd_steps") or config.get("steps") or 0)
+    return steps
+
+
+def cost_and_ceiling(records: Sequence[dict], references: dict[int, dict] | None = None) -> pd.DataFrame:
+    """Per table method (and the references): its supervision group, optimizer steps, examples per optimizer step
+    (``batch_size`` × ``gradient_accumulation_steps``), mean training wall time, mean gold, and the share of held-out
+    prompts at the gold ceiling (every sample scored 1) with its 95% CI over seeds. Rows: the references, then each
+    group by mean gold, best first."""
+    scores = prompt_scores(records, references)
+    rows = []
+    labels = [*(REFERENCE_ROWS if references else ()), *sorted({r["label"] for r in records if "[" not in r["label"]})]
+    for label in labels:
+        mine = [v for (lab, _), v in scores.items() if lab == label]
+        if not mine:  # records made without per-prompt scores
+            continue
+        runs = [r for r in records if r["label"] == label]
+        config = runs[0]["metrics"]["config"] if runs else {}
+        at_ceiling = [float(np.mean(v >= CEILING)) for v in mine]
+        share = mean_ci(at_ceiling) if len(at_ceiling) > 1 else {"mean": at_ceiling[0], "ci95": np.nan}
+        rows.append(
+            {
+                "method": label,
+                "supervision": supervision_of(label) if runs else "reference",
+                "n_seeds": len(mine),
+                "gold": float(np.mean([v.mean() for v in mine])),
+                "at_ceiling": share["mean"],
+                "at_ceiling_ci95": share["ci95"],
+                "optimizer_steps": optimizer_steps(config) if runs else np.nan,
+                "examples_per_step": (
+                    int(config.get("batch_size", 0)) * int(config.get("gradient_accumulation_steps") or 1)
+                    if runs
+                    else np.nan
+                ),
+                "seconds": float(np.mean([r["metrics"].get("seconds", r["train_seconds"]) for r in runs]))
+                if runs
+                else np.nan,
+            }
+        )
+    columns = ["method", "supervision", "n_seeds", "gold", "at_ceiling", "at_ceiling_ci95", "optimizer_steps"]
+    table = pd.DataFrame(rows, columns=[*columns, "examples_per_step", "seconds"])
+    group = {"reference": 0, SUPERVISION["teacher"]: 1, SUPERVISION["gold"]: 2}
+    order = sorted(range(len(table)), key=lambda i: (group.get(table["supervision"][i], 3), -table["gold"][i]))
+    return table.iloc[order].reset_index(drop=True)
+
+
+def format_cost_and_ceiling(table: pd.DataFrame) -> str:
+    """A markdown table of :func:`cost_and_ceiling`."""
+    lines = [
+        "| method | supervision | seeds | gold | prompts at the ceiling | optimizer steps | examples / step "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        share = f"{r['at_ceiling']:.3f}" + ("" if np.isnan(r["at_ceiling_ci95"]) else f" ± {r['at_ceiling_ci95']:.3f}")
+        steps = "—" if np.isnan(r["optimizer_steps"]) else f"{int(r['optimizer_steps'])}"
+        batch = "—" if np.isnan(r["examples_per_step"]) else f"{int(r['examples_per_step'])}"
+        seconds = "—" if np.isnan(r["seconds"]) else f"{r['seconds']:.1f}"
+        lines.append(
+            f"| {r['method']} | {r['supervision']} | {r['n_seeds']} | {r['gold']:.3f} | {share} | {steps} | {batch} "
+            f"| {seconds} |"
+        )
+    return "\n".join(lines)

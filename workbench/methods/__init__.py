@@ -82,6 +82,10 @@ class Method:
     fields: dict = field(default_factory=dict)
     gym_lr: float = 1e-4
     tuned_fields: tuple[str, ...] = ()
+    needs: str = ""  # what it asks of its teacher(s): the other half of choosing among methods gold cannot separate
+    # "teacher": learns from the teacher alone; "gold": also trains on answers ranked or chosen by the gold reward
+    # (on the gym: gold-ranked preference pairs, gold answers), so the comparison shows the two groups apart
+    supervision: str = "teacher"
 
     @property
     def spec(self) -> Family:
@@ -92,25 +96,90 @@ class Method:
 # 128 prompts x 4 samples, grid {1e-4, 3e-4, 1e-3, 3e-3} and one step past a winning end; results/gym_tune/ holds
 # the measurements, including a 3-seed re-check). The order is the comparison table's.
 METHODS: dict[str, Method] = {
-    "pad-vpd": Method("pad", {"loss": "vpd", "sft_weight": 0.0}, 3e-4),
-    "pad-ppd": Method("pad", {"loss": "ppd", "sft_weight": 0.0}, 1e-4),
-    "plad": Method("plad", {"sft_weight": 0.0}, 1e-4),
-    "kd": Method("baselines", {"method": "kd"}, 1e-4),
-    "seqkd": Method("baselines", {"method": "seqkd"}, 3e-4),
-    "reverse-kl": Method("baselines", {"method": "reverse-kl"}, 3e-4),
-    "dpo": Method("baselines", {"method": "dpo"}, 3e-5),
-    "simpo": Method("baselines", {"method": "simpo"}, 3e-5),
-    "pro": Method("baselines", {"method": "pro"}, 1e-4),
+    "pad-vpd": Method(
+        "pad",
+        {"loss": "vpd", "sft_weight": 0.0},
+        3e-4,
+        needs="teacher log-likelihood + MCQ judgement of n student samples",
+    ),
+    "pad-ppd": Method(
+        "pad",
+        {"loss": "ppd", "sft_weight": 0.0},
+        1e-4,
+        needs="teacher log-likelihood + MCQ judgement of n student samples",
+    ),
+    "plad": Method("plad", {"sft_weight": 0.0}, 1e-4, needs="teacher samples (black-box teacher)"),
+    "kd": Method(
+        "baselines",
+        {"method": "kd"},
+        1e-4,
+        needs="teacher logits on reference answers (same vocabulary)",
+        supervision="gold",
+    ),
+    "seqkd": Method("baselines", {"method": "seqkd"}, 3e-4, needs="teacher samples (black-box teacher)"),
+    "reverse-kl": Method(
+        "baselines", {"method": "reverse-kl"}, 3e-4, needs="teacher logits on student samples (same vocabulary)"
+    ),
+    "dpo": Method("baselines", {"method": "dpo"}, 3e-5, needs="teacher scores of n student samples"),
+    "simpo": Method("baselines", {"method": "simpo"}, 3e-5, needs="teacher scores of n student samples"),
+    "pro": Method("baselines", {"method": "pro"}, 1e-4, needs="teacher scores of n student samples"),
     # beyond the papers: the same objectives plus an NLL anchor on the teacher's preferred answer (sft_weight = 1)
-    "pad-ppd+sft": Method("pad", {"loss": "ppd", "sft_weight": 1.0}, 3e-4),
-    "plad+sft": Method("plad", {"sft_weight": 1.0}, 1e-4),
-    "sft": Method("adpa", {"method": "sft"}, 3e-3),
-    "dckd": Method("adpa", {"method": "dckd"}, 3e-3, ("alpha",)),
-    "adpa": Method("adpa", {"method": "adpa"}, 1e-4, ("gamma",)),
-    "adpa+": Method("adpa", {"method": "adpa+"}, 1e-4, ("alpha", "gamma")),
-    "adpa_no_ref": Method("adpa", {"method": "adpa_no_ref"}, 1e-4, ("gamma",)),
-    "q_argmax": Method("adpa", {"method": "q_argmax"}, 3e-3, ("gamma",)),
-    "q_softmax": Method("adpa", {"method": "q_softmax"}, 3e-3, ("gamma",)),
+    "pad-ppd+sft": Method(
+        "pad",
+        {"loss": "ppd", "sft_weight": 1.0},
+        3e-4,
+        needs="teacher log-likelihood + MCQ judgement of n student samples",
+    ),
+    "plad+sft": Method("plad", {"sft_weight": 1.0}, 1e-4, needs="teacher samples (black-box teacher)"),
+    "sft": Method("adpa", {"method": "sft"}, 3e-3, needs="preference pairs only", supervision="gold"),
+    "dckd": Method(
+        "adpa",
+        {"method": "dckd"},
+        3e-3,
+        ("alpha",),
+        needs="preference pairs + DPO-teacher top-k logits (same vocabulary)",
+        supervision="gold",
+    ),
+    "adpa": Method(
+        "adpa",
+        {"method": "adpa"},
+        1e-4,
+        ("gamma",),
+        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+        supervision="gold",
+    ),
+    "adpa+": Method(
+        "adpa",
+        {"method": "adpa+"},
+        1e-4,
+        ("alpha", "gamma"),
+        needs="preference pairs + DPO and reference teachers' top-k (same vocabulary); two stages",
+        supervision="gold",
+    ),
+    "adpa_no_ref": Method(
+        "adpa",
+        {"method": "adpa_no_ref"},
+        1e-4,
+        ("gamma",),
+        needs="preference pairs + DPO-teacher top-k on student samples (same vocabulary)",
+        supervision="gold",
+    ),
+    "q_argmax": Method(
+        "adpa",
+        {"method": "q_argmax"},
+        3e-3,
+        ("gamma",),
+        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+        supervision="gold",
+    ),
+    "q_softmax": Method(
+        "adpa",
+        {"method": "q_softmax"},
+        3e-3,
+        ("gamma",),
+        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+        supervision="gold",
+    ),
 }
 
 # the learning-rate table the configs and harnesses read (lr=None: the method's rate here)
