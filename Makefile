@@ -59,7 +59,7 @@ figures: reports
 	$(PYTHON) -m workbench.figures --across default=results/compare world1=results/compare_world1 world2=results/compare_world2
 
 # each committed records folder tabulated (table, claims ledger, against the best) into its REPORT.md
-REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2
+REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2 results/compare_hard
 reports:
 	for d in $(REPORT_DIRS); do $(PYTHON) -m workbench.compare --report --runs-dir $$d > $$d/REPORT.md || exit 1; done
 

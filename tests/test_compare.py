@@ -593,7 +593,7 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
         C.report(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2"])
+@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2", "compare_hard"])
 def test_the_committed_reports_are_the_records_tabulated(folder):
     """results/<folder>/REPORT.md (the page the README's numbers quote) is what --report makes of the committed
     records today: re-running or adding records without regenerating it (make figures) fails here."""
@@ -605,21 +605,24 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     )
 
 
-def test_the_results_page_quotes_the_committed_ledger_across_worlds():
-    """results/README.md's table of claims across gym worlds is what the committed records give today, verbatim."""
+@pytest.mark.parametrize(
+    "worlds",
+    [
+        {"default": "compare", "world1": "compare_world1", "world2": "compare_world2"},
+        {"default": "compare", "hard": "compare_hard"},
+    ],
+)
+def test_the_results_page_quotes_the_committed_ledger_across_worlds(worlds):
+    """results/README.md's tables of claims across gym worlds (the recipe's three worlds; the default and the harder
+    world) are what the committed records give today, verbatim."""
     from workbench.compare import format_ledger_across, ledger_across_worlds
 
     root = Path(__file__).resolve().parents[1]
-    worlds = {
-        "default": root / "results/compare",
-        "world1": root / "results/compare_world1",
-        "world2": root / "results/compare_world2",
-    }
-    table = format_ledger_across(ledger_across_worlds(worlds), list(worlds))
+    folders = {name: root / "results" / folder for name, folder in worlds.items()}
+    table = format_ledger_across(ledger_across_worlds(folders), list(folders))
     assert table in (root / "results" / "README.md").read_text(), (
         "results/README.md's claims-across-worlds table is stale: python -m workbench.compare --across "
-        "default=results/compare "
-        "world1=results/compare_world1 world2=results/compare_world2"
+        + " ".join(f"{name}=results/{folder}" for name, folder in worlds.items())
     )
 
 
@@ -688,10 +691,11 @@ def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_pa
     assert "| PLaD beats SeqKD | +0.110 ± " in markdown and "(holds, 3 seeds)" in markdown
 
 
-@pytest.mark.parametrize("gym", ["world1", "world2"])
+@pytest.mark.parametrize("gym", ["world1", "world2", "hard"])
 def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym):
-    """results/compare_<world> (the claims across worlds): every `full` variant at every DEFAULT_SEEDS seed, made on
-    one build of that world at today's harness settings; a shipped world's records on its shipped weights."""
+    """results/compare_<world> (the claims across worlds, and on the harder world): every variant of its suite at
+    every DEFAULT_SEEDS seed, made on one build of that world at today's harness settings; a shipped
+    world's records on its shipped weights."""
     from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
     from workbench.gym.store import SHIPPED_SIZES
 

@@ -463,6 +463,23 @@ def test_the_shipped_default_gym_has_its_designed_in_properties():
 
 
 @pytest.mark.slow
+def test_the_shipped_hard_world_has_its_gap_and_a_judge_that_ranks_worse_than_its_likelihood():
+    """The harder world (a student that errs in substance), measured on the shipped weights: the same teacher
+    ordering and a gap of at least 0.15, a student at T = 0.8 below the default's, and — what docs/gym.md says of
+    it — a DPO teacher whose MCQ ranks the student's samples worse than its likelihood."""
+    from workbench.gym.report import gym_report
+
+    report = gym_report("hard", n_prompts=256)
+    assert report["checks"] == {
+        "dpo_teacher_ge_ref_teacher": True,
+        "ref_teacher_gt_student": True,
+        "teacher_minus_student_ge_0.15": True,
+        "mcq_beats_loglik": False,
+    }, report["checks"]
+    assert report["gold_reward"]["student"]["T=0.8"]["mean"] < 0.6
+
+
+@pytest.mark.slow
 def test_the_small_recipe_built_from_scratch_has_the_designed_in_properties(tmp_path, monkeypatch):
     """`small` trained from scratch into an empty cache (about 35 s on 2 cores) has what the recipe designs in:
     the DPO teacher ≥ the reference teacher > the student by at least 0.15 greedy gold, and the DPO teacher's MCQ

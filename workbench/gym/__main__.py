@@ -1,10 +1,10 @@
 """``python -m workbench.gym build [--size S] [--force] [--ship]`` and ``python -m workbench.gym report [--size S]``.
 
-Sizes: ``default`` (every notebook's gym), ``tiny`` (tests) and ``world1`` / ``world2`` (the default recipe with
-seeds 1 and 2) ship with the package; ``v1`` (an earlier recipe whose judge ranked worse than its likelihood) is
-built on request, as is ``small`` (the smallest recipe with the designed-in properties; the suite builds it from
-scratch). ``build`` trains into the cache and never touches the shipped files; ``--ship`` then replaces the
-shipped build with it."""
+Sizes: ``default`` (every notebook's gym), ``tiny`` (tests), ``world1`` / ``world2`` (the default recipe with
+seeds 1 and 2) and ``hard`` (a student that also errs in substance) ship with the package; ``v1`` (an earlier
+recipe whose judge ranked worse than its likelihood) is built on request, as is ``small`` (the smallest recipe with
+the designed-in properties; the suite builds it from scratch). ``build`` trains into the cache and never touches the
+shipped files; ``--ship`` then replaces the shipped build with it."""
 
 import argparse
 import json
@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     report.add_argument("--size", default="default", choices=list(SIZES))
     report.add_argument("--prompts", type=int, default=256)
     report.add_argument("--seed", type=int, default=0)
+    report.add_argument(
+        "--split", default="test", choices=["validation", "test"], help="held-out prompts (design on validation)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if args.command == "build":
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
     else:
         from workbench.gym.report import gym_report
 
-        print(json.dumps(gym_report(args.size, n_prompts=args.prompts, seed=args.seed), indent=2))
+        print(json.dumps(gym_report(args.size, n_prompts=args.prompts, seed=args.seed, split=args.split), indent=2))
     return 0
 
 

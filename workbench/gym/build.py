@@ -210,6 +210,24 @@ JUDGE_WORLD = dict(
     judge_running_best=True,
     judge_verdict_scale=19,
 )
+HARD_STUDENT_MIX = {
+    "correct": 0.1,
+    "frequent_filler": 0.25,
+    "other_filler": 0.1,
+    "near_miss": 0.2,
+    "wrong": 0.1,
+    "copy_input": 0.15,
+    "harmful": 0.1,
+}
+HARD_JUDGE_MIX = {
+    "correct": 0.2,
+    "frequent_filler": 0.2,
+    "other_filler": 0.1,
+    "near_miss": 0.15,
+    "wrong": 0.1,
+    "copy_input": 0.05,
+    "harmful": 0.2,
+}
 SIZES: dict[str, GymConfig] = {
     "tiny": GymConfig(
         size="tiny",
@@ -256,6 +274,15 @@ SIZES: dict[str, GymConfig] = {
         },
     ),
     "default": replace(DEFAULT_V1, **JUDGE_WORLD),
+    # presets gym-hard-*: a student that also errs in substance (near misses, wrong and copied answers), not in style
+    # alone, trained less (600 steps), and a judge trained on such options too: a larger gap and far fewer prompts
+    # at the ceiling, to see whether the comparison's ranking survives a harder world. Designed on validation
+    # prompts (results/gym/hard_validation.json); there the judge's MCQ ranks the student's samples *worse* than
+    # the teacher's likelihood does — PAD's calibration premise fails when the errors are in the numbers.
+    "hard": replace(
+        DEFAULT_V1,
+        **{**JUDGE_WORLD, "student_mix": HARD_STUDENT_MIX, "judge_mix": HARD_JUDGE_MIX, "student_steps": 600},
+    ),
     # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
     "v1": DEFAULT_V1,
     # presets gym-world1-* / gym-world2-*: the default recipe built with other seeds (data, initialisation, training

@@ -29,9 +29,11 @@ def gym_report(
     seed: int = 0,
     progress: bool = False,
     config=None,
+    split: str = "test",
 ) -> dict:
     """Measured properties of the gym of ``size`` (or of the build of ``config``, a ``GymConfig``; see the module
-    docstring), as a JSON-ready dict. The judge is asked in the MCQ wording saved with the build."""
+    docstring), as a JSON-ready dict. The judge is asked in the MCQ wording saved with the build. ``split``: the
+    held-out prompts ("validation" to design a world, "test" for the report a comparison reads)."""
     from workbench.losses.pad import calibrated_reward
     from workbench.models import load
     from workbench.rewards import mcq_template_for
@@ -42,7 +44,7 @@ def gym_report(
     set_threads()
     started = time.perf_counter()
     prefix = "gym-" if size == "default" else f"gym-{size}-"
-    prompts = make_prompts(n_prompts, "test", seed=seed + 1000)
+    prompts = make_prompts(n_prompts, split, seed=seed + 1000)
     texts = [p.text for p in prompts]
     if config is not None:
         from workbench.gym.build import build_gym
@@ -52,6 +54,8 @@ def gym_report(
     else:
         models = {role: load(prefix + role, device="cpu") for role in ("teacher-ref", "teacher-dpo", "student")}
     report: dict = {"size": size, "held_out_prompts": n_prompts, "gold_reward": {}}
+    if split != "test":  # reports made before the split was a choice are test-split ones
+        report["split"] = split
     for role, (model, tokenizer) in models.items():
         greedy = sample_responses(model, tokenizer, texts, n=1, temperature=0.0, seed=seed, progress=progress)
         sampled = sample_responses(model, tokenizer, texts, n=4, temperature=0.8, seed=seed, progress=progress)
