@@ -15,6 +15,7 @@ value (over ``--seeds``) and the best value per method. Runs are saved under ``-
     python experiments/gym_tune.py --methods kd plad    # a subset
     python experiments/gym_tune.py --methods dckd --param alpha --grid 0.2 0.5 1 2 5 --seeds 0 1
     python experiments/gym_tune.py --methods adpa+ --param dckd_lr --grid 1e-4 1e-3 --set alpha=5 --seeds 0 1
+    python experiments/gym_tune.py --gym hard --methods pad-ppd dckd --seeds 0 1 --runs-dir runs/gym_tune_hard
 """
 
 from __future__ import annotations
@@ -36,14 +37,18 @@ def sweep(
     overrides: dict | None = None,
     param: str = "lr",
     grid=None,
+    gym: str | None = None,
 ) -> dict:
     """{method: {"gold": {value: mean validation gold over seeds}, "best": value}} for ``methods``.
 
     ``param`` is the swept config field over ``grid`` (default: the learning rate over ``GRID``, extended by
-    ``BEYOND`` when an end wins); ``overrides`` go to every run."""
+    ``BEYOND`` when an end wins); ``overrides`` go to every run; ``gym``: another gym build's presets (teacher
+    gym-GYM-teacher-dpo, student gym-GYM-student) for training and evaluation."""
     from workbench.compare import EvalConfig, compare
 
-    eval_cfg = EvalConfig(eval_prompts=eval_prompts, split="validation")
+    models = {"teacher": f"gym-{gym}-teacher-dpo", "student": f"gym-{gym}-student"} if gym else {}
+    overrides = {**(overrides or {}), **models} or None
+    eval_cfg = EvalConfig(eval_prompts=eval_prompts, split="validation", **models)
     if grid is None:
         if param != "lr":
             raise ValueError(f"param={param!r} needs a grid of values (only the learning rate has a default grid)")
@@ -136,6 +141,7 @@ def main(argv=None) -> None:
         help="a config field held fixed for every run, e.g. --set alpha=5 (repeatable)",
     )
     parser.add_argument("--runs-dir", default="runs/gym_tune")
+    parser.add_argument("--gym", default=None, help="another gym build's presets, e.g. hard (default: the default gym)")
     parser.add_argument("--eval-prompts", type=int, default=128)
     a = parser.parse_args(argv)
     unknown = set(a.methods) - set(METHODS)
@@ -148,7 +154,14 @@ def main(argv=None) -> None:
     fixed = {k: _value(v) for k, v in (item.split("=", 1) for item in a.set)}
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines; stdout carries the JSON only
         result = sweep(
-            a.methods, a.runs_dir, a.seeds, a.eval_prompts, overrides=fixed or None, param=a.param, grid=a.grid
+            a.methods,
+            a.runs_dir,
+            a.seeds,
+            a.eval_prompts,
+            overrides=fixed or None,
+            param=a.param,
+            grid=a.grid,
+            gym=a.gym,
         )
     current = {m: setting_of(m, a.param) for m in a.methods}
     for m, r in result.items():
@@ -156,6 +169,7 @@ def main(argv=None) -> None:
     print(
         json.dumps(
             {
+                "gym": a.gym or "default",
                 "param": a.param,
                 "grid": a.grid or GRID,
                 "seeds": a.seeds,

@@ -132,6 +132,18 @@ def test_the_learning_rate_sweep_evaluates_on_validation_and_extends_past_a_winn
     assert '"split": "validation"' in record  # never the table's test prompts
 
 
+def test_the_sweep_trains_and_evaluates_on_another_gym_world(tiny_gym, tmp_path):
+    """--gym SIZE: every run starts from that build's teacher and student, and is scored against them."""
+    gym_tune = _experiment("gym_tune")
+    run = {k: v for k, v in TINY_RUN.items() if k not in ("teacher", "student")}
+    gym_tune.sweep(["seqkd"], str(tmp_path), eval_prompts=8, overrides=run, grid=(3e-4,), gym="tiny")
+    saved = json.loads(next(tmp_path.glob("seqkd*/seed0/record.json")).read_text())
+    assert saved["metrics"]["config"]["teacher"] == "gym-tiny-teacher-dpo"
+    assert saved["metrics"]["config"]["student"] == "gym-tiny-student"
+    assert saved["models"]["teacher"].startswith("gym-tiny-teacher-dpo@")
+    assert saved["models"]["student"].startswith("gym-tiny-student@")
+
+
 def test_the_sweep_tunes_any_config_field_over_seeds_without_extending_it(tiny_gym, tmp_path):
     gym_tune = _experiment("gym_tune")
     out = gym_tune.sweep(
