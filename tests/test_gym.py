@@ -446,6 +446,16 @@ def test_a_gym_asked_for_inside_a_launch_is_built_by_its_preset_name(tmp_path, m
         build.build_gym(config=build.with_overrides(size, student_steps=1))
 
 
+def _designed_checks(mcq_beats_loglik: bool) -> dict:
+    """``gym_report``'s checks as a world designed with its teacher ordering and gap reports them."""
+    return {
+        "dpo_teacher_ge_ref_teacher": True,
+        "ref_teacher_gt_student": True,
+        "teacher_minus_student_ge_0.15": True,
+        "mcq_beats_loglik": mcq_beats_loglik,
+    }
+
+
 @pytest.mark.slow
 def test_the_shipped_default_gym_has_its_designed_in_properties():
     """Measured on the shipped weights (held-out prompts): the DPO teacher ≥ the reference teacher > the student by
@@ -454,12 +464,7 @@ def test_the_shipped_default_gym_has_its_designed_in_properties():
     from workbench.gym.report import gym_report
 
     report = gym_report("default", n_prompts=256)
-    assert report["checks"] == {
-        "dpo_teacher_ge_ref_teacher": True,
-        "ref_teacher_gt_student": True,
-        "teacher_minus_student_ge_0.15": True,
-        "mcq_beats_loglik": True,
-    }, report["checks"]
+    assert report["checks"] == _designed_checks(mcq_beats_loglik=True), report["checks"]
 
 
 @pytest.mark.slow
@@ -470,12 +475,7 @@ def test_the_shipped_hard_world_has_its_gap_and_a_judge_that_ranks_worse_than_it
     from workbench.gym.report import gym_report
 
     report = gym_report("hard", n_prompts=256)
-    assert report["checks"] == {
-        "dpo_teacher_ge_ref_teacher": True,
-        "ref_teacher_gt_student": True,
-        "teacher_minus_student_ge_0.15": True,
-        "mcq_beats_loglik": False,
-    }, report["checks"]
+    assert report["checks"] == _designed_checks(mcq_beats_loglik=False), report["checks"]
     assert report["gold_reward"]["student"]["T=0.8"]["mean"] < 0.6
 
 
@@ -492,9 +492,4 @@ def test_the_small_recipe_built_from_scratch_has_the_designed_in_properties(tmp_
     report = gym_report(config=SIZES["small"], n_prompts=256)
     assert cached_build_root(SIZES["small"]).is_relative_to(tmp_path)
     assert (cached_build_root(SIZES["small"]) / "build.json").exists()
-    assert report["checks"] == {
-        "dpo_teacher_ge_ref_teacher": True,
-        "ref_teacher_gt_student": True,
-        "teacher_minus_student_ge_0.15": True,
-        "mcq_beats_loglik": True,
-    }, report["checks"]
+    assert report["checks"] == _designed_checks(mcq_beats_loglik=True), report["checks"]

@@ -31,6 +31,7 @@ Sampling n responses per prompt from the student is the dominant cost of PAD, AD
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 
@@ -150,17 +151,9 @@ def mergeable_lora_layers(model, dequantized: bool = False) -> list:
     """``model``'s peft LoRA linear layers that merge exactly in floating point: a plain ``nn.Linear`` base with
     float weights (or, with ``dequantized``, a bitsandbytes 4-bit base that ``dequantized_4bit`` will make one),
     adapters active and not merged, no LoRA variant (DoRA, aLoRA) on an active adapter."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:  # peft absent: nothing is a LoRA layer
-        return []
-    kinds = {LoraLinear}
-    try:  # peft's LoRA layer over a bitsandbytes 4-bit base: mergeable once ``dequantized_4bit`` swapped the base
-        from peft.tuners.lora.bnb import Linear4bit as Lora4bit
-
-        kinds.add(Lora4bit)
-    except ImportError:
-        pass
+    # peft's LoRA linear layer, and its layer over a bitsandbytes 4-bit base (mergeable once ``dequantized_4bit``
+    # swapped the base)
+    kinds = {_loaded("peft.tuners.lora.layer", "Linear"), _loaded("peft.tuners.lora.bnb", "Linear4bit")} - {None}
     layers = []
     for module in model.modules():
         if type(module) not in kinds or module.merged or module.disable_adapters:
@@ -216,20 +209,26 @@ DEQUANTIZE_FREE_SHARE = 0.5  # the dequantized copy may take this share of the f
 def four_bit_layers(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
     """``(owner, attribute, layer)`` of each bitsandbytes 4-bit linear layer of ``model``: bare (an NF4 teacher) or
     the base layer of a peft LoRA layer (a QLoRA student)."""
+    kind = _loaded("bitsandbytes.nn", "Linear4bit")
+    if kind is None:
+        return []
     return [
         (owner, name, child)
         for owner in model.modules()
         for name, child in owner.named_children()
-        if _is_four_bit(child)
+        if isinstance(child, kind)
     ]
 
 
+def _loaded(module: str, name: str):
+    """Class ``name`` of ``module`` when that module is already imported, else None. A model holds instances of a
+    class only once its module is loaded, so asking imports nothing (peft takes seconds to import)."""
+    return getattr(sys.modules.get(module), name, None)
+
+
 def _is_four_bit(layer) -> bool:
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return False
-    return isinstance(layer, Linear4bit)
+    kind = _loaded("bitsandbytes.nn", "Linear4bit")
+    return kind is not None and isinstance(layer, kind)
 
 
 def _compute_dtype(layer) -> torch.dtype:

@@ -342,35 +342,32 @@ def cost_and_ceiling(records: Sequence[dict], references: dict[int, dict] | None
     prompts at the gold ceiling (every sample scored 1) with its 95% CI over seeds. Rows: the references, then each
     group by mean gold, best first."""
     scores = prompt_scores(records, references)
+    seconds = runs_frame(records).groupby("label")["seconds"].mean()
+    configs = {r["label"]: r["metrics"]["config"] for r in records}
     rows = []
     labels = [*(REFERENCE_ROWS if references else ()), *sorted({r["label"] for r in records if "[" not in r["label"]})]
     for label in labels:
         mine = [v for (lab, _), v in scores.items() if lab == label]
         if not mine:  # records made without per-prompt scores
             continue
-        runs = [r for r in records if r["label"] == label]
-        config = runs[0]["metrics"]["config"] if runs else {}
-        at_ceiling = [float(np.mean(v >= CEILING)) for v in mine]
-        share = mean_ci(at_ceiling) if len(at_ceiling) > 1 else {"mean": at_ceiling[0], "ci95": np.nan}
-        rows.append(
-            {
-                "method": label,
-                "supervision": supervision_of(label) if runs else "reference",
-                "n_seeds": len(mine),
-                "gold": float(np.mean([v.mean() for v in mine])),
-                "at_ceiling": share["mean"],
-                "at_ceiling_ci95": share["ci95"],
-                "optimizer_steps": optimizer_steps(config) if runs else np.nan,
-                "examples_per_step": (
-                    int(config.get("batch_size", 0)) * int(config.get("gradient_accumulation_steps") or 1)
-                    if runs
-                    else np.nan
-                ),
-                "seconds": float(np.mean([r["metrics"].get("seconds", r["train_seconds"]) for r in runs]))
-                if runs
-                else np.nan,
-            }
-        )
+        share = mean_ci([float(np.mean(v >= CEILING)) for v in mine])
+        row = {
+            "method": label,
+            "supervision": supervision_of(label) if label in configs else "reference",
+            "n_seeds": len(mine),
+            "gold": float(np.mean([v.mean() for v in mine])),
+            "at_ceiling": share["mean"],
+            "at_ceiling_ci95": share["ci95"],
+        }
+        if label in configs:  # a method's runs (a reference has no training)
+            config = configs[label]
+            row.update(
+                optimizer_steps=optimizer_steps(config),
+                examples_per_step=int(config.get("batch_size", 0))
+                * int(config.get("gradient_accumulation_steps") or 1),
+                seconds=float(seconds[label]),
+            )
+        rows.append(row)
     columns = ["method", "supervision", "n_seeds", "gold", "at_ceiling", "at_ceiling_ci95", "optimizer_steps"]
     table = pd.DataFrame(rows, columns=[*columns, "examples_per_step", "seconds"])
     group = {"reference": 0, SUPERVISION["teacher"]: 1, SUPERVISION["gold"]: 2}

@@ -210,6 +210,7 @@ JUDGE_WORLD = dict(
     judge_running_best=True,
     judge_verdict_scale=19,
 )
+DEFAULT = replace(DEFAULT_V1, **JUDGE_WORLD)
 HARD_STUDENT_MIX = {
     "correct": 0.1,
     "frequent_filler": 0.25,
@@ -249,7 +250,8 @@ SIZES: dict[str, GymConfig] = {
     # the smallest recipe that has the designed-in properties (DPO teacher ≥ reference > student by ≥ 0.15 greedy
     # gold, MCQ ranks better than likelihood; held at seeds 0, 1 and 2): the default's world and judge on models
     # 1/8 of its size. It trains in about 35 s on 2 cores, so the suite builds it from scratch to check them.
-    "small": GymConfig(
+    "small": replace(
+        DEFAULT,
         size="small",
         teacher=ModelShape(hidden=64, layers=2, heads=2, intermediate=128),
         student=ModelShape(hidden=32, layers=1, heads=2, intermediate=64),
@@ -259,36 +261,22 @@ SIZES: dict[str, GymConfig] = {
         teacher_lr=3e-3,
         student_rows=3000,
         student_steps=150,
-        student_lr=3e-3,
         dpo_prompts=256,
-        dpo_samples=4,
         dpo_steps=30,
-        dpo_beta=0.1,
-        dpo_lr=1e-4,
-        dpo_loss=("sigmoid", "sft"),
-        dpo_min_chosen_gold=0.5,
-        **{
-            k: v
-            for k, v in JUDGE_WORLD.items()
-            if k not in ("student", "student_steps", "teacher_mcq_rows", "teacher_steps")
-        },
     ),
-    "default": replace(DEFAULT_V1, **JUDGE_WORLD),
+    "default": DEFAULT,
     # presets gym-hard-*: a student that also errs in substance (near misses, wrong and copied answers), not in style
     # alone, trained less (600 steps), and a judge trained on such options too: a larger gap and far fewer prompts
     # at the ceiling, to see whether the comparison's ranking survives a harder world. Designed on validation
     # prompts (results/gym/hard_validation.json); there the judge's MCQ ranks the student's samples *worse* than
     # the teacher's likelihood does — PAD's calibration premise fails when the errors are in the numbers.
-    "hard": replace(
-        DEFAULT_V1,
-        **{**JUDGE_WORLD, "student_mix": HARD_STUDENT_MIX, "judge_mix": HARD_JUDGE_MIX, "student_steps": 600},
-    ),
+    "hard": replace(DEFAULT, student_mix=HARD_STUDENT_MIX, judge_mix=HARD_JUDGE_MIX, student_steps=600),
     # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
     "v1": DEFAULT_V1,
     # presets gym-world1-* / gym-world2-*: the default recipe built with other seeds (data, initialisation, training
     # order) — other worlds of the same design, to check that a conclusion is not one build's accident
-    "world1": replace(DEFAULT_V1, **JUDGE_WORLD, seed=1),
-    "world2": replace(DEFAULT_V1, **JUDGE_WORLD, seed=2),
+    "world1": replace(DEFAULT, seed=1),
+    "world2": replace(DEFAULT, seed=2),
 }
 
 

@@ -92,23 +92,19 @@ class Method:
         return FAMILIES[self.family]
 
 
+# what a method asks of its teacher(s) (``Method.needs``), for the needs several methods share
+PAD_NEEDS = "teacher log-likelihood + MCQ judgement of n student samples"
+TEACHER_SAMPLES = "teacher samples (black-box teacher)"
+TEACHER_SCORES = "teacher scores of n student samples"
+BOTH_TEACHERS_TOPK = "preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)"
+
 # Learning rates: each method's best on the default gym's validation split (``experiments/gym_tune.py``: seed 0,
 # 128 prompts x 4 samples, grid {1e-4, 3e-4, 1e-3, 3e-3} and one step past a winning end; results/gym_tune/ holds
 # the measurements, including a 3-seed re-check). The order is the comparison table's.
 METHODS: dict[str, Method] = {
-    "pad-vpd": Method(
-        "pad",
-        {"loss": "vpd", "sft_weight": 0.0},
-        3e-4,
-        needs="teacher log-likelihood + MCQ judgement of n student samples",
-    ),
-    "pad-ppd": Method(
-        "pad",
-        {"loss": "ppd", "sft_weight": 0.0},
-        1e-4,
-        needs="teacher log-likelihood + MCQ judgement of n student samples",
-    ),
-    "plad": Method("plad", {"sft_weight": 0.0}, 1e-4, needs="teacher samples (black-box teacher)"),
+    "pad-vpd": Method("pad", {"loss": "vpd", "sft_weight": 0.0}, 3e-4, needs=PAD_NEEDS),
+    "pad-ppd": Method("pad", {"loss": "ppd", "sft_weight": 0.0}, 1e-4, needs=PAD_NEEDS),
+    "plad": Method("plad", {"sft_weight": 0.0}, 1e-4, needs=TEACHER_SAMPLES),
     "kd": Method(
         "baselines",
         {"method": "kd"},
@@ -116,21 +112,16 @@ METHODS: dict[str, Method] = {
         needs="teacher logits on reference answers (same vocabulary)",
         supervision="gold",
     ),
-    "seqkd": Method("baselines", {"method": "seqkd"}, 3e-4, needs="teacher samples (black-box teacher)"),
+    "seqkd": Method("baselines", {"method": "seqkd"}, 3e-4, needs=TEACHER_SAMPLES),
     "reverse-kl": Method(
         "baselines", {"method": "reverse-kl"}, 3e-4, needs="teacher logits on student samples (same vocabulary)"
     ),
-    "dpo": Method("baselines", {"method": "dpo"}, 3e-5, needs="teacher scores of n student samples"),
-    "simpo": Method("baselines", {"method": "simpo"}, 3e-5, needs="teacher scores of n student samples"),
-    "pro": Method("baselines", {"method": "pro"}, 1e-4, needs="teacher scores of n student samples"),
+    "dpo": Method("baselines", {"method": "dpo"}, 3e-5, needs=TEACHER_SCORES),
+    "simpo": Method("baselines", {"method": "simpo"}, 3e-5, needs=TEACHER_SCORES),
+    "pro": Method("baselines", {"method": "pro"}, 1e-4, needs=TEACHER_SCORES),
     # beyond the papers: the same objectives plus an NLL anchor on the teacher's preferred answer (sft_weight = 1)
-    "pad-ppd+sft": Method(
-        "pad",
-        {"loss": "ppd", "sft_weight": 1.0},
-        3e-4,
-        needs="teacher log-likelihood + MCQ judgement of n student samples",
-    ),
-    "plad+sft": Method("plad", {"sft_weight": 1.0}, 1e-4, needs="teacher samples (black-box teacher)"),
+    "pad-ppd+sft": Method("pad", {"loss": "ppd", "sft_weight": 1.0}, 3e-4, needs=PAD_NEEDS),
+    "plad+sft": Method("plad", {"sft_weight": 1.0}, 1e-4, needs=TEACHER_SAMPLES),
     "sft": Method("adpa", {"method": "sft"}, 3e-3, needs="preference pairs only", supervision="gold"),
     "dckd": Method(
         "adpa",
@@ -140,14 +131,7 @@ METHODS: dict[str, Method] = {
         needs="preference pairs + DPO-teacher top-k logits (same vocabulary)",
         supervision="gold",
     ),
-    "adpa": Method(
-        "adpa",
-        {"method": "adpa"},
-        1e-4,
-        ("gamma",),
-        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
-        supervision="gold",
-    ),
+    "adpa": Method("adpa", {"method": "adpa"}, 1e-4, ("gamma",), needs=BOTH_TEACHERS_TOPK, supervision="gold"),
     "adpa+": Method(
         "adpa",
         {"method": "adpa+"},
@@ -164,20 +148,13 @@ METHODS: dict[str, Method] = {
         needs="preference pairs + DPO-teacher top-k on student samples (same vocabulary)",
         supervision="gold",
     ),
-    "q_argmax": Method(
-        "adpa",
-        {"method": "q_argmax"},
-        3e-3,
-        ("gamma",),
-        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
-        supervision="gold",
-    ),
+    "q_argmax": Method("adpa", {"method": "q_argmax"}, 3e-3, ("gamma",), needs=BOTH_TEACHERS_TOPK, supervision="gold"),
     "q_softmax": Method(
         "adpa",
         {"method": "q_softmax"},
         3e-3,
         ("gamma",),
-        needs="preference pairs + DPO and reference teachers' top-k on student samples (same vocabulary)",
+        needs=BOTH_TEACHERS_TOPK,
         supervision="gold",
     ),
 }
