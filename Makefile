@@ -59,7 +59,8 @@ figures: reports
 	$(PYTHON) -m workbench.figures --across default=results/compare world1=results/compare_world1 world2=results/compare_world2
 
 # each committed records folder tabulated (table, claims ledger, against the best) into its REPORT.md
-REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2 results/compare_hard
+REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2 results/compare_hard \
+	results/compare_real_text
 reports:
 	for d in $(REPORT_DIRS); do $(PYTHON) -m workbench.compare --report --runs-dir $$d > $$d/REPORT.md || exit 1; done
 
@@ -77,6 +78,7 @@ notebook-figures:
 	$(PYTHON) -m papermill --no-progress-bar notebooks/06_adpa_train.ipynb $(NB_OUT)/06.ipynb -p publish True -p sweep True -p sweep_seeds 0,1,2
 	$(PYTHON) -m papermill --no-progress-bar notebooks/07_plad_train.ipynb $(NB_OUT)/07.ipynb -p publish True \
 		-p real_ratios "" -p data_fractions ""
+	$(PYTHON) -m papermill --no-progress-bar notebooks/10_real_text.ipynb $(NB_OUT)/10.ipynb -p publish True
 
 bench:
 	for f in bench/bench_*.py; do $(PYTHON) $$f; done

@@ -349,3 +349,60 @@ def test_parameter_lists_do_not_clash():
     for phrase in v.END_PHRASES:
         assert all(v.avoids_word(phrase, word) for word in v.AVOIDED_WORDS), phrase
     assert all(w.isascii() and w.islower() and w.isalpha() for w in (*v.KEYWORDS, *v.AVOIDED_WORDS))
+
+
+# --- the near miss: reward accuracy's rejected answer ---
+
+
+def test_a_near_miss_breaks_exactly_the_first_constraint_of_every_prompt(sample):
+    kinds = set()
+    for prompt in sample:
+        broken = v.near_miss_answer(prompt)
+        assert broken is not None, prompt.text
+        met = v.constraint_results(prompt, broken)
+        assert not met[0] and all(met[1:]), (prompt.text, broken)
+        assert v.gold_reward(prompt, broken) < v.gold_reward(prompt, prompt.answer_text) == 1.0
+        kinds.add(prompt.constraints[0].kind)
+    assert kinds == set(v.CONSTRAINTS)  # every kind's edit was exercised
+
+
+def test_a_near_miss_of_an_end_phrase_prompt_never_ends_with_the_phrase():
+    prompt = v.VerifiablePrompt("Suggest a plan for a lazy Sunday.", (v.Constraint("end_phrase", ("That is all.",)),))
+    assert not v.ends_with_phrase(v.near_miss_answer(prompt), "That is all.")
+
+
+# --- an own answer repaired by program: the real-text teacher's chosen answers ---
+
+OWN_ANSWERS = [
+    "Spend a sunny morning with a glass of water, enjoying the sun. It is really very nice and good. 1. Walk 2. Swim",
+    "- a first point\n- a second point\nThat is all.",
+    "Crème brûlée 🍮 中文 ÉTÉ",
+    "OK " * 300,
+]
+
+
+def test_a_repaired_answer_meets_every_constraint_or_is_none(sample):
+    repaired = 0
+    for prompt in sample:
+        for answer in [*OWN_ANSWERS, *ADVERSARIAL]:
+            fixed = v.repaired_answer(prompt, answer)
+            if fixed is not None:
+                assert v.gold_reward(prompt, fixed) == 1.0, (prompt.text, answer, fixed)
+                repaired += 1
+    assert repaired > 0.9 * len(sample) * len(OWN_ANSWERS)  # a text with words is almost always repairable
+
+
+def test_a_repaired_answer_keeps_the_models_own_words_where_the_constraints_allow():
+    prompt = v.VerifiablePrompt(
+        "Describe a friendly neighbour.",
+        (
+            v.Constraint("bullets", (2,)),
+            v.Constraint("avoid_word", ("very",)),
+            v.Constraint("end_phrase", ("Take care.",)),
+        ),
+    )
+    fixed = v.repaired_answer(prompt, "She waves every morning. She is very kind to the children.")
+    assert fixed == "- She waves every morning.\n- She is kind to the children.\nTake care."
+    cut = v.VerifiablePrompt("Describe a friendly neighbour.", (v.Constraint("max_words", (20,)),))
+    assert v.repaired_answer(cut, "word " * 50) == " ".join(["word"] * 20)
+    assert v.repaired_answer(cut, "") is None  # nothing to keep, nothing to say

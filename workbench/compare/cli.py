@@ -19,7 +19,17 @@ from workbench.compare.claims import (
 )
 from workbench.compare.evaluation import held_out_tasks
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds
-from workbench.compare.runs import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, REFERENCE_ROWS, SUITES, Variant, suite
+from workbench.compare.runs import (
+    DEFAULT_RUNS_DIR,
+    DEFAULT_SEEDS,
+    REAL_TEXT_RUNS_DIR,
+    REAL_TEXT_SEEDS,
+    REFERENCE_ROWS,
+    SUITES,
+    Variant,
+    real_text_overrides,
+    suite,
+)
 from workbench.compare.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL
 from workbench.compare.tables import (
     SUPERVISION,
@@ -104,7 +114,8 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         format_tau_sets(tau_sets(records)),
         "",
     ]
-    if len(prompts) == 1 and prompts[0]:
+    on_gym = "dataset" not in (records[0].get("models") or {})
+    if len(prompts) == 1 and prompts[0] and on_gym:
         split = (records[0].get("models") or {}).get("split", "test")
         tasks = held_out_tasks(prompts[0], split)
         labels = [*REFERENCE_ROWS, *best["method"].head(TASK_TABLE_METHODS)]
@@ -163,9 +174,11 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the method comparison and the claims ledger on the gym")
-    parser.add_argument("--suite", default="full", help=" | ".join(SUITES))
+    parser.add_argument(
+        "--suite", default=None, help=" | ".join(SUITES) + " (default: full; real-text with --real-text)"
+    )
     parser.add_argument("--methods", nargs="*", help="method names instead of a suite")
-    parser.add_argument("--seeds", nargs="*", type=int, default=list(DEFAULT_SEEDS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="default 0-9 (0-2 with --real-text)")
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument(
@@ -196,7 +209,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "gym-SIZE-teacher-dpo, student gym-SIZE-student; records in <runs-dir>_SIZE unless "
         "--runs-dir is given",
     )
+    parser.add_argument(
+        "--real-text",
+        action="store_true",
+        help="real text instead of the gym: the verifiable prompt set, the DPO-trained SmolLM2 teacher and SmolLM2 "
+        "as the student (python -m workbench.real_text build first), at the sizes of "
+        "workbench.compare.runs.real_text_overrides; records in results/compare_real_text unless --runs-dir is given",
+    )
     args = parser.parse_args(argv)
+    if args.real_text and args.gym:
+        parser.error("--real-text and --gym name different worlds; give one")
+    if args.real_text and args.runs_dir == DEFAULT_RUNS_DIR:
+        args.runs_dir = REAL_TEXT_RUNS_DIR
+    args.suite = args.suite or ("real-text" if args.real_text else "full")
+    if args.seeds is None:
+        args.seeds = list(REAL_TEXT_SEEDS if args.real_text else DEFAULT_SEEDS)
     if args.across:
         worlds = parse_worlds(args.across)
         print(format_ledger_across(ledger_across_worlds(worlds), list(worlds)))
@@ -210,12 +237,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides = {"teacher": f"gym-{args.gym}-teacher-dpo", "student": f"gym-{args.gym}-student"}
         if args.runs_dir == DEFAULT_RUNS_DIR:
             args.runs_dir = f"{DEFAULT_RUNS_DIR}_{args.gym}"
+    if args.real_text:
+        overrides = real_text_overrides()
     if args.report:
         print(report(args.runs_dir), end="")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
-    variants = [Variant(m) for m in args.methods] if args.methods else suite(args.suite)
+    if args.methods:
+        named = {v.label: v for v in suite(args.suite)}
+        variants = [named.get(m, Variant(m)) for m in args.methods]
+    else:
+        variants = suite(args.suite)
     summary = compare(
         variants,
         args.seeds,

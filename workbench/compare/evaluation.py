@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from workbench.evaluate import evaluate_policy, gold_ranked_pairs, length_bucket_gains, prompt_lengths, win_rate
 from workbench.evaluate import reward_accuracy as pair_accuracy
-from workbench.methods.common import HELD_OUT_SEED, RunResult, gym_prompts
+from workbench.methods.common import HELD_OUT_SEED, RunResult, preset_prompts
+from workbench.rewards import user_text
 
 logger = logging.getLogger("workbench.compare")
 
@@ -32,10 +33,21 @@ class EvalConfig:
     alpha: float = 0.8  # the teacher ranking for Kendall τ is PAD's calibrated r̂ (Eq. 9)
     mcq_order: str = "random"
     length_edges: tuple[float, ...] = (0, 2, 4, 6, 8, float("inf"))
-    split: str = "test"  # the gym split evaluated on: "test" for the table, "validation" for choosing settings
+    split: str = "test"  # the split evaluated on: "test" for the table, "validation" for choosing settings
+    dataset: str = "gym"  # the prompt set with a gold reward (workbench.data.PROMPT_PRESETS): "gym" or "verifiable"
 
     def held_out(self):
-        return gym_prompts(self.split, self.eval_prompts, HELD_OUT_SEED)
+        return preset_prompts(self.dataset, self.split, self.eval_prompts, HELD_OUT_SEED)
+
+    def gold_reward(self):
+        """The gold reward of the prompt set, as ``evaluate_policy`` takes it."""
+        from workbench.data.presets import PROMPT_PRESETS
+
+        return PROMPT_PRESETS[self.dataset].gold_reward
+
+    def preference_pairs(self) -> list[dict]:
+        """The fixed held-out pairs reward accuracy is measured on (:func:`heldout_preference_pairs`)."""
+        return heldout_preference_pairs(self.held_out(), self.dataset)
 
     def models(self) -> dict[str, str]:
         """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
@@ -45,11 +57,13 @@ class EvalConfig:
             "teacher": model_identity(self.teacher),
             "student": model_identity(self.student),
             **({"split": self.split} if self.split != "test" else {}),
+            **({"dataset": self.dataset} if self.dataset != "gym" else {}),
         }
 
     def weights(self) -> dict[str, str | None]:
         """The teacher's and student's weights as built here (:func:`workbench.models.weights_fingerprint`; None
-        for a model that is not a gym preset): the same :meth:`models` built under other libraries differ here."""
+        for a model that is neither a gym preset nor the real-text teacher): the same :meth:`models` built under
+        other libraries differ here."""
         from workbench.models import weights_fingerprint
 
         return {"teacher": weights_fingerprint(self.teacher), "student": weights_fingerprint(self.student)}
@@ -61,12 +75,19 @@ def held_out_tasks(n_prompts: int, split: str = "test") -> list[str]:
     return [p.task for p in EvalConfig(eval_prompts=n_prompts, split=split).held_out()]
 
 
-EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens")
+EVAL_OVERRIDES = ("teacher", "student", "eval_prompts", "eval_samples", "max_new_tokens", "dataset")
 
 
-def heldout_preference_pairs(prompts, seed: int = HELD_OUT_SEED) -> list[dict]:
-    """One gold-ranked pair per held-out prompt, from the gym's candidate kinds (the judge mix): a fixed,
-    model-independent test set for reward accuracy (DESIGN: chosen avg-log-lik > rejected)."""
+def heldout_preference_pairs(prompts, dataset: str = "gym", seed: int = HELD_OUT_SEED) -> list[dict]:
+    """One gold-ranked pair per held-out prompt: a fixed, model-independent test set for reward accuracy (DESIGN:
+    chosen avg-log-lik > rejected). Gym: two of the gym's candidate kinds (the judge mix) of different gold.
+    Verifiable: the program-built satisfying answer ≻ its near miss, the same answer with the prompt's first
+    constraint broken (``workbench.data.verifiable.near_miss_answer``)."""
+    if dataset == "verifiable":
+        from workbench.data.verifiable import near_miss_answer, satisfying_answer
+
+        pairs = [(p, satisfying_answer(p), near_miss_answer(p)) for p in prompts]
+        return [{"prompt": p.text, "chosen": c, "rejected": r} for p, c, r in pairs if r is not None]
     from workbench.gym.build import JUDGE_MIX
 
     rows = gold_ranked_pairs(prompts, JUDGE_MIX, random.Random(seed), max_tries=100)
@@ -79,12 +100,18 @@ def reward_accuracy(model, tokenizer, pairs: Sequence[dict]) -> float:
     return pair_accuracy(model, tokenizer, pairs, ties="half")
 
 
+EXAMPLES = 4  # held-out prompts whose first sample a record keeps, to read what a run's numbers stand for
+
+
 def _evaluation_summary(evaluation: dict) -> dict:
+    samples = evaluation["samples"]
+    first = [i for i, sample_id in enumerate(samples["sample_id"]) if sample_id == 0][:EXAMPLES]
     return {
         "gold": evaluation["gold"],
         "per_prompt": evaluation["per_prompt"],
         "length": evaluation["length"],
         "prompt_lengths": prompt_lengths(evaluation).tolist(),
+        "examples": [{"prompt": user_text(samples["prompt"][i]), "response": samples["response"][i]} for i in first],
     }
 
 
@@ -94,12 +121,18 @@ def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dic
     from workbench.models import load
 
     held_out = eval_cfg.held_out()
-    pairs = heldout_preference_pairs(held_out)
+    pairs = eval_cfg.preference_pairs()
     out = {}
     for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
         model, tokenizer = load(name)
         evaluation = evaluate_policy(
-            model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+            model,
+            tokenizer,
+            held_out,
+            n=eval_cfg.eval_samples,
+            seed=seed,
+            max_new_tokens=eval_cfg.max_new_tokens,
+            gold_reward=eval_cfg.gold_reward(),
         )
         out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
     return out
@@ -114,7 +147,13 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
     held_out = eval_cfg.held_out()
     model, tokenizer = result.model, result.tokenizer
     after = evaluate_policy(
-        model, tokenizer, held_out, n=eval_cfg.eval_samples, seed=seed, max_new_tokens=eval_cfg.max_new_tokens
+        model,
+        tokenizer,
+        held_out,
+        n=eval_cfg.eval_samples,
+        seed=seed,
+        max_new_tokens=eval_cfg.max_new_tokens,
+        gold_reward=eval_cfg.gold_reward(),
     )
     initial, teacher_eval = references["student"], references["teacher"]
     teacher, teacher_tok = load(eval_cfg.teacher)
@@ -132,7 +171,7 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
         **_evaluation_summary(after),
         "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),
         "win_rate_vs_teacher": win_rate(after["per_prompt"], teacher_eval["per_prompt"]),
-        "reward_accuracy": reward_accuracy(model, tokenizer, heldout_preference_pairs(held_out)),
+        "reward_accuracy": reward_accuracy(model, tokenizer, eval_cfg.preference_pairs()),
         "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
         "tau_student_gold": ranking["tau_student_gold"]["mean"],
         # τ skips a set whose samples one scoring cannot rank (all equal): how many sets each mean is over

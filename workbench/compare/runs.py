@@ -88,20 +88,25 @@ def available_methods() -> list[str]:
 @dataclass(frozen=True)
 class Variant:
     """A method with parameter overrides, e.g. ``Variant("pad-ppd", {"alpha": 0.0})``; ``cold_cache`` runs it
-    with an empty stage cache so its wall time counts every sample and score (for cost claims)."""
+    with an empty stage cache so its wall time counts every sample and score (for cost claims); ``name`` labels it
+    as a table method where its overrides are what the method means in a world (KD on the teacher's samples on real
+    text, where there are no gold answers)."""
 
     method: str
     overrides: dict = field(default_factory=dict)
     cold_cache: bool = False
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         if not self.overrides:
             return self.method
         return self.method + "[" + ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items())) + "]"
 
     def __hash__(self):
-        return hash((self.method, json.dumps(self.overrides, sort_keys=True), self.cold_cache))
+        return hash((self.method, json.dumps(self.overrides, sort_keys=True), self.cold_cache, self.name))
 
 
 def as_variant(item) -> Variant:
@@ -125,13 +130,40 @@ LEDGER_VARIANTS = (
 )
 
 
-SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5")
+# real text: the verifiable prompt set on SmolLM2 (workbench.real_text), sized for 2 CPU cores. One learning rate for
+# every method, fixed before any run (the teacher's DPO moved SmolLM2 at 2e-5 in 96 steps; a run here has 16 steps),
+# not chosen per method; KD trains on the teacher's samples (no gold answers on this set).
+REAL_TEXT_RUNS_DIR = "results/compare_real_text"
+REAL_TEXT_SEEDS = (0, 1, 2)
+REAL_TEXT_METHODS = ("pad-ppd", "plad", "seqkd", "kd", "dpo", "dckd", "adpa")
+
+
+def real_text_overrides() -> dict:
+    """The config fields every real-text run shares (model names from :mod:`workbench.real_text.store`)."""
+    from workbench.real_text.store import BASE_MODEL, TEACHER
+
+    return {
+        "dataset": "verifiable",
+        "teacher": TEACHER,
+        "student": BASE_MODEL,
+        "max_new_tokens": 48,
+        "train_prompts": 64,
+        "eval_prompts": 96,
+        "eval_samples": 2,
+        "steps": 16,
+        "batch_size": 4,
+        "lr": 5e-5,
+    }
+
+
+SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5", "real-text")
 
 
 def suite(name: str) -> list[Variant]:
     """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
     ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
-    SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5)."""
+    SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``real-text`` (the methods
+    run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples)."""
     if name == "table":
         return [Variant(m) for m in available_methods()]
     if name == "ledger":
@@ -148,6 +180,8 @@ def suite(name: str) -> list[Variant]:
         return [Variant(m, {"data_fraction": f}) for m in methods for f in (0.1, 0.25, 0.5)] + [
             Variant(m) for m in methods
         ]
+    if name == "real-text":
+        return [Variant(m, {"kd_targets": "teacher"}, name=m) if m == "kd" else Variant(m) for m in REAL_TEXT_METHODS]
     if name == "pad-fig5":
         return [Variant("pad-ppd", {"alpha": a}) for a in (0.0, 0.2, 0.4, 0.6, 1.0)] + [Variant("pad-ppd")]
     raise ValueError(f"unknown suite {name!r}; use {', '.join(SUITES)}")

@@ -491,3 +491,87 @@ def satisfying_answer(prompt: VerifiablePrompt) -> str:
         lines.append(given["end_phrase"][0])
     text = "\n".join(lines)
     return text.lower() if "lowercase" in given else text
+
+
+def near_miss_answer(prompt: VerifiablePrompt) -> str | None:
+    """The :func:`satisfying_answer` with the prompt's first constraint broken by the smallest edit that breaks it
+    (one word too many, the keyword left out, the avoided word used, one capital letter, one bullet missing, the end
+    phrase missing, the result off by one); the other constraints stay met where the edit allows. None when the edit
+    also meets the first constraint (never, for the generated prompts: tested). A model-independent rejected
+    answer: a (satisfying, near-miss) pair differs in exactly what the first constraint asks."""
+    answer = satisfying_answer(prompt)
+    first = prompt.constraints[0]
+    kind, value = first.kind, first.value
+    if kind == "max_words":
+        missing = value[0] + 1 - len(words(answer))
+        lines = answer.split("\n")
+        lines[0] = lines[0].rstrip(".") + " and" * max(missing, 1) + "."
+        broken = "\n".join(lines)
+    elif kind == "keyword":
+        broken = answer.replace(f"my answer is about {value[0]}", "my answer").replace(
+            f"My answer is about {value[0]}", "My answer"
+        )
+    elif kind == "avoid_word":
+        lines = answer.split("\n")
+        lines[0] = lines[0].rstrip(".") + f" {value[0]}."
+        broken = "\n".join(lines)
+    elif kind == "lowercase":
+        broken = answer[0].upper() + answer[1:] if answer[0].isalpha() else "My " + answer
+    elif kind == "bullets":
+        lines = answer.split("\n")
+        last_bullet = max(i for i, line in enumerate(lines) if line.startswith("- "))
+        broken = "\n".join(lines[:last_bullet] + lines[last_bullet + 1 :])
+    elif kind == "end_phrase":
+        broken = (
+            answer.removesuffix(value[0]).rstrip()
+            + "\n"
+            + ("that is it." if value[0].lower() == "that is all." else "that is all.")
+        )
+    else:  # arithmetic
+        a, _, b = value
+        result = arithmetic_result(*value)
+        wrong = next(r for r in (result + 1, result + 2, result + 3) if r not in (a, b))
+        broken = answer.replace(f"{result}:", f"{wrong}:", 1)
+    return None if first.check(broken) else broken
+
+
+# --- an own answer repaired by program ---
+
+
+def _first_words(text: str, count: int) -> str:
+    """``text`` cut after its ``count``-th word (:func:`words`), whitespace collapsed."""
+    if count <= 0:
+        return ""
+    ends = [m.end() for m in WORD_RE.finditer(text)]
+    return text if len(ends) <= count else text[: ends[count - 1]]
+
+
+def repaired_answer(prompt: VerifiablePrompt, response: str) -> str | None:
+    """``response`` edited by program to meet every constraint of ``prompt``, keeping as much of its own text as the
+    constraints allow: the avoided word and any bullet or end-phrase lines removed, the arithmetic result first, a line
+    naming the keyword, the text cut to the word limit and split into the asked number of "- " bullets, the end
+    phrase last, all lowercased when asked. None when no such edit meets every constraint (e.g. nothing of the text
+    is left). A chosen answer that is the model's own words where it can be (the real-text teacher's DPO pairs)."""
+    given = {c.kind: c.value for c in prompt.constraints}
+    body = " ".join(line for line in response.splitlines() if not re.match(r"[ \t]*- +\S", line))
+    if "avoid_word" in given:
+        body = re.sub(rf"(?<![^\W_]){re.escape(given['avoid_word'][0])}(?![^\W_])", " ", body, flags=re.IGNORECASE)
+    body = " ".join(body.split())
+    head = [f"{arithmetic_result(*given['arithmetic'])}."] if "arithmetic" in given else []
+    head += [f"It involves {given['keyword'][0]}."] if "keyword" in given else []
+    tail = [given["end_phrase"][0]] if "end_phrase" in given else []
+    if "max_words" in given:
+        body = _first_words(body, given["max_words"][0] - len(words(" ".join(head + tail))))
+    lines = [body] if body else []
+    if "bullets" in given:
+        k = given["bullets"][0]
+        sentences = re.split(r"(?<=[.!?])\s+", body)
+        parts = sentences if len(sentences) >= k else body.split()  # whole sentences where there are enough
+        if len(parts) < k:
+            return None
+        cut = [round(i * len(parts) / k) for i in range(k + 1)]
+        lines = ["- " + " ".join(parts[cut[i] : cut[i + 1]]) for i in range(k)]
+    text = "\n".join(head + lines + tail)
+    if "lowercase" in given:
+        text = text.lower()
+    return text if words(text) and gold_reward(prompt, text) == 1.0 else None

@@ -68,6 +68,7 @@ from workbench.methods.common import (
     training_summary,
 )
 from workbench.methods.config import hf_levers, vllm_engine_options
+from workbench.real_text.store import TEACHERS
 from workbench.sampling import group_responses, sample_responses
 from workbench.topk_cache import TopkCache, topk_teacher
 from workbench.trainers import (
@@ -465,7 +466,8 @@ def train_run(cfg: AdpaConfig, *, state=None, device: str | None = None) -> Trai
 
 def harness_kwargs(kwargs: dict) -> dict:
     """The comparison's shared overrides as AdpaConfig fields: ``teacher`` becomes ``teacher_dpo`` (and a gym
-    preset's reference teacher, its sibling, ``teacher_ref``); harness plumbing the config lacks is dropped."""
+    preset's reference teacher, its sibling, or the real-text teacher's base model, ``teacher_ref``); harness
+    plumbing the config lacks is dropped."""
     known = {f.name for f in fields(AdpaConfig)}
     kwargs = dict(kwargs)
     if "teacher" in kwargs and "teacher" not in known:
@@ -473,6 +475,8 @@ def harness_kwargs(kwargs: dict) -> dict:
         kwargs.setdefault("teacher_dpo", teacher)
         if teacher.startswith("gym-") and teacher.endswith("teacher-dpo"):
             kwargs.setdefault("teacher_ref", teacher.replace("teacher-dpo", "teacher-ref"))
+        if teacher in TEACHERS:  # the real-text teacher's reference is the model its DPO started from
+            kwargs.setdefault("teacher_ref", TEACHERS[teacher].base)
     # the harness's plumbing keys are optional for a config; everything else must be a real field
     return {k: v for k, v in kwargs.items() if k in known or k not in ("output_dir", "progress")}
 
