@@ -593,7 +593,7 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
         C.report(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2", "compare_hard"])
+@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2", "compare_hard", "compare_real_text"])
 def test_the_committed_reports_are_the_records_tabulated(folder):
     """results/<folder>/REPORT.md (the page the README's numbers quote) is what --report makes of the committed
     records today: re-running or adding records without regenerating it (make figures) fails here."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+RESULTS = NOTEBOOKS.parent / "results"
 
 # tiny parameters per notebook: each must finish in well under a minute on 2 CPU cores
 TINY = {
@@ -105,6 +106,14 @@ TINY = {
     ),
     "04_preference_distributions.ipynb": dict(
         teacher="gym-tiny-teacher-dpo", student="gym-tiny-student", n=3, n_prompts=4, train_steps=2, batch_size=4
+    ),
+    # the committed real-text records and pair report (training SmolLM2 takes longer than a test); SmolLM2 answers live
+    "10_real_text.ipynb": dict(
+        runs_dir=str(RESULTS / "compare_real_text"),
+        pair_report=str(RESULTS / "real_text" / "pair.json"),
+        gym_runs_dir=str(RESULTS / "compare"),
+        live_prompts=2,
+        max_new_tokens=16,
     ),
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,49 @@ def test_the_cli_runs_the_real_text_world_into_a_folder_of_its_own(monkeypatch, 
     with pytest.raises(SystemExit) as refused:
         C.main(["--real-text", "--gym", "hard"])
     assert refused.value.code == 2 and "--real-text and --gym name different worlds" in capsys.readouterr().err
+
+
+# --- the committed real-text records ---
+
+REAL_TEXT_RESULTS = Path(__file__).resolve().parents[1] / "results" / "compare_real_text"
+
+
+def test_the_committed_real_text_records_are_complete_current_and_on_one_teacher_build():
+    """results/compare_real_text: every real-text method at every seed the records have, made at today's real-text
+    settings on the current teacher recipe (its identity names the recipe's hash) and one build of its weights."""
+    from workbench.compare import load_records, load_references
+
+    records, references = load_records(REAL_TEXT_RESULTS), load_references(REAL_TEXT_RESULTS)
+    seeds = sorted(references)
+    assert seeds and sorted({r["seed"] for r in records}) == seeds
+    assert sorted((r["label"], r["seed"]) for r in records) == sorted(
+        (m, s) for m in REAL_TEXT_METHODS for s in seeds
+    ), "a (method, seed) is missing: python -m workbench.compare --real-text --jobs 2 resumes them"
+    expected = EvalConfig(
+        dataset="verifiable",
+        teacher=store.TEACHER,
+        student=store.BASE_MODEL,
+        eval_prompts=real_text_overrides()["eval_prompts"],
+    ).models()
+    by_label = {x.label: x for x in suite("real-text")}
+    for record in [*records, *references.values()]:
+        assert record["models"] == expected
+    assert len({json.dumps(r["weights"], sort_keys=True) for r in [*records, *references.values()]}) == 1
+    for record in records:
+        assert record["overrides"] == by_label[record["label"]].overrides
+        assert record["method_defaults"] == method_defaults(record["method"])
+        assert len(record["harness"]["per_prompt"]) == real_text_overrides()["eval_prompts"]
+        assert record["harness"]["examples"] and all(e["prompt"] for e in record["harness"]["examples"])
+
+
+def test_the_results_page_quotes_the_committed_real_text_claims_beside_the_gym():
+    from workbench.compare import format_ledger_across, ledger_across_worlds
+
+    root = REAL_TEXT_RESULTS.parents[1]
+    worlds = {"gym": root / "results" / "compare", "real text": REAL_TEXT_RESULTS}
+    table = ledger_across_worlds(worlds)
+    measured = table[table["real text_effect"].notna()]
+    assert len(measured) >= 3  # ADPA > DCKD, PLaD > SeqKD, a student above its teacher
+    assert format_ledger_across(measured, list(worlds)) in (root / "results" / "README.md").read_text(), (
+        "results/README.md's real-text claims table is stale"
+    )

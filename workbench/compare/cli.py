@@ -83,7 +83,7 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         f"percentile interval, B = {BOOTSTRAP_SAMPLES}, seed {BOOTSTRAP_SEED}), or the t interval over seeds for wall "
         "time (one value per run).",
         "",
-        "Models (gym builds): " + "; ".join(f"`{b}`" for b in builds),
+        "Models (gym builds, or the real-text teacher and student): " + "; ".join(f"`{b}`" for b in builds),
         "",
         "Weights (`workbench.models.weights_fingerprint`): "
         + "; ".join("not noted (records made before records noted them)" if w == "null" else f"`{w}`" for w in weights),
@@ -161,7 +161,7 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         "",
     ]
     for group in SUPERVISION.values():
-        members = [r for r in records if supervision_of(r["label"]) == group]
+        members = [r for r in records if supervision_of(r["label"], r["metrics"].get("config")) == group]
         if len({r["label"] for r in members if "[" not in r["label"]}) > 1:
             lines += [
                 f"### Against the best {group} method",

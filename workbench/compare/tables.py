@@ -151,6 +151,7 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=[*columns, "verdict", "after_holm", "seconds", "supervision", "needs"])
     scores = prompt_scores(records)
+    configs = {r["label"]: (r.get("metrics") or {}).get("config") for r in records}
     means = frame.groupby("label")[metric].mean()
     best = str(means.idxmax())
     rows = []
@@ -178,7 +179,7 @@ def against_best(records: Sequence[dict], metric: str = "gold") -> pd.DataFrame:
                 "p": np.nan if label == best else claim_p_value("greater", difference),
                 "verdict": verdict_,
                 "seconds": float(frame.loc[frame["label"] == label, "seconds"].mean()),
-                "supervision": supervision_of(label),
+                "supervision": supervision_of(label, configs.get(label)),
                 "needs": REGISTERED[label].needs if label in REGISTERED else "",
             }
         )
@@ -321,10 +322,16 @@ SUPERVISION = {"teacher": "teacher only", "gold": "gold-supervised"}
 CEILING = 1.0 - 1e-9  # a prompt at the gold ceiling: every sample of it scored gold 1
 
 
-def supervision_of(label: str) -> str:
-    """``teacher only`` or ``gold-supervised`` (the registry's ``supervision``) for a method label (variants too)."""
+def supervision_of(label: str, config: dict | None = None) -> str:
+    """``teacher only`` or ``gold-supervised`` (the registry's ``supervision``) for a method label (variants too);
+    with the run's ``config``, KD on the teacher's samples (``kd_targets="teacher"``, as on real text) is teacher
+    only."""
     method = REGISTERED.get(label.split("[")[0])
-    return SUPERVISION[method.supervision] if method else ""
+    if method is None:
+        return ""
+    if (config or {}).get("kd_targets") == "teacher":
+        return SUPERVISION["teacher"]
+    return SUPERVISION[method.supervision]
 
 
 def optimizer_steps(config: dict) -> int:
@@ -353,7 +360,7 @@ def cost_and_ceiling(records: Sequence[dict], references: dict[int, dict] | None
         share = mean_ci([float(np.mean(v >= CEILING)) for v in mine])
         row = {
             "method": label,
-            "supervision": supervision_of(label) if label in configs else "reference",
+            "supervision": supervision_of(label, configs[label]) if label in configs else "reference",
             "n_seeds": len(mine),
             "gold": float(np.mean([v.mean() for v in mine])),
             "at_ceiling": share["mean"],
