@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from workbench.cache import build_folder_once, cache_root
+from workbench.real_text.store import TEACHERS, build_info, find_teacher
 from workbench.weights import folder_weights_hash, verify_weights, weights_record
 
 logger = logging.getLogger("workbench.models")
@@ -193,8 +194,6 @@ def preset_names() -> list[str]:
 
     prefixes = ["" if size == "default" else f"{size}-" for size in SIZES]
     gym = [f"gym-{prefix}{role}" for prefix in prefixes for role in GYM_ROLES]
-    from workbench.real_text.store import TEACHERS
-
     return gym + list(GGUF_PRESETS) + list(LAYER_DROP_PRESETS) + list(TEACHERS)
 
 
@@ -202,8 +201,6 @@ def model_identity(name_or_path: str) -> str:
     """What a name stands for, without loading or building it: a gym preset names its build (``gym-student`` →
     ``gym-student@default-<config hash>``), so records made on another gym build tell themselves apart; the real-text
     teacher names its recipe the same way."""
-    from workbench.real_text.store import TEACHERS
-
     if name_or_path in TEACHERS:
         return f"{name_or_path}@{TEACHERS[name_or_path].key()}"
     gym = gym_preset(name_or_path)
@@ -221,8 +218,6 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     :func:`model_identity` names the build's recipe; records of a comparison note this too, so records made on a
     rebuild (other weights of the same recipe) are told apart (``workbench.compare``). A build whose ``build.json``
     records its weights was checked against that record when found, so the record is the hash."""
-    from workbench.real_text.store import TEACHERS, build_info, find_teacher
-
     if name_or_path in TEACHERS:
         return build_info(find_teacher(name_or_path))["weights"]["sha256"]
     gym = gym_preset(name_or_path)
@@ -246,8 +241,6 @@ def resolve(name_or_path: str) -> str:
         return str(find_gym(size).paths[role])
     if name_or_path in GGUF_PRESETS:
         return str(_converted_gguf(name_or_path))
-    from workbench.real_text.store import TEACHERS, find_teacher
-
     if name_or_path in TEACHERS:
         return str(find_teacher(name_or_path))
     if name_or_path in LAYER_DROP_PRESETS:

@@ -45,9 +45,23 @@ class EvalConfig:
 
         return PROMPT_PRESETS[self.dataset].gold_reward
 
-    def preference_pairs(self) -> list[dict]:
-        """The fixed held-out pairs reward accuracy is measured on (:func:`heldout_preference_pairs`)."""
-        return heldout_preference_pairs(self.held_out(), self.dataset)
+    def preference_pairs(self, held_out=None) -> list[dict]:
+        """The fixed held-out pairs reward accuracy is measured on (:func:`heldout_preference_pairs`), from
+        ``held_out`` when the caller has drawn them already."""
+        return heldout_preference_pairs(self.held_out() if held_out is None else held_out, self.dataset)
+
+    def evaluate(self, model, tokenizer, held_out, seed: int) -> dict:
+        """``evaluate_policy`` of ``model`` on the held-out prompts: ``eval_samples`` each at ``max_new_tokens``,
+        seeded like the run, scored by the prompt set's gold reward."""
+        return evaluate_policy(
+            model,
+            tokenizer,
+            held_out,
+            n=self.eval_samples,
+            seed=seed,
+            max_new_tokens=self.max_new_tokens,
+            gold_reward=self.gold_reward(),
+        )
 
     def models(self) -> dict[str, str]:
         """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
@@ -121,19 +135,11 @@ def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dic
     from workbench.models import load
 
     held_out = eval_cfg.held_out()
-    pairs = eval_cfg.preference_pairs()
+    pairs = eval_cfg.preference_pairs(held_out)
     out = {}
     for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
         model, tokenizer = load(name)
-        evaluation = evaluate_policy(
-            model,
-            tokenizer,
-            held_out,
-            n=eval_cfg.eval_samples,
-            seed=seed,
-            max_new_tokens=eval_cfg.max_new_tokens,
-            gold_reward=eval_cfg.gold_reward(),
-        )
+        evaluation = eval_cfg.evaluate(model, tokenizer, held_out, seed)
         out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
     return out
 
@@ -146,15 +152,7 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
     started = time.perf_counter()
     held_out = eval_cfg.held_out()
     model, tokenizer = result.model, result.tokenizer
-    after = evaluate_policy(
-        model,
-        tokenizer,
-        held_out,
-        n=eval_cfg.eval_samples,
-        seed=seed,
-        max_new_tokens=eval_cfg.max_new_tokens,
-        gold_reward=eval_cfg.gold_reward(),
-    )
+    after = eval_cfg.evaluate(model, tokenizer, held_out, seed)
     initial, teacher_eval = references["student"], references["teacher"]
     teacher, teacher_tok = load(eval_cfg.teacher)
     ranking = ranking_agreement(
@@ -171,7 +169,7 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
         **_evaluation_summary(after),
         "win_rate_vs_initial": win_rate(after["per_prompt"], initial["per_prompt"]),
         "win_rate_vs_teacher": win_rate(after["per_prompt"], teacher_eval["per_prompt"]),
-        "reward_accuracy": reward_accuracy(model, tokenizer, eval_cfg.preference_pairs()),
+        "reward_accuracy": reward_accuracy(model, tokenizer, eval_cfg.preference_pairs(held_out)),
         "tau_student_teacher": ranking["tau_student_teacher"]["mean"],
         "tau_student_gold": ranking["tau_student_gold"]["mean"],
         # τ skips a set whose samples one scoring cannot rank (all equal): how many sets each mean is over

@@ -1,7 +1,7 @@
 """Train the real-text teacher into the cache: SmolLM2-135M-Instruct's own answers to ``verifiable`` train prompts,
 gold-ranked (its best answer, repaired by program to meet every constraint, ≻ its worst), then DPO from SmolLM2 with
 SmolLM2 as the reference (the gym's DPO-teacher recipe on real text, with repaired chosen answers:
-:func:`workbench.gym.build.gold_ranked_own_pairs`, :func:`workbench.gym.build.train_dpo`)."""
+:func:`workbench.dpo_teacher.gold_ranked_own_pairs`, :func:`workbench.dpo_teacher.train_dpo`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from workbench.cache import build_folder_once
 from workbench.data.verifiable import gold_reward, make_prompts, repaired_answer
-from workbench.gym.build import gold_ranked_own_pairs, library_versions, train_dpo
+from workbench.dpo_teacher import gold_ranked_own_pairs, train_dpo
+from workbench.gym.build import library_versions
 from workbench.real_text.store import TEACHER, TEACHERS, TeacherRecipe, is_built, teacher_root
 
 logger = logging.getLogger("workbench.real_text")

@@ -9,16 +9,11 @@ import time
 import numpy as np
 
 from workbench.data.verifiable import CONSTRAINTS, constraint_results, gold_reward, make_prompts
-from workbench.evaluate import gold_rewards, mean_ci
+from workbench.evaluate import evaluate_policy, mean_ci
+from workbench.methods.common import HELD_OUT_SEED  # the comparison's held-out prompts
 from workbench.real_text.store import BASE_MODEL, TEACHER, build_info, find_teacher
 
-HELD_OUT_SEED = 1000  # the comparison's held-out prompts (workbench.methods.common.HELD_OUT_SEED)
 MIN_GAP = 0.15  # the gap the pair is built to have (sampled gold, teacher − student)
-
-
-def _per_prompt(prompts, samples, n: int) -> np.ndarray:
-    golds = gold_rewards([prompts[i] for i in samples["prompt_id"]], samples["response"], gold_reward)
-    return golds.reshape(len(prompts), n).mean(axis=1)
 
 
 def constraint_rates(prompts, samples) -> dict[str, float]:
@@ -34,7 +29,6 @@ def constraint_rates(prompts, samples) -> dict[str, float]:
 def pair_report(n_prompts: int = 128, n_samples: int = 4, *, split: str = "test", max_new_tokens: int = 48) -> dict:
     """The pair's measured gold on ``n_prompts`` held-out prompts of ``split`` (JSON-ready)."""
     from workbench.models import load
-    from workbench.sampling import sample_responses
     from workbench.trainers import set_threads
 
     set_threads()
@@ -56,17 +50,13 @@ def pair_report(n_prompts: int = 128, n_samples: int = 4, *, split: str = "test"
     per_prompt, answers = {}, {}
     for role, name in (("teacher", TEACHER), ("student", BASE_MODEL)):
         model, tokenizer = load(name, device="cpu")
-        kw = dict(seed=0, max_new_tokens=max_new_tokens)
-        greedy = sample_responses(model, tokenizer, texts, n=1, temperature=0.0, **kw)
-        sampled = sample_responses(model, tokenizer, texts, n=n_samples, temperature=0.8, **kw)
-        per_prompt[role] = {
-            "greedy": _per_prompt(prompts, greedy, 1),
-            "T=0.8": _per_prompt(prompts, sampled, n_samples),
-        }
-        report["gold"][role] = {k: mean_ci(v) for k, v in per_prompt[role].items()}
-        report["gold"][role]["length_words"] = float(np.mean([len(r.split()) for r in sampled["response"]]))
-        report["constraint_rates"][role] = constraint_rates(prompts, sampled)
-        answers[role] = list(greedy["response"])
+        kw = dict(seed=0, max_new_tokens=max_new_tokens, gold_reward=gold_reward)
+        greedy = evaluate_policy(model, tokenizer, prompts, n=1, temperature=0.0, **kw)
+        sampled = evaluate_policy(model, tokenizer, prompts, n=n_samples, temperature=0.8, **kw)
+        per_prompt[role] = {"greedy": np.array(greedy["per_prompt"]), "T=0.8": np.array(sampled["per_prompt"])}
+        report["gold"][role] = {"greedy": greedy["gold"], "T=0.8": sampled["gold"], "length_words": sampled["length"]}
+        report["constraint_rates"][role] = constraint_rates(prompts, sampled["samples"])
+        answers[role] = list(greedy["samples"]["response"])
     report["teacher_minus_student"] = {
         mode: mean_ci(per_prompt["teacher"][mode] - per_prompt["student"][mode]) for mode in ("greedy", "T=0.8")
     }

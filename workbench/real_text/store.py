@@ -43,7 +43,7 @@ class TeacherRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("prompts", "samples", "max_new_tokens", "steps", "batch_size"):
+        for name in ("prompts", "max_new_tokens", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TeacherRecipe.{name}={getattr(self, name)}; it must be at least 1")
         if self.samples < 2:
