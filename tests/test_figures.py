@@ -38,6 +38,17 @@ def _write(runs_dir, label, method, seed, gold, overrides=None, config=None, sec
             "tau_student_gold": 0.3,
             "length": 3.0,
             "length_buckets": buckets,
+            # four held-out prompts at the table's setting and the others; a validation curve of three points
+            "per_prompt": [gold] * 4,
+            "by_temperature": {
+                setting: {"gold": {"mean": gold + shift}, "per_prompt": [gold + shift] * 4}
+                for setting, shift in (("greedy", 0.05), ("T=0.3", 0.03), ("T=1.0", -0.02))
+            },
+            "curve": {
+                "split": "validation",
+                "prompts": 4,
+                "points": [{"step": s, "gold": gold * s / 150} for s in (50, 100, 150)],
+            },
         },
     }
     (folder / "record.json").write_text(json.dumps(record))
@@ -74,8 +85,14 @@ def _synthetic_runs(runs_dir):
     (runs_dir / "_references").mkdir()
     for seed in (0, 1, 2):
         ref = {
-            "student": {"gold": {"mean": 0.3}, "per_prompt": [0.3], "length": 3.0, "reward_accuracy": 0.6},
-            "teacher": {"gold": {"mean": 0.8}, "per_prompt": [0.8], "length": 5.0, "reward_accuracy": 0.8},
+            role: {
+                "gold": {"mean": gold},
+                "per_prompt": [gold] * 4,
+                "length": 3.0,
+                "reward_accuracy": 0.7,
+                "by_temperature": {s: {"per_prompt": [gold + 0.02] * 4} for s in ("greedy", "T=0.3", "T=1.0")},
+            }
+            for role, gold in (("student", 0.3), ("teacher", 0.8))
         }
         (runs_dir / "_references" / f"seed{seed}.json").write_text(json.dumps(ref))
 

@@ -14,6 +14,8 @@ needs are absent. Notebooks 07-09 call the same builders on their own runs.
 | ``pad_fig5_alpha`` | PAD Fig. 5 | ``pad-fig5`` (α = 0, 0.2, ..., 1; ``full`` has 0, 0.8, 1) |
 | ``pad_table2_decomposition`` | PAD Table 2 | ``full`` |
 | ``claims_ledger`` | the claims of all three papers | ``full`` |
+| ``sampling_settings`` | gold at greedy, T = 0.3, 0.8, 1.0 (student vs teacher, settings matched) | ``table`` |
+| ``learning_curves`` | validation gold against optimizer step, per supervision group | ``table`` |
 
 ``claims_across_worlds`` (``--across WORLD=DIR ...``) sets the ledgers of several gym worlds side by side.
 """
@@ -29,12 +31,17 @@ import numpy as np
 from workbench import plots
 from workbench.compare import (
     DEFAULT_RUNS_DIR,
+    REFERENCE_ROWS,
+    SUPERVISION,
     claims_ledger,
+    curve_frame,
+    gold_by_setting,
     ledger_across_worlds,
     load_records,
     load_references,
     parse_worlds,
     summarize,
+    supervision_of,
 )
 from workbench.evaluate import mean_ci
 
@@ -265,6 +272,47 @@ def figure_claims_across_worlds(runs_dirs):
     return fig
 
 
+def figure_sampling_settings(records, references):
+    """The references and the table methods at every sampling setting (None for records scored at one)."""
+    table = gold_by_setting(records, references)
+    if table.empty:
+        return None
+    settings = [c for c in table.columns if c not in ("method", "n_seeds", "best") and not c.endswith("_ci95")]
+    rows = table.to_dict("records")
+    top = sorted((r for r in rows if r["method"] not in REFERENCE_ROWS), key=lambda r: -max(r[s] for s in settings))
+    fig, (ax,) = plots.new_figure(1, width=6.5, height=4.2)
+    plots.plot_gold_by_setting(ax, [r for r in rows if r["method"] in REFERENCE_ROWS] + top[:6], settings, ["teacher"])
+    ax.set_title("gold by sampling setting: the references and the six best methods")
+    fig.tight_layout()
+    return fig
+
+
+def figure_learning_curves(records, references):
+    """Validation gold against optimizer step (mean over seeds), teacher-only and gold-supervised methods apart."""
+    frame = curve_frame([r for r in records if "[" not in r["label"]])
+    if frame.empty:
+        return None
+    configs = {r["label"]: r["metrics"].get("config") for r in records}
+    level = {}
+    if references:
+        level = {
+            "teacher (test, T = 0.8)": float(np.mean([ref["teacher"]["gold"]["mean"] for ref in references.values()])),
+            "initial student": float(np.mean([ref["student"]["gold"]["mean"] for ref in references.values()])),
+        }
+    groups = list(SUPERVISION.values())
+    fig, axes = plots.new_figure(len(groups), width=5.5, height=4.0)
+    for ax, group in zip(axes, groups):
+        curves = {}
+        for label, part in frame.groupby("label", sort=True):
+            if supervision_of(label, configs.get(label)) == group:
+                mean = part.groupby("step")["gold"].mean()
+                curves[label] = (mean.index.to_numpy(), mean.to_numpy())
+        plots.plot_learning_curves(ax, curves, level)
+        ax.set_title(f"{group} methods")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, Callable] = {
     "compare_table1_gold": figure_compare_table1,
     "plad_fig2_real_pairs": figure_plad_fig2,
@@ -273,6 +321,8 @@ FIGURES: dict[str, Callable] = {
     "pad_fig5_alpha": figure_pad_fig5,
     "pad_table2_decomposition": figure_pad_table2,
     "claims_ledger": figure_claims_ledger,
+    "sampling_settings": figure_sampling_settings,
+    "learning_curves": figure_learning_curves,
 }
 
 

@@ -448,3 +448,45 @@ def explore(draw, controls: dict, values: dict):
     widget = ipywidgets.interactive(draw, **kwargs)
     display(widget)
     return widget.result
+
+
+def plot_gold_by_setting(ax, rows: Sequence[dict], settings: Sequence[str], highlight: Sequence[str] = ()):
+    """Mean gold ± 95% CI at each sampling setting (x: greedy, then by temperature), one line per row of
+    ``workbench.compare.conditions.gold_by_setting``; ``highlight`` rows (the teacher) drawn black and thick."""
+    x = np.arange(len(settings))
+    for row in rows:
+        means = [row[s] for s in settings]
+        errors = [0 if np.isnan(row[f"{s}_ci95"]) else row[f"{s}_ci95"] for s in settings]
+        bold = row["method"] in highlight
+        ax.errorbar(
+            x,
+            means,
+            yerr=errors,
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=2.2 if bold else 1.0,
+            color="black" if bold else None,
+            label=row["method"],
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels(settings)
+    ax.set_xlabel("sampling setting")
+    ax.set_ylabel("gold (held-out test prompts)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(axis="y", lw=0.3)
+    return ax
+
+
+def plot_learning_curves(ax, curves: dict, level: dict | None = None):
+    """Validation gold against optimizer step, one line per method (``curves``: {method: (steps, mean gold)});
+    ``level``: {name: value} drawn as horizontal reference lines (the teacher's and the initial student's gold)."""
+    for name, (steps, gold) in curves.items():
+        ax.plot(steps, gold, marker=".", ms=3, lw=1.0, label=name)
+    for (name, value), style in zip((level or {}).items(), ("--", ":")):
+        ax.axhline(value, color="black", lw=0.8, ls=style, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation gold")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(lw=0.3)
+    return ax

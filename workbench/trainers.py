@@ -8,6 +8,7 @@ method trainers subclass ``Trainer`` and override ``compute_loss`` with a loss f
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -189,7 +190,7 @@ def train_sft(
         else:
             trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
     with packed_forwards(model, enabled=padding_free):
-        return fit(quiet_logs(trainer, progress), checkpoints)
+        return fit(prepare_trainer(trainer, progress), checkpoints)
 
 
 @contextlib.contextmanager
@@ -355,13 +356,30 @@ def whole_run_train_loss(history: list[dict], resumed_at: int) -> None:
     final["train_loss"] = (total + final["train_loss"] * (steps - resumed_at)) / steps
 
 
-def quiet_logs(trainer, progress: bool):
-    """Without ``progress``, the Trainer prints each log dict instead of a bar (its PrinterCallback): drop that too,
-    so a quiet run (the harness, a notebook's sweep) prints nothing; the log history is kept and returned."""
+_WATCHERS: contextvars.ContextVar[tuple] = contextvars.ContextVar("workbench_trainer_watchers", default=())
+
+
+@contextlib.contextmanager
+def watching(*callbacks):
+    """Every method's Trainer built in this block also runs ``callbacks`` (``TrainerCallback``s, e.g. the
+    comparison's validation curve); one instance sees each of a run's training calls (rounds, stages) in turn."""
+    token = _WATCHERS.set(_WATCHERS.get() + callbacks)
+    try:
+        yield
+    finally:
+        _WATCHERS.reset(token)
+
+
+def prepare_trainer(trainer, progress: bool):
+    """A method's Trainer as every method runs it: the callbacks of an enclosing :func:`watching` added, and without
+    ``progress`` no printed log dicts (the Trainer prints each instead of a bar, its PrinterCallback), so a quiet run
+    (the harness, a notebook's sweep) prints nothing; the log history is kept and returned."""
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    for callback in _WATCHERS.get():
+        trainer.add_callback(callback)
     return trainer
 
 
@@ -474,7 +492,7 @@ def train_distill(
         **overrides,
     )
     with tracked(tracking_dir):
-        trainer = quiet_logs(
+        trainer = prepare_trainer(
             DistillTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, objective=objective),
             progress,
         )

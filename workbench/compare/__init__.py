@@ -37,15 +37,28 @@ from workbench.compare.claims import (
     verdict,
 )
 from workbench.compare.cli import main, report
+from workbench.compare.conditions import (
+    budget_matched,
+    curve_frame,
+    curve_summary,
+    format_curve_summary,
+    format_gold_by_setting,
+    format_student_vs_teacher,
+    gold_by_setting,
+    setting_scores,
+    student_vs_teacher,
+)
 from workbench.compare.evaluation import (
     EVAL_OVERRIDES,
     EvalConfig,
+    ValidationCurve,
     evaluate_run,
     fresh_stage_cache,
     held_out_tasks,
     heldout_preference_pairs,
     reference_evaluations,
     reward_accuracy,
+    setting_name,
 )
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds, run_one
 from workbench.compare.runs import (
@@ -66,6 +79,7 @@ from workbench.compare.runs import (
     suite,
 )
 from workbench.compare.tables import (
+    SUPERVISION,
     against_best,
     cost_and_ceiling,
     format_against_best,
@@ -79,6 +93,7 @@ from workbench.compare.tables import (
     reference_frame,
     runs_frame,
     summarize,
+    supervision_of,
     tau_sets,
     tau_sets_of,
 )
@@ -129,6 +144,19 @@ __all__ = [
     "format_cost_and_ceiling",
     "format_gold_per_task",
     "cost_and_ceiling",
+    "SUPERVISION",
+    "supervision_of",
+    "setting_scores",
+    "budget_matched",
+    "gold_by_setting",
+    "format_gold_by_setting",
+    "student_vs_teacher",
+    "format_student_vs_teacher",
+    "curve_frame",
+    "curve_summary",
+    "format_curve_summary",
+    "ValidationCurve",
+    "setting_name",
     "Claim",
     "CLAIMS",
     "GAP_FRACTION",

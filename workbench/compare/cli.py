@@ -1,4 +1,5 @@
-"""The comparison's REPORT.md (table, τ's sets, gold per task, claims ledger, against the best) and its command line."""
+"""The comparison's REPORT.md (table, τ's sets, gold per task, claims ledger, against the best, sampling settings,
+learning curves) and its command line."""
 
 from __future__ import annotations
 
@@ -17,9 +18,22 @@ from workbench.compare.claims import (
     ledger_across_worlds,
     parse_worlds,
 )
+from workbench.compare.conditions import (
+    MAIN,
+    budget_matched,
+    curve_frame,
+    curve_summary,
+    format_curve_summary,
+    format_gold_by_setting,
+    format_student_vs_teacher,
+    gold_by_setting,
+    student_vs_teacher,
+)
 from workbench.compare.evaluation import held_out_tasks
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds
 from workbench.compare.runs import (
+    BUDGET_BATCH,
+    BUDGET_STEPS,
     DEFAULT_RUNS_DIR,
     DEFAULT_SEEDS,
     REAL_TEXT_RUNS_DIR,
@@ -169,6 +183,53 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
                 format_against_best(against_best(members)),
                 "",
             ]
+    by_setting = gold_by_setting(records, references)
+    if not by_setting.empty:
+        lines += [
+            "## Sampling temperature: every setting, and the student against its teacher",
+            "",
+            "Gold of the same runs scored greedily (one answer a prompt) and by sampling at each temperature (the "
+            f"table's setting is {MAIN}), mean ± {LEVEL:.0%} CI over seeds; each row's best setting in bold. Table "
+            "methods scored at every setting only.",
+            "",
+            format_gold_by_setting(by_setting),
+            "",
+            "The best student against the teacher at each setting, then each side at its best setting (the verdict "
+            "the ledger's `student>teacher@best-settings` reads): paired bootstrap over seeds × prompts, p two-sided, "
+            "Holm over these rows.",
+            "",
+            format_student_vs_teacher(student_vs_teacher(records, references)),
+            "",
+        ]
+    matched = budget_matched(records)
+    if {r["label"] for r in matched} >= {r["label"] for r in records if "[" not in r["label"]}:  # the budget suite ran
+        lines += [
+            f"## Matched budgets: every method at {BUDGET_STEPS} optimizer steps × {BUDGET_BATCH} examples",
+            "",
+            "The table methods' own budgets differ (above); here each method's runs at one budget: its own where its "
+            "harness settings are that budget, else its `--suite budget` variant (ADPA+'s two stages share the "
+            "steps). Learning rates stay those chosen at each method's own budget. Teacher calls are not matched.",
+            "",
+            format_cost_and_ceiling(cost_and_ceiling(matched, references)),
+            "",
+            format_against_best(against_best(matched)),
+            "",
+        ]
+    curves = curve_summary(records)
+    if not curves.empty:
+        frame = curve_frame(records)
+        every = sorted({r["harness"]["curve"]["prompts"] for r in records if r["harness"].get("curve")})
+        lines += [
+            "## Validation learning curves",
+            "",
+            f"Each run's gold on {' / '.join(map(str, every))} validation prompts (the table's temperature) during "
+            "training, every few optimizer steps and at the end (steps counted across rounds and stages); the "
+            f"points are drawn under a forked random state, so the runs trained as without them. Mean over seeds "
+            f"({len(frame)} points in all); the figure: `workbench.plots.plot_learning_curves`.",
+            "",
+            format_curve_summary(curves),
+            "",
+        ]
     return "\n".join(lines)
 
 

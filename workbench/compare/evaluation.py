@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from transformers import TrainerCallback
 
 from workbench.evaluate import evaluate_policy, gold_ranked_pairs, length_bucket_gains, prompt_lengths, win_rate
 from workbench.evaluate import reward_accuracy as pair_accuracy
@@ -35,6 +38,13 @@ class EvalConfig:
     length_edges: tuple[float, ...] = (0, 2, 4, 6, 8, float("inf"))
     split: str = "test"  # the split evaluated on: "test" for the table, "validation" for choosing settings
     dataset: str = "gym"  # the prompt set with a gold reward (workbench.data.PROMPT_PRESETS): "gym" or "verifiable"
+    temperature: float = 0.8  # the table's setting (PAD §4.1's sampling temperature)
+    # the other settings every run and reference is also scored at (0: greedy, one answer per prompt), so a claim
+    # such as "the student beats its teacher" can be read at each side's best setting
+    also_at: tuple[float, ...] = (0.0, 0.3, 1.0)
+    curve_every: int = 50  # validation gold every this many optimizer steps of a run's training (0: no curve)
+    curve_prompts: int = 32
+    curve_samples: int = 2
 
     def held_out(self):
         return preset_prompts(self.dataset, self.split, self.eval_prompts, HELD_OUT_SEED)
@@ -50,18 +60,29 @@ class EvalConfig:
         ``held_out`` when the caller has drawn them already."""
         return heldout_preference_pairs(self.held_out() if held_out is None else held_out, self.dataset)
 
-    def evaluate(self, model, tokenizer, held_out, seed: int) -> dict:
-        """``evaluate_policy`` of ``model`` on the held-out prompts: ``eval_samples`` each at ``max_new_tokens``,
-        seeded like the run, scored by the prompt set's gold reward."""
+    def evaluate(self, model, tokenizer, held_out, seed: int, temperature: float | None = None) -> dict:
+        """``evaluate_policy`` of ``model`` on the held-out prompts: ``eval_samples`` each (one when greedy) at
+        ``max_new_tokens`` and ``temperature`` (default: the table's), seeded like the run, scored by the prompt
+        set's gold reward."""
+        temperature = self.temperature if temperature is None else temperature
         return evaluate_policy(
             model,
             tokenizer,
             held_out,
-            n=self.eval_samples,
+            n=self.eval_samples if temperature > 0 else 1,
+            temperature=temperature,
             seed=seed,
             max_new_tokens=self.max_new_tokens,
             gold_reward=self.gold_reward(),
         )
+
+    def evaluate_settings(self, model, tokenizer, held_out, seed: int) -> dict:
+        """Gold at each of ``also_at``, by :func:`setting_name`: ``{"greedy": {"gold", "per_prompt"}, ...}``."""
+        out = {}
+        for temperature in self.also_at:
+            evaluation = self.evaluate(model, tokenizer, held_out, seed, temperature)
+            out[setting_name(temperature)] = {k: evaluation[k] for k in ("gold", "per_prompt")}
+        return out
 
     def models(self) -> dict[str, str]:
         """The teacher and student these runs start from, by :func:`workbench.models.model_identity`."""
@@ -81,6 +102,11 @@ class EvalConfig:
         from workbench.models import weights_fingerprint
 
         return {"teacher": weights_fingerprint(self.teacher), "student": weights_fingerprint(self.student)}
+
+
+def setting_name(temperature: float) -> str:
+    """A sampling setting's name in records and tables: "greedy" for 0, else "T=0.8"."""
+    return "greedy" if temperature == 0 else f"T={float(temperature)}"
 
 
 def held_out_tasks(n_prompts: int, split: str = "test") -> list[str]:
@@ -140,7 +166,11 @@ def reference_evaluations(seed: int, eval_cfg: EvalConfig = EvalConfig()) -> dic
     for role, name in (("student", eval_cfg.student), ("teacher", eval_cfg.teacher)):
         model, tokenizer = load(name)
         evaluation = eval_cfg.evaluate(model, tokenizer, held_out, seed)
-        out[role] = {**_evaluation_summary(evaluation), "reward_accuracy": reward_accuracy(model, tokenizer, pairs)}
+        out[role] = {
+            **_evaluation_summary(evaluation),
+            "reward_accuracy": reward_accuracy(model, tokenizer, pairs),
+            "by_temperature": eval_cfg.evaluate_settings(model, tokenizer, held_out, seed),
+        }
     return out
 
 
@@ -180,8 +210,59 @@ def evaluate_run(result: RunResult, references: dict, seed: int, eval_cfg: EvalC
         "length_buckets": length_bucket_gains(
             after["per_prompt"], initial["per_prompt"], initial["prompt_lengths"], eval_cfg.length_edges
         ),
+        "by_temperature": eval_cfg.evaluate_settings(model, tokenizer, held_out, seed),
         "eval_seconds": time.perf_counter() - started,
     }
+
+
+class ValidationCurve(TrainerCallback):
+    """The student's gold on ``curve_prompts`` validation prompts (``curve_samples`` each at the table's temperature)
+    before training, every ``curve_every`` optimizer steps and at the end of each training call, steps counted
+    across a run's calls (rounds, stages). Sampling reseeds torch, so each point runs under a forked RNG: the run
+    trains exactly as it would without the curve. ``points``: ``[{"step", "gold"}]``; ``seconds``: the time the
+    points took."""
+
+    def __init__(self, eval_cfg: EvalConfig, seed: int):
+        if eval_cfg.curve_every < 1:
+            raise ValueError(f"curve_every={eval_cfg.curve_every}; a curve needs a point every ≥ 1 steps")
+        self.every = eval_cfg.curve_every
+        self.cfg = dataclasses.replace(
+            eval_cfg, split="validation", eval_prompts=eval_cfg.curve_prompts, eval_samples=eval_cfg.curve_samples
+        )
+        self.prompts = self.cfg.held_out()
+        self.seed = seed
+        self.points: list[dict] = []
+        self.seconds = 0.0
+        self._offset = 0
+        self._tokenizer = None
+
+    def _measure(self, model, step: int) -> None:
+        import torch
+
+        from workbench.models import load_tokenizer
+
+        started = time.perf_counter()
+        self._tokenizer = self._tokenizer or load_tokenizer(self.cfg.student)
+        training = model.training
+        model.eval()
+        with torch.random.fork_rng():
+            gold = self.cfg.evaluate(model, self._tokenizer, self.prompts, self.seed)["gold"]["mean"]
+        model.train(training)
+        self.points.append({"step": self._offset + step, "gold": gold})
+        self.seconds += time.perf_counter() - started
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.points:  # the student before its first step
+            self._measure(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._measure(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every:
+            self._measure(model, state.global_step)
+        self._offset += state.global_step
 
 
 @contextlib.contextmanager

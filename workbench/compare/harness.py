@@ -15,6 +15,7 @@ import pandas as pd
 from workbench.compare.evaluation import (
     EVAL_OVERRIDES,
     EvalConfig,
+    ValidationCurve,
     evaluate_run,
     fresh_stage_cache,
     reference_evaluations,
@@ -29,6 +30,7 @@ from workbench.compare.runs import (
     method_defaults,
 )
 from workbench.compare.tables import summarize
+from workbench.trainers import watching
 
 logger = logging.getLogger("workbench.compare")
 
@@ -60,12 +62,16 @@ def run_one(
     folder = _run_dir(runs_dir, variant.label, seed)
     merged = {**(overrides or {}), **variant.overrides, "output_dir": str(folder)}
     context = fresh_stage_cache() if variant.cold_cache else contextlib.nullcontext()
+    curve = ValidationCurve(eval_cfg, seed) if eval_cfg.curve_every else None
     started = time.perf_counter()
-    with context:
+    with context, watching(*([curve] if curve else [])):
         result = METHODS[variant.method](seed, merged)
-    train_seconds = time.perf_counter() - started
+    # the validation curve's points are not the method's cost
+    train_seconds = time.perf_counter() - started - (curve.seconds if curve else 0.0)
     result.save(folder)
     harness = evaluate_run(result, references, seed, eval_cfg)
+    if curve:
+        harness["curve"] = {"split": curve.cfg.split, "prompts": len(curve.prompts), "points": curve.points}
     metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}
     record = _json_ready(
         {

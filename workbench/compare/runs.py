@@ -118,12 +118,15 @@ def as_variant(item) -> Variant:
     return Variant(method, dict(overrides))
 
 
-# the extra runs the claims ledger needs (PAD Fig. 5 α, PAD Table 2 decomposition, PLaD Fig. 2 real pairs)
+# the extra runs the claims ledger needs (PAD Fig. 5 α, PAD Table 2 decomposition, PLaD Fig. 2 real pairs, PLaD Eq. 4
+# as written)
 LEDGER_VARIANTS = (
     Variant("pad-ppd", {"alpha": 0.0}),
     Variant("pad-ppd", {"alpha": 1.0}),
     Variant("pad-ppd", {"n": 8}, cold_cache=True),  # 1 iteration × 8 samples
     Variant("pad-ppd", {"iterations": 2}, cold_cache=True),  # 2 iterations × 4 samples
+    Variant("pad-ppd", {"iterations": 2, "steps": 150}, cold_cache=True),  # 2 × 4 at 1 × 8's optimizer steps
+    Variant("plad", {"length_normalize": False}),  # PLaD's Eq. 4 as written: summed log-likelihood in the hinge
     Variant("plad", {"real_ratio": 1.0}),
     Variant("plad+sft", {"real_ratio": 1.0}),
     Variant("pad-ppd", {"mcq_order": "cyclic"}),  # beyond the paper: the judge's position prior averaged out
@@ -156,14 +159,30 @@ def real_text_overrides() -> dict:
     }
 
 
-SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5", "real-text")
+# matched budgets: every table method at the optimizer steps and examples per step most methods run at (PAD's and the
+# baselines'), ADPA+'s two stages sharing the steps; learning rates stay those chosen at each method's own budget
+BUDGET_STEPS, BUDGET_BATCH = 300, 16
+
+
+def budget_overrides(method: str) -> dict:
+    """The overrides that put ``method`` at the matched budget (:data:`BUDGET_STEPS` × :data:`BUDGET_BATCH`); empty
+    where its harness settings are that budget already."""
+    steps = (
+        {"steps": BUDGET_STEPS // 2, "dckd_steps": BUDGET_STEPS // 2} if method == "adpa+" else {"steps": BUDGET_STEPS}
+    )
+    wanted = {**steps, "batch_size": BUDGET_BATCH}
+    return {k: v for k, v in wanted.items() if setting_of(method, k) != v}
+
+
+SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5", "real-text", "budget")
 
 
 def suite(name: str) -> list[Variant]:
     """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
     ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
     SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``real-text`` (the methods
-    run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples)."""
+    run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples), ``budget`` (each table method not
+    already at the matched budget, at it: :func:`budget_overrides`)."""
     if name == "table":
         return [Variant(m) for m in available_methods()]
     if name == "ledger":
@@ -182,6 +201,8 @@ def suite(name: str) -> list[Variant]:
         ]
     if name == "real-text":
         return [Variant(m, {"kd_targets": "teacher"}, name=m) if m == "kd" else Variant(m) for m in REAL_TEXT_METHODS]
+    if name == "budget":
+        return [Variant(m, budget_overrides(m)) for m in available_methods() if budget_overrides(m)]
     if name == "pad-fig5":
         return [Variant("pad-ppd", {"alpha": a}) for a in (0.0, 0.2, 0.4, 0.6, 1.0)] + [Variant("pad-ppd")]
     raise ValueError(f"unknown suite {name!r}; use {', '.join(SUITES)}")

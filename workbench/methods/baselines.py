@@ -77,7 +77,7 @@ from workbench.trainers import (
     ListwiseCollator,
     PairCollator,
     ResponseCollator,
-    quiet_logs,
+    prepare_trainer,
     set_threads,
     train_distill,
     train_sft,
@@ -435,7 +435,7 @@ def train_trl_pairs(student, tokenizer, rows: list[dict], cfg) -> list[dict]:
                 model=student, args=args, train_dataset=_conversational(rows), processing_class=tokenizer
             )
         with quiet_checkpointing_renames():  # DPOTrainer asks the model is_gradient_checkpointing every step
-            quiet_logs(trainer, cfg.progress).train()
+            prepare_trainer(trainer, cfg.progress).train()
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
     student.eval()

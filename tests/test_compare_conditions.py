@@ -1,0 +1,227 @@
+"""Matched conditions: every sampling setting, the student against its teacher at each side's best setting, matched
+budgets and validation learning curves (workbench.compare.conditions, the harness's ValidationCurve)."""
+
+import json
+
+import numpy as np
+import pytest
+from transformers import TrainerCallback
+
+from workbench.compare import (
+    EvalConfig,
+    budget_matched,
+    claims_ledger,
+    compare,
+    curve_summary,
+    format_gold_by_setting,
+    format_student_vs_teacher,
+    gold_by_setting,
+    load_records,
+    load_references,
+    report,
+    setting_name,
+    student_vs_teacher,
+    suite,
+)
+from workbench.compare.runs import BUDGET_BATCH, BUDGET_STEPS, budget_overrides, setting_of
+from workbench.trainers import prepare_trainer, watching
+
+TINY = dict(
+    teacher="gym-tiny-teacher-dpo",
+    student="gym-tiny-student",
+    train_prompts=16,
+    eval_prompts=8,
+    eval_samples=2,
+    steps=3,
+    batch_size=4,
+)
+
+
+def test_setting_names():
+    assert [setting_name(t) for t in (0, 0.0, 0.3, 0.8, 1.0)] == ["greedy", "greedy", "T=0.3", "T=0.8", "T=1.0"]
+
+
+def test_the_curve_leaves_training_as_it_was_and_counts_steps_across_rounds(tmp_path):
+    methods = ["seqkd", ("pad-ppd", {"iterations": 2, "lr": 1e-2})]
+    plain = EvalConfig(curve_every=0)
+    curved = EvalConfig(curve_every=2, curve_prompts=4)
+    compare(methods, seeds=[0], overrides=TINY, runs_dir=tmp_path / "plain", eval_cfg=plain)
+    compare(methods, seeds=[0], overrides=TINY, runs_dir=tmp_path / "curved", eval_cfg=curved)
+    before = {r["label"]: r for r in load_records(tmp_path / "plain")}
+    after = {r["label"]: r for r in load_records(tmp_path / "curved")}
+    assert set(before) == set(after) == {"seqkd", "pad-ppd[iterations=2,lr=0.01]"}
+    for label in before:
+        # sampling reseeds torch: a curve drawn without the forked random state would change what training drew
+        assert after[label]["harness"]["per_prompt"] == before[label]["harness"]["per_prompt"]
+        assert "curve" not in before[label]["harness"]
+    assert [p["step"] for p in after["seqkd"]["harness"]["curve"]["points"]] == [0, 2, 3]
+    # two rounds of 3 steps: the student before training, a point every 2 steps of each round and at each round's
+    # end, on one step axis
+    pad = after["pad-ppd[iterations=2,lr=0.01]"]["harness"]["curve"]
+    assert [p["step"] for p in pad["points"]] == [0, 2, 3, 5, 6]
+    assert pad["split"] == "validation" and pad["prompts"] == 4
+    assert all(0.0 <= p["gold"] <= 1.0 for p in pad["points"])
+    assert len({p["gold"] for p in pad["points"]}) > 1  # lr 1e-2 moves the student between points
+
+
+def test_runs_and_references_are_scored_at_every_setting(tmp_path):
+    compare(["seqkd"], seeds=[0], overrides=TINY, runs_dir=tmp_path, eval_cfg=EvalConfig(curve_every=0))
+    record = load_records(tmp_path)[0]
+    reference = load_references(tmp_path)[0]
+    for scored in (record["harness"], reference["teacher"], reference["student"]):
+        settings = scored["by_temperature"]
+        assert list(settings) == ["greedy", "T=0.3", "T=1.0"]
+        for value in settings.values():
+            assert len(value["per_prompt"]) == TINY["eval_prompts"]
+            assert value["gold"]["mean"] == pytest.approx(np.mean(value["per_prompt"]))
+    # greedy is one answer a prompt, and deterministic: the same scores at another seed
+    compare(["seqkd"], seeds=[1], overrides=TINY, runs_dir=tmp_path, eval_cfg=EvalConfig(curve_every=0))
+    again = load_references(tmp_path)[1]["teacher"]["by_temperature"]["greedy"]["per_prompt"]
+    assert again == reference["teacher"]["by_temperature"]["greedy"]["per_prompt"]
+    # the ledger reads the student>teacher claim at each side's best setting too
+    ledger = claims_ledger(load_records(tmp_path), load_references(tmp_path))
+    matched = ledger[ledger["claim"] == "student>teacher@best-settings"].iloc[0]
+    assert matched["n_seeds"] == 2 and matched["n_prompts"] == TINY["eval_prompts"]
+    assert matched["verdict"] in ("holds", "does not hold", "inconclusive")
+    assert "## Sampling temperature" in report(tmp_path) and "## Validation learning curves" not in report(tmp_path)
+
+
+def _record(label, seed, scores: dict, config=None, curve=None):
+    """A record with per-prompt gold at each setting (``scores``: setting → list), as the harness saves it."""
+    main = scores["T=0.8"]
+    harness = {
+        "gold": {"mean": float(np.mean(main))},
+        "per_prompt": main,
+        "by_temperature": {k: {"gold": {"mean": float(np.mean(v))}, "per_prompt": v} for k, v in scores.items()},
+    }
+    if curve:
+        harness["curve"] = {"split": "validation", "prompts": 4, "points": curve}
+    method = label.split("[")[0]
+    return {"label": label, "method": method, "seed": seed, "harness": harness, "metrics": {"config": config or {}}}
+
+
+def _settings(rng, levels: dict, prompts=40):
+    """Per-prompt scores around each setting's level (prompt noise shared by the settings)."""
+    noise = rng.uniform(-0.05, 0.05, prompts)
+    return {k: list(np.clip(v + noise + rng.uniform(-0.01, 0.01, prompts), 0, 1)) for k, v in levels.items()}
+
+
+def test_a_student_above_its_teacher_only_at_the_teachers_worse_setting():
+    # the teacher is best greedy (0.9) and worse sampled (0.7 at T = 0.8); the student is 0.8 at every setting:
+    # above the teacher at T = 0.8, below it with each at its best setting
+    rng = np.random.default_rng(0)
+    teacher = {"greedy": 0.9, "T=0.3": 0.85, "T=0.8": 0.7, "T=1.0": 0.6}
+    student = dict.fromkeys(teacher, 0.8)
+    records = [_record("kd", s, _settings(rng, student)) for s in range(4)]
+    references = {
+        s: {
+            role: {
+                "per_prompt": (scores := _settings(rng, levels))["T=0.8"],
+                "by_temperature": {k: {"per_prompt": v} for k, v in scores.items() if k != "T=0.8"},
+            }
+            for role, levels in (("teacher", teacher), ("student", dict.fromkeys(teacher, 0.3)))
+        }
+        for s in range(4)
+    }
+    by_setting = gold_by_setting(records, references).set_index("method")
+    assert list(by_setting.index) == ["student (initial)", "teacher", "kd"]
+    assert by_setting.loc["teacher", "best"] == "greedy"
+    assert by_setting.loc["teacher", "T=0.8"] == pytest.approx(0.7, abs=0.02)
+    lines = format_gold_by_setting(gold_by_setting(records, references)).splitlines()
+    teacher_line = next(line for line in lines if "| teacher" in line)
+    assert teacher_line.split(" | ")[2].startswith("**")  # the greedy cell, its best, in bold
+    table = student_vs_teacher(records, references).set_index("compared")
+    assert table.loc["at T=0.8", "verdict"] == "student above"
+    assert table.loc["at greedy", "verdict"] == "teacher above"
+    best = table.loc["each at its best setting"]
+    assert best["teacher_setting"] == "greedy" and best["effect"] == pytest.approx(-0.1, abs=0.02)
+    assert best["verdict"] == "teacher above" and best["low"] < best["effect"] < best["high"] < 0
+    assert "each at its best setting" in format_student_vs_teacher(student_vs_teacher(records, references))
+
+
+def test_records_scored_at_one_setting_have_no_setting_table():
+    record = _record("kd", 0, {"T=0.8": [0.5, 0.6]})
+    record["harness"].pop("by_temperature")
+    assert gold_by_setting([record]).empty and student_vs_teacher([record]).empty
+
+
+def test_the_budget_suite_puts_every_table_method_at_one_budget():
+    labels = [v.label for v in suite("budget")]
+    assert "dckd[batch_size=16,steps=300]" in labels and "plad[batch_size=16]" in labels
+    assert "adpa+[batch_size=16,dckd_steps=150,steps=150]" in labels
+    assert not any(label.startswith(("kd[", "pad-ppd[")) for label in labels)  # at the budget already
+    for variant in suite("budget"):
+        steps = variant.overrides.get("steps", setting_of(variant.method, "steps"))
+        stages = 2 if variant.method == "adpa+" else 1
+        assert steps * stages == BUDGET_STEPS
+        assert variant.overrides.get("batch_size", setting_of(variant.method, "batch_size")) == BUDGET_BATCH
+    assert budget_overrides("kd") == {}
+
+
+def test_budget_matched_takes_the_run_at_the_budget_and_checks_its_config():
+    at = {"steps": 300, "batch_size": 16}
+    records = [
+        _record("kd", 0, {"T=0.8": [0.5]}, {"method": "kd", **at}),
+        _record("dckd", 0, {"T=0.8": [0.9]}, {"method": "dckd", "steps": 400, "batch_size": 32}),
+        _record("dckd[batch_size=16,steps=300]", 0, {"T=0.8": [0.8]}, {"method": "dckd", **at}),
+        _record("kd[alpha=0.5]", 0, {"T=0.8": [0.1]}, {"method": "kd", **at}),
+        # a variant label whose config is not at the budget (made under other defaults) is never counted
+        _record("plad[batch_size=16]", 0, {"T=0.8": [0.2]}, {"method": "plad", "steps": 200, "batch_size": 16}),
+    ]
+    matched = budget_matched(records)
+    assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in matched) == [("dckd", 0.8), ("kd", 0.5)]
+
+
+def test_curve_summary_reads_first_peak_and_end():
+    points = [{"step": 50, "gold": 0.4}, {"step": 100, "gold": 0.7}, {"step": 150, "gold": 0.6}]
+    records = [_record("kd", s, {"T=0.8": [0.5]}, curve=points) for s in range(2)]
+    row = curve_summary(records).iloc[0]
+    assert (row["first_step"], row["peak_step"], row["end_step"]) == (50, 100, 150)
+    assert row["end_minus_peak"] == pytest.approx(-0.1) and row["n_seeds"] == 2 and row["points"] == 3
+
+
+def test_watching_adds_callbacks_to_every_method_trainer_in_its_block():
+    class Probe(TrainerCallback):
+        pass
+
+    class FakeTrainer:
+        def __init__(self):
+            self.callbacks = []
+
+        def add_callback(self, callback):
+            self.callbacks.append(callback)
+
+        def remove_callback(self, callback):
+            pass
+
+    probe = Probe()
+    with watching(probe):
+        inside = prepare_trainer(FakeTrainer(), progress=True)
+    outside = prepare_trainer(FakeTrainer(), progress=True)
+    assert inside.callbacks == [probe] and outside.callbacks == []
+
+
+def test_the_curve_refuses_a_step_of_zero():
+    from workbench.compare import ValidationCurve
+
+    with pytest.raises(ValueError, match="curve_every=0"):
+        ValidationCurve(EvalConfig(curve_every=0), seed=0)
+
+
+def test_committed_records_noting_settings_say_so_in_their_report(tmp_path):
+    # a records folder copied with its settings removed reports as before: the new sections only where data exist
+    compare(["seqkd"], seeds=[0], overrides=TINY, runs_dir=tmp_path, eval_cfg=EvalConfig(curve_every=2))
+    text = report(tmp_path)
+    assert "## Validation learning curves" in text and "## Sampling temperature" in text
+    path = next(tmp_path.glob("seqkd/seed0/record.json"))
+    record = json.loads(path.read_text())
+    for key in ("by_temperature", "curve"):
+        record["harness"].pop(key)
+    path.write_text(json.dumps(record))
+    for ref in tmp_path.glob("_references/seed*.json"):
+        saved = json.loads(ref.read_text())
+        for role in ("student", "teacher"):
+            saved[role].pop("by_temperature")
+        ref.write_text(json.dumps(saved))
+    text = report(tmp_path)
+    assert "## Validation learning curves" not in text and "## Sampling temperature" not in text
