@@ -57,6 +57,7 @@ gym: setup
 figures: reports
 	$(PYTHON) -m workbench.figures
 	$(PYTHON) -m workbench.figures --across default=results/compare world1=results/compare_world1 world2=results/compare_world2
+	$(PYTHON) -m workbench.figures --runs-dir results/compare_hard --out figures/compare_hard --only sampling_settings learning_curves
 
 # each committed records folder tabulated (table, claims ledger, against the best) into its REPORT.md
 REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2 results/compare_hard \

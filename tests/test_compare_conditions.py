@@ -2,6 +2,7 @@
 budgets and validation learning curves (workbench.compare.conditions, the harness's ValidationCurve)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from transformers import TrainerCallback
 
 from workbench.compare import (
     EvalConfig,
+    at_setting,
     budget_matched,
     claims_ledger,
     compare,
@@ -16,6 +18,7 @@ from workbench.compare import (
     format_gold_by_setting,
     format_student_vs_teacher,
     gold_by_setting,
+    ledger_across_worlds,
     load_records,
     load_references,
     report,
@@ -208,11 +211,13 @@ def test_the_curve_refuses_a_step_of_zero():
         ValidationCurve(EvalConfig(curve_every=0), seed=0)
 
 
-def test_committed_records_noting_settings_say_so_in_their_report(tmp_path):
+def test_records_without_settings_or_curves_report_as_before(tmp_path):
     # a records folder copied with its settings removed reports as before: the new sections only where data exist
     compare(["seqkd"], seeds=[0], overrides=TINY, runs_dir=tmp_path, eval_cfg=EvalConfig(curve_every=2))
     text = report(tmp_path)
     assert "## Validation learning curves" in text and "## Sampling temperature" in text
+    scored = tmp_path.parent / f"{tmp_path.name}-scored"
+    shutil.copytree(tmp_path, scored)
     path = next(tmp_path.glob("seqkd/seed0/record.json"))
     record = json.loads(path.read_text())
     for key in ("by_temperature", "curve"):
@@ -225,3 +230,20 @@ def test_committed_records_noting_settings_say_so_in_their_report(tmp_path):
         ref.write_text(json.dumps(saved))
     text = report(tmp_path)
     assert "## Validation learning curves" not in text and "## Sampling temperature" not in text
+    # across worlds, the settings-matched claim is a row where one world measured it, "—" in the other
+    across = ledger_across_worlds({"scored": scored, "main only": tmp_path}).set_index("claim")
+    row = across.loc["student>teacher@best-settings"]
+    assert row["scored_seeds"] == 1 and row["main only_verdict"].startswith("not measured")
+    assert np.isnan(row["main only_effect"]) and not np.isnan(row["scored_effect"])
+
+
+def test_at_setting_reads_every_table_at_another_setting():
+    records = [
+        _record("kd", 0, {"T=0.8": [0.5, 0.7], "greedy": [1.0, 0.0]}),
+        _record("seqkd", 0, {"T=0.8": [0.2, 0.2]}),  # scored at the table's setting only: left out
+    ]
+    records[1]["harness"].pop("by_temperature")
+    greedy = at_setting(records, "greedy")
+    assert [r["label"] for r in greedy] == ["kd"]
+    assert greedy[0]["harness"]["per_prompt"] == [1.0, 0.0] and greedy[0]["harness"]["gold"]["mean"] == 0.5
+    assert records[0]["harness"]["per_prompt"] == [0.5, 0.7]  # the records themselves unchanged

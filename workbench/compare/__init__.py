@@ -38,6 +38,7 @@ from workbench.compare.claims import (
 )
 from workbench.compare.cli import main, report
 from workbench.compare.conditions import (
+    at_setting,
     budget_matched,
     curve_frame,
     curve_summary,
@@ -147,6 +148,7 @@ __all__ = [
     "SUPERVISION",
     "supervision_of",
     "setting_scores",
+    "at_setting",
     "budget_matched",
     "gold_by_setting",
     "format_gold_by_setting",

@@ -317,21 +317,27 @@ def ledger_across_worlds(runs_dirs: Mapping[str, str | Path]) -> pd.DataFrame:
         world: claims_ledger(load_records(path), load_references(path)).set_index("claim")
         for world, path in runs_dirs.items()
     }
+    # every claim of CLAIMS, then those a ledger adds where its records allow (the student against its teacher at
+    # each side's best sampling setting), in the order the ledgers list them
+    ids = [claim.claim_id for claim in CLAIMS]
+    ids += list(dict.fromkeys(i for ledger in ledgers.values() for i in ledger.index if i not in ids))
     rows = []
-    for claim in CLAIMS:
-        row = {"claim": claim.claim_id, "statement": claim.statement, "metric": claim.metric}
+    for claim_id in ids:
+        first = next(ledger.loc[claim_id] for ledger in ledgers.values() if claim_id in ledger.index)
+        row = {"claim": claim_id, "statement": first["statement"], "metric": first["metric"]}
         verdicts = []
         for world, ledger in ledgers.items():
-            r = ledger.loc[claim.claim_id]
+            r = ledger.loc[claim_id] if claim_id in ledger.index else {"effect": np.nan, "ci95": np.nan, "n_seeds": 0}
+            verdict = r.get("verdict", "not measured (scored at the table's setting only)")
             row.update(
                 {
                     f"{world}_effect": r["effect"],
                     f"{world}_ci95": r["ci95"],
-                    f"{world}_verdict": r["verdict"],
+                    f"{world}_verdict": verdict,
                     f"{world}_seeds": r["n_seeds"],
                 }
             )
-            verdicts.append(r["verdict"])
+            verdicts.append(verdict)
         decided = {v for v in verdicts if v in ("holds", "does not hold")}
         if all(v == "holds" for v in verdicts):
             row["across"] = "holds in every world"

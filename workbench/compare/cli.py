@@ -20,6 +20,7 @@ from workbench.compare.claims import (
 )
 from workbench.compare.conditions import (
     MAIN,
+    at_setting,
     budget_matched,
     curve_frame,
     curve_summary,
@@ -199,6 +200,10 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
             "Holm over these rows.",
             "",
             format_student_vs_teacher(student_vs_teacher(records, references)),
+            "",
+            "### Against the best, every method decoded greedily",
+            "",
+            format_against_best(against_best(at_setting(records, "greedy"))),
             "",
         ]
     matched = budget_matched(records)

@@ -88,6 +88,19 @@ def format_gold_by_setting(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def at_setting(records: Sequence[dict], setting: str) -> list[dict]:
+    """The records scored at ``setting`` (a name of :func:`setting_name`), each with its gold and per-prompt scores
+    replaced by that setting's, so every table of records (against the best) reads that setting; records without it
+    are left out."""
+    out = []
+    for r in records:
+        scored = (r["harness"].get("by_temperature") or {}).get(setting)
+        if scored is not None:
+            gold = {"mean": float(np.mean(scored["per_prompt"]))}
+            out.append({**r, "harness": {**r["harness"], "gold": gold, "per_prompt": scored["per_prompt"]}})
+    return out
+
+
 # --- the student against its teacher, settings matched ---
 
 
