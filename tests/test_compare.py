@@ -758,3 +758,19 @@ def test_cost_and_ceiling_groups_methods_by_supervision_and_counts_prompts_at_th
     assert "| plad | teacher only | 2 | 0.925 | 0.250 ± 0.000 | 300 | 16 | 2.5 |" in format_cost_and_ceiling(
         cost_and_ceiling(records, references)
     )
+
+
+def test_the_alpha_claims_run_each_alpha_at_the_rate_validation_chose_for_it():
+    """results/gym_tune/pad_alpha_lr_seeds_0-1.json re-chose PAD-PPD's learning rate at each α of the Fig. 5 grid on
+    validation prompts: the committed α runs (the ledger's and --suite pad-fig5) use the rate it keeps for that α."""
+    from workbench.compare import setting_of
+
+    root = Path(__file__).resolve().parents[1]
+    sweep = json.loads((root / "results" / "gym_tune" / "pad_alpha_lr_seeds_0-1.json").read_text())
+    assert set(sweep["by_alpha"]) == {"0.0", "0.2", "0.4", "0.6", "1.0"}
+    variants = {v.overrides["alpha"]: v for v in suite("pad-fig5") if "alpha" in v.overrides}
+    for alpha, result in sweep["by_alpha"].items():
+        kept = result["best"] if result["vs_current"]["change"] else sweep["current"]
+        variant = variants[float(alpha)]
+        assert variant.overrides.get("lr", setting_of("pad-ppd", "lr")) == pytest.approx(kept), alpha
+        assert max(result["gold"].values()) == result["gold"][str(result["best"])]
