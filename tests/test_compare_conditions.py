@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from test_compare import TINY as COMPARE_TINY
 from transformers import TrainerCallback
 
 from workbench.compare import (
@@ -29,15 +30,7 @@ from workbench.compare import (
 from workbench.compare.runs import BUDGET_BATCH, BUDGET_STEPS, budget_overrides, setting_of
 from workbench.trainers import prepare_trainer, watching
 
-TINY = dict(
-    teacher="gym-tiny-teacher-dpo",
-    student="gym-tiny-student",
-    train_prompts=16,
-    eval_prompts=8,
-    eval_samples=2,
-    steps=3,
-    batch_size=4,
-)
+TINY = {**COMPARE_TINY, "steps": 3}  # three steps: a curve point every 2 and one at the end
 
 
 def test_setting_names():
