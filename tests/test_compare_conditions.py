@@ -133,6 +133,11 @@ def test_a_student_above_its_teacher_only_at_the_teachers_worse_setting():
     assert best["teacher_setting"] == "greedy" and best["effect"] == pytest.approx(-0.1, abs=0.02)
     assert best["verdict"] == "teacher above" and best["low"] < best["effect"] < best["high"] < 0
     assert "each at its best setting" in format_student_vs_teacher(student_vs_teacher(records, references))
+    # a method scored at the table's setting only is left out, not a reason to compare nothing
+    main_only = _record("seqkd", 0, {"T=0.8": [0.99] * 40})
+    main_only["harness"].pop("by_temperature")
+    again = student_vs_teacher([*records, main_only], references).set_index("compared")
+    assert set(again["student"]) == {"kd"} and again.loc["each at its best setting", "verdict"] == "teacher above"
 
 
 def test_records_scored_at_one_setting_have_no_setting_table():

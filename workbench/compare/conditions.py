@@ -107,14 +107,15 @@ def at_setting(records: Sequence[dict], setting: str) -> list[dict]:
 def student_vs_teacher(records: Sequence[dict], references: dict[int, dict] | None = None) -> pd.DataFrame:
     """Does a distilled student beat its teacher? At each setting: the best table method at that setting against the
     teacher at the same setting; then each side at its own best setting (the row the verdict reads: a student's win
-    at T = 0.8 may be the teacher's loss to sampling). Paired bootstrap over seeds × prompts on the seeds every
-    compared run shares; p two-sided against 0, Holm over the rows. Bests are picked on these runs (optimistic for
-    both sides)."""
+    at T = 0.8 may be the teacher's loss to sampling). Methods scored at the table's setting only are left out.
+    Paired bootstrap over seeds × prompts on the seeds every compared run shares; p two-sided against 0, Holm over
+    the rows. Bests are picked on these runs (optimistic for both sides)."""
     scores = setting_scores(records, references)
     settings = _order({setting for _, setting, _ in scores})
     if "teacher" not in _labels(scores) or len(settings) < 2:
         return pd.DataFrame()
-    methods = [label for label in _labels(scores) if label not in REFERENCE_ROWS]
+    # the methods scored at every setting (a folder may hold others scored at the table's setting only)
+    methods = [label for label in _labels(scores) if label not in REFERENCE_ROWS and _seeds(scores, label, settings)]
     seeds = sorted(set.intersection(*[set(_seeds(scores, label, settings)) for label in ["teacher", *methods]]))
     if not seeds or not methods:
         return pd.DataFrame()
