@@ -40,6 +40,7 @@ from workbench.compare import (
     load_records,
     load_references,
     parse_worlds,
+    settings_of,
     summarize,
     supervision_of,
 )
@@ -277,7 +278,7 @@ def figure_sampling_settings(records, references):
     table = gold_by_setting(records, references)
     if table.empty:
         return None
-    settings = [c for c in table.columns if c not in ("method", "n_seeds", "best") and not c.endswith("_ci95")]
+    settings = settings_of(table)
     rows = table.to_dict("records")
     top = sorted((r for r in rows if r["method"] not in REFERENCE_ROWS), key=lambda r: -max(r[s] for s in settings))
     fig, (ax,) = plots.new_figure(1, width=6.5, height=4.2)

@@ -47,6 +47,7 @@ from workbench.compare.conditions import (
     format_student_vs_teacher,
     gold_by_setting,
     setting_scores,
+    settings_of,
     student_vs_teacher,
 )
 from workbench.compare.evaluation import (
@@ -151,6 +152,7 @@ __all__ = [
     "at_setting",
     "budget_matched",
     "gold_by_setting",
+    "settings_of",
     "format_gold_by_setting",
     "student_vs_teacher",
     "format_student_vs_teacher",

@@ -223,12 +223,12 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
     curves = curve_summary(records)
     if not curves.empty:
         frame = curve_frame(records)
-        every = sorted({r["harness"]["curve"]["prompts"] for r in records if r["harness"].get("curve")})
+        curve_prompts = sorted({r["harness"]["curve"]["prompts"] for r in records if r["harness"].get("curve")})
         lines += [
             "## Validation learning curves",
             "",
-            f"Each run's gold on {' / '.join(map(str, every))} validation prompts (the table's temperature) during "
-            "training, every few optimizer steps and at the end (steps counted across rounds and stages); the "
+            f"Each run's gold on {' / '.join(map(str, curve_prompts))} validation prompts (the table's temperature) "
+            "during training, every few optimizer steps and at the end (steps counted across rounds and stages); the "
             f"points are drawn under a forked random state, so the runs trained as without them. Mean over seeds "
             f"({len(frame)} points in all); the figure: `workbench.plots.plot_learning_curves`.",
             "",

@@ -73,11 +73,16 @@ def gold_by_setting(records: Sequence[dict], references: dict[int, dict] | None 
     return pd.DataFrame(rows)
 
 
+def settings_of(table: pd.DataFrame) -> list[str]:
+    """The setting columns of a :func:`gold_by_setting` table, in reading order."""
+    return [c for c in table.columns if c not in ("method", "n_seeds", "best") and not c.endswith("_ci95")]
+
+
 def format_gold_by_setting(table: pd.DataFrame) -> str:
     """A markdown table of :func:`gold_by_setting` (the best setting of each row in bold)."""
     if table.empty:
         return "(no run was scored at more than the table's setting)"
-    settings = [c for c in table.columns if c not in ("method", "n_seeds", "best") and not c.endswith("_ci95")]
+    settings = settings_of(table)
     lines = ["| method | seeds | " + " | ".join(settings) + " | best |", "|---|---|" + "---|" * (len(settings) + 1)]
     for _, r in table.iterrows():
         cells = []

@@ -202,7 +202,7 @@ def suite(name: str) -> list[Variant]:
     if name == "real-text":
         return [Variant(m, {"kd_targets": "teacher"}, name=m) if m == "kd" else Variant(m) for m in REAL_TEXT_METHODS]
     if name == "budget":
-        return [Variant(m, budget_overrides(m)) for m in available_methods() if budget_overrides(m)]
+        return [Variant(m, overrides) for m in available_methods() if (overrides := budget_overrides(m))]
     if name == "pad-fig5":
         return [Variant("pad-ppd", {"alpha": a}) for a in (0.0, 0.2, 0.4, 0.6, 1.0)] + [Variant("pad-ppd")]
     raise ValueError(f"unknown suite {name!r}; use {', '.join(SUITES)}")
