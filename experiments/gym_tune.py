@@ -38,17 +38,20 @@ def sweep(
     param: str = "lr",
     grid=None,
     gym: str | None = None,
+    jobs: int = 1,
 ) -> dict:
     """{method: {"gold": {value: mean validation gold over seeds}, "best": value}} for ``methods``.
 
     ``param`` is the swept config field over ``grid`` (default: the learning rate over ``GRID``, extended by
     ``BEYOND`` when an end wins); ``overrides`` go to every run; ``gym``: another gym build's presets (teacher
-    gym-GYM-teacher-dpo, student gym-GYM-student) for training and evaluation."""
+    gym-GYM-teacher-dpo, student gym-GYM-student) for training and evaluation; ``jobs`` runs train side by side.
+    Settings are chosen on the table's metric alone (gold at the table's temperature): the runs skip the other
+    sampling settings and the learning curve."""
     from workbench.compare import EvalConfig, compare
 
     models = {"teacher": f"gym-{gym}-teacher-dpo", "student": f"gym-{gym}-student"} if gym else {}
     overrides = {**(overrides or {}), **models} or None
-    eval_cfg = EvalConfig(eval_prompts=eval_prompts, split="validation", **models)
+    eval_cfg = EvalConfig(eval_prompts=eval_prompts, split="validation", also_at=(), curve_every=0, **models)
     if grid is None:
         if param != "lr":
             raise ValueError(f"param={param!r} needs a grid of values (only the learning rate has a default grid)")
@@ -62,6 +65,7 @@ def sweep(
             overrides=overrides,
             runs_dir=runs_dir,
             eval_cfg=eval_cfg,
+            jobs=jobs,
         )
         rows = {row["method"]: row["gold_mean"] for _, row in table.iterrows()}
         return {v: rows[f"{method}[{param}={v}]"] for v in values}
@@ -143,6 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs-dir", default="runs/gym_tune")
     parser.add_argument("--gym", default=None, help="another gym build's presets, e.g. hard (default: the default gym)")
     parser.add_argument("--eval-prompts", type=int, default=128)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one per core)")
     a = parser.parse_args(argv)
     unknown = set(a.methods) - set(METHODS)
     if unknown:
@@ -162,6 +167,7 @@ def main(argv=None) -> None:
             param=a.param,
             grid=a.grid,
             gym=a.gym,
+            jobs=a.jobs,
         )
     current = {m: setting_of(m, a.param) for m in a.methods}
     for m, r in result.items():

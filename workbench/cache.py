@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from workbench.metering import recording, replay
+
 logger = logging.getLogger("workbench.cache")
 
 
@@ -154,14 +156,30 @@ class StageCache:
             else:
                 self.hits += 1
                 logger.debug("cache hit %s", path)
+                replay(_read_cost(path))
                 return value
         self.misses += 1
-        value = compute()
+        with recording() as spent:
+            value = compute()
         write_verified(path, value, key)  # atomic: a crashed run never leaves a half-written entry
+        _cost_path(path).write_text(json.dumps(spent.cost()))
         return value
 
 
 ENTRY_SUFFIX = ".safetensors"
+COST_SUFFIX = ".cost.json"  # beside an entry: the model forwards computing it took (workbench.metering)
+
+
+def _cost_path(entry: Path) -> Path:
+    return entry.with_suffix(COST_SUFFIX)
+
+
+def _read_cost(entry: Path) -> dict | None:
+    """The forwards an entry cost when computed, or None for an entry written before entries kept it."""
+    try:
+        return json.loads(_cost_path(entry).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _drop_pickled(path: Path) -> None:
@@ -219,6 +237,7 @@ def clear_stages(stages=None, root: str | Path | None = None, older_than_days: f
         old = [f for f in files if cutoff is None or f.stat().st_mtime < cutoff]
         for f in old:
             f.unlink()
+            _cost_path(f).unlink(missing_ok=True)
         deleted[stage] = len(old)
     return deleted
 

@@ -16,6 +16,7 @@ from scipy.stats import kendalltau, spearmanr
 from scipy.stats import t as student_t
 
 from workbench.gym.world import Prompt, gold_reward
+from workbench.metering import unmetered
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -73,6 +74,7 @@ def gold_ranked_pairs(prompts, mix: dict, rng, max_tries: int) -> list[dict]:
 TIE_CREDITS = {"half": 0.5, "none": 0.0}
 
 
+@unmetered()
 def reward_accuracy(model, tokenizer, pairs, *, ties: str) -> float:
     """Fraction of pairs whose chosen answer has the higher per-token log-likelihood (PAD Eq. 7; ADPA §4.5).
 
@@ -123,6 +125,7 @@ def mean_spearman(scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
     return _mean_per_set(spearmanr, scores_a, scores_b)
 
 
+@unmetered()
 def evaluate_policy(
     model,
     tokenizer,
@@ -164,6 +167,7 @@ def evaluate_policy(
     }
 
 
+@unmetered()
 def judge_win_rate(
     judge,
     tokenizer,

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from workbench.cache import build_folder_once, cache_root
+from workbench.metering import count_forwards
 from workbench.real_text.store import TEACHERS, build_info, find_teacher
 from workbench.weights import folder_weights_hash, verify_weights, weights_record
 
@@ -447,6 +448,8 @@ def load(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)
+    # a run's meter counts this model's forwards under its name (a LoRA wrapper calls the inner model)
+    count_forwards(model, name_or_path)
     tokenizer = _tokenizer_at(path, name_or_path, trust_remote_code)
     if gradient_checkpointing:
         # transformers 5 renamed it activation checkpointing (the old name warns, and goes in v6)

@@ -66,6 +66,15 @@ logger = logging.getLogger("workbench.compare")
 TASK_TABLE_METHODS = 5  # the per-task table's rows: the references and this many table methods, best mean gold first
 
 
+TOKENS_NOTE = (
+    "Tokens (mean over the {runs} runs that counted them, `workbench.metering`): token positions the run's training "
+    "forwarded, padding included, through the student-sized models under gradient (training steps) and without "
+    "(sampling, scoring, a DPO reference), and through the teachers (samples, scores, logits, MCQ judgements); the "
+    "run's own held-out evaluation is not counted. A generation step forwards one position per sequence. Work a "
+    "stage-cache hit stands for is counted as when it was computed, so a count does not depend on the cache."
+)
+
+
 def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> str:
     """The saved runs of ``runs_dir`` as one markdown page, computed from the records alone (nothing is trained):
     the builds they were made on, the table of every label (variants too), the sets each Kendall τ is over, gold per
@@ -114,6 +123,7 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
             "",
         ]
     ledger, best = claims_ledger(records, references), against_best(records)
+    costs = cost_and_ceiling(records, references)
     lines += [
         "## Every label",
         "",
@@ -172,9 +182,11 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         "sequences: `batch_size` × `gradient_accumulation_steps`). At the ceiling: the share of held-out prompts "
         f"whose every sample scored gold 1 (mean ± {LEVEL:.0%} CI over seeds), where a method can gain no more.",
         "",
-        format_cost_and_ceiling(cost_and_ceiling(records, references)),
+        format_cost_and_ceiling(costs),
         "",
     ]
+    if costs["cost_runs"].notna().any():
+        lines += [TOKENS_NOTE.format(runs=int(costs["cost_runs"].sum())), ""]
     for group in SUPERVISION.values():
         members = [r for r in records if supervision_of(r["label"], r["metrics"].get("config")) == group]
         if len({r["label"] for r in members if "[" not in r["label"]}) > 1:

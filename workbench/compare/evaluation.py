@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 
 from workbench.evaluate import evaluate_policy, gold_ranked_pairs, length_bucket_gains, prompt_lengths, win_rate
 from workbench.evaluate import reward_accuracy as pair_accuracy
+from workbench.metering import FIELDS, unmetered
 from workbench.methods.common import HELD_OUT_SEED, RunResult, preset_prompts
 from workbench.rewards import user_text
 
@@ -245,7 +246,7 @@ class ValidationCurve(TrainerCallback):
         self._tokenizer = self._tokenizer or load_tokenizer(self.cfg.student)
         training = model.training
         model.eval()
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), unmetered():
             gold = self.cfg.evaluate(model, self._tokenizer, self.prompts, self.seed)["gold"]["mean"]
         model.train(training)
         self.points.append({"step": self._offset + step, "gold": gold})
@@ -263,6 +264,36 @@ class ValidationCurve(TrainerCallback):
         if state.global_step % self.every:
             self._measure(model, state.global_step)
         self._offset += state.global_step
+
+
+class OptimizerSteps(TrainerCallback):
+    """The optimizer steps of a run, summed over its training calls (rounds, stages)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.steps += state.global_step
+
+
+def run_cost(meter, steps: int, seconds: float, student: str) -> dict:
+    """A run's cost: optimizer steps, wall seconds, and the token positions forwarded (``workbench.metering``) by
+    the student-sized models (the model named ``student`` and its copies: the policy, a DPO reference) and by every
+    other model (the teachers), each with the positions under gradient and the forward calls; ``complete`` is
+    False when a stage-cache hit did not keep what it cost."""
+    roles = {"student": dict.fromkeys(FIELDS, 0), "teacher": dict.fromkeys(FIELDS, 0)}
+    for name, row in meter.counts.items():
+        role = roles["student" if name == student else "teacher"]
+        for field in FIELDS:
+            role[field] += row[field]
+    return {
+        "optimizer_steps": steps,
+        "seconds": seconds,
+        **roles,
+        "by_model": meter.counts,
+        "complete": meter.unknown_hits == 0,
+        "unknown_hits": meter.unknown_hits,
+    }
 
 
 @contextlib.contextmanager

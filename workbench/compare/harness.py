@@ -15,10 +15,12 @@ import pandas as pd
 from workbench.compare.evaluation import (
     EVAL_OVERRIDES,
     EvalConfig,
+    OptimizerSteps,
     ValidationCurve,
     evaluate_run,
     fresh_stage_cache,
     reference_evaluations,
+    run_cost,
 )
 from workbench.compare.runs import (
     DEFAULT_RUNS_DIR,
@@ -30,6 +32,7 @@ from workbench.compare.runs import (
     method_defaults,
 )
 from workbench.compare.tables import summarize
+from workbench.metering import metered
 from workbench.trainers import watching
 
 logger = logging.getLogger("workbench.compare")
@@ -63,13 +66,15 @@ def run_one(
     merged = {**(overrides or {}), **variant.overrides, "output_dir": str(folder)}
     context = fresh_stage_cache() if variant.cold_cache else contextlib.nullcontext()
     curve = ValidationCurve(eval_cfg, seed) if eval_cfg.curve_every else None
+    steps = OptimizerSteps()
     started = time.perf_counter()
-    with context, watching(*([curve] if curve else [])):
+    with context, watching(steps, *([curve] if curve else [])), metered() as meter:
         result = METHODS[variant.method](seed, merged)
     # the validation curve's points are not the method's cost
     train_seconds = time.perf_counter() - started - (curve.seconds if curve else 0.0)
     result.save(folder)
     harness = evaluate_run(result, references, seed, eval_cfg)
+    harness["cost"] = run_cost(meter, steps.steps, train_seconds, merged.get("student", eval_cfg.student))
     if curve:
         harness["curve"] = {"split": curve.cfg.split, "prompts": len(curve.prompts), "points": curve.points}
     metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}

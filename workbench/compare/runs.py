@@ -174,13 +174,14 @@ def budget_overrides(method: str) -> dict:
     return {k: v for k, v in wanted.items() if setting_of(method, k) != v}
 
 
-SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5", "real-text", "budget")
+SUITES = ("table", "ledger", "full", "plad-fig2", "plad-fig4", "pad-fig5", "pad-table2", "real-text", "budget")
 
 
 def suite(name: str) -> list[Variant]:
     """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
     ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
-    SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``real-text`` (the methods
+    SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``pad-table2`` (PAD-PPD and its
+    samples × iterations variants of PAD Table 2), ``real-text`` (the methods
     run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples), ``budget`` (each table method not
     already at the matched budget, at it: :func:`budget_overrides`)."""
     if name == "table":
@@ -203,6 +204,8 @@ def suite(name: str) -> list[Variant]:
         return [Variant(m, {"kd_targets": "teacher"}, name=m) if m == "kd" else Variant(m) for m in REAL_TEXT_METHODS]
     if name == "budget":
         return [Variant(m, overrides) for m in available_methods() if (overrides := budget_overrides(m))]
+    if name == "pad-table2":  # PAD's samples-and-iterations claims alone (e.g. on the 8-option judge's world)
+        return [Variant("pad-ppd"), *(v for v in LEDGER_VARIANTS if v.method == "pad-ppd" and v.cold_cache)]
     if name == "pad-fig5":
         return [Variant("pad-ppd", {"alpha": a}) for a in (0.0, 0.2, 0.4, 0.6, 1.0)] + [Variant("pad-ppd")]
     raise ValueError(f"unknown suite {name!r}; use {', '.join(SUITES)}")

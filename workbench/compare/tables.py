@@ -350,6 +350,7 @@ def cost_and_ceiling(records: Sequence[dict], references: dict[int, dict] | None
     group by mean gold, best first."""
     scores = prompt_scores(records, references)
     seconds = runs_frame(records).groupby("label")["seconds"].mean()
+    forwarded = token_positions(records)
     configs = {r["label"]: r["metrics"]["config"] for r in records}
     rows = []
     labels = [*(REFERENCE_ROWS if references else ()), *sorted({r["label"] for r in records if "[" not in r["label"]})]
@@ -373,29 +374,69 @@ def cost_and_ceiling(records: Sequence[dict], references: dict[int, dict] | None
                 examples_per_step=int(config.get("batch_size", 0))
                 * int(config.get("gradient_accumulation_steps") or 1),
                 seconds=float(seconds[label]),
+                **forwarded.get(label, {}),
             )
         rows.append(row)
     columns = ["method", "supervision", "n_seeds", "gold", "at_ceiling", "at_ceiling_ci95", "optimizer_steps"]
-    table = pd.DataFrame(rows, columns=[*columns, "examples_per_step", "seconds"])
+    table = pd.DataFrame(rows, columns=[*columns, "examples_per_step", "seconds", *POSITION_COLUMNS])
     group = {"reference": 0, SUPERVISION["teacher"]: 1, SUPERVISION["gold"]: 2}
     order = sorted(range(len(table)), key=lambda i: (group.get(table["supervision"][i], 3), -table["gold"][i]))
     return table.iloc[order].reset_index(drop=True)
 
 
+# a run's forwards (``harness["cost"]``, workbench.metering): token positions through the student-sized models
+# during training (under gradient, and without: sampling, scoring) and through the teachers
+POSITION_COLUMNS = ("student_grad_positions", "student_other_positions", "teacher_positions", "cost_runs")
+
+
+def token_positions(records: Sequence[dict]) -> dict[str, dict]:
+    """Per label, the mean token positions its runs forwarded (:data:`POSITION_COLUMNS`) over the runs whose count is
+    complete (``cost_runs`` of them); labels with none are left out."""
+    runs: dict[str, list[dict]] = {}
+    for r in records:
+        cost = r["harness"].get("cost")
+        if cost and cost.get("complete"):
+            runs.setdefault(r["label"], []).append(cost)
+    return {
+        label: {
+            "student_grad_positions": float(np.mean([c["student"]["grad_positions"] for c in costs])),
+            "student_other_positions": float(
+                np.mean([c["student"]["positions"] - c["student"]["grad_positions"] for c in costs])
+            ),
+            "teacher_positions": float(np.mean([c["teacher"]["positions"] for c in costs])),
+            "cost_runs": len(costs),
+        }
+        for label, costs in runs.items()
+    }
+
+
+def _count(value: float) -> str:
+    """A token count: 1.23M, 45.6k, 789."""
+    if np.isnan(value):
+        return "—"
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
 def format_cost_and_ceiling(table: pd.DataFrame) -> str:
-    """A markdown table of :func:`cost_and_ceiling`."""
+    """A markdown table of :func:`cost_and_ceiling`; the forwarded-token columns only where some run counted them."""
+    counted = table["cost_runs"].notna().any()
+    tokens = " | student tokens, training | student tokens, sampling and scoring | teacher tokens" if counted else ""
     lines = [
         "| method | supervision | seeds | gold | prompts at the ceiling | optimizer steps | examples / step "
-        "| seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| seconds{tokens} |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if counted else ""),
     ]
     for _, r in table.iterrows():
         share = f"{r['at_ceiling']:.3f}" + ("" if np.isnan(r["at_ceiling_ci95"]) else f" ± {r['at_ceiling_ci95']:.3f}")
         steps = "—" if np.isnan(r["optimizer_steps"]) else f"{int(r['optimizer_steps'])}"
         batch = "—" if np.isnan(r["examples_per_step"]) else f"{int(r['examples_per_step'])}"
         seconds = "—" if np.isnan(r["seconds"]) else f"{r['seconds']:.1f}"
+        positions = "".join(f" | {_count(r[c])}" for c in POSITION_COLUMNS[:3]) if counted else ""
         lines.append(
             f"| {r['method']} | {r['supervision']} | {r['n_seeds']} | {r['gold']:.3f} | {share} | {steps} | {batch} "
-            f"| {seconds} |"
+            f"| {seconds}{positions} |"
         )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """``python -m workbench.gym build [--size S] [--force] [--ship]`` and ``python -m workbench.gym report [--size S]``.
 
 Sizes: ``default`` (every notebook's gym), ``tiny`` (tests), ``world1`` / ``world2`` (the default recipe with
-seeds 1 and 2) and ``hard`` (a student that also errs in substance) ship with the package; ``v1`` (an earlier
+seeds 1 and 2), ``hard`` (a student that also errs in substance) and ``judge8`` (a judge trained on up to 8 options)
+ship with the package; ``v1`` (an earlier
 recipe whose judge ranked worse than its likelihood) is built on request, as is ``small`` (the smallest recipe with
 the designed-in properties; the suite builds it from scratch). ``build`` trains into the cache and never touches the
 shipped files; ``--ship`` then replaces the shipped build with it."""

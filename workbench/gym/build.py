@@ -272,6 +272,9 @@ SIZES: dict[str, GymConfig] = {
     # prompts (results/gym/hard_validation.json); there the judge's MCQ ranks the student's samples *worse* than
     # the teacher's likelihood does — PAD's calibration premise fails when the errors are in the numbers.
     "hard": replace(DEFAULT, student_mix=HARD_STUDENT_MIX, judge_mix=HARD_JUDGE_MIX, student_steps=600),
+    # presets gym-judge8-*: the default recipe with a judge trained on 1-8 options, so PAD's n = 8 is judged in one
+    # MCQ of 8 options (as PAD §4.2 asks all n at once) rather than in two slices of 4, each normalised on its own
+    "judge8": replace(DEFAULT, mcq_options=(1, 8)),
     # presets gym-v1-*: the earlier default (its config still says size "default", so it keeps its cache folder)
     "v1": DEFAULT_V1,
     # presets gym-world1-* / gym-world2-*: the default recipe built with other seeds (data, initialisation, training

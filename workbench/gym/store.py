@@ -1,7 +1,8 @@
 """Where a gym preset's models are found: the builds the package ships, then builds in the cache. Never trains.
 
 The default gym, ``tiny`` (tests), ``world1`` / ``world2`` (the default recipe built with seeds 1 and 2, the
-comparison's other worlds) and ``hard`` (a student that errs in substance) ship as package data under
+comparison's other worlds), ``hard`` (a student that errs in substance) and ``judge8`` (a judge trained on up to 8
+options) ship as package data under
 ``shipped/<size>/``: the three ``save_pretrained`` folders
 and a ``build.json`` with the build config, its cache key, the library versions it was built under and a hash of
 every tensor. Shipping the weights, like a dataset or a pretrained checkpoint, keeps
@@ -26,7 +27,7 @@ from workbench.weights import verify_weights, weights_record
 logger = logging.getLogger("workbench.gym")
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
-SHIPPED_SIZES = ("default", "tiny", "world1", "world2", "hard")
+SHIPPED_SIZES = ("default", "tiny", "world1", "world2", "hard", "judge8")
 BUILD_MINUTES = {
     "tiny": "about 10 s",
     "small": "about 35 s",
@@ -34,6 +35,7 @@ BUILD_MINUTES = {
     "world1": "about 8 min",
     "world2": "about 8 min",
     "hard": "about 8 min",
+    "judge8": "about 10 min",
     "v1": "about 5 min",
 }  # on 2 CPU cores
 

@@ -48,6 +48,7 @@ from workbench.gym.build import JUDGE_MIX
 from workbench.losses.adpa import (
     advantage_from_topk,
 )
+from workbench.metering import unmetered
 from workbench.methods.adpa_config import METHOD_STAGES, STATE_SOURCE_NAMES, AdpaConfig
 from workbench.methods.adpa_objectives import ON_POLICY_LOSSES, DckdObjective, OnPolicyObjective, TopkPairCollator
 from workbench.methods.common import (
@@ -168,6 +169,7 @@ def preference_pairs(
     return preference_splits(cfg.dataset, cfg.dataset_schema, cfg.train_prompts, cfg.eval_prompts, cfg.seed)
 
 
+@unmetered()
 def reward_accuracy(model, tokenizer, pairs: datasets.Dataset) -> float:
     """Reward accuracy as the ADPA runs report it (ADPA §4.5): y_w strictly above y_l, a tie counts as a miss
     (:func:`workbench.evaluate.reward_accuracy`)."""

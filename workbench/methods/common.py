@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.encoding import as_messages
+from workbench.metering import unmetered
 from workbench.methods.config import RESUME_NEUTRAL, has_gold
 from workbench.rewards import user_text
 
@@ -249,6 +250,7 @@ def conversation_text(prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+@unmetered()
 def no_gold_evaluation(cfg, prompts, answers_before: list[str] | None, answers_after: list[str] | None) -> dict:
     """Metrics of a run on data without a gold reward: gold fields ``None`` with the reason in ``gold_evaluation``,
     and, when ``cfg.judge`` names a model, its MCQ win rate of the trained student's answers over the initial
@@ -303,6 +305,7 @@ def load_frozen_teacher(
     return load(name, quantization=quantization, device=device)
 
 
+@unmetered()
 def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperature: float = 0.8):
     """What a run measures on its held-out prompts, before and after training: the gold evaluation of its prompt set
     (``evaluate_policy`` with :func:`gold_reward_of`), else the answers a judge will compare (None when no judge is
@@ -320,6 +323,7 @@ def held_out_evaluation(cfg, model, tokenizer, held_out, *, gold: bool, temperat
     return policy_answers(model, tokenizer, held_out, **sampling) if cfg.judge else None
 
 
+@unmetered()
 def policy_answers(model, tokenizer, prompts, *, n: int, temperature: float, seed: int, max_new_tokens: int):
     """``n`` sampled answers per prompt (prompt-major texts), as the judge compares them."""
     from workbench.sampling import sample_responses

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from workbench.evaluate import mean_kendall_tau
+from workbench.metering import unmetered
 from workbench.methods.common import (
     gold_of,
     gym_prompts,
@@ -20,6 +21,7 @@ from workbench.scoring import avg_logp_rewards
 logger = logging.getLogger("workbench.pad")
 
 
+@unmetered()
 def ranking_agreement(
     student,
     student_tok,

@@ -1,0 +1,135 @@
+"""Counting the work a run does with each model (workbench.metering): forwards of loaded models, the cost a stage-cache
+entry keeps and replays, and the cost columns of the comparison."""
+
+import json
+
+import pytest
+import torch
+from test_compare import TINY
+
+from workbench.cache import StageCache
+from workbench.compare import EvalConfig, compare, load_records, report
+from workbench.metering import metered, recording, replay, unmetered
+from workbench.models import load
+from workbench.sampling import sample_responses
+
+
+@pytest.fixture(scope="module")
+def student():
+    return load("gym-tiny-student", device="cpu")
+
+
+def test_a_forward_counts_its_positions_split_by_gradient(student):
+    model, tokenizer = student
+    ids = torch.randint(5, 20, (3, 7))
+    with metered() as meter:
+        with torch.no_grad():
+            model(input_ids=ids)
+        model(input_ids=ids[:2]).logits.sum().backward()
+        with unmetered():  # an evaluation inside the run: not its cost
+            with torch.no_grad():
+                model(input_ids=ids)
+    assert meter.counts == {"gym-tiny-student": {"positions": 21 + 14, "grad_positions": 14, "calls": 2}}
+    with torch.no_grad():
+        model(input_ids=ids)  # no meter running: nothing counted anywhere
+    assert meter.counts["gym-tiny-student"]["calls"] == 2
+
+
+def test_generation_counts_the_prompt_once_and_one_position_per_new_token(student):
+    model, tokenizer = student
+    with metered() as meter:
+        rows = sample_responses(
+            model, tokenizer, ["add 2 3"], n=2, temperature=1.0, seed=0, max_new_tokens=5, progress=False
+        )
+    row = meter.counts["gym-tiny-student"]
+    messages = [{"role": "user", "content": "add 2 3"}]
+    prompt = len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"])
+    steps = max(len(ids) for ids in rows["response_ids"])  # the longest answer sets the generation's steps
+    assert len(rows) == 2 and row["grad_positions"] == 0
+    # one prefill (of the prompt, or of each copy of it), then one position per sequence per further step
+    assert row["calls"] == steps
+    assert prompt + 2 * (steps - 1) <= row["positions"] <= 2 * prompt + 2 * (steps - 1)
+
+
+def test_a_cache_hit_replays_what_computing_the_entry_cost(tmp_path, student):
+    model, _ = student
+    cache = StageCache(tmp_path)
+    ids = torch.randint(5, 20, (2, 4))
+
+    def compute():
+        with torch.no_grad():
+            return model(input_ids=ids).logits[:, -1]
+
+    with metered() as cold:
+        first = cache.get_or_compute("logits", {"k": 1}, compute)
+    with metered() as warm:
+        second = cache.get_or_compute("logits", {"k": 1}, compute)
+    assert cache.misses == 1 and cache.hits == 1
+    torch.testing.assert_close(first, second)
+    assert warm.counts == cold.counts == {"gym-tiny-student": {"positions": 8, "grad_positions": 0, "calls": 1}}
+    assert warm.unknown_hits == 0
+    # an entry that kept no cost (written before entries kept it): the hit says the count is partial
+    cache.path("logits", {"k": 1}).with_suffix(".cost.json").unlink()
+    with metered() as partial:
+        cache.get_or_compute("logits", {"k": 1}, compute)
+    assert partial.counts == {} and partial.unknown_hits == 1
+
+
+def test_an_entry_keeps_its_whole_cost_even_when_computed_unmetered(tmp_path, student):
+    model, _ = student
+    cache = StageCache(tmp_path)
+    ids = torch.randint(5, 20, (1, 6))
+
+    def compute():
+        with torch.no_grad():
+            return model(input_ids=ids).logits[:, -1]
+
+    with metered() as run, unmetered():
+        cache.get_or_compute("logits", {"k": 2}, compute)
+    assert run.counts == {}
+    kept = json.loads(cache.path("logits", {"k": 2}).with_suffix(".cost.json").read_text())
+    assert kept["by_model"]["gym-tiny-student"]["positions"] == 6
+    with metered() as later:
+        cache.get_or_compute("logits", {"k": 2}, compute)
+    assert later.counts["gym-tiny-student"]["positions"] == 6
+
+
+def test_nested_costs_propagate_to_the_outer_entry():
+    with recording() as outer:
+        replay({"by_model": {"m": {"positions": 3, "grad_positions": 0, "calls": 1}}, "unknown_hits": 1})
+        replay(None)
+    assert outer.counts == {"m": {"positions": 3, "grad_positions": 0, "calls": 1}} and outer.unknown_hits == 2
+
+
+def test_a_lora_model_counts_each_forward_once():
+    model, _ = load("gym-tiny-student", device="cpu", lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    with metered() as meter:
+        with torch.no_grad():
+            model(input_ids=torch.randint(5, 20, (2, 3)))
+    assert meter.counts["gym-tiny-student"] == {"positions": 6, "grad_positions": 0, "calls": 1}
+
+
+def test_the_harness_records_each_runs_cost_whatever_the_cache_held(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    import workbench.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_DEFAULT_CACHE", None)
+    methods = ["seqkd", "pad-ppd"]
+    plain = EvalConfig(curve_every=2, curve_prompts=4, also_at=())
+    for folder in ("cold", "warm"):  # the second finds every stage in the cache
+        compare(methods, seeds=[0], overrides=TINY, runs_dir=tmp_path / folder, eval_cfg=plain)
+    cold = {r["label"]: r["harness"]["cost"] for r in load_records(tmp_path / "cold")}
+    warm = {r["label"]: r["harness"]["cost"] for r in load_records(tmp_path / "warm")}
+    for label in methods:
+        assert cold[label]["complete"] and warm[label]["complete"]
+        assert cold[label]["optimizer_steps"] == TINY["steps"]
+        for role in ("student", "teacher"):
+            assert warm[label][role] == cold[label][role]
+    # SeqKD: the teacher samples, the student trains on them; PAD: the student samples, the teacher scores them
+    assert cold["seqkd"]["student"]["grad_positions"] == cold["seqkd"]["student"]["positions"] > 0
+    assert cold["seqkd"]["teacher"]["positions"] > 0 and cold["seqkd"]["teacher"]["grad_positions"] == 0
+    pad = cold["pad-ppd"]
+    assert pad["student"]["positions"] > pad["student"]["grad_positions"] > 0 and pad["teacher"]["positions"] > 0
+    page = report(tmp_path / "cold")
+    assert "| student tokens, training | student tokens, sampling and scoring | teacher tokens |" in page
+    assert "Tokens (mean over the 2 runs that counted them" in page
