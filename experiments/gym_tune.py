@@ -118,7 +118,7 @@ def _value(text: str):
 
 
 def main(argv=None) -> None:
-    from workbench.compare import METHODS, setting_of
+    from workbench.compare import METHODS, EvalConfig, setting_of
     from workbench.methods import GYM_LR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -172,10 +172,13 @@ def main(argv=None) -> None:
     current = {m: setting_of(m, a.param) for m in a.methods}
     for m, r in result.items():
         r["vs_current"] = versus_current(a.runs_dir, m, a.param, r["best"], current[m], a.seeds)
+    built = EvalConfig(**({"teacher": f"gym-{a.gym}-teacher-dpo", "student": f"gym-{a.gym}-student"} if a.gym else {}))
     print(
         json.dumps(
             {
                 "gym": a.gym or "default",
+                "models": built.models(),  # the builds the settings were chosen on, and their weights' hashes
+                "weights": built.weights(),
                 "param": a.param,
                 "grid": a.grid or GRID,
                 "seeds": a.seeds,

@@ -593,7 +593,18 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
         C.report(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("folder", ["compare", "compare_world1", "compare_world2", "compare_hard", "compare_real_text"])
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "compare",
+        "compare_world1",
+        "compare_world2",
+        "compare_hard",
+        "compare_judge8",
+        "compare_cost",
+        "compare_real_text",
+    ],
+)
 def test_the_committed_reports_are_the_records_tabulated(folder):
     """results/<folder>/REPORT.md (the page the README's numbers quote) is what --report makes of the committed
     records today: re-running or adding records without regenerating it (make figures) fails here."""
@@ -691,11 +702,13 @@ def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_pa
     assert "| PLaD beats SeqKD | +0.110 ± " in markdown and "(holds, 3 seeds)" in markdown
 
 
-@pytest.mark.parametrize("gym", ["world1", "world2", "hard"])
-def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym):
-    """results/compare_<world> (the claims across worlds, and on the harder world): every variant of its suite at
-    every DEFAULT_SEEDS seed, made on one build of that world at today's harness settings; a shipped
-    world's records on its shipped weights."""
+@pytest.mark.parametrize(
+    "gym, suite_name", [("world1", "full"), ("world2", "full"), ("hard", "full"), ("judge8", "pad-table2")]
+)
+def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym, suite_name):
+    """results/compare_<world> (the claims across worlds, on the harder world, and PAD Table 2's arms under the
+    8-option judge): every variant of its suite at every DEFAULT_SEEDS seed, made on one build of that world at
+    today's harness settings; a shipped world's records on its shipped weights."""
     from workbench.compare import DEFAULT_RUNS_DIR, DEFAULT_SEEDS, EvalConfig, method_defaults
     from workbench.gym.store import SHIPPED_SIZES
 
@@ -704,10 +717,12 @@ def test_the_committed_comparisons_on_other_worlds_are_complete_and_current(gym)
     eval_cfg = EvalConfig(teacher=f"gym-{gym}-teacher-dpo", student=f"gym-{gym}-student")
     models = eval_cfg.models()
     weights = eval_cfg.weights() if gym in SHIPPED_SIZES else None
-    for variant in suite("full"):
+    for variant in suite(suite_name):
         for seed in DEFAULT_SEEDS:
             record = records.get((variant.label, seed))
-            assert record is not None, f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym}"
+            assert record is not None, (
+                f"{variant.label} seed {seed}: python -m workbench.compare --gym {gym} --suite {suite_name}"
+            )
             assert record["models"] == models and record["method_defaults"] == method_defaults(variant.method)
     # one build per world, its weights noted on every record and reference
     _assert_made_on(list(records.values()), load_references(runs), weights)

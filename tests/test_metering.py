@@ -133,3 +133,22 @@ def test_the_harness_records_each_runs_cost_whatever_the_cache_held(tmp_path, mo
     page = report(tmp_path / "cold")
     assert "| student tokens, training | student tokens, sampling and scoring | teacher tokens |" in page
     assert "Tokens (mean over the 2 runs that counted them" in page
+
+
+def test_the_committed_cost_runs_counted_everything_and_reproduce_the_comparison():
+    """results/compare_cost (every table method from an empty stage cache, seeds 0 and 1): each run's count is complete
+    and its per-prompt gold equals that of the same (method, seed) in results/compare, made with a warm cache."""
+    from pathlib import Path
+
+    from workbench.compare.runs import suite
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    cost = {(r["label"], r["seed"]): r for r in load_records(results / "compare_cost")}
+    table = {(r["label"], r["seed"]): r for r in load_records(results / "compare")}
+    assert set(cost) == {(v.label, seed) for v in suite("cost") for seed in (0, 1)}
+    for key, record in cost.items():
+        assert record["cold_cache"] and record["harness"]["cost"]["complete"], key
+        assert record["harness"]["cost"]["student"]["grad_positions"] > 0, key
+        assert record["harness"]["per_prompt"] == table[key]["harness"]["per_prompt"], key
+    # SFT trains on gold answers alone: it never calls the teacher
+    assert cost["sft", 0]["harness"]["cost"]["teacher"]["positions"] == 0

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     report.add_argument("--prompts", type=int, default=256)
     report.add_argument("--seed", type=int, default=0)
     report.add_argument(
+        "--candidates", type=int, default=4, help="student samples per set the teachers rank (PAD's n; default 4)"
+    )
+    report.add_argument(
         "--split", default="test", choices=["validation", "test"], help="held-out prompts (design on validation)"
     )
     args = parser.parse_args(argv)
@@ -46,7 +49,14 @@ def main(argv=None) -> int:
     else:
         from workbench.gym.report import gym_report
 
-        print(json.dumps(gym_report(args.size, n_prompts=args.prompts, seed=args.seed, split=args.split), indent=2))
+        print(
+            json.dumps(
+                gym_report(
+                    args.size, n_prompts=args.prompts, n_candidates=args.candidates, seed=args.seed, split=args.split
+                ),
+                indent=2,
+            )
+        )
     return 0
 
 
