@@ -26,6 +26,7 @@ from workbench.compare import (
     setting_name,
     student_vs_teacher,
     suite,
+    teacher_matched,
 )
 from workbench.compare.runs import BUDGET_BATCH, BUDGET_STEPS, budget_overrides, setting_of
 from workbench.trainers import prepare_trainer, watching
@@ -171,6 +172,28 @@ def test_budget_matched_takes_the_run_at_the_budget_and_checks_its_config():
     ]
     matched = budget_matched(records)
     assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in matched) == [("dckd", 0.8), ("kd", 0.5)]
+
+
+def test_teacher_matched_takes_the_samplers_own_runs_and_the_scorers_on_fewer_prompts():
+    from workbench.compare.runs import TEACHER_BUDGET_PROMPTS
+
+    fewer = {"train_prompts": TEACHER_BUDGET_PROMPTS}
+    records = [
+        _record("seqkd", 0, {"T=0.8": [0.7]}, {"train_prompts": 1024}),
+        _record("plad", 0, {"T=0.8": [0.6]}, {"train_prompts": 1024}),
+        _record("pad-ppd", 0, {"T=0.8": [0.9]}, {"train_prompts": 1024}),  # 12.8 times the teacher calls
+        _record(f"pad-ppd[train_prompts={TEACHER_BUDGET_PROMPTS}]", 0, {"T=0.8": [0.5]}, fewer),
+        _record(f"dpo[train_prompts={TEACHER_BUDGET_PROMPTS}]", 0, {"T=0.8": [0.4]}, {"train_prompts": 1024}),
+    ]
+    assert teacher_matched(records[:3]) == []  # the teacher-budget suite did not run
+    matched = teacher_matched(records)
+    # a variant whose config is not at the budget (made under other settings) is never counted
+    assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in matched) == [
+        ("pad-ppd", 0.5),
+        ("plad", 0.6),
+        ("seqkd", 0.7),
+    ]
+    assert [v.label for v in suite("teacher-budget")][0] == f"pad-ppd[train_prompts={TEACHER_BUDGET_PROMPTS}]"
 
 
 def test_curve_summary_reads_first_peak_and_end():

@@ -49,6 +49,7 @@ from workbench.compare.conditions import (
     setting_scores,
     settings_of,
     student_vs_teacher,
+    teacher_matched,
 )
 from workbench.compare.evaluation import (
     EVAL_OVERRIDES,
@@ -151,6 +152,7 @@ __all__ = [
     "setting_scores",
     "at_setting",
     "budget_matched",
+    "teacher_matched",
     "gold_by_setting",
     "settings_of",
     "format_gold_by_setting",

@@ -29,6 +29,7 @@ from workbench.compare.conditions import (
     format_student_vs_teacher,
     gold_by_setting,
     student_vs_teacher,
+    teacher_matched,
 )
 from workbench.compare.evaluation import held_out_tasks
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds
@@ -41,8 +42,10 @@ from workbench.compare.runs import (
     REAL_TEXT_SEEDS,
     REFERENCE_ROWS,
     SUITES,
+    TEACHER_BUDGET_PROMPTS,
     Variant,
     real_text_overrides,
+    setting_of,
     suite,
 )
 from workbench.compare.stats import BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, LEVEL
@@ -230,6 +233,22 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
             format_cost_and_ceiling(cost_and_ceiling(matched, references)),
             "",
             format_against_best(against_best(matched)),
+            "",
+        ]
+    matched_teacher = teacher_matched(records)
+    if matched_teacher:
+        lines += [
+            "## Matched teacher calls: the teacher-only methods at SeqKD's and PLaD's teacher budget",
+            "",
+            f"SeqKD and PLaD use the teacher only to sample answers to their {setting_of('seqkd', 'train_prompts')} "
+            "training prompts; PAD, PRO, SimPO and DPO also score every student sample with it, about 12.8 times "
+            "the teacher positions on as many prompts (`results/compare_cost/REPORT.md`). Here those four train on "
+            f"{TEACHER_BUDGET_PROMPTS} prompts (`--suite teacher-budget`), where their teacher positions match, at "
+            "their own optimizer steps and learning rates; the teacher tokens column shows what the runs counted.",
+            "",
+            format_cost_and_ceiling(cost_and_ceiling(matched_teacher, references)),
+            "",
+            format_against_best(against_best(matched_teacher)),
             "",
         ]
     curves = curve_summary(records)

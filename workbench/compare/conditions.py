@@ -9,7 +9,16 @@ import numpy as np
 import pandas as pd
 
 from workbench.compare.evaluation import EvalConfig, setting_name
-from workbench.compare.runs import BUDGET_BATCH, BUDGET_STEPS, REFERENCE_ROWS, Variant, budget_overrides
+from workbench.compare.runs import (
+    BUDGET_BATCH,
+    BUDGET_STEPS,
+    REFERENCE_ROWS,
+    TEACHER_BUDGET_OWN,
+    TEACHER_BUDGET_PROMPTS,
+    TEACHER_BUDGET_SCORERS,
+    Variant,
+    budget_overrides,
+)
 from workbench.compare.stats import claim_p_value, holm, paired_bootstrap
 from workbench.compare.tables import format_interval, format_p, optimizer_steps, prompt_scores
 from workbench.evaluate import mean_ci
@@ -261,3 +270,19 @@ def budget_matched(records: Sequence[dict]) -> list[dict]:
         if optimizer_steps(config) == BUDGET_STEPS and examples == BUDGET_BATCH:
             out.append({**r, "label": method})
     return out
+
+
+def teacher_matched(records: Sequence[dict]) -> list[dict]:
+    """The teacher-only runs at one teacher budget, labelled by method: SeqKD's and PLaD's own runs
+    (:data:`~workbench.compare.runs.TEACHER_BUDGET_OWN`) and the ``teacher-budget`` suite's runs of the methods that
+    score student samples with the teacher, on :data:`~workbench.compare.runs.TEACHER_BUDGET_PROMPTS` prompts (checked
+    on each record's config). Empty unless that suite ran."""
+    scorers = {Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}).label: m for m in TEACHER_BUDGET_SCORERS}
+    out = []
+    for r in records:
+        prompts = (r["metrics"].get("config") or {}).get("train_prompts")
+        if r["label"] in scorers and prompts == TEACHER_BUDGET_PROMPTS:
+            out.append({**r, "label": scorers[r["label"]]})
+        elif r["label"] in TEACHER_BUDGET_OWN:
+            out.append(r)
+    return out if any(r["method"] in TEACHER_BUDGET_SCORERS for r in out) else []

@@ -174,6 +174,14 @@ def budget_overrides(method: str) -> dict:
     return {k: v for k, v in wanted.items() if setting_of(method, k) != v}
 
 
+# matched teacher calls: the teacher-only methods that score student samples with the teacher (PAD's reward, PRO's
+# and SimPO's rankings, DPO's pairs) spend 169k teacher positions on 1024 training prompts, those that only sample
+# it (SeqKD, PLaD) 13.2k (results/compare_cost); on 1024 / 12.8 = 80 prompts the scorers spend what the samplers do
+TEACHER_BUDGET_OWN = ("seqkd", "plad", "plad+sft")  # at that teacher budget with their own settings
+TEACHER_BUDGET_SCORERS = ("pad-ppd", "pro", "simpo", "dpo")
+TEACHER_BUDGET_PROMPTS = 80
+
+
 SUITES = (
     "table",
     "ledger",
@@ -184,6 +192,7 @@ SUITES = (
     "pad-table2",
     "real-text",
     "budget",
+    "teacher-budget",
     "cost",
 )
 
@@ -194,7 +203,9 @@ def suite(name: str) -> list[Variant]:
     SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``pad-table2`` (PAD-PPD and its
     samples × iterations variants of PAD Table 2), ``real-text`` (the methods
     run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples), ``budget`` (each table method not
-    already at the matched budget, at it: :func:`budget_overrides`), ``cost`` (every table method with an empty stage
+    already at the matched budget, at it: :func:`budget_overrides`), ``teacher-budget`` (the methods that score student
+    samples with the teacher on :data:`TEACHER_BUDGET_PROMPTS` prompts, where their teacher calls equal SeqKD's and
+    PLaD's), ``cost`` (every table method with an empty stage
     cache, alone: its whole wall time and forwarded tokens)."""
     if name == "table":
         return [Variant(m) for m in available_methods()]
@@ -218,6 +229,8 @@ def suite(name: str) -> list[Variant]:
         return [Variant(m, overrides) for m in available_methods() if (overrides := budget_overrides(m))]
     if name == "pad-table2":  # PAD's samples-and-iterations claims alone (e.g. on the 8-option judge's world)
         return [Variant("pad-ppd"), *(v for v in LEDGER_VARIANTS if v.method == "pad-ppd" and v.cold_cache)]
+    if name == "teacher-budget":
+        return [Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}) for m in TEACHER_BUDGET_SCORERS]
     if name == "cost":  # each method's whole work, measured: an empty stage cache, one run at a time
         return [Variant(m, cold_cache=True) for m in available_methods()]
     if name == "pad-fig5":
