@@ -51,15 +51,19 @@ def test_generation_counts_the_prompt_once_and_one_position_per_new_token(studen
     assert prompt + 2 * (steps - 1) <= row["positions"] <= 2 * prompt + 2 * (steps - 1)
 
 
-def test_a_cache_hit_replays_what_computing_the_entry_cost(tmp_path, student):
-    model, _ = student
-    cache = StageCache(tmp_path)
-    ids = torch.randint(5, 20, (2, 4))
+def _last_logits(model, ids):
+    """A stage's computation: the model's last-position logits on ``ids`` (one forward, no gradient)."""
 
     def compute():
         with torch.no_grad():
             return model(input_ids=ids).logits[:, -1]
 
+    return compute
+
+
+def test_a_cache_hit_replays_what_computing_the_entry_cost(tmp_path, student):
+    cache = StageCache(tmp_path)
+    compute = _last_logits(student[0], torch.randint(5, 20, (2, 4)))
     with metered() as cold:
         first = cache.get_or_compute("logits", {"k": 1}, compute)
     with metered() as warm:
@@ -76,14 +80,8 @@ def test_a_cache_hit_replays_what_computing_the_entry_cost(tmp_path, student):
 
 
 def test_an_entry_keeps_its_whole_cost_even_when_computed_unmetered(tmp_path, student):
-    model, _ = student
     cache = StageCache(tmp_path)
-    ids = torch.randint(5, 20, (1, 6))
-
-    def compute():
-        with torch.no_grad():
-            return model(input_ids=ids).logits[:, -1]
-
+    compute = _last_logits(student[0], torch.randint(5, 20, (1, 6)))
     with metered() as run, unmetered():
         cache.get_or_compute("logits", {"k": 2}, compute)
     assert run.counts == {}

@@ -78,6 +78,20 @@ TOKENS_NOTE = (
 )
 
 
+def _matched_section(title: str, text: str, matched: list[dict], references: dict) -> list[str]:
+    """A REPORT section of runs matched on one budget: their costs and ceiling shares, then each against the best."""
+    return [
+        f"## {title}",
+        "",
+        text,
+        "",
+        format_cost_and_ceiling(cost_and_ceiling(matched, references)),
+        "",
+        format_against_best(against_best(matched)),
+        "",
+    ]
+
+
 def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> str:
     """The saved runs of ``runs_dir`` as one markdown page, computed from the records alone (nothing is trained):
     the builds they were made on, the table of every label (variants too), the sets each Kendall τ is over, gold per
@@ -223,34 +237,26 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
         ]
     matched = budget_matched(records)
     if {r["label"] for r in matched} >= {r["label"] for r in records if "[" not in r["label"]}:  # the budget suite ran
-        lines += [
-            f"## Matched budgets: every method at {BUDGET_STEPS} optimizer steps × {BUDGET_BATCH} examples",
-            "",
+        lines += _matched_section(
+            f"Matched budgets: every method at {BUDGET_STEPS} optimizer steps × {BUDGET_BATCH} examples",
             "The table methods' own budgets differ (above); here each method's runs at one budget: its own where its "
             "harness settings are that budget, else its `--suite budget` variant (ADPA+'s two stages share the "
             "steps). Learning rates stay those chosen at each method's own budget. Teacher calls are not matched.",
-            "",
-            format_cost_and_ceiling(cost_and_ceiling(matched, references)),
-            "",
-            format_against_best(against_best(matched)),
-            "",
-        ]
+            matched,
+            references,
+        )
     matched_teacher = teacher_matched(records)
     if matched_teacher:
-        lines += [
-            "## Matched teacher calls: the teacher-only methods at SeqKD's and PLaD's teacher budget",
-            "",
+        lines += _matched_section(
+            "Matched teacher calls: the teacher-only methods at SeqKD's and PLaD's teacher budget",
             f"SeqKD and PLaD use the teacher only to sample answers to their {setting_of('seqkd', 'train_prompts')} "
             "training prompts; PAD, PRO, SimPO and DPO also score every student sample with it, about 12.8 times "
             "the teacher positions on as many prompts (`results/compare_cost/REPORT.md`). Here those four train on "
             f"{TEACHER_BUDGET_PROMPTS} prompts (`--suite teacher-budget`), where their teacher positions match, at "
             "their own optimizer steps and learning rates; the teacher tokens column shows what the runs counted.",
-            "",
-            format_cost_and_ceiling(cost_and_ceiling(matched_teacher, references)),
-            "",
-            format_against_best(against_best(matched_teacher)),
-            "",
-        ]
+            matched_teacher,
+            references,
+        )
     curves = curve_summary(records)
     if not curves.empty:
         frame = curve_frame(records)
