@@ -276,11 +276,11 @@ class OptimizerSteps(TrainerCallback):
         self.steps += state.global_step
 
 
-def run_cost(meter, steps: int, seconds: float, student: str) -> dict:
-    """A run's cost: optimizer steps, wall seconds, and the token positions forwarded (``workbench.metering``) by
-    the student-sized models (the model named ``student`` and its copies: the policy, a DPO reference) and by every
-    other model (the teachers), each with the positions under gradient and the forward calls; ``complete`` is
-    False when a stage-cache hit did not keep what it cost."""
+def run_cost(meter, steps: int, student: str) -> dict:
+    """A run's cost beside its wall time (the record's ``train_seconds``): optimizer steps and the token positions
+    forwarded (``workbench.metering``) by the student-sized models (the model named ``student`` and its copies: the
+    policy, a DPO reference) and by every other model (the teachers), each with the positions under gradient and the
+    forward calls; ``complete`` is False when a stage-cache hit did not keep what it cost."""
     roles = {"student": dict.fromkeys(FIELDS, 0), "teacher": dict.fromkeys(FIELDS, 0)}
     for name, row in meter.counts.items():
         role = roles["student" if name == student else "teacher"]
@@ -288,7 +288,6 @@ def run_cost(meter, steps: int, seconds: float, student: str) -> dict:
             role[field] += row[field]
     return {
         "optimizer_steps": steps,
-        "seconds": seconds,
         **roles,
         "by_model": meter.counts,
         "complete": meter.unknown_hits == 0,
