@@ -150,3 +150,17 @@ def test_the_committed_cost_runs_counted_everything_and_reproduce_the_comparison
         assert record["harness"]["per_prompt"] == table[key]["harness"]["per_prompt"], key
     # SFT trains on gold answers alone: it never calls the teacher
     assert cost["sft", 0]["harness"]["cost"]["teacher"]["positions"] == 0
+
+
+def test_a_run_on_a_vllm_backend_says_its_count_is_incomplete():
+    from workbench.compare.evaluation import run_cost
+
+    with metered() as meter:
+        meter.add("gym-student", 10, grad=True)
+        meter.add("gym-teacher-dpo", 4, grad=False)
+    cost = run_cost(meter, 3, "gym-student", {"sampling_backend": "hf", "scoring_backend": "hf"})
+    assert cost["complete"] and "uncounted" not in cost
+    assert cost["student"] == {"positions": 10, "grad_positions": 10, "calls": 1}
+    assert cost["teacher"] == {"positions": 4, "grad_positions": 0, "calls": 1} and cost["optimizer_steps"] == 3
+    vllm = run_cost(meter, 3, "gym-student", {"sampling_backend": "vllm", "scoring_backend": "hf"})
+    assert not vllm["complete"] and vllm["uncounted"] == ["sampling_backend=vllm"]

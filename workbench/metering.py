@@ -8,7 +8,8 @@ cache), so sampling counts one position per generated token plus the prompt once
 (an evaluation during a run) is not counted. A stage-cache entry keeps what computing it cost
 (:func:`recording`), and a cache hit adds that cost back (:func:`replay`): a run's count does not depend on what
 an earlier run left in the cache; a hit on an entry written before entries kept their cost is counted in
-``unknown_hits``, so a partial count says so.
+``unknown_hits``, so a partial count says so. A vLLM engine forwards outside this process's torch models, so its work
+is not counted (the comparison's record marks such a run's count incomplete).
 """
 
 from __future__ import annotations

@@ -276,11 +276,14 @@ class OptimizerSteps(TrainerCallback):
         self.steps += state.global_step
 
 
-def run_cost(meter, steps: int, student: str) -> dict:
+def run_cost(meter, steps: int, student: str, config: dict | None = None) -> dict:
     """A run's cost beside its wall time (the record's ``train_seconds``): optimizer steps and the token positions
     forwarded (``workbench.metering``) by the student-sized models (the model named ``student`` and its copies: the
     policy, a DPO reference) and by every other model (the teachers), each with the positions under gradient and the
-    forward calls; ``complete`` is False when a stage-cache hit did not keep what it cost."""
+    forward calls. ``uncounted``: the run's vLLM backends (``config``'s ``sampling_backend`` / ``scoring_backend``),
+    whose engines forward outside this process's models; ``complete`` is False when there is one, or when a
+    stage-cache hit did not keep what it cost."""
+    uncounted = [f"{k}=vllm" for k in ("sampling_backend", "scoring_backend") if (config or {}).get(k) == "vllm"]
     roles = {"student": dict.fromkeys(FIELDS, 0), "teacher": dict.fromkeys(FIELDS, 0)}
     for name, row in meter.counts.items():
         role = roles["student" if name == student else "teacher"]
@@ -290,8 +293,9 @@ def run_cost(meter, steps: int, student: str) -> dict:
         "optimizer_steps": steps,
         **roles,
         "by_model": meter.counts,
-        "complete": meter.unknown_hits == 0,
+        "complete": meter.unknown_hits == 0 and not uncounted,
         "unknown_hits": meter.unknown_hits,
+        **({"uncounted": uncounted} if uncounted else {}),
     }
 
 

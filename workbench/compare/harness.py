@@ -74,7 +74,9 @@ def run_one(
     train_seconds = time.perf_counter() - started - (curve.seconds if curve else 0.0)
     result.save(folder)
     harness = evaluate_run(result, references, seed, eval_cfg)
-    harness["cost"] = run_cost(meter, steps.steps, merged.get("student", eval_cfg.student))
+    harness["cost"] = run_cost(
+        meter, steps.steps, merged.get("student", eval_cfg.student), result.metrics.get("config")
+    )
     if curve:
         harness["curve"] = {"split": curve.cfg.split, "prompts": len(curve.prompts), "points": curve.points}
     metrics = {k: v for k, v in result.metrics.items() if k not in ("per_prompt_before", "per_prompt_after")}
