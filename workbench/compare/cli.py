@@ -74,7 +74,9 @@ TOKENS_NOTE = (
     "forwarded, padding included, through the student-sized models under gradient (training steps) and without "
     "(sampling, scoring, a DPO reference), and through the teachers (samples, scores, logits, MCQ judgements); the "
     "run's own held-out evaluation is not counted. A generation step forwards one position per sequence. Work a "
-    "stage-cache hit stands for is counted as when it was computed, so a count does not depend on the cache."
+    "stage-cache hit stands for is counted as when it was computed, so a count does not depend on the cache. A run "
+    "whose count is incomplete (a hit on an entry written before entries kept their cost, or a vLLM engine) shows —; "
+    "`python -m workbench.compare --suite cost` counts every table method from an empty cache."
 )
 
 
