@@ -18,6 +18,7 @@ from workbench.compare.runs import (
     TEACHER_BUDGET_SCORERS,
     Variant,
     budget_overrides,
+    teacher_budget_variants,
 )
 from workbench.compare.stats import claim_p_value, holm, paired_bootstrap
 from workbench.compare.tables import format_interval, format_p, optimizer_steps, prompt_scores
@@ -277,7 +278,7 @@ def teacher_matched(records: Sequence[dict]) -> list[dict]:
     (:data:`~workbench.compare.runs.TEACHER_BUDGET_OWN`) and the ``teacher-budget`` suite's runs of the methods that
     score student samples with the teacher, on :data:`~workbench.compare.runs.TEACHER_BUDGET_PROMPTS` prompts (checked
     on each record's config). Empty unless that suite ran."""
-    scorers = {Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}).label: m for m in TEACHER_BUDGET_SCORERS}
+    scorers = {v.label: v.method for v in teacher_budget_variants()}
     out = []
     for r in records:
         prompts = (r["metrics"].get("config") or {}).get("train_prompts")

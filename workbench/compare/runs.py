@@ -182,6 +182,11 @@ TEACHER_BUDGET_SCORERS = ("pad-ppd", "pro", "simpo", "dpo")
 TEACHER_BUDGET_PROMPTS = 80
 
 
+def teacher_budget_variants() -> list[Variant]:
+    """The methods that score student samples with the teacher, on :data:`TEACHER_BUDGET_PROMPTS` prompts."""
+    return [Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}) for m in TEACHER_BUDGET_SCORERS]
+
+
 SUITES = (
     "table",
     "ledger",
@@ -230,7 +235,7 @@ def suite(name: str) -> list[Variant]:
     if name == "pad-table2":  # PAD's samples-and-iterations claims alone (e.g. on the 8-option judge's world)
         return [Variant("pad-ppd"), *(v for v in LEDGER_VARIANTS if v.method == "pad-ppd" and v.cold_cache)]
     if name == "teacher-budget":
-        return [Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}) for m in TEACHER_BUDGET_SCORERS]
+        return teacher_budget_variants()
     if name == "cost":  # each method's whole work, measured: an empty stage cache, one run at a time
         return [Variant(m, cold_cache=True) for m in available_methods()]
     if name == "pad-fig5":
