@@ -61,7 +61,7 @@ figures: reports
 
 # each committed records folder tabulated (table, claims ledger, against the best) into its REPORT.md
 REPORT_DIRS ?= results/compare results/compare_world1 results/compare_world2 results/compare_hard \
-	results/compare_judge8 results/compare_cost results/compare_real_text
+	results/compare_judge8 results/compare_cost results/compare_test1024 results/compare_real_text
 reports:
 	for d in $(REPORT_DIRS); do $(PYTHON) -m workbench.compare --report --runs-dir $$d > $$d/REPORT.md || exit 1; done
 

@@ -602,6 +602,7 @@ def test_report_tabulates_saved_runs_without_training(tmp_path, monkeypatch, cap
         "compare_hard",
         "compare_judge8",
         "compare_cost",
+        "compare_test1024",
         "compare_real_text",
     ],
 )
@@ -614,6 +615,33 @@ def test_the_committed_reports_are_the_records_tabulated(folder):
     assert (runs / "REPORT.md").read_text() == report(runs, name=f"results/{folder}"), (
         f"results/{folder}/REPORT.md is stale: python -m workbench.compare --report --runs-dir results/{folder}"
     )
+
+
+def test_the_larger_test_set_extends_the_committed_comparison_prompt_for_prompt():
+    """results/compare_test1024 (the table methods and references on 1024 held-out prompts, seeds 0-9): its first 128
+    prompts are the default set, and each record's per-prompt gold there, at every sampling setting, equals that of the
+    same (method, seed) in results/compare, so the larger set adds prompts and changes nothing else."""
+    from workbench.compare import load_references
+    from workbench.compare.evaluation import held_out_tasks
+    from workbench.compare.runs import suite
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    large = {(r["label"], r["seed"]): r for r in load_records(results / "compare_test1024")}
+    table = {(r["label"], r["seed"]): r for r in load_records(results / "compare")}
+    assert set(large) == {(v.label, seed) for v in suite("table") for seed in range(10)}
+    assert held_out_tasks(1024)[:128] == held_out_tasks(128)
+    for key, record in large.items():
+        harness, small = record["harness"], table[key]["harness"]
+        assert len(harness["per_prompt"]) == 1024 and harness["per_prompt"][:128] == small["per_prompt"], key
+        for setting, scores in harness["by_temperature"].items():
+            assert scores["per_prompt"][:128] == small["by_temperature"][setting]["per_prompt"], (key, setting)
+    references, base = load_references(results / "compare_test1024"), load_references(results / "compare")
+    for seed, refs in references.items():
+        for role in ("student", "teacher"):
+            assert refs[role]["per_prompt"][:128] == base[seed][role]["per_prompt"], (seed, role)
+            for setting, scores in refs[role]["by_temperature"].items():
+                expected = base[seed][role]["by_temperature"][setting]["per_prompt"]
+                assert scores["per_prompt"][:128] == expected, (seed, role, setting)
 
 
 @pytest.mark.parametrize(
@@ -666,6 +694,34 @@ def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path,
     with pytest.raises(SystemExit) as refused:
         C.main(["--gym", "huge", "--methods", "seqkd"])
     assert refused.value.code == 2 and "--gym huge: use one of" in capsys.readouterr().err
+
+
+def test_the_cli_scores_a_larger_test_set_into_a_folder_of_its_own(monkeypatch, tmp_path, capsys):
+    """--eval-prompts N: every run and reference is scored on N held-out prompts, in <runs-dir>_testN (after the
+    world's own folder) unless a folder is given; the world-lr suite reads the --gym world."""
+    from workbench import compare as C
+    from workbench.compare import cli as compare_cli
+
+    calls = {}
+
+    def fake_compare(variants, seeds, overrides=None, **kwargs):
+        calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], labels=[v.label for v in variants])
+        raise SystemExit(0)  # stop before the table: nothing was trained
+
+    monkeypatch.setattr(compare_cli, "compare", fake_compare)
+    with pytest.raises(SystemExit):
+        C.main(["--methods", "seqkd", "--eval-prompts", "1024"])
+    assert calls["overrides"] == {"eval_prompts": 1024} and calls["runs_dir"] == "results/compare_test1024"
+    with pytest.raises(SystemExit):
+        C.main(["--gym", "hard", "--suite", "world-lr", "--eval-prompts", "512"])
+    assert calls["runs_dir"] == "results/compare_hard_test512" and calls["overrides"]["eval_prompts"] == 512
+    assert calls["labels"] == ["reverse-kl[lr=0.001]", "adpa_no_ref[lr=0.003]"]
+    with pytest.raises(SystemExit):
+        C.main(["--methods", "seqkd", "--eval-prompts", "1024", "--runs-dir", str(tmp_path)])
+    assert calls["runs_dir"] == str(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        C.main(["--methods", "seqkd", "--eval-prompts", "0"])
+    assert refused.value.code == 2 and "--eval-prompts 0: score at least 1 prompt" in capsys.readouterr().err
 
 
 def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_path):

@@ -174,26 +174,63 @@ def test_budget_matched_takes_the_run_at_the_budget_and_checks_its_config():
     assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in matched) == [("dckd", 0.8), ("kd", 0.5)]
 
 
-def test_teacher_matched_takes_the_samplers_own_runs_and_the_scorers_on_fewer_prompts():
-    from workbench.compare.runs import TEACHER_BUDGET_PROMPTS
+def test_teacher_matched_takes_the_samplers_own_runs_and_the_others_scaled_in_one_setting():
+    from workbench.compare.runs import TEACHER_BUDGET, TEACHER_BUDGET_OWN
 
-    fewer = {"train_prompts": TEACHER_BUDGET_PROMPTS}
+    fewer = TEACHER_BUDGET["pad-ppd"]
+    shorter = TEACHER_BUDGET["reverse-kl"]
     records = [
         _record("seqkd", 0, {"T=0.8": [0.7]}, {"train_prompts": 1024}),
         _record("plad", 0, {"T=0.8": [0.6]}, {"train_prompts": 1024}),
         _record("pad-ppd", 0, {"T=0.8": [0.9]}, {"train_prompts": 1024}),  # 12.8 times the teacher calls
-        _record(f"pad-ppd[train_prompts={TEACHER_BUDGET_PROMPTS}]", 0, {"T=0.8": [0.5]}, fewer),
-        _record(f"dpo[train_prompts={TEACHER_BUDGET_PROMPTS}]", 0, {"T=0.8": [0.4]}, {"train_prompts": 1024}),
+        _record("reverse-kl", 0, {"T=0.8": [0.8]}, {"steps": 300}),
+        _record(f"pad-ppd[train_prompts={fewer['train_prompts']}]", 0, {"T=0.8": [0.5]}, fewer),
+        _record(f"dpo[train_prompts={fewer['train_prompts']}]", 0, {"T=0.8": [0.4]}, {"train_prompts": 1024}),
+        _record(f"reverse-kl[steps={shorter['steps']}]", 0, {"T=0.8": [0.3]}, {"method": "reverse-kl", **shorter}),
+        _record("sft", 0, {"T=0.8": [0.2]}, {"method": "sft"}),
     ]
-    assert teacher_matched(records[:3]) == []  # the teacher-budget suite did not run
+    assert teacher_matched(records[:4]) == []  # the teacher-budget suite did not run
     matched = teacher_matched(records)
     # a variant whose config is not at the budget (made under other settings) is never counted
     assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in matched) == [
         ("pad-ppd", 0.5),
         ("plad", 0.6),
+        ("reverse-kl", 0.3),
+        ("seqkd", 0.7),
+        ("sft", 0.2),
+    ]
+    labels = [v.label for v in suite("teacher-budget")]
+    assert labels[0] == f"pad-ppd[train_prompts={fewer['train_prompts']}]" and "kd[steps=52]" in labels
+    # every table method that uses a teacher is either at the budget with its own settings or scaled to it
+    assert set(TEACHER_BUDGET) | set(TEACHER_BUDGET_OWN) == {v.method for v in suite("table")}
+
+
+def test_at_world_rates_swaps_in_the_rates_rechosen_on_the_records_world():
+    from workbench.compare import at_world_rates
+    from workbench.compare.conditions import world_of
+    from workbench.compare.runs import WORLD_LR, suite
+
+    hard = {"teacher": "gym-hard-teacher-dpo"}
+    rate = WORLD_LR["hard"]["reverse-kl"]
+    records = [
+        _record("seqkd", 0, {"T=0.8": [0.7]}, hard),
+        _record("reverse-kl", 0, {"T=0.8": [0.6]}, {**hard, "lr": 3e-4}),
+        _record("kd[data_fraction=0.1]", 0, {"T=0.8": [0.1]}, hard),  # a ledger variant is not a table row
+    ]
+    assert [world_of(r) for r in records[:1]] == ["hard"] and at_world_rates(records) == []  # world-lr did not run
+    assert world_of(_record("kd", 0, {"T=0.8": [0.1]}, {"teacher": "gym-teacher-dpo"})) == "default"
+    assert world_of(_record("kd", 0, {"T=0.8": [0.1]}, {"teacher": "some/hub-model"})) == ""
+    rated = records + [
+        _record(f"reverse-kl[lr={rate}]", 0, {"T=0.8": [0.8]}, {**hard, "lr": rate}),
+        _record(f"adpa_no_ref[lr={WORLD_LR['hard']['adpa_no_ref']}]", 0, {"T=0.8": [0.9]}, {**hard, "lr": 1.0}),
+    ]
+    # the re-chosen run replaces the table's; a variant whose config is not at the re-chosen rate is never counted
+    assert sorted((r["label"], r["harness"]["per_prompt"][0]) for r in at_world_rates(rated)) == [
+        ("reverse-kl", 0.8),
         ("seqkd", 0.7),
     ]
-    assert [v.label for v in suite("teacher-budget")][0] == f"pad-ppd[train_prompts={TEACHER_BUDGET_PROMPTS}]"
+    assert [v.label for v in suite("world-lr", "hard")][0] == f"reverse-kl[lr={rate}]"
+    assert suite("world-lr") == []  # the default world's rates are the table's
 
 
 def test_curve_summary_reads_first_peak_and_end():

@@ -39,6 +39,7 @@ from workbench.compare.claims import (
 from workbench.compare.cli import main, report
 from workbench.compare.conditions import (
     at_setting,
+    at_world_rates,
     budget_matched,
     curve_frame,
     curve_summary,
@@ -153,6 +154,7 @@ __all__ = [
     "at_setting",
     "budget_matched",
     "teacher_matched",
+    "at_world_rates",
     "gold_by_setting",
     "settings_of",
     "format_gold_by_setting",

@@ -21,6 +21,7 @@ from workbench.compare.claims import (
 from workbench.compare.conditions import (
     MAIN,
     at_setting,
+    at_world_rates,
     budget_matched,
     curve_frame,
     curve_summary,
@@ -30,6 +31,7 @@ from workbench.compare.conditions import (
     gold_by_setting,
     student_vs_teacher,
     teacher_matched,
+    world_of,
 )
 from workbench.compare.evaluation import held_out_tasks
 from workbench.compare.harness import compare, load_records, load_references, mixed_builds
@@ -42,7 +44,8 @@ from workbench.compare.runs import (
     REAL_TEXT_SEEDS,
     REFERENCE_ROWS,
     SUITES,
-    TEACHER_BUDGET_PROMPTS,
+    TEACHER_BUDGET,
+    WORLD_LR,
     Variant,
     real_text_overrides,
     setting_of,
@@ -80,18 +83,21 @@ TOKENS_NOTE = (
 )
 
 
-def _matched_section(title: str, text: str, matched: list[dict], references: dict) -> list[str]:
-    """A REPORT section of runs matched on one budget: their costs and ceiling shares, then each against the best."""
-    return [
-        f"## {title}",
-        "",
-        text,
-        "",
-        format_cost_and_ceiling(cost_and_ceiling(matched, references)),
-        "",
-        format_against_best(against_best(matched)),
-        "",
-    ]
+def _setting_text(overrides: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in overrides.items())
+
+
+def _matched_section(title: str, text: str, matched: list[dict], references: dict, by_group: bool = False) -> list[str]:
+    """A REPORT section of runs matched on one budget: their costs and ceiling shares, then each against the best
+    (``by_group``: against the best of its supervision group, each group on its own)."""
+    lines = [f"## {title}", "", text, "", format_cost_and_ceiling(cost_and_ceiling(matched, references)), ""]
+    if not by_group:
+        return lines + [format_against_best(against_best(matched)), ""]
+    for group in SUPERVISION.values():
+        members = [r for r in matched if supervision_of(r["label"], r["metrics"].get("config")) == group]
+        if len({r["label"] for r in members}) > 1:
+            lines += [f"### Against the best {group} method", "", format_against_best(against_best(members)), ""]
+    return lines
 
 
 def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> str:
@@ -250,13 +256,32 @@ def report(runs_dir: str | Path = DEFAULT_RUNS_DIR, name: str | None = None) -> 
     matched_teacher = teacher_matched(records)
     if matched_teacher:
         lines += _matched_section(
-            "Matched teacher calls: the teacher-only methods at SeqKD's and PLaD's teacher budget",
+            "Matched teacher calls: every method at SeqKD's and PLaD's teacher budget",
             f"SeqKD and PLaD use the teacher only to sample answers to their {setting_of('seqkd', 'train_prompts')} "
-            "training prompts; PAD, PRO, SimPO and DPO also score every student sample with it, about 12.8 times "
-            "the teacher positions on as many prompts (`results/compare_cost/REPORT.md`). Here those four train on "
-            f"{TEACHER_BUDGET_PROMPTS} prompts (`--suite teacher-budget`), where their teacher positions match, at "
-            "their own optimizer steps and learning rates; the teacher tokens column shows what the runs counted.",
+            "training prompts. The other methods' teacher work (`results/compare_cost/REPORT.md`) grows with their "
+            "training prompts (PAD, PRO, SimPO and DPO score every student sample; the DCKD / ADPA family caches "
+            "teacher top-k once per sequence) or with their optimizer steps (KD and reverse KL forward the teacher "
+            "on every training batch). Here each is scaled in that one setting (`--suite teacher-budget`, "
+            "`workbench.compare.runs.TEACHER_BUDGET`: "
+            + ", ".join(f"{m} {_setting_text(o)}" for m, o in TEACHER_BUDGET.items())
+            + ") to SeqKD's teacher positions, learning rates and other settings their own; SFT uses no teacher. "
+            "The teacher tokens column shows what the runs counted; each supervision group against its own best.",
             matched_teacher,
+            references,
+            by_group=True,
+        )
+    rated = at_world_rates(records)
+    if rated:
+        rechosen = {m: lr for world in {world_of(r) for r in records} for m, lr in WORLD_LR.get(world, {}).items()}
+        lines += _matched_section(
+            "At the learning rates chosen on this world",
+            "The table runs every method at the learning rate chosen on the default world's validation prompts. "
+            "Re-chosen on this world's own (`experiments/gym_tune.py --gym`, `results/gym_tune/`), the methods "
+            "whose rate gained beyond the tuning seeds' noise run here at it (`--suite world-lr`, "
+            "`workbench.compare.runs.WORLD_LR`: "
+            + ", ".join(f"{m} lr = {lr:g}" for m, lr in sorted(rechosen.items()))
+            + "), every other method as in the table.",
+            rated,
             references,
         )
     curves = curve_summary(records)
@@ -321,10 +346,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "as the student (python -m workbench.real_text build first), at the sizes of "
         "workbench.compare.runs.real_text_overrides; records in results/compare_real_text unless --runs-dir is given",
     )
+    parser.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score every run and reference on N held-out prompts instead of 128 (the same task round-robin, so "
+        "the first 128 are the default set); records in <runs-dir>_testN unless --runs-dir is given",
+    )
     args = parser.parse_args(argv)
     if args.real_text and args.gym:
         parser.error("--real-text and --gym name different worlds; give one")
-    if args.real_text and args.runs_dir == DEFAULT_RUNS_DIR:
+    named_dir = args.runs_dir != DEFAULT_RUNS_DIR  # a folder given is used as it is
+    if args.real_text and not named_dir:
         args.runs_dir = REAL_TEXT_RUNS_DIR
     args.suite = args.suite or ("real-text" if args.real_text else "full")
     if args.seeds is None:
@@ -340,20 +374,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.gym not in SIZES or args.gym == "default":
             parser.error(f"--gym {args.gym}: use one of {sorted(set(SIZES) - {'default'})}")
         overrides = {"teacher": f"gym-{args.gym}-teacher-dpo", "student": f"gym-{args.gym}-student"}
-        if args.runs_dir == DEFAULT_RUNS_DIR:
+        if not named_dir:
             args.runs_dir = f"{DEFAULT_RUNS_DIR}_{args.gym}"
     if args.real_text:
         overrides = real_text_overrides()
+    if args.eval_prompts is not None:
+        if args.eval_prompts < 1:
+            parser.error(f"--eval-prompts {args.eval_prompts}: score at least 1 prompt")
+        overrides["eval_prompts"] = args.eval_prompts
+        if not named_dir:
+            args.runs_dir = f"{args.runs_dir}_test{args.eval_prompts}"
     if args.report:
         print(report(args.runs_dir), end="")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
     if args.methods:
-        named = {v.label: v for v in suite(args.suite)}
+        named = {v.label: v for v in suite(args.suite, args.gym or "default")}
         variants = [named.get(m, Variant(m)) for m in args.methods]
     else:
-        variants = suite(args.suite)
+        variants = suite(args.suite, args.gym or "default")
     summary = compare(
         variants,
         args.seeds,

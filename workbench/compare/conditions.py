@@ -3,6 +3,7 @@ with each side at its best setting, every method at one budget, and the validati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,12 +14,12 @@ from workbench.compare.runs import (
     BUDGET_BATCH,
     BUDGET_STEPS,
     REFERENCE_ROWS,
+    TEACHER_BUDGET,
     TEACHER_BUDGET_OWN,
-    TEACHER_BUDGET_PROMPTS,
-    TEACHER_BUDGET_SCORERS,
     Variant,
     budget_overrides,
     teacher_budget_variants,
+    world_lr_variants,
 )
 from workbench.compare.stats import claim_p_value, holm, paired_bootstrap
 from workbench.compare.tables import format_interval, format_p, optimizer_steps, prompt_scores
@@ -274,16 +275,44 @@ def budget_matched(records: Sequence[dict]) -> list[dict]:
 
 
 def teacher_matched(records: Sequence[dict]) -> list[dict]:
-    """The teacher-only runs at one teacher budget, labelled by method: SeqKD's and PLaD's own runs
-    (:data:`~workbench.compare.runs.TEACHER_BUDGET_OWN`) and the ``teacher-budget`` suite's runs of the methods that
-    score student samples with the teacher, on :data:`~workbench.compare.runs.TEACHER_BUDGET_PROMPTS` prompts (checked
-    on each record's config). Empty unless that suite ran."""
-    scorers = {v.label: v.method for v in teacher_budget_variants()}
+    """Every table method at one teacher budget, labelled by method: the runs of the methods already at or under it
+    (:data:`~workbench.compare.runs.TEACHER_BUDGET_OWN`) and the ``teacher-budget`` suite's runs of the others, each
+    scaled in one setting (:data:`~workbench.compare.runs.TEACHER_BUDGET`, checked on the record's config). Empty
+    unless that suite ran."""
+    scaled = {v.label: v for v in teacher_budget_variants()}
     out = []
     for r in records:
-        prompts = (r["metrics"].get("config") or {}).get("train_prompts")
-        if r["label"] in scorers and prompts == TEACHER_BUDGET_PROMPTS:
-            out.append({**r, "label": scorers[r["label"]]})
+        variant = scaled.get(r["label"])
+        config = r["metrics"].get("config") or {}
+        if variant is not None and all(config.get(k) == v for k, v in variant.overrides.items()):
+            out.append({**r, "label": variant.method})
         elif r["label"] in TEACHER_BUDGET_OWN:
             out.append(r)
-    return out if any(r["method"] in TEACHER_BUDGET_SCORERS for r in out) else []
+    return out if any(r["method"] in TEACHER_BUDGET for r in out) else []
+
+
+def world_of(record: dict) -> str:
+    """The gym world a record was made in, from its teacher preset (``gym-<world>-teacher-dpo``; ``default`` for
+    ``gym-teacher-dpo``); ``""`` off the gym."""
+    teacher = (record["metrics"].get("config") or {}).get("teacher") or ""
+    match = re.fullmatch(r"gym-(?:(.+)-)?teacher-dpo", teacher)
+    return (match.group(1) or "default") if match else ""
+
+
+def at_world_rates(records: Sequence[dict]) -> list[dict]:
+    """Every table method at the learning rate chosen on the records' own world, labelled by method: the
+    ``world-lr`` suite's run where that world re-chose a method's rate
+    (:func:`~workbench.compare.runs.world_lr_variants`, checked on the record's config), the method's table run
+    elsewhere. Empty unless that suite ran."""
+    worlds = {world_of(r) for r in records}
+    variants = {v.label: v for world in worlds for v in world_lr_variants(world)}
+    rechosen = {v.method for v in variants.values()}
+    out = []
+    for r in records:
+        variant = variants.get(r["label"])
+        config = r["metrics"].get("config") or {}
+        if variant is not None and config.get("lr") == variant.overrides["lr"]:
+            out.append({**r, "label": variant.method})
+        elif r["label"] == r["method"] and r["method"] not in rechosen:
+            out.append(r)
+    return out if any(r["method"] in rechosen for r in out) else []

@@ -174,17 +174,39 @@ def budget_overrides(method: str) -> dict:
     return {k: v for k, v in wanted.items() if setting_of(method, k) != v}
 
 
-# matched teacher calls: the teacher-only methods that score student samples with the teacher (PAD's reward, PRO's
-# and SimPO's rankings, DPO's pairs) spend 169k teacher positions on 1024 training prompts, those that only sample
-# it (SeqKD, PLaD) 13.2k (results/compare_cost); on 1024 / 12.8 = 80 prompts the scorers spend what the samplers do
-TEACHER_BUDGET_OWN = ("seqkd", "plad", "plad+sft")  # at that teacher budget with their own settings
-TEACHER_BUDGET_SCORERS = ("pad-ppd", "pro", "simpo", "dpo")
-TEACHER_BUDGET_PROMPTS = 80
+# matched teacher calls: one teacher budget for every table method that uses a teacher, the 13.2k teacher positions
+# SeqKD and PLaD spend sampling answers to their 1024 training prompts (results/compare_cost). Each other method's
+# teacher work, measured there, scales with its training prompts (PAD's reward, PRO's and SimPO's rankings and DPO's
+# pairs score every student sample, 169k on 1024 prompts; the DCKD / ADPA family caches teacher top-k once per
+# sequence, 21k-77k) or with its optimizer steps (KD and reverse KL forward the teacher on every training batch,
+# 76k and 98k in 300 steps), so each is scaled in that one setting to 13.2k; SFT uses no teacher.
+TEACHER_BUDGET_OWN = ("seqkd", "plad", "plad+sft", "sft")  # at or under that budget with their own settings
+TEACHER_BUDGET: dict[str, dict] = {
+    # 169k x 80 / 1024
+    **{m: {"train_prompts": 80} for m in ("pad-ppd", "pad-vpd", "pad-ppd+sft", "pro", "simpo", "dpo")},
+    "reverse-kl": {"steps": 40},  # 98.4k x 40 / 300
+    "kd": {"steps": 52},  # 76.0k x 52 / 300
+    "dckd": {"train_prompts": 334},  # 40.4k x 334 / 1024
+    **{m: {"train_prompts": 315} for m in ("adpa", "q_argmax", "q_softmax")},  # 42.8k x 315 / 1024
+    "adpa_no_ref": {"train_prompts": 630},  # 21.4k x 630 / 1024
+    "adpa+": {"train_prompts": 175},  # 77.1k x 175 / 1024
+}
 
 
 def teacher_budget_variants() -> list[Variant]:
-    """The methods that score student samples with the teacher, on :data:`TEACHER_BUDGET_PROMPTS` prompts."""
-    return [Variant(m, {"train_prompts": TEACHER_BUDGET_PROMPTS}) for m in TEACHER_BUDGET_SCORERS]
+    """Each method of :data:`TEACHER_BUDGET` scaled to SeqKD's and PLaD's teacher positions."""
+    return [Variant(m, overrides) for m, overrides in TEACHER_BUDGET.items()]
+
+
+# learning rates re-chosen on a world's own validation prompts, where they beat the default world's rate (the one the
+# table runs at) beyond the two tuning seeds' noise: results/gym_tune/hard_lr_seeds_0-1.json's "changed"
+WORLD_LR: dict[str, dict[str, float]] = {"hard": {"reverse-kl": 1e-3, "adpa_no_ref": 3e-3}}
+
+
+def world_lr_variants(world: str) -> list[Variant]:
+    """The table methods at the learning rates :data:`WORLD_LR` re-chose on gym world ``world`` (none for a world
+    whose rates were not re-chosen or stayed)."""
+    return [Variant(m, {"lr": lr}) for m, lr in WORLD_LR.get(world, {}).items()]
 
 
 SUITES = (
@@ -198,20 +220,21 @@ SUITES = (
     "real-text",
     "budget",
     "teacher-budget",
+    "world-lr",
     "cost",
 )
 
 
-def suite(name: str) -> list[Variant]:
+def suite(name: str, world: str = "default") -> list[Variant]:
     """Named lists of runs: ``table`` (every available method), ``ledger`` (the claim-specific variants),
     ``full`` (both), ``plad-fig2`` (real-pair ratios), ``plad-fig4`` (data fractions for PLaD, PLaD + SFT anchor,
     SeqKD, KD), ``pad-fig5`` (PAD-PPD over the α grid 0, 0.2, ..., 1 of PAD Fig. 5), ``pad-table2`` (PAD-PPD and its
-    samples × iterations variants of PAD Table 2), ``real-text`` (the methods
-    run on real text, :data:`REAL_TEXT_METHODS`; KD on the teacher's samples), ``budget`` (each table method not
-    already at the matched budget, at it: :func:`budget_overrides`), ``teacher-budget`` (the methods that score student
-    samples with the teacher on :data:`TEACHER_BUDGET_PROMPTS` prompts, where their teacher calls equal SeqKD's and
-    PLaD's), ``cost`` (every table method with an empty stage
-    cache, alone: its whole wall time and forwarded tokens)."""
+    samples × iterations variants of PAD Table 2), ``real-text`` (the methods run on real text,
+    :data:`REAL_TEXT_METHODS`; KD on the teacher's samples), ``budget`` (each table method not already at the
+    matched budget, at it: :func:`budget_overrides`), ``teacher-budget`` (every other method that uses a teacher,
+    scaled to SeqKD's and PLaD's teacher positions: :data:`TEACHER_BUDGET`), ``world-lr`` (the table methods at the
+    learning rates re-chosen on gym world ``world``: :func:`world_lr_variants`), ``cost`` (every table method with an
+    empty stage cache, alone: its whole wall time and forwarded tokens)."""
     if name == "table":
         return [Variant(m) for m in available_methods()]
     if name == "ledger":
@@ -236,6 +259,8 @@ def suite(name: str) -> list[Variant]:
         return [Variant("pad-ppd"), *(v for v in LEDGER_VARIANTS if v.method == "pad-ppd" and v.cold_cache)]
     if name == "teacher-budget":
         return teacher_budget_variants()
+    if name == "world-lr":
+        return world_lr_variants(world)
     if name == "cost":  # each method's whole work, measured: an empty stage cache, one run at a time
         return [Variant(m, cold_cache=True) for m in available_methods()]
     if name == "pad-fig5":
