@@ -665,63 +665,62 @@ def test_the_results_page_quotes_the_committed_ledger_across_worlds(worlds):
     )
 
 
-def test_the_cli_runs_the_comparison_on_another_gym_world(monkeypatch, tmp_path, capsys):
-    """--gym world1: every run starts from that build's teacher and student (another seed of the default recipe, a
-    model identity of its own), and its records go to a folder of their own."""
+@pytest.fixture
+def cli_calls(monkeypatch):
+    """Run the compare CLI up to the point it would train: ``run(argv)`` returns what ``compare`` was called with
+    (overrides, runs folder, seeds, variant labels); ``run(argv, refused=True)`` the exit code of a refused call."""
     from workbench import compare as C
     from workbench.compare import cli as compare_cli
+
+    calls = {}
+
+    def fake_compare(variants, seeds, overrides=None, **kwargs):
+        calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], seeds=seeds, labels=[v.label for v in variants])
+        raise SystemExit(0)  # stop before the table: nothing was trained
+
+    monkeypatch.setattr(compare_cli, "compare", fake_compare)
+
+    def run(argv, refused=False):
+        with pytest.raises(SystemExit) as stopped:
+            C.main(argv)
+        return stopped.value.code if refused else dict(calls)
+
+    return run
+
+
+def test_the_cli_runs_the_comparison_on_another_gym_world(cli_calls, tmp_path, capsys):
+    """--gym world1: every run starts from that build's teacher and student (another seed of the default recipe, a
+    model identity of its own), and its records go to a folder of their own."""
     from workbench.models import model_identity
 
     assert SIZES["world1"].seed == 1 and SIZES["world1"].key() != SIZES["default"].key()
     assert model_identity("gym-world1-student") != model_identity("gym-student")
-    calls = {}
-
-    def fake_compare(variants, seeds, overrides=None, **kwargs):
-        calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], seeds=seeds)
-        raise SystemExit(0)  # stop before the table: nothing was trained
-
-    monkeypatch.setattr(compare_cli, "compare", fake_compare)
-    with pytest.raises(SystemExit):
-        C.main(["--gym", "world1", "--methods", "seqkd", "--seeds", "0"])
+    calls = cli_calls(["--gym", "world1", "--methods", "seqkd", "--seeds", "0"])
     assert calls == {
         "overrides": {"teacher": "gym-world1-teacher-dpo", "student": "gym-world1-student"},
         "runs_dir": "results/compare_world1",
         "seeds": [0],
+        "labels": ["seqkd"],
     }
-    with pytest.raises(SystemExit):
-        C.main(["--gym", "world1", "--methods", "seqkd", "--runs-dir", str(tmp_path)])
-    assert calls["runs_dir"] == str(tmp_path)
-    with pytest.raises(SystemExit) as refused:
-        C.main(["--gym", "huge", "--methods", "seqkd"])
-    assert refused.value.code == 2 and "--gym huge: use one of" in capsys.readouterr().err
+    assert cli_calls(["--gym", "world1", "--methods", "seqkd", "--runs-dir", str(tmp_path)])["runs_dir"] == str(
+        tmp_path
+    )
+    assert cli_calls(["--gym", "huge", "--methods", "seqkd"], refused=True) == 2
+    assert "--gym huge: use one of" in capsys.readouterr().err
 
 
-def test_the_cli_scores_a_larger_test_set_into_a_folder_of_its_own(monkeypatch, tmp_path, capsys):
+def test_the_cli_scores_a_larger_test_set_into_a_folder_of_its_own(cli_calls, tmp_path, capsys):
     """--eval-prompts N: every run and reference is scored on N held-out prompts, in <runs-dir>_testN (after the
     world's own folder) unless a folder is given; the world-lr suite reads the --gym world."""
-    from workbench import compare as C
-    from workbench.compare import cli as compare_cli
-
-    calls = {}
-
-    def fake_compare(variants, seeds, overrides=None, **kwargs):
-        calls.update(overrides=overrides, runs_dir=kwargs["runs_dir"], labels=[v.label for v in variants])
-        raise SystemExit(0)  # stop before the table: nothing was trained
-
-    monkeypatch.setattr(compare_cli, "compare", fake_compare)
-    with pytest.raises(SystemExit):
-        C.main(["--methods", "seqkd", "--eval-prompts", "1024"])
+    calls = cli_calls(["--methods", "seqkd", "--eval-prompts", "1024"])
     assert calls["overrides"] == {"eval_prompts": 1024} and calls["runs_dir"] == "results/compare_test1024"
-    with pytest.raises(SystemExit):
-        C.main(["--gym", "hard", "--suite", "world-lr", "--eval-prompts", "512"])
+    calls = cli_calls(["--gym", "hard", "--suite", "world-lr", "--eval-prompts", "512"])
     assert calls["runs_dir"] == "results/compare_hard_test512" and calls["overrides"]["eval_prompts"] == 512
     assert calls["labels"] == ["reverse-kl[lr=0.001]", "adpa_no_ref[lr=0.003]"]
-    with pytest.raises(SystemExit):
-        C.main(["--methods", "seqkd", "--eval-prompts", "1024", "--runs-dir", str(tmp_path)])
+    calls = cli_calls(["--methods", "seqkd", "--eval-prompts", "1024", "--runs-dir", str(tmp_path)])
     assert calls["runs_dir"] == str(tmp_path)
-    with pytest.raises(SystemExit) as refused:
-        C.main(["--methods", "seqkd", "--eval-prompts", "0"])
-    assert refused.value.code == 2 and "--eval-prompts 0: score at least 1 prompt" in capsys.readouterr().err
+    assert cli_calls(["--methods", "seqkd", "--eval-prompts", "0"], refused=True) == 2
+    assert "--eval-prompts 0: score at least 1 prompt" in capsys.readouterr().err
 
 
 def test_ledger_across_worlds_says_which_claims_every_world_decides_alike(tmp_path):

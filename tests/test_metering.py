@@ -154,12 +154,14 @@ def test_the_committed_cost_runs_counted_everything_and_reproduce_the_comparison
 
 def test_the_committed_teacher_budget_runs_spend_seqkds_teacher_positions():
     """results/compare's teacher-budget suite: every method scaled in one setting spends, as measured, within 10% of
-    the teacher positions SeqKD spends with its own settings (results/compare_cost), at most a fifth of its own."""
+    the teacher positions SeqKD spends with its own settings (results/compare_cost), under 70% of its own."""
     from pathlib import Path
 
     from workbench.compare.runs import suite
 
-    records = {(r["label"], r["seed"]): r for r in load_records(Path(__file__).resolve().parents[1] / "results/compare")}
+    records = {
+        (r["label"], r["seed"]): r for r in load_records(Path(__file__).resolve().parents[1] / "results/compare")
+    }
     cost = load_records(Path(__file__).resolve().parents[1] / "results/compare_cost")
     full = {r["label"]: r["harness"]["cost"]["teacher"]["positions"] for r in cost if r["seed"] == 0}
     budget = sum(r["harness"]["cost"]["teacher"]["positions"] for r in cost if r["label"] == "seqkd") / 2
@@ -168,7 +170,7 @@ def test_the_committed_teacher_budget_runs_spend_seqkds_teacher_positions():
             spent = records[variant.label, seed]["harness"]["cost"]
             assert spent["complete"], (variant.label, seed)
             assert abs(spent["teacher"]["positions"] / budget - 1) < 0.1, (variant.label, seed)
-            assert spent["teacher"]["positions"] < full[variant.method] / 5 + 1, (variant.label, seed)
+            assert spent["teacher"]["positions"] < 0.7 * full[variant.method], (variant.label, seed)
 
 
 def test_a_run_on_a_vllm_backend_says_its_count_is_incomplete():
