@@ -1,5 +1,6 @@
 """Matched conditions: gold at every sampling setting (greedy, T = 0.3, 0.8, 1.0), the student against its teacher
-with each side at its best setting, every method at one budget, and the validation learning curve of every run."""
+with each side at its best setting, every method at one budget of optimizer steps or of teacher calls, every method at
+the learning rate chosen on its own world, and the validation learning curve of every run."""
 
 from __future__ import annotations
 
