@@ -159,10 +159,9 @@ def test_the_committed_teacher_budget_runs_spend_seqkds_teacher_positions():
 
     from workbench.compare.runs import suite
 
-    records = {
-        (r["label"], r["seed"]): r for r in load_records(Path(__file__).resolve().parents[1] / "results/compare")
-    }
-    cost = load_records(Path(__file__).resolve().parents[1] / "results/compare_cost")
+    results = Path(__file__).resolve().parents[1] / "results"
+    records = {(r["label"], r["seed"]): r for r in load_records(results / "compare")}
+    cost = load_records(results / "compare_cost")
     full = {r["label"]: r["harness"]["cost"]["teacher"]["positions"] for r in cost if r["seed"] == 0}
     budget = sum(r["harness"]["cost"]["teacher"]["positions"] for r in cost if r["label"] == "seqkd") / 2
     for variant in suite("teacher-budget"):

@@ -15,7 +15,6 @@ from workbench.compare.runs import (
     BUDGET_BATCH,
     BUDGET_STEPS,
     REFERENCE_ROWS,
-    TEACHER_BUDGET,
     TEACHER_BUDGET_OWN,
     Variant,
     budget_overrides,
@@ -275,21 +274,28 @@ def budget_matched(records: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _by_method(records: Sequence[dict], variants: Sequence[Variant], keep) -> list[dict]:
+    """The runs of ``variants`` whose config is at the variant's overrides, labelled by method, and the runs ``keep``
+    accepts as they are; empty unless a variant's run is among them (so a suite that did not run adds no section)."""
+    by_label = {v.label: v for v in variants}
+    out, took_variant = [], False
+    for r in records:
+        variant = by_label.get(r["label"])
+        config = r["metrics"].get("config") or {}
+        if variant is not None and all(config.get(k) == v for k, v in variant.overrides.items()):
+            out.append({**r, "label": variant.method})
+            took_variant = True
+        elif variant is None and keep(r):
+            out.append(r)
+    return out if took_variant else []
+
+
 def teacher_matched(records: Sequence[dict]) -> list[dict]:
     """Every table method at one teacher budget, labelled by method: the runs of the methods already at or under it
     (:data:`~workbench.compare.runs.TEACHER_BUDGET_OWN`) and the ``teacher-budget`` suite's runs of the others, each
     scaled in one setting (:data:`~workbench.compare.runs.TEACHER_BUDGET`, checked on the record's config). Empty
     unless that suite ran."""
-    scaled = {v.label: v for v in teacher_budget_variants()}
-    out = []
-    for r in records:
-        variant = scaled.get(r["label"])
-        config = r["metrics"].get("config") or {}
-        if variant is not None and all(config.get(k) == v for k, v in variant.overrides.items()):
-            out.append({**r, "label": variant.method})
-        elif r["label"] in TEACHER_BUDGET_OWN:
-            out.append(r)
-    return out if any(r["method"] in TEACHER_BUDGET for r in out) else []
+    return _by_method(records, teacher_budget_variants(), lambda r: r["label"] in TEACHER_BUDGET_OWN)
 
 
 def world_of(record: dict) -> str:
@@ -305,15 +311,6 @@ def at_world_rates(records: Sequence[dict]) -> list[dict]:
     ``world-lr`` suite's run where that world re-chose a method's rate
     (:func:`~workbench.compare.runs.world_lr_variants`, checked on the record's config), the method's table run
     elsewhere. Empty unless that suite ran."""
-    worlds = {world_of(r) for r in records}
-    variants = {v.label: v for world in worlds for v in world_lr_variants(world)}
-    rechosen = {v.method for v in variants.values()}
-    out = []
-    for r in records:
-        variant = variants.get(r["label"])
-        config = r["metrics"].get("config") or {}
-        if variant is not None and config.get("lr") == variant.overrides["lr"]:
-            out.append({**r, "label": variant.method})
-        elif r["label"] == r["method"] and r["method"] not in rechosen:
-            out.append(r)
-    return out if any(r["method"] in rechosen for r in out) else []
+    variants = [v for world in {world_of(r) for r in records} for v in world_lr_variants(world)]
+    rechosen = {v.method for v in variants}
+    return _by_method(records, variants, lambda r: r["label"] == r["method"] and r["method"] not in rechosen)
